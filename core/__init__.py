@@ -1,0 +1,1 @@
+"""LesionLens core: data, models and inference. Never imports Streamlit."""

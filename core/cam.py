@@ -1,0 +1,199 @@
+"""Class activation maps (pytorch-grad-cam) and image overlays.
+
+``compute_cam`` builds a fresh CAM object for every call and uses it as a context manager, so the forward
+hooks it registers on ``target_layers`` are always removed again.  Hooks live on the (shared) model, though,
+so two CAMs computed on the same model at the same time would see each other's activations; every call
+therefore holds a per-model lock (``model_lock(model)``).  Plain inference that runs concurrently on the same
+model can take the same lock to be sure its forward pass never goes through a CAM's hooks (the hooks only
+append to the CAM object's own lists, so an unlocked forward is harmless to itself but could corrupt an
+in-flight CAM).
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from functools import partial
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import torch
+import tqdm as _tqdm
+import pytorch_grad_cam.score_cam as _score_cam
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+__all__ = ["CAM_METHODS", "SignedEigenCAM", "SCORE_CAM_BATCH_SIZE", "compute_cam", "model_lock", "overlay_heatmap", "overlay_mask"]
+
+class SignedEigenCAM(EigenCAM):
+    """EigenCAM with the sign of the first principal component fixed.
+
+    The SVD leaves the sign of the component arbitrary, so plain EigenCAM can come out inverted (the
+    background "hot" and the object cold) depending on floating-point details.  Here the sign is chosen so
+    that the projection correlates positively with the total activation (sum over channels), i.e. strongly
+    activated places are hot.  Class-agnostic, like EigenCAM.
+    """
+
+    def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):
+        acts = np.nan_to_num(np.asarray(activations, dtype=np.float64))
+        out = []
+        for a in acts:  # a: C x H x W
+            flat = a.reshape(a.shape[0], -1).T  # (H*W) x C
+            centred = flat - flat.mean(axis=0)
+            _, _, vt = np.linalg.svd(centred, full_matrices=False)
+            proj = centred @ vt[0]
+            energy = flat.sum(axis=1)
+            if np.dot(proj - proj.mean(), energy - energy.mean()) < 0:
+                proj = -proj
+            out.append(proj.reshape(a.shape[1:]))
+        return np.float32(out)
+
+
+#: Display name -> pytorch-grad-cam class.  All work on a CNN target layer with a single classifier output.
+CAM_METHODS: dict[str, type] = {
+    "Grad-CAM": GradCAM,
+    "Grad-CAM++": GradCAMPlusPlus,
+    "HiResCAM": HiResCAM,
+    "XGrad-CAM": XGradCAM,
+    "LayerCAM": LayerCAM,
+    "Score-CAM": ScoreCAM,
+    "EigenCAM": SignedEigenCAM,
+}
+#: Masked inputs per forward pass in Score-CAM (one pass per channel of the target layer; small = low memory).
+SCORE_CAM_BATCH_SIZE = 8
+
+# Score-CAM draws a tqdm progress bar per call on the server's stderr; silence it (affects only that module).
+_score_cam.tqdm = SimpleNamespace(tqdm=partial(_tqdm.tqdm, disable=True))
+
+_registry_guard = threading.Lock()
+_model_locks: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The re-entrant lock that ``compute_cam`` holds on ``model`` while hooks are attached."""
+    with _registry_guard:
+        lock = _model_locks.get(model)
+        if lock is None:
+            lock = threading.RLock()
+            _model_locks[model] = lock
+        return lock
+
+
+def _resolve_method(method: str) -> type:
+    try:
+        return CAM_METHODS[method]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}") from None
+
+
+def compute_cam(
+    model: nn.Module,
+    input_tensor: torch.Tensor,
+    target_layers: list[nn.Module],
+    class_index: int,
+    method: str = "Grad-CAM",
+    output_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Class activation map of ``class_index`` for one image.
+
+    ``input_tensor`` is 1 x C x H x W (any C: the mask-guided classifier takes RGB + mask, C = 4), already
+    normalised the way ``model`` expects.  ``target_layers`` are modules of ``model`` (usually the last conv
+    block).  Returns an H x W float32 array in [0, 1] at the input resolution, or at ``output_size`` = (H, W)
+    when given (cv2 INTER_LINEAR).  Works whether or not the caller is inside ``torch.no_grad`` /
+    ``inference_mode`` and whether or not the model's parameters require gradients.  The model is put in
+    eval mode (as pytorch-grad-cam does) and its parameter gradients are cleared afterwards.
+    """
+    cam_cls = _resolve_method(method)
+    if not isinstance(input_tensor, torch.Tensor) or input_tensor.ndim != 4 or input_tensor.shape[0] != 1:
+        shape = tuple(input_tensor.shape) if isinstance(input_tensor, torch.Tensor) else type(input_tensor)
+        raise ValueError(f"input_tensor must be a 1 x C x H x W tensor, got {shape}")
+    if not target_layers:
+        raise ValueError("target_layers must name at least one module of the model")
+    class_index = int(class_index)
+    if output_size is not None:
+        out_h, out_w = (int(v) for v in output_size)
+        if out_h <= 0 or out_w <= 0:
+            raise ValueError(f"output_size must be positive (H, W), got {output_size!r}")
+
+    with model_lock(model), torch.inference_mode(False), torch.enable_grad():
+        # A fresh leaf that requires grad: the target activations then carry gradients even if the
+        # parameters are frozen, and an inference-mode tensor from the caller becomes usable by autograd.
+        device = next(model.parameters()).device
+        x = input_tensor.detach().clone().to(device).requires_grad_(True)
+        result = None
+        try:
+            with cam_cls(model=model, target_layers=list(target_layers)) as cam:
+                if cam_cls is ScoreCAM:
+                    cam.batch_size = SCORE_CAM_BATCH_SIZE
+                result = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])
+        finally:
+            model.zero_grad(set_to_none=True)
+    if result is None:
+        # pytorch-grad-cam's __exit__ swallows IndexError (e.g. a bad class index) - don't return garbage.
+        raise ValueError(f"{method} failed for class index {class_index} (is it within the model's outputs?)")
+
+    heat = np.asarray(result[0], dtype=np.float32)
+    heat = np.nan_to_num(heat, nan=0.0, posinf=0.0, neginf=0.0)
+    if output_size is not None and heat.shape != (out_h, out_w):
+        heat = cv2.resize(heat, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    lo, hi = float(heat.min()), float(heat.max())
+    heat = (heat - lo) / (hi - lo) if hi - lo > 1e-12 else np.zeros_like(heat)
+    return np.clip(heat, 0.0, 1.0).astype(np.float32)
+
+
+def _as_rgb_u8(rgb: np.ndarray) -> np.ndarray:
+    img = np.asarray(rgb)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"expected an H x W x 3 RGB image, got shape {img.shape}")
+    img = img[:, :, :3]
+    if img.dtype != np.uint8:
+        arr = img.astype(np.float32)
+        if arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        img = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img)
+
+
+def overlay_heatmap(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """Blend a JET-coloured ``cam`` (H x W in [0, 1], resized to the image if needed) over ``rgb``."""
+    img = _as_rgb_u8(rgb)
+    heat = np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0)
+    if heat.ndim != 2:
+        raise ValueError(f"cam must be H x W, got shape {heat.shape}")
+    h, w = img.shape[:2]
+    if heat.shape != (h, w):
+        heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
+    heat_u8 = np.uint8(np.rint(255 * np.clip(heat, 0.0, 1.0)))
+    colour = cv2.cvtColor(cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    a = float(np.clip(alpha, 0.0, 1.0))
+    return cv2.addWeighted(colour, a, img, 1.0 - a, 0.0)
+
+
+def overlay_mask(
+    rgb: np.ndarray,
+    mask: np.ndarray,
+    color: tuple[int, int, int] = (0, 255, 255),
+    alpha: float = 0.3,
+    contour: bool = True,
+) -> np.ndarray:
+    """Translucent ``color`` fill of ``mask`` over ``rgb`` plus (optionally) a 2-px contour line in ``color``."""
+    img = _as_rgb_u8(rgb)
+    m = np.asarray(mask)
+    if m.ndim == 3:
+        m = m[:, :, 0]
+    binary = m.astype(bool) if m.dtype == bool else (m > (127 if m.size and m.max() > 1 else 0))
+    h, w = img.shape[:2]
+    if binary.shape != (h, w):
+        binary = cv2.resize(binary.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    a = float(np.clip(alpha, 0.0, 1.0))
+    col = np.array(color, dtype=np.float32)[:3]
+    out = img.copy()
+    blended = img[binary].astype(np.float32) * (1.0 - a) + col * a
+    out[binary] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    if contour and binary.any():
+        contours, _ = cv2.findContours(binary.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, tuple(int(c) for c in col), thickness=2)
+    return out

@@ -1,0 +1,507 @@
+"""Dataset readers: turn a dataset folder into one manifest table, and make leak-free splits.
+
+Manifest columns (MANIFEST_COLUMNS): image_id, image_path, mask_path ("" when absent), dx (class code),
+source (ham10000 / isic2017 / folder), lesion_id, age, sex, localization, dx_type, split ("" until split).
+
+Every problem with a dataset (missing folder or CSV, missing column, unknown label, missing image file,
+duplicate id, bad split file) raises DatasetError whose message names the file and, where there is one,
+the CSV row (1-based line number in the file, header = line 1) -- never a bare KeyError.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.classes import CLASS_CODES
+
+MANIFEST_COLUMNS = [
+    "image_id", "image_path", "mask_path", "dx", "source", "lesion_id",
+    "age", "sex", "localization", "dx_type", "split",
+]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+SOURCES = ("ham10000", "isic2017")
+HAM_IMAGE_FOLDERS = ("images", "HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_images", ".")
+HAM_MASK_FOLDERS = ("masks", "HAM10000_segmentations_lesion_tschandl", "segmentations")
+ISIC_IMAGE_FOLDERS = ("images", ".")
+ISIC_MASK_FOLDERS = ("masks", "segmentations")
+HAM_REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
+# Byte-identical HAM10000 files (see the data README); they must always share a split.
+HAM_DUPLICATE_PAIRS = (("ISIC_0024366", "ISIC_0029861"), ("ISIC_0024777", "ISIC_0029938"))
+ISIC_LABEL_TO_DX = {
+    "melanoma": "mel", "seborrheic_keratosis": "bkl", "seborrheic keratosis": "bkl", "nevus": "nv",
+    "naevus": "nv",
+}
+_SPLIT_ALIASES = {"validation": "val", "valid": "val", "training": "train", "testing": "test"}
+# Folds used by the grouped split: 20 folds give 5 % granularity (15 % = 3 folds).
+_N_FOLDS = 20
+
+
+class DatasetError(ValueError):
+    """A dataset folder or file is missing, malformed or inconsistent; the message names the file."""
+
+
+def data_dir_from_env(default: str | os.PathLike | None = None) -> Path | None:
+    value = os.environ.get("DATA_DIR") or default
+    return Path(value).expanduser() if value else None
+
+
+# ---------------------------------------------------------------- discovery helpers
+def _line(row: int) -> int:
+    """0-based data row -> line number in the CSV file (header is line 1)."""
+    return int(row) + 2
+
+
+def _index_images(folders: list[Path]) -> dict[str, Path]:
+    """Map image stem -> path over the given folders (non-recursive); the first folder wins on clashes."""
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            raise DatasetError(f"{folder}: cannot list folder ({exc})") from exc
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            if name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+                found.setdefault(os.path.splitext(name)[0], Path(entry.path))
+    return found
+
+
+def _mask_index(folders: list[Path]) -> dict[str, Path]:
+    masks = _index_images(folders)
+    return {stem.removesuffix("_segmentation"): path for stem, path in masks.items()}
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: file not found")
+    if not path.is_file():
+        raise DatasetError(f"{path}: is not a file")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=True)
+    except pd.errors.EmptyDataError as exc:
+        raise DatasetError(f"{path}: file is empty (no header, no rows)") from exc
+    except Exception as exc:  # pandas raises many types for bad CSVs
+        raise DatasetError(f"{path}: cannot be read as CSV ({exc})") from exc
+    table.columns = [str(c).strip() for c in table.columns]
+    if table.empty:
+        raise DatasetError(f"{path}: has a header but no rows")
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise DatasetError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, table.columns))}"
+        )
+    for column in table.columns:
+        if table[column].dtype == object:
+            table[column] = table[column].str.strip()
+    return table.reset_index(drop=True)
+
+
+def _check_ids(table: pd.DataFrame, csv_path: Path, column: str = "image_id") -> None:
+    ids = table[column]
+    empty = ids.isna() | (ids.fillna("") == "")
+    if empty.any():
+        row = int(np.flatnonzero(empty.to_numpy())[0])
+        raise DatasetError(f"{csv_path}: row {_line(row)} has an empty {column}")
+    dup = ids.duplicated(keep=False)
+    if dup.any():
+        rows = np.flatnonzero(dup.to_numpy())
+        first = ids.iloc[rows[0]]
+        same = [_line(r) for r in rows if ids.iloc[r] == first]
+        raise DatasetError(
+            f"{csv_path}: {column} {first!r} appears more than once (rows {', '.join(map(str, same[:5]))})"
+        )
+
+
+def _check_labels(table: pd.DataFrame, column: str, csv_path: Path) -> None:
+    values = table[column]
+    bad = ~values.isin(CLASS_CODES)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        value = values.iloc[row]
+        shown = "an empty label" if value is None or (isinstance(value, float) and np.isnan(value)) or value == "" \
+            else f"unknown label {value!r}"
+        raise DatasetError(
+            f"{csv_path}: row {_line(row)} (image {table['image_id'].iloc[row]}) has {shown}; "
+            f"expected one of {', '.join(CLASS_CODES)}"
+        )
+
+
+def _attach_files(
+    table: pd.DataFrame, images: dict[str, Path], masks: dict[str, Path], csv_path: Path, looked_in: str
+) -> pd.DataFrame:
+    ids = table["image_id"].tolist()
+    missing_rows = [row for row, image_id in enumerate(ids) if image_id not in images]
+    if missing_rows:
+        row = missing_rows[0]
+        raise DatasetError(
+            f"{csv_path}: row {_line(row)}: image file for {ids[row]!r} not found "
+            f"(looked for {ids[row]}.jpg/.png/... in {looked_in}; "
+            f"{len(missing_rows)} of {len(table)} images missing)"
+        )
+    table = table.copy()
+    table["image_path"] = [str(images[i]) for i in ids]
+    table["mask_path"] = [str(masks[i]) if i in masks else "" for i in ids]
+    return table
+
+
+def _finish(table: pd.DataFrame) -> pd.DataFrame:
+    table = table.copy()
+    for column in MANIFEST_COLUMNS:
+        if column not in table.columns:
+            table[column] = np.nan if column == "age" else ""
+    table["age"] = pd.to_numeric(table["age"], errors="coerce")
+    for column in ("image_id", "image_path", "dx", "source", "sex", "localization", "dx_type", "split",
+                   "mask_path", "lesion_id"):
+        table[column] = table[column].fillna("").astype(str)
+    return table[MANIFEST_COLUMNS].reset_index(drop=True)
+
+
+def _require_dir(root: Path, what: str) -> None:
+    if not root.exists():
+        raise DatasetError(f"{root}: {what} folder not found")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: {what} path is not a folder")
+
+
+# ---------------------------------------------------------------- readers
+def read_ham10000(root: str | os.PathLike) -> pd.DataFrame:
+    """HAM10000 as published: metadata CSV + image folder(s) (+ optional masks folder)."""
+    root = Path(root)
+    _require_dir(root, "HAM10000")
+    candidates = sorted(root.glob("*metadata*.csv")) or sorted(root.glob("*.csv"))
+    if not candidates:
+        raise DatasetError(f"{root}: no HAM10000 metadata CSV (expected {root / 'HAM10000_metadata.csv'})")
+    csv_path = candidates[0]
+    table = _read_csv(csv_path, HAM_REQUIRED_COLUMNS)
+    _check_ids(table, csv_path)
+    table["dx"] = table["dx"].fillna("").astype(str).str.strip().str.lower()
+    _check_labels(table, "dx", csv_path)
+    empty_lesion = table["lesion_id"].isna() | (table["lesion_id"].fillna("") == "")
+    if empty_lesion.any():
+        row = int(np.flatnonzero(empty_lesion.to_numpy())[0])
+        raise DatasetError(f"{csv_path}: row {_line(row)} (image {table['image_id'].iloc[row]}) has an empty lesion_id")
+    images = _index_images([root / f for f in HAM_IMAGE_FOLDERS])
+    if not images:
+        raise DatasetError(f"{root}: no images found (looked in {', '.join(HAM_IMAGE_FOLDERS)})")
+    masks = _mask_index([root / f for f in HAM_MASK_FOLDERS])
+    looked_in = ", ".join(str(root / f) for f in HAM_IMAGE_FOLDERS if (root / f).is_dir())
+    table = _attach_files(table, images, masks, csv_path, looked_in)
+    table["source"] = "ham10000"
+    table["split"] = ""
+    return _finish(table)
+
+
+def read_isic2017(root: str | os.PathLike) -> pd.DataFrame:
+    """ISIC 2017 Part 3 labels (melanoma / seborrheic_keratosis columns, or a label column) + images (+ masks)."""
+    root = Path(root)
+    _require_dir(root, "ISIC 2017")
+    csv_path = root / "labels.csv"
+    if not csv_path.is_file():
+        candidates = sorted(root.glob("*.csv"))
+        csv_path = candidates[0] if candidates else csv_path
+    table = _read_csv(csv_path, ("image_id",))
+    _check_ids(table, csv_path)
+    table["dx"] = _isic_dx(table, csv_path)
+    images = _index_images([root / f for f in ISIC_IMAGE_FOLDERS])
+    if not images:
+        raise DatasetError(f"{root}: no images found (looked in {root / 'images'} and {root})")
+    masks = _mask_index([root / f for f in ISIC_MASK_FOLDERS])
+    looked_in = ", ".join(str(root / f) for f in ISIC_IMAGE_FOLDERS if (root / f).is_dir())
+    table = _attach_files(table, images, masks, csv_path, looked_in)
+    table["source"] = "isic2017"
+    table["lesion_id"] = table["image_id"]
+    table["dx_type"] = "isic2017"
+    if "split" in table.columns:
+        split = table["split"].fillna("").astype(str).str.strip().str.lower()
+        split = split.map(lambda v: _SPLIT_ALIASES.get(v, v))
+        bad = ~split.isin(SPLITS + ("",))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DatasetError(
+                f"{csv_path}: row {_line(row)} (image {table['image_id'].iloc[row]}) has split "
+                f"{table['split'].iloc[row]!r}; expected train, val (validation) or test"
+            )
+        table["split"] = split
+    else:
+        table["split"] = ""
+    return _finish(table)
+
+
+def _isic_dx(table: pd.DataFrame, csv_path: Path) -> pd.Series:
+    if "label" in table.columns:
+        labels = table["label"].fillna("").astype(str).str.strip().str.lower()
+        dx = labels.map(lambda v: ISIC_LABEL_TO_DX.get(v, v))
+    elif {"melanoma", "seborrheic_keratosis"} <= set(table.columns):
+        flags = {}
+        for column in ("melanoma", "seborrheic_keratosis"):
+            values = pd.to_numeric(table[column], errors="coerce")
+            bad = values.isna()
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                raise DatasetError(
+                    f"{csv_path}: row {_line(row)} (image {table['image_id'].iloc[row]}) has {column} "
+                    f"{table[column].iloc[row]!r}; expected 0 or 1"
+                )
+            flags[column] = values.to_numpy() > 0.5
+        both = flags["melanoma"] & flags["seborrheic_keratosis"]
+        if both.any():
+            row = int(np.flatnonzero(both)[0])
+            raise DatasetError(
+                f"{csv_path}: row {_line(row)} (image {table['image_id'].iloc[row]}) is marked both melanoma "
+                "and seborrheic_keratosis"
+            )
+        dx = pd.Series(
+            np.where(flags["melanoma"], "mel", np.where(flags["seborrheic_keratosis"], "bkl", "nv")), index=table.index
+        )
+    else:
+        raise DatasetError(f"{csv_path}: needs a 'label' column or 'melanoma' and 'seborrheic_keratosis' columns")
+    probe = table.assign(dx=dx)
+    _check_labels(probe, "dx", csv_path)
+    return dx
+
+
+def read_class_folders(root: str | os.PathLike) -> pd.DataFrame:
+    """A plain layout: ROOT/<class code>/<image files>. Every image is its own lesion."""
+    root = Path(root)
+    _require_dir(root, "data")
+    rows = []
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subfolders:
+        raise DatasetError(
+            f"{root}: no dataset found (expected ham10000/ and/or isic2017/, a HAM10000_metadata.csv, "
+            f"a labels.csv, or one folder per class: {', '.join(CLASS_CODES)})"
+        )
+    unknown = [p.name for p in subfolders if p.name.lower() not in CLASS_CODES]
+    if unknown:
+        raise DatasetError(f"{root}: folder(s) {', '.join(unknown)} are not class codes ({', '.join(CLASS_CODES)})")
+    seen: dict[str, Path] = {}
+    for folder in subfolders:
+        for stem, path in sorted(_index_images([folder]).items()):
+            if stem in seen:
+                raise DatasetError(f"{path}: image id {stem!r} also appears as {seen[stem]}")
+            seen[stem] = path
+            rows.append({"image_id": stem, "image_path": str(path), "dx": folder.name.lower(), "lesion_id": stem})
+    if not rows:
+        raise DatasetError(f"{root}: no images found in class folders ({', '.join(p.name for p in subfolders)})")
+    table = pd.DataFrame(rows)
+    table["source"] = "folder"
+    return _finish(table)
+
+
+def load_manifest(data_dir: str | os.PathLike, sources: tuple[str, ...] = SOURCES) -> pd.DataFrame:
+    """Read every dataset found under data_dir into one manifest.
+
+    data_dir may be a parent holding ham10000/ and isic2017/, a HAM10000 folder, an ISIC 2017 folder,
+    or a one-folder-per-class layout. `sources` limits which of ham10000 / isic2017 are read from a parent.
+    """
+    if isinstance(sources, str):
+        sources = (sources,)
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown:
+        raise ValueError(f"unknown source(s) {', '.join(map(repr, unknown))}; expected {', '.join(SOURCES)}")
+    root = Path(data_dir).expanduser()
+    _require_dir(root, "data")
+    present = [s for s in SOURCES if (root / s).is_dir()]
+    if present:
+        wanted = [s for s in present if s in sources]
+        if not wanted:
+            raise DatasetError(
+                f"{root}: holds {', '.join(present)} but none of the requested source(s) {', '.join(sources)}"
+            )
+        readers = {"ham10000": read_ham10000, "isic2017": read_isic2017}
+        parts = [readers[s](root / s) for s in wanted]
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    if list(root.glob("*metadata*.csv")):
+        return read_ham10000(root)
+    if (root / "labels.csv").is_file():
+        return read_isic2017(root)
+    return read_class_folders(root)
+
+
+# ---------------------------------------------------------------- splits
+def _check_manifest(manifest: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
+    if not isinstance(manifest, pd.DataFrame):
+        raise DatasetError(f"{what}: expected a manifest DataFrame, got {type(manifest).__name__}")
+    missing = [c for c in columns if c not in manifest.columns]
+    if missing:
+        raise DatasetError(f"{what}: manifest is missing column(s) {', '.join(missing)}")
+
+
+def _grouped_split(table: pd.DataFrame, groups: pd.Series, seed: int, val_frac: float, test_frac: float) -> pd.Series:
+    """Split rows by group, stratified by dx, about (1-val-test)/val/test; every class in every split
+    whenever the class has at least three groups."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = table["dx"].to_numpy()
+    g = groups.to_numpy()
+    n_groups = len(pd.unique(g))
+    if n_groups < 3:
+        raise DatasetError(f"source {table['source'].iloc[0]!r}: needs at least 3 lesions for train/val/test, has {n_groups}")
+    largest_class = int(pd.Series(y).value_counts().max())
+    n_folds = max(3, min(_N_FOLDS, n_groups, largest_class))
+    n_test = max(1, round(test_frac * n_folds))
+    n_val = max(1, round(val_frac * n_folds))
+    while n_test + n_val >= n_folds and (n_test > 1 or n_val > 1):
+        if n_test >= n_val:
+            n_test -= 1
+        else:
+            n_val -= 1
+    folds = np.empty(len(table), dtype=int)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class ..." on small data
+        for fold, (_, held) in enumerate(splitter.split(np.zeros(len(table)), y, g)):
+            folds[held] = fold
+    split = np.where(folds < n_test, "test", np.where(folds < n_test + n_val, "val", "train")).astype(object)
+    split = _fill_missing_classes(split, y, g, seed)
+    return pd.Series(split, index=table.index, dtype=object)
+
+
+def _fill_missing_classes(split: np.ndarray, y: np.ndarray, g: np.ndarray, seed: int) -> np.ndarray:
+    """Move whole groups so that every class with >= 3 groups appears in every split (deterministic)."""
+    rng = np.random.default_rng(seed)
+    split = split.copy()
+    for code in sorted(set(y)):
+        is_code = y == code
+        if len(set(g[is_code])) < len(SPLITS):
+            continue
+        for target in SPLITS:
+            if (is_code & (split == target)).any():
+                continue
+            # donor: the split holding the most groups of this class
+            donors = {s: sorted(set(g[is_code & (split == s)])) for s in SPLITS if s != target}
+            donor = max(donors, key=lambda s: (len(donors[s]), s == "train"))
+            if len(donors[donor]) < 2:
+                continue
+            sizes = {grp: int((g == grp).sum()) for grp in donors[donor]}
+            smallest = min(sizes.values())
+            choices = [grp for grp in donors[donor] if sizes[grp] == smallest]
+            chosen = choices[int(rng.integers(len(choices)))]
+            split[g == chosen] = target
+    return split
+
+
+def _ham_groups(table: pd.DataFrame) -> pd.Series:
+    groups = table["lesion_id"].where(table["lesion_id"] != "", table["image_id"]).copy()
+    by_image = dict(zip(table["image_id"], groups))
+    for first, second in HAM_DUPLICATE_PAIRS:
+        if first in by_image and second in by_image:
+            old = by_image[second]
+            groups[groups == old] = by_image[first]  # the whole lesion of the duplicate joins the other one
+    return groups
+
+
+def assign_splits(manifest: pd.DataFrame, seed: int = 42, val_frac: float = 0.15, test_frac: float = 0.15) -> pd.DataFrame:
+    """Return a copy with `split` filled in.
+
+    HAM10000 and folder data: grouped by lesion (byte-identical duplicates joined), stratified by diagnosis
+    with StratifiedGroupKFold, about 70/15/15, deterministic for a seed. ISIC 2017: its official train/val
+    split is kept when every row has one.
+    """
+    _check_manifest(manifest, ("image_id", "dx", "source", "lesion_id", "split"), "assign_splits")
+    if not (0 < val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
+        raise ValueError(f"val_frac={val_frac} and test_frac={test_frac} must be in (0, 1) and sum below 1")
+    if manifest.empty:
+        raise DatasetError("assign_splits: manifest has no rows")
+    bad = ~manifest["dx"].isin(CLASS_CODES)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DatasetError(
+            f"assign_splits: manifest row {row} (image {manifest['image_id'].iloc[row]}) has unknown label "
+            f"{manifest['dx'].iloc[row]!r}"
+        )
+    out = manifest.copy()
+    out["split"] = out["split"].fillna("").astype(str)
+    for source, part in out.groupby("source", sort=True):
+        if source == "isic2017" and part["split"].isin(SPLITS).all():
+            continue
+        part = part.assign(lesion_id=part["lesion_id"].fillna("").astype(str))
+        out.loc[part.index, "split"] = _grouped_split(part, _ham_groups(part), seed, val_frac, test_frac)
+    return out
+
+
+def lesion_leaks(manifest: pd.DataFrame) -> list[str]:
+    """lesion_ids (per source) that occur in more than one split; [] for a leak-free split."""
+    _check_manifest(manifest, ("source", "lesion_id", "split"), "lesion_leaks")
+    groups = manifest.loc[manifest["lesion_id"] != ""].groupby(["source", "lesion_id"])["split"].nunique()
+    return sorted(f"{s}:{lid}" for (s, lid), n in groups.items() if n > 1)
+
+
+def read_split_file(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    table = _read_csv(path, ("image_id", "source", "split"))
+    for column in ("image_id", "source"):
+        empty = table[column].isna() | (table[column].fillna("") == "")
+        if empty.any():
+            row = int(np.flatnonzero(empty.to_numpy())[0])
+            raise DatasetError(f"{path}: row {_line(row)} has an empty {column}")
+    dup = table.duplicated(subset=["source", "image_id"], keep="first")
+    if dup.any():
+        row = int(np.flatnonzero(dup.to_numpy())[0])
+        raise DatasetError(
+            f"{path}: row {_line(row)} lists {table['source'].iloc[row]}/{table['image_id'].iloc[row]} a second time"
+        )
+    bad = ~table["split"].isin(SPLITS)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DatasetError(
+            f"{path}: row {_line(row)} (image {table['image_id'].iloc[row]}) has split {table['split'].iloc[row]!r}; "
+            "expected train, val or test"
+        )
+    return table[["image_id", "source", "split"]]
+
+
+def apply_split_file(manifest: pd.DataFrame, path: str | os.PathLike) -> pd.DataFrame:
+    """Take splits from a file written by `python -m train.splits`; rows it does not list are dropped."""
+    _check_manifest(manifest, tuple(MANIFEST_COLUMNS), "apply_split_file")
+    splits = read_split_file(path)
+    merged = manifest.drop(columns=["split"]).merge(splits, on=["image_id", "source"], how="inner")
+    if merged.empty:
+        raise DatasetError(f"{path}: none of its image_id/source pairs match the dataset")
+    return merged[MANIFEST_COLUMNS].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- summary
+def dataset_summary(manifest: pd.DataFrame) -> dict:
+    """Counts per class, age, sex, site and dx_type, overall and per split (JSON-ready)."""
+    _check_manifest(
+        manifest, ("dx", "source", "lesion_id", "age", "sex", "localization", "dx_type", "mask_path", "split"),
+        "dataset_summary",
+    )
+
+    def counts(column: str, part: pd.DataFrame) -> dict:
+        values = part[column].fillna("").astype(str).replace("", "unknown")
+        return {str(k): int(v) for k, v in values.value_counts().sort_index().items()}
+
+    def describe(part: pd.DataFrame) -> dict:
+        ages = pd.to_numeric(part["age"], errors="coerce")
+        known = ages.dropna()
+        return {
+            "n_images": int(len(part)),
+            "n_lesions": int(part["lesion_id"].nunique()),
+            "dx": {code: int((part["dx"] == code).sum()) for code in CLASS_CODES},
+            "sex": counts("sex", part),
+            "localization": counts("localization", part),
+            "dx_type": counts("dx_type", part),
+            "age": {
+                "mean": round(float(known.mean()), 1) if len(known) else None,
+                "median": float(known.median()) if len(known) else None,
+                "missing": int(ages.isna().sum()),
+                "histogram": {str(int(k)): int(v) for k, v in (known // 10 * 10).value_counts().sort_index().items()},
+            },
+            "with_mask": int((part["mask_path"].fillna("") != "").sum()),
+        }
+
+    summary = {"all": describe(manifest), "sources": sorted(manifest["source"].unique().tolist())}
+    summary["splits"] = {s: describe(manifest[manifest["split"] == s]) for s in SPLITS if (manifest["split"] == s).any()}
+    return summary

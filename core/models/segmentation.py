@@ -1,0 +1,55 @@
+"""coarse-SN and enhanced-SN: smp U-Net over a timm (`tu-`) encoder, 1 output channel (lesion logit).
+
+enhanced-SN adds the paper's E-layer: at every encoder stage the features are concatenated with mask-CN's
+lesion localisation map (resized), then fused back to the stage's width by 1x1 conv + BN + ReLU.
+"""
+from __future__ import annotations
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.models.pretrained import load_imagenet
+
+DECODER_CHANNELS = (128, 64, 32, 16, 8)
+
+
+def _unet(backbone: str, pretrained: str | None) -> smp.Unet:
+    net = smp.Unet(f"tu-{backbone}", encoder_weights="imagenet" if pretrained == "hub" else None,
+                   classes=1, decoder_channels=DECODER_CHANNELS)
+    if pretrained == "package":
+        load_imagenet(net.encoder.model, backbone)
+    return net
+
+
+class CoarseSN(nn.Module):
+    def __init__(self, backbone: str = "efficientnet_lite0", pretrained: str | None = "package"):
+        super().__init__()
+        self.unet = _unet(backbone, pretrained)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unet.segmentation_head(self.unet.decoder(self.unet.encoder(x)))
+
+
+class ELayer(nn.Module):
+    """Fuse encoder features with a 1-channel localisation map: concat -> 1x1 conv -> BN -> ReLU (+ residual)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.fuse = nn.Sequential(nn.Conv2d(channels + 1, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+    def forward(self, features: torch.Tensor, localisation: torch.Tensor) -> torch.Tensor:
+        resized = F.interpolate(localisation, size=features.shape[-2:], mode="bilinear", align_corners=False)
+        return features + self.fuse(torch.cat([features, resized], dim=1))
+
+
+class EnhancedSN(CoarseSN):
+    def __init__(self, backbone: str = "efficientnet_lite0", pretrained: str | None = "package"):
+        super().__init__(backbone, pretrained)
+        self.e_layers = nn.ModuleList(ELayer(c) for c in self.unet.encoder.out_channels[1:])
+
+    def forward(self, x: torch.Tensor, localisation: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        features = self.unet.encoder(x)
+        fused = [features[0]] + [layer(f, localisation) for layer, f in zip(self.e_layers, features[1:])]
+        return self.unet.segmentation_head(self.unet.decoder(fused))

@@ -1,0 +1,69 @@
+"""Weight files: safetensors only (no pickle), each checked against the model card's sha256."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+MODEL_CARD_NAME = "model_card.json"
+
+
+class WeightsIntegrityError(RuntimeError):
+    """A weight file is missing, altered, or not listed in the model card; the model must not run."""
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_weights(module_or_state: torch.nn.Module | dict, path: str | os.PathLike, half: bool = True) -> dict:
+    """Save a state dict as safetensors (floating tensors as fp16 when half); returns {sha256, bytes}."""
+    state = module_or_state.state_dict() if isinstance(module_or_state, torch.nn.Module) else module_or_state
+    tensors = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().cpu().contiguous()
+        if half and tensor.is_floating_point():
+            tensor = tensor.half()
+        tensors[name] = tensor
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return {"sha256": sha256_of(path), "bytes": os.path.getsize(path)}
+
+
+def read_model_card(weights_dir: str | os.PathLike) -> dict:
+    path = Path(weights_dir) / MODEL_CARD_NAME
+    if not path.is_file():
+        raise WeightsIntegrityError(f"{path}: model card not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise WeightsIntegrityError(f"{path}: model card is not valid JSON ({exc})") from exc
+
+
+def load_verified(weights_dir: str | os.PathLike, file_name: str, card: dict) -> dict[str, torch.Tensor]:
+    """Load one safetensors file after checking its sha256 against the model card; fp32 tensors out."""
+    path = Path(weights_dir) / file_name
+    expected = card.get("files", {}).get(file_name, {}).get("sha256")
+    if not expected:
+        raise WeightsIntegrityError(f"{path}: not listed with a sha256 in the model card; refusing to load it")
+    if not path.is_file():
+        raise WeightsIntegrityError(f"{path}: weight file not found")
+    actual = sha256_of(path)
+    if actual != expected:
+        raise WeightsIntegrityError(
+            f"{path}: sha256 {actual[:12]}… does not match the model card ({expected[:12]}…); "
+            "the file was altered or replaced, so the model will not run"
+        )
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error type for a malformed header
+        raise WeightsIntegrityError(f"{path}: not a valid safetensors file ({exc})") from exc
+    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# LesionLens launcher.
+#   bash run.sh app                 start the dashboard (PORT env, default 8501) on the weights in weights/
+#   bash run.sh test [pytest args]  run the test suite (DATA_DIR defaults to ../shared/data)
+#   bash run.sh MODULE [args...]    run `python -m MODULE args...` in the project environment,
+#                                   e.g. bash run.sh train.splits --data-dir ../shared/data --out splits.csv
+# The first run creates .venv/ and installs requirements.txt; it reinstalls when requirements.txt changes.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+STAMP="$VENV/.requirements.sha256"
+
+usage() {
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+ensure_venv() {
+    if [ ! -x "$PY" ]; then
+        echo "[run.sh] creating virtual environment in .venv/" >&2
+        python3 -m venv "$VENV" || {
+            echo "[run.sh] 'python3 -m venv' failed; install python3-venv (Debian: apt-get install python3-venv)" >&2
+            exit 1
+        }
+    fi
+    local want have=""
+    want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+    [ -f "$STAMP" ] && have="$(cat "$STAMP")"
+    if [ "$want" != "$have" ]; then
+        echo "[run.sh] installing requirements.txt into .venv/ (torch comes from the local wheel cache)" >&2
+        "$PY" -m pip install -r requirements.txt
+        echo "$want" > "$STAMP"
+    fi
+}
+
+ensure_chromium() {
+    # The browser test drives the dashboard with Debian's chromium; install it when possible, never fail here.
+    [ -x /usr/bin/chromium ] && return 0
+    command -v apt-get >/dev/null 2>&1 || { echo "[run.sh] no /usr/bin/chromium and no apt-get; browser test may fail" >&2; return 0; }
+    local sudo=""
+    if [ "$(id -u)" != "0" ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+            echo "[run.sh] no /usr/bin/chromium and no root to install it; browser test may fail" >&2
+            return 0
+        fi
+    fi
+    echo "[run.sh] installing chromium with apt-get" >&2
+    { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+        || { $sudo apt-get update && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }; } \
+        >&2 || echo "[run.sh] could not install chromium; browser test may fail" >&2
+    return 0
+}
+
+cmd="${1:-}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    ""|-h|--help|help)
+        usage
+        ;;
+    app)
+        ensure_venv
+        exec "$PY" -m streamlit run streamlit_app.py --server.port "${PORT:-8501}" "$@"
+        ;;
+    test)
+        ensure_venv
+        ensure_chromium
+        export DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
+        exec "$PY" -m pytest -q "$@"
+        ;;
+    *)
+        ensure_venv
+        exec "$PY" -m "$cmd" "$@"
+        ;;
+esac

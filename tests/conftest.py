@@ -1,0 +1,116 @@
+"""Shared fixtures. The real data folder comes from env DATA_DIR (default <repo>/../shared/data)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # plain `pytest` (not `python -m pytest`) from anywhere
+    sys.path.insert(0, str(REPO_ROOT))
+
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+
+def _resolve_data_dir() -> Path:
+    value = os.environ.get("DATA_DIR", "").strip()
+    if not value:
+        return DEFAULT_DATA_DIR.resolve()
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        # relative to the working directory if it exists there, else relative to the repo root
+        path = path if path.exists() else REPO_ROOT / path
+    return path.resolve()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = _resolve_data_dir()
+    if not (path / "ham10000").is_dir():
+        pytest.fail(
+            f"real data not found: {path} has no ham10000/ folder. Point DATA_DIR at the data folder "
+            f"(e.g. DATA_DIR=../shared/data, the layout described in README.md) and run again.",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def ham_manifest(data_dir):
+    """load_manifest of HAM10000 only (10,015 rows), read once per session; do not modify it in tests."""
+    from core.data import load_manifest
+
+    return load_manifest(data_dir, sources=("ham10000",))
+
+
+@pytest.fixture(scope="session")
+def ham_split(ham_manifest):
+    """ham_manifest with the seed-42 grouped split (what `python -m train.splits` writes); read-only."""
+    from core.data import assign_splits
+
+    return assign_splits(ham_manifest, seed=42)
+
+
+@pytest.fixture(scope="session")
+def isic_manifest(data_dir):
+    from core.data import load_manifest
+
+    return load_manifest(data_dir, sources=("isic2017",))
+
+
+def write_tiny_ham(root: Path, per_class: int = 4, images_per_lesion: int = 1, layout: str = "official") -> Path:
+    """A small synthetic HAM10000-shaped folder (real layout, fake pixels) for error-path and CLI tests.
+
+    layout="official": HAM10000_images_part_1/2 + HAM10000_segmentations_lesion_tschandl;
+    layout="flat": images/ + masks/.
+    """
+    import cv2
+    import numpy as np
+
+    from core.classes import CLASS_CODES
+
+    root.mkdir(parents=True, exist_ok=True)
+    if layout == "official":
+        folders = [root / "HAM10000_images_part_1", root / "HAM10000_images_part_2"]
+        mask_folder = root / "HAM10000_segmentations_lesion_tschandl"
+    else:
+        folders = [root / "images"]
+        mask_folder = root / "masks"
+    for f in folders + [mask_folder]:
+        f.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = ["lesion_id,image_id,dx,dx_type,age,sex,localization"]
+    n = 0
+    for code in CLASS_CODES:
+        for lesion in range(per_class):
+            for _ in range(images_per_lesion):
+                image_id = f"ISIC_{9000000 + n:07d}"
+                lines.append(f"HAM_{code}_{lesion:03d},{image_id},{code},histo,{30 + n % 50}.0,male,back")
+                rgb = np.full((30, 40, 3), (200, 150, 140), np.uint8)
+                cv2.circle(rgb, (20, 15), 8, (int(rng.integers(40, 90)), 40, 30), -1)
+                mask = np.zeros((30, 40), np.uint8)
+                cv2.circle(mask, (20, 15), 8, 255, -1)
+                cv2.imwrite(str(folders[n % len(folders)] / f"{image_id}.jpg"), rgb[:, :, ::-1])
+                cv2.imwrite(str(mask_folder / f"{image_id}_segmentation.png"), mask)
+                n += 1
+    (root / "HAM10000_metadata.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def tiny_ham(tmp_path) -> Path:
+    """A fresh synthetic HAM10000 folder (official layout, 7 classes x 4 lesions) under tmp_path."""
+    return write_tiny_ham(tmp_path / "ham")
+
+
+@pytest.fixture
+def tiny_ham_factory():
+    """The write_tiny_ham function, for tests that need other sizes or layouts."""
+    return write_tiny_ham

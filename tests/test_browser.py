@@ -1,0 +1,213 @@
+"""End-to-end: the real app in a real browser (Debian chromium driven by playwright).
+
+Starts `streamlit run streamlit_app.py` on a free port, walks through every page with the sidebar navigation,
+uploads a full-resolution HAM10000 image on Analyze and a small batch (with one broken file) on Batch, and
+saves a screenshot of each page to test-artifacts/screenshots/<page>.png. With SAVE_SCREENSHOTS=1 smaller
+copies go to docs/screenshots/ for the README.
+
+chromium must be installed at /usr/bin/chromium (`apt-get install -y chromium`); a missing browser fails the test.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from core.classes import CLASSES
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = REPO / "test-artifacts" / "screenshots"
+DOC_SHOTS = REPO / "docs" / "screenshots"
+WIDTH = 1440
+CLASS_NAMES = [c.name for c in CLASSES]
+SLOW_MS = 180_000  # first analysis loads the model on a busy 2-core machine
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(data_dir):
+    port = _free_port()
+    env = {**os.environ, "DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+    log = (REPO / "test-artifacts")
+    log.mkdir(exist_ok=True)
+    out = open(log / "streamlit_server.log", "w")
+    cmd = ["nice", "-n", "19", sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"),
+           "--server.port", str(port), "--server.headless", "true", "--server.address", "127.0.0.1",
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}; see {log / 'streamlit_server.log'}")
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
+                    if response.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail("streamlit did not become healthy within 90 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        out.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} not found: install it with `apt-get update && apt-get install -y chromium`",
+                    pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _idle(page, timeout_ms: int = SLOW_MS) -> None:
+    """Wait until the script run finished (Streamlit's running indicator gone) and the page settled."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        timeout=timeout_ms)
+    page.wait_for_timeout(500)
+
+
+def _shot(page, name: str) -> Path:
+    """Full-height screenshot (Streamlit scrolls an inner container, so grow the viewport to fit)."""
+    height = page.evaluate(
+        "() => Math.max(...['[data-testid=\"stMain\"]', '[data-testid=\"stAppViewContainer\"]', 'section.main']"
+        ".map(s => document.querySelector(s)).filter(Boolean).map(e => e.scrollHeight), document.body.scrollHeight)")
+    page.set_viewport_size({"width": WIDTH, "height": int(min(max(height, 900), 7000))})
+    page.wait_for_timeout(800)  # plotly re-layouts on resize
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": WIDTH, "height": 1000})
+    if os.environ.get("SAVE_SCREENSHOTS") == "1":
+        from PIL import Image
+
+        DOC_SHOTS.mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            img.thumbnail((1100, 4000))
+            img.save(DOC_SHOTS / f"{name}.png", optimize=True)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def _goto(page, title: str) -> None:
+    page.get_by_role("link", name=title).first.click()
+    page.get_by_role("heading", name=title if title != "Analyze" else "Analyze an image").first.wait_for(
+        timeout=60_000)
+    _idle(page)
+
+
+def _no_exception(page) -> None:
+    assert page.locator("[data-testid='stException']").count() == 0, page.locator(
+        "[data-testid='stException']").first.inner_text()
+
+
+def test_every_page_in_a_real_browser(server, browser, data_dir, tmp_path):
+    page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+    page.set_default_timeout(60_000)
+    try:
+        _tour(page, server, data_dir, tmp_path)
+    except Exception:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
+        raise
+    finally:
+        page.close()
+
+
+def _tour(page, server, data_dir, tmp_path) -> None:
+    page.goto(server)
+    page.get_by_role("heading", name="LesionLens").first.wait_for()
+    _idle(page)
+    page.get_by_text("not a diagnosis").first.wait_for()
+    page.get_by_text("Shipped model").first.wait_for()
+    _no_exception(page)
+    _shot(page, "home")
+
+    # Analyze: upload a full-resolution image through the real file input
+    _goto(page, "Analyze")
+    image = sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[0]
+    page.locator("[data-testid='stFileUploader'] input[type='file']").first.set_input_files(str(image))
+    page.get_by_text(f"Prediction for {image.name}").first.wait_for(timeout=SLOW_MS)
+    _idle(page)
+    heading = page.locator("h3").filter(has_text="(").first.inner_text()
+    assert any(heading.startswith(name) for name in CLASS_NAMES), heading
+    page.get_by_text("Class probabilities").first.wait_for()
+    page.locator("[data-testid='stPlotlyChart']").first.wait_for()
+    page.get_by_text("Max diameter").first.wait_for()
+    _no_exception(page)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="PDF report").click()
+    pdf = tmp_path / "report.pdf"
+    download.value.save_as(pdf)
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    _idle(page)
+    _shot(page, "analyze")
+
+    _goto(page, "Dataset explorer")
+    page.get_by_text("10,015").first.wait_for(timeout=SLOW_MS)
+    page.get_by_text("Split sizes").first.wait_for(timeout=SLOW_MS)
+    _idle(page)
+    _no_exception(page)
+    _shot(page, "dataset_explorer")
+
+    _goto(page, "Model performance")
+    page.get_by_text("Balanced accuracy").first.wait_for()
+    _no_exception(page)
+    _shot(page, "model_performance")
+    page.get_by_role("tab", name="Confusion matrix").click()
+    page.get_by_text("test image(s): true").first.wait_for(timeout=SLOW_MS)
+    _idle(page)
+    _no_exception(page)
+    _shot(page, "model_performance_confusion")
+
+    # Batch: two good images and one broken file; the broken one becomes an error row
+    _goto(page, "Batch")
+    good = sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[1:3]
+    page.locator("[data-testid='stFileUploader'] input[type='file']").first.set_input_files(
+        [str(p) for p in good] + [{"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff junk"}])
+    page.get_by_role("button", name="Analyse 3 image(s)").click()
+    page.get_by_role("button", name="Download results (CSV)").wait_for(timeout=SLOW_MS)
+    _idle(page)
+    _no_exception(page)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download results (CSV)").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert [r["file"] for r in rows] == [p.name for p in good] + ["broken.jpg"]
+    assert rows[2]["error"] and not rows[0]["error"] and not rows[1]["error"]
+    assert all(any(r["prediction"].startswith(n) for n in CLASS_NAMES) for r in rows[:2])
+    _shot(page, "batch")

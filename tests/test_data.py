@@ -1,0 +1,249 @@
+"""core.data on the real HAM10000 / ISIC 2017 folders, and its error paths on synthetic folders."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from core.classes import CLASS_CODES
+from core.data import (
+    MANIFEST_COLUMNS, DatasetError, apply_split_file, assign_splits, data_dir_from_env, dataset_summary,
+    load_manifest, read_class_folders, read_ham10000, read_isic2017, read_split_file,
+)
+
+HAM_COUNTS = {"akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705, "vasc": 142}
+ISIC_TRAIN = {"mel": 374, "bkl": 254, "nv": 1372}
+ISIC_VAL = {"mel": 30, "bkl": 42, "nv": 78}
+
+
+# ---------------------------------------------------------------- real data
+def test_ham_manifest_matches_the_published_counts(ham_manifest):
+    assert list(ham_manifest.columns) == MANIFEST_COLUMNS
+    assert len(ham_manifest) == 10_015
+    assert ham_manifest["image_id"].is_unique
+    assert ham_manifest["dx"].value_counts().to_dict() == HAM_COUNTS
+    assert ham_manifest["lesion_id"].nunique() == 7_470
+    assert set(ham_manifest["source"]) == {"ham10000"}
+    assert (ham_manifest["split"] == "").all()
+
+
+def test_ham_manifest_points_at_existing_image_and_mask_files(ham_manifest):
+    assert (ham_manifest["mask_path"] != "").all()
+    for column in ("image_path", "mask_path"):
+        paths = ham_manifest[column].map(Path)
+        assert paths.map(Path.is_file).all(), column
+    stems = ham_manifest["image_path"].map(lambda p: Path(p).stem)
+    assert (stems == ham_manifest["image_id"]).all()
+    masks = ham_manifest["mask_path"].map(lambda p: Path(p).name)
+    assert (masks == ham_manifest["image_id"] + "_segmentation.png").all()
+    assert ham_manifest["age"].dtype.kind == "f"
+
+
+def test_isic2017_manifest_keeps_official_split_and_counts(isic_manifest):
+    assert len(isic_manifest) == 2_150
+    assert set(isic_manifest["source"]) == {"isic2017"}
+    for split, expected in (("train", ISIC_TRAIN), ("val", ISIC_VAL)):
+        part = isic_manifest[isic_manifest["split"] == split]
+        assert part["dx"].value_counts().to_dict() == expected, split
+    assert (isic_manifest["mask_path"] != "").all()
+    assert (isic_manifest["lesion_id"] == isic_manifest["image_id"]).all()
+
+
+def test_full_manifest_combines_both_sources_without_id_clashes(data_dir, ham_manifest):
+    full = load_manifest(data_dir)
+    assert len(full) == 10_015 + 2_150
+    assert full.groupby("source").size().to_dict() == {"ham10000": 10_015, "isic2017": 2_150}
+    assert full["image_id"].is_unique  # the README: the two datasets share no ids
+    # pointing straight at a dataset folder gives the same rows
+    direct = load_manifest(data_dir / "ham10000")
+    pd.testing.assert_frame_equal(direct, ham_manifest)
+
+
+def test_dataset_summary_is_json_ready_and_counts_per_split(ham_split):
+    summary = dataset_summary(ham_split)
+    json.dumps(summary)
+    assert summary["all"]["n_images"] == 10_015
+    assert summary["all"]["dx"] == HAM_COUNTS
+    assert summary["all"]["with_mask"] == 10_015
+    assert set(summary["splits"]) == {"train", "val", "test"}
+    assert sum(s["n_images"] for s in summary["splits"].values()) == 10_015
+    for code in CLASS_CODES:
+        assert sum(s["dx"][code] for s in summary["splits"].values()) == HAM_COUNTS[code]
+    assert sum(summary["all"]["sex"].values()) == 10_015
+    ages = summary["all"]["age"]
+    assert 40 < ages["mean"] < 65 and ages["missing"] == int(ham_split["age"].isna().sum())
+
+
+def test_data_dir_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    assert data_dir_from_env() == tmp_path
+    monkeypatch.delenv("DATA_DIR")
+    assert data_dir_from_env() is None
+    assert data_dir_from_env("x/y") == Path("x/y")
+
+
+# ---------------------------------------------------------------- synthetic layouts
+def test_official_download_layout_is_read(tiny_ham):
+    manifest = load_manifest(tiny_ham)
+    assert len(manifest) == 28
+    assert manifest["dx"].value_counts().to_dict() == {c: 4 for c in CLASS_CODES}
+    assert {Path(p).parent.name for p in manifest["image_path"]} == {"HAM10000_images_part_1", "HAM10000_images_part_2"}
+    assert all(Path(p).parent.name == "HAM10000_segmentations_lesion_tschandl" for p in manifest["mask_path"])
+
+
+def test_isic_layout_with_flag_columns(tmp_path, tiny_ham_factory):
+    ham = tiny_ham_factory(tmp_path / "src", per_class=1, layout="flat")
+    root = tmp_path / "isic"
+    (root / "images").mkdir(parents=True)
+    ids = sorted(p.stem for p in (ham / "images").glob("*.jpg"))[:3]
+    for i in ids:
+        (root / "images" / f"{i}.jpg").write_bytes((ham / "images" / f"{i}.jpg").read_bytes())
+    (root / "labels.csv").write_text(
+        "image_id,melanoma,seborrheic_keratosis,split\n"
+        f"{ids[0]},1.0,0.0,train\n{ids[1]},0.0,1.0,validation\n{ids[2]},0,0,train\n"
+    )
+    manifest = read_isic2017(root)
+    assert manifest["dx"].tolist() == ["mel", "bkl", "nv"]
+    assert manifest["split"].tolist() == ["train", "val", "train"]
+    assert (manifest["mask_path"] == "").all()
+
+
+def test_class_folder_layout(tmp_path, tiny_ham_factory):
+    ham = tiny_ham_factory(tmp_path / "src", per_class=1, layout="flat")
+    root = tmp_path / "folders"
+    for n, src in enumerate(sorted((ham / "images").glob("*.jpg"))):
+        code = CLASS_CODES[n % len(CLASS_CODES)]
+        (root / code).mkdir(parents=True, exist_ok=True)
+        (root / code / src.name).write_bytes(src.read_bytes())
+    manifest = load_manifest(root)
+    assert set(manifest["source"]) == {"folder"} and len(manifest) == 7
+    assert sorted(manifest["dx"]) == sorted(CLASS_CODES)
+
+
+# ---------------------------------------------------------------- error paths
+def _raises(func, *args, match_all: tuple[str, ...]) -> str:
+    with pytest.raises(DatasetError) as info:
+        func(*args)
+    message = str(info.value)
+    for part in match_all:
+        assert part in message, f"{part!r} not in {message!r}"
+    return message
+
+
+def test_missing_data_dir_and_empty_folder(tmp_path):
+    _raises(load_manifest, tmp_path / "nope", match_all=(str(tmp_path / "nope"), "not found"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _raises(load_manifest, empty, match_all=(str(empty), "no dataset found"))
+    (empty / "mel").mkdir()
+    _raises(read_class_folders, empty, match_all=(str(empty), "no images"))
+    (empty / "notaclass").mkdir()
+    _raises(read_class_folders, empty, match_all=("notaclass", "not class codes"))
+
+
+def test_missing_csv_names_the_expected_file(tiny_ham):
+    (tiny_ham / "HAM10000_metadata.csv").unlink()
+    _raises(read_ham10000, tiny_ham, match_all=("HAM10000_metadata.csv", str(tiny_ham)))
+
+
+def test_empty_and_headerless_csv(tiny_ham):
+    csv = tiny_ham / "HAM10000_metadata.csv"
+    csv.write_text("")
+    _raises(read_ham10000, tiny_ham, match_all=(str(csv), "empty"))
+    csv.write_text("lesion_id,image_id,dx\n")
+    _raises(read_ham10000, tiny_ham, match_all=(str(csv), "no rows"))
+
+
+def test_missing_column_names_file_and_column(tiny_ham):
+    csv = tiny_ham / "HAM10000_metadata.csv"
+    table = pd.read_csv(csv).drop(columns=["dx"])
+    table.to_csv(csv, index=False)
+    _raises(read_ham10000, tiny_ham, match_all=(str(csv), "missing column", "dx"))
+
+
+def test_unknown_label_names_the_row(tiny_ham):
+    csv = tiny_ham / "HAM10000_metadata.csv"
+    table = pd.read_csv(csv)
+    table.loc[5, "dx"] = "melanoma?"
+    table.to_csv(csv, index=False)
+    message = _raises(read_ham10000, tiny_ham, match_all=(str(csv), "row 7", table.loc[5, "image_id"], "'melanoma?'"))
+    assert "unknown label" in message
+    table.loc[5, "dx"] = None
+    table.to_csv(csv, index=False)
+    _raises(read_ham10000, tiny_ham, match_all=(str(csv), "row 7", "empty label"))
+
+
+def test_missing_image_file_names_row_and_image(tiny_ham):
+    csv = tiny_ham / "HAM10000_metadata.csv"
+    table = pd.read_csv(csv)
+    victim = table.loc[10, "image_id"]
+    for path in tiny_ham.glob(f"HAM10000_images_part_*/{victim}.jpg"):
+        path.unlink()
+    _raises(read_ham10000, tiny_ham, match_all=(str(csv), "row 12", victim, "not found", "1 of 28"))
+
+
+def test_missing_images_folder(tiny_ham):
+    for folder in tiny_ham.glob("HAM10000_images_part_*"):
+        for f in folder.iterdir():
+            f.unlink()
+    _raises(read_ham10000, tiny_ham, match_all=(str(tiny_ham), "no images found"))
+
+
+def test_duplicate_image_id_and_empty_lesion_id(tiny_ham):
+    csv = tiny_ham / "HAM10000_metadata.csv"
+    table = pd.read_csv(csv)
+    dup = pd.concat([table, table.iloc[[3]]], ignore_index=True)
+    dup.to_csv(csv, index=False)
+    _raises(read_ham10000, tiny_ham, match_all=(str(csv), table.loc[3, "image_id"], "more than once", "rows 5, 30"))
+    table.loc[2, "lesion_id"] = None
+    table.to_csv(csv, index=False)
+    _raises(read_ham10000, tiny_ham, match_all=(str(csv), "row 4", "empty lesion_id"))
+
+
+def test_isic_bad_values_name_the_row(tmp_path, tiny_ham_factory):
+    ham = tiny_ham_factory(tmp_path / "src", per_class=1, layout="flat")
+    root = tmp_path / "isic"
+    (root / "images").mkdir(parents=True)
+    ids = sorted(p.stem for p in (ham / "images").glob("*.jpg"))[:2]
+    for i in ids:
+        (root / "images" / f"{i}.jpg").write_bytes((ham / "images" / f"{i}.jpg").read_bytes())
+    csv = root / "labels.csv"
+    csv.write_text(f"image_id,melanoma,seborrheic_keratosis\n{ids[0]},0,0\n{ids[1]},yes,0\n")
+    _raises(read_isic2017, root, match_all=(str(csv), "row 3", ids[1], "melanoma"))
+    csv.write_text(f"image_id,label\n{ids[0]},nevus\n{ids[1]},angioma\n")
+    _raises(read_isic2017, root, match_all=(str(csv), "row 3", "'angioma'"))
+    csv.write_text(f"image_id,label,split\n{ids[0]},nevus,train\n{ids[1]},nevus,holdout\n")
+    _raises(read_isic2017, root, match_all=(str(csv), "row 3", "'holdout'"))
+    csv.write_text(f"image_id,diagnosis\n{ids[0]},nevus\n")
+    _raises(read_isic2017, root, match_all=(str(csv), "label"))
+
+
+def test_bad_split_files_name_file_and_row(tmp_path, tiny_ham):
+    manifest = load_manifest(tiny_ham)
+    split_csv = tmp_path / "splits.csv"
+    _raises(read_split_file, split_csv, match_all=(str(split_csv), "not found"))
+    split_csv.write_text("image_id,split\nISIC_9000000,train\n")
+    _raises(apply_split_file, manifest, split_csv, match_all=(str(split_csv), "source"))
+    split_csv.write_text("image_id,source,split\nISIC_9000000,ham10000,train\nISIC_9000001,ham10000,holdout\n")
+    _raises(apply_split_file, manifest, split_csv, match_all=(str(split_csv), "row 3", "'holdout'"))
+    split_csv.write_text("image_id,source,split\nISIC_9000000,ham10000,train\nISIC_9000000,ham10000,test\n")
+    _raises(apply_split_file, manifest, split_csv, match_all=(str(split_csv), "row 3", "second time"))
+    split_csv.write_text("image_id,source,split\nISIC_0000001,isic2017,train\n")
+    _raises(apply_split_file, manifest, split_csv, match_all=(str(split_csv), "match"))
+
+
+def test_split_helpers_reject_bad_manifests_without_keyerror(ham_manifest):
+    with pytest.raises(DatasetError, match="missing column"):
+        assign_splits(ham_manifest.drop(columns=["lesion_id"]))
+    with pytest.raises(DatasetError, match="missing column"):
+        dataset_summary(ham_manifest.drop(columns=["dx"]))
+    broken = ham_manifest.head(30).copy()
+    broken.loc[broken.index[4], "dx"] = "xyz"
+    with pytest.raises(DatasetError, match=r"row 4 .*'xyz'"):
+        assign_splits(broken)
+    with pytest.raises(DatasetError, match="at least 3 lesions"):
+        assign_splits(ham_manifest.head(2))
+    with pytest.raises(ValueError):
+        load_manifest(".", sources=("imagenet",))

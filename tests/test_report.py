@@ -1,0 +1,224 @@
+"""core.report: PDF content, privacy (no EXIF, no file names) and determinism."""
+from __future__ import annotations
+
+import io
+import re
+import zlib
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.classes import CLASS_CODES
+from core.measure import measure_lesion
+from core.report import DISCLAIMER, REPORT_TITLE, ascii_safe, build_pdf_report
+
+WHEN = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
+SECRET_NAME = "jane_doe_1961-04-02_IMG_4711.jpg"
+
+
+def streams(pdf: bytes) -> list[bytes]:
+    """All stream payloads of the PDF, inflated where they are Flate-compressed."""
+    out = []
+    for m in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S):
+        raw = m.group(1)
+        try:
+            out.append(zlib.decompress(raw))
+        except zlib.error:
+            out.append(raw)
+    return out
+
+
+def pdf_text(pdf: bytes) -> str:
+    """Concatenated text of all ``(...) Tj`` operators, separated by spaces."""
+    parts = []
+    for s in streams(pdf):
+        for m in re.finditer(rb"\(((?:\\.|[^\\)])*)\)\s*Tj", s):
+            t = re.sub(rb"\\(.)", rb"\1", m.group(1)).decode("latin-1")
+            parts.append(t)
+    return re.sub(r"\s+", " ", " ".join(parts))
+
+
+def png_unfilter(data: bytes, stride: int, bpp: int) -> np.ndarray:
+    """Undo PNG row filters (PDF /Predictor 15) -> rows x stride uint8."""
+    rows = len(data) // (stride + 1)
+    out = np.zeros((rows, stride), np.int32)
+    prev = np.zeros(stride, np.int32)
+    for r in range(rows):
+        kind = data[r * (stride + 1)]
+        line = np.frombuffer(data, np.uint8, stride, r * (stride + 1) + 1).astype(np.int32)
+        cur = np.zeros(stride, np.int32)
+        for i in range(stride):
+            a = cur[i - bpp] if i >= bpp else 0
+            b = prev[i]
+            c = prev[i - bpp] if i >= bpp else 0
+            if kind == 0:
+                pred = 0
+            elif kind == 1:
+                pred = a
+            elif kind == 2:
+                pred = b
+            elif kind == 3:
+                pred = (a + b) // 2
+            else:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+            cur[i] = (line[i] + pred) & 0xFF
+        out[r] = cur
+        prev = cur
+    return out.astype(np.uint8)
+
+
+def everything(pdf: bytes) -> bytes:
+    return pdf + b"".join(streams(pdf))
+
+
+def lesion_image(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    rgb = np.empty((150, 200, 3), np.uint8)
+    rgb[:] = (225, 175, 160)
+    yy, xx = np.mgrid[:150, :200]
+    mask = ((yy - 75) ** 2 / 45**2 + (xx - 100) ** 2 / 60**2) <= 1
+    rgb[mask] = (110, 60, 40)
+    rgb = np.clip(rgb.astype(int) + rng.integers(-8, 9, rgb.shape), 0, 255).astype(np.uint8)
+    return rgb, mask.astype(np.uint8) * 255
+
+
+def exif_jpeg_image() -> Image.Image:
+    """A JPEG decoded from bytes that carry EXIF (description = a patient file name, artist, GPS-ish text)."""
+    rgb, _ = lesion_image(1)
+    exif = Image.Exif()
+    exif[0x010E] = SECRET_NAME  # ImageDescription
+    exif[0x013B] = "Dr Secret Exifauthor"  # Artist
+    exif[0x010F] = "SecretCam Inc"  # Make
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", exif=exif.tobytes(), quality=90)
+    data = buf.getvalue()
+    assert b"Exif" in data and SECRET_NAME.encode() in data  # the source really has EXIF
+    img = Image.open(io.BytesIO(data))
+    assert "exif" in img.info
+    return img
+
+
+def make_report(**overrides) -> bytes:
+    rgb, mask = lesion_image()
+    probs = {"akiec": 0.02, "bcc": 0.03, "bkl": 0.05, "df": 0.01, "mel": 0.71, "nv": 0.16, "vasc": 0.02}
+    kwargs = dict(
+        image_rgb=rgb,
+        overlay_rgb=rgb // 2,
+        cam_rgb=rgb[::-1].copy(),
+        probs=probs,
+        label="mel",
+        uncertainty=0.37,
+        ood=False,
+        ood_reason="",
+        measurements=measure_lesion(mask, rgb, mm_per_pixel=0.05),
+        model_info={"version": "2025.03-rc1", "created": "2025-03-01T12:00:00Z",
+                    "metrics": {"balanced_accuracy": 0.812, "mask_cn": {"macro_auc": 0.951}}},
+        generated_at=WHEN,
+    )
+    kwargs.update(overrides)
+    return build_pdf_report(**kwargs)
+
+
+def test_pdf_basics_and_content():
+    pdf = make_report()
+    assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+    assert len(re.findall(rb"/Type\s*/Page\b", pdf)) == 1  # fits on one A4 page
+    text = pdf_text(pdf)
+    assert REPORT_TITLE in text
+    assert "2025-03-14 09:26 UTC" in text
+    assert "2025.03-rc1" in text
+    assert DISCLAIMER in text
+    assert "Decision support for trained professionals; not a diagnosis." in text
+    assert "Most likely: Melanoma (mel) 71.0 % - malignant class" in text
+    # all seven classes with full names and probabilities
+    for name in ("Actinic keratosis / intraepithelial carcinoma", "Basal cell carcinoma",
+                 "Benign keratosis-like lesion", "Dermatofibroma", "Melanocytic nevus", "Vascular lesion"):
+        assert name in text, name
+    assert "Melanoma (top class)" in text
+    assert "16.0 %" in text and "0.37" in text
+    # measurements with mm values and colours
+    assert "Maximum diameter (Feret)" in text and "mm)" in text
+    assert "Dermoscopic colours" in text
+    assert "balanced_accuracy" in text and "0.812" in text and "mask_cn / macro_auc" in text
+    assert "OUT-OF-DISTRIBUTION" not in text
+
+
+def test_top_class_row_is_highlighted():
+    pdf = make_report()
+    content = b"".join(s for s in streams(pdf) if b"Tj" in s).decode("latin-1")
+    # the fill colour set right before the top row is the highlight colour; other rows are stroked only
+    top_row = content.index("(Melanoma  \\(top class\\)) Tj")
+    assert "re B" in content[content.rfind("q ", 0, top_row):top_row]
+    nv_row = content.index("(Melanocytic nevus) Tj")
+    assert "re S" in content[content.rfind("q ", 0, nv_row):nv_row]
+
+
+def test_ood_warning_and_sanitised_reason():
+    pdf = make_report(ood=True, ood_reason="Looks like a clinical photo \u2013 not dermoscopy (score 0.93 \u2265 0.8)")
+    text = pdf_text(pdf)
+    assert "OUT-OF-DISTRIBUTION WARNING: Looks like a clinical photo - not dermoscopy (score 0.93 >= 0.8)" in text
+
+
+def test_no_exif_and_no_file_name():
+    src = exif_jpeg_image()
+    pdf = make_report(image_rgb=src, overlay_rgb=np.asarray(src), cam_rgb=None)
+    blob = everything(pdf)
+    assert b"Exif" not in blob and b"EXIF" not in blob
+    assert SECRET_NAME.encode() not in blob and b"jane_doe" not in blob
+    assert b"Exifauthor" not in blob and b"SecretCam" not in blob
+    assert b".jpg" not in blob.lower()
+    # control: the search does find a file name when the clinician writes one in the note
+    noted = make_report(clinician_note=f"Compared with {SECRET_NAME} from last visit.")
+    assert SECRET_NAME in pdf_text(noted)
+
+
+def test_images_are_embedded_from_pixels():
+    pdf = make_report(cam_rgb=None)
+    assert pdf.count(b"/Subtype /Image") == 2
+    assert b"/Filter /FlateDecode" in pdf
+    assert b"/DCTDecode" not in pdf  # lossless re-encode, never the uploaded JPEG stream
+    assert re.search(rb"/Width 200\b", pdf) and re.search(rb"/Height 150\b", pdf)
+    rgb, _ = lesion_image()
+    h, w = rgb.shape[:2]
+    decoded = [png_unfilter(s, w * 3, 3) for s in streams(pdf) if len(s) == h * (1 + w * 3)]
+    assert any(np.array_equal(d.reshape(h, w, 3), rgb) for d in decoded)  # the exact pixels, losslessly
+
+
+def test_deterministic_bytes():
+    a, b = make_report(), make_report()
+    assert a == b
+    assert b"D:20250314092653" in a
+    later = make_report(generated_at=WHEN + timedelta(minutes=1))
+    assert later != a
+    naive = make_report(generated_at=WHEN.replace(tzinfo=None))
+    assert naive == a  # naive datetimes are taken as UTC
+
+
+def test_non_latin_text_is_sanitised():
+    note = "Naevus \u2013 5\u00b5m \u2265 4 \u201cq\u201d caf\u00e9 \u2713 \u65e5\u672c"
+    pdf = make_report(clinician_note=note, model_info={"version": "v\u00e9rsion-\u03b1", "created": "\u2014"})
+    text = pdf_text(pdf)
+    assert 'Naevus - 5um >= 4 "q" cafe ? ??' in text
+    assert "version-?" in text
+    assert ascii_safe("a\u00a0b\tc") == "a b c"
+
+
+def test_empty_measurements_and_missing_probs():
+    pdf = make_report(measurements=measure_lesion(np.zeros((10, 10), np.uint8)), probs={"nv": 1.0}, label="nv")
+    text = pdf_text(pdf)
+    assert "no lesion segmented" in text
+    assert "Melanocytic nevus (top class)" in text
+    assert len(re.findall(r"(?<![\d.])0\.0 %", text)) == len(CLASS_CODES) - 1
+    assert "100.0 %" in text
+
+
+def test_float_and_grey_images_accepted():
+    rgb, _ = lesion_image()
+    pdf = make_report(image_rgb=rgb.astype(np.float32) / 255.0, overlay_rgb=rgb[:, :, 0], cam_rgb=None)
+    assert pdf.startswith(b"%PDF")
+    with pytest.raises(ValueError):
+        make_report(image_rgb=np.zeros((4, 4, 2), np.uint8))

