@@ -269,7 +269,17 @@ def class_colour(code: str) -> str:
     return CLASS_BY_CODE[code].color if code in CLASS_BY_CODE else "#888888"
 
 
+SHORT_NAMES = {"akiec": "Actinic keratosis/IEC", "bcc": "Basal cell carcinoma", "bkl": "Benign keratosis",
+               "df": "Dermatofibroma", "mel": "Melanoma", "nv": "Nevus", "vasc": "Vascular lesion"}
+
+
+def short_name(code: str) -> str:
+    """Compact axis label (full names are in legends, hovers and the Analyze page)."""
+    return SHORT_NAMES.get(code, class_name(code))
+
+
 CLASS_COLOURS = {c.code: c.color for c in CLASSES}
+SHORT_NAME_COLOURS = {short_name(c.code): c.color for c in CLASSES}
 CLASS_NAME_COLOURS = {c.name: c.color for c in CLASSES}
 
 

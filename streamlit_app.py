@@ -27,10 +27,14 @@ def card_summary_ui(card: dict) -> dict:
         "macro_auc": cls.get("macro_auc"), "mel_recall": mel.get("recall"), "dice": seg.get("dice_mean"),
     }
     st.subheader("Shipped model")
+    sizes = card.get("input_size")
+    if isinstance(sizes, dict):
+        sizes = ", ".join(f"{k} {v.get('width')}×{v.get('height')}" if isinstance(v, dict) else f"{k} {v}"
+                          for k, v in sizes.items())
     st.caption(
         f"Version **{card.get('version', 'unversioned')}** · created {str(card.get('created', '?'))[:19]} · "
-        f"backbone {card.get('backbone', '?')} · input {card.get('input_size', '?')} · "
-        f"temperature {card.get('temperature', 1.0):.2f}"
+        f"backbone {card.get('backbone', '?')} · input {sizes or '?'} · "
+        f"temperature {float(card.get('temperature') or 1.0):.2f}"
     )
     cols = st.columns(5)
     cols[0].metric("Test accuracy", ui.metric_pct(shown["accuracy"]))
@@ -43,7 +47,7 @@ def card_summary_ui(card: dict) -> dict:
 
     summary = card.get("dataset_summary") or {}
     data = card.get("data")
-    left, right = st.columns([3, 2])
+    left, right = st.columns([1, 1])
     with left:
         st.markdown("**Training data**")
         if isinstance(data, dict):
@@ -58,12 +62,15 @@ def card_summary_ui(card: dict) -> dict:
     with right:
         if per_class:
             table = pd.DataFrame([
-                {"Class": c.name, "Recall": per_class.get(c.code, {}).get("recall"),
+                {"Class": c.name, "Recall": 100 * (per_class.get(c.code, {}).get("recall") or 0.0),
                  "Test images": per_class.get(c.code, {}).get("support")}
                 for c in CLASSES
             ])
             st.dataframe(table, hide_index=True, column_config={
-                "Recall": st.column_config.ProgressColumn("Recall", min_value=0.0, max_value=1.0, format="percent"),
+                "Class": st.column_config.TextColumn("Class", width="medium"),
+                "Recall": st.column_config.ProgressColumn("Test recall", min_value=0.0, max_value=100.0,
+                                                          format="%.1f%%", width="medium"),
+                "Test images": st.column_config.NumberColumn("Test images", width="small"),
             })
     return shown
 

@@ -4,7 +4,8 @@
     r = a.analyze(rgb)                  # rgb: HxWx3 uint8, any size
 
 Pipeline (MB-DCNN): coarse-SN -> mask-CN on image + coarse mask -> localisation map from mask-CN's CAM ->
-enhanced-SN -> refined mask. Probabilities are temperature-scaled (T fitted on validation); the OOD flag is a
+enhanced-SN -> refined mask. Probabilities are softmax((logits + offsets) / T), offsets (class-prior logit
+adjustment) and T fitted on validation (see the model card's decision_rule); the OOD flag is a
 Mahalanobis distance of mask-CN's pooled features to the training classes, thresholded on validation.
 """
 from __future__ import annotations
@@ -76,6 +77,7 @@ class Analyzer:
         self.ood_detector = ood
         self.device = device
         self.temperature = float(card.get("temperature", 1.0))
+        self.logit_offsets = torch.tensor(card.get("logit_offsets", [0.0] * NUM_CLASSES), dtype=torch.float32)
         self.version = str(card.get("version", "unversioned"))
         # One analysis at a time: the models are shared between sessions, CAM hooks are per-model state, and on a
         # 2-core machine one analysis with all threads beats several fighting for the cores.
@@ -129,7 +131,7 @@ class Analyzer:
             x4 = mask_cn_input(cls_x, coarse)
             logits, features = self.mask_cn.forward_with_features(x4)
             pooled = self.mask_cn.net.forward_head(features, pre_logits=True)
-            probs = F.softmax(logits.float() / self.temperature, dim=1)[0].cpu()
+            probs = F.softmax((logits.float().cpu() + self.logit_offsets) / self.temperature, dim=1)[0]
             top = int(probs.argmax())
             loc = localisation_map(self.mask_cn.class_activation_maps(features), torch.tensor([top]))
             lap("mask_cn")

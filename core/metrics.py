@@ -280,3 +280,25 @@ def segmentation_metrics(pred_masks: Sequence, true_masks: Sequence) -> dict:
         "jaccard_thresholded_065": float(np.where(jacs >= ISIC_JACCARD_THRESHOLD, jacs, 0.0).mean()),
         "dice_per_image": [round(float(d), 4) for d in dices],
     }
+
+
+# ---------------------------------------------------------------------------------- decision rule
+def logit_adjustment(priors, tau: float) -> np.ndarray:
+    """Per-class logit offsets -tau * log(prior) (Menon et al., ICLR 2021): tau = 0 keeps the training priors,
+    tau = 1 treats all classes as equally likely a priori (the balanced-accuracy optimum for a calibrated model)."""
+    p = np.asarray(priors, dtype=np.float64)
+    return -float(tau) * np.log(p / p.sum())
+
+
+def fit_logit_adjustment(logits, y_true, priors, taus=None) -> tuple[float, float]:
+    """The tau (grid 0..2) that maximises balanced accuracy on (validation) logits; returns (tau, balanced_acc).
+
+    One parameter chosen on validation: it trades overall accuracy for sensitivity to rare classes."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y_true).astype(int).ravel()
+    best_tau, best_score = 0.0, -1.0
+    for tau in (np.linspace(0.0, 2.0, 21) if taus is None else taus):
+        score = _balanced_accuracy(y, (z + logit_adjustment(priors, tau)).argmax(1))
+        if score > best_score + 1e-9:
+            best_tau, best_score = float(tau), float(score)
+    return best_tau, best_score

@@ -8,7 +8,7 @@ import streamlit as st
 import app_support as ui
 from core.classes import CLASS_CODES, MALIGNANT_CODES
 
-MASK_CHOICES = {"enhanced": "enhanced-SN (refined)", "coarse": "coarse-SN"}
+MASK_CHOICES = {"enhanced": "enhanced-SN", "coarse": "coarse-SN"}
 MAX_CACHED = 6
 
 
@@ -139,10 +139,10 @@ def cam_ui(analyzer, rgb, r, key: str):
     from core.cam import CAM_METHODS, overlay_heatmap
 
     st.markdown("**Class activation map**")
-    c1, c2 = st.columns(2)
+    c1, c2 = st.columns([2, 3])
     method = c1.selectbox("Method", list(CAM_METHODS), key="cam_method")
     target = c2.selectbox("Target class", ["top"] + list(CLASS_CODES), key="cam_target",
-                          format_func=lambda c: f"Top: {ui.class_name(r.label)}" if c == "top" else ui.class_name(c))
+                          format_func=lambda c: f"{ui.class_name(r.label)} (top)" if c == "top" else ui.class_name(c))
     code = r.label if target == "top" else target
     st.session_state["_cam_key"] = (key, code, method)
     with st.spinner(f"Computing {method}…"):
@@ -162,17 +162,18 @@ def report_ui(rgb, r, name: str, mask, mask_kind: str, measurements: dict, cam, 
     st.markdown("**Downloads**")
     note = st.text_input("Note for the PDF report (optional)", key="report_note", max_chars=500,
                          placeholder="e.g. clinical context; no patient identifiers")
-    cols = st.columns([2, 2, 3])
+    row = st.container(horizontal=True)
     stem = name.rsplit(".", 1)[0] or "image"
-    cols[1].download_button("Mask (PNG)", ui.png_bytes(mask), file_name=f"{stem}_{mask_kind}_mask.png",
+    pdf_slot = row.container(width="content")
+    row.download_button("Mask (PNG)", ui.png_bytes(mask), file_name=f"{stem}_{mask_kind}_mask.png",
                             mime="image/png", key="dl_mask", icon=":material/image:")
     try:
         pdf = _remember("pdf_cache", (st.session_state.get("_current_key"), mask_kind, cam_key, note),
                         lambda: ui.build_report(rgb, r, mask, measurements, cam, note))
     except Exception as exc:
-        cols[0].error(f"PDF report unavailable: {exc}")
+        pdf_slot.error(f"PDF report unavailable: {exc}")
     else:
-        cols[0].download_button("PDF report", pdf, file_name=f"{stem}_lesionlens.pdf",
+        pdf_slot.download_button("PDF report", pdf, file_name=f"{stem}_lesionlens.pdf",
                                 mime="application/pdf", key="dl_pdf", type="primary", icon=":material/picture_as_pdf:")
 
 

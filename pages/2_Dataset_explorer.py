@@ -12,12 +12,13 @@ from core.classes import CLASS_CODES, CLASSES
 SEX_COLOURS = {"male": "#4C78A8", "female": "#E45756", "unknown": "#BAB0AC"}
 SPLIT_ORDER = ["train", "val", "test"]
 GALLERY_COLUMNS = 6
-CLASS_ORDER = {"Diagnosis": [c.name for c in CLASSES]}
+CLASS_ORDER = {"Diagnosis": [ui.short_name(c.code) for c in CLASSES]}
+COLOURS = ui.SHORT_NAME_COLOURS
 
 
 def _with_names(table: pd.DataFrame) -> pd.DataFrame:
     out = table.copy()
-    out["Diagnosis"] = out["dx"].map(ui.class_name)
+    out["Diagnosis"] = out["dx"].map(ui.short_name)
     for column in ("sex", "localization", "dx_type"):
         out[column] = out[column].replace("", "unknown")
     return out
@@ -37,16 +38,16 @@ def card_summary_ui() -> None:
     c2.metric("Lesions", f"{overall.get('n_lesions', 0):,}")
     c3.metric("Sources", ", ".join(ui.SOURCE_LABELS.get(s, s) for s in summary.get("sources", [])) or "—")
     dx = overall.get("dx", {})
-    frame = pd.DataFrame({"Diagnosis": [ui.class_name(c) for c in dx], "Images": list(dx.values())})
+    frame = pd.DataFrame({"Diagnosis": [ui.short_name(c) for c in dx], "Images": list(dx.values())})
     st.plotly_chart(px.bar(frame, x="Diagnosis", y="Images", color="Diagnosis", text="Images",
-                           color_discrete_map=ui.CLASS_NAME_COLOURS, title="Class distribution"),
+                           color_discrete_map=COLOURS, title="Class distribution"),
                     key="card_dx")
     splits = summary.get("splits", {})
     if splits:
-        rows = [{"Split": s, "Diagnosis": ui.class_name(c), "Images": n}
+        rows = [{"Split": s, "Diagnosis": ui.short_name(c), "Images": n}
                 for s, part in splits.items() for c, n in part.get("dx", {}).items()]
         st.plotly_chart(px.bar(pd.DataFrame(rows), x="Split", y="Images", color="Diagnosis",
-                               color_discrete_map=ui.CLASS_NAME_COLOURS, title="Split sizes"), key="card_splits")
+                               color_discrete_map=COLOURS, title="Split sizes"), key="card_splits")
 
 
 # ---------------------------------------------------------------- with data
@@ -71,7 +72,7 @@ def split_chart_ui(container, data_dir, sources: tuple[str, ...], source: str) -
     split_counts = named.groupby(["split", "Diagnosis"]).size().rename("Images").reset_index()
     totals = named.groupby("split").size()
     fig = px.bar(split_counts, x="split", y="Images", color="Diagnosis", title="Split sizes (grouped by lesion)",
-                 color_discrete_map=ui.CLASS_NAME_COLOURS, category_orders={"split": SPLIT_ORDER, **CLASS_ORDER})
+                 color_discrete_map=COLOURS, category_orders={"split": SPLIT_ORDER, **CLASS_ORDER})
     fig.update_layout(xaxis_title=None, legend_title=None)
     fig.update_xaxes(ticktext=[f"{s} ({totals.get(s, 0):,})" for s in SPLIT_ORDER], tickvals=SPLIT_ORDER)
     container.plotly_chart(fig, key="split_chart")
@@ -85,7 +86,7 @@ def charts_ui(table: pd.DataFrame):
     counts = named.groupby("Diagnosis", sort=False).size().reindex(CLASS_ORDER["Diagnosis"]).dropna()
     counts = counts.rename("Images").reset_index()
     fig = px.bar(counts, x="Diagnosis", y="Images", color="Diagnosis", text="Images", title="Class distribution",
-                 color_discrete_map=ui.CLASS_NAME_COLOURS, category_orders=CLASS_ORDER)
+                 color_discrete_map=COLOURS, category_orders=CLASS_ORDER)
     fig.update_layout(showlegend=False, xaxis_title=None)
     left.plotly_chart(fig, key="dx_chart")
 
@@ -96,7 +97,7 @@ def charts_ui(table: pd.DataFrame):
     else:
         left, right = st.columns(2)
         fig = px.box(named.dropna(subset=["age"]), x="Diagnosis", y="age", color="Diagnosis",
-                     title="Age by diagnosis", color_discrete_map=ui.CLASS_NAME_COLOURS, category_orders=CLASS_ORDER)
+                     title="Age by diagnosis", color_discrete_map=COLOURS, category_orders=CLASS_ORDER)
         fig.update_layout(showlegend=False, xaxis_title=None, yaxis_title="Age (years)")
         left.plotly_chart(fig, key="age_chart")
 
@@ -120,7 +121,7 @@ def charts_ui(table: pd.DataFrame):
 
         dxt = named.groupby(["dx_type", "Diagnosis"]).size().rename("Images").reset_index()
         fig = px.bar(dxt, x="Images", y="dx_type", color="Diagnosis", orientation="h",
-                     title="How the diagnosis was confirmed (dx_type)", color_discrete_map=ui.CLASS_NAME_COLOURS,
+                     title="How the diagnosis was confirmed (dx_type)", color_discrete_map=COLOURS,
                      category_orders=CLASS_ORDER)
         fig.update_layout(yaxis_title=None, legend_title=None, height=560)
         right2.plotly_chart(fig, key="dxtype_chart")
@@ -132,9 +133,10 @@ def charts_ui(table: pd.DataFrame):
 def gallery_filters_ui(table: pd.DataFrame) -> pd.DataFrame:
     c1, c2, c3, c4 = st.columns([3, 2, 3, 3])
     codes = [c for c in CLASS_CODES if (table["dx"] == c).any()]
-    chosen = c1.multiselect("Class", codes, default=codes, format_func=ui.class_name, key="g_class")
+    chosen = c1.multiselect("Class", codes, default=[], format_func=ui.class_name, key="g_class",
+                            placeholder="All classes") or codes
     sexes = sorted(table["sex"].replace("", "unknown").unique())
-    sex = c2.multiselect("Sex", sexes, default=sexes, key="g_sex")
+    sex = c2.multiselect("Sex", sexes, default=[], key="g_sex", placeholder="All") or sexes
     ages = table["age"].dropna()
     if len(ages):
         lo, hi = int(ages.min()), int(ages.max())

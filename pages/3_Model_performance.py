@@ -39,11 +39,12 @@ def per_class_ui(m: dict) -> pd.DataFrame:
     rows = []
     for c in CLASSES:
         pc = m.get("per_class", {}).get(c.code, {})
+        pct = {k: None if pc.get(k) is None else 100 * pc[k] for k in ("precision", "recall", "f1")}
         rows.append({"Class": c.name, "Code": c.code, "Malignant": "▲ yes" if c.malignant else "no",
-                     "Precision": pc.get("precision"), "Recall": pc.get("recall"), "F1": pc.get("f1"),
+                     "Precision": pct["precision"], "Recall": pct["recall"], "F1": pct["f1"],
                      "AUC": pc.get("auc"), "Support": pc.get("support")})
     table = pd.DataFrame(rows)
-    bar = dict(min_value=0.0, max_value=1.0, format="percent")
+    bar = dict(min_value=0.0, max_value=100.0, format="%.1f%%")
     st.dataframe(table, hide_index=True, key="per_class_table", column_config={
         "Precision": st.column_config.ProgressColumn("Precision", **bar),
         "Recall": st.column_config.ProgressColumn("Recall (sensitivity)", **bar),
@@ -61,20 +62,21 @@ def confusion_figure(matrix: np.ndarray, normalised: bool, title: str = "", heig
     shares = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     z = shares if normalised else counts
     names = [ui.class_name(c) for c in CLASS_CODES]
+    codes = list(CLASS_CODES)
     text = [[f"{shares[i, j]:.0%}" if normalised else f"{int(counts[i, j])}" for j in range(len(names))]
             for i in range(len(names))]
     fig = go.Figure(go.Heatmap(
-        z=z.tolist(), x=names, y=names, colorscale=CM_SCALE, text=text, texttemplate="%{text}", showscale=False,
+        z=z.tolist(), x=codes, y=names, colorscale=CM_SCALE, text=text, texttemplate="%{text}", showscale=False,
         customdata=np.dstack([counts, shares]).tolist(),
         hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata[0]:.0f} images (%{customdata[1]:.1%} of row)"
                       "<extra></extra>",
     ))
     # Invisible markers on every cell: clicking a cell selects its point (st.plotly_chart on_select).
-    xs, ys = np.meshgrid(names, names)
+    xs, ys = np.meshgrid(codes, names)
     fig.add_trace(go.Scatter(x=xs.ravel(), y=ys.ravel(), mode="markers", marker=dict(size=28, opacity=0.01),
                              hoverinfo="skip", showlegend=False))
     fig.update_yaxes(autorange="reversed", title="True diagnosis")
-    fig.update_xaxes(title="Predicted", tickangle=-30)
+    fig.update_xaxes(title="Predicted (class code)", side="bottom")
     fig.update_layout(height=height, title=title, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
                       clickmode="event+select")
     return fig
@@ -84,7 +86,7 @@ def _cell_selected() -> None:
     """on_select callback: copy the clicked cell into the two selectboxes (the fallback that always works)."""
     state = st.session_state.get("cm_chart")
     points = (state or {}).get("selection", {}).get("points", []) if state else []
-    by_name = {ui.class_name(c): c for c in CLASS_CODES}
+    by_name = {ui.class_name(c): c for c in CLASS_CODES} | {c: c for c in CLASS_CODES}
     for point in points:
         true, pred = by_name.get(point.get("y")), by_name.get(point.get("x"))
         if true and pred:
@@ -97,15 +99,17 @@ def confusion_ui(m: dict, model: str) -> tuple[str, str]:
     if matrix.shape != (len(CLASS_CODES), len(CLASS_CODES)):
         st.info("No confusion matrix in the model card.")
         return "mel", "nv"
-    normalised = st.toggle("Row-normalised (share of each true class)", value=True, key="cm_norm")
-    st.plotly_chart(confusion_figure(matrix, normalised), key="cm_chart", on_select=_cell_selected,
-                    selection_mode="points", config={"displayModeBar": False})
+    left, right = st.columns([3, 1])
+    normalised = right.toggle("Row-normalised", value=True, key="cm_norm", help="Share of each true class.")
+    left.plotly_chart(confusion_figure(matrix, normalised), key="cm_chart", on_select=_cell_selected,
+                      selection_mode="points", config={"displayModeBar": False})
     if "cm_true" not in st.session_state:
         st.session_state["cm_true"], st.session_state["cm_pred"] = "mel", "nv"  # the costly miss, by default
-    c1, c2 = st.columns(2)
-    true = c1.selectbox("True class", CLASS_CODES, format_func=ui.class_label, key="cm_true")
-    pred = c2.selectbox("Predicted class", CLASS_CODES, format_func=ui.class_label, key="cm_pred")
-    st.caption("Click a cell (or use the two boxes) to see those test images.")
+    true = right.selectbox("True class", CLASS_CODES, format_func=ui.class_label, key="cm_true")
+    pred = right.selectbox("Predicted class", CLASS_CODES, format_func=ui.class_label, key="cm_pred")
+    right.caption("Click a cell (or use the two boxes) to see those test images below.")
+    codes = " · ".join(f"{c} = {ui.class_name(c)}" for c in CLASS_CODES)
+    right.caption(codes)
     return true, pred
 
 
@@ -127,9 +131,10 @@ def cell_images_ui(true: str, pred: str, model: str) -> int:
         st.info("Set the data folder in the sidebar to see these images.")
         st.dataframe(cell[["image_id", "dx", "pred", f"p_{pred}"]].head(50), hide_index=True)
         return 0
-    c1, c2 = st.columns([1, 3])
-    show_cam = c1.toggle("Grad-CAM", value=True, key="cm_cam", help="Class activation map for the predicted class.")
-    count = c2.slider("Images", 1, 12, 4, key="cm_count")
+    c1, c2, _ = st.columns([1, 2, 3])
+    show_cam = c1.toggle("Grad-CAM overlay", value=True, key="cm_cam",
+                         help="Class activation map for the predicted class.")
+    count = c2.slider("Images", 1, 12, 6, key="cm_count")
     cell = cell.sort_values(f"p_{pred}", ascending=False).head(count)
     try:
         table = ui.manifest(str(data_dir), tuple(ui.available_sources(data_dir)))
@@ -142,11 +147,11 @@ def cell_images_ui(true: str, pred: str, model: str) -> int:
         analyzer, error = ui.analyzer_or_error()
         if error:
             st.warning(error)
-    cols = st.columns(4)
+    cols = st.columns(6)
     shown = 0
     for i, row in enumerate(cell.itertuples(index=False)):
         path = paths.get((row.source, row.image_id))
-        col = cols[i % 4]
+        col = cols[i % 6]
         if path is None:
             col.warning(f"{row.image_id} not found in the data folder")
             continue
@@ -359,11 +364,8 @@ def performance_page() -> None:
     with tabs[0]:
         per_class_ui(m)
     with tabs[1]:
-        left, right = st.columns([3, 2])
-        with left:
-            true, pred = confusion_ui(m, model)
-        with right:
-            cell_images_ui(true, pred, model)
+        true, pred = confusion_ui(m, model)
+        cell_images_ui(true, pred, model)
     with tabs[2]:
         curves_ui(m)
     with tabs[3]:

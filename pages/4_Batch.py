@@ -71,25 +71,31 @@ def results_ui(table: pd.DataFrame) -> None:
         labelled = table[ok & table["true_dx"].notna()]
         agree = int((labelled["pred_code"] == labelled["true_dx"]).sum())
         st.caption(f"Dataset examples: prediction agrees with the true label for {agree} of {len(labelled)}.")
+    shown = table.drop(columns=["pred_code"] + ([] if table["true_dx"].notna().any() else ["true_dx"]))
+    shown.insert(2, "status", ["✓ analysed" if not e else f"✗ {e}" for e in table["error"]])
+    shown = shown.drop(columns=["error"])
+    for column in PROB_COLUMNS + ["probability", "malignant_total"]:
+        shown[column] = shown[column].astype(float) * 100
     config = {
         "thumbnail": st.column_config.ImageColumn("Image", width="small"),
+        "status": st.column_config.TextColumn("Status", width="medium"),
         "file": st.column_config.TextColumn("File"),
         "true_dx": st.column_config.TextColumn("True label"),
         "prediction": st.column_config.TextColumn("Prediction", help="▲ = malignant class"),
-        "probability": st.column_config.ProgressColumn("Probability", min_value=0.0, max_value=1.0, format="percent"),
-        "malignant_total": st.column_config.NumberColumn("All malignant", format="percent"),
+        "probability": st.column_config.ProgressColumn("Probability", min_value=0.0, max_value=100.0,
+                                                       format="%.1f%%"),
+        "malignant_total": st.column_config.NumberColumn("All malignant", format="%.1f%%",
+                                                         help="Sum of akiec, bcc and mel probabilities"),
         "uncertainty": st.column_config.NumberColumn("Uncertainty", format="%.2f"),
         "ood": st.column_config.CheckboxColumn("OOD"),
-        **{p: st.column_config.NumberColumn(p.replace("p_", "p "), format="percent") for p in PROB_COLUMNS},
+        **{p: st.column_config.NumberColumn(p.replace("p_", "p "), format="%.1f%%") for p in PROB_COLUMNS},
         "area_px": st.column_config.NumberColumn("Area (px)", format="%d"),
         "max_diameter_px": st.column_config.NumberColumn("Max diameter (px)", format="%.0f"),
         "asymmetry": st.column_config.NumberColumn("Asymmetry", format="%.2f"),
         "border_irregularity": st.column_config.NumberColumn("Border irregularity", format="%.2f"),
         "colours": st.column_config.TextColumn("Colours"),
-        "error": st.column_config.TextColumn("Error"),
     }
-    shown = table.drop(columns=["pred_code"] + ([] if table["true_dx"].notna().any() else ["true_dx"]))
-    st.dataframe(shown, hide_index=True, column_config=config, key="batch_table", row_height=60)
+    st.dataframe(shown, hide_index=True, column_config=config, key="batch_table", row_height=60, placeholder="—")
     csv = table.drop(columns=["thumbnail"]).to_csv(index=False).encode("utf-8")
     st.download_button("Download results (CSV)", csv, file_name="lesionlens_batch.csv", mime="text/csv",
                        key="dl_batch_csv", type="primary", icon=":material/download:")

@@ -95,9 +95,8 @@ def _idle(page, timeout_ms: int = SLOW_MS) -> None:
     """Wait until the script run finished (Streamlit's running indicator gone) and the page settled."""
     page.wait_for_timeout(300)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
-        timeout=timeout_ms)
+        "() => { const w = document.querySelector('[data-testid=\"stStatusWidget\"]');"
+        " return !w || !/Running|Stop/.test(w.innerText); }", timeout=timeout_ms)
     page.wait_for_timeout(500)
 
 
@@ -199,7 +198,8 @@ def _tour(page, server, data_dir, tmp_path) -> None:
     _goto(page, "Batch")
     good = sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[1:3]
     page.locator("[data-testid='stFileUploader'] input[type='file']").first.set_input_files(
-        [str(p) for p in good] + [{"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff junk"}])
+        [{"name": p.name, "mimeType": "image/jpeg", "buffer": p.read_bytes()} for p in good]
+        + [{"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff junk"}])
     page.get_by_role("button", name="Analyse 3 image(s)").click()
     page.get_by_role("button", name="Download results (CSV)").wait_for(timeout=SLOW_MS)
     _idle(page)

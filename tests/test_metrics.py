@@ -249,3 +249,18 @@ def test_sensitivity_specificity():
     assert sensitivity_specificity_at(s, t, 1.01) == (0.0, 1.0)
     assert sensitivity_specificity_at(s[:3], t[:3], 0.5)[1] is None  # no negatives
     assert isinstance(sens, float)
+
+
+def test_logit_adjustment_recovers_rare_class_recall():
+    """A classifier biased towards the majority class: the tau fitted on held-out logits raises balanced accuracy,
+    and tau = 0 leaves the decisions unchanged."""
+    from core.metrics import fit_logit_adjustment, logit_adjustment
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 900 + [1] * 100)
+    logits = np.stack([np.zeros(1000), np.where(y == 1, 1.0, -1.0) + rng.normal(0, 1.0, 1000) - 1.5], axis=1)
+    priors = np.bincount(y) / len(y)
+    base = balanced_accuracy_score(y, logits.argmax(1))
+    tau, score = fit_logit_adjustment(logits, y, priors)
+    assert tau > 0 and score > base + 0.1
+    assert np.array_equal((logits + logit_adjustment(priors, 0.0)).argmax(1), logits.argmax(1))

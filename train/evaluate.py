@@ -28,7 +28,8 @@ from sklearn.decomposition import PCA
 from core.classes import CLASS_CODES, CLASSES, class_index
 from core.data import apply_split_file, assign_splits, dataset_summary, load_manifest
 from core.inference import NETWORK_FILES, OOD_FILE, OODDetector
-from core.metrics import calibration, classification_metrics, fit_temperature, segmentation_metrics
+from core.metrics import (calibration, classification_metrics, fit_logit_adjustment, fit_temperature, logit_adjustment,
+                          segmentation_metrics)
 from core.models import create_model
 from core.pipeline import classify_with_localisation, coarse_probabilities, mask_cn_input
 from core.tensors import CLASSIFIER_SIZE, IMAGENET_MEAN, IMAGENET_STD, SEGMENTER_SIZE, normalize_batch
@@ -89,18 +90,27 @@ def masks_at_reference_size(probs: torch.Tensor, table: pd.DataFrame) -> tuple[l
 
 
 # ---------------------------------------------------------------- calibration + OOD
-def calibrated_metrics(val_logits, val_y, test_logits, test_y) -> tuple[dict, float, np.ndarray]:
-    temperature = fit_temperature(val_logits.numpy(), val_y)
-    raw = F.softmax(test_logits, 1).numpy()
-    calibrated = F.softmax(test_logits / temperature, 1).numpy()
+def calibrated_metrics(val_logits, val_y, test_logits, test_y, priors) -> tuple[dict, dict, np.ndarray]:
+    """Decision rule fitted on validation only: logit adjustment tau (max balanced accuracy), then temperature T
+    on the adjusted logits. Test metrics use calibrated probabilities softmax((z + b(tau)) / T)."""
+    tau, val_balanced = fit_logit_adjustment(val_logits.numpy(), val_y, priors)
+    offsets = torch.tensor(logit_adjustment(priors, tau), dtype=torch.float32)
+    temperature = fit_temperature((val_logits + offsets).numpy(), val_y)
+    raw = F.softmax(test_logits + offsets, 1).numpy()
+    calibrated = F.softmax((test_logits + offsets) / temperature, 1).numpy()
     metrics = classification_metrics(test_y, calibrated, CLASS_CODES)
     metrics["calibration"] = {"before": calibration(raw, test_y), "after": calibration(calibrated, test_y)}
-    metrics["temperature"] = temperature
-    return metrics, temperature, calibrated
+    plain = F.softmax(test_logits / fit_temperature(val_logits.numpy(), val_y), 1).numpy()
+    unadjusted = classification_metrics(test_y, plain, CLASS_CODES)
+    metrics["without_logit_adjustment"] = {k: unadjusted[k] for k in ("accuracy", "balanced_accuracy", "macro_auc")}
+    rule = {"temperature": temperature, "logit_adjustment_tau": tau, "logit_offsets": offsets.tolist(),
+            "val_balanced_accuracy": val_balanced}
+    metrics["decision_rule"] = rule
+    return metrics, rule, calibrated
 
 
 def fit_ood(train_pooled: torch.Tensor, train_y: np.ndarray, val_pooled: torch.Tensor) -> tuple[dict, float]:
-    pca = PCA(n_components=OOD_PCA_DIMS, random_state=0).fit(train_pooled.numpy())
+    pca = PCA(n_components=min(OOD_PCA_DIMS, len(train_pooled) - 1), random_state=0).fit(train_pooled.numpy())
     z = pca.transform(train_pooled.numpy())
     class_means = np.stack([z[train_y == c].mean(0) for c in range(len(CLASS_CODES))])
     centred = z - class_means[train_y]
@@ -171,12 +181,13 @@ def main(argv=None) -> dict:
     isic_out = run_mbdcnn(nets, isic_val) if len(isic_val) else None
 
     # Classification: temperature on val, metrics on test.
-    cls_metrics, temperature, test_probs = calibrated_metrics(outputs["val"]["logits"], labels["val"],
-                                                              outputs["test"]["logits"], labels["test"])
+    priors = np.bincount(labels["train"], minlength=len(CLASS_CODES)) / len(labels["train"])
+    cls_metrics, rule, test_probs = calibrated_metrics(outputs["val"]["logits"], labels["val"],
+                                                       outputs["test"]["logits"], labels["test"], priors)
     classification = {"mask_cn": cls_metrics}
     if baseline is not None:
         classification["classifier"], _, _ = calibrated_metrics(outputs["val"]["baseline_logits"], labels["val"],
-                                                                outputs["test"]["baseline_logits"], labels["test"])
+                                                                outputs["test"]["baseline_logits"], labels["test"], priors)
 
     # Segmentation at each reference mask's native size.
     segmentation, isic_segmentation, per_image = {}, {}, {}
@@ -218,7 +229,7 @@ def main(argv=None) -> dict:
     predictions["dice_enhanced"] = per_image["enhanced_sn"]
     predictions.to_csv(weights / "test_predictions.csv", index=False)
 
-    card = build_card(args, files, temperature, classification, segmentation, isic_segmentation, ood_report,
+    card = build_card(args, files, rule, classification, segmentation, isic_segmentation, ood_report,
                       manifest, runs, started)
     (weights / MODEL_CARD_NAME).write_text(json.dumps(card, indent=1))
     print_summary(card)
@@ -234,7 +245,7 @@ def training_curves(runs: Path) -> dict:
     return curves
 
 
-def build_card(args, files, temperature, classification, segmentation, isic_segmentation, ood_report, manifest,
+def build_card(args, files, rule, classification, segmentation, isic_segmentation, ood_report, manifest,
                runs: Path, started: float) -> dict:
     mask_cn = classification["mask_cn"]
     ablation = []
@@ -273,8 +284,11 @@ def build_card(args, files, temperature, classification, segmentation, isic_segm
                   "file": args.split_file or None},
         "dataset_summary": dataset_summary(manifest),
         "files": files,
-        "temperature": temperature,
-        "decision_rule": "argmax of calibrated probabilities",
+        "temperature": rule["temperature"],
+        "logit_offsets": rule["logit_offsets"],
+        "decision_rule": {"rule": "argmax of softmax((logits + logit_offsets) / temperature); offsets = -tau * log(train "
+                                  "class prior), tau chosen on validation for balanced accuracy, temperature fitted on "
+                                  "validation after the offsets", **rule},
         "ood": ood_report,
         "metrics": {"test": {"classification": classification, "segmentation": segmentation},
                     "isic2017_val": {"segmentation": isic_segmentation}},

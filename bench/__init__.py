@@ -1,0 +1,1 @@
+"""LesionLens performance benchmark: `python -m bench` (see bench/README.md)."""

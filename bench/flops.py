@@ -1,0 +1,65 @@
+"""6. FLOPs per image (torch.utils.flop_counter.FlopCounterMode) and this machine's fp32 matmul peak."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_flops(fn) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def sample_inputs(analyzer, rgb: np.ndarray):
+    from core.pipeline import localisation_map, mask_cn_input
+    from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, image_to_batch
+
+    with torch.no_grad():
+        seg_x = image_to_batch(rgb, SEGMENTER_SIZE)
+        coarse = torch.sigmoid(analyzer.coarse_sn(seg_x))
+        x4 = mask_cn_input(image_to_batch(rgb, CLASSIFIER_SIZE), coarse)
+        logits, features = analyzer.mask_cn.forward_with_features(x4)
+        loc = localisation_map(analyzer.mask_cn.class_activation_maps(features), logits.argmax(1))
+    return seg_x, x4, loc, int(logits.argmax(1))
+
+
+def network_flops(analyzer, rgb: np.ndarray) -> dict:
+    """FLOPs (2 x multiply-adds, as FlopCounterMode counts) for one image through each network, and for the
+    Grad-CAM call (core.cam.compute_cam: mask-CN forward + backward to the input)."""
+    from core.cam import compute_cam
+
+    seg_x, x4, loc, top = sample_inputs(analyzer, rgb)
+    with torch.no_grad():
+        flops = {
+            "coarse_sn": count_flops(lambda: analyzer.coarse_sn(seg_x)),
+            "mask_cn": count_flops(lambda: analyzer.mask_cn.forward_with_features(x4)),
+            "enhanced_sn": count_flops(lambda: analyzer.enhanced_sn(seg_x, loc)),
+        }
+    flops["cam_gradcam"] = count_flops(
+        lambda: compute_cam(analyzer.mask_cn, x4.clone(), [analyzer.mask_cn.target_layer], top, "Grad-CAM"))
+    flops["analysis_no_cam"] = flops["coarse_sn"] + flops["mask_cn"] + flops["enhanced_sn"]
+    flops["analysis_cam"] = flops["analysis_no_cam"] + flops["cam_gradcam"]
+    return flops
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> dict:
+    """Best GFLOP/s of an n x n fp32 torch.mm (2 n^3 FLOPs) over reps, all torch threads."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return {"n": n, "reps": reps, "best_s": min(times), "gflops": 2 * n ** 3 / min(times) / 1e9,
+            "median_gflops": 2 * n ** 3 / float(np.median(times)) / 1e9}
+
+
+def utilisation(flops: int, seconds: float, peak_gflops: float) -> float:
+    """Share of the matmul peak achieved: flops / seconds / peak."""
+    return flops / seconds / (peak_gflops * 1e9)

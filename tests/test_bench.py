@@ -1,0 +1,99 @@
+"""bench: `python -m bench --quick` runs end to end on real data and writes a complete results JSON.
+
+No timing thresholds (this machine's load varies): only that every section ran and produced positive numbers.
+Browser cold start and training-step timing are skipped here (slow); they use the same code paths as the app
+test (tests/test_browser.py) and train/train.py's functions.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import run as bench_run
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory, data_dir, monkeypatch_module):
+    monkeypatch_module.setenv("DATA_DIR", str(data_dir))
+    out = tmp_path_factory.mktemp("bench")
+    code = bench_run.main(["--quick", "--n-images", "2", "--skip-browser", "--skip-train", "--out", str(out)])
+    latest = out / "latest.json"
+    assert latest.is_file()
+    stamped = [p for p in out.glob("*.json") if p.name != "latest.json"]
+    assert len(stamped) == 1 and stamped[0].read_text() == latest.read_text()
+    return code, json.loads(latest.read_text())
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_every_section_ran(quick_results):
+    code, results = quick_results
+    errors = {k: v["error"] for k, v in results.items() if isinstance(v, dict) and "error" in v}
+    assert code == 0 and not errors, errors
+    for key in ("latency", "throughput", "matmul_peak", "flops", "reference", "utilisation", "machine", "model"):
+        assert key in results, key
+    assert "training" not in results and "cold_start" not in results  # skipped on request
+    assert results["quick"] is True
+
+
+def test_latency_has_every_stage(quick_results):
+    lat = quick_results[1]["latency"]
+    assert lat["n_images"] == 2 and lat["image_size"] == [600, 450]
+    for stage in ("decode", "preprocess", "coarse_sn", "mask_cn", "enhanced_sn", "measurements", "cam"):
+        assert lat["stages"][stage]["n"] == 2, stage
+        assert _positive(lat["stages"][stage]["p50_ms"]) and _positive(lat["stages"][stage]["p95_ms"]), stage
+    for key in ("full_no_cam", "full_cam", "analyze_no_cam", "analyze_cam"):
+        assert _positive(lat[key]["p50_ms"]) and lat[key]["p95_ms"] >= lat[key]["p50_ms"], key
+    # the full analysis contains its stages
+    assert lat["full_no_cam"]["min_ms"] >= lat["stages"]["coarse_sn"]["min_ms"]
+
+
+def test_throughput_and_memory(quick_results):
+    thr = quick_results[1]["throughput"]
+    for name in ("mask_cn", "pipeline"):
+        assert _positive(thr[name]["images_per_s"]), name
+        assert thr[name]["peak_rss_delta_mib"] >= 0 and _positive(thr[name]["peak_rss_mib"]), name
+    assert thr["input"]["mask_cn"] == [4, 150, 200]
+
+
+def test_flops_and_utilisation(quick_results):
+    results = quick_results[1]
+    f = results["flops"]
+    for key in ("coarse_sn", "mask_cn", "enhanced_sn", "cam_gradcam", "analysis_no_cam", "analysis_cam"):
+        assert _positive(f[key]), key
+    assert f["analysis_no_cam"] == f["coarse_sn"] + f["mask_cn"] + f["enhanced_sn"]
+    # Grad-CAM = a mask-CN forward and a backward: more than one forward
+    assert f["cam_gradcam"] > f["mask_cn"]
+    assert _positive(results["matmul_peak"]["gflops"])
+    for key in ("analyze_no_cam", "analyze_cam"):
+        share = results["utilisation"][key]["share_of_peak"]
+        assert _positive(share), key
+
+
+def test_reference_comparison(quick_results):
+    ref = quick_results[1]["reference"]
+    assert _positive(ref["ours"]["p50_ms"])
+    for name in ("reference_same_size", "reference_224"):
+        assert _positive(ref[name]["p50_ms"]) and _positive(ref[name]["ratio_vs_ours_p50"]), name
+        # a ResNet-50 classifier alone is ~4 GFLOPs at 224x224: far heavier than EfficientNet-Lite0
+        assert ref[name]["flops"]["classifier"] > quick_results[1]["flops"]["mask_cn"], name
+    assert ref["reference_224"]["flops"]["segmenter"] > ref["reference_same_size"]["flops"]["segmenter"]
+
+
+def test_table_renders(quick_results):
+    text = bench_run.table(quick_results[1])
+    for heading in ("1. One analysis", "2. Batch throughput", "3. App cold start", "4. Training epoch",
+                    "5. vs a typical", "6. FLOPs"):
+        assert heading in text
+    assert "skipped (--skip-browser)" in text and "skipped (--skip-train)" in text

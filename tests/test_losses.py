@@ -1,0 +1,49 @@
+import torch
+
+from core.losses import class_weights, dice_loss, hybrid_loss, rank_loss
+
+
+def _target():
+    t = torch.zeros(1, 1, 16, 16)
+    t[..., 4:12, 4:12] = 1
+    return t
+
+
+def test_dice_loss_perfect_and_inverted():
+    t = _target()
+    assert dice_loss((t * 2 - 1) * 20, t) < 0.01
+    assert dice_loss((1 - 2 * t) * 20, t) > 0.95
+
+
+def test_rank_loss_zero_when_lesion_outranks_background_by_margin():
+    t = _target()
+    assert rank_loss((t * 2 - 1) * 20, t, k=5, margin=0.3) == 0
+
+
+def test_rank_loss_penalises_one_hard_background_pixel_and_gradient_lowers_it():
+    t = _target()
+    logits = ((t * 2 - 1) * 3).clone()
+    logits[0, 0, 0, 0] = 5.0  # a background pixel scored above the lesion
+    logits.requires_grad_(True)
+    loss = rank_loss(logits, t, k=5, margin=0.3)
+    assert loss > 0
+    loss.backward()
+    assert logits.grad[0, 0, 0, 0] > 0  # descent pushes that pixel's logit down
+
+
+def test_rank_loss_skips_images_without_background_or_lesion():
+    assert rank_loss(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)) == 0
+
+
+def test_hybrid_is_dice_plus_lambda_rank():
+    t = _target()
+    logits = torch.randn(1, 1, 16, 16)
+    expected = dice_loss(logits, t) + 0.05 * rank_loss(logits, t)
+    assert torch.allclose(hybrid_loss(logits, t, lam=0.05), expected)
+
+
+def test_class_weights_favour_rare_classes():
+    labels = torch.tensor([0] * 60 + [1] * 1)
+    w = class_weights(labels, 2, power=1.0)
+    assert w[1] > 10 * w[0]
+    assert torch.isclose(w.mean(), torch.tensor(1.0))

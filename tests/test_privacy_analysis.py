@@ -1,0 +1,142 @@
+"""Privacy of the whole analysis path: upload bytes -> load_image -> Analyzer.analyze(cam=True) (+ cam_for, as the
+Analyze page does) -> PDF report.
+
+1. Nothing is written to disk (tests/test_privacy.assert_no_disk_writes: audit hook + before/after listings +
+   a private, must-stay-empty tempdir).
+2. The PDF carries nothing from the upload's metadata: the source is a real HAM10000 JPEG re-saved in memory with
+   an EXIF block (camera make/model, artist, description, GPS) and given an identifying file name; neither the
+   EXIF marker, any EXIF string nor the file name may appear in the PDF, in its raw bytes or inside any of its
+   (Flate-)compressed streams. A clinician note passed on purpose must be found (proof that the search looks
+   inside the compressed content).
+"""
+from __future__ import annotations
+
+import io
+import re
+import zlib
+from datetime import datetime, timezone
+
+import pytest
+from PIL import ExifTags, Image
+
+from core.cam import overlay_heatmap, overlay_mask
+from core.inference import Analyzer
+from core.intake import load_image
+from core.report import build_pdf_report
+from tests.test_privacy import assert_no_disk_writes
+
+FILE_NAME = "Doe_Jane_DOB-1961-07-04_MRN-884213_left-shoulder.jpg"
+EXIF_TEXT = {
+    ExifTags.Base.Make: "LeakyCamCorp",
+    ExifTags.Base.Model: "PrivacyProbe-9000",
+    ExifTags.Base.Artist: "Dr Ima Photographer",
+    ExifTags.Base.ImageDescription: "Patient Jane Doe MRN 884213",
+    ExifTags.Base.Copyright: "St Elsewhere Clinic",
+    ExifTags.Base.Software: "ExifLeakTest 1.0",
+}
+CONTROL_NOTE = "control-note-QX7731"
+
+
+@pytest.fixture(scope="module")
+def analyzer(repo_root):
+    return Analyzer.load(repo_root / "weights")
+
+
+@pytest.fixture(scope="module")
+def upload(data_dir) -> bytes:
+    """A real full-resolution HAM10000 JPEG re-encoded in memory with an identifying EXIF block."""
+    source = sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[0]
+    with Image.open(source) as img:
+        rgb = img.convert("RGB")
+    exif = Image.Exif()
+    for tag, value in EXIF_TEXT.items():
+        exif[tag] = value
+    exif[ExifTags.Base.Orientation] = 1
+    gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    gps.update({ExifTags.GPS.GPSLatitudeRef: "N", ExifTags.GPS.GPSLatitude: (51.0, 30.0, 26.0),
+                ExifTags.GPS.GPSLongitudeRef: "W", ExifTags.GPS.GPSLongitude: (0.0, 7.0, 39.0)})
+    buffer = io.BytesIO()
+    rgb.save(buffer, "JPEG", quality=92, exif=exif)
+    data = buffer.getvalue()
+    # The fixture really carries what the test looks for.
+    assert data[:2] == b"\xff\xd8" and b"Exif\x00\x00" in data[:64]
+    for value in EXIF_TEXT.values():
+        assert value.encode() in data
+    with Image.open(io.BytesIO(data)) as check:
+        read_back = check.getexif()
+        assert read_back[ExifTags.Base.Make] == "LeakyCamCorp"
+        assert read_back.get_ifd(ExifTags.IFD.GPSInfo)[ExifTags.GPS.GPSLatitudeRef] == "N"
+    return data
+
+
+def _analyse_and_report(analyzer: Analyzer, data: bytes, note: str = "") -> bytes:
+    """What the Analyze page does with an upload, without Streamlit."""
+    rgb = load_image(data, FILE_NAME)
+    r = analyzer.analyze(rgb, cam=True)
+    other = next(c for c in r.probs if c != r.label)
+    other_cam = analyzer.cam_for(rgb, other, "Grad-CAM")  # the page's "target class" choice
+    assert other_cam.shape == rgb.shape[:2]
+    return build_pdf_report(
+        image_rgb=rgb, overlay_rgb=overlay_mask(rgb, r.mask), cam_rgb=overlay_heatmap(rgb, r.cam),
+        probs=r.probs, label=r.label, uncertainty=r.uncertainty, ood=r.ood, ood_reason=r.ood_reason,
+        measurements=r.measurements,
+        model_info={"version": analyzer.version, "created": analyzer.card.get("created", "unknown")},
+        generated_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), clinician_note=note,
+    )
+
+
+def _pdf_texts(pdf: bytes) -> list[bytes]:
+    """The raw PDF plus every stream it holds, inflated where it is Flate-compressed."""
+    texts = [pdf]
+    for match in re.finditer(rb"stream\r?\n", pdf):
+        start = match.end()
+        end = pdf.find(b"endstream", start)
+        if end < 0:
+            continue
+        body = pdf[start:end]
+        try:
+            texts.append(zlib.decompressobj().decompress(body))
+        except zlib.error:
+            texts.append(body)
+    return texts
+
+
+def _encodings(text: str) -> list[bytes]:
+    """How a string can be stored in a PDF: bytes, UTF-16BE (text strings) and their hex forms."""
+    plain, utf16 = text.encode("latin-1", "replace"), text.encode("utf-16-be")
+    return [plain, utf16, plain.hex().encode(), plain.hex().upper().encode(), utf16.hex().encode(),
+            utf16.hex().upper().encode()]
+
+
+def _found(texts: list[bytes], needle: str) -> bool:
+    forms = _encodings(needle)
+    return any(form in text for text in texts for form in forms)
+
+
+def test_analysis_and_report_write_nothing(analyzer, upload, tmp_path):
+    pdf = _analyse_and_report(analyzer, upload)  # warm-up: first CAM / PDF use imports and caches
+    assert pdf[:5] == b"%PDF-"
+
+    def handle_upload():
+        assert _analyse_and_report(analyzer, upload)[:5] == b"%PDF-"
+
+    assert_no_disk_writes(handle_upload, tmp_path / "tmp")
+
+
+def test_pdf_carries_no_exif_or_file_name(analyzer, upload):
+    pdf = _analyse_and_report(analyzer, upload, note=CONTROL_NOTE)
+    assert pdf[:5] == b"%PDF-"
+    texts = _pdf_texts(pdf)
+    assert len(texts) > 2, "no streams found in the PDF"
+    assert _found(texts, CONTROL_NOTE), "search does not reach the compressed page content"
+
+    leaks = [needle for needle in (*EXIF_TEXT.values(), FILE_NAME, FILE_NAME.rsplit(".", 1)[0], "884213",
+                                   "Doe_Jane")
+             if _found(texts, needle)]
+    assert not leaks, f"upload metadata / file name in the PDF: {leaks}"
+    assert not any(b"Exif\x00\x00" in t for t in texts), "an EXIF block reached the PDF"
+    assert not any(b"http://ns.adobe.com/xap" in t for t in texts[1:]), "XMP metadata reached the PDF images"
+    # No image stream in the PDF is the uploaded JPEG (or any JPEG carrying an APP1 segment).
+    assert upload[2:2000] not in pdf
+    assert not any(t.startswith(b"\xff\xd8\xff\xe1") for t in texts), "a JPEG with an APP1 (EXIF) segment is embedded"
+
