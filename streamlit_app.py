@@ -47,27 +47,29 @@ def card_summary_ui(card: dict) -> dict:
 
     summary = card.get("dataset_summary") or {}
     data = card.get("data")
-    left, right = st.columns([1, 1])
+    left, right = st.columns([2, 3], gap="large")
     with left:
         st.markdown("**Training data**")
         if isinstance(data, dict):
-            st.write(", ".join(f"{k}: {v}" for k, v in data.items() if not isinstance(v, (dict, list))) or "—")
+            st.markdown("\n".join(f"- **{str(k).capitalize()}**: {v}" for k, v in data.items()
+                                   if not isinstance(v, (dict, list))) or "—")
         elif data:
             st.write(str(data))
         splits = summary.get("splits", {})
         if splits:
-            st.write(" · ".join(f"{name}: {part.get('n_images', 0):,} images ({part.get('n_lesions', 0):,} lesions)"
-                                for name, part in splits.items()))
+            st.markdown("**Splits**: " + " · ".join(
+                f"{name} {part.get('n_images', 0):,} images ({part.get('n_lesions', 0):,} lesions)"
+                for name, part in splits.items()))
         st.caption("Splits are grouped by lesion, so no lesion appears in more than one of train / val / test.")
     with right:
         if per_class:
             table = pd.DataFrame([
-                {"Class": c.name, "Recall": 100 * (per_class.get(c.code, {}).get("recall") or 0.0),
+                {"Class": ui.short_name(c.code), "Recall": 100 * (per_class.get(c.code, {}).get("recall") or 0.0),
                  "Test images": per_class.get(c.code, {}).get("support")}
                 for c in CLASSES
             ])
             st.dataframe(table, hide_index=True, column_config={
-                "Class": st.column_config.TextColumn("Class", width="medium"),
+                "Class": st.column_config.TextColumn("Class"),
                 "Recall": st.column_config.ProgressColumn("Test recall", min_value=0.0, max_value=100.0,
                                                           format="%.1f%%", width="medium"),
                 "Test images": st.column_config.NumberColumn("Test images", width="small"),

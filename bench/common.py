@@ -44,12 +44,16 @@ def small_images(root: Path, n: int, size: tuple[int, int]) -> np.ndarray:
     return np.stack([resize_rgb(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), size) for p in paths])
 
 
-def load_analyzer(weights_dir: Path):
+def load_analyzer(weights_dir: Path, module=None):
     """(Analyzer, note). Analyzer.load as shipped; while weights/ has no model card yet, the same networks are
     built from the safetensors files without the sha256 check (random weights for a missing file), so the
-    timings stay meaningful (speed does not depend on the weight values). The OOD detector needs the card."""
-    from core.inference import NETWORK_FILES, Analyzer
+    timings stay meaningful (speed does not depend on the weight values). The OOD detector needs the card.
+    `module`: an alternative core.inference module (bench.experiments.ab_patch loads a patched copy)."""
     from core.weights_io import WeightsIntegrityError
+
+    if module is None:
+        import core.inference as module
+    NETWORK_FILES, Analyzer = module.NETWORK_FILES, module.Analyzer
 
     try:
         analyzer = Analyzer.load(weights_dir, device="cpu")

@@ -17,6 +17,11 @@ result cache is not hit) through the page's file input, and times:
 * analysis time    - Analyzer.analyze's own r.timings["total"], read from the page caption
                      "analysis X.XX s" (compute only: no lock wait, no upload, no rendering).
 
+The server's RSS is sampled from the end of the warm-up (so the model load is not counted as growth); its log is
+scanned afterwards for anything that looks like image data (base64 / hex runs, data: URLs), which counts as a
+failure. `--torch-threads N` sets LESIONLENS_TORCH_THREADS for the server (the app's default is 1 thread; see
+app_support._load_analyzer) so that thread counts can be compared.
+
 Errors are collected with their messages: timeouts, Streamlit exception boxes (stException) and st.error boxes
 (stAlertContentError) such as "Analysis failed: ...". After an error the session reloads the page (a fresh
 Streamlit session) and goes on. New iterations start only before --duration has passed; an iteration in flight
@@ -38,6 +43,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import re
 import socket
 import statistics
@@ -186,8 +192,9 @@ def environment() -> dict:
 
 
 class StreamlitServer:
-    def __init__(self, port: int, data_dir: Path | None, log_path: Path):
+    def __init__(self, port: int, data_dir: Path | None, log_path: Path, torch_threads: int | None = None):
         self.port, self.data_dir, self.log_path = port, data_dir, log_path
+        self.torch_threads = torch_threads
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
         self._log = None
@@ -196,6 +203,8 @@ class StreamlitServer:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.data_dir is not None:
             env["DATA_DIR"] = str(self.data_dir)
+        if self.torch_threads is not None:  # app_support reads it when it loads the shared Analyzer
+            env["LESIONLENS_TORCH_THREADS"] = str(self.torch_threads)
         cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"),
                "--server.headless", "true", "--server.port", str(self.port), "--server.address", "127.0.0.1",
                "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
@@ -312,6 +321,7 @@ async def _session(index: int, browser, url: str, images: list[Path], n_sessions
     page = await context.new_page()
     page.set_default_timeout(args.timeout * 1000)
     iteration = 0
+    rng = random.Random(index)
     try:
         await _open_analyze(page, url, args.timeout * 1000)
         while time.monotonic() < stop_at and iteration < args.max_per_session:
@@ -326,6 +336,8 @@ async def _session(index: int, browser, url: str, images: list[Path], n_sessions
                 continue
             analyses.append({"session": index, "image": image.name, "started_s": round(began, 2),
                              "finished_s": round(time.monotonic() - started, 2), "maybe_cached": repeat, **outcome})
+            if args.think > 0:  # a user looking at the result before the next upload (0.5x..1.5x, seeded per session)
+                await asyncio.sleep(args.think * rng.uniform(0.5, 1.5))
     except Exception as exc:  # noqa: BLE001 - a session that dies is reported, the others go on
         _error(errors, index, "", "session_failed", f"{type(exc).__name__}: {exc}", started)
     finally:
@@ -342,7 +354,7 @@ async def _warm_up(browser, url: str, image: Path, timeout_s: float) -> dict:
         await context.close()
 
 
-async def _drive_browsers(url: str, images: list[Path], args) -> dict:
+async def _drive_browsers(url: str, images: list[Path], args, server_pid: int) -> dict:
     from playwright.async_api import async_playwright
 
     analyses: list = []
@@ -355,15 +367,20 @@ async def _drive_browsers(url: str, images: list[Path], args) -> dict:
                 print(f"warm-up: one analysis to load the model ({images[-1].name})", flush=True)
                 warm = await _warm_up(browser, url, images[-1], max(args.timeout, 240))
                 print(f"warm-up: {warm}", flush=True)
+            # Memory is sampled from here: after the warm-up, so the model load is not mistaken for growth.
+            sampler = RssSampler(server_pid, args.sample_every).start()
             started = time.monotonic()
             stop_at = started + args.duration
-            await asyncio.gather(*(_session(i, browser, url, images[:-1] if len(images) > 1 else images,
-                                            args.sessions, args, stop_at, started, analyses, errors)
-                                   for i in range(args.sessions)))
+            try:
+                await asyncio.gather(*(_session(i, browser, url, images[:-1] if len(images) > 1 else images,
+                                                args.sessions, args, stop_at, started, analyses, errors)
+                                       for i in range(args.sessions)))
+            finally:
+                memory = sampler.stop()
             elapsed = time.monotonic() - started
         finally:
             await browser.close()
-    return {"warm_up": warm, "analyses": analyses, "errors": errors, "elapsed_s": elapsed}
+    return {"warm_up": warm, "analyses": analyses, "errors": errors, "elapsed_s": elapsed, "memory": memory}
 
 
 def run_browser(args, images: list[Path]) -> dict:
@@ -371,17 +388,16 @@ def run_browser(args, images: list[Path]) -> dict:
         raise SystemExit(f"{CHROMIUM} not found (apt-get install -y chromium)")
     port = args.port or free_port()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    server = StreamlitServer(port, args.data_dir, RESULTS_DIR / f"server_{stamp}.log")
+    server = StreamlitServer(port, args.data_dir, RESULTS_DIR / f"server_{stamp}.log", args.torch_threads)
     print(f"starting streamlit on 127.0.0.1:{port} (log {server.log_path.relative_to(REPO)})", flush=True)
     t_start = time.monotonic()
     server.start()
     print(f"healthy after {time.monotonic() - t_start:.1f} s; pid {server.proc.pid}", flush=True)
-    sampler = RssSampler(server.proc.pid, args.sample_every).start()
     try:
-        driven = asyncio.run(_drive_browsers(server.url, images, args))
+        driven = asyncio.run(_drive_browsers(server.url, images, args, server.proc.pid))
     finally:
-        memory = sampler.stop()
         code = server.stop()
+    memory = driven["memory"]
     done = driven["analyses"]
     times_result = [a["time_to_result_s"] for a in done]
     times_complete = [a["time_to_complete_s"] for a in done]
@@ -397,8 +413,25 @@ def run_browser(args, images: list[Path]) -> dict:
         "analysis_s": summarise(analysis),
         "analyses_per_min": 60.0 * len(done) / span if span > 0 else None,
         "elapsed_s": driven["elapsed_s"], "maybe_cached": sum(bool(a["maybe_cached"]) for a in done),
-        "server_rss": memory, "note": TIME_TO_RESULT_NOTE, "per_analysis": done,
+        "server_rss": memory, "server_log": scan_server_log(server.log_path), "note": TIME_TO_RESULT_NOTE,
+        "per_analysis": done,
     }
+
+
+# A long unbroken base64 / hex run or a data: URL in the server log would be image data leaking into the logs.
+_LOG_DATA = re.compile(r"data:image/|[A-Za-z0-9+/]{200,}={0,2}|[0-9a-fA-F]{200,}|(?:\\x[0-9a-f]{2}[^\\]{0,4}){20,}")
+
+
+def scan_server_log(path: Path) -> dict:
+    """Lines of the server log that look like image data (issue 5: logs never contain image data)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return {"lines": 0, "error": str(exc)}
+    lines = text.splitlines()
+    suspicious = [f"{i + 1}: {line[:160]}" for i, line in enumerate(lines) if _LOG_DATA.search(line)]
+    return {"lines": len(lines), "bytes": len(text), "suspicious_lines": len(suspicious),
+            "examples": suspicious[:5]}
 
 
 def _count(items) -> dict:
@@ -437,7 +470,11 @@ def run_threads(args, images: list[Path]) -> dict:
     from core.inference import Analyzer
     from core.intake import load_image_file
 
+    import torch
+
     pool = images[: args.unique_images]
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     print(f"loading the Analyzer from {args.weights}", flush=True)
     analyzer = Analyzer.load(args.weights)
     rgbs = [load_image_file(p) for p in pool]
@@ -492,8 +529,6 @@ def run_threads(args, images: list[Path]) -> dict:
     memory = sampler.stop()
     latencies = [r["latency_s"] for r in records]
     span = max([r["finished_s"] for r in records], default=elapsed)
-    import torch
-
     return {
         "mode": "threads", "weights": str(args.weights), "device": analyzer.device, "model_version": analyzer.version,
         "torch_threads": torch.get_num_threads(),
@@ -523,7 +558,8 @@ def _fmt(value, unit: str = "s") -> str:
 def print_table(report: dict) -> None:
     r = report["result"]
     rows = [("mode", r["mode"]), ("sessions / threads", str(report["config"]["sessions"])),
-            ("duration (requested)", f"{report['config']['duration']} s"), ("elapsed", _fmt(r["elapsed_s"])),
+            ("duration (requested)", f"{report['config']['duration']} s"),
+            ("think time (mean)", f"{report['config'].get('think', 0)} s"), ("elapsed", _fmt(r["elapsed_s"])),
             ("total analyses", str(r["total_analyses"])), ("errors", str(r["total_errors"])),
             ("analyses / min", _fmt(r["analyses_per_min"], ""))]
     if r["mode"] == "browser":
@@ -534,6 +570,11 @@ def print_table(report: dict) -> None:
                          f"{_fmt(s['p50'])} / {_fmt(s['p95'])} / {_fmt(s['max'])}"))
         mem = r["server_rss"]
         rows.append(("possibly cached repeats", str(r["maybe_cached"])))
+        threads = report["config"].get("torch_threads")
+        rows.append(("torch threads (server)", "app default (1)" if threads is None else str(threads)))
+        log = r["server_log"]
+        rows.append(("server log", f"{log.get('lines', 0)} lines, {log.get('suspicious_lines', '?')} look like "
+                                   "image data"))
     else:
         for key, label in (("latency_s", "latency per analysis"), ("analysis_s", "analysis (compute)"),
                            ("sequential_latency_s", "sequential latency")):
@@ -578,6 +619,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", type=Path, default=REPO / "weights", help="threads mode: weights folder")
     parser.add_argument("--unique-images", type=int, default=6, help="threads mode: images cycled through")
     parser.add_argument("--tolerance", type=float, default=1e-5, help="threads mode: probability / CAM tolerance")
+    parser.add_argument("--think", type=float, default=0.0,
+                        help="browser mode: mean pause (s) after each result before the next upload; 0 = back to "
+                             "back, i.e. the server saturated (time to result then includes queueing behind the "
+                             "other sessions)")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch intra-op threads: browser mode sets LESIONLENS_TORCH_THREADS for the server "
+                             "(app default 1), threads mode calls torch.set_num_threads (default: torch's own)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/load_<ts>.json)")
     args = parser.parse_args(argv)
     if args.sessions < 1 or args.duration <= 0 or args.timeout <= 0 or args.max_per_session < 1:
@@ -602,7 +650,8 @@ def main(argv=None) -> int:
               "result": result, "path": str(path)}
     path.write_text(json.dumps(report, indent=1, default=str))
     print_table(report)
-    failed = result["total_errors"] or (result["mode"] == "threads" and not result["thread_safe"])
+    failed = (result["total_errors"] or (result["mode"] == "threads" and not result["thread_safe"])
+              or (result["mode"] == "browser" and result["server_log"].get("suspicious_lines")))
     return 1 if failed else 0
 
 

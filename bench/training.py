@@ -87,8 +87,24 @@ def train_step_time(stage: str, data_dir, steps: int = 20, warmup: int = 2, batc
             "epoch_s_extrapolated_ham_train_7009": mean * (HAM_TRAIN_IMAGES // batch), "extrapolated": True}
 
 
-def training_epochs(data_dir, steps: int = 20, stages=STAGES, batch: int = 32) -> dict:
+def card_epoch_seconds(weights_dir) -> dict | None:
+    """The epoch times the shipped model's own training recorded (model card training_curves), for comparison:
+    taken under whatever else ran on the machine then, and on the training run's own number of images."""
+    import json
+    from pathlib import Path
+
+    try:
+        curves = json.loads((Path(weights_dir) / "model_card.json").read_text()).get("training_curves") or {}
+    except (OSError, ValueError):
+        return None
+    return {stage: [row.get("seconds") for row in rows if isinstance(row, dict)]
+            for stage, rows in curves.items() if isinstance(rows, list)}
+
+
+def training_epochs(data_dir, steps: int = 20, stages=STAGES, batch: int = 32, weights_dir=None) -> dict:
     out = {stage: train_step_time(stage, data_dir, steps=steps, batch=batch) for stage in stages}
+    if weights_dir is not None:
+        out["model_card_epoch_seconds"] = card_epoch_seconds(weights_dir)
     out["note"] = (f"extrapolated: mean of {steps} timed steps x (train images // {batch}); the segmenters' train "
                    "split also holds ISIC 2017 train images (train_images), the 7,009-image HAM10000 figure is given too; "
                    "per-epoch validation is not included")

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from core.classes import CLASS_CODES, NUM_CLASSES
 from core.models import create_model
 from core.pipeline import localisation_map, mask_cn_input
-from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, image_to_batch
+from core.ood import OODDetector
+from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, image_to_batch, resize_rgb
 from core.weights_io import WeightsIntegrityError, load_verified, read_model_card
 
 NETWORK_FILES = {"coarse_sn": "coarse_sn.safetensors", "mask_cn": "mask_cn.safetensors", "enhanced_sn": "enhanced_sn.safetensors"}
@@ -49,23 +50,6 @@ class AnalysisResult:
     @property
     def top3(self) -> list[tuple[str, float]]:
         return sorted(self.probs.items(), key=lambda kv: kv[1], reverse=True)[:3]
-
-
-class OODDetector:
-    """Class-conditional Gaussian (shared covariance) in a PCA space of pooled features (Lee et al. 2018)."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor], threshold: float):
-        self.mean = tensors["pca_mean"]
-        self.components = tensors["pca_components"]   # (d, K)
-        self.class_means = tensors["class_means"]     # (C, d)
-        self.precision = tensors["precision"]         # (d, d)
-        self.threshold = threshold
-
-    def score(self, pooled: torch.Tensor) -> torch.Tensor:
-        z = (pooled.float() - self.mean) @ self.components.T
-        diff = z[:, None, :] - self.class_means[None]
-        distances = torch.einsum("ncd,de,nce->nc", diff, self.precision, diff)
-        return distances.min(dim=1).values.clamp(min=0).sqrt()
 
 
 class Analyzer:
@@ -101,7 +85,9 @@ class Analyzer:
             networks[arch] = model.eval().to(device).to(memory_format=torch.channels_last)
         ood = None
         if OOD_FILE in card.get("files", {}):
-            ood = OODDetector(load_verified(weights_dir, OOD_FILE, card), float(card["ood"]["threshold"]))
+            image_threshold = card["ood"].get("image_threshold")
+            ood = OODDetector(load_verified(weights_dir, OOD_FILE, card), float(card["ood"]["threshold"]),
+                              None if image_threshold is None else float(image_threshold))
         return cls(networks, card, ood, device)
 
     # ------------------------------------------------------------ analysis
@@ -124,7 +110,8 @@ class Analyzer:
         height, width = rgb.shape[:2]
         with torch.inference_mode():
             seg_x = image_to_batch(rgb, SEGMENTER_SIZE).to(self.device)
-            cls_x = image_to_batch(rgb, CLASSIFIER_SIZE).to(self.device)
+            cls_small = resize_rgb(rgb, CLASSIFIER_SIZE)
+            cls_x = image_to_batch(cls_small, CLASSIFIER_SIZE).to(self.device)
             lap("preprocess")
             coarse = torch.sigmoid(self.coarse_sn(seg_x))
             lap("coarse_sn")
@@ -139,7 +126,7 @@ class Analyzer:
             lap("enhanced_sn")
             mask = _to_input_mask(enhanced, height, width)
             coarse_mask = _to_input_mask(coarse, height, width)
-            ood_score, ood, reason = self._ood(pooled)
+            ood_score, ood, reason = self._ood(pooled, cls_small)
         entropy = float(-(probs * probs.clamp(min=1e-12).log()).sum() / np.log(NUM_CLASSES))
         measurements = _measure(mask, rgb, mm_per_pixel)
         lap("measurements")
@@ -155,15 +142,10 @@ class Analyzer:
         timings["total"] = sum(timings.values())
         return result
 
-    def _ood(self, pooled: torch.Tensor) -> tuple[float, bool, str]:
+    def _ood(self, pooled: torch.Tensor, rgb_small: np.ndarray) -> tuple[float, bool, str]:
         if self.ood_detector is None:
             return 0.0, False, ""
-        score = float(self.ood_detector.score(pooled.cpu())[0])
-        if score > self.ood_detector.threshold:
-            return score, True, (f"The image's features are far from every lesion class seen in training "
-                                 f"(distance {score:.1f} > {self.ood_detector.threshold:.1f}); it may not be a dermoscopic "
-                                 "image of a skin lesion. Treat the result with caution.")
-        return score, False, ""
+        return self.ood_detector.check(pooled, rgb_small)
 
     def _cam(self, x4: torch.Tensor, class_index: int, method: str, size: tuple[int, int]) -> np.ndarray:
         from core.cam import compute_cam  # grad-cam is imported only when a CAM is asked for

@@ -17,7 +17,9 @@ Used by the dashboard upload, the batch page and the predict CLI. Rules:
   (the training images were read the same way).
 - Truncated or damaged files raise ImageRejected (ImageFile.LOAD_TRUNCATED_IMAGES is never set); PNG chunk CRCs are
   verified. Every exception raised while parsing or decoding becomes ImageRejected, and no warning escapes.
-- Nothing is written to disk.
+- Nothing is written to disk, and nothing about an upload is logged: Pillow's DEBUG logging prints EXIF / TIFF
+  tag values (an ImageDescription or Artist tag can hold a patient's name) and PNG chunk details, so the "PIL"
+  logger is capped at INFO when this module is imported, whatever the root logger's level.
 
 Pillow's global Image.MAX_IMAGE_PIXELS is left alone (other code shares it); its DecompressionBombWarning/Error are
 caught here, and our own, lower max_pixels check runs first on the header size.
@@ -25,6 +27,7 @@ caught here, and our own, lower max_pixels check runs first on the header size.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 
@@ -33,6 +36,11 @@ from PIL import Image, ImageCms, ImageOps
 # Register exactly the plugins we use (Image.open(formats=...) would otherwise import every plugin on first use).
 from PIL import (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, MpoImagePlugin,  # noqa: F401
                  PngImagePlugin, TiffImagePlugin, WebPImagePlugin)
+
+# Privacy: Pillow's DEBUG records carry upload metadata (EXIF strings); no log configuration may copy them out.
+_PIL_LOGGER = logging.getLogger("PIL")
+if _PIL_LOGGER.level < logging.INFO:  # NOTSET (inherit root) or DEBUG
+    _PIL_LOGGER.setLevel(logging.INFO)
 
 MAX_BYTES = 50 * 2**20
 MAX_PIXELS = 40_000_000
@@ -252,6 +260,8 @@ def _decode(data: bytes, name: str, max_pixels: int, min_side: int) -> np.ndarra
         array = _to_rgb(oriented, name)
 
     array = np.ascontiguousarray(array, dtype=np.uint8)
+    if not array.flags.writeable:  # np.asarray(PIL image) is read-only; hand the caller an array it owns
+        array = array.copy()
     if array.ndim != 3 or array.shape[2] != 3 or min(array.shape[:2]) < min_side:
         raise ImageRejected("The image file is damaged or truncated", "damaged", name)
     return array

@@ -121,40 +121,41 @@ def result_header_ui(r, name: str, example: dict | None) -> None:
                    f"(score {r.ood_score:.1f})", icon=":material/warning:")
 
 
-def segmentation_ui(rgb, r) -> tuple[str, object]:
+def segmentation_ui(rgb, r, controls, view) -> tuple[str, object]:
+    """Mask choice + opacity in `controls`, the overlay in `view` (separate rows keep the images aligned)."""
     from core.cam import overlay_mask
 
-    st.markdown("**Segmentation**")
-    c1, c2 = st.columns(2)
-    which = c1.segmented_control("Mask", list(MASK_CHOICES), default="enhanced", format_func=MASK_CHOICES.get,
-                                 key="mask_choice", required=True)
-    opacity = c2.slider("Fill opacity", 0.0, 1.0, 0.3, 0.05, key="mask_opacity")
+    controls.markdown("**Segmentation**")
+    which = controls.segmented_control("Mask", list(MASK_CHOICES), default="enhanced", format_func=MASK_CHOICES.get,
+                                       key="mask_choice", required=True)
+    opacity = controls.slider("Fill opacity", 0.0, 1.0, 0.3, 0.05, key="mask_opacity")
     mask = r.coarse_mask if which == "coarse" else r.mask
-    st.image(overlay_mask(rgb, mask, color=ui.MASK_COLOUR, alpha=opacity, contour=True), width="stretch",
-             caption=f"{MASK_CHOICES[which]} mask: contour + {opacity:.0%} fill")
+    view.image(overlay_mask(rgb, mask, color=ui.MASK_COLOUR, alpha=opacity, contour=True), width="stretch",
+               caption=f"{MASK_CHOICES[which]} mask: contour + {opacity:.0%} fill")
     return which, mask
 
 
-def cam_ui(analyzer, rgb, r, key: str):
+def cam_ui(analyzer, rgb, r, key: str, controls, view):
     from core.cam import CAM_METHODS, overlay_heatmap
 
-    st.markdown("**Class activation map**")
-    c1, c2 = st.columns([2, 3])
-    method = c1.selectbox("Method", list(CAM_METHODS), key="cam_method")
-    target = c2.selectbox("Target class", ["top"] + list(CLASS_CODES), key="cam_target",
-                          format_func=lambda c: f"{ui.class_name(r.label)} (top)" if c == "top" else ui.class_name(c))
-    code = r.label if target == "top" else target
+    controls.markdown("**Class activation map**")
+    method = controls.selectbox("Method", list(CAM_METHODS), key="cam_method")
+    # Streamlit maps a selectbox's value back through its *formatted* label, so the labels must not depend on the
+    # result: a "Nevus (top)" kept from the previous upload would come back as an unknown string (a CAM error).
+    target = controls.selectbox("Target class", ["top"] + list(CLASS_CODES), key="cam_target",
+                                format_func=lambda c: "Top prediction" if c == "top" else ui.class_name(c))
+    code = target if target in CLASS_CODES else r.label
     st.session_state["_cam_key"] = (key, code, method)
-    with st.spinner(f"Computing {method}…"):
+    with view, st.spinner(f"Computing {method}…"):
         try:
             cam = _remember("cam_cache", (key, code, method), lambda: analyzer.cam_for(rgb, code, method))
         except Exception as exc:
             st.error(f"{method} failed: {exc}")
             return None
-    st.image(overlay_heatmap(rgb, cam, alpha=0.45), width="stretch",
-             caption=f"{method} for {ui.class_name(code)} (red = most influential)")
+    view.image(overlay_heatmap(rgb, cam, alpha=0.45), width="stretch",
+               caption=f"{method} for {ui.class_name(code)} (red = most influential)")
     if method == "Score-CAM" and analyzer.device == "cpu":
-        st.caption("Score-CAM runs one forward pass per channel: slow on CPU.")
+        view.caption("Score-CAM runs one forward pass per channel: slow on CPU.")
     return cam
 
 
@@ -211,14 +212,13 @@ def analyze_page() -> None:
             return
 
     result_header_ui(r, name, example)
-    c1, c2, c3 = st.columns(3)
-    with c1:
-        st.markdown("**Original**")
-        st.image(rgb, width="stretch", caption=f"{rgb.shape[1]} × {rgb.shape[0]} px")
-    with c2:
-        mask_kind, mask = segmentation_ui(rgb, r)
-    with c3:
-        cam = cam_ui(analyzer, rgb, r, key[0])
+    controls = st.columns(3, gap="medium")
+    views = st.columns(3, gap="medium")
+    controls[0].markdown("**Original**")
+    controls[0].caption(f"`{name}` · {rgb.shape[1]} × {rgb.shape[0]} px. Analysed in memory; nothing is stored.")
+    views[0].image(rgb, width="stretch", caption="Original image")
+    mask_kind, mask = segmentation_ui(rgb, r, controls[1], views[1])
+    cam = cam_ui(analyzer, rgb, r, key[0], controls[2], views[2])
 
     left, right = st.columns([3, 2])
     with left:

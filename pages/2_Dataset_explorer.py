@@ -115,7 +115,9 @@ def charts_ui(table: pd.DataFrame):
                         title="Anatomical site by diagnosis (share of each diagnosis)")
         fig.update_traces(customdata=site.to_numpy(),
                           hovertemplate="%{y} · %{x}: %{customdata} images (%{z:.1%})<extra></extra>")
-        fig.update_layout(height=560, xaxis_title=None, yaxis_title=None, coloraxis_showscale=False)
+        fig.update_layout(height=560, xaxis_title=None, yaxis_title=None, coloraxis_showscale=False,
+                          margin=dict(l=120))
+        fig.update_yaxes(automargin=True)
         left2, right2 = st.columns([3, 2])
         left2.plotly_chart(fig, key="site_chart")
 

@@ -10,6 +10,9 @@ from plotly.subplots import make_subplots
 import app_support as ui
 from core.classes import CLASS_CODES, CLASSES, MALIGNANT_CODES
 
+ABLATION_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "macro_auc": "Macro AUC",
+                    "dice_mean": "Dice (mean)", "jaccard_mean": "Jaccard (mean)",
+                    "jaccard_thresholded_065": "Thresholded Jaccard (0.65)"}
 CM_SCALE = [[0.0, "#F7FBFF"], [0.5, "#6BAED6"], [1.0, "#08306B"]]
 
 
@@ -131,7 +134,7 @@ def cell_images_ui(true: str, pred: str, model: str) -> int:
         st.info("Set the data folder in the sidebar to see these images.")
         st.dataframe(cell[["image_id", "dx", "pred", f"p_{pred}"]].head(50), hide_index=True)
         return 0
-    c1, c2, _ = st.columns([1, 2, 3])
+    c1, c2, _ = st.columns([2, 2, 3], vertical_alignment="bottom")
     show_cam = c1.toggle("Grad-CAM overlay", value=True, key="cm_cam",
                          help="Class activation map for the predicted class.")
     count = c2.slider("Images", 1, 12, 6, key="cm_count")
@@ -316,9 +319,14 @@ def ablation_ui(card: dict) -> None:
     ablation = card.get("ablation") or []
     if ablation:
         table = pd.DataFrame(ablation)
-        wide = table.pivot_table(index=["comparison", "metric"], columns="model", values="value", aggfunc="first")
-        st.dataframe(wide.reset_index(), hide_index=True, key="ablation_table",
-                     column_config={c: st.column_config.NumberColumn(c, format="%.4f") for c in wide.columns})
+        wide = table.pivot_table(index=["comparison", "metric"], columns="model", values="value", aggfunc="first",
+                                 sort=False).reset_index()
+        wide.columns.name = None
+        wide["metric"] = wide["metric"].map(lambda name: ABLATION_METRICS.get(name, str(name).replace("_", " ")))
+        models = [c for c in wide.columns if c not in ("comparison", "metric")]
+        st.dataframe(wide, hide_index=True, key="ablation_table", placeholder="—", column_config={
+            "comparison": st.column_config.TextColumn("Comparison"), "metric": st.column_config.TextColumn("Metric"),
+            **{c: st.column_config.NumberColumn(c, format="%.4f") for c in models}})
     else:
         st.info("No ablation results in the model card.")
     curves = card.get("training_curves") or {}

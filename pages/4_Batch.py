@@ -76,6 +76,10 @@ def results_ui(table: pd.DataFrame) -> None:
     shown = shown.drop(columns=["error"])
     for column in PROB_COLUMNS + ["probability", "malignant_total"]:
         shown[column] = shown[column].astype(float) * 100
+    # a ticked grey checkbox is easy to miss: spell the out-of-distribution flag out
+    shown["ood"] = [None if flag is None or pd.isna(flag) else ("⚠ yes" if flag else "no") for flag in table["ood"]]
+    # measurements next to the prediction, the 7 per-class probabilities last (they need horizontal scrolling)
+    shown = shown[[c for c in shown.columns if c not in PROB_COLUMNS] + PROB_COLUMNS]
     config = {
         "thumbnail": st.column_config.ImageColumn("Image", width="small"),
         "status": st.column_config.TextColumn("Status", width="medium"),
@@ -87,7 +91,8 @@ def results_ui(table: pd.DataFrame) -> None:
         "malignant_total": st.column_config.NumberColumn("All malignant", format="%.1f%%",
                                                          help="Sum of akiec, bcc and mel probabilities"),
         "uncertainty": st.column_config.NumberColumn("Uncertainty", format="%.2f"),
-        "ood": st.column_config.CheckboxColumn("OOD"),
+        "ood": st.column_config.TextColumn("OOD", help="Out of distribution. ⚠ = the image looks unlike the "
+                                           "dermoscopic training data; treat its prediction with caution"),
         **{p: st.column_config.NumberColumn(p.replace("p_", "p "), format="%.1f%%") for p in PROB_COLUMNS},
         "area_px": st.column_config.NumberColumn("Area (px)", format="%d"),
         "max_diameter_px": st.column_config.NumberColumn("Max diameter (px)", format="%.0f"),
@@ -96,6 +101,10 @@ def results_ui(table: pd.DataFrame) -> None:
         "colours": st.column_config.TextColumn("Colours"),
     }
     st.dataframe(shown, hide_index=True, column_config=config, key="batch_table", row_height=60, placeholder="—")
+    failed = table[~ok]
+    if len(failed):
+        st.warning("**Not analysed** (the rest of the batch was):\n" + "\n".join(
+            f"- `{row.file}`: {row.error}" for row in failed.itertuples(index=False)), icon=":material/block:")
     csv = table.drop(columns=["thumbnail"]).to_csv(index=False).encode("utf-8")
     st.download_button("Download results (CSV)", csv, file_name="lesionlens_batch.csv", mime="text/csv",
                        key="dl_batch_csv", type="primary", icon=":material/download:")
@@ -105,9 +114,10 @@ def examples_ui(data_dir: Path | None) -> list | None:
     """Random labelled dataset images (one per class, then any) — a demo of the table without uploads."""
     if data_dir is None or not ui.available_sources(data_dir):
         return None
-    c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
+    box = st.expander("No images at hand? Analyse random labelled dataset images", icon=":material/casino:")
+    c1, c2 = box.columns([1, 3], vertical_alignment="bottom")
     n = c1.number_input("Dataset images", 1, 50, 7, key="batch_n")
-    if not c2.button("Analyse random dataset images", key="batch_examples", icon=":material/casino:"):
+    if not c2.button("Analyse random dataset images", key="batch_examples"):
         return None
     table = ui.manifest(str(data_dir), tuple(ui.available_sources(data_dir)))
     table = table[table["source"] == "ham10000"] if (table["source"] == "ham10000").any() else table

@@ -219,6 +219,12 @@ def test_model_performance(app, weights_card):
     sens = float(_metrics(at)["Sensitivity"].rstrip("%"))
     assert 0 <= sens <= 100
     assert not at.exception, at.exception
+    # ablation table: one row per (comparison, metric) of the model card, metric names spelled out
+    ablation = weights_card.get("ablation") or []
+    if ablation:
+        table = _dataframe(at, "comparison")
+        assert len(table) == len({(a["comparison"], a["metric"]) for a in ablation})
+        assert not any("_" in str(name) for name in table["metric"]), list(table["metric"])
 
 
 # ---------------------------------------------------------------- Batch
@@ -238,4 +244,8 @@ def test_batch_upload_with_a_bad_file(app, data_dir):
     assert abs(probs.sum(axis=1) - 100).max() < 1e-2
     assert all(any(p.startswith(n) for n in CLASS_NAMES) for p in table["prediction"].iloc[:2])
     assert _metrics(at)["Rejected / failed"] == "1"
+    assert any("broken.png" in w.value and "Not analysed" in w.value for w in at.warning)
+    for column in ("ood", "area_px", "max_diameter_px", "asymmetry", "border_irregularity", "colours"):
+        assert column in table.columns and table[column].iloc[:2].notna().all(), column
+    assert set(table["ood"].iloc[:2]) <= {"⚠ yes", "no"} and table["ood"].isna().iloc[2]
     assert [b.proto.label for b in at.get("download_button")] == ["Download results (CSV)"]

@@ -2,8 +2,8 @@
 
 Starts `streamlit run streamlit_app.py` on a free port, walks through every page with the sidebar navigation,
 uploads a full-resolution HAM10000 image on Analyze and a small batch (with one broken file) on Batch, and
-saves a screenshot of each page to test-artifacts/screenshots/<page>.png. With SAVE_SCREENSHOTS=1 smaller
-copies go to docs/screenshots/ for the README.
+saves a screenshot of each page to test-artifacts/screenshots/<page>.png. With SAVE_SCREENSHOTS=1 small
+(900 px wide, < 300 KB) copies go to docs/screenshots/ for the README.
 
 chromium must be installed at /usr/bin/chromium (`apt-get install -y chromium`); a missing browser fails the test.
 """
@@ -28,6 +28,8 @@ CHROMIUM = "/usr/bin/chromium"
 SHOTS = REPO / "test-artifacts" / "screenshots"
 DOC_SHOTS = REPO / "docs" / "screenshots"
 WIDTH = 1440
+DOC_WIDTH = 900          # README screenshots (SAVE_SCREENSHOTS=1)
+DOC_MAX_BYTES = 300_000
 CLASS_NAMES = [c.name for c in CLASSES]
 SLOW_MS = 180_000  # first analysis loads the model on a busy 2-core machine
 
@@ -100,7 +102,7 @@ def _idle(page, timeout_ms: int = SLOW_MS) -> None:
     page.wait_for_timeout(500)
 
 
-def _shot(page, name: str) -> Path:
+def _shot(page, name: str, doc: bool = True) -> Path:
     """Full-height screenshot (Streamlit scrolls an inner container, so grow the viewport to fit)."""
     height = page.evaluate(
         "() => Math.max(...['[data-testid=\"stMain\"]', '[data-testid=\"stAppViewContainer\"]', 'section.main']"
@@ -111,16 +113,26 @@ def _shot(page, name: str) -> Path:
     path = SHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size({"width": WIDTH, "height": 1000})
-    if os.environ.get("SAVE_SCREENSHOTS") == "1":
-        from PIL import Image
-
-        DOC_SHOTS.mkdir(parents=True, exist_ok=True)
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            img.thumbnail((1100, 4000))
-            img.save(DOC_SHOTS / f"{name}.png", optimize=True)
     assert path.stat().st_size > 10_000
+    if doc and os.environ.get("SAVE_SCREENSHOTS") == "1":
+        _doc_copy(path, DOC_SHOTS / f"{name}.png")
     return path
+
+
+def _doc_copy(path: Path, target: Path, width: int = DOC_WIDTH, max_bytes: int = DOC_MAX_BYTES) -> None:
+    """A small copy for the README: DOC_WIDTH px wide PNG, palette-reduced when needed to stay under max_bytes."""
+    from PIL import Image
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        img = img.resize((width, round(img.height * width / img.width)), Image.Resampling.LANCZOS)
+    img.save(target, optimize=True)
+    for colours in (256, 128, 64):
+        if target.stat().st_size <= max_bytes:
+            break
+        img.quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            target, optimize=True)
 
 
 def _goto(page, title: str) -> None:
@@ -193,6 +205,18 @@ def _tour(page, server, data_dir, tmp_path) -> None:
     _idle(page)
     _no_exception(page)
     _shot(page, "model_performance_confusion")
+    page.get_by_role("tab", name="Melanoma threshold").click()
+    page.get_by_text("Flagged for review").first.wait_for()
+    assert page.locator("[data-testid='stMetric']").filter(has_text="Specificity").count() == 1
+    page.get_by_role("tab", name="Calibration").click()
+    page.get_by_text("Temperature T =").first.wait_for()
+    _no_exception(page)
+    _shot(page, "model_performance_calibration", doc=False)
+    for tab in ("ROC & PR", "Segmentation", "mask-CN vs image-only", "Ablation & training"):
+        page.get_by_role("tab", name=tab).click()
+        _idle(page)
+        _no_exception(page)
+        _shot(page, "model_performance_" + tab.split()[0].replace("-", "").lower(), doc=False)
 
     # Batch: two good images and one broken file; the broken one becomes an error row
     _goto(page, "Batch")
@@ -210,4 +234,8 @@ def _tour(page, server, data_dir, tmp_path) -> None:
     assert [r["file"] for r in rows] == [p.name for p in good] + ["broken.jpg"]
     assert rows[2]["error"] and not rows[0]["error"] and not rows[1]["error"]
     assert all(any(r["prediction"].startswith(n) for n in CLASS_NAMES) for r in rows[:2])
+    # the table shows a thumbnail per analysed file, and the rejected file is named with its reason
+    assert page.locator("[data-testid='stDataFrame']").count() >= 1
+    page.get_by_text("Not analysed").first.wait_for()
+    assert "broken.jpg" in page.locator("[data-testid='stAlert']").filter(has_text="Not analysed").first.inner_text()
     _shot(page, "batch")

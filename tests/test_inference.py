@@ -59,8 +59,14 @@ def test_non_dermoscopic_images_are_flagged(analyzer):
     rng = np.random.default_rng(1)
     noise = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
     flat = np.full((300, 400, 3), (40, 200, 40), np.uint8)
-    assert analyzer.analyze(noise).ood
-    assert analyzer.analyze(flat).ood
+    for image in (noise, flat):
+        r = analyzer.analyze(image)
+        assert r.ood and "colour and texture" in r.ood_reason, r.ood_reason
+
+
+def test_real_dermoscopic_images_are_mostly_in_distribution(analyzer, fullres):
+    flagged = [analyzer.analyze(_rgb(path)).ood for path, _, _ in fullres[3::12]]
+    assert np.mean(flagged) <= 0.2, flagged
 
 
 def test_cam_for_any_class(analyzer, fullres):

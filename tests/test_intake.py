@@ -179,6 +179,7 @@ def test_non_bytes_input_is_a_type_error():
 def test_real_ham10000_jpeg(ham_paths, real_rgb):
     out = load_image(ham_paths["fullres"].read_bytes(), ham_paths["fullres"].name)
     assert out.dtype == np.uint8 and out.shape == (450, 600, 3) and out.flags.c_contiguous
+    assert out.flags.writeable  # the caller gets an array it may modify (and torch.from_numpy does not warn)
     np.testing.assert_array_equal(out, real_rgb)
     small = load_image(ham_paths["small"].read_bytes())
     assert small.shape == (150, 200, 3) and small.dtype == np.uint8
@@ -194,7 +195,7 @@ def test_format_detected_by_content_not_name(real_rgb):
                                         ("WEBP", {"lossless": True}), ("PNG", {})])
 def test_lossless_formats_round_trip_exactly(real_rgb, fmt, kwargs):
     out = load_image(encode(Image.fromarray(real_rgb), fmt, **kwargs))
-    assert out.dtype == np.uint8
+    assert out.dtype == np.uint8 and out.flags.writeable
     np.testing.assert_array_equal(out, real_rgb)
 
 

@@ -197,3 +197,41 @@ def test_load_image_file_only_reads(data_dir, tmp_path):
     path = data_dir / "ham10000" / "images" / "ISIC_0024306.jpg"
     load_image_file(path)
     assert_no_disk_writes(lambda: load_image_file(path), tmp_path / "tmp")
+
+
+def _exif_uploads() -> list[bytes]:
+    """A JPEG and a TIFF whose EXIF ImageDescription / Artist name a patient (EXIF-rotated, so it is parsed)."""
+    exif = Image.Exif()
+    exif[0x010E] = "Patient Jane Doe MRN 884213"  # ImageDescription
+    exif[0x013B] = "Dr Ima Photographer"  # Artist
+    exif[0x0112] = 6  # Orientation: load_image must read the EXIF block to apply it
+    uploads = []
+    for fmt in ("JPEG", "TIFF", "PNG", "WEBP"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 40), (180, 120, 100)).save(buffer, fmt, exif=exif)
+        uploads.append(buffer.getvalue())
+    return uploads
+
+
+def test_upload_metadata_never_reaches_the_logs(caplog):
+    """Pillow's DEBUG records print EXIF tag values; core.intake caps the PIL logger so that even a root logger at
+    DEBUG never receives them. Control: with PIL opened up to DEBUG on purpose, the same loads do log the text."""
+    import logging
+
+    uploads = _exif_uploads()
+    caplog.set_level(logging.DEBUG)  # the root logger: the most talkative configuration of the app
+    for data in uploads:
+        assert load_image(data, "upload.jpg").shape == (64, 40, 3)  # rotated: EXIF was read
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Jane Doe" not in logged and "Ima Photographer" not in logged, logged[:2000]
+
+    caplog.clear()
+    pil = logging.getLogger("PIL")
+    saved = pil.level
+    pil.setLevel(logging.DEBUG)
+    try:
+        for data in uploads:
+            load_image(data, "upload.jpg")
+    finally:
+        pil.setLevel(saved)
+    assert "Jane Doe" in "\n".join(r.getMessage() for r in caplog.records), "control: Pillow no longer logs EXIF"

@@ -8,11 +8,18 @@ Analyze page does) -> PDF report.
    EXIF marker, any EXIF string nor the file name may appear in the PDF, in its raw bytes or inside any of its
    (Flate-)compressed streams. A clinician note passed on purpose must be found (proof that the search looks
    inside the compressed content).
+3. Logs never contain image data: with every logger opened up to DEBUG (the most talkative configuration anyone
+   could run the app with) and stdout/stderr captured at the file-descriptor level, the whole path (plus two
+   rejected uploads) must not emit any of the upload's bytes (raw repr, hex or base64), a pixel-array dump, the
+   EXIF text or the content of a rejected file.
 """
 from __future__ import annotations
 
+import base64
 import io
+import logging
 import re
+import warnings
 import zlib
 from datetime import datetime, timezone
 
@@ -21,7 +28,7 @@ from PIL import ExifTags, Image
 
 from core.cam import overlay_heatmap, overlay_mask
 from core.inference import Analyzer
-from core.intake import load_image
+from core.intake import ImageRejected, load_image
 from core.report import build_pdf_report
 from tests.test_privacy import assert_no_disk_writes
 
@@ -140,3 +147,90 @@ def test_pdf_carries_no_exif_or_file_name(analyzer, upload):
     assert upload[2:2000] not in pdf
     assert not any(t.startswith(b"\xff\xd8\xff\xe1") for t in texts), "a JPEG with an APP1 (EXIF) segment is embedded"
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# logs
+REJECTED_TEXT = b"Patient: Jane Doe, MRN 884213, lesion on the left shoulder, 6 mm, changing colour\n" * 4
+# numpy repr/str of an image or nested pixel lists, or 32+ small integers in a row (a flattened pixel row)
+ARRAY_DUMP = re.compile(r"array\(\[|\[\[\[?\s*\d{1,3}[\s,]+\d{1,3}|(?:\b\d{1,3}\b[\s,\[\]]+){31}\d{1,3}\b")
+
+
+def _byte_forms(data: bytes, step: int = 64) -> list[str]:
+    """Text forms a piece of `data` takes when someone logs it, for a window every `step` bytes: repr and hex (both
+    cases) of 16 bytes, base64 of 12 bytes at each of the three alignments. Any logged run of >= ~100 bytes of the
+    upload contains at least one window."""
+    forms = []
+    for start in range(2, len(data) - 20, step):
+        piece = data[start:start + 16]
+        if not any(c in piece for c in b"'\"\\"):  # repr quoting/escaping of these depends on the context
+            forms.append(repr(piece)[2:-1])
+        forms += [piece.hex(), piece.hex().upper()]
+        forms += [base64.b64encode(data[start + i:start + i + 12]).decode() for i in range(3)]
+    return forms
+
+
+def _log_leaks(text: str, upload: bytes, rgb) -> list[str]:
+    leaks = [f"upload bytes {form[:24]}..." for form in _byte_forms(upload) if form in text]
+    leaks += [f"pixel row {i}" for i in (0, rgb.shape[0] // 2) if repr(rgb[i, :4].tolist())[1:-1] in text]
+    leaks += [f"array dump: {m.group(0)[:60]}..." for m in ARRAY_DUMP.finditer(text)]
+    leaks += [f"EXIF text {value!r}" for value in EXIF_TEXT.values() if value in text]
+    leaks += ["rejected file content" for needle in ("Jane Doe", "884213") if needle in text]
+    return leaks
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))  # message with its args, plus the traceback if any
+
+
+def test_leak_detector_catches_logged_image_data(upload):
+    """The detector itself: each way of logging image data is caught, a plain log line is not."""
+    rgb = load_image(upload)
+    piece = upload[5000:5100]
+    assert _log_leaks(f"decoding {piece!r}", upload, rgb)
+    assert _log_leaks(f"bytes {upload[3000:3100].hex()}", upload, rgb)
+    assert _log_leaks("payload " + base64.b64encode(upload[7001:7200]).decode(), upload, rgb)
+    assert _log_leaks(f"pixels {rgb[0].tolist()}", upload, rgb)
+    assert _log_leaks(f"pixels {rgb[:2, :40]}", upload, rgb)  # numpy's own repr
+    assert _log_leaks("description: Patient Jane Doe MRN 884213", upload, rgb)
+    assert not _log_leaks("analysed image 600x450 in 0.31 s; label nv (p=0.83)", upload, rgb)
+
+
+def test_logs_never_contain_image_data(analyzer, upload, capfd):
+    root = logging.getLogger()
+    saved = root.level, {name: lg.level for name, lg in logging.Logger.manager.loggerDict.items()
+                         if isinstance(lg, logging.Logger)}
+    handler = _Capture()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    for lg in logging.Logger.manager.loggerDict.values():  # open every already-created logger up to DEBUG...
+        if isinstance(lg, logging.Logger) and lg.level > logging.DEBUG and lg.name != "PIL":
+            lg.setLevel(logging.DEBUG)  # ...except what core.intake deliberately caps (see core/intake.py)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # any warning would be printed to stderr and captured below
+            logging.getLogger("lesionlens.test").debug("control line %s", CONTROL_NOTE)
+            rgb = load_image(upload, FILE_NAME)
+            pdf = _analyse_and_report(analyzer, upload)
+            for bad in (REJECTED_TEXT, upload[: len(upload) // 2]):
+                with pytest.raises(ImageRejected) as info:
+                    load_image(bad, FILE_NAME)
+                assert not _log_leaks(str(info.value), upload, rgb), str(info.value)
+                assert "Jane" not in str(info.value)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        for name, level in saved[1].items():
+            logging.getLogger(name).setLevel(level)
+    out, err = capfd.readouterr()
+    assert pdf[:5] == b"%PDF-"
+    text = "\n".join(handler.lines) + "\n" + out + "\n" + err
+    assert f"control line {CONTROL_NOTE}" in text, "the log capture does not work"
+    leaks = _log_leaks(text, upload, rgb)
+    assert not leaks, f"image data in the logs: {leaks}"

@@ -229,3 +229,85 @@ def test_analyzer_load_never_calls_torch_load(monkeypatch, repo_root):
     monkeypatch.setattr(torch, "load", refuse)
     analyzer = Analyzer.load(repo_root / "weights")
     assert analyzer.mask_cn is not None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the shipped weights, tampered: the Analyzer and the dashboard refuse to run and say why
+SHIPPED_FILES = ("coarse_sn.safetensors", "mask_cn.safetensors", "enhanced_sn.safetensors", "ood.safetensors")
+
+
+@pytest.fixture(scope="module")
+def shipped_copy(tmp_path_factory, repo_root):
+    import shutil
+
+    copy = tmp_path_factory.mktemp("weights") / "weights"
+    shutil.copytree(repo_root / "weights", copy)
+    card = read_model_card(copy)
+    assert set(SHIPPED_FILES) <= set(card["files"]), sorted(card["files"])
+    return copy
+
+
+def _flip_a_weight_byte(path: Path) -> bytes:
+    original = path.read_bytes()
+    data = bytearray(original)
+    data[len(data) - 1000] ^= 0x10  # a low mantissa bit of one weight: the file still parses as safetensors
+    path.write_bytes(bytes(data))
+    return original
+
+
+def test_tampered_shipped_weights_refuse_to_run_with_a_clear_message(shipped_copy):
+    """One flipped bit in any shipped file (networks and OOD statistics): Analyzer.load refuses, naming the file."""
+    from safetensors.torch import load_file
+
+    from core.inference import Analyzer
+
+    for name in SHIPPED_FILES:
+        path = shipped_copy / name
+        original = _flip_a_weight_byte(path)
+        try:
+            load_file(str(path))  # still a well-formed safetensors file: only the hash can tell
+            with pytest.raises(WeightsIntegrityError) as info:
+                Analyzer.load(shipped_copy)
+        finally:
+            path.write_bytes(original)
+        message = str(info.value)
+        assert name in message and "does not match the model card" in message and "will not run" in message, message
+
+
+def test_swapped_weight_files_are_refused(shipped_copy):
+    """A valid weight file of the right format put in place of another (replaced, not corrupted)."""
+    from core.inference import Analyzer
+
+    a, b = shipped_copy / "coarse_sn.safetensors", shipped_copy / "enhanced_sn.safetensors"
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    try:
+        with pytest.raises(WeightsIntegrityError, match="coarse_sn.safetensors: sha256"):
+            Analyzer.load(shipped_copy)
+    finally:
+        a.write_bytes(data_a)
+
+
+def test_dashboard_shows_the_refusal_and_stays_up(shipped_copy, data_dir, monkeypatch):
+    """The Analyze page with tampered weights: a clear error box for the upload, no exception, no result."""
+    from streamlit.testing.v1 import AppTest
+
+    path = shipped_copy / "mask_cn.safetensors"
+    original = _flip_a_weight_byte(path)
+    monkeypatch.setenv("LESIONLENS_WEIGHTS", str(shipped_copy))
+    monkeypatch.setenv("DATA_DIR", str(data_dir))
+    try:
+        at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "streamlit_app.py"), default_timeout=180)
+        at.run()
+        assert not at.exception, at.exception
+        at.switch_page("pages/1_Analyze.py")
+        at.run()
+        image = sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[0]
+        at.file_uploader(key="upload").set_value((image.name, image.read_bytes(), "image/jpeg")).run()
+    finally:
+        path.write_bytes(original)
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert any("could not be loaded" in e and "mask_cn.safetensors" in e and "does not match the model card" in e
+               for e in errors), errors
+    assert not any(m.value.startswith("### ") for m in at.markdown), "a prediction was shown from tampered weights"

@@ -27,7 +27,8 @@ from sklearn.decomposition import PCA
 
 from core.classes import CLASS_CODES, CLASSES, class_index
 from core.data import apply_split_file, assign_splits, dataset_summary, load_manifest
-from core.inference import NETWORK_FILES, OOD_FILE, OODDetector
+from core.inference import NETWORK_FILES, OOD_FILE
+from core.ood import IMAGE_STAT_NAMES, OODDetector, image_statistics
 from core.metrics import (calibration, classification_metrics, fit_logit_adjustment, fit_temperature, logit_adjustment,
                           segmentation_metrics)
 from core.models import create_model
@@ -38,6 +39,7 @@ from train.cache import load_split_arrays
 
 OOD_PCA_DIMS = 64
 OOD_VAL_QUANTILE = 0.99
+OOD_IMAGE_VAL_QUANTILE = 0.995
 
 
 # ---------------------------------------------------------------- export + load
@@ -109,19 +111,27 @@ def calibrated_metrics(val_logits, val_y, test_logits, test_y, priors) -> tuple[
     return metrics, rule, calibrated
 
 
-def fit_ood(train_pooled: torch.Tensor, train_y: np.ndarray, val_pooled: torch.Tensor) -> tuple[dict, float]:
+def fit_ood(train_pooled: torch.Tensor, train_y: np.ndarray, train_stats: np.ndarray) -> dict:
     pca = PCA(n_components=min(OOD_PCA_DIMS, len(train_pooled) - 1), random_state=0).fit(train_pooled.numpy())
     z = pca.transform(train_pooled.numpy())
     class_means = np.stack([z[train_y == c].mean(0) for c in range(len(CLASS_CODES))])
     centred = z - class_means[train_y]
-    precision = LedoitWolf().fit(centred).precision_
-    tensors = {"pca_mean": torch.tensor(pca.mean_, dtype=torch.float32),
-               "pca_components": torch.tensor(pca.components_, dtype=torch.float32),
-               "class_means": torch.tensor(class_means, dtype=torch.float32),
-               "precision": torch.tensor(precision, dtype=torch.float32)}
-    detector = OODDetector(tensors, threshold=0.0)
-    threshold = float(np.quantile(detector.score(val_pooled).numpy(), OOD_VAL_QUANTILE))
-    return tensors, threshold
+    return {"pca_mean": torch.tensor(pca.mean_, dtype=torch.float32),
+            "pca_components": torch.tensor(pca.components_, dtype=torch.float32),
+            "class_means": torch.tensor(class_means, dtype=torch.float32),
+            "precision": torch.tensor(LedoitWolf().fit(centred).precision_, dtype=torch.float32),
+            "image_mean": torch.tensor(train_stats.mean(0), dtype=torch.float32),
+            "image_precision": torch.tensor(LedoitWolf().fit(train_stats).precision_, dtype=torch.float32)}
+
+
+def split_statistics(table: pd.DataFrame) -> np.ndarray:
+    images, _ = load_split_arrays(table, CLASSIFIER_SIZE, with_masks=False)
+    return np.stack([image_statistics(image) for image in images])
+
+
+def ood_flags(detector: OODDetector, pooled: torch.Tensor, stats: np.ndarray) -> np.ndarray:
+    """The Analyzer's rule, vectorised: feature distance or image-statistics distance above its threshold."""
+    return ((detector.score(pooled) > detector.threshold) | (detector.image_score(stats) > detector.image_threshold)).numpy()
 
 
 def synthetic_non_dermoscopic(n: int = 32, seed: int = 0) -> np.ndarray:
@@ -199,25 +209,35 @@ def main(argv=None) -> dict:
             preds, refs = masks_at_reference_size(isic_out[key], isic_val)
             isic_segmentation[name] = segmentation_metrics(preds, refs)
 
-    # OOD: fitted on train features, threshold = 99th percentile of validation scores.
-    ood_tensors, threshold = fit_ood(outputs["train"]["pooled"], labels["train"], outputs["val"]["pooled"])
+    # OOD: fitted on train, thresholds = high quantiles of the validation scores.
+    stats = {name: split_statistics(table) for name, table in {**parts, "isic2017_val": isic_val}.items() if len(table)}
+    ood_tensors = fit_ood(outputs["train"]["pooled"], labels["train"], stats["train"])
     files[OOD_FILE] = save_weights(ood_tensors, weights / OOD_FILE, half=False)
-    detector = OODDetector(ood_tensors, threshold)
+    probe = OODDetector(ood_tensors, 0.0, 0.0)
+    threshold = float(np.quantile(probe.score(outputs["val"]["pooled"]).numpy(), OOD_VAL_QUANTILE))
+    image_threshold = float(np.quantile(probe.image_score(stats["val"]).numpy(), OOD_IMAGE_VAL_QUANTILE))
+    detector = OODDetector(ood_tensors, threshold, image_threshold)
     synthetic = synthetic_non_dermoscopic()
     with torch.no_grad():
         syn_x = normalize_batch(torch.from_numpy(synthetic))
         syn_seg = normalize_batch(torch.from_numpy(np.stack([cv2.resize(i, SEGMENTER_SIZE[::-1]) for i in synthetic])))
         syn_x4 = mask_cn_input(syn_x, coarse_probabilities(nets["coarse_sn"], syn_seg))
         syn_pooled = nets["mask_cn"].net.forward_head(nets["mask_cn"].net.forward_features(syn_x4), pre_logits=True)
+    syn_stats = np.stack([image_statistics(image) for image in synthetic])
     ood_report = {
-        "method": f"min class-conditional Mahalanobis distance (shared Ledoit-Wolf covariance) of mask-CN pooled "
-                  f"features in a {OOD_PCA_DIMS}-d PCA space fitted on HAM10000 train",
+        "method": f"flagged when either distance exceeds its threshold: (1) min class-conditional Mahalanobis distance "
+                  f"(shared Ledoit-Wolf covariance) of mask-CN pooled features in a {OOD_PCA_DIMS}-d PCA space fitted on "
+                  f"HAM10000 train; (2) Mahalanobis distance of colour/texture image statistics "
+                  f"({', '.join(IMAGE_STAT_NAMES)}) fitted on HAM10000 train",
         "threshold": threshold,
-        "threshold_rule": f"{OOD_VAL_QUANTILE:.0%} quantile of HAM10000 validation scores",
+        "image_threshold": image_threshold,
+        "threshold_rule": f"feature distance: {OOD_VAL_QUANTILE:.1%} quantile of HAM10000 validation scores; image "
+                          f"statistics: {OOD_IMAGE_VAL_QUANTILE:.1%} quantile",
         "flagged_fraction": {
-            "ham10000_test": float((detector.score(outputs["test"]["pooled"]) > threshold).float().mean()),
-            "isic2017_val": float((detector.score(isic_out["pooled"]) > threshold).float().mean()) if isic_out else None,
-            "synthetic_non_dermoscopic": float((detector.score(syn_pooled) > threshold).float().mean()),
+            "ham10000_val": float(ood_flags(detector, outputs["val"]["pooled"], stats["val"]).mean()),
+            "ham10000_test": float(ood_flags(detector, outputs["test"]["pooled"], stats["test"]).mean()),
+            "isic2017_val": float(ood_flags(detector, isic_out["pooled"], stats["isic2017_val"]).mean()) if isic_out else None,
+            "synthetic_non_dermoscopic": float(ood_flags(detector, syn_pooled, syn_stats).mean()),
         },
     }
 
@@ -245,6 +265,13 @@ def training_curves(runs: Path) -> dict:
     return curves
 
 
+def training_minutes(runs: Path) -> dict:
+    """Wall-clock training minutes and epochs per stage, summed from each stage's history (resumed runs included)."""
+    return {stage: {"epochs": len(history), "minutes": round(sum(e["seconds"] for e in history) / 60, 1),
+                    "best_val_metric": max(e["val_metric"] for e in history)}
+            for stage, history in training_curves(runs).items() if history}
+
+
 def build_card(args, files, rule, classification, segmentation, isic_segmentation, ood_report, manifest,
                runs: Path, started: float) -> dict:
     mask_cn = classification["mask_cn"]
@@ -260,7 +287,6 @@ def build_card(args, files, rule, classification, segmentation, isic_segmentatio
                 for metric in ("dice_mean", "jaccard_mean", "jaccard_thresholded_065"):
                     ablation.append({"comparison": f"segmentation ({dataset})", "model": model, "metric": metric,
                                      "value": seg[key][metric]})
-    pipeline_log = runs / "pipeline.json"
     created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     return {
         "name": "LesionLens MB-DCNN",
@@ -294,7 +320,7 @@ def build_card(args, files, rule, classification, segmentation, isic_segmentatio
                     "isic2017_val": {"segmentation": isic_segmentation}},
         "ablation": ablation,
         "training_curves": training_curves(runs),
-        "training_time_minutes": json.loads(pipeline_log.read_text()) if pipeline_log.is_file() else None,
+        "training_time_minutes": training_minutes(runs),
         "evaluation_seconds": round(time.time() - started, 1),
         "predictions_csv": "test_predictions.csv",
         "headline": {"balanced_accuracy": mask_cn["balanced_accuracy"], "macro_auc": mask_cn["macro_auc"],

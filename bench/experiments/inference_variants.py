@@ -12,6 +12,10 @@ interleaved (every iteration runs each variant once, order rotated) so machine-l
 - bf16:           shipped under torch.autocast("cpu", bfloat16)
 - jit_frozen:     torch.jit.trace + torch.jit.optimize_for_inference (oneDNN fusion), if it traces
 - compiled:       torch.compile (inductor), only with --compile (slow to compile on 2 cores)
+- onnxruntime:    each network exported with torch.onnx.export and run by ONNX Runtime (CPU provider, all graph
+                  optimisations, 2 intra-op threads), only with --onnx and where `onnxruntime` is importable (it is
+                  not a project dependency: e.g. `pip install --target /tmp/ortlib onnxruntime onnx onnxscript` and
+                  PYTHONPATH=/tmp/ortlib); the glue between the networks stays in torch
 
 Reports p50 per variant, the ratio to shipped, and the largest output deviation from shipped (logits and
 mask probabilities), so a variant that changes results is visible.
@@ -24,6 +28,7 @@ import argparse
 import copy
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,6 +88,61 @@ def fold_batchnorm(model: nn.Module) -> int:
     return folded
 
 
+# ---------------------------------------------------------------- ONNX Runtime
+def onnx_variant(nets, sample):
+    import tempfile
+
+    import onnxruntime as ort
+
+    coarse_sn, mask_cn, enhanced_sn = nets
+    seg_x, cls_x = sample[0].contiguous(), sample[1].contiguous()
+
+    class MaskCN(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m.forward_with_features(x)
+
+    with torch.no_grad():
+        coarse = torch.sigmoid(coarse_sn(seg_x))
+        x4 = mask_cn_input(cls_x, coarse).contiguous()
+        logits, features = mask_cn.forward_with_features(x4)
+        loc = localisation_map(mask_cn.class_activation_maps(features), logits.argmax(1)).contiguous()
+    folder = Path(tempfile.mkdtemp(prefix="onnx-"))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    sessions = {}
+    for name, module, args in (("coarse", coarse_sn, (seg_x,)), ("mask_cn", MaskCN(mask_cn), (x4,)),
+                               ("enhanced", enhanced_sn, (seg_x, loc))):
+        path = folder / f"{name}.onnx"
+        with torch.no_grad():
+            try:
+                torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=17)
+            except Exception:  # noqa: BLE001 - the TorchScript exporter may be gone: use the dynamo one
+                torch.onnx.export(module.eval(), args, str(path), dynamo=True)
+        sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def feed(session, *arrays):
+        return dict(zip([i.name for i in session.get_inputs()], (a.contiguous().numpy() for a in arrays)))
+
+    weight = mask_cn.net.get_classifier().weight
+
+    def run(seg_x, cls_x):
+        seg_x = seg_x.contiguous()
+        coarse = torch.sigmoid(torch.from_numpy(sessions["coarse"].run(None, feed(sessions["coarse"], seg_x))[0]))
+        x4 = mask_cn_input(cls_x, coarse)
+        logits, features = (torch.from_numpy(a) for a in sessions["mask_cn"].run(None, feed(sessions["mask_cn"], x4)))
+        loc = localisation_map(torch.einsum("ck,bkhw->bchw", weight, features), logits.argmax(1))
+        out = sessions["enhanced"].run(None, feed(sessions["enhanced"], seg_x, loc))[0]
+        return logits, torch.sigmoid(torch.from_numpy(out))
+
+    return run
+
+
 # ---------------------------------------------------------------- the network path
 def networks_path(coarse_sn, mask_cn, enhanced_sn, seg_x, cls_x):
     coarse = torch.sigmoid(coarse_sn(seg_x))
@@ -96,6 +156,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--onnx", action="store_true")
+    parser.add_argument("--only", default="", help="comma-separated variant names to time (shipped always)")
     args = parser.parse_args(argv)
     analyzer, note = load_analyzer(REPO / "weights")
     nets = (analyzer.coarse_sn, analyzer.mask_cn, analyzer.enhanced_sn)
@@ -156,6 +218,16 @@ def main(argv=None) -> dict:
         except Exception as exc:  # noqa: BLE001
             notes["compiled"] = f"{type(exc).__name__}: {exc}"[:300]
 
+    if args.onnx:
+        try:
+            start = time.perf_counter()
+            variants["onnxruntime"] = onnx_variant(nchw, inputs[0])
+            notes["onnx_export_and_session_s"] = time.perf_counter() - start
+        except Exception as exc:  # noqa: BLE001
+            notes["onnxruntime"] = f"{type(exc).__name__}: {exc}"[:500]
+    if args.only:
+        keep = {"shipped", *args.only.split(",")}
+        variants = {k: v for k, v in variants.items() if k in keep}
     names = list(variants)
     with torch.inference_mode():
         reference = [variants["shipped"](*x) for x in inputs]
