@@ -362,6 +362,8 @@ def main(argv=None) -> dict:
         if stale >= cfg["patience"] or out_of_time(cfg, started):
             break
     if rt.world > 1:
+        for buffer in model.buffers():  # DDP broadcasts rank 0's BN statistics before each forward; once more after the last
+            dist.broadcast(buffer, 0)
         save_weights(model, out_dir / f"final_rank{rt.rank}.safetensors", half=False)
         dist.barrier()
         dist.destroy_process_group()
