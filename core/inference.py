@@ -10,6 +10,7 @@ Mahalanobis distance of mask-CN's pooled features to the training classes, thres
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,12 +25,17 @@ from core.classes import CLASS_CODES, NUM_CLASSES
 from core.models import create_model
 from core.pipeline import localisation_map, mask_cn_input
 from core.ood import OODDetector
-from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, image_to_batch, resize_rgb
+from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, normalize_batch, resize_rgb
 from core.weights_io import WeightsIntegrityError, load_verified, read_model_card
 
 NETWORK_FILES = {"coarse_sn": "coarse_sn.safetensors", "mask_cn": "mask_cn.safetensors", "enhanced_sn": "enhanced_sn.safetensors"}
 OOD_FILE = "ood.safetensors"
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+#: CAM methods that, for mask-CN's head (global average pool -> dropout -> linear), equal the plain class activation
+#: map of the features the analysis already has: d logit_c / d A_k(i,j) = w_ck / (h*w) at every position, so
+#: Grad-CAM and HiResCAM give ReLU(sum_k w_ck A_k) / (h*w) (XGrad-CAM the same up to its 1e-7 guard), which the
+#: min-max scaling turns into the same map. These skip pytorch-grad-cam's second forward and its backward pass.
+LINEAR_HEAD_CAMS = frozenset({"Grad-CAM", "HiResCAM", "XGrad-CAM"})
 
 
 @dataclass
@@ -66,6 +72,9 @@ class Analyzer:
         # One analysis at a time: the models are shared between sessions, CAM hooks are per-model state, and on a
         # 2-core machine one analysis with all threads beats several fighting for the cores.
         self._lock = threading.Lock()
+        # (input key, mask-CN input, class activation maps) of the latest analysis: cam_for() on the same image (what
+        # the Analyze page does right after analyze()) reuses them instead of re-running coarse-SN and mask-CN.
+        self._last: tuple[bytes, torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------ loading
     @classmethod
@@ -82,7 +91,10 @@ class Analyzer:
                 model.load_state_dict(state)
             except RuntimeError as exc:
                 raise WeightsIntegrityError(f"{weights_dir / file_name}: does not fit the {arch} architecture ({exc})") from exc
-            networks[arch] = model.eval().to(device).to(memory_format=torch.channels_last)
+            # Inference only: BN folded into the convs, and no parameter needs a gradient (a CAM's backward pass
+            # then computes only the activation gradients it uses, not a weight gradient for every layer).
+            model = fold_batchnorm(model.eval()).requires_grad_(False)
+            networks[arch] = model.to(device).to(memory_format=torch.channels_last)
         ood = None
         if OOD_FILE in card.get("files", {}):
             image_threshold = card["ood"].get("image_threshold")
@@ -109,9 +121,8 @@ class Analyzer:
 
         height, width = rgb.shape[:2]
         with torch.inference_mode():
-            seg_x = image_to_batch(rgb, SEGMENTER_SIZE).to(self.device)
-            cls_small = resize_rgb(rgb, CLASSIFIER_SIZE)
-            cls_x = image_to_batch(cls_small, CLASSIFIER_SIZE).to(self.device)
+            seg_small, cls_small = resize_rgb(rgb, SEGMENTER_SIZE), resize_rgb(rgb, CLASSIFIER_SIZE)
+            seg_x, cls_x = _to_batch(seg_small, self.device), _to_batch(cls_small, self.device)
             lap("preprocess")
             coarse = torch.sigmoid(self.coarse_sn(seg_x))
             lap("coarse_sn")
@@ -120,7 +131,9 @@ class Analyzer:
             pooled = self.mask_cn.net.forward_head(features, pre_logits=True)
             probs = F.softmax((logits.float().cpu() + self.logit_offsets) / self.temperature, dim=1)[0]
             top = int(probs.argmax())
-            loc = localisation_map(self.mask_cn.class_activation_maps(features), torch.tensor([top]))
+            class_maps = self.mask_cn.class_activation_maps(features)
+            loc = localisation_map(class_maps, torch.tensor([top]))
+            self._last = (_input_key(seg_small, cls_small), x4, class_maps)
             lap("mask_cn")
             enhanced = torch.sigmoid(self.enhanced_sn(seg_x, loc))
             lap("enhanced_sn")
@@ -137,7 +150,7 @@ class Analyzer:
         )
         if cam:
             result.cam_class = cam_class or result.label
-            result.cam = self._cam(x4, CLASS_CODES.index(result.cam_class), cam_method, (height, width))
+            result.cam = self._cam(x4, class_maps, CLASS_CODES.index(result.cam_class), cam_method, (height, width))
             lap("cam")
         timings["total"] = sum(timings.values())
         return result
@@ -147,7 +160,10 @@ class Analyzer:
             return 0.0, False, ""
         return self.ood_detector.check(pooled, rgb_small)
 
-    def _cam(self, x4: torch.Tensor, class_index: int, method: str, size: tuple[int, int]) -> np.ndarray:
+    def _cam(self, x4: torch.Tensor, class_maps: torch.Tensor | None, class_index: int, method: str,
+             size: tuple[int, int]) -> np.ndarray:
+        if method in LINEAR_HEAD_CAMS and class_maps is not None:
+            return _linear_head_cam(class_maps, class_index, tuple(x4.shape[-2:]), size)
         from core.cam import compute_cam  # grad-cam is imported only when a CAM is asked for
 
         with torch.enable_grad():
@@ -156,12 +172,22 @@ class Analyzer:
     def cam_for(self, rgb: np.ndarray, class_code: str, method: str = "Grad-CAM") -> np.ndarray:
         """A CAM for any class and method without re-running the whole analysis."""
         rgb = _check_rgb(rgb)
+        class_index = CLASS_CODES.index(class_code)
         with self._lock:
-            with torch.inference_mode():
-                seg_x = image_to_batch(rgb, SEGMENTER_SIZE).to(self.device)
-                coarse = torch.sigmoid(self.coarse_sn(seg_x))
-                x4 = mask_cn_input(image_to_batch(rgb, CLASSIFIER_SIZE).to(self.device), coarse)
-            return self._cam(x4, CLASS_CODES.index(class_code), method, rgb.shape[:2])
+            seg_u8, cls_u8 = resize_rgb(rgb, SEGMENTER_SIZE), resize_rgb(rgb, CLASSIFIER_SIZE)
+            key = _input_key(seg_u8, cls_u8)
+            if self._last is not None and self._last[0] == key:
+                _, x4, class_maps = self._last
+            else:
+                with torch.inference_mode():
+                    seg_x = _to_batch(seg_u8, self.device)
+                    coarse = torch.sigmoid(self.coarse_sn(seg_x))
+                    x4 = mask_cn_input(_to_batch(cls_u8, self.device), coarse)
+                    class_maps = None
+                    if method in LINEAR_HEAD_CAMS:
+                        class_maps = self.mask_cn.class_activation_maps(self.mask_cn.net.forward_features(x4))
+                        self._last = (key, x4, class_maps)
+            return self._cam(x4, class_maps, class_index, method, rgb.shape[:2])
 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -170,6 +196,38 @@ def _check_rgb(rgb: np.ndarray) -> np.ndarray:
     if min(rgb.shape[:2]) < 8:
         raise ValueError(f"image too small to analyse: {rgb.shape[1]}x{rgb.shape[0]}")
     return np.ascontiguousarray(rgb)
+
+
+def _to_batch(rgb_small: np.ndarray, device: str) -> torch.Tensor:
+    return normalize_batch(torch.from_numpy(np.ascontiguousarray(rgb_small))[None]).to(device)
+
+
+def _input_key(seg_u8: np.ndarray, cls_u8: np.ndarray) -> bytes:
+    """Identifies what the networks see (the two resized images), so a cached result is reused only for them."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.ascontiguousarray(seg_u8).data)
+    digest.update(np.ascontiguousarray(cls_u8).data)
+    return digest.digest()
+
+
+def _gradcam_scale(heat: np.ndarray) -> np.ndarray:
+    """pytorch_grad_cam.utils.image.scale_cam_image without the resize: shift to 0, divide by (max + 1e-7)."""
+    heat = heat - heat.min()
+    return np.float32(heat / (1e-7 + heat.max()))
+
+
+def _linear_head_cam(class_maps: torch.Tensor, class_index: int, input_hw: tuple[int, int],
+                     output_hw: tuple[int, int]) -> np.ndarray:
+    """Grad-CAM (= HiResCAM = XGrad-CAM, see LINEAR_HEAD_CAMS) of mask-CN from its class activation maps, scaled
+    as core.cam.compute_cam scales pytorch-grad-cam's output: ReLU, min-max, resize to the network input, min-max,
+    resize to the image, min-max to [0, 1]."""
+    heat = _gradcam_scale(class_maps[0, class_index].float().clamp(min=0).cpu().numpy())
+    heat = _gradcam_scale(np.maximum(cv2.resize(heat, (input_hw[1], input_hw[0])), 0))
+    if heat.shape != tuple(output_hw):
+        heat = cv2.resize(heat, (output_hw[1], output_hw[0]), interpolation=cv2.INTER_LINEAR)
+    lo, hi = float(heat.min()), float(heat.max())
+    heat = (heat - lo) / (hi - lo) if hi - lo > 1e-12 else np.zeros_like(heat)
+    return np.clip(heat, 0.0, 1.0).astype(np.float32)
 
 
 def _to_input_mask(probs: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -181,3 +239,49 @@ def _measure(mask: np.ndarray, rgb: np.ndarray, mm_per_pixel: float | None) -> d
     from core.measure import measure_lesion
 
     return measure_lesion(mask, rgb, mm_per_pixel)
+
+
+# ---------------------------------------------------------------- conv + BatchNorm folding (inference only)
+def _fold_into(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> None:
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.weight = torch.nn.Parameter(conv.weight.detach() * scale.view(-1, 1, 1, 1), requires_grad=False)
+    conv.bias = torch.nn.Parameter((bias - bn.running_mean) * scale + bn.bias.detach(), requires_grad=False)
+
+
+def _after_bn(bn: torch.nn.Module) -> torch.nn.Module:
+    """What is left of a folded BN: timm's BatchNormAct2d keeps its activation, a plain BN becomes identity."""
+    parts = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None))
+             if m is not None and not isinstance(m, torch.nn.Identity)]
+    return torch.nn.Sequential(*parts) if parts else torch.nn.Identity()
+
+
+# (conv, bn) attribute pairs of timm's EfficientNet stem/head and blocks; smp's Conv2dReLU and the E-layers are
+# nn.Sequential(conv, bn, relu) and are found as adjacent children.
+_CONV_BN_PAIRS = {"conv_pwl": (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),   # InvertedResidual
+                  "conv_dw": (("conv_dw", "bn1"), ("conv_pw", "bn2")),                         # DepthwiseSeparable
+                  None: (("conv_stem", "bn1"), ("conv_head", "bn2"))}
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold every eval-mode BatchNorm that directly follows a convolution into that convolution's weights and bias
+    (y = gamma * (Wx + b - mean) / sqrt(var + eps) + beta is again a convolution), removing one full pass over
+    each activation map per layer. Only for a model in eval mode that will not be trained again."""
+    if model.training:
+        raise ValueError("fold_batchnorm is for eval-mode models only")
+    for module in list(model.modules()):
+        children = dict(module.named_children())
+        if isinstance(module, torch.nn.Sequential):
+            names = list(children)
+            pairs = [(a, b) for a, b in zip(names, names[1:])]
+        else:
+            key = "conv_pwl" if "conv_pwl" in children else "conv_dw" if "conv_dw" in children and "conv_pw" in children else None
+            pairs = _CONV_BN_PAIRS[key]
+        for conv_name, bn_name in pairs:
+            conv, bn = children.get(conv_name), children.get(bn_name)
+            if (isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) and bn.track_running_stats
+                    and bn.running_mean is not None and bn.affine and conv.out_channels == bn.num_features):
+                _fold_into(conv, bn)
+                setattr(module, bn_name, _after_bn(bn))
+                children[bn_name] = getattr(module, bn_name)
+    return model

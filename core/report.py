@@ -82,7 +82,7 @@ def _png(image) -> tuple[io.BytesIO, int, int]:
         arr = np.clip(np.rint(f), 0, 255).astype(np.uint8)
     fresh = Image.fromarray(np.ascontiguousarray(arr), mode="RGB")  # a new image: no info / exif / icc
     buf = io.BytesIO()
-    fresh.save(buf, format="PNG", optimize=False, compress_level=6)
+    fresh.save(buf, format="PNG", optimize=False, compress_level=0)  # fpdf re-compresses: level 6 only costs time
     buf.seek(0)
     return buf, arr.shape[1], arr.shape[0]
 
