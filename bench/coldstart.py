@@ -18,10 +18,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from bench.common import REPO
+from bench.server import stop_process, streamlit_healthy
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -67,12 +67,8 @@ def cold_start(data_dir: Path, image_path: Path, weights_dir: Path = REPO / "wei
             while True:
                 if proc.poll() is not None:
                     raise RuntimeError(f"streamlit exited with {proc.returncode}")
-                try:
-                    with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
-                        if response.read().strip() == b"ok":
-                            break
-                except OSError:
-                    pass
+                if streamlit_healthy(url):
+                    break
                 if time.perf_counter() > deadline:
                     raise TimeoutError(f"streamlit not healthy within {timeout_s} s")
                 time.sleep(0.05)
@@ -100,11 +96,7 @@ def cold_start(data_dir: Path, image_path: Path, weights_dir: Path = REPO / "wei
             result["image"] = image_path.name
             return result
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
             browser.close()
             if log_path:
                 log.close()

@@ -154,3 +154,4 @@ def machine() -> dict:
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "nice": os.nice(0),
             "loadavg": [round(x, 2) for x in load], "cuda": torch.cuda.is_available()}
+

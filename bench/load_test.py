@@ -51,9 +51,10 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
+
+from bench.server import streamlit_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
@@ -215,12 +216,8 @@ class StreamlitServer:
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"streamlit exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(self.url + "/_stcore/health", timeout=2) as response:
-                    if response.read().strip() == b"ok":
-                        return
-            except OSError:
-                pass
+            if streamlit_healthy(self.url):
+                return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"streamlit not healthy after {timeout:.0f} s; see {self.log_path}")
             time.sleep(0.5)

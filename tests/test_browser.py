@@ -16,11 +16,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from bench.server import stop_process, streamlit_healthy
 from core.classes import CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,22 +57,14 @@ def server(data_dir):
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"streamlit exited with {proc.returncode}; see {log / 'streamlit_server.log'}")
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
-                    if response.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
+            if streamlit_healthy(url):
+                break
             if time.time() > deadline:
                 pytest.fail("streamlit did not become healthy within 90 s")
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         out.close()
 
 
