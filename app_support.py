@@ -390,9 +390,3 @@ def dataset_cam(_analyzer, path: str, class_code: str, method: str, version: str
     """CAM of a dataset image (not an upload: dataset images may be cached across sessions)."""
     return _analyzer.cam_for(read_image_path(path), class_code, method)
 
-
-def jaccard_from_dice(dice: np.ndarray) -> np.ndarray:
-    """Per-image Jaccard from per-image Dice (exact identity J = D / (2 - D)), for the distribution plot when
-    the model card lists only Dice per image."""
-    dice = np.asarray(dice, dtype=float)
-    return dice / (2.0 - dice)

@@ -21,10 +21,18 @@ import torch
 import tqdm as _tqdm
 import pytorch_grad_cam.score_cam as _score_cam
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-__all__ = ["CAM_METHODS", "SignedEigenCAM", "SCORE_CAM_BATCH_SIZE", "compute_cam", "model_lock", "overlay_heatmap", "overlay_mask"]
+__all__ = ["CAM_METHODS", "LINEAR_HEAD_CAMS", "SignedEigenCAM", "SCORE_CAM_BATCH_SIZE", "cam_from_class_maps", "compute_cam",
+           "model_lock", "overlay_heatmap", "overlay_mask"]
+
+#: CAM methods that, for a classifier whose head is global average pool -> (dropout) -> linear, equal the plain class
+#: activation map: d logit_c / d A_k(i,j) = w_ck / (h*w) at every position, so Grad-CAM and HiResCAM give
+#: ReLU(sum_k w_ck A_k) / (h*w) (XGrad-CAM the same up to its 1e-7 guard), which min-max scaling turns into the same
+#: map. ``cam_from_class_maps`` computes them from maps the forward pass already has.
+LINEAR_HEAD_CAMS = frozenset({"Grad-CAM", "HiResCAM", "XGrad-CAM"})
 
 class SignedEigenCAM(EigenCAM):
     """EigenCAM with the sign of the first principal component fixed.
@@ -133,10 +141,23 @@ def compute_cam(
         # pytorch-grad-cam's __exit__ swallows IndexError (e.g. a bad class index) - don't return garbage.
         raise ValueError(f"{method} failed for class index {class_index} (is it within the model's outputs?)")
 
-    heat = np.asarray(result[0], dtype=np.float32)
+    return _to_unit_range(np.asarray(result[0], dtype=np.float32), output_size)
+
+
+def cam_from_class_maps(class_maps: torch.Tensor, class_index: int, input_size: tuple[int, int],
+                        output_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Grad-CAM / HiResCAM / XGrad-CAM (LINEAR_HEAD_CAMS) of a GAP + linear classifier from its class activation
+    maps (1 x classes x h x w), post-processed exactly as pytorch-grad-cam and ``compute_cam`` do, without their
+    second forward and backward pass."""
+    heat = np.maximum(class_maps[0, int(class_index)].float().cpu().numpy(), 0)[None]
+    heat = np.maximum(scale_cam_image(heat, (input_size[1], input_size[0])), 0)  # per layer, as BaseCAM
+    return _to_unit_range(scale_cam_image(heat)[0], output_size)                 # layers aggregated, as BaseCAM
+
+
+def _to_unit_range(heat: np.ndarray, output_size: tuple[int, int] | None) -> np.ndarray:
     heat = np.nan_to_num(heat, nan=0.0, posinf=0.0, neginf=0.0)
-    if output_size is not None and heat.shape != (out_h, out_w):
-        heat = cv2.resize(heat, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    if output_size is not None and heat.shape != tuple(output_size):
+        heat = cv2.resize(heat, (int(output_size[1]), int(output_size[0])), interpolation=cv2.INTER_LINEAR)
     lo, hi = float(heat.min()), float(heat.max())
     heat = (heat - lo) / (hi - lo) if hi - lo > 1e-12 else np.zeros_like(heat)
     return np.clip(heat, 0.0, 1.0).astype(np.float32)

@@ -25,17 +25,12 @@ from core.classes import CLASS_CODES, NUM_CLASSES
 from core.models import create_model
 from core.pipeline import localisation_map, mask_cn_input
 from core.ood import OODDetector
-from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, normalize_batch, resize_rgb
+from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, image_to_batch, resize_rgb
 from core.weights_io import WeightsIntegrityError, load_verified, read_model_card
 
 NETWORK_FILES = {"coarse_sn": "coarse_sn.safetensors", "mask_cn": "mask_cn.safetensors", "enhanced_sn": "enhanced_sn.safetensors"}
 OOD_FILE = "ood.safetensors"
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-#: CAM methods that, for mask-CN's head (global average pool -> dropout -> linear), equal the plain class activation
-#: map of the features the analysis already has: d logit_c / d A_k(i,j) = w_ck / (h*w) at every position, so
-#: Grad-CAM and HiResCAM give ReLU(sum_k w_ck A_k) / (h*w) (XGrad-CAM the same up to its 1e-7 guard), which the
-#: min-max scaling turns into the same map. These skip pytorch-grad-cam's second forward and its backward pass.
-LINEAR_HEAD_CAMS = frozenset({"Grad-CAM", "HiResCAM", "XGrad-CAM"})
 
 
 @dataclass
@@ -122,7 +117,8 @@ class Analyzer:
         height, width = rgb.shape[:2]
         with torch.inference_mode():
             seg_small, cls_small = resize_rgb(rgb, SEGMENTER_SIZE), resize_rgb(rgb, CLASSIFIER_SIZE)
-            seg_x, cls_x = _to_batch(seg_small, self.device), _to_batch(cls_small, self.device)
+            seg_x = image_to_batch(seg_small, SEGMENTER_SIZE).to(self.device)
+            cls_x = image_to_batch(cls_small, CLASSIFIER_SIZE).to(self.device)
             lap("preprocess")
             coarse = torch.sigmoid(self.coarse_sn(seg_x))
             lap("coarse_sn")
@@ -162,15 +158,18 @@ class Analyzer:
 
     def _cam(self, x4: torch.Tensor, class_maps: torch.Tensor | None, class_index: int, method: str,
              size: tuple[int, int]) -> np.ndarray:
+        from core.cam import LINEAR_HEAD_CAMS, cam_from_class_maps, compute_cam  # grad-cam only when a CAM is asked for
+
         if method in LINEAR_HEAD_CAMS and class_maps is not None:
-            return _linear_head_cam(class_maps, class_index, tuple(x4.shape[-2:]), size)
-        from core.cam import compute_cam  # grad-cam is imported only when a CAM is asked for
+            return cam_from_class_maps(class_maps, class_index, tuple(x4.shape[-2:]), size)
 
         with torch.enable_grad():
             return compute_cam(self.mask_cn, x4.clone(), [self.mask_cn.target_layer], class_index, method, output_size=size)
 
     def cam_for(self, rgb: np.ndarray, class_code: str, method: str = "Grad-CAM") -> np.ndarray:
         """A CAM for any class and method without re-running the whole analysis."""
+        from core.cam import LINEAR_HEAD_CAMS
+
         rgb = _check_rgb(rgb)
         class_index = CLASS_CODES.index(class_code)
         with self._lock:
@@ -180,9 +179,9 @@ class Analyzer:
                 _, x4, class_maps = self._last
             else:
                 with torch.inference_mode():
-                    seg_x = _to_batch(seg_u8, self.device)
+                    seg_x = image_to_batch(seg_u8, SEGMENTER_SIZE).to(self.device)
                     coarse = torch.sigmoid(self.coarse_sn(seg_x))
-                    x4 = mask_cn_input(_to_batch(cls_u8, self.device), coarse)
+                    x4 = mask_cn_input(image_to_batch(cls_u8, CLASSIFIER_SIZE).to(self.device), coarse)
                     class_maps = None
                     if method in LINEAR_HEAD_CAMS:
                         class_maps = self.mask_cn.class_activation_maps(self.mask_cn.net.forward_features(x4))
@@ -198,36 +197,12 @@ def _check_rgb(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def _to_batch(rgb_small: np.ndarray, device: str) -> torch.Tensor:
-    return normalize_batch(torch.from_numpy(np.ascontiguousarray(rgb_small))[None]).to(device)
-
-
 def _input_key(seg_u8: np.ndarray, cls_u8: np.ndarray) -> bytes:
     """Identifies what the networks see (the two resized images), so a cached result is reused only for them."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(np.ascontiguousarray(seg_u8).data)
     digest.update(np.ascontiguousarray(cls_u8).data)
     return digest.digest()
-
-
-def _gradcam_scale(heat: np.ndarray) -> np.ndarray:
-    """pytorch_grad_cam.utils.image.scale_cam_image without the resize: shift to 0, divide by (max + 1e-7)."""
-    heat = heat - heat.min()
-    return np.float32(heat / (1e-7 + heat.max()))
-
-
-def _linear_head_cam(class_maps: torch.Tensor, class_index: int, input_hw: tuple[int, int],
-                     output_hw: tuple[int, int]) -> np.ndarray:
-    """Grad-CAM (= HiResCAM = XGrad-CAM, see LINEAR_HEAD_CAMS) of mask-CN from its class activation maps, scaled
-    as core.cam.compute_cam scales pytorch-grad-cam's output: ReLU, min-max, resize to the network input, min-max,
-    resize to the image, min-max to [0, 1]."""
-    heat = _gradcam_scale(class_maps[0, class_index].float().clamp(min=0).cpu().numpy())
-    heat = _gradcam_scale(np.maximum(cv2.resize(heat, (input_hw[1], input_hw[0])), 0))
-    if heat.shape != tuple(output_hw):
-        heat = cv2.resize(heat, (output_hw[1], output_hw[0]), interpolation=cv2.INTER_LINEAR)
-    lo, hi = float(heat.min()), float(heat.max())
-    heat = (heat - lo) / (hi - lo) if hi - lo > 1e-12 else np.zeros_like(heat)
-    return np.clip(heat, 0.0, 1.0).astype(np.float32)
 
 
 def _to_input_mask(probs: torch.Tensor, height: int, width: int) -> np.ndarray:

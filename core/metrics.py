@@ -302,3 +302,10 @@ def fit_logit_adjustment(logits, y_true, priors, taus=None) -> tuple[float, floa
         if score > best_score + 1e-9:
             best_tau, best_score = float(tau), float(score)
     return best_tau, best_score
+
+
+def jaccard_from_dice(dice: np.ndarray) -> np.ndarray:
+    """Per-image Jaccard from per-image Dice (exact identity J = D / (2 - D)), for the distribution plot when
+    the model card lists only Dice per image."""
+    dice = np.asarray(dice, dtype=float)
+    return dice / (2.0 - dice)

@@ -57,8 +57,15 @@ class OODDetector:
         x = torch.as_tensor(np.atleast_2d(stats), dtype=torch.float32)
         return mahalanobis(x, self.image_mean[None], self.image_precision)
 
+    def flags(self, pooled: torch.Tensor, stats: np.ndarray | None) -> np.ndarray:
+        """The rule for a batch: feature distance or image-statistics distance above its threshold."""
+        flagged = self.score(pooled) > self.threshold
+        if stats is not None and self.image_mean is not None and self.image_threshold is not None:
+            flagged |= self.image_score(stats) > self.image_threshold
+        return flagged.numpy()
+
     def check(self, pooled: torch.Tensor, rgb_small: np.ndarray) -> tuple[float, bool, str]:
-        """(feature distance, flagged, reason) for one image."""
+        """(feature distance, flagged, reason) for one image: ``flags`` plus the words for the clinician."""
         score = float(self.score(pooled.cpu())[0])
         if self.image_mean is not None and self.image_threshold is not None:
             image_score = float(self.image_score(image_statistics(rgb_small))[0])

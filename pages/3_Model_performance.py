@@ -259,6 +259,8 @@ def calibration_ui(m: dict, temperature) -> None:
 
 
 def segmentation_ui(card: dict) -> None:
+    from core.metrics import jaccard_from_dice
+
     metrics = card.get("metrics", {})
     rows = []
     for dataset, seg in (("HAM10000 test", metrics.get("test", {}).get("segmentation", {})),
@@ -281,7 +283,7 @@ def segmentation_ui(card: dict) -> None:
         if not len(dices):
             continue
         jaccards = seg[key].get("jaccard_per_image")
-        jaccards = np.asarray(jaccards, dtype=float) if jaccards else ui.jaccard_from_dice(dices)
+        jaccards = np.asarray(jaccards, dtype=float) if jaccards else jaccard_from_dice(dices)
         for col, values in ((1, dices), (2, jaccards)):
             fig.add_trace(go.Histogram(x=values, name=label, marker_color=colours[key], opacity=0.6,
                                        xbins=dict(start=0, end=1.0001, size=0.025), legendgroup=key,

@@ -206,3 +206,24 @@ def test_overlay_mask():
     no_line = overlay_mask(rgb, mask > 0, contour=False)
     assert tuple(no_line[10, 25]) == (0, 76, 76)
     assert np.array_equal(rgb, np.zeros_like(rgb))  # input not modified
+
+
+@pytest.mark.parametrize("method", ["Grad-CAM", "HiResCAM", "XGrad-CAM"])
+def test_class_map_shortcut_equals_pytorch_grad_cam(method):
+    """mask-CN's GAP + linear head makes these methods equal its class activation maps: the Analyzer's shortcut
+    (no second forward, no backward) must give pytorch-grad-cam's map."""
+    from core.cam import LINEAR_HEAD_CAMS, cam_from_class_maps
+    from core.models import create_model
+
+    assert method in LINEAR_HEAD_CAMS
+    torch.manual_seed(0)
+    model = create_model("mask_cn", pretrained=None).eval()
+    x = torch.randn(1, 4, 150, 200)
+    with torch.no_grad():
+        _, features = model.forward_with_features(x)
+        class_maps = model.class_activation_maps(features)
+    for class_index in (0, 4):
+        expected = compute_cam(model, x, [model.target_layer], class_index, method, output_size=(300, 400))
+        shortcut = cam_from_class_maps(class_maps, class_index, (150, 200), (300, 400))
+        assert shortcut.shape == expected.shape
+        assert float(np.abs(shortcut - expected).max()) < 1e-4

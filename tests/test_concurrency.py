@@ -90,11 +90,7 @@ def test_shared_analyzer_is_thread_safe(analyzer, images):
                 failures.append(f"thread {index}: {type(exc).__name__}: {exc}")
 
     threads = [threading.Thread(target=worker, args=(i,), name=f"analyze-{i}") for i in range(N_THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "an analysis thread hung (deadlock?)"
+    _run_all(threads)
     assert not failures, failures
     assert len(results) == N_THREADS * PER_THREAD
     assert {cam for _, _, cam, _, _, _ in results} == {False, True}
@@ -142,13 +138,18 @@ def test_cam_for_and_analyze_interleaved(analyzer, images):
 
     threads = [threading.Thread(target=cam_worker, args=(c,)) for c in ("mel", "nv")]
     threads.append(threading.Thread(target=analyze_worker))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a thread hung (deadlock?)"
+    _run_all(threads)
     assert not errors, errors
     for code, cam in expected_cams.items():
         assert float(np.abs(out[code] - cam).max()) <= TOL, f"{name}: CAM for {code} changed under concurrency"
     assert not np.allclose(out["mel"], out["nv"]), "the two classes' CAMs got mixed up"
     assert not _differences(out["analysis"], expected_other, compare_cam=False), other_name
+
+
+def _run_all(threads: list[threading.Thread]) -> None:
+    """Start the threads together and wait for them; a thread still running after 2 minutes is a hang."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread hung (deadlock?)"

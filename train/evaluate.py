@@ -129,11 +129,6 @@ def split_statistics(table: pd.DataFrame) -> np.ndarray:
     return np.stack([image_statistics(image) for image in images])
 
 
-def ood_flags(detector: OODDetector, pooled: torch.Tensor, stats: np.ndarray) -> np.ndarray:
-    """The Analyzer's rule, vectorised: feature distance or image-statistics distance above its threshold."""
-    return ((detector.score(pooled) > detector.threshold) | (detector.image_score(stats) > detector.image_threshold)).numpy()
-
-
 def synthetic_non_dermoscopic(n: int = 32, seed: int = 0) -> np.ndarray:
     """Images no dermatoscope produces (noise, flat colours, stripes, text-like blocks) to check the OOD flag."""
     rng = np.random.default_rng(seed)
@@ -234,10 +229,10 @@ def main(argv=None) -> dict:
         "threshold_rule": f"feature distance: {OOD_VAL_QUANTILE:.1%} quantile of HAM10000 validation scores; image "
                           f"statistics: {OOD_IMAGE_VAL_QUANTILE:.1%} quantile",
         "flagged_fraction": {
-            "ham10000_val": float(ood_flags(detector, outputs["val"]["pooled"], stats["val"]).mean()),
-            "ham10000_test": float(ood_flags(detector, outputs["test"]["pooled"], stats["test"]).mean()),
-            "isic2017_val": float(ood_flags(detector, isic_out["pooled"], stats["isic2017_val"]).mean()) if isic_out else None,
-            "synthetic_non_dermoscopic": float(ood_flags(detector, syn_pooled, syn_stats).mean()),
+            "ham10000_val": float(detector.flags(outputs["val"]["pooled"], stats["val"]).mean()),
+            "ham10000_test": float(detector.flags(outputs["test"]["pooled"], stats["test"]).mean()),
+            "isic2017_val": float(detector.flags(isic_out["pooled"], stats["isic2017_val"]).mean()) if isic_out else None,
+            "synthetic_non_dermoscopic": float(detector.flags(syn_pooled, syn_stats).mean()),
         },
     }
 
