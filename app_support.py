@@ -2,7 +2,7 @@
 
 Everything here is presentation: where the data folder is, cached loaders around core functions, image
 encoding for display/download, and plotly figure styling. No model, metric or measurement code lives here;
-that is all in core/ (core.inference, core.metrics, core.measure, core.cam, core.report).
+that is all in core/ (core.inference, core.metrics, core.lesion_measurements, core.cam, core.report).
 """
 from __future__ import annotations
 
@@ -166,8 +166,8 @@ def analyzer_or_error():
 
 @st.cache_data(show_spinner="Reading the dataset…", max_entries=4)
 def manifest(data_dir: str, sources: tuple[str, ...]) -> pd.DataFrame:
-    """core.data.load_manifest (no split; see split_manifest)."""
-    from core.data import load_manifest
+    """core.datasets.load_manifest (no split; see split_manifest)."""
+    from core.datasets import load_manifest
 
     return load_manifest(data_dir, sources=sources)
 
@@ -175,8 +175,8 @@ def manifest(data_dir: str, sources: tuple[str, ...]) -> pd.DataFrame:
 @st.cache_data(show_spinner="Computing the lesion-grouped split…", max_entries=4)
 def split_manifest(data_dir: str, sources: tuple[str, ...]) -> pd.DataFrame:
     """The manifest with the training split: the split file the model card names if present, else
-    core.data.assign_splits with seed 42 (what training uses by default; ISIC 2017 keeps its official split)."""
-    from core.data import apply_split_file, assign_splits
+    core.datasets.assign_splits with seed 42 (what training uses by default; ISIC 2017 keeps its official split)."""
+    from core.splits import apply_split_file, assign_splits
 
     table = manifest(data_dir, sources)
     split = (model_card() or {}).get("split") or {}
@@ -330,7 +330,7 @@ def probability_figure(probs: dict[str, float], height: int = 330):
 
 
 def measurement_rows(m: dict) -> pd.DataFrame:
-    """core.measure.measure_lesion output -> a two-column table for display."""
+    """core.lesion_measurements.measure_lesion output -> a two-column table for display."""
     if not m or m.get("empty"):
         return pd.DataFrame({"Measurement": ["Lesion"], "Value": ["no lesion found in the mask"]})
 

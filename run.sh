@@ -4,7 +4,8 @@
 #   bash run.sh test [pytest args]  run the test suite (DATA_DIR defaults to ../shared/data)
 #   bash run.sh MODULE [args...]    run `python -m MODULE args...` in the project environment,
 #                                   e.g. bash run.sh train.splits --data-dir ../shared/data --out splits.csv
-# The first run creates .venv/ and installs requirements.txt; it reinstalls when requirements.txt changes.
+# The first run creates .venv/ and installs requirements.txt (the runtime; `test` also requirements-dev.txt, the
+# test tools); it reinstalls when a requirements file changes.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -12,13 +13,15 @@ cd "$ROOT"
 
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
-STAMP="$VENV/.requirements.sha256"
 
 usage() {
     sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 ensure_venv() {
+    # $1: the requirements file to install (requirements.txt for the app, requirements-dev.txt for the tests)
+    local file="${1:-requirements.txt}" stamp
+    stamp="$VENV/.$(basename "$file" .txt).sha256"
     if [ ! -x "$PY" ]; then
         echo "[run.sh] creating virtual environment in .venv/" >&2
         python3 -m venv "$VENV" || {
@@ -27,12 +30,12 @@ ensure_venv() {
         }
     fi
     local want have=""
-    want="$(sha256sum requirements.txt | cut -d' ' -f1)"
-    [ -f "$STAMP" ] && have="$(cat "$STAMP")"
+    want="$(cat "$file" requirements.txt | sha256sum | cut -d' ' -f1)"
+    [ -f "$stamp" ] && have="$(cat "$stamp")"
     if [ "$want" != "$have" ]; then
-        echo "[run.sh] installing requirements.txt into .venv/ (torch comes from the local wheel cache)" >&2
-        "$PY" -m pip install -r requirements.txt
-        echo "$want" > "$STAMP"
+        echo "[run.sh] installing $file into .venv/ (torch comes from the local wheel cache)" >&2
+        "$PY" -m pip install -r "$file"
+        echo "$want" > "$stamp"
     fi
 }
 
@@ -65,7 +68,7 @@ case "$cmd" in
         exec "$PY" -m streamlit run streamlit_app.py --server.port "${PORT:-8501}" "$@"
         ;;
     test)
-        ensure_venv
+        ensure_venv requirements-dev.txt
         ensure_chromium
         export DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
         exec "$PY" -m pytest -q "$@"

@@ -34,14 +34,14 @@ def fullres_images(root: Path, n: int) -> list[tuple[str, bytes]]:
     return [(p.name, p.read_bytes()) for p in paths]
 
 
-def small_images(root: Path, n: int, size: tuple[int, int]) -> np.ndarray:
-    """(n, H, W, 3) uint8: the first n ham10000/images (200x150) resized to size (H, W) like training does."""
-    from core.tensors import resize_rgb
+def small_images(root: Path, n: int, size: tuple[int, int], preprocessing) -> np.ndarray:
+    """(n, H, W, 3) uint8: the first n ham10000/images (200x150) as network inputs of size (H, W)."""
+    from core.preprocess import network_image
 
     paths = sorted((root / "ham10000" / "images").glob("*.jpg"))[:n]
     if len(paths) < n:
         raise FileNotFoundError(f"need {n} images in {root / 'ham10000' / 'images'}")
-    return np.stack([resize_rgb(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), size) for p in paths])
+    return np.stack([network_image(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), size, preprocessing) for p in paths])
 
 
 def load_analyzer(weights_dir: Path, module=None):

@@ -27,15 +27,16 @@ def count_flops(fn) -> int:
 
 
 def sample_inputs(analyzer, rgb: np.ndarray):
-    from core.pipeline import localisation_map, mask_cn_input
-    from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, image_to_batch
+    from core.mbdcnn import localisation_class, localisation_map, mask_cn_input
+    from core.tensors import normalize_batch
 
+    seg_u8, cls_u8, _ = analyzer.network_images(rgb)
     with torch.no_grad():
-        seg_x = image_to_batch(rgb, SEGMENTER_SIZE)
+        seg_x = normalize_batch(torch.from_numpy(seg_u8)[None])
         coarse = torch.sigmoid(analyzer.coarse_sn(seg_x))
-        x4 = mask_cn_input(image_to_batch(rgb, CLASSIFIER_SIZE), coarse)
+        x4 = mask_cn_input(normalize_batch(torch.from_numpy(cls_u8)[None]), coarse)
         logits, features = analyzer.mask_cn.forward_with_features(x4)
-        loc = localisation_map(analyzer.mask_cn.class_activation_maps(features), logits.argmax(1))
+        loc = localisation_map(analyzer.mask_cn.class_activation_maps(features), localisation_class(logits))
     return seg_x, x4, loc, int(logits.argmax(1))
 
 

@@ -61,11 +61,9 @@ class ReferenceStack:
 def compare(analyzer, rgbs: list[np.ndarray], iterations: int, warmup: int = 1) -> dict:
     """Ours (Analyzer.analyze with Grad-CAM) vs the reference stack at our sizes and at 224x224, interleaved:
     every iteration runs all three once, rotating the order, so load drift hits each alike."""
-    from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE
-
     contenders = {
         "ours": lambda rgb: analyzer.analyze(rgb, cam=True, cam_method="Grad-CAM"),
-        "reference_same_size": ReferenceStack(SEGMENTER_SIZE, CLASSIFIER_SIZE).analyze,
+        "reference_same_size": ReferenceStack(analyzer.segmenter_size, analyzer.classifier_size).analyze,
         "reference_224": ReferenceStack((224, 224), (224, 224)).analyze,
     }
     refs = {"reference_same_size": contenders["reference_same_size"].__self__,

@@ -20,14 +20,14 @@ def _best_rate(fn, batch: int, reps: int) -> tuple[float, float, list[float]]:
 
 
 def batch_throughput(analyzer, root, batch: int = 32, reps: int = 3) -> dict:
-    from core.pipeline import localisation_map, mask_cn_input
-    from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, normalize_batch
+    from core.mbdcnn import localisation_class, localisation_map, mask_cn_input
+    from core.tensors import normalize_batch
 
-    cls_u8 = torch.from_numpy(small_images(root, batch, CLASSIFIER_SIZE))
-    seg_u8 = torch.from_numpy(small_images(root, batch, SEGMENTER_SIZE))
+    cls_u8 = torch.from_numpy(small_images(root, batch, analyzer.classifier_size, analyzer.preprocessing))
+    seg_u8 = torch.from_numpy(small_images(root, batch, analyzer.segmenter_size, analyzer.preprocessing))
     with torch.inference_mode():
         coarse = torch.sigmoid(analyzer.coarse_sn(normalize_batch(seg_u8)))
-        x4 = mask_cn_input(normalize_batch(cls_u8), coarse)  # (B,4,150,200) channels_last
+        x4 = mask_cn_input(normalize_batch(cls_u8), coarse)  # (B,4,H,W) channels_last
 
     def classifier_only():
         with torch.inference_mode():
@@ -39,10 +39,10 @@ def batch_throughput(analyzer, root, batch: int = 32, reps: int = 3) -> dict:
             coarse_probs = torch.sigmoid(analyzer.coarse_sn(seg))
             x = mask_cn_input(normalize_batch(cls_u8), coarse_probs)
             logits, features = analyzer.mask_cn.forward_with_features(x)
-            loc = localisation_map(analyzer.mask_cn.class_activation_maps(features), logits.argmax(1))
+            loc = localisation_map(analyzer.mask_cn.class_activation_maps(features), localisation_class(logits))
             return torch.sigmoid(analyzer.enhanced_sn(seg, loc))
 
-    out = {"batch": batch, "reps": reps, "input": {"mask_cn": [4, *CLASSIFIER_SIZE], "segmenters": [3, *SEGMENTER_SIZE]},
+    out = {"batch": batch, "reps": reps, "input": {"mask_cn": [4, *analyzer.classifier_size], "segmenters": [3, *analyzer.segmenter_size]},
            "memory_format": "channels_last", "mode": "torch.inference_mode"}
     for name, fn in (("mask_cn", classifier_only), ("pipeline", pipeline)):
         fn()  # warm-up (allocator, oneDNN primitives)

@@ -1,96 +1,84 @@
-"""4. One training epoch's time per stage, extrapolated from a fixed number of timed train steps.
+"""4. Training throughput: images/s of one training step of each stage, on real images, through train.train's code.
 
-Each step is train/train.py's loop body: model_inputs (normalise + batched augmentation), forward, loss_for,
-AdamW zero_grad/backward/step, on a model from build_model with the blocks frozen as train/pipeline.py runs it
-(segmenters --freeze-seg 3, classifiers the default 2) and set_train_mode. Inputs are real HAM10000 train images
-and masks; the auxiliary inputs (coarse probabilities for mask-CN, localisation maps for enhanced-SN) are the
-ground-truth masks resized, which costs the same as the real ones. Validation and data caching are not included.
+    python -m bench.training [--steps 20] [--batch 32] [--freeze-blocks 0] [--amp none|bf16] [--threads 0]
+                             [--stages coarse_sn,mask_cn,enhanced_sn,classifier] [--image-size HxW]
+
+A step is exactly the loop body of train/train.py: stage.batch (memory-mapped uint8 cache -> batched augmentation
+-> normalisation), forward (under the --amp autocast), stage.loss, AdamW zero_grad/backward/step, EMA update. The
+model is built by train.train.build_model with the ImageNet weights (denormal-heavy random weights would time
+differently). Inputs are real training images from the decode-once cache; enhanced-SN's localisation maps are
+random maps of the right shape (computing the real ones needs trained upstream networks and costs the same).
+`data_ms` is the batch-building part of a step. Validation and the one-off cache decoding are not included.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 STAGES = ("coarse_sn", "mask_cn", "enhanced_sn", "classifier")
-FREEZE = {"coarse_sn": 3, "enhanced_sn": 3, "mask_cn": 2, "classifier": 2}
 HAM_TRAIN_IMAGES = 7009
 
 
-def stage_config(stage: str, data_dir) -> dict:
-    from train.train import CONFIG
+def step_throughput(stage_name: str, data_dir, steps: int = 20, warmup: int = 2, batch: int = 32, **overrides) -> dict:
+    from train.stages import STAGES as STAGE_CLASSES, CoarseSNStage
+    from train.train import CONFIG, autocast_for, build_model, set_train_mode, split_tables
+    from train.schedule import EMA
 
-    return dict(CONFIG, stage=stage, data_dir=str(data_dir), pretrained=None, freeze_blocks=FREEZE[stage],
-                out_dir="", use_cache=False)
-
-
-def train_step_time(stage: str, data_dir, steps: int = 20, warmup: int = 2, batch: int = 32) -> dict:
-    from core.classes import NUM_CLASSES
-    from core.losses import class_weights
-    from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE
-    from train.cache import load_split_arrays
-    from train.train import build_model, forward, loss_for, model_inputs, set_train_mode, stage_manifest
-
-    cfg = stage_config(stage, data_dir)
-    train_table, _ = stage_manifest(cfg)
-    n_train = len(train_table)
-    pool = train_table.head(batch * 2).reset_index(drop=True)  # two distinct batches, reused cyclically
-    classifier = stage in ("mask_cn", "classifier")
-    size = CLASSIFIER_SIZE if classifier else SEGMENTER_SIZE
-    images, _ = load_split_arrays(pool, size, with_masks=False, use_cache=False)
-    _, masks = load_split_arrays(pool, SEGMENTER_SIZE, with_masks=True, use_cache=False)
-    images = torch.from_numpy(images)
-    masks = torch.from_numpy(masks).unsqueeze(1).float()
-    from core.classes import class_index
-
-    labels = torch.tensor([class_index(d) for d in pool["dx"]])
-    if stage == "mask_cn":
-        aux = masks  # stands in for coarse-SN probabilities (B,1,128,160)
-    elif stage == "enhanced_sn":
-        aux = F.interpolate(masks, size=(CLASSIFIER_SIZE[0] // 32 + 1, CLASSIFIER_SIZE[1] // 32 + 1), mode="area")
+    cfg = dict(CONFIG, stage=stage_name, data_dir=str(data_dir), out_dir="", batch_size=batch, **overrides)
+    stage = STAGE_CLASSES[stage_name](cfg)
+    train_table, _ = split_tables(cfg)
+    pool = train_table.sample(n=batch * 2, random_state=0).reset_index(drop=True)
+    if stage_name == "enhanced_sn":
+        arrays = CoarseSNStage.load(stage, pool, True)
+        h, w = stage.size
+        arrays.aux = torch.rand(len(pool), 1, h // 32 + 1, w // 32 + 1)
     else:
-        aux = None
-
+        arrays = stage.load(pool, True)
+    stage.prepare(arrays)
     torch.manual_seed(0)
-    model = build_model(cfg, {})
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    weights = class_weights(labels, NUM_CLASSES, cfg["class_weight_power"])
+    model = build_model(cfg, stage)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"],
+                                  weight_decay=cfg["weight_decay"])
+    ema = EMA(model, cfg["ema"]) if cfg["ema"] > 0 else None
+    autocast, _ = autocast_for(cfg, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
     set_train_mode(model, cfg["freeze_blocks"])
 
-    def step(i: int) -> None:
-        idx = torch.arange(batch) + (i % 2) * batch
-        idx = idx[idx < len(labels)]
-        x, a, m = model_inputs(cfg, images[idx], None if aux is None else aux[idx],
-                               None if classifier else masks[idx], generator)
-        loss = loss_for(cfg, forward(cfg, model, x, a), labels[idx], m, weights)
+    def step(i: int) -> tuple[float, float]:
+        start = time.perf_counter()
+        idx = np.arange(batch) + (i % 2) * batch
+        inputs, target = stage.batch(arrays, idx, generator)
+        data = time.perf_counter() - start
+        with autocast:
+            output = model(*inputs)
+        loss = stage.loss(output, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update(model)
+        return time.perf_counter() - start, data
 
     for i in range(warmup):
         step(i)
-    times = []
-    for i in range(steps):
-        start = time.perf_counter()
-        step(i)
-        times.append(time.perf_counter() - start)
-    mean = float(np.mean(times))
-    steps_per_epoch = n_train // batch
-    return {"stage": stage, "batch": batch, "timed_steps": steps, "warmup_steps": warmup,
-            "frozen_blocks": cfg["freeze_blocks"], "trainable_params": sum(p.numel() for p in params),
-            "step_mean_s": mean, "step_median_s": float(np.median(times)), "images_per_s": batch / mean,
-            "train_images": n_train, "epoch_s_extrapolated": mean * steps_per_epoch,
-            "epoch_s_extrapolated_ham_train_7009": mean * (HAM_TRAIN_IMAGES // batch), "extrapolated": True}
+    timed = [step(i) for i in range(steps)]
+    total, data = np.array([t for t, _ in timed]), np.array([d for _, d in timed])
+    return {"stage": stage_name, "input_size": f"{stage.size[0]}x{stage.size[1]}", "batch": batch, "timed_steps": steps,
+            "freeze_blocks": cfg["freeze_blocks"], "amp": cfg["amp"], "ema": cfg["ema"],
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "step_mean_s": float(total.mean()), "step_median_s": float(np.median(total)),
+            "data_ms": float(np.median(data) * 1000), "images_per_s": batch / float(np.median(total)),
+            "train_images": int(arrays.repeats.sum()) if arrays.repeats is not None else len(train_table),
+            "epoch_s_extrapolated_ham_train_7009": float(np.median(total)) * (HAM_TRAIN_IMAGES // batch),
+            "extrapolated": True}
 
 
 def card_epoch_seconds(weights_dir) -> dict | None:
-    """The epoch times the shipped model's own training recorded (model card training_curves), for comparison:
-    taken under whatever else ran on the machine then, and on the training run's own number of images."""
-    import json
+    """The epoch times the shipped model's own training recorded (model card training_curves), for comparison."""
     from pathlib import Path
 
     try:
@@ -101,11 +89,40 @@ def card_epoch_seconds(weights_dir) -> dict | None:
             for stage, rows in curves.items() if isinstance(rows, list)}
 
 
-def training_epochs(data_dir, steps: int = 20, stages=STAGES, batch: int = 32, weights_dir=None) -> dict:
-    out = {stage: train_step_time(stage, data_dir, steps=steps, batch=batch) for stage in stages}
+def training_epochs(data_dir, steps: int = 20, stages=STAGES, batch: int = 32, weights_dir=None, **overrides) -> dict:
+    out = {stage: step_throughput(stage, data_dir, steps=steps, batch=batch, **overrides) for stage in stages}
     if weights_dir is not None:
         out["model_card_epoch_seconds"] = card_epoch_seconds(weights_dir)
-    out["note"] = (f"extrapolated: mean of {steps} timed steps x (train images // {batch}); the segmenters' train "
-                   "split also holds ISIC 2017 train images (train_images), the 7,009-image HAM10000 figure is given too; "
-                   "per-epoch validation is not included")
+    out["note"] = (f"median of {steps} timed train steps (train.train's loop body, real cached images); epoch seconds "
+                   f"extrapolated to the 7,009 HAM10000 train images; validation not included")
     return out
+
+
+def main(argv=None) -> dict:
+    import os
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "../shared/data"))
+    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--freeze-blocks", type=int, default=0)
+    parser.add_argument("--amp", default="none", choices=("none", "bf16"))
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--image-size", default="", help="HxW for every stage (default: each stage's own)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = training_epochs(args.data_dir, steps=args.steps, stages=args.stages.split(","), batch=args.batch,
+                          freeze_blocks=args.freeze_blocks, amp=args.amp, image_size=args.image_size)
+    print(f"{'stage':<12} {'input':>8} {'img/s':>7} {'step s':>7} {'data ms':>8}  (freeze {args.freeze_blocks}, amp "
+          f"{args.amp}, batch {args.batch}, torch threads {torch.get_num_threads()})")
+    for stage in args.stages.split(","):
+        s = out[stage]
+        print(f"{stage:<12} {s['input_size']:>8} {s['images_per_s']:>7.1f} {s['step_median_s']:>7.3f} {s['data_ms']:>8.1f}")
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -16,16 +16,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from core.classes import CLASS_CODES, NUM_CLASSES
 from core.models import create_model
-from core.pipeline import localisation_map, mask_cn_input
+from core.mbdcnn import localisation_class, localisation_map, mask_cn_input
 from core.ood import OODDetector
-from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, image_to_batch, resize_rgb
+from core.preprocess import Box, Preprocessing, mask_to_image, network_box, network_image
+from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, normalize_batch
 from core.weights_io import WeightsIntegrityError, load_verified, read_model_card
 
 NETWORK_FILES = {"coarse_sn": "coarse_sn.safetensors", "mask_cn": "mask_cn.safetensors", "enhanced_sn": "enhanced_sn.safetensors"}
@@ -64,6 +64,10 @@ class Analyzer:
         self.temperature = float(card.get("temperature", 1.0))
         self.logit_offsets = torch.tensor(card.get("logit_offsets", [0.0] * NUM_CLASSES), dtype=torch.float32)
         self.version = str(card.get("version", "unversioned"))
+        self.preprocessing = Preprocessing.from_card(card.get("preprocessing"))
+        sizes = card.get("input_size", {})
+        self.classifier_size = _size(sizes.get("classifier"), CLASSIFIER_SIZE)
+        self.segmenter_size = _size(sizes.get("segmenter"), SEGMENTER_SIZE)
         # One analysis at a time: the models are shared between sessions, CAM hooks are per-model state, and on a
         # 2-core machine one analysis with all threads beats several fighting for the cores.
         self._lock = threading.Lock()
@@ -116,9 +120,9 @@ class Analyzer:
 
         height, width = rgb.shape[:2]
         with torch.inference_mode():
-            seg_small, cls_small = resize_rgb(rgb, SEGMENTER_SIZE), resize_rgb(rgb, CLASSIFIER_SIZE)
-            seg_x = image_to_batch(seg_small, SEGMENTER_SIZE).to(self.device)
-            cls_x = image_to_batch(cls_small, CLASSIFIER_SIZE).to(self.device)
+            seg_small, cls_small, box = self.network_images(rgb)
+            seg_x = normalize_batch(torch.from_numpy(seg_small)[None]).to(self.device)
+            cls_x = normalize_batch(torch.from_numpy(cls_small)[None]).to(self.device)
             lap("preprocess")
             coarse = torch.sigmoid(self.coarse_sn(seg_x))
             lap("coarse_sn")
@@ -128,13 +132,13 @@ class Analyzer:
             probs = F.softmax((logits.float().cpu() + self.logit_offsets) / self.temperature, dim=1)[0]
             top = int(probs.argmax())
             class_maps = self.mask_cn.class_activation_maps(features)
-            loc = localisation_map(class_maps, torch.tensor([top]))
+            loc = localisation_map(class_maps, localisation_class(logits))
             self._last = (_input_key(seg_small, cls_small), x4, class_maps)
             lap("mask_cn")
             enhanced = torch.sigmoid(self.enhanced_sn(seg_x, loc))
             lap("enhanced_sn")
-            mask = _to_input_mask(enhanced, height, width)
-            coarse_mask = _to_input_mask(coarse, height, width)
+            mask = _to_input_mask(enhanced, box, height, width)
+            coarse_mask = _to_input_mask(coarse, box, height, width)
             ood_score, ood, reason = self._ood(pooled, cls_small)
         entropy = float(-(probs * probs.clamp(min=1e-12).log()).sum() / np.log(NUM_CLASSES))
         measurements = _measure(mask, rgb, mm_per_pixel)
@@ -166,6 +170,13 @@ class Analyzer:
         with torch.enable_grad():
             return compute_cam(self.mask_cn, x4.clone(), [self.mask_cn.target_layer], class_index, method, output_size=size)
 
+    def network_images(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, Box]:
+        """The segmenters' and the classifier's uint8 inputs (core.preprocess.network_image, as in training) and
+        the field-of-view box they were cut from."""
+        box = network_box(rgb, self.preprocessing)
+        return (network_image(rgb, self.segmenter_size, self.preprocessing, box),
+                network_image(rgb, self.classifier_size, self.preprocessing, box), box)
+
     def cam_for(self, rgb: np.ndarray, class_code: str, method: str = "Grad-CAM") -> np.ndarray:
         """A CAM for any class and method without re-running the whole analysis."""
         from core.cam import LINEAR_HEAD_CAMS
@@ -173,15 +184,15 @@ class Analyzer:
         rgb = _check_rgb(rgb)
         class_index = CLASS_CODES.index(class_code)
         with self._lock:
-            seg_u8, cls_u8 = resize_rgb(rgb, SEGMENTER_SIZE), resize_rgb(rgb, CLASSIFIER_SIZE)
+            seg_u8, cls_u8, _ = self.network_images(rgb)
             key = _input_key(seg_u8, cls_u8)
             if self._last is not None and self._last[0] == key:
                 _, x4, class_maps = self._last
             else:
                 with torch.inference_mode():
-                    seg_x = image_to_batch(seg_u8, SEGMENTER_SIZE).to(self.device)
+                    seg_x = normalize_batch(torch.from_numpy(seg_u8)[None]).to(self.device)
                     coarse = torch.sigmoid(self.coarse_sn(seg_x))
-                    x4 = mask_cn_input(image_to_batch(cls_u8, CLASSIFIER_SIZE).to(self.device), coarse)
+                    x4 = mask_cn_input(normalize_batch(torch.from_numpy(cls_u8)[None]).to(self.device), coarse)
                     class_maps = None
                     if method in LINEAR_HEAD_CAMS:
                         class_maps = self.mask_cn.class_activation_maps(self.mask_cn.net.forward_features(x4))
@@ -205,13 +216,17 @@ def _input_key(seg_u8: np.ndarray, cls_u8: np.ndarray) -> bytes:
     return digest.digest()
 
 
-def _to_input_mask(probs: torch.Tensor, height: int, width: int) -> np.ndarray:
-    resized = cv2.resize(probs[0, 0].float().cpu().numpy(), (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.where(resized > 0.5, 255, 0).astype(np.uint8)
+def _to_input_mask(probs: torch.Tensor, box: Box, height: int, width: int) -> np.ndarray:
+    full = mask_to_image(probs[0, 0].float().cpu().numpy(), box, (height, width))
+    return np.where(full > 0.5, 255, 0).astype(np.uint8)
+
+
+def _size(entry: dict | None, default: tuple[int, int]) -> tuple[int, int]:
+    return (int(entry["height"]), int(entry["width"])) if entry else default
 
 
 def _measure(mask: np.ndarray, rgb: np.ndarray, mm_per_pixel: float | None) -> dict:
-    from core.measure import measure_lesion
+    from core.lesion_measurements import measure_lesion
 
     return measure_lesion(mask, rgb, mm_per_pixel)
 

@@ -1,11 +1,16 @@
 """Pixel-level preprocessing for dermoscopic images (pure numpy / OpenCV, no torch).
 
 - IMAGENET_MEAN / IMAGENET_STD: the normalisation every ImageNet-pretrained backbone here expects.
-- shades_of_gray: Shades-of-Gray colour constancy (Finlayson & Trezzi 2004), as used for ISIC images.
-- remove_hair: DullRazor-style hair removal (Lee et al. 1997): grey-scale morphological black-hat with a
-  cross kernel finds thin dark lines, a threshold turns them into a mask, cv2.inpaint fills them.
+- shades_of_gray: Shades-of-Gray colour constancy (Finlayson & Trezzi 2004, p=6 as the ISIC 2019 winners used).
+- field_of_view_box: the lit region of a dermatoscope image whose circular field of view leaves dark corners.
+- Preprocessing + network_image: the one way every network input is made, in training (train.cache) and in
+  inference (core.inference): crop to the field of view, area-resize to the network size, then colour constancy.
+  Resizing by area from whatever resolution arrives, and correcting colour after resizing, makes a 600x450 original
+  and its 200x150 copy give the same network input up to JPEG noise.
 """
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
@@ -48,33 +53,85 @@ def shades_of_gray(rgb: np.ndarray, p: int = 6) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _default_kernel(shape: tuple[int, ...]) -> int:
-    """Structuring element size scaled to the image: DullRazor's 17 px on a 600x450 image."""
-    k = int(round(min(shape[0], shape[1]) * 17 / 450))
-    k = max(5, k)
-    return k if k % 2 == 1 else k + 1
+# ---------------------------------------------------------------- field of view
+FOV_DARK_LEVEL = 25          # max-channel value below which a pixel is unlit (a dermatoscope's black surround)
+FOV_MIN_BORDER_DARK = 0.3    # crop only when at least this share of the image border is unlit (a vignette)
+FOV_PROFILE_SHARE = 0.5      # keep rows / columns lit at least this share of the most-lit row / column
+FOV_MIN_KEEP = 0.4           # never keep less than this share of either side
+
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (half-open)
 
 
-def hair_mask(rgb: np.ndarray, kernel_size: int | None = None, threshold: int = 10) -> np.ndarray:
-    """HxW uint8 0/255 mask of thin dark hair-like structures (black-hat response above `threshold`)."""
-    rgb = _check_rgb(rgb, "hair_mask")
-    k = kernel_size or _default_kernel(rgb.shape)
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    kernel = cv2.getStructuringElement(cv2.MORPH_CROSS, (k, k))
-    blackhat = cv2.morphologyEx(gray, cv2.MORPH_BLACKHAT, kernel)
-    blackhat = cv2.GaussianBlur(blackhat, (3, 3), 0)
-    _, mask = cv2.threshold(blackhat, threshold, 255, cv2.THRESH_BINARY)
-    # thicken slightly so inpainting also replaces the hair's soft edges
-    mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-    return mask
+def field_of_view_box(rgb: np.ndarray) -> Box:
+    """The lit region of a dermoscopic image, or the whole image when it has no dark surround.
+
+    Many dermatoscopes leave a black circular vignette; resized as is, a lesion's scale and the black share depend on
+    the device. Rows and columns lit over FOV_PROFILE_SHARE of the best-lit row / column are kept (for a lit disk:
+    the central ~87 % of its diameter), so little black remains and little skin is lost.
+    """
+    rgb = _check_rgb(rgb, "field_of_view_box")
+    h, w = rgb.shape[:2]
+    whole = (0, h, 0, w)
+    scale = min(1.0, 160 / max(h, w))
+    small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    lit = cv2.medianBlur(small.max(axis=2), 3) > FOV_DARK_LEVEL
+    border = np.concatenate([lit[0], lit[-1], lit[:, 0], lit[:, -1]])
+    if (~border).mean() < FOV_MIN_BORDER_DARK or lit.mean() < 0.2:
+        return whole
+    rows, cols = lit.mean(axis=1), lit.mean(axis=0)
+    keep_rows = np.flatnonzero(rows >= FOV_PROFILE_SHARE * rows.max())
+    keep_cols = np.flatnonzero(cols >= FOV_PROFILE_SHARE * cols.max())
+    y0, y1 = int(keep_rows[0] / scale), int(np.ceil((keep_rows[-1] + 1) / scale))
+    x0, x1 = int(keep_cols[0] / scale), int(np.ceil((keep_cols[-1] + 1) / scale))
+    y0, y1, x0, x1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
+    if (y1 - y0) < FOV_MIN_KEEP * h or (x1 - x0) < FOV_MIN_KEEP * w:
+        return whole
+    return (y0, y1, x0, x1)
 
 
-def remove_hair(
-    rgb: np.ndarray, kernel_size: int | None = None, threshold: int = 10, inpaint_radius: int = 3
-) -> np.ndarray:
-    """DullRazor-style hair removal; returns a new HxWx3 uint8 image with hair pixels inpainted (Telea)."""
-    rgb = _check_rgb(rgb, "remove_hair")
-    mask = hair_mask(rgb, kernel_size=kernel_size, threshold=threshold)
-    if not mask.any():
-        return rgb.copy()
-    return cv2.inpaint(rgb, mask, inpaint_radius, cv2.INPAINT_TELEA)
+# ---------------------------------------------------------------- the network input
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a network input; recorded in the model card and applied the same way at inference."""
+    colour_constancy: bool = True      # Shades of Gray, p = 6, after resizing
+    crop_field_of_view: bool = True    # crop to field_of_view_box before resizing
+
+    def to_card(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_card(cls, entry: dict | None) -> "Preprocessing":
+        """The card's preprocessing entry; cards written before these options existed used neither."""
+        entry = entry or {}
+        return cls(colour_constancy=bool(entry.get("colour_constancy", False)),
+                   crop_field_of_view=bool(entry.get("crop_field_of_view", False)))
+
+
+def network_box(rgb: np.ndarray, preprocessing: Preprocessing) -> Box:
+    return field_of_view_box(rgb) if preprocessing.crop_field_of_view else (0, rgb.shape[0], 0, rgb.shape[1])
+
+
+def network_image(rgb: np.ndarray, size: tuple[int, int], preprocessing: Preprocessing, box: Box | None = None) -> np.ndarray:
+    """HxWx3 uint8 RGB (any size) -> the (size) uint8 image a network sees: crop, area resize, colour constancy."""
+    rgb = _check_rgb(rgb, "network_image")
+    y0, y1, x0, x1 = box if box is not None else network_box(rgb, preprocessing)
+    cropped = rgb[y0:y1, x0:x1]
+    resized = cropped if cropped.shape[:2] == tuple(size) else cv2.resize(
+        cropped, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return shades_of_gray(resized) if preprocessing.colour_constancy else np.ascontiguousarray(resized)
+
+
+def network_mask(mask: np.ndarray, size: tuple[int, int], box: Box) -> np.ndarray:
+    """A 0/255 (or 0/1) lesion mask cropped like its image and resized to `size`: {0,1} uint8."""
+    y0, y1, x0, x1 = box
+    cropped = np.ascontiguousarray(mask[y0:y1, x0:x1])
+    resized = cv2.resize(cropped.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return (resized > (127.5 if mask.max() > 1 else 0.5)).astype(np.uint8)
+
+
+def mask_to_image(probs: np.ndarray, box: Box, shape: tuple[int, int]) -> np.ndarray:
+    """Network-size lesion probabilities -> probabilities over the whole input image (0 outside the crop box)."""
+    y0, y1, x0, x1 = box
+    full = np.zeros(shape, np.float32)
+    full[y0:y1, x0:x1] = cv2.resize(probs.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    return full

@@ -245,7 +245,7 @@ def build_pdf_report(
     """Render the analysis of one image as PDF bytes (see the module docstring for the privacy rules).
 
     ``probs`` maps class codes to probabilities (all seven listed; missing codes show 0 %), ``label`` is the
-    top class code, ``uncertainty`` in [0, 1], ``measurements`` is ``core.measure.measure_lesion`` output,
+    top class code, ``uncertainty`` in [0, 1], ``measurements`` is ``core.lesion_measurements.measure_lesion`` output,
     ``model_info`` has ``version``, ``created`` and optionally ``metrics`` (a flat or one-level nested dict of
     headline numbers).  ``generated_at`` (default: now, UTC; naive = UTC) is printed and used as the PDF
     creation date.

@@ -24,8 +24,10 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def save_weights(module_or_state: torch.nn.Module | dict, path: str | os.PathLike, half: bool = True) -> dict:
-    """Save a state dict as safetensors (floating tensors as fp16 when half); returns {sha256, bytes}."""
+def save_weights(module_or_state: torch.nn.Module | dict, path: str | os.PathLike, half: bool = True,
+                 metadata: dict[str, str] | None = None) -> dict:
+    """Save a state dict as safetensors (floating tensors as fp16 when half) with optional string metadata (what the
+    network is and what input it expects: see weights_metadata); returns {sha256, bytes}."""
     state = module_or_state.state_dict() if isinstance(module_or_state, torch.nn.Module) else module_or_state
     tensors = {}
     for name, tensor in state.items():
@@ -34,7 +36,7 @@ def save_weights(module_or_state: torch.nn.Module | dict, path: str | os.PathLik
             tensor = tensor.half()
         tensors[name] = tensor
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
+    save_file(tensors, str(path), metadata=metadata)
     return {"sha256": sha256_of(path), "bytes": os.path.getsize(path)}
 
 
@@ -67,3 +69,11 @@ def load_verified(weights_dir: str | os.PathLike, file_name: str, card: dict) ->
     except Exception as exc:  # safetensors raises its own error type for a malformed header
         raise WeightsIntegrityError(f"{path}: not a valid safetensors file ({exc})") from exc
     return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def weights_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata stored in a safetensors file's header ({} when there is none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})

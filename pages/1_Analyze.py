@@ -199,7 +199,7 @@ def analyze_page() -> None:
         return
     mm_per_pixel = None
     if mm_per_fov:
-        from core.measure import mm_per_pixel_from_fov
+        from core.lesion_measurements import mm_per_pixel_from_fov
 
         mm_per_pixel = mm_per_pixel_from_fov(mm_per_fov, rgb.shape[1])
     key = (ui.digest(data), mm_per_pixel)
@@ -228,7 +228,7 @@ def analyze_page() -> None:
         st.markdown(f"**Measurements** ({MASK_CHOICES[mask_kind]} mask)")
         measurements = r.measurements
         if mask_kind == "coarse":
-            from core.measure import measure_lesion
+            from core.lesion_measurements import measure_lesion
 
             measurements = measure_lesion(mask, rgb, mm_per_pixel)
         st.table(ui.measurement_rows(measurements), hide_index=True, hide_header=True, border="horizontal")

@@ -45,7 +45,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def ham_manifest(data_dir):
     """load_manifest of HAM10000 only (10,015 rows), read once per session; do not modify it in tests."""
-    from core.data import load_manifest
+    from core.datasets import load_manifest
 
     return load_manifest(data_dir, sources=("ham10000",))
 
@@ -53,14 +53,14 @@ def ham_manifest(data_dir):
 @pytest.fixture(scope="session")
 def ham_split(ham_manifest):
     """ham_manifest with the seed-42 grouped split (what `python -m train.splits` writes); read-only."""
-    from core.data import assign_splits
+    from core.splits import assign_splits
 
     return assign_splits(ham_manifest, seed=42)
 
 
 @pytest.fixture(scope="session")
 def isic_manifest(data_dir):
-    from core.data import load_manifest
+    from core.datasets import load_manifest
 
     return load_manifest(data_dir, sources=("isic2017",))
 

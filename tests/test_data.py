@@ -1,4 +1,4 @@
-"""core.data on the real HAM10000 / ISIC 2017 folders, and its error paths on synthetic folders."""
+"""core.datasets, core.splits and core.dataset_summary on the real HAM10000 / ISIC 2017 folders, and its error paths on synthetic folders."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,9 @@ import pandas as pd
 import pytest
 
 from core.classes import CLASS_CODES
-from core.data import (
-    MANIFEST_COLUMNS, DatasetError, apply_split_file, assign_splits, data_dir_from_env, dataset_summary,
-    load_manifest, read_class_folders, read_ham10000, read_isic2017, read_split_file,
-)
+from core.datasets import MANIFEST_COLUMNS, DatasetError, data_dir_from_env, load_manifest, read_class_folders, read_ham10000, read_isic2017
+from core.splits import apply_split_file, assign_splits, read_split_file
+from core.dataset_summary import dataset_summary
 
 HAM_COUNTS = {"akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705, "vasc": 142}
 ISIC_TRAIN = {"mel": 374, "bkl": 254, "nv": 1372}

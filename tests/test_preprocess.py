@@ -1,11 +1,11 @@
-"""core.preprocess: colour constancy and hair removal on real HAM10000 images and synthetic hair."""
+"""core.preprocess: colour constancy (and field-of-view cropping) on real HAM10000 / ISIC 2017 images."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from core.preprocess import IMAGENET_MEAN, IMAGENET_STD, hair_mask, remove_hair, shades_of_gray
+from core.preprocess import IMAGENET_MEAN, IMAGENET_STD, shades_of_gray
 
 
 def _rgb(path) -> np.ndarray:
@@ -18,17 +18,6 @@ def real_images(ham_manifest):
     rows = ham_manifest.groupby("dx", sort=True).head(1)
     rows = list(rows["image_path"]) + list(ham_manifest["image_path"].iloc[[0]])
     return [_rgb(p) for p in rows]
-
-
-def _draw_hair(rgb: np.ndarray, seed: int = 0, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    hairy = rgb.copy()
-    h, w = rgb.shape[:2]
-    for _ in range(n):
-        p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        p2 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        cv2.line(hairy, p1, p2, (25, 18, 12), 1)
-    return hairy, np.any(hairy != rgb, axis=2)
 
 
 def test_imagenet_constants():
@@ -69,41 +58,3 @@ def test_shades_of_gray_leaves_a_grey_image_alone_and_checks_input():
         shades_of_gray(np.zeros((5, 5), np.uint8))
     with pytest.raises(ValueError):
         shades_of_gray(np.zeros((5, 5, 3), np.float32))
-
-
-def test_remove_hair_on_synthetic_skin():
-    skin = np.empty((150, 200, 3), np.uint8)
-    skin[:] = (205, 150, 140)
-    cv2.circle(skin, (100, 75), 35, (140, 90, 70), -1)
-    skin = cv2.GaussianBlur(skin, (0, 0), 3)
-    hairy, lines = _draw_hair(skin, seed=1, n=12)
-    assert lines.mean() > 0.01
-    clean = remove_hair(hairy)
-    gray = lambda x: cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(float)  # noqa: E731
-    dark_before = (gray(hairy)[lines] < 60).mean()
-    dark_after = (gray(clean)[lines] < 60).mean()
-    assert dark_before > 0.9 and dark_after < 0.05, (dark_before, dark_after)
-    # the hair-free parts are (almost) untouched
-    assert np.abs(clean.astype(int) - skin)[~lines].mean() < 2
-    mask = hair_mask(hairy)
-    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
-    assert (mask[lines] > 0).mean() > 0.95
-
-
-def test_remove_hair_restores_real_images(real_images):
-    for seed, rgb in enumerate(real_images[:4]):
-        hairy, lines = _draw_hair(rgb, seed=seed)
-        clean = remove_hair(hairy)
-        err_before = np.abs(hairy.astype(int) - rgb)[lines].mean()
-        err_after = np.abs(clean.astype(int) - rgb)[lines].mean()
-        assert err_after < 0.15 * err_before, (seed, err_before, err_after)
-        assert np.abs(clean.astype(int) - rgb)[~lines].mean() < 3
-        assert clean.dtype == np.uint8 and clean.shape == rgb.shape
-
-
-def test_remove_hair_changes_little_without_hair():
-    smooth = np.zeros((60, 80, 3), np.uint8)
-    smooth[:] = (200, 160, 150)
-    assert np.array_equal(remove_hair(smooth), smooth)
-    with pytest.raises(ValueError):
-        remove_hair(np.zeros((5, 5, 4), np.uint8))

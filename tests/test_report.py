@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from core.classes import CLASS_CODES
-from core.measure import measure_lesion
+from core.lesion_measurements import measure_lesion
 from core.report import DISCLAIMER, REPORT_TITLE, ascii_safe, build_pdf_report
 
 WHEN = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc)

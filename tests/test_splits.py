@@ -1,4 +1,4 @@
-"""Leak-free, stratified, deterministic splits (core.data.assign_splits) and the `train.splits` CLI."""
+"""Leak-free, stratified, deterministic splits (core.datasets.assign_splits) and the `train.splits` CLI."""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from core.classes import CLASS_CODES
-from core.data import HAM_DUPLICATE_PAIRS, SPLITS, apply_split_file, assign_splits, lesion_leaks, load_manifest
+from core.datasets import SPLITS, load_manifest
+from core.splits import HAM_DUPLICATE_PAIRS, apply_split_file, assign_splits, lesion_leaks
 from train import splits as splits_cli
 
 
@@ -43,11 +44,23 @@ def test_every_class_in_every_split_with_the_overall_proportions(ham_split):
             assert abs(share[code] - overall[code]) < 0.03, (split, code, share[code], overall[code])
 
 
-def test_isic2017_keeps_its_official_split(isic_manifest):
-    split = assign_splits(isic_manifest, seed=7)
-    assert (split["split"] == isic_manifest["split"]).all()
-    assert split.loc[split["split"] == "train", "dx"].value_counts().to_dict() == {"mel": 374, "bkl": 254, "nv": 1372}
-    assert split.loc[split["split"] == "val", "dx"].value_counts().to_dict() == {"mel": 30, "bkl": 42, "nv": 78}
+def test_isic2017_official_validation_is_test_and_a_stratified_part_of_train_is_val(isic_manifest):
+    split = assign_splits(isic_manifest, seed=42)
+    official = isic_manifest["split"]
+    # the official validation set is a test set: nothing is chosen on it
+    assert (split.loc[official == "val", "split"] == "test").all()
+    assert split.loc[split["split"] == "test", "dx"].value_counts().to_dict() == {"nv": 78, "bkl": 42, "mel": 30}
+    # ~15 % of official train, stratified, is our val part; the rest trains; the duplicate of a val image is left out
+    from_train = split.loc[official == "train"]
+    assert set(from_train["split"]) == {"train", "val", ""}
+    assert from_train.loc[from_train["image_id"] == "ISIC_0012970", "split"].item() == ""
+    val = from_train[from_train["split"] == "val"]
+    assert 0.14 < len(val) / len(from_train) < 0.16
+    share = val["dx"].value_counts(normalize=True)
+    overall = from_train["dx"].value_counts(normalize=True)
+    for code in ("mel", "bkl", "nv"):
+        assert abs(share[code] - overall[code]) < 0.01, code
+    assert (assign_splits(isic_manifest, seed=42)["split"] == split["split"]).all()
 
 
 def test_same_seed_same_split_other_seed_other_split(ham_manifest):
@@ -81,21 +94,20 @@ def test_cli_writes_a_valid_leak_free_file_matching_the_library(data_dir, ham_sp
 
     written = pd.read_csv(out)
     assert list(written.columns) == ["image_id", "source", "split"]
-    assert len(written) == 10_015 + 2_150
-    assert written.groupby("source").size().to_dict() == {"ham10000": 10_015, "isic2017": 2_150}
+    assert len(written) == 10_015 + 2_149  # the ISIC 2017 train duplicate of a validation image is left out
+    assert written.groupby("source").size().to_dict() == {"ham10000": 10_015, "isic2017": 2_149}
     assert set(written["split"]) == set(SPLITS)
 
     # read back through apply_split_file: the HAM part is exactly the in-process seed-42 split
     full = load_manifest(data_dir)
     applied = apply_split_file(full, out)
-    assert len(applied) == len(full)
+    assert len(applied) == len(full) - 1
     assert lesion_leaks(applied) == []
     ham = applied[applied["source"] == "ham10000"].set_index("image_id")["split"]
     expected = ham_split.set_index("image_id")["split"]
     assert (ham.loc[expected.index] == expected).all()
     isic = applied[applied["source"] == "isic2017"]
-    assert set(isic["split"]) == {"train", "val"}
-    assert isic.groupby("split").size().to_dict() == {"train": 2000, "val": 150}
+    assert isic.groupby("split").size().to_dict() == {"train": 1699, "val": 300, "test": 150}
 
 
 def test_cli_as_a_module_and_its_errors(repo_root, tiny_ham, tmp_path):

@@ -1,4 +1,4 @@
-"""Training CLIs on real data, tiny: a few steps, small subsets (heavy training stays out of the tests)."""
+"""The training engine on real data, tiny: a few steps, small subsets (heavy training stays out of the tests)."""
 import json
 import os
 import subprocess
@@ -9,14 +9,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.data import load_manifest
 from core.losses import hybrid_loss
+from core.mbdcnn import coarse_probabilities
 from core.models import create_model
-from core.tensors import SEGMENTER_SIZE, normalize_batch
+from core.preprocess import Preprocessing
+from core.tensors import normalize_batch
+from core.weights_io import weights_metadata
 from train import train as train_stage
-from train.cache import load_split_arrays
+from train.cache import load_arrays
+from train.checkpoint import save_state
+from train.stages import MaskCNStage, load_upstream, upstream_images
 
-TINY = ["--epochs", "1", "--max-train-images", "48", "--max-val-images", "24", "--batch-size", "8",
+TINY = ["--epochs", "1", "--max-train-images", "48", "--max-val-images", "16", "--batch-size", "8",
         "--use-cache", "false", "--threads", "2"]
 
 
@@ -24,7 +28,7 @@ def test_coarse_sn_overfits_a_batch_of_real_lesions(ham_manifest):
     """The segmentation loss on 8 real images falls when we train on them (the model can learn at all)."""
     torch.manual_seed(0)
     rows = ham_manifest.head(8)
-    images, masks = load_split_arrays(rows, SEGMENTER_SIZE, with_masks=True, use_cache=False)
+    images, masks = load_arrays(rows, (128, 160), Preprocessing(), with_masks=True, use_cache=False)
     x = normalize_batch(torch.from_numpy(images))
     y = torch.from_numpy(masks).unsqueeze(1).float()
     model = create_model("coarse_sn")
@@ -41,29 +45,38 @@ def test_coarse_sn_overfits_a_batch_of_real_lesions(ham_manifest):
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory, data_dir):
-    """The three MB-DCNN stages, wired as train.pipeline wires them, each for a few steps."""
+    """The three MB-DCNN stages, wired as train.train_all wires them, each for a few steps at small sizes."""
     runs = tmp_path_factory.mktemp("runs")
-    common = ["--data-dir", str(data_dir), *TINY]
-    coarse = train_stage.main(["--stage", "coarse_sn", "--out-dir", str(runs / "coarse_sn"), "--max-train-batches", "2", *common])
-    mask_cn = train_stage.main(["--stage", "mask_cn", "--out-dir", str(runs / "mask_cn"), "--max-train-batches", "2",
+    common = ["--data-dir", str(data_dir), "--max-train-batches", "2", *TINY]
+    seg = ["--image-size", "96x128"]
+    coarse = train_stage.main(["--stage", "coarse_sn", "--out-dir", str(runs / "coarse_sn"), *seg, *common])
+    mask_cn = train_stage.main(["--stage", "mask_cn", "--out-dir", str(runs / "mask_cn"), "--image-size", "75x100",
                                 "--coarse-sn", str(runs / "coarse_sn" / "best.safetensors"), *common])
-    enhanced = train_stage.main(["--stage", "enhanced_sn", "--out-dir", str(runs / "enhanced_sn"), "--max-train-batches", "2",
-                                 "--coarse-sn", str(runs / "coarse_sn" / "best.safetensors"),
+    enhanced = train_stage.main(["--stage", "enhanced_sn", "--out-dir", str(runs / "enhanced_sn"), *seg,
+                                 "--freeze-blocks", "2", "--coarse-sn", str(runs / "coarse_sn" / "best.safetensors"),
                                  "--mask-cn", str(runs / "mask_cn" / "best.safetensors"), *common])
     return runs, {"coarse_sn": coarse, "mask_cn": mask_cn, "enhanced_sn": enhanced}
 
 
-def test_each_stage_writes_checkpoint_and_history(tiny_runs):
+def test_each_stage_writes_checkpoint_history_and_metadata(tiny_runs):
     runs, results = tiny_runs
+    sizes = {"coarse_sn": "96x128", "mask_cn": "75x100", "enhanced_sn": "96x128"}
     for stage, result in results.items():
-        assert (runs / stage / "best.safetensors").is_file()
         history = json.loads((runs / stage / "history.json").read_text())["history"]
         assert len(history) == 1 and history[0]["steps"] == 2
-        assert 0.0 <= history[0]["val_metric"] <= 1.0
+        # both validation sources are scored, and the score is their mean
+        metric = "dice" if stage != "mask_cn" else "balanced_accuracy"
+        assert f"ham10000_{metric}" in history[0] and "isic2017_macro_auc" in history[0] or stage != "mask_cn"
+        assert 0.0 <= history[0]["score"] <= 1.0
+        meta = weights_metadata(runs / stage / "best.safetensors")
+        assert meta["arch"] == stage and meta["input_size"] == sizes[stage]
+        assert json.loads(meta["preprocessing"]) == {"colour_constancy": True, "crop_field_of_view": True}
+    seg = json.loads((runs / "coarse_sn" / "history.json").read_text())["history"][0]
+    assert seg["score"] == pytest.approx((seg["ham10000_dice"] + seg["isic2017_dice"]) / 2, abs=1e-5)
 
 
 def test_enhanced_sn_starts_from_coarse_sn(tiny_runs):
-    """enhanced-SN is warm-started: the frozen encoder stem is identical to coarse-SN's."""
+    """enhanced-SN is warm-started: its frozen encoder stem is coarse-SN's, and it has E-layers."""
     runs, _ = tiny_runs
     coarse = load_file(str(runs / "coarse_sn" / "best.safetensors"))
     enhanced = load_file(str(runs / "enhanced_sn" / "best.safetensors"))
@@ -72,18 +85,83 @@ def test_enhanced_sn_starts_from_coarse_sn(tiny_runs):
     assert any(k.startswith("e_layers") for k in enhanced)
 
 
+def test_mask_cn_validates_on_coarse_sn_output_and_trains_on_perturbed_truth(tiny_runs, data_dir):
+    """mask-CN's fourth channel: at validation coarse-SN's probabilities (what inference feeds), in training the
+    ground-truth mask perturbed like a segmenter's errors (it overlaps the truth, but is not the truth)."""
+    runs, _ = tiny_runs
+    cfg = train_stage.parse_args(["--stage", "mask_cn", "--data-dir", str(data_dir), "--image-size", "75x100",
+                                  "--coarse-sn", str(runs / "coarse_sn" / "best.safetensors"), *TINY])
+    stage = MaskCNStage(cfg)
+    _, val_tables = train_stage.split_tables(cfg)
+    table = val_tables["ham10000"].head(6)
+    val = stage.load(table, training=False)
+    coarse_sn, meta = load_upstream("coarse_sn", cfg["coarse_sn"])
+    expected = coarse_probabilities(coarse_sn, normalize_batch(torch.from_numpy(upstream_images(table, meta, False))))
+    assert torch.allclose(val.aux.float(), expected, atol=1e-3)
+    (x4,), _ = stage.batch(val, np.arange(6), None)
+    assert torch.allclose(x4[:, 3], ((torch.nn.functional.interpolate(
+        val.aux.float(), size=(75, 100), mode="bilinear", align_corners=False) - 0.5) / 0.25)[:, 0], atol=1e-4)
+
+    train = stage.load(table, training=True)
+    stage.augment = stage.augment.__class__(crop_scale=(1.0, 1.0), rotate_degrees=0, transpose_p=0, brightness=0,
+                                            contrast=0, saturation=0, hue=0, lowres_p=0)  # flips only
+    generator = torch.Generator().manual_seed(3)
+    (x4,), _ = stage.batch(train, np.arange(6), generator)
+    channel = (x4[:, 3] * 0.25 + 0.5).numpy() > 0.5
+    truth = train.masks[np.arange(6)].astype(bool)
+    for got, want in zip(channel, truth):
+        if not got.any():
+            continue  # dropped: "the segmenter found nothing"
+        ious = [(got & t).sum() / (got | t).sum() for t in (want, want[::-1], want[:, ::-1], want[::-1, ::-1])]
+        assert 0.4 < max(ious), ious
+    assert any(not np.array_equal(got, want) for got, want in zip(channel, truth))
+
+
 def test_stage_without_its_upstream_checkpoint_says_so(data_dir):
     with pytest.raises(SystemExit, match="--coarse-sn"):
         train_stage.main(["--stage", "mask_cn", "--data-dir", str(data_dir), *TINY])
 
 
-def test_resume_continues_the_history(tmp_path, data_dir):
-    out = tmp_path / "classifier"
-    args = ["--stage", "classifier", "--out-dir", str(out), "--data-dir", str(data_dir), "--pretrained", "none",
-            "--max-train-batches", "1", *TINY]
-    train_stage.main(args)
-    resumed = train_stage.main([*args[:-len(TINY)], *TINY[2:], "--epochs", "2", "--resume", "true"])
-    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+def _without_timings(history):
+    return [{k: v for k, v in row.items() if "second" not in k} for row in history]
+
+
+def test_resume_after_every_step_equals_an_uninterrupted_run(tmp_path, data_dir):
+    """A run cut after every single step (--max-minutes ~0) and resumed each time ends with the same weights,
+    learning rates and validation history as one uninterrupted run: optimiser, schedule, EMA, RNG and position
+    are all restored."""
+    base = ["--stage", "classifier", "--data-dir", str(data_dir), "--pretrained", "none", "--image-size", "60x80",
+            "--max-train-batches", "2", *TINY[2:], "--epochs", "2", "--warmup-epochs", "1", "--ema", "0.9"]
+    straight = train_stage.main([*base, "--out-dir", str(tmp_path / "straight")])
+    pieces = 0
+    while True:
+        result = train_stage.main([*base, "--out-dir", str(tmp_path / "pieces"), "--max-minutes", "1e-9", "--resume", "true"])
+        pieces += 1
+        if result["finished"]:
+            break
+        assert pieces < 10
+    assert pieces >= 4  # at least one stop per step (2 epochs x 2 steps)
+    assert _without_timings(result["history"]) == _without_timings(straight["history"])
+    a = load_file(str(tmp_path / "straight" / "best.safetensors"))
+    b = load_file(str(tmp_path / "pieces" / "best.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    """A run killed while writing its state leaves the previous state readable."""
+    path = tmp_path / "last_state.pt"
+    save_state(path, {"step": 1})
+
+    def dies_half_way(obj, file):
+        open(file, "wb").write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        save_state(path, {"step": 2})
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
 
 
 def test_ddp_two_cpu_processes_end_with_equal_weights(tmp_path, data_dir, repo_root):
@@ -91,7 +169,8 @@ def test_ddp_two_cpu_processes_end_with_equal_weights(tmp_path, data_dir, repo_r
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
                "-m", "train.train", "--stage", "classifier", "--pretrained", "none", "--out-dir", str(out),
-               "--data-dir", str(data_dir), "--max-train-batches", "2", *TINY[:-2], "--threads", "1"]
+               "--image-size", "60x80", "--data-dir", str(data_dir), "--max-train-batches", "2", *TINY[:-2],
+               "--threads", "1"]
     done = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rank0 = load_file(str(out / "final_rank0.safetensors"))

@@ -26,16 +26,19 @@ from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 
 from core.classes import CLASS_CODES, CLASSES, class_index
-from core.data import apply_split_file, assign_splits, dataset_summary, load_manifest
+from core.datasets import load_manifest
+from core.splits import apply_split_file, assign_splits
+from core.dataset_summary import dataset_summary
 from core.inference import NETWORK_FILES, OOD_FILE
 from core.ood import IMAGE_STAT_NAMES, OODDetector, image_statistics
 from core.metrics import (calibration, classification_metrics, fit_logit_adjustment, fit_temperature, logit_adjustment,
                           segmentation_metrics)
 from core.models import create_model
-from core.pipeline import classify_with_localisation, coarse_probabilities, mask_cn_input
+from core.mbdcnn import classify_with_localisation, coarse_probabilities, mask_cn_input
 from core.tensors import CLASSIFIER_SIZE, IMAGENET_MEAN, IMAGENET_STD, SEGMENTER_SIZE, normalize_batch
 from core.weights_io import MODEL_CARD_NAME, save_weights
-from train.cache import load_split_arrays
+from core.preprocess import Preprocessing
+from train.cache import load_arrays
 
 OOD_PCA_DIMS = 64
 OOD_VAL_QUANTILE = 0.99
@@ -61,8 +64,8 @@ def load_network(arch: str, path: Path, backbone: str) -> torch.nn.Module:
 @torch.no_grad()
 def run_mbdcnn(nets: dict, table: pd.DataFrame, baseline=None) -> dict:
     """Batched MB-DCNN outputs for a manifest slice (cached arrays, no TTA: exactly what the Analyzer does)."""
-    seg_images, _ = load_split_arrays(table, SEGMENTER_SIZE, with_masks=False)
-    cls_images, _ = load_split_arrays(table, CLASSIFIER_SIZE, with_masks=False)
+    seg_images, _ = load_arrays(table, SEGMENTER_SIZE, Preprocessing(False, False), False)
+    cls_images, _ = load_arrays(table, CLASSIFIER_SIZE, Preprocessing(False, False), False)
     out = {"coarse": [], "enhanced": [], "logits": [], "pooled": [], "baseline_logits": []}
     for start in range(0, len(table), 64):
         seg_x = normalize_batch(torch.from_numpy(seg_images[start:start + 64]))
@@ -125,7 +128,7 @@ def fit_ood(train_pooled: torch.Tensor, train_y: np.ndarray, train_stats: np.nda
 
 
 def split_statistics(table: pd.DataFrame) -> np.ndarray:
-    images, _ = load_split_arrays(table, CLASSIFIER_SIZE, with_masks=False)
+    images, _ = load_arrays(table, CLASSIFIER_SIZE, Preprocessing(False, False), False)
     return np.stack([image_statistics(image) for image in images])
 
 

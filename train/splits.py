@@ -4,7 +4,7 @@
 
 The file has one row per image: image_id,source,split. HAM10000 (and plain class folders) are split by
 lesion (byte-identical duplicates kept together), stratified by diagnosis, about 70/15/15; ISIC 2017 keeps
-its official train/val split. Read it back with core.data.apply_split_file.
+its official train/val split. Read it back with core.datasets.apply_split_file.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from core.classes import CLASS_CODES
-from core.data import SOURCES, SPLITS, DatasetError, assign_splits, lesion_leaks, load_manifest
+from core.datasets import SOURCES, SPLITS, DatasetError, load_manifest
+from core.splits import assign_splits, lesion_leaks
 
 
 def split_table(manifest: pd.DataFrame) -> str:
@@ -67,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {len(leaks)} lesion(s) in more than one split, e.g. {leaks[0]}", file=sys.stderr)
         return 3
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    split[["image_id", "source", "split"]].to_csv(args.out, index=False)
+    listed = split[split["split"] != ""]  # rows left out of every split (a duplicate of a test image) are not listed
+    listed[["image_id", "source", "split"]].to_csv(args.out, index=False)
     print(split_table(split))
-    print(f"wrote {len(split)} rows to {args.out} (seed {args.seed})")
+    print(f"wrote {len(listed)} rows to {args.out} (seed {args.seed}); left out: {len(split) - len(listed)}")
     return 0
 
 

@@ -40,10 +40,3 @@ class LesionClassifier(nn.Module):
         """CAM_c = sum_k w_ck f_k (Zhou et al. 2016): (B, C, h, w) from (B, K, h, w) features."""
         weight = self.net.get_classifier().weight
         return torch.einsum("ck,bkhw->bchw", weight, features)
-
-    def freeze_stem(self, n_blocks: int) -> None:
-        """Freeze the stem and the first n_blocks stages (early, generic features) to speed up CPU training."""
-        modules = [self.net.conv_stem, self.net.bn1] + list(self.net.blocks[:n_blocks])
-        for module in modules:
-            for parameter in module.parameters():
-                parameter.requires_grad_(False)

@@ -1,16 +1,15 @@
-"""Dataset readers: turn a dataset folder into one manifest table, and make leak-free splits.
+"""Dataset readers: turn a dataset folder into one manifest table.
 
 Manifest columns (MANIFEST_COLUMNS): image_id, image_path, mask_path ("" when absent), dx (class code),
 source (ham10000 / isic2017 / folder), lesion_id, age, sex, localization, dx_type, split ("" until split).
 
 Every problem with a dataset (missing folder or CSV, missing column, unknown label, missing image file,
-duplicate id, bad split file) raises DatasetError whose message names the file and, where there is one,
+duplicate id) raises DatasetError whose message names the file and, where there is one,
 the CSV row (1-based line number in the file, header = line 1) -- never a bare KeyError.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +29,11 @@ HAM_MASK_FOLDERS = ("masks", "HAM10000_segmentations_lesion_tschandl", "segmenta
 ISIC_IMAGE_FOLDERS = ("images", ".")
 ISIC_MASK_FOLDERS = ("masks", "segmentations")
 HAM_REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
-# Byte-identical HAM10000 files (see the data README); they must always share a split.
-HAM_DUPLICATE_PAIRS = (("ISIC_0024366", "ISIC_0029861"), ("ISIC_0024777", "ISIC_0029938"))
 ISIC_LABEL_TO_DX = {
     "melanoma": "mel", "seborrheic_keratosis": "bkl", "seborrheic keratosis": "bkl", "nevus": "nv",
     "naevus": "nv",
 }
 _SPLIT_ALIASES = {"validation": "val", "valid": "val", "training": "train", "testing": "test"}
-# Folds used by the grouped split: 20 folds give 5 % granularity (15 % = 3 folds).
-_N_FOLDS = 20
 
 
 class DatasetError(ValueError):
@@ -326,182 +321,3 @@ def load_manifest(data_dir: str | os.PathLike, sources: tuple[str, ...] = SOURCE
     if (root / "labels.csv").is_file():
         return read_isic2017(root)
     return read_class_folders(root)
-
-
-# ---------------------------------------------------------------- splits
-def _check_manifest(manifest: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
-    if not isinstance(manifest, pd.DataFrame):
-        raise DatasetError(f"{what}: expected a manifest DataFrame, got {type(manifest).__name__}")
-    missing = [c for c in columns if c not in manifest.columns]
-    if missing:
-        raise DatasetError(f"{what}: manifest is missing column(s) {', '.join(missing)}")
-
-
-def _grouped_split(table: pd.DataFrame, groups: pd.Series, seed: int, val_frac: float, test_frac: float) -> pd.Series:
-    """Split rows by group, stratified by dx, about (1-val-test)/val/test; every class in every split
-    whenever the class has at least three groups."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    y = table["dx"].to_numpy()
-    g = groups.to_numpy()
-    n_groups = len(pd.unique(g))
-    if n_groups < 3:
-        raise DatasetError(f"source {table['source'].iloc[0]!r}: needs at least 3 lesions for train/val/test, has {n_groups}")
-    largest_class = int(pd.Series(y).value_counts().max())
-    n_folds = max(3, min(_N_FOLDS, n_groups, largest_class))
-    n_test = max(1, round(test_frac * n_folds))
-    n_val = max(1, round(val_frac * n_folds))
-    while n_test + n_val >= n_folds and (n_test > 1 or n_val > 1):
-        if n_test >= n_val:
-            n_test -= 1
-        else:
-            n_val -= 1
-    folds = np.empty(len(table), dtype=int)
-    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "least populated class ..." on small data
-        for fold, (_, held) in enumerate(splitter.split(np.zeros(len(table)), y, g)):
-            folds[held] = fold
-    split = np.where(folds < n_test, "test", np.where(folds < n_test + n_val, "val", "train")).astype(object)
-    split = _fill_missing_classes(split, y, g, seed)
-    return pd.Series(split, index=table.index, dtype=object)
-
-
-def _fill_missing_classes(split: np.ndarray, y: np.ndarray, g: np.ndarray, seed: int) -> np.ndarray:
-    """Move whole groups so that every class with >= 3 groups appears in every split (deterministic)."""
-    rng = np.random.default_rng(seed)
-    split = split.copy()
-    for code in sorted(set(y)):
-        is_code = y == code
-        if len(set(g[is_code])) < len(SPLITS):
-            continue
-        for target in SPLITS:
-            if (is_code & (split == target)).any():
-                continue
-            # donor: the split holding the most groups of this class
-            donors = {s: sorted(set(g[is_code & (split == s)])) for s in SPLITS if s != target}
-            donor = max(donors, key=lambda s: (len(donors[s]), s == "train"))
-            if len(donors[donor]) < 2:
-                continue
-            sizes = {grp: int((g == grp).sum()) for grp in donors[donor]}
-            smallest = min(sizes.values())
-            choices = [grp for grp in donors[donor] if sizes[grp] == smallest]
-            chosen = choices[int(rng.integers(len(choices)))]
-            split[g == chosen] = target
-    return split
-
-
-def _ham_groups(table: pd.DataFrame) -> pd.Series:
-    groups = table["lesion_id"].where(table["lesion_id"] != "", table["image_id"]).copy()
-    by_image = dict(zip(table["image_id"], groups))
-    for first, second in HAM_DUPLICATE_PAIRS:
-        if first in by_image and second in by_image:
-            old = by_image[second]
-            groups[groups == old] = by_image[first]  # the whole lesion of the duplicate joins the other one
-    return groups
-
-
-def assign_splits(manifest: pd.DataFrame, seed: int = 42, val_frac: float = 0.15, test_frac: float = 0.15) -> pd.DataFrame:
-    """Return a copy with `split` filled in.
-
-    HAM10000 and folder data: grouped by lesion (byte-identical duplicates joined), stratified by diagnosis
-    with StratifiedGroupKFold, about 70/15/15, deterministic for a seed. ISIC 2017: its official train/val
-    split is kept when every row has one.
-    """
-    _check_manifest(manifest, ("image_id", "dx", "source", "lesion_id", "split"), "assign_splits")
-    if not (0 < val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
-        raise ValueError(f"val_frac={val_frac} and test_frac={test_frac} must be in (0, 1) and sum below 1")
-    if manifest.empty:
-        raise DatasetError("assign_splits: manifest has no rows")
-    bad = ~manifest["dx"].isin(CLASS_CODES)
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DatasetError(
-            f"assign_splits: manifest row {row} (image {manifest['image_id'].iloc[row]}) has unknown label "
-            f"{manifest['dx'].iloc[row]!r}"
-        )
-    out = manifest.copy()
-    out["split"] = out["split"].fillna("").astype(str)
-    for source, part in out.groupby("source", sort=True):
-        if source == "isic2017" and part["split"].isin(SPLITS).all():
-            continue
-        part = part.assign(lesion_id=part["lesion_id"].fillna("").astype(str))
-        out.loc[part.index, "split"] = _grouped_split(part, _ham_groups(part), seed, val_frac, test_frac)
-    return out
-
-
-def lesion_leaks(manifest: pd.DataFrame) -> list[str]:
-    """lesion_ids (per source) that occur in more than one split; [] for a leak-free split."""
-    _check_manifest(manifest, ("source", "lesion_id", "split"), "lesion_leaks")
-    groups = manifest.loc[manifest["lesion_id"] != ""].groupby(["source", "lesion_id"])["split"].nunique()
-    return sorted(f"{s}:{lid}" for (s, lid), n in groups.items() if n > 1)
-
-
-def read_split_file(path: str | os.PathLike) -> pd.DataFrame:
-    path = Path(path)
-    table = _read_csv(path, ("image_id", "source", "split"))
-    for column in ("image_id", "source"):
-        empty = table[column].isna() | (table[column].fillna("") == "")
-        if empty.any():
-            row = int(np.flatnonzero(empty.to_numpy())[0])
-            raise DatasetError(f"{path}: row {_line(row)} has an empty {column}")
-    dup = table.duplicated(subset=["source", "image_id"], keep="first")
-    if dup.any():
-        row = int(np.flatnonzero(dup.to_numpy())[0])
-        raise DatasetError(
-            f"{path}: row {_line(row)} lists {table['source'].iloc[row]}/{table['image_id'].iloc[row]} a second time"
-        )
-    bad = ~table["split"].isin(SPLITS)
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DatasetError(
-            f"{path}: row {_line(row)} (image {table['image_id'].iloc[row]}) has split {table['split'].iloc[row]!r}; "
-            "expected train, val or test"
-        )
-    return table[["image_id", "source", "split"]]
-
-
-def apply_split_file(manifest: pd.DataFrame, path: str | os.PathLike) -> pd.DataFrame:
-    """Take splits from a file written by `python -m train.splits`; rows it does not list are dropped."""
-    _check_manifest(manifest, tuple(MANIFEST_COLUMNS), "apply_split_file")
-    splits = read_split_file(path)
-    merged = manifest.drop(columns=["split"]).merge(splits, on=["image_id", "source"], how="inner")
-    if merged.empty:
-        raise DatasetError(f"{path}: none of its image_id/source pairs match the dataset")
-    return merged[MANIFEST_COLUMNS].reset_index(drop=True)
-
-
-# ---------------------------------------------------------------- summary
-def dataset_summary(manifest: pd.DataFrame) -> dict:
-    """Counts per class, age, sex, site and dx_type, overall and per split (JSON-ready)."""
-    _check_manifest(
-        manifest, ("dx", "source", "lesion_id", "age", "sex", "localization", "dx_type", "mask_path", "split"),
-        "dataset_summary",
-    )
-
-    def counts(column: str, part: pd.DataFrame) -> dict:
-        values = part[column].fillna("").astype(str).replace("", "unknown")
-        return {str(k): int(v) for k, v in values.value_counts().sort_index().items()}
-
-    def describe(part: pd.DataFrame) -> dict:
-        ages = pd.to_numeric(part["age"], errors="coerce")
-        known = ages.dropna()
-        return {
-            "n_images": int(len(part)),
-            "n_lesions": int(part["lesion_id"].nunique()),
-            "dx": {code: int((part["dx"] == code).sum()) for code in CLASS_CODES},
-            "sex": counts("sex", part),
-            "localization": counts("localization", part),
-            "dx_type": counts("dx_type", part),
-            "age": {
-                "mean": round(float(known.mean()), 1) if len(known) else None,
-                "median": float(known.median()) if len(known) else None,
-                "missing": int(ages.isna().sum()),
-                "histogram": {str(int(k)): int(v) for k, v in (known // 10 * 10).value_counts().sort_index().items()},
-            },
-            "with_mask": int((part["mask_path"].fillna("") != "").sum()),
-        }
-
-    summary = {"all": describe(manifest), "sources": sorted(manifest["source"].unique().tolist())}
-    summary["splits"] = {s: describe(manifest[manifest["split"] == s]) for s in SPLITS if (manifest["split"] == s).any()}
-    return summary

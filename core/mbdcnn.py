@@ -6,10 +6,11 @@ are defined once:  image -> coarse-SN -> coarse mask -> mask-CN(image + mask) ->
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.tensors import CLASSIFIER_SIZE
+from core.tensors import CLASSIFIER_SIZE, normalize_batch
 
 
 def mask_channel(coarse_probs: torch.Tensor, size: tuple[int, int] = CLASSIFIER_SIZE) -> torch.Tensor:
@@ -32,6 +33,13 @@ def localisation_map(cams: torch.Tensor, class_index: torch.Tensor) -> torch.Ten
     return chosen / peak
 
 
+def localisation_class(logits: torch.Tensor) -> torch.Tensor:
+    """The class whose CAM becomes enhanced-SN's localisation map: mask-CN's top class on the raw logits of the
+    unaugmented image. Training, evaluation and the Analyzer all call this one function (the displayed diagnosis may
+    use test-time augmentation and a decision rule; the map enhanced-SN was trained on does not)."""
+    return logits.argmax(1)
+
+
 @torch.no_grad()
 def coarse_probabilities(coarse_sn, seg_images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     return torch.cat([torch.sigmoid(coarse_sn(b)) for b in seg_images.split(batch_size)])
@@ -45,5 +53,21 @@ def classify_with_localisation(mask_cn, x4: torch.Tensor, batch_size: int = 64) 
         batch_logits, features = mask_cn.forward_with_features(batch)
         cams = mask_cn.class_activation_maps(features)
         logits.append(batch_logits)
-        maps.append(localisation_map(cams, batch_logits.argmax(1)))
+        maps.append(localisation_map(cams, localisation_class(batch_logits)))
     return torch.cat(logits), torch.cat(maps)
+
+
+@torch.no_grad()
+def run_chain(coarse_sn, mask_cn, seg_u8, cls_u8, batch_size: int = 64, device: str | torch.device = "cpu") -> dict:
+    """coarse-SN -> mask-CN -> localisation map over uint8 image arrays ((N,H,W,3) at each network's size), in
+    batches: {"coarse": (N,1,h,w) float16 probabilities, "logits": (N,C), "localisation": (N,1,h',w')}."""
+    coarse, logits, maps = [], [], []
+    for start in range(0, len(seg_u8), batch_size):
+        seg = normalize_batch(torch.from_numpy(np.ascontiguousarray(seg_u8[start:start + batch_size]))).to(device)
+        cls = normalize_batch(torch.from_numpy(np.ascontiguousarray(cls_u8[start:start + batch_size]))).to(device)
+        probs = torch.sigmoid(coarse_sn(seg))
+        batch_logits, batch_maps = classify_with_localisation(mask_cn, mask_cn_input(cls, probs))
+        coarse.append(probs.half().cpu())
+        logits.append(batch_logits.float().cpu())
+        maps.append(batch_maps.float().cpu())
+    return {"coarse": torch.cat(coarse), "logits": torch.cat(logits), "localisation": torch.cat(maps)}

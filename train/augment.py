@@ -1,0 +1,167 @@
+"""Batched training augmentation: whole batches as tensor ops, per-sample random parameters.
+
+Photometric changes act on raw pixels in [0, 1] (before ImageNet normalisation). Geometry is exact:
+- the dihedral group: a transpose of the whole batch (with the per-sample flips below it gives every 90-degree
+  rotation) is a pure index permutation, no interpolation;
+- one affine warp per sample (random-resized crop with aspect jitter, a small rotation, flips, shift), written in
+  pixel-true coordinates, so a rotation does not stretch a non-square image; every spatial tensor passed along
+  (lesion masks, the mask channel, localisation maps) goes through the same warp and stays aligned.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from core.preprocess import IMAGENET_MEAN
+
+# RGB -> YIQ (NTSC); a hue shift is a rotation of the (I, Q) chroma plane.
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+_GREY = torch.tensor([0.299, 0.587, 0.114])
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_scale: tuple[float, float] = (0.5, 1.0)    # area share of the random-resized crop
+    crop_ratio: tuple[float, float] = (0.75, 1.333)  # aspect jitter of the crop, relative to the image's aspect
+    rotate_degrees: float = 30.0                     # rotation on top of the dihedral group, +-
+    transpose_p: float = 0.5                         # whole-batch transpose (dihedral)
+    brightness: float = 0.2                          # factors in [1 - x, 1 + x]
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.04                                # hue rotation, +- this share of a full turn
+    lowres_p: float = 0.2                            # share of images seen at a lower resolution (area down, up)
+    cutout_p: float = 0.0                            # share of images with one rectangle set to the mean colour
+    cutout_size: float = 0.3                         # its side, as a share of the image side (at most)
+
+
+def _uniform(b: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(b, generator=generator)
+
+
+# ---------------------------------------------------------------- geometry
+def affine_theta(angle: torch.Tensor, scale_xy: torch.Tensor, shift_xy: torch.Tensor, aspect: float) -> torch.Tensor:
+    """(B,2,3) sampling matrices for F.affine_grid (output -> source, normalised coordinates).
+
+    For output point p: source = shift + D^-1 R(angle) D diag(scale_xy) p, with D = diag(aspect, 1) (aspect =
+    width / height), i.e. the rotation happens in pixel units. scale_xy < 1 zooms in; a negative entry flips."""
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    sx, sy = scale_xy[:, 0], scale_xy[:, 1]
+    linear = torch.stack([torch.stack([cos * sx, -sin * sy / aspect], 1),
+                          torch.stack([sin * sx * aspect, cos * sy], 1)], 1)
+    return torch.cat([linear, shift_xy.unsqueeze(2)], dim=2)
+
+
+def warp(t: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear", padding: str = "reflection") -> torch.Tensor:
+    grid = F.affine_grid(theta.to(t), list(t.shape), align_corners=False)
+    return F.grid_sample(t, grid, mode=mode, padding_mode=padding, align_corners=False)
+
+
+def random_theta(b: int, aspect: float, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    area = _uniform(b, *cfg.crop_scale, generator)
+    log_ratio = _uniform(b, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]), generator)
+    ratio = torch.exp(log_ratio)
+    scale = torch.stack([torch.sqrt(area * ratio), torch.sqrt(area / ratio)], 1).clamp(max=1.0)
+    room = 1 - scale
+    shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * room
+    flips = torch.where(torch.rand(b, 2, generator=generator) < 0.5, -1.0, 1.0)
+    angle = _uniform(b, -cfg.rotate_degrees, cfg.rotate_degrees, generator) * math.pi / 180
+    return affine_theta(angle, scale * flips, shift, aspect)
+
+
+# ---------------------------------------------------------------- photometric (raw pixels in [0, 1])
+def colour_jitter(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    b = x.shape[0]
+    view = (b, 1, 1, 1)
+    grey_w = _GREY.to(x).view(1, 3, 1, 1)
+    x = x * _uniform(b, 1 - cfg.brightness, 1 + cfg.brightness, generator).to(x).view(view)
+    mean = (x * grey_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    x = (x - mean) * _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, generator).to(x).view(view) + mean
+    grey = (x * grey_w).sum(1, keepdim=True)
+    x = grey + (x - grey) * _uniform(b, 1 - cfg.saturation, 1 + cfg.saturation, generator).to(x).view(view)
+    if cfg.hue > 0:
+        angle = _uniform(b, -cfg.hue, cfg.hue, generator) * 2 * math.pi
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        rotation = torch.zeros(b, 3, 3)
+        rotation[:, 0, 0] = 1
+        rotation[:, 1, 1], rotation[:, 1, 2], rotation[:, 2, 1], rotation[:, 2, 2] = cos, -sin, sin, cos
+        matrix = (_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ).to(x)
+        x = torch.einsum("bij,bjhw->bihw", matrix, x)
+    return x.clamp(0, 1)
+
+
+def lower_resolution(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """A share p of the images is area-downsampled by a random factor (one per batch) and upsampled back."""
+    chosen = torch.rand(x.shape[0], generator=generator) < p
+    if not chosen.any():
+        return x
+    factor = float(_uniform(1, 0.35, 0.8, generator))
+    small = F.interpolate(x[chosen], scale_factor=factor, mode="area")
+    out = x.clone()
+    out[chosen] = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return out
+
+
+def cutout(x: torch.Tensor, p: float, size: float, generator: torch.Generator) -> torch.Tensor:
+    """One rectangle (sides up to `size` of the image) per chosen image, filled with the ImageNet mean colour."""
+    b, _, h, w = x.shape
+    chosen = torch.rand(b, generator=generator) < p
+    if not chosen.any():
+        return x
+    hh = (_uniform(b, 0.1, size, generator) * h).long().clamp(min=1)
+    ww = (_uniform(b, 0.1, size, generator) * w).long().clamp(min=1)
+    top = (torch.rand(b, generator=generator) * (h - hh + 1)).long()
+    left = (torch.rand(b, generator=generator) * (w - ww + 1)).long()
+    rows = torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w).view(1, 1, w)
+    box = ((rows >= top.view(b, 1, 1)) & (rows < (top + hh).view(b, 1, 1))
+           & (cols >= left.view(b, 1, 1)) & (cols < (left + ww).view(b, 1, 1)) & chosen.view(b, 1, 1))
+    mean = torch.tensor(IMAGENET_MEAN).to(x).view(1, 3, 1, 1)
+    return torch.where(box.unsqueeze(1).to(x.device), mean, x)
+
+
+# ---------------------------------------------------------------- the mask channel of mask-CN
+def perturb_masks(masks: torch.Tensor, generator: torch.Generator, drop_p: float = 0.1) -> torch.Tensor:
+    """Ground-truth lesion masks (B,1,H,W) in {0,1} -> soft masks with the errors a coarse segmenter makes.
+
+    Per image one of: eroded, dilated or unchanged (kernel 3-11 px, one per batch); then a Gaussian blur
+    (sigma 0.5-2 px as two box-filter passes; soft edges like a sigmoid output); a share drop_p becomes empty (segmenter found nothing)."""
+    b = masks.shape[0]
+    k = 2 * int(torch.randint(1, 6, (1,), generator=generator)) + 1
+    choice = torch.randint(0, 3, (b,), generator=generator)
+    out = masks.clone()
+    for value, sign in ((0, -1.0), (1, 1.0)):  # 0: erode (max-pool of the complement), 1: dilate
+        chosen = choice == value
+        if chosen.any():
+            m = masks[chosen] * sign  # a k x k square structuring element, as two separable 1-D max-pools
+            m = F.max_pool2d(F.max_pool2d(m, (1, k), 1, (0, k // 2)), (k, 1), 1, (k // 2, 0))
+            out[chosen] = m * sign
+    sigma = float(_uniform(1, 0.5, 2.0, generator))
+    width = max(3, 2 * round((6 * sigma ** 2 + 1) ** 0.5 / 2) + 1)  # two box passes of this width ~ Gaussian(sigma)
+    for _ in range(2):
+        out = F.avg_pool2d(out, (1, width), 1, (0, width // 2), count_include_pad=False)
+        out = F.avg_pool2d(out, (width, 1), 1, (width // 2, 0), count_include_pad=False)
+    keep = (torch.rand(b, generator=generator) >= drop_p).view(b, 1, 1, 1).to(masks)
+    return out * keep
+
+
+# ---------------------------------------------------------------- the whole batch
+def augment_batch(images: torch.Tensor, spatial: list[torch.Tensor | None], cfg: AugmentConfig,
+                  generator: torch.Generator) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """images (B,3,H,W) raw in [0,1] and spatial tensors (B,C,h,w) covering the same field of view ->
+    augmented images (raw, [0,1]) and the spatial tensors warped identically (bilinear; threshold masks after)."""
+    images = colour_jitter(images, cfg, generator)
+    images = lower_resolution(images, cfg.lowres_p, generator)
+    if float(torch.rand(1, generator=generator)) < cfg.transpose_p:
+        images = images.transpose(-1, -2)
+        spatial = [None if t is None else t.transpose(-1, -2) for t in spatial]
+    aspect = images.shape[-1] / images.shape[-2]
+    theta = random_theta(images.shape[0], aspect, cfg, generator)
+    images = warp(images, theta)
+    spatial = [None if t is None else warp(t, theta) for t in spatial]
+    if cfg.cutout_p > 0:
+        images = cutout(images, cfg.cutout_p, cfg.cutout_size, generator)
+    return images, spatial
