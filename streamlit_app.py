@@ -109,6 +109,7 @@ def main() -> None:
         st.Page(f"{PAGES_DIR}/2_Dataset_explorer.py", title="Dataset explorer", icon=":material/photo_library:"),
         st.Page(f"{PAGES_DIR}/3_Model_performance.py", title="Model performance", icon=":material/monitoring:"),
         st.Page(f"{PAGES_DIR}/4_Batch.py", title="Batch", icon=":material/stacks:"),
+        st.Page(f"{PAGES_DIR}/5_Compare.py", title="Compare follow-up", icon=":material/compare:"),
     ]
     st.navigation(pages).run()
     with st.sidebar:

@@ -116,8 +116,7 @@ class _ReportPDF(FPDF):
         self.set_y(-12)
         self.set_font("Helvetica", "I", 7)
         self.set_text_color(110, 110, 110)
-        self.cell(0, 5, f"{REPORT_TITLE} - decision support, not a diagnosis - page {self.page_no()}",
-                  align="C")
+        self.cell(0, 5, f"{self.title} - decision support, not a diagnosis - page {self.page_no()}", align="C")
         self.set_text_color(0, 0, 0)
 
 
@@ -227,6 +226,42 @@ def _model_rows(info: Mapping) -> list[tuple[str, str]]:
     return rows
 
 
+def start_document(title: str, generated_at: datetime | None, model_info: Mapping) -> FPDF:
+    """An A4 report with ``title`` and the generation time and model version on its first page. ``generated_at``
+    (default: now, UTC; naive = UTC) is printed and is the PDF creation date."""
+    when = generated_at or datetime.now(timezone.utc)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    when = when.astimezone(timezone.utc).replace(microsecond=0)
+    pdf = _ReportPDF(orientation="P", unit="mm", format="A4")
+    pdf.set_creation_date(when)
+    pdf.set_title(title)
+    pdf.set_author("LesionLens")
+    pdf.set_creator("LesionLens")
+    pdf.set_margins(_MARGIN, _MARGIN, _MARGIN)
+    pdf.set_auto_page_break(auto=True, margin=16)
+    pdf.add_page()
+
+    pdf.set_font("Helvetica", "B", 18)
+    pdf.cell(0, 10, ascii_safe(title), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_font("Helvetica", "", 9)
+    pdf.cell(0, 5, ascii_safe(
+        f"Generated {when.strftime('%Y-%m-%d %H:%M')} UTC  |  Model version {model_info.get('version', 'unknown')}"
+        f" (created {model_info.get('created', 'unknown')})"), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.ln(3)
+    return pdf
+
+
+def finish_document(pdf: FPDF) -> bytes:
+    """The disclaimer at the end, then the PDF bytes."""
+    pdf.ln(3)
+    pdf.set_font("Helvetica", "I", 8)
+    pdf.set_text_color(60, 60, 60)
+    pdf.multi_cell(0, 4, DISCLAIMER, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_text_color(0, 0, 0)
+    return bytes(pdf.output())
+
+
 def build_pdf_report(
     *,
     image_rgb,
@@ -250,31 +285,11 @@ def build_pdf_report(
     headline numbers).  ``generated_at`` (default: now, UTC; naive = UTC) is printed and used as the PDF
     creation date.
     """
-    when = generated_at or datetime.now(timezone.utc)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    when = when.astimezone(timezone.utc).replace(microsecond=0)
     label = str(label)
     cls = CLASS_BY_CODE.get(label)
     label_name = cls.name if cls else label
     top_p = float(probs.get(label, 0.0) or 0.0)
-
-    pdf = _ReportPDF(orientation="P", unit="mm", format="A4")
-    pdf.set_creation_date(when)
-    pdf.set_title(REPORT_TITLE)
-    pdf.set_author("LesionLens")
-    pdf.set_creator("LesionLens")
-    pdf.set_margins(_MARGIN, _MARGIN, _MARGIN)
-    pdf.set_auto_page_break(auto=True, margin=16)
-    pdf.add_page()
-
-    pdf.set_font("Helvetica", "B", 18)
-    pdf.cell(0, 10, REPORT_TITLE, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    pdf.set_font("Helvetica", "", 9)
-    pdf.cell(0, 5, ascii_safe(
-        f"Generated {when.strftime('%Y-%m-%d %H:%M')} UTC  |  Model version {model_info.get('version', 'unknown')}"
-        f" (created {model_info.get('created', 'unknown')})"), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    pdf.ln(3)
+    pdf = start_document(REPORT_TITLE, generated_at, model_info)
 
     panels = [("Dermoscopic image", image_rgb), ("Lesion segmentation", overlay_rgb)]
     if cam_rgb is not None:
@@ -313,9 +328,4 @@ def build_pdf_report(
         _heading(pdf, "Clinician note")
         pdf.multi_cell(0, 5, note, border=1, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
-    pdf.ln(3)
-    pdf.set_font("Helvetica", "I", 8)
-    pdf.set_text_color(60, 60, 60)
-    pdf.multi_cell(0, 4, DISCLAIMER, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    pdf.set_text_color(0, 0, 0)
-    return bytes(pdf.output())
+    return finish_document(pdf)

@@ -1,0 +1,84 @@
+"""PDF report of a lesion follow-up comparison (core.followup.Comparison), on core.report's layout and privacy rules:
+images re-encoded from their pixels (no EXIF, no ICC text), no file names, only the text the caller passes in,
+deterministic bytes for a given ``generated_at``, printable ASCII only."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from fpdf import FPDF
+from fpdf.enums import XPos, YPos
+
+from core.classes import CLASS_BY_CODE
+from core.followup import BEYOND, TABLE_COLUMNS, Comparison, table_text
+from core.report import (_CONTENT_W, _HEADER_FILL, _HIGHLIGHT, _WARN_FILL, _heading, _images, ascii_safe,
+                         finish_document, start_document)
+
+__all__ = ["COMPARISON_TITLE", "build_comparison_pdf"]
+
+COMPARISON_TITLE = "LesionLens follow-up comparison"
+_COLUMN_SHARES = (0.25, 0.165, 0.165, 0.23, 0.09, 0.10)   # of the content width, in TABLE_COLUMNS order
+
+
+def _change_table(pdf: FPDF, comparison: Comparison, mm_per_pixel: float | None) -> None:
+    widths = [share * _CONTENT_W for share in _COLUMN_SHARES]
+    pdf.set_font("Helvetica", "B", 7.5)
+    pdf.set_fill_color(*_HEADER_FILL)
+    for name, width in zip(TABLE_COLUMNS, widths):
+        pdf.cell(width, 5.5, name, border=1, fill=True, align="C")
+    pdf.ln(5.5)
+    pdf.set_fill_color(*_HIGHLIGHT)
+    for change, row in zip(comparison.changes, table_text(comparison.changes, mm_per_pixel)):
+        beyond = change.status == BEYOND
+        pdf.set_font("Helvetica", "B" if beyond else "", 7.5)
+        for index, (text, width) in enumerate(zip(row, widths)):
+            pdf.cell(width, 5, ascii_safe(text), border=1, fill=beyond, align="L" if index == 0 else "C")
+        pdf.ln(5)
+    pdf.set_font("Helvetica", "", 9)
+
+
+def _paragraph(pdf: FPDF, text: str, warn: bool = False) -> None:
+    if warn:
+        pdf.set_fill_color(*_WARN_FILL)
+    pdf.multi_cell(0, 5, ascii_safe(text), border=1 if warn else 0, fill=warn, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+
+
+def build_comparison_pdf(*, baseline_rgb, followup_rgb, overlay_rgb, comparison: Comparison, band_available: bool,
+                         band_text: str, mm_per_pixel: float | None, model_info: Mapping,
+                         generated_at: datetime | None = None, clinician_note: str = "") -> bytes:
+    """The comparison as PDF bytes. ``baseline_rgb`` / ``followup_rgb`` carry their lesion contours, ``overlay_rgb`` is
+    the baseline with both contours; ``band_text`` describes the no-change band (or why it is unavailable);
+    ``mm_per_pixel`` is the baseline's pixel size (None: pixels only); ``model_info`` as for core.report."""
+    pdf = start_document(COMPARISON_TITLE, generated_at, model_info)
+    _images(pdf, [("Baseline (green contour)", baseline_rgb), ("Follow-up (blue contour)", followup_rgb),
+                  ("Both contours on the baseline", overlay_rgb)])
+
+    _heading(pdf, "Registration")
+    registration = comparison.registration
+    _paragraph(pdf, registration.describe(), warn=not registration.registered)
+    if comparison.size_note:
+        _paragraph(pdf, f"Size changes are not assessed: {comparison.size_note}.")
+    for role, result in (("Baseline", comparison.baseline), ("Follow-up", comparison.followup)):
+        name = CLASS_BY_CODE[result.label].name
+        line = f"{role}: most likely {name} ({result.label}) {100 * result.probs[result.label]:.1f} %"
+        if result.ood:
+            line += f" - OUT OF DISTRIBUTION ({result.ood_reason or 'unlike the training data'}): probabilities unreliable"
+        _paragraph(pdf, line, warn=result.ood)
+
+    _heading(pdf, "Changes (follow-up minus baseline, sizes in baseline pixels)")
+    _paragraph(pdf, ("No-change band: " if band_available else "No-change band unavailable: ") + band_text,
+               warn=not band_available)
+    if band_available:
+        beyond = comparison.beyond_noise()
+        pdf.set_font("Helvetica", "B", 9)
+        _paragraph(pdf, f"{len(beyond)} change(s) beyond the measurement noise"
+                   + (": " + ", ".join(c.measure.label for c in beyond) if beyond else "") + ".")
+        pdf.set_font("Helvetica", "", 9)
+    pdf.ln(1)
+    _change_table(pdf, comparison, mm_per_pixel)
+
+    note = ascii_safe(clinician_note).strip()
+    if note:
+        _heading(pdf, "Clinician note")
+        pdf.multi_cell(0, 5, note, border=1, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    return finish_document(pdf)

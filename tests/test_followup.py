@@ -1,0 +1,243 @@
+"""Lesion follow-up (core.followup, core.comparison_report, train.followup_noise, the Compare page) on real
+HAM10000 images and the shipped weights."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from core.comparison_report import COMPARISON_TITLE, build_comparison_pdf
+from core.followup import (BAND_FILE, BEYOND, LESION_MASKS, MEASURES, NO_LESION, NOT_ASSESSED, TABLE_COLUMNS, compare_images,
+                           contours, load_band, register, table_text, weights_fingerprint)
+from core.inference import Analyzer
+from core.intake import load_image_file
+from core.weights_io import read_model_card
+from test_report import pdf_text
+from train.followup_noise import main as noise_main, same_lesion_pairs
+
+REPO = Path(__file__).resolve().parent.parent
+WEIGHTS = Path(os.environ.get("LESIONLENS_WEIGHTS") or REPO / "weights")
+N_PAIRS = 16
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the dashboard does: one image at a time is fastest on a busy 2-core machine
+    yield Analyzer.load(WEIGHTS)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def band():
+    found, why = load_band(WEIGHTS / BAND_FILE, read_model_card(WEIGHTS))
+    assert found is not None, why
+    return found
+
+
+@pytest.fixture(scope="module")
+def test_pairs(ham_split):
+    """N_PAIRS same-lesion pairs of the held-out TEST split, and for each baseline a test image of another diagnosis."""
+    test = ham_split[ham_split["split"] == "test"]
+    same = same_lesion_pairs(test, N_PAIRS, seed=1)
+    rng = np.random.default_rng(1)
+    different = []
+    for baseline, _ in same:
+        others = test[test["dx"] != baseline["dx"]]
+        different.append((baseline, others.iloc[int(rng.integers(len(others)))]))
+    return same, different
+
+
+def _compare(analyzer, band, pairs):
+    return [compare_images(analyzer, load_image_file(a["image_path"]), load_image_file(b["image_path"]), band)
+            for a, b in pairs]
+
+
+@pytest.fixture(scope="module")
+def outcomes(analyzer, band, test_pairs):
+    same, different = test_pairs
+    return _compare(analyzer, band, same), _compare(analyzer, band, different)
+
+
+# ---------------------------------------------------------------- (a) same lesion within the band, different lesions not
+def test_same_lesion_mostly_within_band_different_lesions_not(outcomes):
+    same, different = outcomes
+    beyond_same = [len(c.beyond_noise()) for c in same]
+    beyond_different = [len(c.beyond_noise()) for c in different]
+    assessed_same = [sum(change.assessable for change in c.changes) for c in same]
+    # a 95th-percentile band: about 1 in 20 same-lesion changes is expected beyond it, not more than a few per pair
+    assert sum(b <= 2 for b in beyond_same) >= 0.8 * N_PAIRS, beyond_same
+    assert np.mean([b / n for b, n in zip(beyond_same, assessed_same)]) <= 0.15, (beyond_same, assessed_same)
+    # two different lesions (other diagnosis): at least 2 of the 10 scale-free measurements beyond it for most pairs
+    assert sum(b >= 2 for b in beyond_different) >= N_PAIRS / 2, beyond_different
+    assert sum(beyond_different) > sum(beyond_same), (beyond_same, beyond_different)
+    # different lesions do not register (so their sizes are not compared); most photos of one lesion do
+    assert not any(c.registration.registered for c in different)
+    assert all(c.status == NOT_ASSESSED for c in different[0].changes if c.measure.relative)
+    assert sum(c.registration.registered for c in same) >= 0.75 * N_PAIRS
+
+
+def test_band_file_is_for_the_shipped_weights(band, tmp_path):
+    assert band["quantile"] == 0.95 and 100 <= band["n_pairs"] <= 400
+    assert set(band["measurements"]) == {m.key for m in MEASURES}
+    for entry in band["measurements"].values():
+        assert entry["band"] == entry["quantiles"]["0.95"] >= entry["quantiles"]["0.5"] >= 0
+    # another weights version, a missing and a broken file: no band, and a reason
+    card = read_model_card(WEIGHTS)
+    assert load_band(WEIGHTS / BAND_FILE, card | {"version": "another"})[0] is None
+    missing, why = load_band(tmp_path / BAND_FILE, card)
+    assert missing is None and "train.followup_noise" in why
+    (tmp_path / BAND_FILE).write_text("{not json")
+    assert "unreadable" in load_band(tmp_path / BAND_FILE, card)[1]
+
+
+def test_noise_cli_uses_train_and_val_only(data_dir, tmp_path, capsys):
+    out = tmp_path / "noise.json"
+    assert noise_main(["--data-dir", str(data_dir), "--weights", str(WEIGHTS), "--out", str(out),
+                       "--max-pairs", "3"]) == 0
+    written = json.loads(out.read_text())
+    card = read_model_card(WEIGHTS)
+    assert written["n_pairs"] == 3 and written["weights_version"] == card["version"]
+    assert written["weights_fingerprint"] == weights_fingerprint(card)
+    assert "train + validation" in written["images"]
+    assert load_band(out, card)[0] is not None
+
+
+def test_same_lesion_pairs_are_distinct_images_of_one_lesion(ham_split):
+    table = ham_split[ham_split["split"].isin(["train", "val"])]
+    pairs = same_lesion_pairs(table, 50, seed=42)
+    assert len(pairs) == 50 and len({a["lesion_id"] for a, _ in pairs}) == 50
+    assert all(a["lesion_id"] == b["lesion_id"] and a["image_id"] != b["image_id"] for a, b in pairs)
+    assert {a["split"] for a, _ in pairs} | {b["split"] for _, b in pairs} <= {"train", "val"}
+    assert [a["image_id"] for a, _ in pairs] == [a["image_id"] for a, _ in same_lesion_pairs(table, 50, seed=42)]
+
+
+# ---------------------------------------------------------------- (b) registration
+@pytest.mark.parametrize("folder", ["images", "fullres/images"])
+def test_registration_recovers_a_known_similarity(data_dir, folder):
+    path = sorted((data_dir / "ham10000" / folder).glob("*.jpg"))[7]
+    baseline = load_image_file(path)
+    height, width = baseline.shape[:2]
+    angle, scale, shift = 12.0, 0.8, (0.04 * width, -0.03 * height)
+    forward = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)  # baseline -> follow-up
+    forward[:, 2] += shift
+    followup = cv2.warpAffine(baseline, forward, (width, height), flags=cv2.INTER_LINEAR)
+    empty = np.zeros((height, width), np.uint8)
+    found = register(baseline, followup, empty, empty)
+    assert found.registered, found.reason
+    # follow-up -> baseline is the inverse: scale 1/0.8, and cv2's positive angle turns counter-clockwise on screen
+    assert found.scale == pytest.approx(1 / scale, rel=0.02)
+    assert found.rotation_deg == pytest.approx(angle, abs=1.0)
+    inverse = cv2.invertAffineTransform(forward)
+    points = np.array([[width / 4, height / 4, 1], [3 * width / 4, height / 2, 1], [width / 2, 3 * height / 4, 1]])
+    error = np.abs(points @ found.matrix.T - points @ inverse.T).max()
+    assert error < 0.01 * width, error
+
+
+def test_registration_falls_back_and_says_so(analyzer, data_dir):
+    images = sorted((data_dir / "ham10000" / "images").glob("*.jpg"))
+    baseline = load_image_file(images[0])
+    blank = np.full_like(baseline, (205, 160, 150))
+    for followup in (blank, load_image_file(images[500])):
+        comparison = compare_images(analyzer, baseline, followup)
+        registration = comparison.registration
+        assert registration.method == LESION_MASKS and registration.reason
+        assert "failed" in registration.describe() and "could not be registered" in comparison.size_note
+        assert all(c.status in (NOT_ASSESSED, NO_LESION) for c in comparison.changes if c.measure.relative)
+    # the mask fallback puts the follow-up lesion's centroid on the baseline's and matches the areas
+    base_mask = np.zeros((150, 200), np.uint8)
+    cv2.circle(base_mask, (60, 50), 20, 255, -1)
+    follow_mask = np.zeros((150, 200), np.uint8)
+    cv2.circle(follow_mask, (140, 100), 40, 255, -1)
+    fallback = register(blank[:150, :200], blank[:150, :200], base_mask, follow_mask)
+    assert fallback.method == LESION_MASKS and fallback.scale == pytest.approx(0.5, rel=0.03)
+    assert fallback.matrix @ np.array([140, 100, 1]) == pytest.approx([60, 50], abs=1.0)
+
+
+# ---------------------------------------------------------------- (c) the Compare page
+def _run_page(monkeypatch, data_dir, weights=WEIGHTS) -> AppTest:
+    monkeypatch.setenv("DATA_DIR", str(data_dir))
+    monkeypatch.setenv("LESIONLENS_WEIGHTS", str(weights))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=180)
+    at.run()
+    at.switch_page("pages/5_Compare.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _upload(at: AppTest, pair) -> AppTest:
+    for index, row in enumerate(pair):
+        path = Path(row["image_path"])
+        at.file_uploader(key=f"compare_upload_{index}").set_value((path.name, path.read_bytes(), "image/jpeg"))
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _shown(at: AppTest) -> str:
+    return "\n".join(str(e.value) for e in [*at.markdown, *at.caption, *at.success, *at.warning, *at.info, *at.error])
+
+
+def test_compare_page_with_two_real_images(monkeypatch, data_dir, test_pairs, band):
+    same, _ = test_pairs
+    at = _upload(_run_page(monkeypatch, data_dir), same[0])
+    assert not at.error, [e.value for e in at.error]
+    text = _shown(at)
+    assert "Registered by feature matching" in text or "Registration fell back" in text
+    assert f"No-change band: 95th percentile of |change| over {band['n_pairs']} pairs" in text
+    table = at.dataframe[0].value
+    assert list(table.columns) == list(TABLE_COLUMNS) and len(table) == len(MEASURES)
+    assert set(table["Assessment"]) <= {"within noise", "beyond noise", "not assessed"}
+    assert len(at.image) >= 3  # baseline, follow-up, overlay
+    assert [b.proto.label for b in at.get("download_button")] == ["Download comparison report (PDF)"]
+    # a field of view adds millimetres; a broken follow-up gets a message and the page keeps serving
+    at.number_input(key="compare_fov_mm").set_value(15.0).run()
+    assert "mm²" in at.dataframe[0].value["Baseline"].iloc[0]
+    at.file_uploader(key="compare_upload_1").set_value(("follow.jpg", b"not an image", "image/jpeg")).run()
+    assert not at.exception, at.exception
+    assert any("Cannot analyse the follow-up image" in e.value for e in at.error)
+
+
+def test_compare_page_without_band_says_so(monkeypatch, data_dir, test_pairs, tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for path in WEIGHTS.iterdir():
+        if path.name != BAND_FILE:
+            (weights / path.name).symlink_to(path)
+    at = _run_page(monkeypatch, data_dir, weights)
+    at.radio(key="compare_mode").set_value("Dataset pair (same lesion)").run()
+    at.button(key="pair_pick").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["compare_pair"]["split"] == "test"
+    assert any("No-change band unavailable" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert set(at.dataframe[0].value["Assessment"]) <= {"no band", "not assessed"}
+
+
+# ---------------------------------------------------------------- (d) PDF
+def test_comparison_pdf_holds_the_change_table(outcomes, test_pairs, band):
+    comparison = outcomes[0][0]
+    baseline_row, followup_row = test_pairs[0][0]
+    baseline, followup = load_image_file(baseline_row["image_path"]), load_image_file(followup_row["image_path"])
+    pdf = build_comparison_pdf(
+        baseline_rgb=contours(baseline, comparison.baseline.mask, (0, 230, 118)),
+        followup_rgb=contours(followup, comparison.followup.mask, (41, 121, 255)),
+        overlay_rgb=contours(baseline, comparison.baseline.mask, (0, 230, 118), comparison.followup_mask_on_baseline),
+        comparison=comparison, band_available=True, band_text="95th percentile", mm_per_pixel=0.05,
+        model_info={"version": "v-test", "created": "today"}, clinician_note="interval 6 months")
+    assert pdf.startswith(b"%PDF") and pdf.count(b"/Subtype /Image") == 3
+    text = pdf_text(pdf)
+    assert COMPARISON_TITLE in text and "v-test" in text and "interval 6 months" in text
+    for column in TABLE_COLUMNS:
+        assert column in text
+    for row in table_text(comparison.changes, 0.05):
+        for cell in row:  # every cell, as the PDF's ASCII spells it
+            assert cell.replace("²", "2").replace("±", "+/-").replace("—", "-") in text, cell
+    assert "mm2" in text and "ISIC_" not in text  # millimetres; no file names or image ids
+    assert f"{len(comparison.beyond_noise())} change(s) beyond the measurement noise" in text
