@@ -17,18 +17,26 @@ from core.report import (_CONTENT_W, _HEADER_FILL, _HIGHLIGHT, _WARN_FILL, _head
 __all__ = ["COMPARISON_TITLE", "build_comparison_pdf"]
 
 COMPARISON_TITLE = "LesionLens follow-up comparison"
-_COLUMN_SHARES = (0.25, 0.165, 0.165, 0.23, 0.09, 0.10)   # of the content width, in TABLE_COLUMNS order
+_CELL_PADDING = 2.5  # mm
+
+
+def _column_widths(pdf: FPDF, rows: list[tuple[str, ...]]) -> list[float]:
+    """Each column as wide as its longest text, spread to (or squeezed into) the content width."""
+    needed = [max(pdf.get_string_width(ascii_safe(text)) for text in column) + _CELL_PADDING
+              for column in zip(TABLE_COLUMNS, *rows)]
+    return [width * _CONTENT_W / sum(needed) for width in needed]
 
 
 def _change_table(pdf: FPDF, comparison: Comparison, mm_per_pixel: float | None) -> None:
-    widths = [share * _CONTENT_W for share in _COLUMN_SHARES]
+    rows = table_text(comparison.changes, mm_per_pixel)
     pdf.set_font("Helvetica", "B", 7.5)
+    widths = _column_widths(pdf, rows)
     pdf.set_fill_color(*_HEADER_FILL)
     for name, width in zip(TABLE_COLUMNS, widths):
         pdf.cell(width, 5.5, name, border=1, fill=True, align="C")
     pdf.ln(5.5)
     pdf.set_fill_color(*_HIGHLIGHT)
-    for change, row in zip(comparison.changes, table_text(comparison.changes, mm_per_pixel)):
+    for change, row in zip(comparison.changes, rows):
         beyond = change.status == BEYOND
         pdf.set_font("Helvetica", "B" if beyond else "", 7.5)
         for index, (text, width) in enumerate(zip(row, widths)):
@@ -43,15 +51,14 @@ def _paragraph(pdf: FPDF, text: str, warn: bool = False) -> None:
     pdf.multi_cell(0, 5, ascii_safe(text), border=1 if warn else 0, fill=warn, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
 
-def build_comparison_pdf(*, baseline_rgb, followup_rgb, overlay_rgb, comparison: Comparison, band_available: bool,
+def build_comparison_pdf(*, panels: list[tuple[str, object]], comparison: Comparison, band_available: bool,
                          band_text: str, mm_per_pixel: float | None, model_info: Mapping,
                          generated_at: datetime | None = None, clinician_note: str = "") -> bytes:
-    """The comparison as PDF bytes. ``baseline_rgb`` / ``followup_rgb`` carry their lesion contours, ``overlay_rgb`` is
-    the baseline with both contours; ``band_text`` describes the no-change band (or why it is unavailable);
-    ``mm_per_pixel`` is the baseline's pixel size (None: pixels only); ``model_info`` as for core.report."""
+    """The comparison as PDF bytes. ``panels``: (caption, RGB image) shown side by side (baseline, follow-up, overlay);
+    ``band_text`` describes the no-change band (or why it is unavailable); ``mm_per_pixel`` is the baseline's pixel
+    size (None: pixels only); ``model_info`` as for core.report."""
     pdf = start_document(COMPARISON_TITLE, generated_at, model_info)
-    _images(pdf, [("Baseline (green contour)", baseline_rgb), ("Follow-up (blue contour)", followup_rgb),
-                  ("Both contours on the baseline", overlay_rgb)])
+    _images(pdf, panels)
 
     _heading(pdf, "Registration")
     registration = comparison.registration
@@ -62,7 +69,8 @@ def build_comparison_pdf(*, baseline_rgb, followup_rgb, overlay_rgb, comparison:
         name = CLASS_BY_CODE[result.label].name
         line = f"{role}: most likely {name} ({result.label}) {100 * result.probs[result.label]:.1f} %"
         if result.ood:
-            line += f" - OUT OF DISTRIBUTION ({result.ood_reason or 'unlike the training data'}): probabilities unreliable"
+            reason = result.ood_reason or "unlike the training data"
+            line += f" - OUT OF DISTRIBUTION ({reason}): probabilities unreliable"
         _paragraph(pdf, line, warn=result.ood)
 
     _heading(pdf, "Changes (follow-up minus baseline, sizes in baseline pixels)")

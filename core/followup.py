@@ -101,8 +101,7 @@ def _work_gray(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return equalised, np.where(vignette > 0, 0, 255).astype(np.uint8), factor
 
 
-def feature_registration(baseline_rgb: np.ndarray, followup_rgb: np.ndarray, seed: int = 0
-                         ) -> tuple[np.ndarray | None, int, int, str]:
+def feature_registration(baseline_rgb: np.ndarray, followup_rgb: np.ndarray) -> tuple[np.ndarray | None, int, int, str]:
     """(2x3 follow-up -> baseline matrix or None, matches, inliers, reason for None)."""
     orb = cv2.ORB_create(ORB_FEATURES, fastThreshold=5)
     found = []
@@ -121,12 +120,13 @@ def feature_registration(baseline_rgb: np.ndarray, followup_rgb: np.ndarray, see
         return None, len(good), 0, f"{len(good)} distinctive matches, {MIN_INLIERS} needed"
     src = np.float32([kf[m.queryIdx].pt for m in good])
     dst = np.float32([kb[m.trainIdx].pt for m in good])
-    cv2.setRNGSeed(seed)
-    matrix, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_THRESHOLD_PX,
-                                                  maxIters=5000, confidence=0.999)
+    cv2.setRNGSeed(0)  # the same pair always gives the same RANSAC result
+    matrix, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, maxIters=5000, confidence=0.999,
+                                                  ransacReprojThreshold=RANSAC_THRESHOLD_PX)
     n_inliers = int(inliers.sum()) if inliers is not None else 0
     if matrix is None or n_inliers < MIN_INLIERS:
-        return None, len(good), n_inliers, f"{n_inliers} of {len(good)} matches agree on one transform, {MIN_INLIERS} needed"
+        return (None, len(good), n_inliers,
+                f"{n_inliers} of {len(good)} matches agree on one transform, {MIN_INLIERS} needed")
     # working pixels -> image pixels: p_b = (A_w (ff p_f) + t_w) / fb
     matrix = np.hstack([matrix[:, :2] * (ff / fb), matrix[:, 2:] / fb]).astype(np.float64)
     scale = math.hypot(matrix[0, 0], matrix[1, 0])
@@ -162,17 +162,15 @@ def register(baseline_rgb: np.ndarray, followup_rgb: np.ndarray, baseline_mask: 
     return Registration(mask_alignment(baseline_mask, followup_mask), LESION_MASKS, n_matches, n_inliers, reason)
 
 
-def to_baseline(image: np.ndarray, registration: Registration, baseline_shape: tuple[int, ...],
-                nearest: bool = False) -> np.ndarray:
-    """The follow-up image (or mask, with nearest=True) resampled into the baseline image's frame."""
+def mask_to_baseline(mask: np.ndarray, registration: Registration, baseline_shape: tuple[int, ...]) -> np.ndarray:
+    """The follow-up lesion mask resampled into the baseline image's frame."""
     height, width = baseline_shape[:2]
-    return cv2.warpAffine(image, registration.matrix, (width, height),
-                          flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
+    return cv2.warpAffine(mask, registration.matrix, (width, height), flags=cv2.INTER_NEAREST,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def contours(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int],
-             second_mask: np.ndarray | None = None, second_colour: tuple[int, int, int] = FOLLOWUP_COLOUR) -> np.ndarray:
+def contours(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], second_mask: np.ndarray | None = None,
+             second_colour: tuple[int, int, int] = FOLLOWUP_COLOUR) -> np.ndarray:
     """``rgb`` with the outline of ``mask`` (and of ``second_mask``) drawn on it."""
     out = overlay_mask(rgb, mask, color=colour, alpha=0.0, contour=True)
     return out if second_mask is None else overlay_mask(out, second_mask, color=second_colour, alpha=0.0, contour=True)
@@ -288,7 +286,8 @@ def _size_note(registration: Registration, baseline_mask: np.ndarray, followup_m
     return ""
 
 
-def compare_images(analyzer, baseline_rgb: np.ndarray, followup_rgb: np.ndarray, band: dict | None = None) -> Comparison:
+def compare_images(analyzer, baseline_rgb: np.ndarray, followup_rgb: np.ndarray,
+                   band: dict | None = None) -> Comparison:
     """Analyse both images with the shipped Analyzer, register the follow-up to the baseline, tabulate the changes.
     Without a registration, follow-up sizes are converted assuming both images show the same field of view."""
     before, after = analyzer.analyze(baseline_rgb), analyzer.analyze(followup_rgb)
@@ -297,7 +296,7 @@ def compare_images(analyzer, baseline_rgb: np.ndarray, followup_rgb: np.ndarray,
     note = _size_note(registration, before.mask, after.mask)
     changes = change_table(measure_values(before), measure_values(after), scale, not note, band)
     return Comparison(before, after, registration, note, changes,
-                      to_baseline(after.mask, registration, baseline_rgb.shape, nearest=True))
+                      mask_to_baseline(after.mask, registration, baseline_rgb.shape))
 
 
 # ---------------------------------------------------------------- display text (page and PDF)
@@ -356,7 +355,8 @@ def table_text(changes: list[Change], mm_per_pixel: float | None = None) -> list
 
 # ---------------------------------------------------------------- the no-change band (train.followup_noise)
 def weights_fingerprint(card: dict) -> str:
-    """A short digest of the weight files a model card lists (changes with any retraining, unlike a hand-set version)."""
+    """A short digest of the weight files a model card lists (it changes with any retraining; a version name may
+    not)."""
     files = card.get("files", {})
     text = "\n".join(f"{name}:{files[name].get('sha256', '')}" for name in sorted(files))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -372,7 +372,8 @@ def noise_band(changes: list[list[Change]], quantile: float = BAND_QUANTILE) -> 
     ``quantile`` one."""
     out = {}
     for measure in MEASURES:
-        values = np.array([abs(c.change) for pair in changes for c in pair if c.measure.key == measure.key and c.assessable])
+        values = np.array([abs(c.change) for pair in changes for c in pair
+                           if c.measure.key == measure.key and c.assessable])
         if not len(values):
             continue
         levels = sorted({0.5, 0.9, quantile})
@@ -402,5 +403,5 @@ def load_band(path: str | Path, card: dict) -> tuple[dict | None, str]:
                       f"({band.get('weights_fingerprint')}), not the loaded {version} ({fingerprint})")
     if not isinstance(measurements, dict) or not measurements:
         return None, f"{path.name} holds no measurements"
-    return band, (f"{100 * quantile:g}th percentile of |change| over {n_pairs} pairs of images of the same HAM10000 "
-                  f"lesion ({band.get('images', 'train and validation splits')}), for model {version}.")
+    return band, (f"{100 * quantile:g}th percentile of |change| between two images of one lesion, over {n_pairs} "
+                  f"HAM10000 lesions ({band.get('images', '')}); model {version}.")

@@ -141,9 +141,10 @@ def status_ui(comparison, band, band_text: str) -> None:
 def panels(comparison, images) -> list[tuple[str, object]]:
     """(caption, image) of the baseline, the follow-up and the overlay on the baseline."""
     (base, _), (follow, _) = images
+    how = "registered" if comparison.registration.registered else "centred on the lesion, same area: shapes only"
     return [("Baseline (green contour)", contours(base, comparison.baseline.mask, BASELINE_COLOUR)),
             ("Follow-up (blue contour)", contours(follow, comparison.followup.mask, FOLLOWUP_COLOUR)),
-            ("Both contours on the baseline (follow-up registered)",
+            (f"Both contours on the baseline (follow-up {how})",
              contours(base, comparison.baseline.mask, BASELINE_COLOUR, comparison.followup_mask_on_baseline))]
 
 
@@ -166,8 +167,10 @@ def table_ui(comparison, band, mm_per_pixel: float | None) -> None:
     styled = table.style.apply(lambda row: ["background-color: #FFE0B2; font-weight: 600" if flagged[row.name]
                                             else "" for _ in row], axis=1)
     st.dataframe(styled, hide_index=True, width="stretch", height=35 * (len(table) + 1) + 3)
-    st.caption("Follow-up minus baseline. Sizes are in baseline pixels (the follow-up converted with the "
-               "registration scale) and as a percentage of the baseline; pp = percentage points."
+    how = ("with the registration scale" if comparison.registration.registered
+           else "assuming both images show the same field of view")
+    st.caption(f"Follow-up minus baseline. Sizes are in baseline pixels (the follow-up converted {how}) and as a "
+               "percentage of the baseline; pp = percentage points."
                + ("" if mm_per_pixel else " Enter the baseline field of view in the sidebar for millimetres."))
 
 
@@ -177,12 +180,11 @@ def report_ui(comparison, images, band, band_text: str, mm_per_pixel: float | No
     note = st.text_input("Note for the PDF report (optional)", key="compare_note", max_chars=500,
                          placeholder="e.g. interval between the images; no patient identifiers")
     card = ui.model_card() or {}
-    base, follow, overlay = (image for _, image in panels(comparison, images))
 
     def build() -> bytes:  # run when the button is pressed
         return build_comparison_pdf(
-            baseline_rgb=base, followup_rgb=follow, overlay_rgb=overlay, comparison=comparison,
-            band_available=band is not None, band_text=band_text, mm_per_pixel=mm_per_pixel, clinician_note=note,
+            panels=panels(comparison, images), comparison=comparison, band_available=band is not None,
+            band_text=band_text, mm_per_pixel=mm_per_pixel, clinician_note=note,
             model_info={"version": card.get("version", "unknown"), "created": card.get("created", "unknown")})
 
     st.download_button("Download comparison report (PDF)", build, file_name="lesionlens_comparison.pdf",

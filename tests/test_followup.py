@@ -13,13 +13,14 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from core.comparison_report import COMPARISON_TITLE, build_comparison_pdf
-from core.followup import (BAND_FILE, BEYOND, LESION_MASKS, MEASURES, NO_LESION, NOT_ASSESSED, TABLE_COLUMNS, compare_images,
-                           contours, load_band, register, table_text, weights_fingerprint)
+from core.followup import (BAND_FILE, BASELINE_COLOUR, FOLLOWUP_COLOUR, LESION_MASKS, MEASURES, NO_LESION,
+                           NOT_ASSESSED, TABLE_COLUMNS, compare_images, contours, load_band, register, table_text,
+                           weights_fingerprint)
 from core.inference import Analyzer
 from core.intake import load_image_file
 from core.weights_io import read_model_card
 from test_report import pdf_text
-from train.followup_noise import main as noise_main, same_lesion_pairs
+from train.followup_noise import main as noise_main, noise_pairs, same_lesion_pairs
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = Path(os.environ.get("LESIONLENS_WEIGHTS") or REPO / "weights")
@@ -65,7 +66,7 @@ def outcomes(analyzer, band, test_pairs):
     return _compare(analyzer, band, same), _compare(analyzer, band, different)
 
 
-# ---------------------------------------------------------------- (a) same lesion within the band, different lesions not
+# ---------------------------------------------------------------- (a) same lesion inside the band, other lesions not
 def test_same_lesion_mostly_within_band_different_lesions_not(outcomes):
     same, different = outcomes
     beyond_same = [len(c.beyond_noise()) for c in same]
@@ -109,33 +110,38 @@ def test_noise_cli_uses_train_and_val_only(data_dir, tmp_path, capsys):
     assert load_band(out, card)[0] is not None
 
 
-def test_same_lesion_pairs_are_distinct_images_of_one_lesion(ham_split):
-    table = ham_split[ham_split["split"].isin(["train", "val"])]
-    pairs = same_lesion_pairs(table, 50, seed=42)
-    assert len(pairs) == 50 and len({a["lesion_id"] for a, _ in pairs}) == 50
+def test_noise_pairs_are_distinct_train_val_images_of_one_lesion(ham_split):
+    pairs = noise_pairs(ham_split, 10_000, seed=42)  # every lesion there is
+    train_val = ham_split[ham_split["split"].isin(["train", "val"])]
+    repeated = (train_val["lesion_id"].value_counts() > 1).sum()
+    assert repeated - 1 <= len(pairs) <= repeated  # one lesion is a byte-identical duplicate pair only
+    assert len({a["lesion_id"] for a, _ in pairs}) == len(pairs)
     assert all(a["lesion_id"] == b["lesion_id"] and a["image_id"] != b["image_id"] for a, b in pairs)
     assert {a["split"] for a, _ in pairs} | {b["split"] for _, b in pairs} <= {"train", "val"}
-    assert [a["image_id"] for a, _ in pairs] == [a["image_id"] for a, _ in same_lesion_pairs(table, 50, seed=42)]
+    again = noise_pairs(ham_split, 50, seed=42)
+    assert [(a["image_id"], b["image_id"]) for a, b in again] == [(a["image_id"], b["image_id"]) for a, b in pairs[:50]]
 
 
 # ---------------------------------------------------------------- (b) registration
-@pytest.mark.parametrize("folder", ["images", "fullres/images"])
-def test_registration_recovers_a_known_similarity(data_dir, folder):
+@pytest.mark.parametrize("folder, pixels", [("images", 1), ("fullres/images", 1), ("images", 2),
+                                            ("fullres/images", 0.5)])
+def test_registration_recovers_a_known_similarity(data_dir, folder, pixels):
+    """The follow-up: the baseline rotated 12 deg, scaled 0.8 and shifted, with `pixels` times as many pixels a side."""
     path = sorted((data_dir / "ham10000" / folder).glob("*.jpg"))[7]
     baseline = load_image_file(path)
     height, width = baseline.shape[:2]
     angle, scale, shift = 12.0, 0.8, (0.04 * width, -0.03 * height)
     forward = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)  # baseline -> follow-up
     forward[:, 2] += shift
-    followup = cv2.warpAffine(baseline, forward, (width, height), flags=cv2.INTER_LINEAR)
-    empty = np.zeros((height, width), np.uint8)
-    found = register(baseline, followup, empty, empty)
+    forward *= pixels
+    followup = cv2.warpAffine(baseline, forward, (round(width * pixels), round(height * pixels)))
+    found = register(baseline, followup, np.zeros((height, width), np.uint8), np.zeros(followup.shape[:2], np.uint8))
     assert found.registered, found.reason
-    # follow-up -> baseline is the inverse: scale 1/0.8, and cv2's positive angle turns counter-clockwise on screen
-    assert found.scale == pytest.approx(1 / scale, rel=0.02)
+    # follow-up -> baseline is the inverse: scale 1 / (0.8 pixels), and cv2's positive angle turns counter-clockwise
+    assert found.scale == pytest.approx(1 / (scale * pixels), rel=0.02)
     assert found.rotation_deg == pytest.approx(angle, abs=1.0)
     inverse = cv2.invertAffineTransform(forward)
-    points = np.array([[width / 4, height / 4, 1], [3 * width / 4, height / 2, 1], [width / 2, 3 * height / 4, 1]])
+    points = np.array([[0.25, 0.25, 1], [0.75, 0.5, 1], [0.5, 0.75, 1]]) * [*followup.shape[1::-1], 1]  # follow-up px
     error = np.abs(points @ found.matrix.T - points @ inverse.T).max()
     assert error < 0.01 * width, error
 
@@ -191,7 +197,8 @@ def test_compare_page_with_two_real_images(monkeypatch, data_dir, test_pairs, ba
     assert not at.error, [e.value for e in at.error]
     text = _shown(at)
     assert "Registered by feature matching" in text or "Registration fell back" in text
-    assert f"No-change band: 95th percentile of |change| over {band['n_pairs']} pairs" in text
+    assert ("No-change band: 95th percentile of |change| between two images of one lesion, over "
+            f"{band['n_pairs']} HAM10000 lesions") in text
     table = at.dataframe[0].value
     assert list(table.columns) == list(TABLE_COLUMNS) and len(table) == len(MEASURES)
     assert set(table["Assessment"]) <= {"within noise", "beyond noise", "not assessed"}
@@ -225,11 +232,12 @@ def test_comparison_pdf_holds_the_change_table(outcomes, test_pairs, band):
     comparison = outcomes[0][0]
     baseline_row, followup_row = test_pairs[0][0]
     baseline, followup = load_image_file(baseline_row["image_path"]), load_image_file(followup_row["image_path"])
+    panels = [("baseline", contours(baseline, comparison.baseline.mask, BASELINE_COLOUR)),
+              ("follow-up", contours(followup, comparison.followup.mask, FOLLOWUP_COLOUR)),
+              ("overlay", contours(baseline, comparison.baseline.mask, BASELINE_COLOUR,
+                                   comparison.followup_mask_on_baseline))]
     pdf = build_comparison_pdf(
-        baseline_rgb=contours(baseline, comparison.baseline.mask, (0, 230, 118)),
-        followup_rgb=contours(followup, comparison.followup.mask, (41, 121, 255)),
-        overlay_rgb=contours(baseline, comparison.baseline.mask, (0, 230, 118), comparison.followup_mask_on_baseline),
-        comparison=comparison, band_available=True, band_text="95th percentile", mm_per_pixel=0.05,
+        panels=panels, comparison=comparison, band_available=True, band_text="95th percentile", mm_per_pixel=0.05,
         model_info={"version": "v-test", "created": "today"}, clinician_note="interval 6 months")
     assert pdf.startswith(b"%PDF") and pdf.count(b"/Subtype /Image") == 3
     text = pdf_text(pdf)

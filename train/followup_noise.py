@@ -31,6 +31,9 @@ from core.intake import load_image_file
 from core.splits import apply_split_file, assign_splits
 
 
+NOISE_SPLITS = ("train", "val")  # never test: the test split stays unseen
+
+
 def same_lesion_pairs(table: pd.DataFrame, max_pairs: int, seed: int) -> list[tuple[pd.Series, pd.Series]]:
     """One (baseline, follow-up) pair of distinct image files per lesion for up to max_pairs lesions, seeded."""
     rng = np.random.default_rng(seed)
@@ -46,6 +49,11 @@ def same_lesion_pairs(table: pd.DataFrame, max_pairs: int, seed: int) -> list[tu
         if len(pairs) == max_pairs:
             break
     return pairs
+
+
+def noise_pairs(manifest: pd.DataFrame, max_pairs: int, seed: int) -> list[tuple[pd.Series, pd.Series]]:
+    """same_lesion_pairs of the NOISE_SPLITS images of a manifest with splits."""
+    return same_lesion_pairs(manifest[manifest["split"].isin(NOISE_SPLITS)], max_pairs, seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,11 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         manifest = load_manifest(args.data_dir, sources=("ham10000",))
-        manifest = apply_split_file(manifest, args.split_file) if args.split_file else assign_splits(manifest, args.seed)
+        manifest = (apply_split_file(manifest, args.split_file) if args.split_file
+                    else assign_splits(manifest, args.seed))
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    pairs = same_lesion_pairs(manifest[manifest["split"].isin(["train", "val"])], args.max_pairs, args.seed)
+    pairs = noise_pairs(manifest, args.max_pairs, args.seed)
     torch.set_num_threads(max(1, args.threads))
     analyzer = Analyzer.load(args.weights)
     started = time.time()
@@ -90,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "quantile": args.quantile,
         "n_pairs": len(tables),
         "n_registered": sum(registered for registered, _ in tables),
-        "images": "HAM10000 200x150 px, train + validation splits, one pair per lesion",
+        "images": "200x150 px images of the train + validation splits, one pair per lesion",
         "split": f"split file {args.split_file}" if args.split_file else f"lesion-grouped, seed {args.seed}",
         "registration": {"min_inliers": MIN_INLIERS, "scale_range": list(SCALE_RANGE)},
         "command": "python -m train.followup_noise " + shlex.join(argv if argv is not None else sys.argv[1:]),
