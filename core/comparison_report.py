@@ -18,19 +18,24 @@ __all__ = ["COMPARISON_TITLE", "build_comparison_pdf"]
 
 COMPARISON_TITLE = "LesionLens follow-up comparison"
 _CELL_PADDING = 2.5  # mm
+_TABLE_FONT_SIZES = (7.5, 7.0, 6.5, 6.0)  # the largest at which the table fits the page width
 
 
-def _column_widths(pdf: FPDF, rows: list[tuple[str, ...]]) -> list[float]:
-    """Each column as wide as its longest text, spread to (or squeezed into) the content width."""
-    needed = [max(pdf.get_string_width(ascii_safe(text)) for text in column) + _CELL_PADDING
-              for column in zip(TABLE_COLUMNS, *rows)]
-    return [width * _CONTENT_W / sum(needed) for width in needed]
+def _fit_columns(pdf: FPDF, rows: list[tuple[str, ...]]) -> tuple[float, list[float]]:
+    """(font size, column widths): each column as wide as its longest text at the largest font size that fits,
+    spread to the content width."""
+    for size in _TABLE_FONT_SIZES:
+        pdf.set_font("Helvetica", "B", size)  # bold: the widest a row is printed in
+        needed = [max(pdf.get_string_width(ascii_safe(text)) for text in column) + _CELL_PADDING
+                  for column in zip(TABLE_COLUMNS, *rows)]
+        if sum(needed) <= _CONTENT_W:
+            break
+    return size, [width * _CONTENT_W / sum(needed) for width in needed]
 
 
 def _change_table(pdf: FPDF, comparison: Comparison, mm_per_pixel: float | None) -> None:
     rows = table_text(comparison.changes, mm_per_pixel)
-    pdf.set_font("Helvetica", "B", 7.5)
-    widths = _column_widths(pdf, rows)
+    size, widths = _fit_columns(pdf, rows)
     pdf.set_fill_color(*_HEADER_FILL)
     for name, width in zip(TABLE_COLUMNS, widths):
         pdf.cell(width, 5.5, name, border=1, fill=True, align="C")
@@ -38,7 +43,7 @@ def _change_table(pdf: FPDF, comparison: Comparison, mm_per_pixel: float | None)
     pdf.set_fill_color(*_HIGHLIGHT)
     for change, row in zip(comparison.changes, rows):
         beyond = change.status == BEYOND
-        pdf.set_font("Helvetica", "B" if beyond else "", 7.5)
+        pdf.set_font("Helvetica", "B" if beyond else "", size)
         for index, (text, width) in enumerate(zip(row, widths)):
             pdf.cell(width, 5, ascii_safe(text), border=1, fill=beyond, align="L" if index == 0 else "C")
         pdf.ln(5)

@@ -319,20 +319,27 @@ def _value(measure: Measure, value: float | None, mm_per_pixel: float | None) ->
     return text
 
 
+def _signed(value: float, digits: int, thousands: bool = False) -> str:
+    """+1.5 / -0.3 / +0.0 (a change that rounds to zero is never shown as -0.0)."""
+    rounded = round(value, digits) + 0.0
+    return f"{rounded:+,.{digits}f}" if thousands else f"{rounded:+.{digits}f}"
+
+
 def _change(change: Change, mm_per_pixel: float | None) -> str:
     if change.change is None:
         return "—"
     measure = change.measure
     if measure.probability:
-        return f"{100 * change.change:+.1f} pp"
+        return f"{_signed(100 * change.change, 1)} pp"
     if not measure.relative:
-        return f"{change.change:+.0f}" if measure.key == "n_colours" else f"{change.change:+.2f}"
+        return _signed(change.change, 0 if measure.key == "n_colours" else 2)
     difference = change.followup - change.baseline
-    text = f"{difference:+,.0f} px" if measure.size_power == 2 else f"{difference:+.1f} px"
+    area = measure.size_power == 2
+    text = f"{_signed(difference, 0, thousands=True)} px" if area else f"{_signed(difference, 1)} px"
     if mm_per_pixel:
         mm = difference * mm_per_pixel ** measure.size_power
-        text += f" / {mm:+.1f} mm²" if measure.size_power == 2 else f" / {mm:+.2f} mm"
-    return f"{text} ({100 * change.change:+.0f} %)"
+        text += f" / {_signed(mm, 1)} mm²" if area else f" / {_signed(mm, 2)} mm"
+    return f"{text} ({_signed(100 * change.change, 0)} %)"
 
 
 def _band(change: Change) -> str:

@@ -166,7 +166,7 @@ def table_ui(comparison, band, mm_per_pixel: float | None) -> None:
     flagged = [c.status == BEYOND for c in comparison.changes]
     styled = table.style.apply(lambda row: ["background-color: #FFE0B2; font-weight: 600" if flagged[row.name]
                                             else "" for _ in row], axis=1)
-    st.dataframe(styled, hide_index=True, width="stretch", height=35 * (len(table) + 1) + 3)
+    st.table(styled, hide_index=True, border="horizontal")
     how = ("with the registration scale" if comparison.registration.registered
            else "assuming both images show the same field of view")
     st.caption(f"Follow-up minus baseline. Sizes are in baseline pixels (the follow-up converted {how}) and as a "

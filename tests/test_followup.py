@@ -17,9 +17,11 @@ from core.followup import (BAND_FILE, BASELINE_COLOUR, FOLLOWUP_COLOUR, LESION_M
                            NOT_ASSESSED, TABLE_COLUMNS, compare_images, contours, load_band, register, table_text,
                            weights_fingerprint)
 from core.inference import Analyzer
-from core.intake import load_image_file
+from core.intake import load_image, load_image_file
 from core.weights_io import read_model_card
 from test_report import pdf_text
+from tests.test_privacy import assert_no_disk_writes
+from tests.test_privacy_analysis import CONTROL_NOTE, EXIF_TEXT, FILE_NAME, _found, _pdf_texts, upload  # noqa: F401
 from train.followup_noise import main as noise_main, noise_pairs, same_lesion_pairs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -199,14 +201,14 @@ def test_compare_page_with_two_real_images(monkeypatch, data_dir, test_pairs, ba
     assert "Registered by feature matching" in text or "Registration fell back" in text
     assert ("No-change band: 95th percentile of |change| between two images of one lesion, over "
             f"{band['n_pairs']} HAM10000 lesions") in text
-    table = at.dataframe[0].value
+    table = at.table[0].value
     assert list(table.columns) == list(TABLE_COLUMNS) and len(table) == len(MEASURES)
     assert set(table["Assessment"]) <= {"within noise", "beyond noise", "not assessed"}
     assert len(at.image) >= 3  # baseline, follow-up, overlay
     assert [b.proto.label for b in at.get("download_button")] == ["Download comparison report (PDF)"]
     # a field of view adds millimetres; a broken follow-up gets a message and the page keeps serving
     at.number_input(key="compare_fov_mm").set_value(15.0).run()
-    assert "mm²" in at.dataframe[0].value["Baseline"].iloc[0]
+    assert "mm²" in at.table[0].value["Baseline"].iloc[0]
     at.file_uploader(key="compare_upload_1").set_value(("follow.jpg", b"not an image", "image/jpeg")).run()
     assert not at.exception, at.exception
     assert any("Cannot analyse the follow-up image" in e.value for e in at.error)
@@ -224,7 +226,7 @@ def test_compare_page_without_band_says_so(monkeypatch, data_dir, test_pairs, tm
     assert not at.exception, at.exception
     assert at.session_state["compare_pair"]["split"] == "test"
     assert any("No-change band unavailable" in w.value for w in at.warning), [w.value for w in at.warning]
-    assert set(at.dataframe[0].value["Assessment"]) <= {"no band", "not assessed"}
+    assert set(at.table[0].value["Assessment"]) <= {"no band", "not assessed"}
 
 
 # ---------------------------------------------------------------- (d) PDF
@@ -249,3 +251,22 @@ def test_comparison_pdf_holds_the_change_table(outcomes, test_pairs, band):
             assert cell.replace("²", "2").replace("±", "+/-").replace("—", "-") in text, cell
     assert "mm2" in text and "ISIC_" not in text  # millimetres; no file names or image ids
     assert f"{len(comparison.beyond_noise())} change(s) beyond the measurement noise" in text
+
+
+def test_comparison_writes_nothing_and_its_pdf_carries_no_upload_metadata(analyzer, upload, data_dir, tmp_path):
+    """Two uploads (one with an identifying EXIF block and file name) -> comparison -> PDF, as the page does."""
+    other = sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[1].read_bytes()
+
+    def compare_and_report() -> bytes:
+        baseline, followup = load_image(upload, FILE_NAME), load_image(other, "follow-up.jpg")
+        comparison = compare_images(analyzer, baseline, followup)
+        panels = [("baseline", baseline), ("follow-up", followup)]
+        return build_comparison_pdf(panels=panels, comparison=comparison, band_available=False, band_text="none",
+                                    mm_per_pixel=None, model_info={}, clinician_note=CONTROL_NOTE)
+
+    texts = _pdf_texts(compare_and_report())
+    assert _found(texts, CONTROL_NOTE), "the search does not reach the compressed page content"
+    leaks = [needle for needle in (*EXIF_TEXT.values(), FILE_NAME, FILE_NAME.rsplit(".", 1)[0], "884213")
+             if _found(texts, needle)]
+    assert not leaks and not any(b"Exif\x00\x00" in t for t in texts), leaks
+    assert_no_disk_writes(compare_and_report, tmp_path / "tmp")
