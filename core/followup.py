@@ -199,7 +199,6 @@ MEASURES: tuple[Measure, ...] = (
     Measure("n_colours", "Number of dermoscopic colours"),
     *(Measure(f"p_{code}", f"P({CLASS_BY_CODE[code].name})", probability=True) for code in CLASS_CODES),
 )
-MEASURE_BY_KEY = {m.key: m for m in MEASURES}
 _SOURCE = {"area": "area_px", "max_diameter": "max_diameter_px", "asymmetry": "asymmetry",
            "border_irregularity": "border_irregularity", "n_colours": "n_colours"}
 
@@ -259,9 +258,13 @@ def change_table(baseline: dict, followup: dict, size_scale: float, sizes_compar
 
 
 def touches_edge(mask: np.ndarray) -> bool:
-    """Whether the lesion mask reaches the image border (the lesion may continue outside the picture)."""
-    lesion = np.asarray(mask) > 127
-    return bool(lesion[0].any() or lesion[-1].any() or lesion[:, 0].any() or lesion[:, -1].any())
+    """Whether the measured lesion (the mask's largest connected component, as in measure_lesion) reaches the image
+    border: it may continue outside the picture."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats((np.asarray(mask) > 127).astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return False
+    x, y, width, height, _ = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
+    return bool(x == 0 or y == 0 or x + width == mask.shape[1] or y + height == mask.shape[0])
 
 
 @dataclass

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from core.comparison_report import COMPARISON_TITLE, build_comparison_pdf
 from core.followup import (BAND_FILE, BASELINE_COLOUR, FOLLOWUP_COLOUR, LESION_MASKS, MEASURES, NO_LESION,
                            NOT_ASSESSED, TABLE_COLUMNS, compare_images, contours, load_band, register, table_text,
-                           weights_fingerprint)
+                           touches_edge, weights_fingerprint)
 from core.inference import Analyzer
 from core.intake import load_image, load_image_file
 from core.weights_io import read_model_card
@@ -166,6 +166,16 @@ def test_registration_falls_back_and_says_so(analyzer, data_dir):
     fallback = register(blank[:150, :200], blank[:150, :200], base_mask, follow_mask)
     assert fallback.method == LESION_MASKS and fallback.scale == pytest.approx(0.5, rel=0.03)
     assert fallback.matrix @ np.array([140, 100, 1]) == pytest.approx([60, 50], abs=1.0)
+
+
+def test_only_a_lesion_cut_by_the_image_edge_counts_as_cut():
+    mask = np.zeros((150, 200), np.uint8)
+    cv2.circle(mask, (100, 75), 30, 255, -1)
+    assert not touches_edge(mask)
+    mask[147:, :3] = 255  # a speck in the corner is not the measured lesion
+    assert not touches_edge(mask)
+    cv2.circle(mask, (180, 75), 45, 255, -1)  # the largest component now runs off the right edge
+    assert touches_edge(mask)
 
 
 # ---------------------------------------------------------------- (c) the Compare page
