@@ -141,10 +141,10 @@ def status_ui(comparison, band, band_text: str) -> None:
 def panels(comparison, images) -> list[tuple[str, object]]:
     """(caption, image) of the baseline, the follow-up and the overlay on the baseline."""
     (base, _), (follow, _) = images
-    how = "registered" if comparison.registration.registered else "centred on the lesion, same area: shapes only"
+    how = "registered" if comparison.registration.registered else "centred: shapes only"
     return [("Baseline (green contour)", contours(base, comparison.baseline.mask, BASELINE_COLOUR)),
             ("Follow-up (blue contour)", contours(follow, comparison.followup.mask, FOLLOWUP_COLOUR)),
-            (f"Both contours on the baseline (follow-up {how})",
+            (f"Both contours ({how})",
              contours(base, comparison.baseline.mask, BASELINE_COLOUR, comparison.followup_mask_on_baseline))]
 
 
