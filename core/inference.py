@@ -3,10 +3,14 @@
     a = Analyzer.load("weights")
     r = a.analyze(rgb)                  # rgb: HxWx3 uint8, any size
 
-Pipeline (MB-DCNN): coarse-SN -> mask-CN on image + coarse mask -> localisation map from mask-CN's CAM ->
-enhanced-SN -> refined mask. Probabilities are softmax((logits + offsets) / T), offsets (class-prior logit
-adjustment) and T fitted on validation (see the model card's decision_rule); the OOD flag is a
-Mahalanobis distance of mask-CN's pooled features to the training classes, thresholded on validation.
+Pipeline (MB-DCNN, core.mbdcnn.mbdcnn_forward): coarse-SN -> mask-CN on image + coarse mask (under the card's
+test-time-augmentation views) -> localisation map from mask-CN's CAM -> enhanced-SN -> refined mask. Everything
+the screens say comes from rules in the model card, fitted on validation data by train.evaluate:
+- probabilities: core.decision_rule (TTA views, logit offsets, temperature);
+- the melanoma referral: core.referral (one threshold on a melanoma score);
+- uncertainty in words: core.uncertainty (low / moderate / high, each with its measured error rate);
+- out-of-distribution: core.ood (not_dermoscopy: no diagnosis is shown; unusual: the diagnosis is shown greyed);
+- similar confirmed cases: core.retrieval (nearest reference cases in mask-CN's feature space).
 """
 from __future__ import annotations
 
@@ -17,33 +21,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from core.classes import CLASS_CODES, NUM_CLASSES
+from core.classes import CLASS_CODES
+from core.decision_rule import DecisionRule
+from core.mbdcnn import mbdcnn_forward
 from core.models import create_model
-from core.mbdcnn import localisation_class, localisation_map, mask_cn_input
-from core.ood import OODDetector
+from core.ood import OODAssessment, OODDetector
 from core.preprocess import Box, Preprocessing, mask_to_image, network_box, network_image
+from core.referral import BELOW_TEXT, REFER_TEXT, ReferralRule
+from core.retrieval import CaseIndex
 from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, normalize_batch
+from core.tta import FLIP_VIEWS
+from core.uncertainty import UncertaintyLevels, probability_scores
 from core.weights_io import WeightsIntegrityError, load_verified, read_model_card
 
 NETWORK_FILES = {"coarse_sn": "coarse_sn.safetensors", "mask_cn": "mask_cn.safetensors", "enhanced_sn": "enhanced_sn.safetensors"}
 OOD_FILE = "ood.safetensors"
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+SIMILAR_CASES = 8
+KNN_K = 10
 
 
 @dataclass
 class AnalysisResult:
     mask: np.ndarray                 # HxW uint8 0/255, enhanced-SN, input size
     coarse_mask: np.ndarray          # HxW uint8 0/255, coarse-SN
-    probs: dict[str, float]          # calibrated, sums to 1
-    label: str
-    uncertainty: float               # normalised predictive entropy in [0, 1]
-    ood: bool
-    ood_score: float
-    ood_reason: str
+    probs: dict[str, float]          # the decision rule's probabilities (sum to 1)
+    label: str                       # top class
+    mel_score: float                 # the referral rule's melanoma score
+    refer: bool                      # mel_score >= the card's referral threshold
+    referral_threshold: float
+    uncertainty_score: float
+    uncertainty_level: str           # low | moderate | high
+    uncertainty_text: str            # the level with its measured validation error rate
+    ood_level: str                   # in | unusual | not_dermoscopy
+    ood_score: float                 # feature distance
+    ood_reason: str                  # one sentence ("" when in distribution)
     measurements: dict
+    similar: pd.DataFrame | None = None   # nearest reference cases (core.retrieval), nearest first
     cam: np.ndarray | None = None    # HxW float32 [0, 1] for cam_class
     cam_class: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -52,24 +69,36 @@ class AnalysisResult:
     def top3(self) -> list[tuple[str, float]]:
         return sorted(self.probs.items(), key=lambda kv: kv[1], reverse=True)[:3]
 
+    @property
+    def diagnosis_shown(self) -> bool:
+        """False for an image that is not dermoscopy: no class, probability or referral may be shown for it."""
+        return self.ood_level != "not_dermoscopy"
+
+    @property
+    def referral_text(self) -> str:
+        return REFER_TEXT if self.refer else BELOW_TEXT
+
 
 class Analyzer:
-    def __init__(self, networks: dict[str, torch.nn.Module], card: dict, ood: OODDetector | None, device: str = "cpu"):
+    def __init__(self, networks: dict[str, torch.nn.Module], card: dict, ood: OODDetector | None,
+                 cases: CaseIndex | None = None, device: str = "cpu"):
         self.coarse_sn = networks["coarse_sn"]
         self.mask_cn = networks["mask_cn"]
         self.enhanced_sn = networks["enhanced_sn"]
         self.card = card
         self.ood_detector = ood
+        self.cases = cases
         self.device = device
-        self.temperature = float(card.get("temperature", 1.0))
-        self.logit_offsets = torch.tensor(card.get("logit_offsets", [0.0] * NUM_CLASSES), dtype=torch.float32)
         self.version = str(card.get("version", "unversioned"))
         self.preprocessing = Preprocessing.from_card(card.get("preprocessing"))
         sizes = card.get("input_size", {})
         self.classifier_size = _size(sizes.get("classifier"), CLASSIFIER_SIZE)
         self.segmenter_size = _size(sizes.get("segmenter"), SEGMENTER_SIZE)
-        # One analysis at a time: the models are shared between sessions, CAM hooks are per-model state, and on a
-        # 2-core machine one analysis with all threads beats several fighting for the cores.
+        self.rule = DecisionRule.from_card(card)
+        self.referral = ReferralRule.from_card(card)
+        self.uncertainty = UncertaintyLevels.from_card(card)
+        self.seg_views = FLIP_VIEWS if int((card.get("segmentation_tta") or {}).get("views", 1)) == 4 else (0,)
+        # One analysis at a time per Analyzer: CAM hooks are per-model state (serve several users with replicas).
         self._lock = threading.Lock()
         # (input key, mask-CN input, class activation maps) of the latest analysis: cam_for() on the same image (what
         # the Analyze page does right after analyze()) reuses them instead of re-running coarse-SN and mask-CN.
@@ -96,10 +125,9 @@ class Analyzer:
             networks[arch] = model.to(device).to(memory_format=torch.channels_last)
         ood = None
         if OOD_FILE in card.get("files", {}):
-            image_threshold = card["ood"].get("image_threshold")
-            ood = OODDetector(load_verified(weights_dir, OOD_FILE, card), float(card["ood"]["threshold"]),
-                              None if image_threshold is None else float(image_threshold))
-        return cls(networks, card, ood, device)
+            ood = OODDetector(load_verified(weights_dir, OOD_FILE, card), card["ood"]["thresholds"],
+                              float(card["ood"].get("unusual_share", 0.1)))
+        return cls(networks, card, ood, CaseIndex.load(weights_dir, card), device)
 
     # ------------------------------------------------------------ analysis
     def analyze(self, rgb: np.ndarray, cam: bool = False, cam_method: str = "Grad-CAM", cam_class: str | None = None,
@@ -119,56 +147,62 @@ class Analyzer:
             clock = now
 
         height, width = rgb.shape[:2]
+        seg_small, cls_small, box = self.network_images(rgb)
+        seg_x = normalize_batch(torch.from_numpy(seg_small)[None]).to(self.device)
+        cls_x = normalize_batch(torch.from_numpy(cls_small)[None]).to(self.device)
+        lap("preprocess")
         with torch.inference_mode():
-            seg_small, cls_small, box = self.network_images(rgb)
-            seg_x = normalize_batch(torch.from_numpy(seg_small)[None]).to(self.device)
-            cls_x = normalize_batch(torch.from_numpy(cls_small)[None]).to(self.device)
-            lap("preprocess")
-            coarse = torch.sigmoid(self.coarse_sn(seg_x))
-            lap("coarse_sn")
-            x4 = mask_cn_input(cls_x, coarse)
-            logits, features = self.mask_cn.forward_with_features(x4)
-            pooled = self.mask_cn.net.forward_head(features, pre_logits=True)
-            probs = F.softmax((logits.float().cpu() + self.logit_offsets) / self.temperature, dim=1)[0]
-            top = int(probs.argmax())
-            class_maps = self.mask_cn.class_activation_maps(features)
-            loc = localisation_map(class_maps, localisation_class(logits))
-            self._last = (_input_key(seg_small, cls_small), x4, class_maps)
-            lap("mask_cn")
-            enhanced = torch.sigmoid(self.enhanced_sn(seg_x, loc))
-            lap("enhanced_sn")
-            mask = _to_input_mask(enhanced, box, height, width)
-            coarse_mask = _to_input_mask(coarse, box, height, width)
-            ood_score, ood, reason = self._ood(pooled, cls_small)
-        entropy = float(-(probs * probs.clamp(min=1e-12).log()).sum() / np.log(NUM_CLASSES))
-        measurements = _measure(mask, rgb, mm_per_pixel)
-        lap("measurements")
+            out = mbdcnn_forward(self.coarse_sn, self.mask_cn, self.enhanced_sn, seg_x, cls_x, self.rule.view_ids,
+                                 self.seg_views)
+        self._last = (_input_key(seg_small, cls_small), out["x4"], out["class_maps"])
+        lap("networks")
+        logits = out["logits"].cpu().numpy()
+        probs = self.rule.probabilities(logits)[0]
+        mask = _to_input_mask(out["enhanced"], box, height, width)
+        coarse_mask = _to_input_mask(out["coarse"], box, height, width)
+        ood = self.ood_detector.assess(out["pooled"], cls_small) if self.ood_detector else OODAssessment("in", 0.0, "")
+        similar = self.cases.nearest(out["pooled"], SIMILAR_CASES) if self.cases is not None else None
+        score = self._uncertainty_score(logits, probs, out["pooled"])
+        level = self.uncertainty.level(score)
+        mel_score = float(self.referral.score_of(probs))
+        lap("rules")
         result = AnalysisResult(
             mask=mask, coarse_mask=coarse_mask, probs={c: float(p) for c, p in zip(CLASS_CODES, probs)},
-            label=CLASS_CODES[top], uncertainty=min(max(entropy, 0.0), 1.0), ood=ood, ood_score=ood_score,
-            ood_reason=reason, measurements=measurements, timings=timings,
-        )
+            label=CLASS_CODES[int(probs.argmax())], mel_score=mel_score, refer=mel_score >= self.referral.threshold,
+            referral_threshold=self.referral.threshold, uncertainty_score=score, uncertainty_level=level,
+            uncertainty_text=self.uncertainty.sentence(level), ood_level=ood.level, ood_score=ood.score,
+            ood_reason=ood.reason, measurements=_measure(mask, rgb, mm_per_pixel), similar=similar, timings=timings)
+        lap("measurements")
         if cam:
             result.cam_class = cam_class or result.label
-            result.cam = self._cam(x4, class_maps, CLASS_CODES.index(result.cam_class), cam_method, (height, width))
+            result.cam = self._cam(out["x4"], out["class_maps"], CLASS_CODES.index(result.cam_class), cam_method,
+                                   (height, width), box)
             lap("cam")
         timings["total"] = sum(timings.values())
         return result
 
-    def _ood(self, pooled: torch.Tensor, rgb_small: np.ndarray) -> tuple[float, bool, str]:
-        if self.ood_detector is None:
-            return 0.0, False, ""
-        return self.ood_detector.check(pooled, rgb_small)
+    def _uncertainty_score(self, logits: np.ndarray, probs: np.ndarray, pooled: torch.Tensor) -> float:
+        """The card's uncertainty score for one image (see core.uncertainty)."""
+        name = self.uncertainty.score
+        if name == "knn_distance":
+            return float(self.cases.knn_distance(pooled, KNN_K)[0])
+        single = DecisionRule(1, self.rule.temperature, self.rule.logit_offsets)
+        view_probs = np.stack([single.probabilities(v[None]) for v in logits]) if len(logits) > 1 else None
+        return float(probability_scores(probs[None], view_probs)[name][0])
 
     def _cam(self, x4: torch.Tensor, class_maps: torch.Tensor | None, class_index: int, method: str,
-             size: tuple[int, int]) -> np.ndarray:
+             size: tuple[int, int], box: Box) -> np.ndarray:
+        """The CAM over the network's input (the field-of-view crop), placed onto the whole image (0 outside)."""
         from core.cam import LINEAR_HEAD_CAMS, cam_from_class_maps, compute_cam  # grad-cam only when a CAM is asked for
 
+        crop = (box[1] - box[0], box[3] - box[2])
         if method in LINEAR_HEAD_CAMS and class_maps is not None:
-            return cam_from_class_maps(class_maps, class_index, tuple(x4.shape[-2:]), size)
-
-        with torch.enable_grad():
-            return compute_cam(self.mask_cn, x4.clone(), [self.mask_cn.target_layer], class_index, method, output_size=size)
+            heat = cam_from_class_maps(class_maps, class_index, tuple(x4.shape[-2:]), crop)
+        else:
+            with torch.enable_grad():
+                heat = compute_cam(self.mask_cn, x4.clone(), [self.mask_cn.target_layer], class_index, method,
+                                   output_size=crop)
+        return heat if crop == tuple(size) else mask_to_image(heat, box, size)
 
     def network_images(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, Box]:
         """The segmenters' and the classifier's uint8 inputs (core.preprocess.network_image, as in training) and
@@ -184,20 +218,20 @@ class Analyzer:
         rgb = _check_rgb(rgb)
         class_index = CLASS_CODES.index(class_code)
         with self._lock:
-            seg_u8, cls_u8, _ = self.network_images(rgb)
+            seg_u8, cls_u8, box = self.network_images(rgb)
             key = _input_key(seg_u8, cls_u8)
             if self._last is not None and self._last[0] == key:
                 _, x4, class_maps = self._last
             else:
                 with torch.inference_mode():
-                    seg_x = normalize_batch(torch.from_numpy(seg_u8)[None]).to(self.device)
-                    coarse = torch.sigmoid(self.coarse_sn(seg_x))
-                    x4 = mask_cn_input(normalize_batch(torch.from_numpy(cls_u8)[None]).to(self.device), coarse)
-                    class_maps = None
-                    if method in LINEAR_HEAD_CAMS:
-                        class_maps = self.mask_cn.class_activation_maps(self.mask_cn.net.forward_features(x4))
-                        self._last = (key, x4, class_maps)
-            return self._cam(x4, class_maps, class_index, method, rgb.shape[:2])
+                    out = mbdcnn_forward(self.coarse_sn, self.mask_cn, self.enhanced_sn,
+                                         normalize_batch(torch.from_numpy(seg_u8)[None]).to(self.device),
+                                         normalize_batch(torch.from_numpy(cls_u8)[None]).to(self.device), (0,),
+                                         self.seg_views, with_enhanced=False)
+                x4, class_maps = out["x4"], out["class_maps"]
+                self._last = (key, x4, class_maps)
+            return self._cam(x4, class_maps if method in LINEAR_HEAD_CAMS else None, class_index, method,
+                             rgb.shape[:2], box)
 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:

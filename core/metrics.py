@@ -309,3 +309,41 @@ def jaccard_from_dice(dice: np.ndarray) -> np.ndarray:
     the model card lists only Dice per image."""
     dice = np.asarray(dice, dtype=float)
     return dice / (2.0 - dice)
+
+
+# ------------------------------------------------------------------------------------ uncertainty of a figure
+def bootstrap_interval(statistic, n: int, groups=None, resamples: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval of ``statistic(indices)`` over ``n`` rows.
+
+    With ``groups`` (e.g. lesion ids) whole groups are resampled, so several images of one lesion move together.
+    Resamples where the statistic is undefined (None / NaN, e.g. an AUC without positives) are skipped."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        members = [np.array([i]) for i in range(n)]
+    else:
+        codes, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+    values = []
+    for _ in range(resamples):
+        picked = rng.integers(0, len(members), len(members))
+        value = statistic(np.concatenate([members[g] for g in picked]))
+        if value is not None and np.isfinite(value):
+            values.append(value)
+    if not values:
+        return None, None
+    alpha = (1 - level) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+def risk_coverage(scores, errors) -> dict:
+    """Selective prediction: images accepted in order of increasing uncertainty score; at each coverage, the error
+    rate (risk) of the accepted ones. Returns coverage and risk curves (downsampled) and their area (AURC)."""
+    s = np.asarray(scores, dtype=np.float64)
+    e = np.asarray(errors, dtype=np.float64)
+    order = np.argsort(s, kind="stable")
+    risk = np.cumsum(e[order]) / np.arange(1, len(e) + 1)
+    coverage = np.arange(1, len(e) + 1) / len(e)
+    keep = _downsample(len(e))
+    return {"aurc": float(risk.mean()), "coverage": _finite_list(coverage[keep]), "risk": _finite_list(risk[keep])}

@@ -1,6 +1,7 @@
 """Out-of-distribution check: is this a dermoscopic lesion image like the training data?
 
-Two Gaussian distances, each with its threshold fitted on the HAM10000 validation split (train.evaluate):
+Two Gaussian distances, with thresholds fitted on validation images (train.evaluate), give three levels (in /
+unusual / not_dermoscopy, see OODDetector):
 - features: min class-conditional Mahalanobis distance of mask-CN's pooled features in a PCA space
   (Lee et al. 2018). Catches lesions unlike any training class.
 - image statistics: Mahalanobis distance of a few colour / texture statistics (Lab means and spreads, edge
@@ -9,6 +10,8 @@ Two Gaussian distances, each with its threshold fitted on the HAM10000 validatio
   distance alone), while these statistics separate them cleanly.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -36,18 +39,35 @@ def mahalanobis(x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -
     return torch.einsum("ncd,de,nce->nc", diff, precision, diff).min(dim=1).values.clamp(min=0).sqrt()
 
 
-class OODDetector:
-    """Both distances; tensors come from ood.safetensors, thresholds from the model card."""
+OOD_LEVELS = ("in", "unusual", "not_dermoscopy")
+NOT_DERMOSCOPY_TEXT = ("This does not look like a dermoscopic image of a skin lesion ({why}), so no diagnosis is "
+                       "shown. Upload a dermoscopy image (contact or polarised dermatoscope) of a single lesion.")
+UNUSUAL_TEXT = ("This dermoscopic image is unlike the training images (feature distance {score:.1f}, above the "
+                "{threshold:.1f} that {share} of validation images exceed): the diagnosis below is less reliable "
+                "than the validation figures suggest.")
 
-    def __init__(self, tensors: dict[str, torch.Tensor], threshold: float, image_threshold: float | None = None):
+
+@dataclass(frozen=True)
+class OODAssessment:
+    level: str          # in | unusual | not_dermoscopy
+    score: float        # the feature distance (the one number shown)
+    reason: str         # one sentence for the clinician ("" when in distribution)
+
+
+class OODDetector:
+    """Two kinds of out-of-distribution, thresholds from the model card (fitted on validation images):
+    - not_dermoscopy: image statistics beyond `image` or the feature distance beyond `feature_far`;
+    - unusual: a dermoscopic image whose feature distance exceeds `feature_unusual`."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], thresholds: dict[str, float], unusual_share: float = 0.1):
         self.mean = tensors["pca_mean"]
         self.components = tensors["pca_components"]   # (K, d)
         self.class_means = tensors["class_means"]     # (C, K)
         self.precision = tensors["precision"]         # (K, K)
-        self.image_mean = tensors.get("image_mean")
-        self.image_precision = tensors.get("image_precision")
-        self.threshold = threshold
-        self.image_threshold = image_threshold
+        self.image_mean = tensors["image_mean"]
+        self.image_precision = tensors["image_precision"]
+        self.thresholds = {k: float(thresholds[k]) for k in ("image", "feature_far", "feature_unusual")}
+        self.unusual_share = unusual_share
 
     def score(self, pooled: torch.Tensor) -> torch.Tensor:
         z = (pooled.float() - self.mean) @ self.components.T
@@ -57,24 +77,25 @@ class OODDetector:
         x = torch.as_tensor(np.atleast_2d(stats), dtype=torch.float32)
         return mahalanobis(x, self.image_mean[None], self.image_precision)
 
-    def flags(self, pooled: torch.Tensor, stats: np.ndarray | None) -> np.ndarray:
-        """The rule for a batch: feature distance or image-statistics distance above its threshold."""
-        flagged = self.score(pooled) > self.threshold
-        if stats is not None and self.image_mean is not None and self.image_threshold is not None:
-            flagged |= self.image_score(stats) > self.image_threshold
-        return flagged.numpy()
+    def levels(self, pooled: torch.Tensor, stats: np.ndarray) -> np.ndarray:
+        """The level of each image of a batch (pooled features (N, K), image statistics (N, S))."""
+        feature, image = self.score(pooled).numpy(), self.image_score(stats).numpy()
+        t = self.thresholds
+        not_dermoscopy = (image > t["image"]) | (feature > t["feature_far"])
+        return np.where(not_dermoscopy, "not_dermoscopy", np.where(feature > t["feature_unusual"], "unusual", "in"))
 
-    def check(self, pooled: torch.Tensor, rgb_small: np.ndarray) -> tuple[float, bool, str]:
-        """(feature distance, flagged, reason) for one image: ``flags`` plus the words for the clinician."""
-        score = float(self.score(pooled.cpu())[0])
-        if self.image_mean is not None and self.image_threshold is not None:
-            image_score = float(self.image_score(image_statistics(rgb_small))[0])
-            if image_score > self.image_threshold:
-                return score, True, (f"Its colour and texture statistics are unlike dermoscopic images (distance "
-                                     f"{image_score:.1f} > {self.image_threshold:.1f}); it may not be a dermoscopic image "
-                                     "of a skin lesion. Treat the result with caution.")
-        if score > self.threshold:
-            return score, True, (f"The image's features are far from every lesion class seen in training "
-                                 f"(distance {score:.1f} > {self.threshold:.1f}); it may not be a dermoscopic "
-                                 "image of a skin lesion. Treat the result with caution.")
-        return score, False, ""
+    def assess(self, pooled: torch.Tensor, rgb_small: np.ndarray) -> OODAssessment:
+        """One image: its level, feature distance and the sentence the screens show."""
+        feature = float(self.score(pooled.cpu())[0])
+        image = float(self.image_score(image_statistics(rgb_small))[0])
+        t = self.thresholds
+        if image > t["image"]:
+            return OODAssessment("not_dermoscopy", feature, NOT_DERMOSCOPY_TEXT.format(
+                why="its colours and textures are unlike dermoscopy"))
+        if feature > t["feature_far"]:
+            return OODAssessment("not_dermoscopy", feature, NOT_DERMOSCOPY_TEXT.format(
+                why="the network's features are far from every lesion it was trained on"))
+        if feature > t["feature_unusual"]:
+            return OODAssessment("unusual", feature, UNUSUAL_TEXT.format(
+                score=feature, threshold=t["feature_unusual"], share=f"{self.unusual_share:.0%}"))
+        return OODAssessment("in", feature, "")

@@ -1,10 +1,15 @@
 """Batch prediction from the command line.
 
-    python -m core.predict PATH... --out OUT_DIR [--weights DIR]
+    python -m core.predict PATH... --out OUT_DIR [--weights DIR] [--metadata FILE.csv]
 
 PATHs are image files or folders (jpg, jpeg, png, bmp, tif, tiff, webp; folders are not recursed). Writes
-OUT_DIR/predictions.csv (image, pred, p_<class>..., ood, error) and OUT_DIR/masks/<image>.png (0/255, the input
-image's size). A file that cannot be read gets its error row and the rest go on.
+OUT_DIR/predictions.csv and OUT_DIR/masks/<image>.png (0/255, the input image's size). Columns: image, pred,
+p_<class>..., mel_score, refer (yes / no at the model card's referral threshold), uncertainty_level (low /
+moderate / high), ood_level (in / unusual / not_dermoscopy), ood_reason, model_version, error. An image that is not
+dermoscopy gets no diagnosis: empty pred, probabilities, mel_score and refer. A file that cannot be read gets its
+error row and the rest go on. --metadata: a CSV with columns image (file name, with or without extension) and any of
+age, sex, site (core.patient_context); the values are checked and copied into the output rows (the shipped model does
+not use them: see the model card's patient-context comparison).
 """
 from __future__ import annotations
 
@@ -19,9 +24,24 @@ from tqdm import tqdm
 from core.classes import CLASS_CODES
 from core.inference import DEFAULT_WEIGHTS_DIR, Analyzer
 from core.intake import ImageRejected, load_image_file
+from core.patient_context import ContextError, PatientContext, read_context_csv
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-COLUMNS = ["image", "pred", *[f"p_{c}" for c in CLASS_CODES], "ood", "error"]
+COLUMNS = ["image", "age", "sex", "site", "pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer", "uncertainty_level", "ood_level",
+           "ood_reason", "model_version", "error"]
+DIAGNOSIS_COLUMNS = ("pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer")
+
+
+def result_row(result, version: str) -> dict:
+    """The CSV fields of one analysis (shared by this CLI and the Batch page); no diagnosis for non-dermoscopy."""
+    row = {"pred": result.label, **{f"p_{c}": f"{p:.5f}" for c, p in result.probs.items()},
+           "mel_score": f"{result.mel_score:.5f}", "refer": "yes" if result.refer else "no",
+           "uncertainty_level": result.uncertainty_level, "ood_level": result.ood_level,
+           "ood_reason": result.ood_reason, "model_version": version}
+    if not result.diagnosis_shown:
+        row.update({column: "" for column in DIAGNOSIS_COLUMNS})
+        row["uncertainty_level"] = ""
+    return row
 
 
 def collect_paths(inputs: list[str]) -> list[Path]:
@@ -35,8 +55,10 @@ def collect_paths(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path) -> dict:
-    row = {"image": path.stem, "pred": "", **{f"p_{c}": "" for c in CLASS_CODES}, "ood": "", "error": ""}
+def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path, context: PatientContext = PatientContext()) -> dict:
+    row = {column: "" for column in COLUMNS} | {"image": path.stem}
+    row.update({"age": "" if context.age is None else f"{context.age:g}", "sex": context.sex or "",
+                "site": context.site or ""})
     try:
         rgb = load_image_file(path)
         result = analyzer.analyze(rgb)
@@ -46,10 +68,15 @@ def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path) -> dict:
     except Exception as exc:  # one bad file must never stop the batch
         row["error"] = f"analysis failed: {exc}"
         return row
-    row.update({"pred": result.label, "ood": int(result.ood)})
-    row.update({f"p_{c}": f"{p:.5f}" for c, p in result.probs.items()})
+    row.update(result_row(result, model_version(analyzer)))
     cv2.imwrite(str(mask_dir / f"{path.stem}.png"), result.mask)
     return row
+
+
+def model_version(analyzer: Analyzer) -> str:
+    """The card's version and the first 12 hex digits of mask-CN's sha256: which weights made a row."""
+    sha = analyzer.card.get("files", {}).get("mask_cn.safetensors", {}).get("sha256", "")
+    return f"{analyzer.version} ({sha[:12]})"
 
 
 def main(argv=None) -> int:
@@ -57,7 +84,12 @@ def main(argv=None) -> int:
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS_DIR))
+    parser.add_argument("--metadata", default="", help="CSV: image, age, sex, site (each optional but image)")
     args = parser.parse_args(argv)
+    try:
+        contexts = read_context_csv(args.metadata) if args.metadata else {}
+    except ContextError as exc:
+        parser.error(str(exc))
 
     paths = collect_paths(args.paths)
     if not paths:
@@ -66,7 +98,8 @@ def main(argv=None) -> int:
     mask_dir = out / "masks"
     mask_dir.mkdir(parents=True, exist_ok=True)
     analyzer = Analyzer.load(args.weights)
-    rows = [predict_one(analyzer, p, mask_dir) for p in tqdm(paths, desc="analysing", unit="image", file=sys.stderr)]
+    rows = [predict_one(analyzer, p, mask_dir, contexts.get(p.stem, PatientContext()))
+            for p in tqdm(paths, desc="analysing", unit="image", file=sys.stderr)]
     with open(out / "predictions.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()

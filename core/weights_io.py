@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 MODEL_CARD_NAME = "model_card.json"
 
@@ -50,22 +50,30 @@ def read_model_card(weights_dir: str | os.PathLike) -> dict:
         raise WeightsIntegrityError(f"{path}: model card is not valid JSON ({exc})") from exc
 
 
-def load_verified(weights_dir: str | os.PathLike, file_name: str, card: dict) -> dict[str, torch.Tensor]:
-    """Load one safetensors file after checking its sha256 against the model card; fp32 tensors out."""
+def verified_bytes(weights_dir: str | os.PathLike, file_name: str, card: dict) -> bytes:
+    """The bytes of a file in the weights folder after checking their sha256 against the model card."""
     path = Path(weights_dir) / file_name
     expected = card.get("files", {}).get(file_name, {}).get("sha256")
     if not expected:
         raise WeightsIntegrityError(f"{path}: not listed with a sha256 in the model card; refusing to load it")
     if not path.is_file():
         raise WeightsIntegrityError(f"{path}: weight file not found")
-    actual = sha256_of(path)
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise WeightsIntegrityError(
             f"{path}: sha256 {actual[:12]}… does not match the model card ({expected[:12]}…); "
             "the file was altered or replaced, so the model will not run"
         )
+    return data
+
+
+def load_verified(weights_dir: str | os.PathLike, file_name: str, card: dict) -> dict[str, torch.Tensor]:
+    """Load one safetensors file after checking its sha256 against the model card; fp32 tensors out."""
+    path = Path(weights_dir) / file_name
+    data = verified_bytes(weights_dir, file_name, card)
     try:
-        tensors = load_file(str(path))
+        tensors = load(data)
     except Exception as exc:  # safetensors raises its own error type for a malformed header
         raise WeightsIntegrityError(f"{path}: not a valid safetensors file ({exc})") from exc
     return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}

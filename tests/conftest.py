@@ -12,6 +12,9 @@ if str(REPO_ROOT) not in sys.path:  # plain `pytest` (not `python -m pytest`) fr
     sys.path.insert(0, str(REPO_ROOT))
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+# train.train flags of a tiny run: a few steps on small real subsets (heavy training stays out of the tests)
+TINY = ["--epochs", "1", "--max-train-images", "48", "--max-val-images", "16", "--batch-size", "8",
+        "--use-cache", "false", "--threads", "2"]
 
 
 def _resolve_data_dir() -> Path:
@@ -114,3 +117,20 @@ def tiny_ham(tmp_path) -> Path:
 def tiny_ham_factory():
     """The write_tiny_ham function, for tests that need other sizes or layouts."""
     return write_tiny_ham
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, data_dir):
+    """The three MB-DCNN stages, wired as train.train_all wires them, each for a few steps at small sizes."""
+    from train import train as train_stage
+
+    runs = tmp_path_factory.mktemp("runs")
+    common = ["--data-dir", str(data_dir), "--max-train-batches", "2", *TINY]
+    seg = ["--image-size", "96x128"]
+    coarse = train_stage.main(["--stage", "coarse_sn", "--out-dir", str(runs / "coarse_sn"), *seg, *common])
+    mask_cn = train_stage.main(["--stage", "mask_cn", "--out-dir", str(runs / "mask_cn"), "--image-size", "75x100",
+                                "--coarse-sn", str(runs / "coarse_sn" / "best.safetensors"), *common])
+    enhanced = train_stage.main(["--stage", "enhanced_sn", "--out-dir", str(runs / "enhanced_sn"), *seg,
+                                 "--freeze-blocks", "2", "--coarse-sn", str(runs / "coarse_sn" / "best.safetensors"),
+                                 "--mask-cn", str(runs / "mask_cn" / "best.safetensors"), *common])
+    return runs, {"coarse_sn": coarse, "mask_cn": mask_cn, "enhanced_sn": enhanced}

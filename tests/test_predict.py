@@ -21,7 +21,8 @@ import pytest
 
 from core.classes import CLASS_CODES
 
-EXPECTED_COLUMNS = ["image", "pred", "p_akiec", "p_bcc", "p_bkl", "p_df", "p_mel", "p_nv", "p_vasc", "ood", "error"]
+EXPECTED_COLUMNS = ["image", "age", "sex", "site", "pred", "p_akiec", "p_bcc", "p_bkl", "p_df", "p_mel", "p_nv", "p_vasc",
+                    "mel_score", "refer", "uncertainty_level", "ood_level", "ood_reason", "model_version", "error"]
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +42,17 @@ def run(tmp_path_factory, data_dir, repo_root):
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
     (folder / "readme.txt").write_text("not an image suffix: the folder scan skips it")
     missing = root / "does_not_exist.jpg"
+    photo = folder / "photo_china.jpg"  # a real photograph, not dermoscopy
+    from sklearn.datasets import load_sample_image
+
+    cv2.imwrite(str(photo), load_sample_image("china.jpg")[:, :, ::-1])
+    metadata = root / "metadata.csv"
+    metadata.write_text(f"image,age,sex,site\n{small.name},55,female,back\ncrop_odd,,unknown,\n")
     out = root / "out"
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
     proc = subprocess.run(
         [sys.executable, "-m", "core.predict", str(folder), str(small), str(missing), "--out", str(out),
-         "--weights", str(repo_root / "weights")],
+         "--weights", str(repo_root / "weights"), "--metadata", str(metadata)],
         cwd=root, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -54,13 +61,13 @@ def run(tmp_path_factory, data_dir, repo_root):
         header = reader.fieldnames
         rows = list(reader)
     inputs = {fullres.stem: fullres, small.stem: small, "crop_odd": crop_path}
-    return {"out": out, "header": header, "rows": rows, "stderr": proc.stderr, "inputs": inputs}
+    return {"out": out, "header": header, "rows": rows, "stderr": proc.stderr, "inputs": inputs, "photo": photo}
 
 
 def test_csv_columns_and_one_row_per_input(run):
     assert run["header"] == EXPECTED_COLUMNS
     names = [r["image"] for r in run["rows"]]
-    assert sorted(names) == sorted([*run["inputs"], "notes", "truncated", "does_not_exist"]), names
+    assert sorted(names) == sorted([*run["inputs"], "notes", "truncated", "does_not_exist", "photo_china"]), names
     assert "readme" not in names  # folders are scanned for image suffixes only
 
 
@@ -70,15 +77,33 @@ def test_bad_files_get_an_error_row_and_the_rest_go_on(run):
     for name, text in expected_errors.items():
         row = rows[name]
         assert text in row["error"], (name, row["error"])
-        assert row["pred"] == "" and row["ood"] == "" and all(row[f"p_{c}"] == "" for c in CLASS_CODES)
+        assert row["pred"] == "" and row["ood_level"] == "" and all(row[f"p_{c}"] == "" for c in CLASS_CODES)
         assert not (run["out"] / "masks" / f"{name}.png").exists()
     for name in run["inputs"]:
         assert rows[name]["error"] == "", rows[name]
-    assert "3 analysed, 3 failed" in run["stderr"]
+    assert "4 analysed, 3 failed" in run["stderr"]
 
 
 def test_progress_bar_on_stderr(run):
-    assert "analysing" in run["stderr"] and "6/6" in run["stderr"], run["stderr"][-1000:]
+    assert "analysing" in run["stderr"] and "7/7" in run["stderr"], run["stderr"][-1000:]
+
+
+def test_a_photograph_that_is_not_dermoscopy_gets_no_diagnosis(run):
+    row = {r["image"]: r for r in run["rows"]}["photo_china"]
+    assert row["ood_level"] == "not_dermoscopy" and "not look like a dermoscopic image" in row["ood_reason"]
+    assert row["pred"] == row["mel_score"] == row["refer"] == "" and all(row[f"p_{c}"] == "" for c in CLASS_CODES)
+    assert row["error"] == ""
+
+
+def test_metadata_is_validated_and_copied(run, tmp_path, repo_root):
+    rows = {r["image"]: r for r in run["rows"]}
+    assert (rows["ISIC_0024306"]["age"], rows["ISIC_0024306"]["sex"], rows["ISIC_0024306"]["site"]) == ("55", "female", "back")
+    assert (rows["crop_odd"]["age"], rows["crop_odd"]["sex"], rows["crop_odd"]["site"]) == ("", "", "")  # missing fields
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,age,sex,site\nx.jpg,212,female,back\n")
+    proc = subprocess.run([sys.executable, "-m", "core.predict", str(run["inputs"]["crop_odd"]), "--out", str(tmp_path / "o"),
+                           "--metadata", str(bad)], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "row 2 (x): age 212 is outside 0-120 years" in proc.stderr
 
 
 def test_rows_and_masks_are_the_analyzers_results(run, repo_root):
@@ -99,10 +124,11 @@ def test_rows_and_masks_are_the_analyzers_results(run, repo_root):
         probs = np.array([float(row[f"p_{c}"]) for c in CLASS_CODES])
         assert abs(probs.sum() - 1) < 1e-3 and (probs >= 0).all(), name
         assert row["pred"] == CLASS_CODES[int(probs.argmax())], name
-        assert row["ood"] in ("0", "1"), name
         r = analyzer.analyze(rgb)
         assert row["pred"] == r.label, name
         np.testing.assert_allclose(probs, [r.probs[c] for c in CLASS_CODES], atol=1e-4, err_msg=name)
-        assert row["ood"] == str(int(r.ood)), name
+        assert (row["ood_level"], row["uncertainty_level"]) == (r.ood_level, r.uncertainty_level), name
+        assert row["refer"] == ("yes" if r.mel_score >= analyzer.referral.threshold else "no"), name
+        assert float(row["mel_score"]) == pytest.approx(r.mel_score, abs=1e-5), name
         assert np.array_equal(mask, r.mask), name
     assert shapes == {(450, 600), (150, 200), (137, 191)}

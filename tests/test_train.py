@@ -20,8 +20,7 @@ from train.cache import load_arrays
 from train.checkpoint import save_state
 from train.stages import MaskCNStage, load_upstream, upstream_images
 
-TINY = ["--epochs", "1", "--max-train-images", "48", "--max-val-images", "16", "--batch-size", "8",
-        "--use-cache", "false", "--threads", "2"]
+from conftest import TINY
 
 
 def test_coarse_sn_overfits_a_batch_of_real_lesions(ham_manifest):
@@ -41,21 +40,6 @@ def test_coarse_sn_overfits_a_batch_of_real_lesions(ham_manifest):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0], losses
-
-
-@pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory, data_dir):
-    """The three MB-DCNN stages, wired as train.train_all wires them, each for a few steps at small sizes."""
-    runs = tmp_path_factory.mktemp("runs")
-    common = ["--data-dir", str(data_dir), "--max-train-batches", "2", *TINY]
-    seg = ["--image-size", "96x128"]
-    coarse = train_stage.main(["--stage", "coarse_sn", "--out-dir", str(runs / "coarse_sn"), *seg, *common])
-    mask_cn = train_stage.main(["--stage", "mask_cn", "--out-dir", str(runs / "mask_cn"), "--image-size", "75x100",
-                                "--coarse-sn", str(runs / "coarse_sn" / "best.safetensors"), *common])
-    enhanced = train_stage.main(["--stage", "enhanced_sn", "--out-dir", str(runs / "enhanced_sn"), *seg,
-                                 "--freeze-blocks", "2", "--coarse-sn", str(runs / "coarse_sn" / "best.safetensors"),
-                                 "--mask-cn", str(runs / "mask_cn" / "best.safetensors"), *common])
-    return runs, {"coarse_sn": coarse, "mask_cn": mask_cn, "enhanced_sn": enhanced}
 
 
 def test_each_stage_writes_checkpoint_history_and_metadata(tiny_runs):

@@ -1,12 +1,27 @@
-"""Export the trained networks to weights/ and write the model card, evaluated on held-out data.
+"""Export the trained networks to weights/ and write the model card: every choice made on validation, every figure
+measured on test, with bootstrap 95 % confidence intervals.
 
     python -m train.evaluate --data-dir ../shared/data --runs runs --weights weights
+    python -m train.evaluate --data-dir MY_FOLDER --report OUT/     # the shipped model on your own labelled images
 
-1. fp16 safetensors of coarse-SN, mask-CN, enhanced-SN (from RUNS/<stage>/best.safetensors) into WEIGHTS;
-   every number below is computed with those fp16 files, i.e. what the app ships.
-2. Temperature (per classifier) and the OOD detector + threshold are fitted on the VALIDATION split only.
-3. Test metrics on the lesion-grouped HAM10000 test split; segmentation also on ISIC 2017 val.
-4. WEIGHTS/model_card.json and WEIGHTS/test_predictions.csv (per-image, for the dashboard drill-down).
+1. fp16 safetensors of coarse-SN, mask-CN and enhanced-SN (RUNS/<stage>/best.safetensors, with their metadata) go
+   to WEIGHTS; every figure below is computed with those fp16 files, i.e. what the app ships.
+2. Network outputs (train.network_outputs) on the train split (OOD model, similar-cases index), the validation
+   split (HAM10000 val + the held-out part of ISIC 2017 train: every choice), and the two test sets: the
+   lesion-grouped HAM10000 test split and the official ISIC 2017 validation set (other clinics; nothing is
+   chosen on it).
+3. Fitted on validation (train.fit_rules): decision rule (TTA views, logit adjustment, temperature), melanoma
+   referral threshold, uncertainty levels, OOD thresholds, the PCA size of the similar-cases index.
+4. Measured on test: classification (per class, AUCs, calibration), referral sensitivity / specificity,
+   uncertainty levels' error rates and risk-coverage curves, OOD rates (incl. real non-dermoscopy photographs),
+   segmentation with the E-layer ablation controls, retrieval precision@k, resolution consistency.
+5. WEIGHTS/model_card.json, WEIGHTS/test_predictions.csv, WEIGHTS/ood.safetensors, WEIGHTS/case_index.*.
+Outputs of the networks are cached by content (.cache/lesionlens/outputs), so re-running after a change of the
+rules costs seconds.
+
+With --report, nothing is trained or exported: the shipped model (WEIGHTS) is run on every labelled image of
+DATA_DIR (any layout core.datasets reads) through core.folder_evaluation, the code behind the dashboard's
+"Evaluate your data" page, and OUT/ gets report.json, predictions.csv, failures.csv and report.html.
 """
 from __future__ import annotations
 
@@ -16,143 +31,262 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
-from sklearn.covariance import LedoitWolf
-from sklearn.decomposition import PCA
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from core.classes import CLASS_CODES, CLASSES, class_index
-from core.datasets import load_manifest
-from core.splits import apply_split_file, assign_splits
+from core.classes import CLASS_CODES, CLASS_INDEX, CLASSES, NUM_CLASSES, class_index
 from core.dataset_summary import dataset_summary
+from core.datasets import load_manifest
+from core.decision_rule import DecisionRule
 from core.inference import NETWORK_FILES, OOD_FILE
-from core.ood import IMAGE_STAT_NAMES, OODDetector, image_statistics
-from core.metrics import (calibration, classification_metrics, fit_logit_adjustment, fit_temperature, logit_adjustment,
-                          segmentation_metrics)
-from core.models import create_model
-from core.mbdcnn import classify_with_localisation, coarse_probabilities, mask_cn_input
-from core.tensors import CLASSIFIER_SIZE, IMAGENET_MEAN, IMAGENET_STD, SEGMENTER_SIZE, normalize_batch
-from core.weights_io import MODEL_CARD_NAME, save_weights
-from core.preprocess import Preprocessing
-from train.cache import load_arrays
+from core.metrics import bootstrap_interval, calibration, classification_metrics, risk_coverage
+from core.ood import IMAGE_STAT_NAMES, OODDetector
+from core.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from core.referral import SCORES as REFERRAL_SCORES
+from core.retrieval import CaseIndex
+from core.tta import ALL_VIEWS
+from core.splits import apply_split_file, assign_splits
+from core.uncertainty import LEVELS, probability_scores
+from core.weights_io import MODEL_CARD_NAME, save_weights, sha256_of
+from train import fit_rules
+from train.context_experiment import compare_context
+from train.network_outputs import image_outputs, load_network, split_outputs
 
-OOD_PCA_DIMS = 64
-OOD_VAL_QUANTILE = 0.99
-OOD_IMAGE_VAL_QUANTILE = 0.995
+TEST_SETS = {"ham10000_test": "HAM10000 test (lesion-grouped)", "isic2017_test": "ISIC 2017 official validation"}
+CONTROLS = ("coarse_sn_more", "enhanced_sn_zero")
+RETRIEVAL_K = 8
+KNN_K = 10
+INDEX_DIMS = (32, 64, 128)
 
 
-# ---------------------------------------------------------------- export + load
+# ---------------------------------------------------------------- small helpers
+def with_ci(statistic, n: int, groups=None) -> dict:
+    value = statistic(np.arange(n))
+    low, high = bootstrap_interval(statistic, n, groups)
+    return {"value": None if value is None else float(value), "ci95": [low, high]}
+
+
+def auc_or_none(truth: np.ndarray, score: np.ndarray) -> float | None:
+    return float(roc_auc_score(truth, score)) if 0 < truth.sum() < len(truth) else None
+
+
+def balanced_accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
+    present = np.unique(labels)
+    pred = probs.argmax(1)
+    return float(np.mean([(pred[labels == c] == c).mean() for c in present]))
+
+
+def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
+    aucs = [auc_or_none(labels == c, probs[:, c]) for c in range(NUM_CLASSES)]
+    aucs = [a for a in aucs if a is not None]
+    return float(np.mean(aucs)) if aucs else None
+
+
+# ---------------------------------------------------------------- export
 def export_weights(runs: Path, weights: Path) -> dict:
+    """fp16 copies of the three shipped networks (metadata kept); returns {file: {sha256, bytes}}."""
+    from core.weights_io import weights_metadata
+
     files = {}
+    weights.mkdir(parents=True, exist_ok=True)
     for arch, file_name in NETWORK_FILES.items():
-        state = load_file(str(runs / arch / "best.safetensors"))
-        files[file_name] = save_weights(state, weights / file_name, half=True)
+        source = runs / arch / "best.safetensors"
+        files[file_name] = save_weights(load_file(str(source)), weights / file_name, half=True,
+                                        metadata=weights_metadata(source))
     return files
 
 
-def load_network(arch: str, path: Path, backbone: str) -> torch.nn.Module:
-    model = create_model(arch, backbone, pretrained=None)
-    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
-    return model.eval().to(memory_format=torch.channels_last)
+def read_tables(args) -> dict[str, pd.DataFrame]:
+    manifest = load_manifest(args.data_dir)
+    manifest = apply_split_file(manifest, args.split_file) if args.split_file else assign_splits(manifest, 42)
+    tables = {"train": manifest[manifest["split"] == "train"], "val": manifest[manifest["split"] == "val"],
+              "ham10000_test": manifest[(manifest["split"] == "test") & (manifest["source"] == "ham10000")],
+              "isic2017_test": manifest[(manifest["split"] == "test") & (manifest["source"] == "isic2017")]}
+    if args.max_images:
+        tables = {k: pd.concat([g.sample(n=min(args.max_images, len(g)), random_state=0)
+                                for _, g in t.groupby(["source", "dx"])]) for k, t in tables.items()}
+    return {k: t.reset_index(drop=True) for k, t in tables.items()}, manifest
 
 
-# ---------------------------------------------------------------- running the networks on a split
-@torch.no_grad()
-def run_mbdcnn(nets: dict, table: pd.DataFrame, baseline=None) -> dict:
-    """Batched MB-DCNN outputs for a manifest slice (cached arrays, no TTA: exactly what the Analyzer does)."""
-    seg_images, _ = load_arrays(table, SEGMENTER_SIZE, Preprocessing(False, False), False)
-    cls_images, _ = load_arrays(table, CLASSIFIER_SIZE, Preprocessing(False, False), False)
-    out = {"coarse": [], "enhanced": [], "logits": [], "pooled": [], "baseline_logits": []}
-    for start in range(0, len(table), 64):
-        seg_x = normalize_batch(torch.from_numpy(seg_images[start:start + 64]))
-        cls_x = normalize_batch(torch.from_numpy(cls_images[start:start + 64]))
-        coarse = coarse_probabilities(nets["coarse_sn"], seg_x)
-        x4 = mask_cn_input(cls_x, coarse)
-        logits, loc = classify_with_localisation(nets["mask_cn"], x4)
-        features = nets["mask_cn"].net.forward_features(x4)
-        out["pooled"].append(nets["mask_cn"].net.forward_head(features, pre_logits=True))
-        out["coarse"].append(coarse)
-        out["enhanced"].append(torch.sigmoid(nets["enhanced_sn"](seg_x, loc)))
-        out["logits"].append(logits)
-        if baseline is not None:
-            out["baseline_logits"].append(baseline(cls_x))
-    return {k: torch.cat(v).float() for k, v in out.items() if v}
+def labels_of(table: pd.DataFrame) -> np.ndarray:
+    return np.array([class_index(d) for d in table["dx"]])
 
 
-def masks_at_reference_size(probs: torch.Tensor, table: pd.DataFrame) -> tuple[list, list]:
-    """Upsample predicted probabilities to each reference mask's own size, threshold 0.5."""
-    preds, refs = [], []
-    for p, path in zip(probs, table["mask_path"]):
-        ref = cv2.imread(path, cv2.IMREAD_GRAYSCALE) > 127
-        up = cv2.resize(p[0].numpy(), (ref.shape[1], ref.shape[0]), interpolation=cv2.INTER_LINEAR)
-        preds.append(up > 0.5)
-        refs.append(ref)
-    return preds, refs
+# ---------------------------------------------------------------- classification on a test set
+def classification_report(table: pd.DataFrame, probs: np.ndarray, raw_probs: np.ndarray) -> dict:
+    """Per-class metrics, calibration of exactly the shown probabilities (and of the plain softmax), and CIs of
+    the headline figures (HAM10000: lesions resampled)."""
+    y = labels_of(table)
+    groups = table["lesion_id"].to_numpy()
+    metrics = classification_metrics(y, probs, CLASS_CODES)
+    metrics["calibration"] = {"before": calibration(raw_probs, y), "after": calibration(probs, y)}
+    ci = {"balanced_accuracy": with_ci(lambda i: balanced_accuracy(y[i], probs[i]), len(y), groups),
+          "macro_auc": with_ci(lambda i: macro_auc(y[i], probs[i]), len(y), groups)}
+    for code in ("mel", "bkl", "nv"):
+        k = CLASS_INDEX[code]
+        if 0 < (y == k).sum() < len(y):
+            ci[f"auc_{code}"] = with_ci(lambda i, k=k: auc_or_none(y[i] == k, probs[i, k]), len(y), groups)
+    metrics["ci"] = ci
+    return metrics
 
 
-# ---------------------------------------------------------------- calibration + OOD
-def calibrated_metrics(val_logits, val_y, test_logits, test_y, priors) -> tuple[dict, dict, np.ndarray]:
-    """Decision rule fitted on validation only: logit adjustment tau (max balanced accuracy), then temperature T
-    on the adjusted logits. Test metrics use calibrated probabilities softmax((z + b(tau)) / T)."""
-    tau, val_balanced = fit_logit_adjustment(val_logits.numpy(), val_y, priors)
-    offsets = torch.tensor(logit_adjustment(priors, tau), dtype=torch.float32)
-    temperature = fit_temperature((val_logits + offsets).numpy(), val_y)
-    raw = F.softmax(test_logits + offsets, 1).numpy()
-    calibrated = F.softmax((test_logits + offsets) / temperature, 1).numpy()
-    metrics = classification_metrics(test_y, calibrated, CLASS_CODES)
-    metrics["calibration"] = {"before": calibration(raw, test_y), "after": calibration(calibrated, test_y)}
-    plain = F.softmax(test_logits / fit_temperature(val_logits.numpy(), val_y), 1).numpy()
-    unadjusted = classification_metrics(test_y, plain, CLASS_CODES)
-    metrics["without_logit_adjustment"] = {k: unadjusted[k] for k in ("accuracy", "balanced_accuracy", "macro_auc")}
-    rule = {"temperature": temperature, "logit_adjustment_tau": tau, "logit_offsets": offsets.tolist(),
-            "val_balanced_accuracy": val_balanced}
-    metrics["decision_rule"] = rule
-    return metrics, rule, calibrated
+def referral_report(table: pd.DataFrame, probs: np.ndarray, rule) -> dict:
+    y = labels_of(table)
+    groups = table["lesion_id"].to_numpy()
+    is_mel = y == CLASS_INDEX["mel"]
+    score = rule.score_of(probs)
+    refer = score >= rule.threshold
+    return {"n_melanoma": int(is_mel.sum()), "n_other": int((~is_mel).sum()), "referred_share": float(refer.mean()),
+            "sensitivity": with_ci(lambda i: refer[i][is_mel[i]].mean() if is_mel[i].any() else None, len(y), groups),
+            "specificity": with_ci(lambda i: (~refer[i][~is_mel[i]]).mean() if (~is_mel[i]).any() else None, len(y), groups),
+            "auc": with_ci(lambda i: auc_or_none(is_mel[i], score[i]), len(y), groups)}
 
 
-def fit_ood(train_pooled: torch.Tensor, train_y: np.ndarray, train_stats: np.ndarray) -> dict:
-    pca = PCA(n_components=min(OOD_PCA_DIMS, len(train_pooled) - 1), random_state=0).fit(train_pooled.numpy())
-    z = pca.transform(train_pooled.numpy())
-    class_means = np.stack([z[train_y == c].mean(0) for c in range(len(CLASS_CODES))])
-    centred = z - class_means[train_y]
-    return {"pca_mean": torch.tensor(pca.mean_, dtype=torch.float32),
-            "pca_components": torch.tensor(pca.components_, dtype=torch.float32),
-            "class_means": torch.tensor(class_means, dtype=torch.float32),
-            "precision": torch.tensor(LedoitWolf().fit(centred).precision_, dtype=torch.float32),
-            "image_mean": torch.tensor(train_stats.mean(0), dtype=torch.float32),
-            "image_precision": torch.tensor(LedoitWolf().fit(train_stats).precision_, dtype=torch.float32)}
+def uncertainty_report(table: pd.DataFrame, probs: np.ndarray, score: np.ndarray, levels) -> dict:
+    y = labels_of(table)
+    groups = table["lesion_id"].to_numpy()
+    errors = (probs.argmax(1) != y).astype(float)
+    assigned = levels.levels(score)
+    out = {"risk_coverage": risk_coverage(score, errors), "levels": {}}
+    for level in LEVELS:
+        chosen = assigned == level
+        out["levels"][level] = {"share": float(chosen.mean()), "n": int(chosen.sum()),
+                                "error_rate": with_ci(lambda i, c=chosen: errors[i][c[i]].mean() if c[i].any() else None,
+                                                      len(y), groups)}
+    return out
 
 
-def split_statistics(table: pd.DataFrame) -> np.ndarray:
-    images, _ = load_arrays(table, CLASSIFIER_SIZE, Preprocessing(False, False), False)
-    return np.stack([image_statistics(image) for image in images])
+def segmentation_report(table: pd.DataFrame, outputs: dict) -> dict:
+    """Dice / Jaccard / thresholded Jaccard of every segmenter variant with CIs, and paired differences of the
+    shipped enhanced-SN against its controls (a positive difference favours enhanced-SN)."""
+    groups = table["lesion_id"].to_numpy()
+    out = {}
+    for key in sorted(k for k in outputs if k.startswith("seg_")):
+        dice_, jac = outputs[key][:, 0].astype(float), outputs[key][:, 1].astype(float)
+        thresholded = np.where(jac >= 0.65, jac, 0.0)
+        out[key[4:]] = {"n": len(dice_), "dice_per_image": [round(float(d), 4) for d in dice_],
+                        **{name: with_ci(lambda i, v=v: v[i].mean(), len(v), groups)
+                           for name, v in (("dice", dice_), ("jaccard", jac), ("jaccard_thresholded_065", thresholded))}}
+    shipped = outputs.get("seg_enhanced_sn")
+    out["paired_differences"] = {}
+    for other in ("coarse_sn", *CONTROLS):
+        if shipped is not None and f"seg_{other}" in outputs:
+            diff = shipped[:, 1].astype(float) - outputs[f"seg_{other}"][:, 1].astype(float)
+            out["paired_differences"][f"enhanced_sn - {other} (Jaccard)"] = with_ci(lambda i: diff[i].mean(), len(diff), groups)
+    return out
 
 
-def synthetic_non_dermoscopic(n: int = 32, seed: int = 0) -> np.ndarray:
-    """Images no dermatoscope produces (noise, flat colours, stripes, text-like blocks) to check the OOD flag."""
-    rng = np.random.default_rng(seed)
-    h, w = CLASSIFIER_SIZE
+def ood_report(detector: OODDetector, outputs: dict, tables: dict, probs: dict, photos: dict, synthetic: dict) -> dict:
+    result = {"thresholds": detector.thresholds, "results": {}}
+    for name in TEST_SETS:
+        levels = detector.levels(torch.as_tensor(outputs[name]["pooled"], dtype=torch.float32), outputs[name]["stats"])
+        errors = probs[name].argmax(1) != labels_of(tables[name])
+        unusual = levels == "unusual"
+        result["results"][name] = {
+            "not_dermoscopy_share": float((levels == "not_dermoscopy").mean()),
+            "unusual_share": float(unusual.mean()),
+            "error_rate_unusual": float(errors[unusual].mean()) if unusual.any() else None,
+            "error_rate_in": float(errors[levels == "in"].mean()) if (levels == "in").any() else None}
+    for name, data in (("real_non_dermoscopy_photos", photos), ("synthetic_non_dermoscopic", synthetic)):
+        levels = detector.levels(torch.as_tensor(data["pooled"]), data["stats"])
+        result["results"][name] = {"n": len(levels), "not_dermoscopy_share": float((levels == "not_dermoscopy").mean()),
+                                   "accepted": [n for n, lvl in zip(data["names"], levels) if lvl != "not_dermoscopy"]}
+    return result
+
+
+# ---------------------------------------------------------------- OOD probes
+def real_photographs() -> tuple[list[str], list[np.ndarray]]:
+    """Real photographs that are not dermoscopy, available offline: scikit-image's and scikit-learn's samples."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    names = ["astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
+             "hubble_deep_field", "immunohistochemistry", "microaneurysms", "moon", "stereo_motorcycle", "page",
+             "retina", "rocket", "text"]
     images = []
+    for name in names:
+        image = getattr(skimage.data, name)()
+        image = image[0] if isinstance(image, tuple) else image  # stereo_motorcycle: (left, right, disparity)
+        image = np.asarray(image)
+        if image.dtype != np.uint8:
+            image = (255 * (image.astype(float) / max(float(image.max()), 1))).astype(np.uint8)
+        images.append(np.ascontiguousarray(np.repeat(image[..., None], 3, 2) if image.ndim == 2 else image[..., :3]))
+    samples = load_sample_images()
+    for name, image in zip(("sklearn_china", "sklearn_flower"), samples.images):
+        names.append(name)
+        images.append(np.ascontiguousarray(image))
+    return names, images
+
+
+def synthetic_non_dermoscopic(n: int = 32, seed: int = 0) -> tuple[list[str], list[np.ndarray]]:
+    """Images no dermatoscope produces: noise, flat colours, stripes, text-like blocks."""
+    rng = np.random.default_rng(seed)
+    h, w = 300, 400
+    names, images = [], []
     for i in range(n):
-        kind = i % 4
-        if kind == 0:
+        kind = ("noise", "flat", "stripes", "blocks")[i % 4]
+        if kind == "noise":
             img = rng.integers(0, 256, (h, w, 3))
-        elif kind == 1:
+        elif kind == "flat":
             img = np.broadcast_to(rng.integers(0, 256, 3), (h, w, 3))
-        elif kind == 2:
-            img = np.where((np.arange(w)[None, :, None] // rng.integers(4, 20)) % 2 == 0, 255, rng.integers(0, 120, 3))
-            img = np.broadcast_to(img, (h, w, 3))
+        elif kind == "stripes":
+            img = np.broadcast_to(np.where((np.arange(w)[None, :, None] // rng.integers(4, 20)) % 2 == 0, 255,
+                                           rng.integers(0, 120, 3)), (h, w, 3))
         else:
             img = np.full((h, w, 3), 255)
-            for _ in range(30):
+            for _ in range(60):
                 y, x = rng.integers(0, h - 10), rng.integers(0, w - 30)
                 img[y:y + 6, x:x + rng.integers(5, 30)] = 0
+        names.append(f"{kind}_{i}")
         images.append(np.ascontiguousarray(img, dtype=np.uint8))
-    return np.stack(images)
+    return names, images
+
+
+def resolution_consistency(nets: dict, data_dir: Path, rule: DecisionRule, limit: int = 0) -> dict:
+    """Share of the full-resolution HAM10000 originals whose top class differs from that of their 200x150 copy."""
+    import cv2
+
+    folder = Path(data_dir) / "ham10000" / "fullres" / "images"
+    paths = sorted(folder.glob("*.jpg"))[: limit or None]
+    if not paths:
+        return {"n": 0}
+    read = lambda p: np.ascontiguousarray(cv2.imread(str(p))[:, :, ::-1])  # noqa: E731
+    full = rule.probabilities(image_outputs(nets, [read(p) for p in paths])["logits"])
+    small = rule.probabilities(image_outputs(nets, [read(Path(data_dir) / "ham10000" / "images" / p.name)
+                                                    for p in paths])["logits"])
+    changed = full.argmax(1) != small.argmax(1)
+    return {"n": len(paths), "top_class_changed_share": float(changed.mean()),
+            "mean_abs_probability_change": float(np.abs(full - small).sum(1).mean() / 2)}
+
+
+# ---------------------------------------------------------------- similar cases
+def fit_case_index(outputs: dict, tables: dict) -> tuple[CaseIndex, dict]:
+    """PCA size chosen on validation queries against a train-only index (precision@k of the diagnosis); the
+    shipped index holds train + val."""
+    y_train, y_val = labels_of(tables["train"]), labels_of(tables["val"])
+    scores = {}
+    for dims in INDEX_DIMS:
+        index = CaseIndex.fit(outputs["train"]["pooled"], tables["train"], dims)
+        scores[dims] = retrieval_scores(index, outputs["val"]["pooled"], y_val, y_train)["precision_at_k"]
+    best = max(scores.values())
+    dims = min(d for d in INDEX_DIMS if scores[d] >= best - 0.005)
+    reference = pd.concat([tables["train"], tables["val"]], ignore_index=True)
+    pooled = np.concatenate([outputs["train"]["pooled"], outputs["val"]["pooled"]])
+    return CaseIndex.fit(pooled, reference, dims), {"dims": dims, "validation_precision_at_k_by_dims": scores}
+
+
+def retrieval_scores(index: CaseIndex, pooled: np.ndarray, y_query: np.ndarray, y_index: np.ndarray) -> dict:
+    sims = index.similarities(index.embed(pooled))
+    top = torch.topk(sims, RETRIEVAL_K, dim=1)
+    neighbour_labels = y_index[top.indices.numpy()]
+    votes = np.zeros((len(y_query), NUM_CLASSES))
+    for j in range(RETRIEVAL_K):
+        np.add.at(votes, (np.arange(len(y_query)), neighbour_labels[:, j]), top.values[:, j].numpy())
+    return {"precision_at_k": float((neighbour_labels == y_query[:, None]).mean()),
+            "knn_vote_balanced_accuracy": float(balanced_accuracy_score(y_query, votes.argmax(1))), "k": RETRIEVAL_K}
 
 
 # ---------------------------------------------------------------- main
@@ -162,178 +296,273 @@ def main(argv=None) -> dict:
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--weights", default="weights")
     parser.add_argument("--split-file", default="")
-    parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--version", default="")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--max-images", type=int, default=0, help=">0: evaluate a random subset per split (smoke runs, tests)")
+    parser.add_argument("--max-images", type=int, default=0, help=">0: at most this many images per class, source and "
+                                                                  "split (tests)")
+    parser.add_argument("--use-cache", default="true", choices=("true", "false"))
+    parser.add_argument("--report", default="", help="evaluate the shipped WEIGHTS on DATA_DIR and write OUT/ there")
     args = parser.parse_args(argv)
-    runs, weights = Path(args.runs), Path(args.weights)
+    if args.report:
+        return folder_report(Path(args.data_dir), Path(args.weights), Path(args.report))
+    runs, weights, use_cache = Path(args.runs), Path(args.weights), args.use_cache == "true"
     started = time.time()
-
-    manifest = load_manifest(args.data_dir)
-    manifest = apply_split_file(manifest, args.split_file) if args.split_file else assign_splits(manifest, args.seed)
-    ham = manifest[manifest["source"] == "ham10000"]
-    parts = {s: ham[ham["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
-    isic_val = manifest[(manifest["source"] == "isic2017") & (manifest["split"] == "val")].reset_index(drop=True)
-    if args.max_images:
-        parts = {s: t.sample(n=min(args.max_images, len(t)), random_state=0).reset_index(drop=True) for s, t in parts.items()}
-        isic_val = isic_val.head(args.max_images)
-    labels = {s: np.array([class_index(d) for d in t["dx"]]) for s, t in parts.items()}
+    tables, manifest = read_tables(args)
 
     files = export_weights(runs, weights)
-    nets = {arch: load_network(arch, weights / f, args.backbone) for arch, f in NETWORK_FILES.items()}
-    baseline_path = runs / "classifier" / "best.safetensors"
-    baseline = load_network("classifier", baseline_path, args.backbone) if baseline_path.is_file() else None
+    nets = {arch: load_network(weights / file_name) for arch, file_name in NETWORK_FILES.items()}
+    for extra in ("classifier", *CONTROLS):
+        if (runs / extra / "best.safetensors").is_file():
+            nets[extra] = load_network(runs / extra / "best.safetensors")
+    outputs = {name: split_outputs(nets, table, segmentation=name != "train", use_cache=use_cache,
+                                   views=(0,) if name == "train" else ALL_VIEWS)
+               for name, table in tables.items()}
+    y = {name: labels_of(table) for name, table in tables.items()}
+    val_sources = tables["val"]["source"].to_numpy()
 
-    outputs = {s: run_mbdcnn(nets, t, baseline if s != "train" else None) for s, t in parts.items()}
-    isic_out = run_mbdcnn(nets, isic_val) if len(isic_val) else None
+    # ---- decision rule (validation), probabilities everywhere
+    priors = (np.bincount(y["train"], minlength=NUM_CLASSES) + 1) / (len(y["train"]) + NUM_CLASSES)
+    rule, rule_fit = fit_rules.fit_decision_rule(outputs["val"]["logits"], y["val"], val_sources, priors)
+    probs = {name: rule.probabilities(out["logits"]) for name, out in outputs.items() if name != "train"}
+    plain = {name: DecisionRule().probabilities(out["logits"]) for name, out in outputs.items() if name != "train"}
+    baseline_rule, ensemble = None, None
+    if "classifier" in nets:
+        baseline_rule, _ = fit_rules.fit_decision_rule(outputs["val"]["baseline_logits"], y["val"], val_sources, priors)
+        both = {name: (probs[name] + baseline_rule.probabilities(outputs[name]["baseline_logits"])) / 2 for name in probs}
+        ensemble = {"validation_criterion": {
+            "mask_cn": fit_rules.criterion(probs["val"], y["val"], val_sources),
+            "image_only": fit_rules.criterion(baseline_rule.probabilities(outputs["val"]["baseline_logits"]), y["val"],
+                                              val_sources),
+            "mean_of_both": fit_rules.criterion(both["val"], y["val"], val_sources)},
+            "rule": "probabilities of mask-CN and the image-only classifier averaged, each under its own decision rule"}
 
-    # Classification: temperature on val, metrics on test.
-    priors = np.bincount(labels["train"], minlength=len(CLASS_CODES)) / len(labels["train"])
-    cls_metrics, rule, test_probs = calibrated_metrics(outputs["val"]["logits"], labels["val"],
-                                                       outputs["test"]["logits"], labels["test"], priors)
-    classification = {"mask_cn": cls_metrics}
-    if baseline is not None:
-        classification["classifier"], _, _ = calibrated_metrics(outputs["val"]["baseline_logits"], labels["val"],
-                                                                outputs["test"]["baseline_logits"], labels["test"], priors)
+    # ---- flip test-time augmentation of the segmenters (validation Dice)
+    seg_tta = {name: float(outputs["val"][f"seg_{name}"][:, 0].mean()) for name in ("enhanced_sn", "enhanced_sn_tta")}
+    seg_views = 4 if seg_tta["enhanced_sn_tta"] > seg_tta["enhanced_sn"] + fit_rules.SEG_TTA_MIN_GAIN else 1
 
-    # Segmentation at each reference mask's native size.
-    segmentation, isic_segmentation, per_image = {}, {}, {}
-    for name, key in (("coarse_sn", "coarse"), ("enhanced_sn", "enhanced")):
-        preds, refs = masks_at_reference_size(outputs["test"][key], parts["test"])
-        segmentation[name] = segmentation_metrics(preds, refs)
-        per_image[name] = segmentation[name]["dice_per_image"]
-        if isic_out is not None:
-            preds, refs = masks_at_reference_size(isic_out[key], isic_val)
-            isic_segmentation[name] = segmentation_metrics(preds, refs)
+    # ---- referral, similar cases, uncertainty, OOD (validation)
+    referral, referral_fit = fit_rules.fit_referral(probs["val"], y["val"])
+    index, index_fit = fit_case_index(outputs, tables)
+    train_index = CaseIndex.fit(outputs["train"]["pooled"], tables["train"], index_fit["dims"])
 
-    # OOD: fitted on train, thresholds = high quantiles of the validation scores.
-    stats = {name: split_statistics(table) for name, table in {**parts, "isic2017_val": isic_val}.items() if len(table)}
-    ood_tensors = fit_ood(outputs["train"]["pooled"], labels["train"], stats["train"])
+    def uncertainty_scores(name: str, knn_index: CaseIndex) -> dict[str, np.ndarray]:
+        view_probs = np.stack([DecisionRule(1, rule.temperature, rule.logit_offsets).probabilities(v[None])
+                               for v in outputs[name]["logits"][:max(rule.views, 1)]])
+        scores = probability_scores(probs[name], view_probs if rule.views > 1 else None)
+        scores["knn_distance"] = knn_index.knn_distance(outputs[name]["pooled"], KNN_K)
+        return scores
+
+    val_scores = uncertainty_scores("val", train_index)
+    levels, uncertainty_fit = fit_rules.fit_uncertainty(val_scores, (probs["val"].argmax(1) != y["val"]).astype(float))
+    ood_tensors = fit_rules.fit_ood(outputs["train"]["pooled"].astype(np.float32), y["train"], outputs["train"]["stats"])
+    thresholds = fit_rules.fit_ood_thresholds(ood_tensors, outputs["val"]["pooled"].astype(np.float32), outputs["val"]["stats"])
+    detector = OODDetector(ood_tensors, thresholds, 1 - fit_rules.OOD_UNUSUAL_QUANTILE)
     files[OOD_FILE] = save_weights(ood_tensors, weights / OOD_FILE, half=False)
-    probe = OODDetector(ood_tensors, 0.0, 0.0)
-    threshold = float(np.quantile(probe.score(outputs["val"]["pooled"]).numpy(), OOD_VAL_QUANTILE))
-    image_threshold = float(np.quantile(probe.image_score(stats["val"]).numpy(), OOD_IMAGE_VAL_QUANTILE))
-    detector = OODDetector(ood_tensors, threshold, image_threshold)
-    synthetic = synthetic_non_dermoscopic()
-    with torch.no_grad():
-        syn_x = normalize_batch(torch.from_numpy(synthetic))
-        syn_seg = normalize_batch(torch.from_numpy(np.stack([cv2.resize(i, SEGMENTER_SIZE[::-1]) for i in synthetic])))
-        syn_x4 = mask_cn_input(syn_x, coarse_probabilities(nets["coarse_sn"], syn_seg))
-        syn_pooled = nets["mask_cn"].net.forward_head(nets["mask_cn"].net.forward_features(syn_x4), pre_logits=True)
-    syn_stats = np.stack([image_statistics(image) for image in synthetic])
-    ood_report = {
-        "method": f"flagged when either distance exceeds its threshold: (1) min class-conditional Mahalanobis distance "
-                  f"(shared Ledoit-Wolf covariance) of mask-CN pooled features in a {OOD_PCA_DIMS}-d PCA space fitted on "
-                  f"HAM10000 train; (2) Mahalanobis distance of colour/texture image statistics "
-                  f"({', '.join(IMAGE_STAT_NAMES)}) fitted on HAM10000 train",
-        "threshold": threshold,
-        "image_threshold": image_threshold,
-        "threshold_rule": f"feature distance: {OOD_VAL_QUANTILE:.1%} quantile of HAM10000 validation scores; image "
-                          f"statistics: {OOD_IMAGE_VAL_QUANTILE:.1%} quantile",
-        "flagged_fraction": {
-            "ham10000_val": float(detector.flags(outputs["val"]["pooled"], stats["val"]).mean()),
-            "ham10000_test": float(detector.flags(outputs["test"]["pooled"], stats["test"]).mean()),
-            "isic2017_val": float(detector.flags(isic_out["pooled"], stats["isic2017_val"]).mean()) if isic_out else None,
-            "synthetic_non_dermoscopic": float(detector.flags(syn_pooled, syn_stats).mean()),
-        },
-    }
+    for path in index.save(weights):
+        files[path.name] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
 
-    predictions = parts["test"][["image_id", "source", "dx"]].copy()
-    predictions["pred"] = [CLASS_CODES[i] for i in test_probs.argmax(1)]
-    for j, code in enumerate(CLASS_CODES):
-        predictions[f"p_{code}"] = test_probs[:, j].round(5)
-    predictions["dice_coarse"] = per_image["coarse_sn"]
-    predictions["dice_enhanced"] = per_image["enhanced_sn"]
+    # ---- test
+    photo_names, photos = real_photographs()
+    synthetic_names, synthetic = synthetic_non_dermoscopic()
+    photo_out = {**image_outputs(nets, photos), "names": photo_names}
+    synthetic_out = {**image_outputs(nets, synthetic), "names": synthetic_names}
+    metrics, test_scores = {}, {}
+    for name in TEST_SETS:
+        table = tables[name]
+        test_scores[name] = uncertainty_scores(name, index)[levels.score]
+        entry = {"n_images": len(table), "classification": {"mask_cn": classification_report(table, probs[name], plain[name])},
+                 "referral": referral_report(table, probs[name], referral),
+                 "uncertainty": uncertainty_report(table, probs[name], test_scores[name], levels),
+                 "segmentation": segmentation_report(table, outputs[name]),
+                 "retrieval": retrieval_scores(index, outputs[name]["pooled"], y[name], labels_of(index.table))}
+        entry["classification"]["mask_cn_single_view"] = classification_report(
+            table, DecisionRule(1, rule.temperature, rule.logit_offsets).probabilities(outputs[name]["logits"]), plain[name])
+        if baseline_rule is not None:
+            entry["classification"]["classifier"] = classification_report(
+                table, baseline_rule.probabilities(outputs[name]["baseline_logits"]),
+                DecisionRule().probabilities(outputs[name]["baseline_logits"]))
+            entry["classification"]["ensemble"] = classification_report(table, both[name], plain[name])
+        metrics[name] = entry
+    ood = ood_report(detector, outputs, tables, probs, photo_out, synthetic_out)
+    ood.update(method=(f"not_dermoscopy: colour/texture statistics ({', '.join(IMAGE_STAT_NAMES)}) beyond the "
+                       f"{fit_rules.OOD_IMAGE_QUANTILE:.1%} validation quantile of their Mahalanobis distance, or "
+                       f"mask-CN's pooled features (min class-conditional Mahalanobis distance in a "
+                       f"{fit_rules.OOD_PCA_DIMS}-d PCA space, shared Ledoit-Wolf covariance, fitted on train) beyond "
+                       f"the {fit_rules.OOD_FAR_QUANTILE:.1%} quantile; unusual: that feature distance beyond the "
+                       f"{fit_rules.OOD_UNUSUAL_QUANTILE:.0%} quantile"), unusual_share=1 - fit_rules.OOD_UNUSUAL_QUANTILE)
+
+    predictions = prediction_rows(tables, probs, referral, levels, test_scores, detector, outputs, nets, baseline_rule)
     predictions.to_csv(weights / "test_predictions.csv", index=False)
-
-    card = build_card(args, files, rule, classification, segmentation, isic_segmentation, ood_report,
-                      manifest, runs, started)
+    card = build_card(args, manifest, files, nets, rule, rule_fit, referral, referral_fit, levels, uncertainty_fit,
+                      ood, index_fit, metrics, resolution_consistency(nets, Path(args.data_dir), rule, args.max_images), runs, started)
+    card["ensemble"] = ensemble
+    card["patient_context"] = compare_context(outputs["train"]["pooled"].astype(np.float32), tables["train"],
+                                              outputs["val"]["pooled"].astype(np.float32), tables["val"])
+    card["segmentation_tta"] = {"views": seg_views, "validation_dice": seg_tta, "rule": (
+        f"flip TTA (4 views) of both segmenters only if it raises validation Dice by > {fit_rules.SEG_TTA_MIN_GAIN}")}
     (weights / MODEL_CARD_NAME).write_text(json.dumps(card, indent=1))
     print_summary(card)
     return card
 
 
+def folder_report(data_dir: Path, weights: Path, out: Path) -> dict:
+    from tqdm import tqdm
+
+    from core.folder_evaluation import evaluate_folder
+    from core.inference import Analyzer
+
+    manifest = load_manifest(data_dir)
+    analyzer = Analyzer.load(weights)
+    with tqdm(total=len(manifest), desc="evaluating", unit="image") as bar:
+        evaluation = evaluate_folder(analyzer, manifest, on_progress=lambda done, total: bar.update(1))
+    out.mkdir(parents=True, exist_ok=True)
+    evaluation.predictions.to_csv(out / "predictions.csv", index=False)
+    pd.DataFrame(evaluation.failures, columns=["image_id", "error"]).to_csv(out / "failures.csv", index=False)
+    (out / "report.json").write_text(json.dumps(evaluation.summary, indent=1))
+    (out / "report.html").write_text(report_html(evaluation.summary, data_dir))
+    ci = evaluation.summary.get("classification", {}).get("ci", {})
+    print(f"{evaluation.summary['n_images']} images evaluated, {evaluation.summary['n_failed']} failed -> {out}")
+    for name, entry in ci.items():
+        print(f"  {name:<20} {entry['value']:.4f}  [{entry['ci95'][0]:.4f}, {entry['ci95'][1]:.4f}]")
+    return evaluation.summary
+
+
+def report_html(summary: dict, data_dir: Path) -> str:
+    """A self-contained HTML summary of a folder evaluation (tables only, no scripts)."""
+    import html
+
+    parts = [f"<h1>LesionLens evaluation: {html.escape(str(data_dir))}</h1>",
+             f"<p>Model {html.escape(str(summary.get('model_version')))}; {summary['n_images']} images evaluated, "
+             f"{summary['n_failed']} failed, {summary['n_not_dermoscopy']} judged not dermoscopy (no diagnosis)"
+             f"{', run cancelled' if summary.get('cancelled') else ''}.</p>"]
+    cls = summary.get("classification")
+    if cls:
+        rows = [{"figure": k, "value": v["value"], "95% CI": f"{v['ci95'][0]:.3f}-{v['ci95'][1]:.3f}"
+                 if v["ci95"][0] is not None else ""} for k, v in cls["ci"].items()]
+        parts += ["<h2>Headline</h2>", pd.DataFrame(rows).to_html(index=False, float_format="%.3f"),
+                  "<h2>Per class</h2>", pd.DataFrame(cls["per_class"]).T.to_html(float_format="%.3f"),
+                  "<h2>Confusion matrix (rows: truth, columns: prediction)</h2>",
+                  pd.DataFrame(cls["confusion_matrix"], index=CLASS_CODES, columns=CLASS_CODES).to_html(),
+                  f"<h2>Melanoma referral</h2><p>{html.escape(json.dumps(summary['referral']))}</p>",
+                  f"<p>Expected calibration error: {cls['calibration']['ece']:.3f}</p>"]
+    if summary.get("segmentation"):
+        seg = summary["segmentation"]
+        parts.append(f"<h2>Segmentation</h2><p>Dice {seg['dice']['value']:.3f}, Jaccard {seg['jaccard']['value']:.3f} "
+                     f"over {seg['n']} images with masks</p>")
+    return "<!doctype html><meta charset='utf-8'><title>LesionLens evaluation</title>" + "\n".join(parts)
+
+
+def prediction_rows(tables, probs, referral, levels, scores, detector, outputs, nets, baseline_rule) -> pd.DataFrame:
+    """One row per test image (both test sets): what the app would show, plus per-image Dice."""
+    parts = []
+    for name in TEST_SETS:
+        table, p = tables[name], probs[name]
+        rows = table[["image_id", "source", "dx", "lesion_id"]].copy()
+        rows["pred"] = [CLASS_CODES[i] for i in p.argmax(1)]
+        for j, code in enumerate(CLASS_CODES):
+            rows[f"p_{code}"] = p[:, j].round(5)
+        rows["mel_score"] = referral.score_of(p).round(5)
+        rows["refer"] = np.where(referral.refer(p), "yes", "no")
+        rows["uncertainty_score"] = scores[name].round(5)
+        rows["uncertainty_level"] = levels.levels(scores[name])
+        rows["ood_level"] = detector.levels(torch.as_tensor(outputs[name]["pooled"], dtype=torch.float32),
+                                            outputs[name]["stats"])
+        for key, column in (("seg_coarse_sn", "dice_coarse"), ("seg_enhanced_sn", "dice_enhanced")):
+            if key in outputs[name]:
+                rows[column] = outputs[name][key][:, 0].round(4)
+        if baseline_rule is not None:
+            q = baseline_rule.probabilities(outputs[name]["baseline_logits"])
+            for j, code in enumerate(CLASS_CODES):
+                rows[f"classifier_p_{code}"] = q[:, j].round(5)
+        parts.append(rows)
+    return pd.concat(parts, ignore_index=True)
+
+
 def training_curves(runs: Path) -> dict:
     curves = {}
-    for stage in ("coarse_sn", "mask_cn", "enhanced_sn", "classifier"):
-        path = runs / stage / "history.json"
-        if path.is_file():
-            curves[stage] = json.loads(path.read_text())["history"]
+    for path in sorted(runs.glob("*/history.json")):
+        curves[path.parent.name] = json.loads(path.read_text())["history"]
     return curves
 
 
-def training_minutes(runs: Path) -> dict:
-    """Wall-clock training minutes and epochs per stage, summed from each stage's history (resumed runs included)."""
+def training_minutes(curves: dict) -> dict:
     return {stage: {"epochs": len(history), "minutes": round(sum(e["seconds"] for e in history) / 60, 1),
-                    "best_val_metric": max(e["val_metric"] for e in history)}
-            for stage, history in training_curves(runs).items() if history}
+                    "best_val_score": max(e["val_metric"] for e in history)}
+            for stage, history in curves.items() if history}
 
 
-def build_card(args, files, rule, classification, segmentation, isic_segmentation, ood_report, manifest,
-               runs: Path, started: float) -> dict:
-    mask_cn = classification["mask_cn"]
-    ablation = []
-    for model, key in (("image-only classifier", "classifier"), ("mask-CN (image + coarse mask)", "mask_cn")):
-        if key in classification:
-            for metric in ("balanced_accuracy", "macro_auc", "accuracy"):
-                ablation.append({"comparison": "classification (HAM10000 test)", "model": model, "metric": metric,
-                                 "value": classification[key][metric]})
-    for model, key in (("coarse-SN", "coarse_sn"), ("enhanced-SN", "enhanced_sn")):
-        for dataset, seg in (("HAM10000 test", segmentation), ("ISIC 2017 val", isic_segmentation)):
-            if key in seg:
-                for metric in ("dice_mean", "jaccard_mean", "jaccard_thresholded_065"):
-                    ablation.append({"comparison": f"segmentation ({dataset})", "model": model, "metric": metric,
-                                     "value": seg[key][metric]})
+def build_card(args, manifest, files, nets, rule, rule_fit, referral, referral_fit, levels, uncertainty_fit, ood,
+               index_fit, metrics, resolution, runs: Path, started: float) -> dict:
     created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    mask_cn, coarse = nets["mask_cn"], nets["coarse_sn"]
+    curves = training_curves(runs)
+    ham, isic = metrics["ham10000_test"], metrics["isic2017_test"]
+    ablation = []
+    for name, title in TEST_SETS.items():
+        for model, entry in metrics[name]["classification"].items():
+            for metric, ci in entry["ci"].items():
+                ablation.append({"data": title, "model": model, "metric": metric, **ci})
+        for model, entry in metrics[name]["segmentation"].items():
+            if model != "paired_differences":
+                for metric in ("dice", "jaccard", "jaccard_thresholded_065"):
+                    ablation.append({"data": title, "model": model, "metric": metric, **entry[metric]})
     return {
         "name": "LesionLens MB-DCNN",
-        "version": args.version or f"mbdcnn-lite0-{created[:10]}",
+        "version": args.version or f"mbdcnn-{mask_cn.meta.get('backbone', 'lite0')}-{created[:10]}",
         "created": created,
         "architecture": "Mutual Bootstrapping DCNN (Xie et al., IEEE TMI 2020): coarse-SN (U-Net) -> mask-CN "
                         "(4-channel classifier) -> CAM localisation map -> enhanced-SN (U-Net + E-layers)",
-        "backbone": args.backbone,
+        "backbone": mask_cn.meta.get("backbone"),
         "class_names": list(CLASS_CODES),
         "classes": [{"code": c.code, "name": c.name, "malignant": c.malignant, "color": c.color} for c in CLASSES],
-        "preprocessing": {"normalisation": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}, "colour_constancy": None,
-                          "hair_removal": None, "resize": "INTER_AREA to the network input size, any aspect ratio squashed",
+        "preprocessing": {**mask_cn.preprocessing.to_card(),
+                          "resize": "crop to the field of view, then INTER_AREA to the network input size",
+                          "normalisation": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
                           "mask_channel": "coarse-SN probability, (p - 0.5) / 0.25"},
-        "input_size": {"classifier": {"height": CLASSIFIER_SIZE[0], "width": CLASSIFIER_SIZE[1]},
-                       "segmenter": {"height": SEGMENTER_SIZE[0], "width": SEGMENTER_SIZE[1]}},
-        "data": {"classification": "HAM10000 (10,015 images, 7 classes), CC BY-NC 4.0",
+        "input_size": {"classifier": dict(zip(("height", "width"), mask_cn.size)),
+                       "segmenter": dict(zip(("height", "width"), coarse.size))},
+        "data": {"classification": "HAM10000 train + ISIC 2017 train (85 %), CC BY-NC 4.0",
                  "segmentation": "HAM10000 masks (Tschandl et al. 2020) + ISIC 2017 train masks",
-                 "images": "HAM10000 area-downscaled to 200x150; ISIC 2017 256x256"},
-        "split": {"method": "HAM10000 grouped by lesion_id, stratified by dx (StratifiedGroupKFold, 20 folds: "
-                            "3 test, 3 val, 14 train), seed " + str(args.seed) + "; ISIC 2017 official train/val",
-                  "file": args.split_file or None},
+                 "validation": "HAM10000 val + 15 % of ISIC 2017 train (every choice)",
+                 "test": "HAM10000 lesion-grouped test split; ISIC 2017 official validation set (other clinics)"},
+        "split": {"method": "HAM10000 grouped by lesion_id, stratified by dx (StratifiedGroupKFold, 20 folds: 3 test, "
+                            "3 val, 14 train), seed 42; ISIC 2017: official validation = test, stratified 15 % of "
+                            "official train = val", "file": args.split_file or None},
         "dataset_summary": dataset_summary(manifest),
         "files": files,
-        "temperature": rule["temperature"],
-        "logit_offsets": rule["logit_offsets"],
-        "decision_rule": {"rule": "argmax of softmax((logits + logit_offsets) / temperature); offsets = -tau * log(train "
-                                  "class prior), tau chosen on validation for balanced accuracy, temperature fitted on "
-                                  "validation after the offsets", **rule},
-        "ood": ood_report,
-        "metrics": {"test": {"classification": classification, "segmentation": segmentation},
-                    "isic2017_val": {"segmentation": isic_segmentation}},
+        "decision_rule": {**rule.to_card(), "fit": rule_fit},
+        "referral": {**referral.to_card(), "score_meaning": REFERRAL_SCORES[referral.score], "fit": referral_fit},
+        "uncertainty": {**levels.to_card(), "fit": uncertainty_fit},
+        "ood": ood,
+        "retrieval": {"k": RETRIEVAL_K, "reference_set": "train + val (HAM10000, ISIC 2017)", **index_fit},
+        "metrics": metrics,
         "ablation": ablation,
-        "training_curves": training_curves(runs),
-        "training_time_minutes": training_minutes(runs),
+        "resolution_consistency": resolution,
+        "training_curves": curves,
+        "training_time_minutes": training_minutes(curves),
         "evaluation_seconds": round(time.time() - started, 1),
         "predictions_csv": "test_predictions.csv",
-        "headline": {"balanced_accuracy": mask_cn["balanced_accuracy"], "macro_auc": mask_cn["macro_auc"],
-                     "enhanced_sn_dice": segmentation["enhanced_sn"]["dice_mean"],
-                     "isic2017_val_jaccard": isic_segmentation.get("enhanced_sn", {}).get("jaccard_mean")},
+        "headline": {"ham10000_balanced_accuracy": ham["classification"]["mask_cn"]["ci"]["balanced_accuracy"],
+                     "ham10000_macro_auc": ham["classification"]["mask_cn"]["ci"]["macro_auc"],
+                     "ham10000_melanoma_auc": ham["classification"]["mask_cn"]["ci"].get("auc_mel"),
+                     "isic2017_melanoma_auc": isic["classification"]["mask_cn"]["ci"].get("auc_mel"),
+                     "isic2017_seborrhoeic_keratosis_auc": isic["classification"]["mask_cn"]["ci"].get("auc_bkl"),
+                     "ham10000_enhanced_sn_dice": ham["segmentation"].get("enhanced_sn", {}).get("dice"),
+                     "isic2017_enhanced_sn_jaccard": isic["segmentation"].get("enhanced_sn", {}).get("jaccard")},
     }
 
 
 def print_summary(card: dict) -> None:
     print(f"model card {card['version']}  (evaluation {card['evaluation_seconds']} s)")
-    for row in card["ablation"]:
-        print(f"  {row['comparison']:<32} {row['model']:<32} {row['metric']:<24} {row['value']:.4f}")
-    print("  temperature", round(card["temperature"], 3), " OOD", json.dumps(card["ood"]["flagged_fraction"]))
+    for key, value in card["headline"].items():
+        if value:
+            print(f"  {key:<38} {value['value']:.4f}  [{value['ci95'][0]:.4f}, {value['ci95'][1]:.4f}]")
+    print("  decision rule", json.dumps({k: v for k, v in card["decision_rule"].items() if k != "fit"}))
+    print("  referral", card["referral"]["score"], round(card["referral"]["threshold"], 4))
+    print("  uncertainty", card["uncertainty"]["score"], card["uncertainty"]["cuts"])
+    for name, entry in card["ood"]["results"].items():
+        print(f"  OOD {name}: " + json.dumps({k: v for k, v in entry.items() if k != "accepted"}))
     for name, entry in card["files"].items():
-        print(f"  {name:<24} {entry['bytes'] / 2**20:6.2f} MiB  sha256 {entry['sha256'][:16]}")
+        print(f"  {name:<28} {entry['bytes'] / 2**20:6.2f} MiB  sha256 {entry['sha256'][:16]}")
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ class MaskCNStage(ClassifierStage):
             coarse_sn, meta = load_upstream("coarse_sn", self.cfg["coarse_sn"])
             seg_u8 = upstream_images(table, meta, self.cfg["use_cache"])
             arrays.aux = torch.cat([coarse_probabilities(coarse_sn, normalize_batch(torch.from_numpy(
-                np.ascontiguousarray(seg_u8[s:s + VAL_BATCH])))).half() for s in range(0, len(table), VAL_BATCH)])
+                np.array(seg_u8[s:s + VAL_BATCH])))).half() for s in range(0, len(table), VAL_BATCH)])
         return arrays
 
     def batch(self, arrays: Arrays, idx: np.ndarray, generator: torch.Generator | None):

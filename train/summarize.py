@@ -1,4 +1,4 @@
-"""Print the shipped model card as Markdown tables (what the README's results section quotes).
+"""Print the shipped model card as the Markdown tables the README quotes (values with bootstrap 95 % CIs).
 
     python -m train.summarize [--weights weights]
 """
@@ -8,6 +8,10 @@ import argparse
 
 from core.weights_io import read_model_card
 
+TEST_SETS = {"ham10000_test": "HAM10000 test", "isic2017_test": "ISIC 2017 val (official)"}
+MODELS = {"classifier": "image-only classifier", "mask_cn_single_view": "mask-CN, no TTA",
+          "mask_cn": "mask-CN + TTA (shipped)", "ensemble": "mask-CN + image-only (mean)"}
+
 
 def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -16,53 +20,110 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def _fmt(value) -> str:
+    if isinstance(value, dict) and "value" in value:
+        if value["value"] is None:
+            return "—"
+        low, high = value["ci95"]
+        return f"{value['value']:.3f} [{low:.3f}, {high:.3f}]" if low is not None else f"{value['value']:.3f}"
+    if value is None:
+        return "—"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def classification_table(card: dict) -> str:
-    models = card["metrics"]["test"]["classification"]
     rows = []
-    for key, name in (("classifier", "image-only classifier (baseline)"), ("mask_cn", "mask-CN (MB-DCNN)")):
-        if key in models:
-            m = models[key]
-            rows.append([name, m["accuracy"], m["balanced_accuracy"], m["macro_auc"], m["top2_accuracy"],
-                         m["calibration"]["before"]["ece"], m["calibration"]["after"]["ece"]])
-    return _table(["model", "accuracy", "balanced acc.", "macro AUC", "top-2 acc.", "ECE before T", "ECE after T"], rows)
+    for key, data in TEST_SETS.items():
+        for model, m in card["metrics"][key]["classification"].items():
+            ci = m["ci"]
+            rows.append([data, MODELS.get(model, model), ci["balanced_accuracy"], ci["macro_auc"], ci.get("auc_mel"),
+                         ci.get("auc_bkl"), m["accuracy"], m["calibration"]["before"]["ece"], m["calibration"]["after"]["ece"]])
+    return _table(["data", "model", "balanced acc.", "macro AUC", "melanoma AUC", "bkl / SK AUC", "accuracy",
+                   "ECE softmax", "ECE shown"], rows)
 
 
 def per_class_table(card: dict) -> str:
-    per_class = card["metrics"]["test"]["classification"]["mask_cn"]["per_class"]
+    per_class = card["metrics"]["ham10000_test"]["classification"]["mask_cn"]["per_class"]
     rows = [[code, m["precision"], m["recall"], m["f1"], m["auc"], m["support"]] for code, m in per_class.items()]
     return _table(["class", "precision", "recall", "F1", "AUC", "support"], rows)
 
 
 def segmentation_table(card: dict) -> str:
     rows = []
-    for dataset, key in (("HAM10000 test", "test"), ("ISIC 2017 val", "isic2017_val")):
+    for key, data in TEST_SETS.items():
         for model, seg in card["metrics"][key]["segmentation"].items():
-            rows.append([dataset, model, seg["dice_mean"], seg["jaccard_mean"], seg["jaccard_thresholded_065"], seg["n"]])
+            if model != "paired_differences":
+                rows.append([data, model, seg["dice"], seg["jaccard"], seg["jaccard_thresholded_065"], seg["n"]])
+        for name, diff in card["metrics"][key]["segmentation"]["paired_differences"].items():
+            rows.append([data, name, "", diff, "", ""])
     return _table(["data", "network", "Dice", "Jaccard", "thresholded Jaccard (0.65)", "images"], rows)
+
+
+def referral_table(card: dict) -> str:
+    rows = [[data, card["metrics"][key]["referral"]["sensitivity"], card["metrics"][key]["referral"]["specificity"],
+             card["metrics"][key]["referral"]["auc"], card["metrics"][key]["referral"]["n_melanoma"]]
+            for key, data in TEST_SETS.items()]
+    return _table(["data", "melanoma sensitivity", "specificity", "AUC of the score", "melanomas"], rows)
+
+
+def uncertainty_table(card: dict) -> str:
+    rows = []
+    for key, data in TEST_SETS.items():
+        for level, entry in card["metrics"][key]["uncertainty"]["levels"].items():
+            rows.append([data, level, entry["share"], entry["error_rate"],
+                         card["uncertainty"]["error_rates"].get(level)])
+    return _table(["data", "level", "share of images", "top-1 error rate", "validation error rate"], rows)
+
+
+def ood_table(card: dict) -> str:
+    rows = []
+    for name, entry in card["ood"]["results"].items():
+        rows.append([name, entry.get("n", ""), entry["not_dermoscopy_share"], entry.get("unusual_share"),
+                     entry.get("error_rate_unusual"), entry.get("error_rate_in")])
+    return _table(["images", "n", "rejected as not dermoscopy", "flagged unusual", "error rate unusual",
+                   "error rate in"], rows)
+
+
+def retrieval_table(card: dict) -> str:
+    rows = []
+    for key, data in TEST_SETS.items():
+        r = card["metrics"][key]["retrieval"]
+        rows.append([data, r["precision_at_k"], r["knn_vote_balanced_accuracy"],
+                     card["metrics"][key]["classification"]["mask_cn"]["balanced_accuracy"]])
+    return _table([f"queries", f"precision@{card['retrieval']['k']}", "k-NN vote balanced acc.",
+                   "classifier balanced acc."], rows)
 
 
 def training_table(card: dict) -> str:
     times = card.get("training_time_minutes") or {}
-    rows = [[stage, t["epochs"], f"{t['minutes']:.1f}", t["best_val_metric"]] for stage, t in times.items()]
-    return _table(["stage", "epochs", "CPU minutes", "best validation metric"], rows)
+    rows = [[stage, t["epochs"], f"{t['minutes']:.1f}", t["best_val_score"]] for stage, t in times.items()]
+    return _table(["stage", "epochs", "CPU minutes", "best validation score"], rows)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="weights")
     card = read_model_card(parser.parse_args(argv).weights)
-    ood = card["ood"]["flagged_fraction"]
+    rule, referral, context = card["decision_rule"], card["referral"], card.get("patient_context", {})
     print(f"Model card {card['version']} ({card['created']})\n")
-    print("Classification, HAM10000 lesion-grouped test split\n\n" + classification_table(card) + "\n")
-    print("mask-CN per class\n\n" + per_class_table(card) + "\n")
-    print("Segmentation\n\n" + segmentation_table(card) + "\n")
+    print("Classification (bootstrap 95 % CIs, lesions resampled)\n\n" + classification_table(card) + "\n")
+    print("mask-CN per class, HAM10000 test\n\n" + per_class_table(card) + "\n")
+    print("Segmentation and the E-layer ablation\n\n" + segmentation_table(card) + "\n")
+    print(f"Melanoma referral: {referral['score_meaning']} >= {referral['threshold']:.3f} (validation sensitivity "
+          f"target {referral['target_sensitivity']:.2f})\n\n" + referral_table(card) + "\n")
+    print(f"Uncertainty levels ({card['uncertainty']['score']})\n\n" + uncertainty_table(card) + "\n")
+    print("Out-of-distribution\n\n" + ood_table(card) + "\n")
+    print("Similar cases\n\n" + retrieval_table(card) + "\n")
     print("Training (CPU)\n\n" + training_table(card) + "\n")
-    print(f"Decision rule: logit adjustment tau={card['decision_rule']['logit_adjustment_tau']:.2f}, "
-          f"temperature={card['temperature']:.3f} (both fitted on validation)")
-    print("OOD flagged fraction: " + ", ".join(f"{k} {v:.1%}" for k, v in ood.items() if v is not None))
+    print(f"Decision rule: {rule['views']} TTA view(s), temperature {rule['temperature']:.3f}, logit adjustment tau "
+          f"{rule['fit']['chosen']['tau']:.2f} (chosen on validation)")
+    res = card.get("resolution_consistency", {})
+    if res.get("n"):
+        print(f"Resolution consistency: top class changes on {res['top_class_changed_share']:.1%} of {res['n']} "
+              "full-resolution HAM10000 images against their 200x150 copies")
+    if context:
+        print(f"Patient context (validation criterion): image only {context['validation_criterion']['image_only']:.4f}, "
+              f"image + context {context['validation_criterion']['image_and_context']:.4f}, gain {context['gain']:+.4f} "
+              f"[{context['gain_ci95'][0]:+.4f}, {context['gain_ci95'][1]:+.4f}]; shipped: {context['shipped']}")
 
 
 if __name__ == "__main__":

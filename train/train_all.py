@@ -1,13 +1,15 @@
 """Train every network in dependency order, each through train.train, then the E-layer ablation controls.
 
     python -m train.train_all --data-dir ../shared/data --runs runs [--epochs-seg 12 --epochs-cls 25 ...]
-    python -m train.train_all ... --max-minutes 60      # every stage in pieces: re-run the same command to continue
 
 Stages: coarse_sn -> mask_cn (validated on coarse-SN's output) -> enhanced_sn (warm start from coarse-SN, fed
 mask-CN's localisation maps); the image-only classifier (ablation baseline); and two controls for the E-layers:
 coarse_sn_more (coarse-SN trained the same extra epochs as enhanced-SN, from the same start) and enhanced_sn_zero
-(enhanced-SN fed all-zero maps). Any other flag is passed to every stage (e.g. --threads 2). A finished stage is
-skipped; an unfinished one resumes exactly (--resume true). Afterwards run `python -m train.evaluate`.
+(enhanced-SN fed all-zero maps). Stages run in the order --stages gives (mask-CN needs a coarse-SN only for its
+validation masks: --mask-cn-validation-coarse-sn lets it train before the new coarse-SN). Any other flag is passed
+to every stage (e.g. --threads 2). Every stage checkpoints each epoch: a finished stage is skipped and an
+interrupted one resumes exactly, so re-running the same command after a kill continues where it stopped.
+Afterwards run `python -m train.evaluate`.
 """
 from __future__ import annotations
 
@@ -23,15 +25,16 @@ ORDER = ("coarse_sn", "mask_cn", "enhanced_sn", "coarse_sn_more", "enhanced_sn_z
 def plan(args, runs: Path) -> dict[str, list[str]]:
     coarse, mask_cn = str(runs / "coarse_sn" / "best.safetensors"), str(runs / "mask_cn" / "best.safetensors")
     segmenter = ["--amp", args.seg_amp]
+    classifier = ["--epochs", str(args.epochs_cls), "--freeze-blocks", str(args.cls_freeze)]
     fine_tune = ["--epochs", str(args.epochs_enhanced), "--lr", str(args.lr_enhanced), "--warmup-epochs", "0.2"]
     return {
         "coarse_sn": ["--stage", "coarse_sn", "--epochs", str(args.epochs_seg), *segmenter],
-        "mask_cn": ["--stage", "mask_cn", "--epochs", str(args.epochs_cls), "--coarse-sn", coarse],
+        "mask_cn": ["--stage", "mask_cn", *classifier, "--coarse-sn", args.mask_cn_validation_coarse_sn or coarse],
         "enhanced_sn": ["--stage", "enhanced_sn", *fine_tune, *segmenter, "--coarse-sn", coarse, "--mask-cn", mask_cn],
         "coarse_sn_more": ["--stage", "coarse_sn", *fine_tune, *segmenter, "--init", coarse],
         "enhanced_sn_zero": ["--stage", "enhanced_sn", *fine_tune, *segmenter, "--coarse-sn", coarse, "--mask-cn", mask_cn,
                              "--zero-localisation", "true"],
-        "classifier": ["--stage", "classifier", "--epochs", str(args.epochs_cls)],
+        "classifier": ["--stage", "classifier", *classifier],
     }
 
 
@@ -53,12 +56,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--lr-enhanced", type=float, default=3e-4)
     parser.add_argument("--seg-amp", default="auto", help="autocast of the segmenters (bf16 is ~1.6x faster on "
                                                           "CPUs with AVX512-BF16; auto = bf16 on CUDA only)")
+    parser.add_argument("--cls-freeze", type=int, default=0, help="frozen early stages of the classifiers")
+    parser.add_argument("--mask-cn-validation-coarse-sn", default="",
+                        help="coarse-SN weights for mask-CN's validation masks (default: RUNS/coarse_sn)")
     parser.add_argument("--stages", default=",".join(ORDER))
     args, passthrough = parser.parse_known_args(argv)
     runs = Path(args.runs)
     steps = plan(args, runs)
     results = {}
-    for name in [s for s in ORDER if s in args.stages.split(",")]:
+    for name in args.stages.split(","):
+        if name not in steps:
+            parser.error(f"unknown stage {name!r}; choose from {', '.join(ORDER)}")
         out_dir = runs / name
         if finished(out_dir, steps[name]):
             print(f"== {name}: finished earlier ({out_dir / 'history.json'})", flush=True)

@@ -1,0 +1,90 @@
+"""train.evaluate end to end on tiny trained runs: the card's rules are fitted, the files verify, the Analyzer
+applies the same rules, and the folder report gives the numbers core.folder_evaluation gives."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.classes import CLASS_CODES
+from core.inference import Analyzer
+from core.intake import load_image_file
+from core.weights_io import sha256_of
+from train import evaluate
+
+
+@pytest.fixture(scope="module")
+def tiny_card(tiny_runs, data_dir, tmp_path_factory):
+    runs, _ = tiny_runs
+    weights = tmp_path_factory.mktemp("weights")
+    card = evaluate.main(["--data-dir", str(data_dir), "--runs", str(runs), "--weights", str(weights),
+                          "--max-images", "3", "--use-cache", "false"])
+    return weights, card
+
+
+def test_the_card_holds_every_rule_and_verifiable_files(tiny_card):
+    weights, card = tiny_card
+    assert card["decision_rule"]["views"] in (1, 4, 8) and card["decision_rule"]["temperature"] > 0
+    assert card["referral"]["score"] in ("mel", "malignant") and 0 <= card["referral"]["threshold"] <= 1
+    assert len(card["uncertainty"]["cuts"]) == 2 and card["uncertainty"]["cuts"][0] <= card["uncertainty"]["cuts"][1]
+    assert set(card["ood"]["thresholds"]) == {"image", "feature_far", "feature_unusual"}
+    assert card["ood"]["results"]["real_non_dermoscopy_photos"]["n"] == 21
+    for name, entry in card["files"].items():
+        assert sha256_of(weights / name) == entry["sha256"], name
+    assert {"coarse_sn.safetensors", "mask_cn.safetensors", "enhanced_sn.safetensors", "ood.safetensors",
+            "case_index.safetensors", "case_index.csv"} <= set(card["files"])
+    for name in ("ham10000_test", "isic2017_test"):
+        ci = card["metrics"][name]["classification"]["mask_cn"]["ci"]["macro_auc"]
+        assert ci["ci95"][0] <= ci["value"] <= ci["ci95"][1]
+    assert card["input_size"]["segmenter"] == {"height": 96, "width": 128}
+    assert card["preprocessing"]["colour_constancy"] is True
+    assert "gain_ci95" in card["patient_context"]
+
+
+def test_predictions_csv_applies_the_cards_rules(tiny_card):
+    weights, card = tiny_card
+    rows = pd.read_csv(weights / "test_predictions.csv")
+    assert set(rows["source"]) == {"ham10000", "isic2017"}
+    expected_refer = np.where(rows["mel_score"] >= card["referral"]["threshold"] - 1e-5, "yes", "no")
+    assert (rows["refer"] == expected_refer).all()
+    low, high = card["uncertainty"]["cuts"]
+    levels = np.where(rows["uncertainty_score"] < low, "low", np.where(rows["uncertainty_score"] < high, "moderate", "high"))
+    assert (rows["uncertainty_level"] == levels).all()
+    assert (rows["pred"] == rows[[f"p_{c}" for c in CLASS_CODES]].idxmax(axis=1).str[2:]).all()
+
+
+def test_the_analyzer_applies_the_same_rules(tiny_card, ham_split):
+    weights, card = tiny_card
+    analyzer = Analyzer.load(weights)
+    row = ham_split[ham_split["split"] == "test"].iloc[0]
+    result = analyzer.analyze(load_image_file(row["image_path"]))
+    assert analyzer.rule.views == card["decision_rule"]["views"]
+    assert result.refer == (result.mel_score >= card["referral"]["threshold"])
+    assert result.uncertainty_level == analyzer.uncertainty.level(result.uncertainty_score)
+    assert result.ood_level in ("in", "unusual", "not_dermoscopy")
+    assert len(result.similar) == 8 and result.similar["similarity"].is_monotonic_decreasing
+    assert abs(sum(result.probs.values()) - 1) < 1e-5
+
+
+def test_folder_report_gives_the_numbers_of_core_folder_evaluation(tiny_card, ham_split, tmp_path):
+    """A researcher's folder (one folder per class, one unreadable file): the CLI report and the function behind
+    the dashboard page agree, and the bad file is a failure row, not a crash."""
+    from core.datasets import load_manifest
+    from core.folder_evaluation import evaluate_folder
+
+    weights, _ = tiny_card
+    folder = tmp_path / "mine"
+    for code in ("mel", "nv", "bkl"):
+        (folder / code).mkdir(parents=True)
+        for path in ham_split[(ham_split["split"] == "test") & (ham_split["dx"] == code)]["image_path"].head(3):
+            shutil.copy(path, folder / code)
+    (folder / "nv" / "broken.jpg").write_text("not an image")
+    out = tmp_path / "report"
+    summary = evaluate.main(["--data-dir", str(folder), "--weights", str(weights), "--report", str(out)])
+    written = json.loads((out / "report.json").read_text())
+    direct = evaluate_folder(Analyzer.load(weights), load_manifest(folder)).summary
+    assert written == json.loads(json.dumps(direct)) == json.loads(json.dumps(summary))
+    assert written["n_images"] == 9 and written["n_failed"] == 1
+    assert pd.read_csv(out / "failures.csv")["image_id"].tolist() == ["broken"]
+    assert len(pd.read_csv(out / "predictions.csv")) == 9 and "<table" in (out / "report.html").read_text()

@@ -1,0 +1,135 @@
+"""The rules every surface shares: decision rule + TTA, referral, uncertainty levels, OOD levels, similar cases."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.classes import CLASS_INDEX, NUM_CLASSES
+from core.decision_rule import DecisionRule
+from core.mbdcnn import mbdcnn_forward
+from core.models import create_model
+from core.ood import OODDetector
+from core.referral import ReferralRule, melanoma_score
+from core.retrieval import CaseIndex
+from core.tta import ALL_VIEWS, FLIP_VIEWS, unview, view, views_for
+from core.uncertainty import UncertaintyLevels, probability_scores
+from train import fit_rules
+
+
+def test_views_are_the_dihedral_group_and_unview_inverts_them():
+    x = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).view(2, 3, 5, 7)
+    seen = {tuple(view(x, k).flatten().tolist()) for k in ALL_VIEWS}
+    assert len(seen) == 8  # eight distinct views
+    assert all(torch.equal(unview(view(x, k), k), x) for k in ALL_VIEWS)
+    assert torch.equal(view(x, 1), torch.flip(x, (-1,))) and view(x, 4).shape == (2, 3, 7, 5)
+    with pytest.raises(ValueError, match="1, 4 or 8"):
+        views_for(3)
+
+
+@pytest.fixture(scope="module")
+def networks():
+    torch.manual_seed(0)
+    return [create_model(a, pretrained=None).eval() for a in ("coarse_sn", "mask_cn", "enhanced_sn")]
+
+
+def test_tta_averaged_output_is_invariant_under_a_flip(networks):
+    """With the segmenters' flip TTA and mask-CN's 8 views, flipping the input only permutes the views: the averaged
+    probabilities are unchanged and the masks flip with the image. Without TTA they are not invariant."""
+    seg = torch.randn(1, 3, 64, 96)
+    cls = torch.randn(1, 3, 48, 64)
+    rule = DecisionRule(views=8)
+    with torch.no_grad():
+        a = mbdcnn_forward(*networks, seg, cls, ALL_VIEWS, FLIP_VIEWS)
+        b = mbdcnn_forward(*networks, torch.flip(seg, (-1,)), torch.flip(cls, (-1,)), ALL_VIEWS, FLIP_VIEWS)
+        plain_a = mbdcnn_forward(*networks, seg, cls, (0,), (0,))
+        plain_b = mbdcnn_forward(*networks, torch.flip(seg, (-1,)), torch.flip(cls, (-1,)), (0,), (0,))
+    assert np.allclose(rule.probabilities(a["logits"]), rule.probabilities(b["logits"]), atol=1e-5)
+    assert torch.allclose(a["coarse"], torch.flip(b["coarse"], (-1,)), atol=1e-5)
+    assert not torch.allclose(plain_a["logits"], plain_b["logits"], atol=1e-3)  # one view alone sees the flip
+
+
+def test_decision_rule_averages_view_probabilities_with_offsets_and_temperature():
+    logits = np.random.default_rng(0).normal(size=(8, 5, NUM_CLASSES))
+    offsets = tuple(np.linspace(-1, 1, NUM_CLASSES))
+    rule = DecisionRule(views=4, temperature=2.0, logit_offsets=offsets)
+    z = (logits[:4] + np.array(offsets)) / 2.0
+    expected = (np.exp(z) / np.exp(z).sum(-1, keepdims=True)).mean(0)
+    assert np.allclose(rule.probabilities(logits), expected)
+    assert DecisionRule.from_card({"decision_rule": rule.to_card()}) == rule
+
+
+def test_referral_scores_and_threshold():
+    probs = np.zeros((3, NUM_CLASSES))
+    probs[0, CLASS_INDEX["mel"]] = 0.3
+    probs[0, CLASS_INDEX["bcc"]] = 0.3
+    probs[1, CLASS_INDEX["mel"]] = 0.1
+    probs[2, CLASS_INDEX["nv"]] = 1.0
+    assert melanoma_score(probs, "mel").tolist() == pytest.approx([0.3, 0.1, 0.0])
+    assert melanoma_score(probs, "malignant").tolist() == pytest.approx([0.6, 0.1, 0.0])
+    rule = ReferralRule("malignant", 0.5)
+    assert rule.refer(probs).tolist() == [True, False, False]
+    assert rule.refer(probs, threshold=0.05).tolist() == [True, True, False]  # a session's own threshold
+    with pytest.raises(ValueError, match="unknown melanoma score"):
+        melanoma_score(probs, "benign")
+
+
+def test_fit_referral_reaches_the_target_sensitivity_on_validation():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, NUM_CLASSES, 500)
+    probs = rng.dirichlet(np.ones(NUM_CLASSES), 500)
+    probs[labels == CLASS_INDEX["mel"], CLASS_INDEX["mel"]] += 0.5
+    probs /= probs.sum(1, keepdims=True)
+    rule, report = fit_rules.fit_referral(probs, labels, 0.9)
+    is_mel = labels == CLASS_INDEX["mel"]
+    sensitivity = rule.refer(probs[is_mel]).mean()
+    assert sensitivity >= 0.9 and report["candidates"][rule.score]["sensitivity"] == pytest.approx(sensitivity)
+    # the largest such threshold: any higher one loses sensitivity
+    assert rule.refer(probs[is_mel], threshold=rule.threshold + 1e-6).mean() < 0.9 + 1 / is_mel.sum()
+
+
+def test_uncertainty_levels_are_cut_on_validation_and_carry_their_error_rates():
+    rng = np.random.default_rng(2)
+    score = rng.uniform(0, 1, 2000)
+    errors = (rng.uniform(0, 1, 2000) < score * 0.6).astype(float)  # errors grow with the score
+    levels, report = fit_rules.fit_uncertainty({"entropy": score, "noise": rng.uniform(0, 1, 2000)}, errors)
+    assert levels.score == "entropy" and report["chosen"] == "entropy"  # the informative score has the lower AURC
+    assigned = levels.levels(score)
+    assert errors[assigned == "low"].mean() <= fit_rules.LOW_MAX_ERROR
+    assert (assigned == "high").mean() == pytest.approx(fit_rules.HIGH_SHARE, abs=0.01)
+    assert levels.error_rates["high"] > 3 * levels.error_rates["low"]
+    assert "wrong" in levels.sentence("high") and f"{levels.error_rates['high']:.0%}" in levels.sentence("high")
+    assert UncertaintyLevels.from_card({"uncertainty": levels.to_card()}) == levels
+
+
+def test_probability_scores():
+    probs = np.array([[1.0] + [0.0] * 6, [1 / 7] * 7])
+    scores = probability_scores(probs, np.stack([probs, probs[::-1]]))
+    assert scores["max_probability"] == pytest.approx([0, 6 / 7])
+    assert scores["entropy"] == pytest.approx([0, 1], abs=1e-6)
+    assert scores["tta_disagreement"] == pytest.approx([3 / 7, 3 / 7])
+
+
+def test_ood_levels_follow_the_thresholds():
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(400, 16)).astype(np.float32)
+    stats = rng.normal(size=(400, 11)).astype(np.float32)
+    tensors = fit_rules.fit_ood(train, rng.integers(0, 3, 400), stats)
+    detector = OODDetector(tensors, fit_rules.fit_ood_thresholds(tensors, train, stats))
+    far_features = train[:3] * 40
+    odd_stats = stats[:3] + 50
+    levels = detector.levels(torch.as_tensor(np.concatenate([train[:3], far_features, train[:3]])),
+                             np.concatenate([stats[:3], stats[:3], odd_stats]))
+    assert levels[3:].tolist() == ["not_dermoscopy"] * 6
+    assert (detector.levels(torch.as_tensor(train), stats) == "in").mean() == pytest.approx(0.9, abs=0.02)
+
+
+def test_case_index_finds_the_same_case_first_and_ranks_by_cosine():
+    rng = np.random.default_rng(4)
+    pooled = rng.normal(size=(50, 32)).astype(np.float32)
+    table = pd.DataFrame({"image_id": [f"ISIC_{i}" for i in range(50)], "source": "ham10000",
+                          "dx": ["nv"] * 50, "dx_type": ["histo"] * 50})
+    index = CaseIndex.fit(pooled, table, dims=16)
+    hits = index.nearest(pooled[7:8] + 0.01, k=5)
+    assert hits["image_id"].iloc[0] == "ISIC_7" and hits["similarity"].is_monotonic_decreasing
+    assert hits["confirmed_by"].iloc[0] == "histopathology"
+    assert index.knn_distance(pooled[:2], k=1) == pytest.approx([0, 0], abs=1e-5)

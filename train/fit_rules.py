@@ -1,0 +1,156 @@
+"""Everything the model card decides on validation data: the decision rule (test-time-augmentation views, logit
+adjustment, temperature), the melanoma referral threshold, the uncertainty levels and the OOD thresholds.
+
+Validation = HAM10000 val + the held-out part of ISIC 2017 train; nothing here ever sees a test split.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+from sklearn.covariance import LedoitWolf
+from sklearn.decomposition import PCA
+
+from core.classes import CLASS_INDEX, NUM_CLASSES
+from core.decision_rule import DecisionRule
+from core.metrics import logit_adjustment, risk_coverage
+from core.ood import OODDetector
+from core.referral import SCORES as REFERRAL_SCORES, ReferralRule, melanoma_score
+from core.uncertainty import LEVELS, UncertaintyLevels
+from train.stages import classification_scores
+
+VIEW_CHOICES = (1, 4, 8)
+TAUS = tuple(np.round(np.arange(0, 1.51, 0.25), 2))
+ADJUSTMENT_MIN_GAIN = 0.01      # keep a logit adjustment only if it raises the validation criterion this much
+SEG_TTA_MIN_GAIN = 0.002        # flip TTA of the segmenters only if it raises validation Dice by more than this
+VIEWS_TIE = 0.002               # fewer views unless more views raise the criterion by more than this
+LOW_MAX_ERROR = 0.08            # "low" uncertainty: the largest validation share whose top prediction errs <= 8 %
+HIGH_SHARE = 0.30               # "high" uncertainty: the 30 % most uncertain validation images
+OOD_PCA_DIMS = 64
+OOD_UNUSUAL_QUANTILE = 0.90     # "unusual": feature distance above 90 % of validation images
+OOD_FAR_QUANTILE = 0.999        # "not dermoscopy": feature distance above 99.9 % of validation images ...
+OOD_IMAGE_QUANTILE = 0.997      # ... or image statistics above 99.7 %
+
+
+def criterion(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> float:
+    """The model-selection criterion, as in training: the mean of HAM10000's balanced accuracy and the other
+    source's macro AUC (each source alone when only one is present)."""
+    parts = []
+    for source in np.unique(sources):
+        chosen = sources == source
+        scores = classification_scores(labels[chosen], probs[chosen])
+        parts.append(scores["balanced_accuracy"] if source == "ham10000" else scores["macro_auc"])
+    return float(np.mean(parts))
+
+
+def fit_temperature(logits_views: np.ndarray, labels: np.ndarray, offsets: np.ndarray) -> float:
+    """The temperature minimising the validation NLL of the view-averaged probabilities."""
+    z = torch.as_tensor(logits_views + offsets, dtype=torch.float64)
+    y = torch.as_tensor(labels)
+
+    def nll(log_t: float) -> float:
+        p = torch.softmax(z / math.exp(log_t), -1).mean(0)
+        return float(-torch.log(p[torch.arange(len(y)), y].clamp(min=1e-12)).mean())
+
+    return float(math.exp(minimize_scalar(nll, bounds=(math.log(0.05), math.log(20)), method="bounded",
+                                          options={"xatol": 1e-5}).x))
+
+
+def fit_decision_rule(logits_views: np.ndarray, labels: np.ndarray, sources: np.ndarray,
+                      priors: np.ndarray) -> tuple[DecisionRule, dict]:
+    """Views, logit adjustment and temperature chosen on validation by `criterion` (temperature by NLL)."""
+    table = []
+    for views in VIEW_CHOICES:
+        for tau in TAUS:
+            offsets = logit_adjustment(priors, tau)
+            temperature = fit_temperature(logits_views[:views], labels, offsets)
+            rule = DecisionRule(views, temperature, tuple(float(o) for o in offsets))
+            probs = rule.probabilities(logits_views)
+            table.append({"views": views, "tau": float(tau), "temperature": temperature,
+                          "criterion": criterion(probs, labels, sources),
+                          "accuracy": float((probs.argmax(1) == labels).mean())})
+    chosen = {}
+    for views in VIEW_CHOICES:
+        rows = [r for r in table if r["views"] == views]
+        plain = rows[0]
+        best = max(rows, key=lambda r: r["criterion"])
+        chosen[views] = best if best["criterion"] - plain["criterion"] >= ADJUSTMENT_MIN_GAIN else plain
+    pick = chosen[VIEW_CHOICES[0]]
+    for views in VIEW_CHOICES[1:]:
+        if chosen[views]["criterion"] > pick["criterion"] + VIEWS_TIE:
+            pick = chosen[views]
+    rule = DecisionRule(pick["views"], pick["temperature"], tuple(float(o) for o in logit_adjustment(priors, pick["tau"])))
+    report = {"grid": table, "chosen": pick, "rule": (
+        f"views, logit adjustment tau (grid {list(TAUS)}) and temperature fitted on validation; the adjustment is kept "
+        f"only if it raises the criterion by >= {ADJUSTMENT_MIN_GAIN}; more views only if they raise it by > {VIEWS_TIE}"),
+        "criterion": "mean of HAM10000 val balanced accuracy and ISIC 2017 val-part macro AUC"}
+    return rule, report
+
+
+def fit_referral(probs: np.ndarray, labels: np.ndarray, target_sensitivity: float = 0.9) -> tuple[ReferralRule, dict]:
+    """For each candidate score, the largest threshold that keeps validation melanoma sensitivity >= target;
+    the score with the higher validation specificity at that threshold wins."""
+    is_mel = labels == CLASS_INDEX["mel"]
+    candidates = {}
+    for kind in REFERRAL_SCORES:
+        score = melanoma_score(probs, kind)
+        positives = np.sort(score[is_mel])
+        threshold = float(positives[int(math.floor((1 - target_sensitivity) * len(positives)))])
+        candidates[kind] = {"threshold": threshold, "sensitivity": float((score[is_mel] >= threshold).mean()),
+                            "specificity": float((score[~is_mel] < threshold).mean())}
+    kind = max(candidates, key=lambda k: candidates[k]["specificity"])
+    return (ReferralRule(kind, candidates[kind]["threshold"], target_sensitivity),
+            {"candidates": candidates, "chosen": kind, "validation_melanomas": int(is_mel.sum()),
+             "rule": f"largest threshold with validation melanoma sensitivity >= {target_sensitivity}; the score with "
+                     "the higher validation specificity there"})
+
+
+def fit_uncertainty(scores: dict[str, np.ndarray], errors: np.ndarray) -> tuple[UncertaintyLevels, dict]:
+    """The score with the smallest validation AURC, cut into low (largest share with error <= LOW_MAX_ERROR),
+    high (the HIGH_SHARE most uncertain) and moderate (between)."""
+    curves = {name: risk_coverage(s, errors) for name, s in scores.items()}
+    name = min(curves, key=lambda n: curves[n]["aurc"])
+    s = scores[name]
+    order = np.argsort(s, kind="stable")
+    running = np.cumsum(errors[order]) / np.arange(1, len(s) + 1)
+    ok = np.flatnonzero(running <= LOW_MAX_ERROR)
+    low_count = int(ok.max()) + 1 if len(ok) else 0
+    low_cut = float(s[order][low_count]) if low_count < len(s) else float(s.max()) + 1e-9
+    high_cut = max(float(np.quantile(s, 1 - HIGH_SHARE)), low_cut)
+    levels = UncertaintyLevels(name, (low_cut, high_cut))
+    assigned = levels.levels(s)
+    rates = {lvl: float(errors[assigned == lvl].mean()) if (assigned == lvl).any() else None for lvl in LEVELS}
+    shares = {lvl: float((assigned == lvl).mean()) for lvl in LEVELS}
+    levels = UncertaintyLevels(name, (low_cut, high_cut), {k: v for k, v in rates.items() if v is not None})
+    return levels, {"aurc": {n: c["aurc"] for n, c in curves.items()}, "chosen": name, "validation_error_rates": rates,
+                    "validation_shares": shares, "rule": (
+                        f"score with the smallest validation AURC; low = the largest validation share whose top "
+                        f"prediction errs <= {LOW_MAX_ERROR:.0%}, high = the {HIGH_SHARE:.0%} most uncertain")}
+
+
+def fit_ood(train_pooled: np.ndarray, train_labels: np.ndarray, train_stats: np.ndarray) -> dict[str, torch.Tensor]:
+    """Gaussian models of the training data: class means + shared Ledoit-Wolf precision of the PCA'd pooled features,
+    and mean + precision of the image statistics."""
+    pca = PCA(n_components=min(OOD_PCA_DIMS, *train_pooled.shape), random_state=0).fit(train_pooled)
+    z = pca.transform(train_pooled)
+    present = [c for c in range(NUM_CLASSES) if (train_labels == c).any()]
+    class_means = np.stack([z[train_labels == c].mean(0) for c in present])
+    centred = z - class_means[np.searchsorted(present, train_labels)]
+    image = LedoitWolf().fit(train_stats)
+    return {"pca_mean": torch.tensor(pca.mean_, dtype=torch.float32),
+            "pca_components": torch.tensor(pca.components_, dtype=torch.float32),
+            "class_means": torch.tensor(class_means, dtype=torch.float32),
+            "precision": torch.tensor(LedoitWolf().fit(centred).precision_, dtype=torch.float32),
+            "image_mean": torch.tensor(image.location_, dtype=torch.float32),
+            "image_precision": torch.tensor(image.precision_, dtype=torch.float32)}
+
+
+def fit_ood_thresholds(tensors: dict[str, torch.Tensor], val_pooled: np.ndarray, val_stats: np.ndarray) -> dict:
+    probe = OODDetector(tensors, {"image": 0, "feature_far": 0, "feature_unusual": 0})
+    feature = probe.score(torch.as_tensor(val_pooled, dtype=torch.float32)).numpy()
+    image = probe.image_score(val_stats).numpy()
+    return {"image": float(np.quantile(image, OOD_IMAGE_QUANTILE)),
+            "feature_far": float(np.quantile(feature, OOD_FAR_QUANTILE)),
+            "feature_unusual": float(np.quantile(feature, OOD_UNUSUAL_QUANTILE))}
