@@ -25,14 +25,17 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-__all__ = ["CAM_METHODS", "LINEAR_HEAD_CAMS", "SignedEigenCAM", "SCORE_CAM_BATCH_SIZE", "cam_from_class_maps", "compute_cam",
-           "model_lock", "overlay_heatmap", "overlay_mask"]
+__all__ = ["CAM_METHODS", "CLASS_AGNOSTIC_CAMS", "LINEAR_HEAD_CAMS", "SignedEigenCAM", "SCORE_CAM_BATCH_SIZE",
+           "cam_from_class_maps", "compute_cam", "distinct_class_cams", "model_lock", "overlay_heatmap", "overlay_mask"]
 
 #: CAM methods that, for a classifier whose head is global average pool -> (dropout) -> linear, equal the plain class
 #: activation map: d logit_c / d A_k(i,j) = w_ck / (h*w) at every position, so Grad-CAM and HiResCAM give
 #: ReLU(sum_k w_ck A_k) / (h*w) (XGrad-CAM the same up to its 1e-7 guard), which min-max scaling turns into the same
 #: map. ``cam_from_class_maps`` computes them from maps the forward pass already has.
 LINEAR_HEAD_CAMS = frozenset({"Grad-CAM", "HiResCAM", "XGrad-CAM"})
+#: CAM methods whose map does not depend on the target class (EigenCAM: first principal component of the activations).
+CLASS_AGNOSTIC_CAMS = frozenset({"EigenCAM"})
+
 
 class SignedEigenCAM(EigenCAM):
     """EigenCAM with the sign of the first principal component fixed.
@@ -68,6 +71,16 @@ CAM_METHODS: dict[str, type] = {
     "Score-CAM": ScoreCAM,
     "EigenCAM": SignedEigenCAM,
 }
+
+
+def distinct_class_cams(linear_head: bool = True) -> list[str]:
+    """The CAM methods worth offering for a chosen target class, in CAM_METHODS order: no class-agnostic method and,
+    for a classifier with a GAP + linear head (``linear_head``, as mask-CN), only Grad-CAM of LINEAR_HEAD_CAMS (the
+    others give the same map there)."""
+    return [m for m in CAM_METHODS if m not in CLASS_AGNOSTIC_CAMS
+            and not (linear_head and m in LINEAR_HEAD_CAMS and m != "Grad-CAM")]
+
+
 #: Masked inputs per forward pass in Score-CAM (one pass per channel of the target layer; small = low memory).
 SCORE_CAM_BATCH_SIZE = 8
 

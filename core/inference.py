@@ -5,8 +5,10 @@
 
 Pipeline (MB-DCNN): coarse-SN -> mask-CN on image + coarse mask -> localisation map from mask-CN's CAM ->
 enhanced-SN -> refined mask. Probabilities are softmax((logits + offsets) / T), offsets (class-prior logit
-adjustment) and T fitted on validation (see the model card's decision_rule); the OOD flag is a
-Mahalanobis distance of mask-CN's pooled features to the training classes, thresholded on validation.
+adjustment) and T fitted on validation (see the model card's decision_rule). The OOD flag (core.ood.OODDetector)
+combines two Mahalanobis distances, each with its own threshold fitted on validation: mask-CN's pooled features to
+the nearest training class, and the image's colour/texture statistics to those of the training images; the image is
+flagged when either distance is above its threshold.
 """
 from __future__ import annotations
 
