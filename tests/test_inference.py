@@ -76,6 +76,31 @@ def test_cam_for_any_class(analyzer, fullres):
     assert not np.allclose(cams["mel"], cams["nv"])
 
 
+def test_offered_cam_methods_differ_on_mask_cn(analyzer, fullres):
+    """The CAM methods the Analyze page offers for mask-CN (core.cam.distinct_class_cams) give clearly different,
+    class-specific maps on a real image; each method left out repeats an offered one or ignores the target class.
+    Score-CAM (one forward pass per channel, ~10 s on CPU) is perturbation-based and is not recomputed here."""
+    from core.cam import CAM_METHODS, distinct_class_cams
+
+    rgb = _rgb(fullres[0][0])
+    offered = distinct_class_cams(linear_head=True)
+    assert offered == ["Grad-CAM", "Grad-CAM++", "Score-CAM"]
+    maps = {m: analyzer.cam_for(rgb, "mel", m) for m in CAM_METHODS if m != "Score-CAM"}
+    gradient_based = [m for m in offered if m in maps]
+
+    def gap(a, b) -> float:
+        return float(np.abs(a - b).max())
+
+    for i, a in enumerate(gradient_based):
+        assert gap(maps[a], analyzer.cam_for(rgb, "nv", a)) > 0.1, a
+        for b in gradient_based[i + 1:]:
+            assert gap(maps[a], maps[b]) > 0.1, (a, b)
+    for left_out in set(maps) - set(offered):
+        repeats = min(gap(maps[left_out], maps[m]) for m in gradient_based) < 0.05
+        class_agnostic = gap(maps[left_out], analyzer.cam_for(rgb, "nv", left_out)) < 1e-6
+        assert repeats or class_agnostic, left_out
+
+
 def test_bad_array_is_refused(analyzer):
     with pytest.raises(ValueError, match="uint8"):
         analyzer.analyze(np.zeros((100, 100), np.float32))
