@@ -2,7 +2,7 @@
 
     python -m core.predict PATH... --out OUT_DIR [--weights DIR]
 
-PATHs are image files or folders (jpg, jpeg, png, bmp, tif, tiff, webp; folders are not recursed). Writes
+PATHs are image files or folders (the formats of core.intake.FILE_EXTENSIONS; folders are not recursed). Writes
 OUT_DIR/predictions.csv (image, pred, p_<class>..., ood, error) and OUT_DIR/masks/<image>.png (0/255, the input
 image's size). A file that cannot be read gets its error row and the rest go on.
 """
@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 from core.classes import CLASS_CODES
 from core.inference import DEFAULT_WEIGHTS_DIR, Analyzer
-from core.intake import ImageRejected, load_image_file
+from core.intake import FILE_EXTENSIONS, ImageRejected, load_image_file
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {f".{extension}" for extension in FILE_EXTENSIONS}
 COLUMNS = ["image", "pred", *[f"p_{c}" for c in CLASS_CODES], "ood", "error"]
 
 

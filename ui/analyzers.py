@@ -67,6 +67,9 @@ class AnalyzerPool:
                 self._free.put(analyzer)
                 self._loaded += 1
                 self._first.set()
+                # What the page needs right after the first analysis (overlays, CAMs): imported now, while that
+                # analysis computes without the GIL, instead of after it.
+                import core.cam  # noqa: F401
                 if analyzer.device != "cpu":  # one GPU: replicas would only queue on it
                     break
         except Exception as exc:  # WeightsIntegrityError, missing files, import problems: told to every borrower
