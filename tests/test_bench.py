@@ -79,6 +79,7 @@ def test_latency_structure_and_totals(quick_results):
 def test_throughput_is_batch_over_median_time(quick_results):
     thr = quick_results[1]["throughput"]
     assert thr["input"]["mask_cn"] == [4, 150, 200]
+    assert thr["reps"] == 3  # --quick: enough batches for a median that is not their minimum
     for name in ("mask_cn", "pipeline"):
         part = thr[name]
         assert len(part["batch_times_s"]) == thr["reps"], name
