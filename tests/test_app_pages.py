@@ -397,15 +397,17 @@ def test_model_performance_reads_the_selected_models_predictions(tmp_path, monke
 
 
 def test_confusion_cell_click_opens_its_drill_down():
-    """The matrix's clickable layer: every cell has a marker that sends plotly click/selection events (no 'skip'),
-    and a selected point decodes to its (true, predicted) cell."""
+    """The matrix's clickable layer: every cell has a marker that takes part in hover, so plotly sends its click /
+    selection events (a layer with hoverinfo "skip" and no hover template gets none: the old drill-down never opened;
+    tests/test_browser.py clicks a cell for real), and a selected point decodes to its (true, predicted) cell."""
     import numpy as np
 
     from ui.figures import confusion_figure, selected_cell
 
     fig = confusion_figure(np.arange(49).reshape(7, 7), normalised=True)
     layer = fig.data[1]
-    assert layer.type == "scatter" and len(layer.x) == 49 and layer.hoverinfo != "skip"
+    assert layer.type == "scatter" and len(layer.x) == 49
+    assert layer.hovertemplate and layer.hoverinfo != "skip"
     assert fig.layout.clickmode == "event+select"
     point = {"x": layer.x[10], "y": layer.y[10]}  # row 1 (bcc), column 3 (df)
     assert selected_cell([point]) == ("bcc", "df")

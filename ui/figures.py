@@ -49,8 +49,8 @@ def probability_figure(probs: dict[str, float], height: int = 330) -> go.Figure:
 # ---------------------------------------------------------------- Model performance
 def confusion_figure(matrix, normalised: bool, title: str = "", height: int = 520) -> go.Figure:
     """The 7x7 confusion matrix (rows = true class, row-normalised or counts). A transparent marker on every cell
-    carries the hover text and makes the cell clickable (a heatmap itself sends no selection events); see
-    `selected_cell`."""
+    carries the hover text and makes the cell clickable: a heatmap sends no selection events, and plotly sends click
+    events only for points that take part in hover (never hoverinfo "skip"). See `selected_cell`."""
     counts = np.asarray(matrix, dtype=float)
     rows = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
