@@ -7,8 +7,8 @@ not counted. Clock zero is the moment `python -m streamlit run streamlit_app.py`
 - home_render_s:   the Home page shows the shipped model's version from weights/model_card.json ("Version <v>";
                    without a card: the "No model has been shipped yet" notice). Home reads only the card.
 - first_analysis_s: then Analyze, upload a 600x450 HAM10000 JPEG, until the caption "Model <v> on CPU" appears.
-                   That caption is written only after app_support.analyzer() loaded the Analyzer (weights read and
-                   sha256-checked) and the analysis ran, so this is the first render with the model loaded.
+                   That caption is written only after an Analyzer replica was loaded (ui/analyzers.py: weights read
+                   and sha256-checked) and the analysis ran, so this is the first render with the model loaded.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def analysis_latency(analyzer, images: list[tuple[str, bytes]], warm: list[tuple
 
     - no_cam: analyze(rgb)
     - cam:    analyze(rgb, cam=True)
-    - app:    analyze(rgb) then cam_for(rgb, label, cam_method) — what pages/1_Analyze.py does for one upload
+    - app:    analyze(rgb) then cam_for(rgb, label, cam_method) — what app_pages/analyze.py does for one upload
 
     The order of the three rotates from image to image, so drift in machine load hits all alike. `full_*` = decode
     + the wall time of the calls (what a user waits for once the upload has arrived)."""

@@ -11,16 +11,16 @@ image (../shared/data/ham10000/fullres/images, each session cycling through its 
 result cache is not hit) through the page's file input, and times:
 
 * time to result   - from set_input_files until "Prediction for <file name>" is on the page
-                     (browser upload + Streamlit rerun + Analyzer.analyze incl. waiting for the shared
-                     Analyzer's lock + rendering of the header);
+                     (browser upload + Streamlit rerun + Analyzer.analyze incl. waiting for a free
+                     Analyzer replica + rendering of the header);
 * time to complete - until the whole rerun finished (CAM, measurements, plot and PDF included);
 * analysis time    - Analyzer.analyze's own r.timings["total"], read from the page caption
                      "analysis X.XX s" (compute only: no lock wait, no upload, no rendering).
 
 The server's RSS is sampled from the end of the warm-up (so the model load is not counted as growth); its log is
 scanned afterwards for anything that looks like image data (base64 / hex runs, data: URLs), which counts as a
-failure. `--torch-threads N` sets LESIONLENS_TORCH_THREADS for the server (the app's default is 1 thread; see
-app_support._load_analyzer) so that thread counts can be compared.
+failure. `--torch-threads N` and `--replicas N` set LESIONLENS_TORCH_THREADS and LESIONLENS_ANALYZERS for the server
+(the app's defaults: 1 torch thread, one Analyzer replica per core; see ui/analyzers.py) so that they can be compared.
 
 Errors are collected with their messages: timeouts, Streamlit exception boxes (stException) and st.error boxes
 (stAlertContentError) such as "Analysis failed: ...". After an error the session reloads the page (a fresh
@@ -29,10 +29,11 @@ then may finish within --timeout. The server's RSS (VmRSS from /proc/<pid>/statu
 --sample-every seconds. Finally the server is stopped, bench/results/load_<timestamp>.json is written and a table
 printed. Only loopback traffic; chromium runs with background networking, component updates and sync disabled.
 
-Threads mode needs no browser: N Python threads share one Analyzer (as the Streamlit sessions share the
-cache_resource one) and call analyze() on real images for --duration seconds (every other call with cam=True);
-each result is compared with a sequential run on the same image (probabilities within 1e-5, masks identical,
-CAM within 1e-5) to check thread safety.
+Threads mode needs no browser: N Python threads borrow from the app's own pool of Analyzer replicas
+(ui.analyzers.AnalyzerPool, as the Streamlit sessions do) and call analyze() on real images for --duration seconds
+(every other call with cam=True); each result is compared with a sequential run on the same image (probabilities
+within 1e-5, masks identical, CAM within 1e-5) to check thread safety. --replicas and --torch-threads default to the
+app's settings.
 
 Run it with `nice -n 19` while anything else needs the CPU; child processes (server, chromium) inherit it.
 """
@@ -193,9 +194,10 @@ def environment() -> dict:
 
 
 class StreamlitServer:
-    def __init__(self, port: int, data_dir: Path | None, log_path: Path, torch_threads: int | None = None):
+    def __init__(self, port: int, data_dir: Path | None, log_path: Path, torch_threads: int | None = None,
+                 replicas: int | None = None):
         self.port, self.data_dir, self.log_path = port, data_dir, log_path
-        self.torch_threads = torch_threads
+        self.torch_threads, self.replicas = torch_threads, replicas
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
         self._log = None
@@ -204,8 +206,10 @@ class StreamlitServer:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.data_dir is not None:
             env["DATA_DIR"] = str(self.data_dir)
-        if self.torch_threads is not None:  # app_support reads it when it loads the shared Analyzer
+        if self.torch_threads is not None:  # ui.analyzers reads both when it loads the replicas
             env["LESIONLENS_TORCH_THREADS"] = str(self.torch_threads)
+        if self.replicas is not None:
+            env["LESIONLENS_ANALYZERS"] = str(self.replicas)
         cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"),
                "--server.headless", "true", "--server.port", str(self.port), "--server.address", "127.0.0.1",
                "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
@@ -385,7 +389,7 @@ def run_browser(args, images: list[Path]) -> dict:
         raise SystemExit(f"{CHROMIUM} not found (apt-get install -y chromium)")
     port = args.port or free_port()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    server = StreamlitServer(port, args.data_dir, RESULTS_DIR / f"server_{stamp}.log", args.torch_threads)
+    server = StreamlitServer(port, args.data_dir, RESULTS_DIR / f"server_{stamp}.log", args.torch_threads, args.replicas)
     print(f"starting streamlit on 127.0.0.1:{port} (log {server.log_path.relative_to(REPO)})", flush=True)
     t_start = time.monotonic()
     server.start()
@@ -464,26 +468,27 @@ def _compare(result, reference, tol: float) -> str | None:
 
 
 def run_threads(args, images: list[Path]) -> dict:
-    from core.inference import Analyzer
     from core.intake import load_image_file
+    from ui.analyzers import AnalyzerPool
 
-    import torch
-
-    pool = images[: args.unique_images]
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    print(f"loading the Analyzer from {args.weights}", flush=True)
-    analyzer = Analyzer.load(args.weights)
-    rgbs = [load_image_file(p) for p in pool]
-    print(f"sequential reference on {len(pool)} images (cam on and off)", flush=True)
-    analyzer.analyze(rgbs[0])  # warm-up, not timed
+    pool_images = images[: args.unique_images]
+    replicas = args.replicas or os.cpu_count() or 1
+    torch_threads = 1 if args.torch_threads is None else args.torch_threads
+    print(f"loading {replicas} Analyzer replica(s) from {args.weights} ({torch_threads} torch thread(s))", flush=True)
+    pool = AnalyzerPool(args.weights, replicas, torch_threads)
+    if pool.finish_loading() < replicas:
+        print(f"only {pool.loaded} of {replicas} replicas could be loaded", flush=True)
+    rgbs = [load_image_file(p) for p in pool_images]
+    print(f"sequential reference on {len(pool_images)} images (cam on and off)", flush=True)
     reference = {}
     seq_times = []
-    for i, rgb in enumerate(rgbs):
-        for cam in (False, True):
-            t0 = time.perf_counter()
-            reference[(i, cam)] = analyzer.analyze(rgb, cam=cam)
-            seq_times.append(time.perf_counter() - t0)
+    with pool.borrow() as analyzer:
+        analyzer.analyze(rgbs[0])  # warm-up, not timed
+        for i, rgb in enumerate(rgbs):
+            for cam in (False, True):
+                t0 = time.perf_counter()
+                reference[(i, cam)] = analyzer.analyze(rgb, cam=cam)
+                seq_times.append(time.perf_counter() - t0)
 
     records: list = []
     errors: list = []
@@ -497,24 +502,25 @@ def run_threads(args, images: list[Path]) -> dict:
         barrier.wait()
         iteration = 0
         while time.monotonic() < stop_at and iteration < args.max_per_session:
-            k = (index + iteration) % len(pool)
+            k = (index + iteration) % len(pool_images)
             cam = (index + iteration) % 2 == 1
             iteration += 1
             t0 = time.perf_counter()
             try:
-                result = analyzer.analyze(rgbs[k], cam=cam)
+                with pool.borrow() as analyzer:
+                    result = analyzer.analyze(rgbs[k], cam=cam)
             except Exception as exc:  # noqa: BLE001
                 with lock:
-                    _error(errors, index, pool[k].name, "exception", f"{type(exc).__name__}: {exc}", started)
+                    _error(errors, index, pool_images[k].name, "exception", f"{type(exc).__name__}: {exc}", started)
                 continue
             latency = time.perf_counter() - t0
             problem = _compare(result, reference[(k, cam)], args.tolerance)
             with lock:
-                records.append({"thread": index, "image": pool[k].name, "cam": cam, "latency_s": latency,
+                records.append({"thread": index, "image": pool_images[k].name, "cam": cam, "latency_s": latency,
                                 "analysis_s": result.timings.get("total"),
                                 "finished_s": time.monotonic() - started})
                 if problem:
-                    mismatches.append({"thread": index, "image": pool[k].name, "cam": cam, "problem": problem})
+                    mismatches.append({"thread": index, "image": pool_images[k].name, "cam": cam, "problem": problem})
 
     sampler = RssSampler(os.getpid(), args.sample_every).start()
     threads = [threading.Thread(target=worker, args=(i,), name=f"analyze-{i}") for i in range(args.sessions)]
@@ -527,9 +533,9 @@ def run_threads(args, images: list[Path]) -> dict:
     latencies = [r["latency_s"] for r in records]
     span = max([r["finished_s"] for r in records], default=elapsed)
     return {
-        "mode": "threads", "weights": str(args.weights), "device": analyzer.device, "model_version": analyzer.version,
-        "torch_threads": torch.get_num_threads(),
-        "unique_images": [p.name for p in pool],
+        "mode": "threads", "weights": str(args.weights), "device": pool.device, "model_version": pool.version,
+        "replicas": replicas, "torch_threads": torch_threads,
+        "unique_images": [p.name for p in pool_images],
         "total_analyses": len(records), "total_errors": len(errors), "errors": errors[:MAX_ERROR_MESSAGES],
         "mismatches_vs_sequential": len(mismatches), "mismatch_details": mismatches[:MAX_ERROR_MESSAGES],
         "thread_safe": not mismatches and not errors,
@@ -538,8 +544,8 @@ def run_threads(args, images: list[Path]) -> dict:
         "sequential_latency_s": summarise(seq_times),
         "analyses_per_min": 60.0 * len(records) / span if span > 0 else None,
         "elapsed_s": elapsed, "process_rss": memory,
-        "note": ("threads mode: 'latency' = wall time of one analyze() call in a thread (incl. waiting for the "
-                 "Analyzer lock); 'analysis' = r.timings['total'] (compute only)."),
+        "note": ("threads mode: 'latency' = wall time of one analyze() call in a thread (incl. waiting for a free "
+                 "Analyzer replica); 'analysis' = r.timings['total'] (compute only)."),
     }
 
 
@@ -621,8 +627,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "back, i.e. the server saturated (time to result then includes queueing behind the "
                              "other sessions)")
     parser.add_argument("--torch-threads", type=int, default=None,
-                        help="torch intra-op threads: browser mode sets LESIONLENS_TORCH_THREADS for the server "
-                             "(app default 1), threads mode calls torch.set_num_threads (default: torch's own)")
+                        help="torch intra-op threads (default: the app's, 1; 0 = torch's own): browser mode sets "
+                             "LESIONLENS_TORCH_THREADS for the server")
+    parser.add_argument("--replicas", type=int, default=None,
+                        help="Analyzer replicas serving the sessions (default: the app's, one per core): browser mode "
+                             "sets LESIONLENS_ANALYZERS for the server")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/load_<ts>.json)")
     args = parser.parse_args(argv)
     if args.sessions < 1 or args.duration <= 0 or args.timeout <= 0 or args.max_per_session < 1:

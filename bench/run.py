@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(RESULTS), help="folder for <timestamp>.json and latest.json")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n_images, args.warmup, args.batch, args.reps = min(args.n_images, 2), 1, min(args.batch, 4), 1
+        args.n_images, args.warmup, args.batch, args.reps = min(args.n_images, 2), 1, min(args.batch, 4), min(args.reps, 3)
         args.ref_iters, args.train_steps = min(args.ref_iters, 2), min(args.train_steps, 2)
     return args
 

@@ -25,14 +25,22 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-__all__ = ["CAM_METHODS", "LINEAR_HEAD_CAMS", "SignedEigenCAM", "SCORE_CAM_BATCH_SIZE", "cam_from_class_maps", "compute_cam",
-           "model_lock", "overlay_heatmap", "overlay_mask"]
+__all__ = ["CAM_METHODS", "CLASS_AGNOSTIC_CAMS", "LINEAR_HEAD_CAMS", "LINEAR_HEAD_NEAR_DUPLICATES", "SignedEigenCAM",
+           "SCORE_CAM_BATCH_SIZE", "cam_from_class_maps", "compute_cam", "distinct_class_cams", "model_lock",
+           "overlay_heatmap", "overlay_mask"]
 
 #: CAM methods that, for a classifier whose head is global average pool -> (dropout) -> linear, equal the plain class
 #: activation map: d logit_c / d A_k(i,j) = w_ck / (h*w) at every position, so Grad-CAM and HiResCAM give
 #: ReLU(sum_k w_ck A_k) / (h*w) (XGrad-CAM the same up to its 1e-7 guard), which min-max scaling turns into the same
 #: map. ``cam_from_class_maps`` computes them from maps the forward pass already has.
 LINEAR_HEAD_CAMS = frozenset({"Grad-CAM", "HiResCAM", "XGrad-CAM"})
+#: On the same head LayerCAM is sum_k relu(w_ck) A_k, and Grad-CAM++ weighs channel k by relu(w_ck) * alpha_k with
+#: alpha_k close to 1/2 when the gradient w_ck / (h*w) is small, so the two maps nearly coincide (mask-CN on a
+#: HAM10000 image: at most 0.03 apart on the [0, 1] scale). Grad-CAM++ stands for both.
+LINEAR_HEAD_NEAR_DUPLICATES = frozenset({"LayerCAM"})
+#: CAM methods whose map does not depend on the target class (EigenCAM: first principal component of the activations).
+CLASS_AGNOSTIC_CAMS = frozenset({"EigenCAM"})
+
 
 class SignedEigenCAM(EigenCAM):
     """EigenCAM with the sign of the first principal component fixed.
@@ -68,6 +76,16 @@ CAM_METHODS: dict[str, type] = {
     "Score-CAM": ScoreCAM,
     "EigenCAM": SignedEigenCAM,
 }
+
+
+def distinct_class_cams(linear_head: bool = True) -> list[str]:
+    """The CAM methods worth offering for a chosen target class, in CAM_METHODS order: no class-agnostic method and,
+    for a classifier with a GAP + linear head (``linear_head``, as mask-CN), only Grad-CAM of LINEAR_HEAD_CAMS and no
+    LINEAR_HEAD_NEAR_DUPLICATES (they give the same or nearly the same map as an offered one there)."""
+    repeats = (LINEAR_HEAD_CAMS - {"Grad-CAM"}) | LINEAR_HEAD_NEAR_DUPLICATES if linear_head else frozenset()
+    return [m for m in CAM_METHODS if m not in CLASS_AGNOSTIC_CAMS and m not in repeats]
+
+
 #: Masked inputs per forward pass in Score-CAM (one pass per channel of the target layer; small = low memory).
 SCORE_CAM_BATCH_SIZE = 8
 

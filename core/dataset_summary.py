@@ -1,14 +1,15 @@
-"""Counts per class, age, sex, site and dx_type of a manifest, overall and per split (JSON-ready)."""
+"""Counts per source, class, age, sex, site and dx_type of a manifest, overall and per split (JSON-ready)."""
 from __future__ import annotations
 
 import pandas as pd
 
 from core.classes import CLASS_CODES
+from core.datasets import ISIC_DX_TYPE, SOURCES
 from core.splits import SPLITS, _check_manifest
 
 
 def dataset_summary(manifest: pd.DataFrame) -> dict:
-    """Counts per class, age, sex, site and dx_type, overall and per split (JSON-ready)."""
+    """Counts per source, class, age, sex, site and dx_type, overall and per split (JSON-ready)."""
     _check_manifest(
         manifest, ("dx", "source", "lesion_id", "age", "sex", "localization", "dx_type", "mask_path", "split"),
         "dataset_summary",
@@ -24,6 +25,7 @@ def dataset_summary(manifest: pd.DataFrame) -> dict:
         return {
             "n_images": int(len(part)),
             "n_lesions": int(part["lesion_id"].nunique()),
+            "source": counts("source", part),
             "dx": {code: int((part["dx"] == code).sum()) for code in CLASS_CODES},
             "sex": counts("sex", part),
             "localization": counts("localization", part),
@@ -40,3 +42,16 @@ def dataset_summary(manifest: pd.DataFrame) -> dict:
     summary = {"all": describe(manifest), "sources": sorted(manifest["source"].unique().tolist())}
     summary["splits"] = {s: describe(manifest[manifest["split"] == s]) for s in SPLITS if (manifest["split"] == s).any()}
     return summary
+
+
+def images_per_source(summary: dict, part: dict) -> dict[str, int]:
+    """Images per source of one part of `summary` (its "all" or one of its "splits"). Summaries written before the
+    per-source counts existed hold HAM10000 and ISIC 2017 only; there ISIC 2017 is the dx_type ISIC_DX_TYPE count and
+    HAM10000 the rest (other sources cannot be told apart: {} then)."""
+    if "source" in part:
+        return dict(part["source"])
+    if not set(summary.get("sources", [])) <= set(SOURCES):
+        return {}
+    isic = int(part.get("dx_type", {}).get(ISIC_DX_TYPE, 0))
+    counts = {"ham10000": int(part.get("n_images", 0)) - isic, "isic2017": isic}
+    return {source: n for source, n in counts.items() if n}

@@ -24,6 +24,7 @@ MANIFEST_COLUMNS = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
 SOURCES = ("ham10000", "isic2017")
+ISIC_DX_TYPE = "isic2017"  # dx_type of every ISIC 2017 row (the challenge labels give no confirmation method)
 HAM_IMAGE_FOLDERS = ("images", "HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_images", ".")
 HAM_MASK_FOLDERS = ("masks", "HAM10000_segmentations_lesion_tschandl", "segmentations")
 ISIC_IMAGE_FOLDERS = ("images", ".")
@@ -215,7 +216,7 @@ def read_isic2017(root: str | os.PathLike) -> pd.DataFrame:
     table = _attach_files(table, images, masks, csv_path, looked_in)
     table["source"] = "isic2017"
     table["lesion_id"] = table["image_id"]
-    table["dx_type"] = "isic2017"
+    table["dx_type"] = ISIC_DX_TYPE
     if "split" in table.columns:
         split = table["split"].fillna("").astype(str).str.strip().str.lower()
         split = split.map(lambda v: _SPLIT_ALIASES.get(v, v))

@@ -51,6 +51,8 @@ MIN_SIDE = 32
 OPEN_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF")
 ALLOWED_FORMATS = OPEN_FORMATS + ("MPO",)
 SUPPORTED_TEXT = "JPEG, PNG, BMP, TIFF, WebP or GIF"
+#: File-name extensions of those formats, for file pickers (load_image itself detects the format from the content).
+FILE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "gif")
 # Progressive JPEGs with thousands of scans are a known CPU-exhaustion trick; real files have ~10.
 MAX_JPEG_SCANS = 1000
 

@@ -40,6 +40,7 @@ from scipy.spatial.distance import pdist
 __all__ = [
     "COLOUR_MIN_FRACTION",
     "REFERENCE_COLOURS",
+    "describe_measurements",
     "measure_lesion",
     "mm_per_pixel_from_fov",
 ]
@@ -250,3 +251,27 @@ def measure_lesion(mask: np.ndarray, rgb: np.ndarray | None = None, mm_per_pixel
         "image_size_hw": [int(binary.shape[0]), int(binary.shape[1])],
         "mm_per_pixel": scale,
     }
+
+
+def describe_measurements(m: dict) -> list[tuple[str, str]]:
+    """``measure_lesion`` output as (name, value) rows in words: what was measured, not what it may mean. The one
+    wording of the dashboard table and the PDF report (which reduces it to ASCII)."""
+    if not m or m.get("empty"):
+        return [("Lesion", "no lesion found in the mask: nothing to measure")]
+
+    def size(px: float, mm: float | None, unit: str = "mm", px_format: str = "{:,.0f}") -> str:
+        return px_format.format(px) + " px" + (f" · {mm:,.1f} {unit}" if mm is not None else "")
+
+    colours = m.get("colours") or []
+    scale = m.get("mm_per_pixel")
+    return [
+        ("Area", size(m["area_px"], m.get("area_mm2"), "mm²")),
+        ("Maximum diameter (Feret)", size(m["max_diameter_px"], m.get("max_diameter_mm"))),
+        ("Perimeter", size(m["perimeter_px"], m.get("perimeter_mm"))),
+        ("Mirror asymmetry", f"{m['asymmetry']:.0%} of the lesion area does not overlap its mirror image "
+                             "(mean over its two principal axes; 0 % = mirror-symmetric shape)"),
+        ("Border irregularity", f"{m['border_irregularity']:.2f} (perimeter² / (4π × area); 1.00 = circle)"),
+        ("Dermoscopic colours", f"{len(colours)}: {', '.join(colours)}" if colours else "none counted"),
+        ("Lesion fraction of image", f"{m['lesion_fraction']:.0%}"),
+        ("Scale", f"{float(scale):.4f} mm per pixel" if scale else "not calibrated (pixel units only)"),
+    ]

@@ -2,7 +2,7 @@
 
     python -m core.predict PATH... --out OUT_DIR [--weights DIR] [--metadata FILE.csv]
 
-PATHs are image files or folders (jpg, jpeg, png, bmp, tif, tiff, webp; folders are not recursed). Writes
+PATHs are image files or folders (the formats of core.intake.FILE_EXTENSIONS; folders are not recursed). Writes
 OUT_DIR/predictions.csv and OUT_DIR/masks/<image>.png (0/255, the input image's size). Columns: image, pred,
 p_<class>..., mel_score, refer (yes / no at the model card's referral threshold), uncertainty_level (low /
 moderate / high), ood_level (in / unusual / not_dermoscopy), ood_reason, model_version, error. An image that is not
@@ -23,10 +23,10 @@ from tqdm import tqdm
 
 from core.classes import CLASS_CODES
 from core.inference import DEFAULT_WEIGHTS_DIR, Analyzer
-from core.intake import ImageRejected, load_image_file
+from core.intake import FILE_EXTENSIONS, ImageRejected, load_image_file
 from core.patient_context import ContextError, PatientContext, read_context_csv
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {f".{extension}" for extension in FILE_EXTENSIONS}
 COLUMNS = ["image", "age", "sex", "site", "pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer", "uncertainty_level", "ood_level",
            "ood_reason", "model_version", "error"]
 DIAGNOSIS_COLUMNS = ("pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer")

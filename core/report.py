@@ -25,6 +25,7 @@ from fpdf.enums import XPos, YPos
 from PIL import Image
 
 from core.classes import CLASS_BY_CODE, CLASSES
+from core.lesion_measurements import describe_measurements
 
 __all__ = ["DISCLAIMER", "REPORT_TITLE", "build_pdf_report", "ascii_safe"]
 
@@ -43,7 +44,7 @@ _TRANSLIT = {
     "\u2026": "...", "\u00b5": "u", "\u03bc": "u", "\u00b2": "2", "\u00b3": "3", "\u00b0": " deg",
     "\u00d7": "x", "\u00b1": "+/-", "\u2264": "<=", "\u2265": ">=", "\u2248": "~", "\u2260": "!=",
     "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\u2022": "-", "\u00b7": "-", "\u2192": "->",
-    "\u00df": "ss", "\u00e6": "ae", "\u00c6": "AE", "\u00f8": "o", "\u00d8": "O", "\u0153": "oe",
+    "\u03c0": "pi", "\u00df": "ss", "\u00e6": "ae", "\u00c6": "AE", "\u00f8": "o", "\u00d8": "O", "\u0153": "oe",
     "\t": " ",
 }
 
@@ -87,7 +88,7 @@ def _png(image) -> tuple[io.BytesIO, int, int]:
     return buf, arr.shape[1], arr.shape[0]
 
 
-def _fmt_num(value, digits: int = 2, unit: str = "") -> str:
+def _fmt_num(value, digits: int = 2) -> str:
     if value is None:
         return "n/a"
     try:
@@ -96,9 +97,7 @@ def _fmt_num(value, digits: int = 2, unit: str = "") -> str:
         return ascii_safe(value)
     if not math.isfinite(v):
         return "n/a"
-    if float(v).is_integer() and digits == 0:
-        return f"{int(v)}{unit}"
-    return f"{v:.{digits}f}{unit}"
+    return f"{v:.{digits}f}"
 
 
 def _fmt_metric(value) -> str:
@@ -149,12 +148,14 @@ def _images(pdf: FPDF, panels: list[tuple[str, object]]) -> None:
         pdf.add_page()
         top = pdf.get_y()
     pdf.set_font("Helvetica", "", 8)
+    bottom = top + row_h
     for i, ((caption, buf, _, _), width, height) in enumerate(zip(encoded, widths, heights)):
         x0 = _MARGIN + i * (slot_w + gap)
         pdf.image(buf, x=x0 + (slot_w - width) / 2, y=top, w=width, h=height)
         pdf.set_xy(x0, top + row_h + 1)
-        pdf.cell(slot_w, 4, ascii_safe(caption), align="C")
-    pdf.set_xy(_MARGIN, top + row_h + 6)
+        pdf.multi_cell(slot_w, 3.5, ascii_safe(caption), align="C")
+        bottom = max(bottom, pdf.get_y())
+    pdf.set_xy(_MARGIN, bottom + 2)
 
 
 def _probability_table(pdf: FPDF, probs: Mapping[str, float], label: str) -> None:
@@ -178,35 +179,17 @@ def _probability_table(pdf: FPDF, probs: Mapping[str, float], label: str) -> Non
     pdf.set_font("Helvetica", "", 9)
 
 
-def _kv_table(pdf: FPDF, rows: list[tuple[str, str]], key_w: float = 70.0) -> None:
+def _kv_table(pdf: FPDF, rows: list[tuple[str, str]], key_w: float = 60.0) -> None:
+    """Two-column table; a long value wraps inside its cell and the key cell grows with it."""
+    value_w = _CONTENT_W - key_w
     for key, value in rows:
-        pdf.set_font("Helvetica", "B", 9)
-        pdf.cell(key_w, 5, ascii_safe(key), border=1)
+        value = ascii_safe(value)
         pdf.set_font("Helvetica", "", 9)
-        pdf.cell(_CONTENT_W - key_w, 5, ascii_safe(value), border=1, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-
-
-def _measurement_rows(m: Mapping) -> list[tuple[str, str]]:
-    if not m or m.get("empty"):
-        return [("Lesion", "no lesion segmented - measurements unavailable")]
-    scale = m.get("mm_per_pixel")
-    colours = m.get("colours") or []
-    rows = [
-        ("Area", f"{_fmt_num(m.get('area_px'), 0)} px"
-                 + (f" ({_fmt_num(m.get('area_mm2'), 2)} mm2)" if m.get("area_mm2") is not None else "")),
-        ("Maximum diameter (Feret)", f"{_fmt_num(m.get('max_diameter_px'), 1)} px"
-                 + (f" ({_fmt_num(m.get('max_diameter_mm'), 2)} mm)" if m.get("max_diameter_mm") is not None else "")),
-        ("Perimeter", f"{_fmt_num(m.get('perimeter_px'), 1)} px"
-                 + (f" ({_fmt_num(m.get('perimeter_mm'), 2)} mm)" if m.get("perimeter_mm") is not None else "")),
-        ("Asymmetry (0 = symmetric, 1 = none)", _fmt_num(m.get("asymmetry"), 3)),
-        ("Border irregularity (1 = circle)", _fmt_num(m.get("border_irregularity"), 2)),
-        ("Dermoscopic colours", f"{len(colours)}: {', '.join(colours)}" if colours else
-                 ("0" if "colours" in m else "n/a")),
-        ("Lesion fraction of image", _fmt_num(100.0 * float(m["lesion_fraction"]), 1, " %")
-                 if m.get("lesion_fraction") is not None else "n/a"),
-    ]
-    rows.append(("Scale", f"{float(scale):.4f} mm/pixel" if scale else "not calibrated (pixel units only)"))
-    return rows
+        lines = len(pdf.multi_cell(value_w, 5, value, dry_run=True, output="LINES"))
+        pdf.set_font("Helvetica", "B", 9)
+        pdf.cell(key_w, 5 * lines, ascii_safe(key), border=1)
+        pdf.set_font("Helvetica", "", 9)
+        pdf.multi_cell(value_w, 5, value, border=1, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
 
 def _model_rows(info: Mapping) -> list[tuple[str, str]]:
@@ -276,6 +259,7 @@ def build_pdf_report(
     model_info: Mapping,
     generated_at: datetime | None = None,
     clinician_note: str = "",
+    cam_caption: str = "Class activation map",
 ) -> bytes:
     """Render the analysis of one image as PDF bytes (see the module docstring for the privacy rules).
 
@@ -283,7 +267,7 @@ def build_pdf_report(
     top class code, ``uncertainty`` in [0, 1], ``measurements`` is ``core.lesion_measurements.measure_lesion`` output,
     ``model_info`` has ``version``, ``created`` and optionally ``metrics`` (a flat or one-level nested dict of
     headline numbers).  ``generated_at`` (default: now, UTC; naive = UTC) is printed and used as the PDF
-    creation date.
+    creation date.  ``cam_caption`` is printed under ``cam_rgb`` (say which method, target class and mask made it).
     """
     label = str(label)
     cls = CLASS_BY_CODE.get(label)
@@ -293,7 +277,7 @@ def build_pdf_report(
 
     panels = [("Dermoscopic image", image_rgb), ("Lesion segmentation", overlay_rgb)]
     if cam_rgb is not None:
-        panels.append(("Class activation map", cam_rgb))
+        panels.append((cam_caption, cam_rgb))
     _images(pdf, panels)
 
     _heading(pdf, "Classification")
@@ -309,7 +293,7 @@ def build_pdf_report(
     if ood:
         pdf.set_fill_color(*_WARN_FILL)
         pdf.set_font("Helvetica", "B", 9)
-        reason = ascii_safe(ood_reason).strip() or "the image differs from the training data"
+        reason = ascii_safe(ood_reason).strip().rstrip(".") or "the image differs from the training data"
         pdf.multi_cell(0, 5.5, "OUT-OF-DISTRIBUTION WARNING: " + reason
                        + ". The probabilities below are unreliable for this image.",
                        border=1, fill=True, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
@@ -318,7 +302,7 @@ def build_pdf_report(
     _probability_table(pdf, probs, label)
 
     _heading(pdf, "Lesion measurements")
-    _kv_table(pdf, _measurement_rows(measurements))
+    _kv_table(pdf, describe_measurements(measurements))
 
     _heading(pdf, "Model")
     _kv_table(pdf, _model_rows(model_info))

@@ -1,13 +1,18 @@
-"""Weight files: safetensors only (no pickle), each checked against the model card's sha256."""
+"""Weight files: safetensors only (no pickle), each checked against the model card's sha256.
+
+torch is imported only by the functions that handle tensors, so reading the model card stays cheap (the dashboard's
+first page shows it while the model is still loading).
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load, save_file
+if TYPE_CHECKING:
+    import torch
 
 MODEL_CARD_NAME = "model_card.json"
 
@@ -28,6 +33,9 @@ def save_weights(module_or_state: torch.nn.Module | dict, path: str | os.PathLik
                  metadata: dict[str, str] | None = None) -> dict:
     """Save a state dict as safetensors (floating tensors as fp16 when half) with optional string metadata (what the
     network is and what input it expects: see weights_metadata); returns {sha256, bytes}."""
+    import torch
+    from safetensors.torch import save_file
+
     state = module_or_state.state_dict() if isinstance(module_or_state, torch.nn.Module) else module_or_state
     tensors = {}
     for name, tensor in state.items():
@@ -70,6 +78,8 @@ def verified_bytes(weights_dir: str | os.PathLike, file_name: str, card: dict) -
 
 def load_verified(weights_dir: str | os.PathLike, file_name: str, card: dict) -> dict[str, torch.Tensor]:
     """Load one safetensors file after checking its sha256 against the model card; fp32 tensors out."""
+    from safetensors.torch import load
+
     path = Path(weights_dir) / file_name
     data = verified_bytes(weights_dir, file_name, card)
     try:

@@ -1,6 +1,8 @@
 """bench: `python -m bench --quick` runs end to end on real data and writes a complete results JSON.
 
-No timing thresholds (this machine's load varies): only that every section ran and produced positive numbers.
+No timing thresholds (this machine's load varies): every section ran, has its structure, and its numbers obey the
+invariants that hold on any machine (percentiles ordered, totals = sum of their parts, ratios = the quotient of the
+two figures they name).
 Browser cold start and training-step timing are skipped here (slow); they use the same code paths as the app
 test (tests/test_browser.py) and train/train.py's functions.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from bench import run as bench_run
@@ -16,6 +19,15 @@ from bench import run as bench_run
 
 def _positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _check_summary(stats: dict, n: int, name: str) -> None:
+    """bench.common.summary of n positive timings: ordered min <= p50 <= p95, min <= mean."""
+    assert set(stats) == {"n", "p50_ms", "p95_ms", "mean_ms", "min_ms"}, name
+    assert stats["n"] == n, name
+    assert _positive(stats["min_ms"]), name
+    assert stats["min_ms"] <= stats["p50_ms"] <= stats["p95_ms"], (name, stats)
+    assert stats["min_ms"] <= stats["mean_ms"], (name, stats)
 
 
 @pytest.fixture(scope="module")
@@ -47,49 +59,70 @@ def test_every_section_ran(quick_results):
     assert results["quick"] is True
 
 
-def test_latency_has_every_stage(quick_results):
+def test_latency_structure_and_totals(quick_results):
     lat = quick_results[1]["latency"]
     assert lat["n_images"] == 2 and lat["image_size"] == [600, 450]
-    for stage in ("decode", "preprocess", "coarse_sn", "mask_cn", "enhanced_sn", "measurements", "cam", "cam_for"):
-        assert lat["stages"][stage]["n"] == 2, stage
-        assert _positive(lat["stages"][stage]["p50_ms"]) and _positive(lat["stages"][stage]["p95_ms"]), stage
+    stages = ("decode", "preprocess", "coarse_sn", "mask_cn", "enhanced_sn", "measurements", "cam", "cam_for")
+    assert set(lat["stages"]) == set(stages)
+    for stage in stages:
+        _check_summary(lat["stages"][stage], 2, stage)
     for key in ("full_no_cam", "full_cam", "full_app", "analyze_no_cam", "analyze_cam", "analyze_then_cam_for"):
-        assert _positive(lat[key]["p50_ms"]) and lat[key]["p95_ms"] >= lat[key]["p50_ms"], key
-    # the full analysis contains its stages
-    assert lat["full_no_cam"]["min_ms"] >= lat["stages"]["coarse_sn"]["min_ms"]
+        _check_summary(lat[key], 2, key)
+    # full = decode + the calls, image by image, so their means add up exactly
+    for full, calls in (("full_no_cam", "analyze_no_cam"), ("full_cam", "analyze_cam"), ("full_app", "analyze_then_cam_for")):
+        assert lat[full]["mean_ms"] == pytest.approx(lat["stages"]["decode"]["mean_ms"] + lat[calls]["mean_ms"]), full
+    # one analyze() call lasts at least as long as its timed stages together
+    inside = sum(lat["stages"][s]["mean_ms"] for s in ("preprocess", "coarse_sn", "mask_cn", "enhanced_sn", "measurements"))
+    assert inside <= lat["analyze_no_cam"]["mean_ms"]
 
 
-def test_throughput_and_memory(quick_results):
+def test_throughput_is_batch_over_median_time(quick_results):
     thr = quick_results[1]["throughput"]
-    for name in ("mask_cn", "pipeline"):
-        assert _positive(thr[name]["images_per_s"]), name
-        assert thr[name]["peak_rss_delta_mib"] >= 0 and _positive(thr[name]["peak_rss_mib"]), name
     assert thr["input"]["mask_cn"] == [4, 150, 200]
+    assert thr["reps"] == 3  # --quick: enough batches for a median that is not their minimum
+    for name in ("mask_cn", "pipeline"):
+        part = thr[name]
+        assert len(part["batch_times_s"]) == thr["reps"], name
+        assert part["batch_median_s"] == pytest.approx(float(np.median(part["batch_times_s"]))), name
+        assert part["images_per_s"] == pytest.approx(thr["batch"] / part["batch_median_s"]), name
+        assert 0 <= part["peak_rss_delta_mib"] <= part["peak_rss_mib"], name
 
 
-def test_flops_and_utilisation(quick_results):
+def test_flops_add_up_and_utilisation_is_their_quotient(quick_results):
     results = quick_results[1]
     f = results["flops"]
-    for key in ("coarse_sn", "mask_cn", "enhanced_sn", "cam_gradcam", "analysis_no_cam", "analysis_cam"):
-        assert _positive(f[key]), key
+    for key in ("coarse_sn", "mask_cn", "enhanced_sn", "cam_gradcam"):
+        assert isinstance(f[key], int) and f[key] > 0, key
     assert f["analysis_no_cam"] == f["coarse_sn"] + f["mask_cn"] + f["enhanced_sn"]
+    assert f["analysis_cam"] == f["analysis_no_cam"] + f["cam_gradcam"]
     # Grad-CAM = a mask-CN forward and a backward (input + weight gradients, each one forward's worth): between
     # one and three forwards. torch's own convolution_backward formula ignores groups (~40x for EfficientNet).
     assert f["mask_cn"] < f["cam_gradcam"] <= 3 * f["mask_cn"]
-    assert _positive(results["matmul_peak"]["gflops"])
+    peak = results["matmul_peak"]
+    assert peak["gflops"] == pytest.approx(2 * peak["n"] ** 3 / peak["best_s"] / 1e9)
+    assert peak["median_gflops"] <= peak["gflops"]
+    util = results["utilisation"]
+    assert util["peak_gflops"] == peak["gflops"]
     for key in ("analyze_no_cam", "analyze_cam"):
-        share = results["utilisation"][key]["share_of_peak"]
-        assert _positive(share), key
+        part = util[key]
+        assert part["flops"] == f["analysis_" + key.split("_", 1)[1]], key
+        assert part["p50_s"] == pytest.approx(results["latency"][key]["p50_ms"] / 1000), key
+        assert part["achieved_gflops"] == pytest.approx(part["flops"] / part["p50_s"] / 1e9), key
+        assert part["share_of_peak"] == pytest.approx(part["achieved_gflops"] / peak["gflops"]), key
 
 
-def test_reference_comparison(quick_results):
+def test_reference_ratios_are_quotients_of_the_medians(quick_results):
     ref = quick_results[1]["reference"]
-    assert _positive(ref["ours"]["p50_ms"])
+    _check_summary(ref["ours"], ref["iterations"], "ours")
     for name in ("reference_same_size", "reference_224"):
-        assert _positive(ref[name]["p50_ms"]) and _positive(ref[name]["ratio_vs_ours_p50"]), name
+        part = ref[name]
+        _check_summary({k: part[k] for k in ("n", "p50_ms", "p95_ms", "mean_ms", "min_ms")}, ref["iterations"], name)
+        assert part["ratio_vs_ours_p50"] == pytest.approx(part["p50_ms"] / ref["ours"]["p50_ms"]), name
+        assert part["flops"]["analysis_cam"] > part["flops"]["classifier"] > 0, name
         # a ResNet-50 classifier alone is ~4 GFLOPs at 224x224: far heavier than EfficientNet-Lite0
-        assert ref[name]["flops"]["classifier"] > quick_results[1]["flops"]["mask_cn"], name
+        assert part["flops"]["classifier"] > quick_results[1]["flops"]["mask_cn"], name
     assert ref["reference_224"]["flops"]["segmenter"] > ref["reference_same_size"]["flops"]["segmenter"]
+    assert ref["reference_same_size"]["sizes"] == {"segmenter": [128, 160], "classifier": [150, 200]}
 
 
 def test_table_renders(quick_results):

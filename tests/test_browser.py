@@ -1,7 +1,8 @@
 """End-to-end: the real app in a real browser (Debian chromium driven by playwright).
 
-Starts `streamlit run streamlit_app.py` on a free port, walks through every page with the sidebar navigation,
-uploads a full-resolution HAM10000 image on Analyze and a small batch (with one broken file) on Batch, and
+Starts `streamlit run streamlit_app.py` on a free port, opens a page by its URL (the navigation must be the full one),
+walks through every page with the sidebar navigation, uploads a full-resolution HAM10000 image on Analyze (and asks
+for the PDF), clicks a confusion-matrix cell, analyses a small batch (with one broken file) on Batch, and
 saves a screenshot of each page to test-artifacts/screenshots/<page>.png. With SAVE_SCREENSHOTS=1 small
 (900 px wide, < 300 KB) copies go to docs/screenshots/ for the README.
 
@@ -152,6 +153,33 @@ def test_every_page_in_a_real_browser(server, browser, data_dir, tmp_path):
         page.close()
 
 
+NAVIGATION = [("Home", "home"), ("Analyze", "biotech"), ("Dataset explorer", "photo_library"),
+              ("Model performance", "monitoring"), ("Batch", "stacks")]
+
+
+def _navigation(page) -> list[tuple[str, str]]:
+    """(title, material icon) of every page link in the sidebar."""
+    links = page.locator("[data-testid='stSidebarNav'] a")
+    links.first.wait_for()
+    return [(links.nth(i).locator("[data-testid='stMarkdownContainer']").inner_text().strip(),
+             links.nth(i).locator("[data-testid='stIconMaterial']").inner_text().strip()) for i in range(links.count())]
+
+
+def test_a_page_opened_by_its_url_has_the_full_navigation(server, browser):
+    """Opening /Analyze directly (no visit to Home first) shows the same page list, titles and icons as Home."""
+    page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(server + "/Analyze")
+        page.get_by_role("heading", name="Analyze an image").first.wait_for()
+        assert _navigation(page) == NAVIGATION
+        page.goto(server)
+        page.get_by_role("heading", name="LesionLens").first.wait_for()
+        assert _navigation(page) == NAVIGATION
+    finally:
+        page.close()
+
+
 def _tour(page, server, data_dir, tmp_path) -> None:
     page.goto(server)
     page.get_by_role("heading", name="LesionLens").first.wait_for()
@@ -171,10 +199,12 @@ def _tour(page, server, data_dir, tmp_path) -> None:
     assert any(heading.startswith(name) for name in CLASS_NAMES), heading
     page.get_by_text("Class probabilities").first.wait_for()
     page.locator("[data-testid='stPlotlyChart']").first.wait_for()
-    page.get_by_text("Max diameter").first.wait_for()
+    page.get_by_text("Maximum diameter (Feret)").first.wait_for()
     _no_exception(page)
+    page.get_by_role("button", name="Prepare PDF report").click()
+    _idle(page)
     with page.expect_download() as download:
-        page.get_by_role("button", name="PDF report").click()
+        page.get_by_role("button", name="PDF report", exact=True).click()
     pdf = tmp_path / "report.pdf"
     download.value.save_as(pdf)
     assert pdf.read_bytes()[:5] == b"%PDF-"
@@ -193,7 +223,14 @@ def _tour(page, server, data_dir, tmp_path) -> None:
     _no_exception(page)
     _shot(page, "model_performance")
     page.get_by_role("tab", name="Confusion matrix").click()
-    page.get_by_text("test image(s): true").first.wait_for(timeout=SLOW_MS)
+    page.get_by_text("test image(s): true Melanoma, predicted Melanocytic nevus").first.wait_for(timeout=SLOW_MS)
+    _idle(page)
+    _no_exception(page)
+    # clicking a cell (row 2 = true bcc, column 2 = predicted bcc of the 7 x 7 grid) opens its drill-down
+    grid = page.locator("[data-testid='stPlotlyChart']").first.locator(".nsewdrag").first.bounding_box()
+    page.mouse.click(grid["x"] + grid["width"] * 1.5 / 7, grid["y"] + grid["height"] * 1.5 / 7)
+    page.get_by_text("test image(s): true Basal cell carcinoma, predicted Basal cell carcinoma").first.wait_for(
+        timeout=SLOW_MS)
     _idle(page)
     _no_exception(page)
     _shot(page, "model_performance_confusion")

@@ -227,3 +227,4 @@ def test_class_map_shortcut_equals_pytorch_grad_cam(method):
         shortcut = cam_from_class_maps(class_maps, class_index, (150, 200), (300, 400))
         assert shortcut.shape == expected.shape
         assert float(np.abs(shortcut - expected).max()) < 1e-4
+

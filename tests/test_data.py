@@ -64,6 +64,7 @@ def test_dataset_summary_is_json_ready_and_counts_per_split(ham_split):
     summary = dataset_summary(ham_split)
     json.dumps(summary)
     assert summary["all"]["n_images"] == 10_015
+    assert summary["all"]["source"] == {"ham10000": 10_015}
     assert summary["all"]["dx"] == HAM_COUNTS
     assert summary["all"]["with_mask"] == 10_015
     assert set(summary["splits"]) == {"train", "val", "test"}
@@ -73,6 +74,26 @@ def test_dataset_summary_is_json_ready_and_counts_per_split(ham_split):
     assert sum(summary["all"]["sex"].values()) == 10_015
     ages = summary["all"]["age"]
     assert 40 < ages["mean"] < 65 and ages["missing"] == int(ham_split["age"].isna().sum())
+
+
+def test_images_per_source_of_every_split(data_dir, ham_split):
+    """Per-source split counts: from the summary's own source counts, and the same from a summary written before
+    they existed (ISIC 2017 told apart by its dx_type), both equal to counting the manifest."""
+    from core.dataset_summary import images_per_source
+    from core.datasets import load_manifest
+    from core.splits import assign_splits
+
+    both = assign_splits(load_manifest(data_dir), seed=42)
+    summary = dataset_summary(both)
+    old_style = json.loads(json.dumps(summary))
+    for part in [old_style["all"], *old_style["splits"].values()]:
+        del part["source"]
+    for split in ("train", "val", "test"):
+        expected = both[both["split"] == split].groupby("source").size().to_dict()
+        assert images_per_source(summary, summary["splits"][split]) == expected, split
+        assert images_per_source(old_style, old_style["splits"][split]) == expected, split
+    assert images_per_source(summary, summary["all"]) == {"ham10000": 10_015, "isic2017": 2_150}
+    assert images_per_source({"sources": ["ham10000", "folders"]}, {"n_images": 5}) == {}
 
 
 def test_data_dir_from_env(monkeypatch, tmp_path):

@@ -184,7 +184,7 @@ def _run_page(monkeypatch, data_dir, weights=WEIGHTS) -> AppTest:
     monkeypatch.setenv("LESIONLENS_WEIGHTS", str(weights))
     at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=180)
     at.run()
-    at.switch_page("pages/5_Compare.py")
+    at.switch_page("app_pages/compare.py")
     at.run()
     assert not at.exception, at.exception
     return at

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
 from core.classes import CLASS_CODES
 from core.inference import Analyzer
@@ -38,21 +39,76 @@ def test_result_contract_on_a_real_image(analyzer, fullres):
     assert r.label == max(r.probs, key=r.probs.get)
     assert r.cam.shape == rgb.shape[:2] and 0 <= r.cam.min() and r.cam.max() <= 1
     assert 0 <= r.uncertainty <= 1
-    assert r.measurements["area_px"] == int((r.mask > 0).sum()) or r.measurements["area_px"] > 0
+    # the measured area is the largest 8-connected component of the mask with its holes filled (core.lesion_measurements)
+    labels, n = ndimage.label(r.mask > 0, structure=np.ones((3, 3)))
+    assert n >= 1
+    largest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    assert r.measurements["area_px"] == int(ndimage.binary_fill_holes(largest).sum())
     assert {"preprocess", "coarse_sn", "mask_cn", "enhanced_sn", "cam", "total"} <= set(r.timings)
 
 
-def test_shipped_weights_segment_and_classify_real_lesions(analyzer, fullres):
-    """The shipped model is the trained one: good masks and mostly right labels on the full-resolution originals."""
-    dices, correct = [], []
-    for image_path, mask_path, dx in fullres[::6]:
-        r = analyzer.analyze(_rgb(image_path))
+def test_shipped_weights_segment_real_lesions(analyzer, fullres, ham_split):
+    """The full-resolution upload path segments well: Dice > 0.8 on the originals of test-split images."""
+    test_ids = set(ham_split.loc[ham_split["split"] == "test", "image_id"])
+    held_out = [(image, mask) for image, mask, _ in fullres if image.stem in test_ids]
+    assert len(held_out) >= 10, len(held_out)
+    dices = []
+    for image_path, mask_path in held_out:
+        pred = analyzer.analyze(_rgb(image_path)).mask > 0
         truth = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127
-        pred = r.mask > 0
         dices.append(2 * (pred & truth).sum() / max(pred.sum() + truth.sum(), 1))
-        correct.append(r.label == dx)
     assert np.mean(dices) > 0.8, np.mean(dices)
-    assert np.mean(correct) > 0.5, np.mean(correct)
+
+
+# Quality gate: 9 HAM10000 test-split images per class (assign_splits(HAM10000 manifest, seed 42), split "test", the
+# first 9 image_ids of each class in sorted order); images no network was trained or calibrated on.
+GATE_IDS = {
+    "akiec": ["ISIC_0024463", "ISIC_0024539", "ISIC_0024925", "ISIC_0025130", "ISIC_0025178", "ISIC_0025247",
+              "ISIC_0025358", "ISIC_0025780", "ISIC_0025808"],
+    "bcc": ["ISIC_0024331", "ISIC_0024457", "ISIC_0024504", "ISIC_0024634", "ISIC_0024666", "ISIC_0024829",
+            "ISIC_0024885", "ISIC_0024984", "ISIC_0025019"],
+    "bkl": ["ISIC_0024312", "ISIC_0024358", "ISIC_0024382", "ISIC_0024409", "ISIC_0024453", "ISIC_0024623",
+            "ISIC_0024626", "ISIC_0024676", "ISIC_0024696"],
+    "df": ["ISIC_0025223", "ISIC_0026313", "ISIC_0027008", "ISIC_0027107", "ISIC_0027216", "ISIC_0027648",
+           "ISIC_0027727", "ISIC_0028346", "ISIC_0028790"],
+    "mel": ["ISIC_0024310", "ISIC_0024449", "ISIC_0024496", "ISIC_0024554", "ISIC_0024701", "ISIC_0024729",
+            "ISIC_0024792", "ISIC_0024806", "ISIC_0024823"],
+    "nv": ["ISIC_0024311", "ISIC_0024317", "ISIC_0024319", "ISIC_0024320", "ISIC_0024327", "ISIC_0024328",
+           "ISIC_0024341", "ISIC_0024343", "ISIC_0024344"],
+    "vasc": ["ISIC_0024747", "ISIC_0025425", "ISIC_0025612", "ISIC_0025807", "ISIC_0026163", "ISIC_0027385",
+             "ISIC_0027563", "ISIC_0027888", "ISIC_0028885"],
+}
+MAX_ACCURACY_DROP = 0.03
+MAX_DICE_DROP = 0.03
+
+
+def test_gate_images_are_the_first_test_split_images_of_each_class(ham_split):
+    test = ham_split[ham_split["split"] == "test"].sort_values("image_id")
+    for code, ids in GATE_IDS.items():
+        assert ids == list(test.loc[test["dx"] == code, "image_id"][: len(ids)]), code
+
+
+def test_live_quality_matches_the_model_cards_predictions(analyzer, ham_split, repo_root):
+    """The Analyzer as the app runs it, on the gate images, is at most 3 points less accurate (and its enhanced-SN
+    Dice at most 0.03 lower) than the shipped model's own test predictions on the same images
+    (weights/test_predictions.csv, written by the evaluation): the app's preprocessing and decision rule are those the
+    model was evaluated with. The expected figures come from the CSV, so new weights need no edit here."""
+    from core.intake import load_image_file
+
+    card = pd.read_csv(repo_root / "weights" / "test_predictions.csv").set_index("image_id")
+    rows = ham_split.set_index("image_id")
+    truth = {image_id: code for code, ids in GATE_IDS.items() for image_id in ids}
+    assert set(truth) <= set(card.index), "gate images missing from weights/test_predictions.csv"
+    correct, dices = [], []
+    for image_id, code in truth.items():
+        r = analyzer.analyze(load_image_file(rows.loc[image_id, "image_path"]))
+        reference = cv2.imread(rows.loc[image_id, "mask_path"], cv2.IMREAD_GRAYSCALE) > 127
+        correct.append(r.label == code)
+        dices.append(2 * ((r.mask > 0) & reference).sum() / max((r.mask > 0).sum() + reference.sum(), 1))
+    expected = np.mean([card.loc[i, "pred"] == code for i, code in truth.items()])
+    assert np.mean(correct) >= expected - MAX_ACCURACY_DROP, (np.mean(correct), expected)
+    expected_dice = card.loc[list(truth), "dice_enhanced"].mean()
+    assert np.mean(dices) >= expected_dice - MAX_DICE_DROP, (np.mean(dices), expected_dice)
 
 
 def test_non_dermoscopic_images_are_flagged(analyzer):
@@ -74,6 +130,31 @@ def test_cam_for_any_class(analyzer, fullres):
     cams = {c: analyzer.cam_for(rgb, c, "Grad-CAM") for c in ("mel", "nv")}
     assert all(c.shape == rgb.shape[:2] for c in cams.values())
     assert not np.allclose(cams["mel"], cams["nv"])
+
+
+def test_offered_cam_methods_differ_on_mask_cn(analyzer, fullres):
+    """The CAM methods the Analyze page offers for mask-CN (core.cam.distinct_class_cams) give clearly different,
+    class-specific maps on a real image; each method left out repeats an offered one or ignores the target class.
+    Score-CAM (one forward pass per channel, ~10 s on CPU) is perturbation-based and is not recomputed here."""
+    from core.cam import CAM_METHODS, distinct_class_cams
+
+    rgb = _rgb(fullres[0][0])
+    offered = distinct_class_cams(linear_head=True)
+    assert offered == ["Grad-CAM", "Grad-CAM++", "Score-CAM"]
+    maps = {m: analyzer.cam_for(rgb, "mel", m) for m in CAM_METHODS if m != "Score-CAM"}
+    gradient_based = [m for m in offered if m in maps]
+
+    def gap(a, b) -> float:
+        return float(np.abs(a - b).max())
+
+    for i, a in enumerate(gradient_based):
+        assert gap(maps[a], analyzer.cam_for(rgb, "nv", a)) > 0.1, a
+        for b in gradient_based[i + 1:]:
+            assert gap(maps[a], maps[b]) > 0.1, (a, b)
+    for left_out in set(maps) - set(offered):
+        repeats = min(gap(maps[left_out], maps[m]) for m in gradient_based) < 0.05
+        class_agnostic = gap(maps[left_out], analyzer.cam_for(rgb, "nv", left_out)) < 1e-6
+        assert repeats or class_agnostic, left_out
 
 
 def test_bad_array_is_refused(analyzer):

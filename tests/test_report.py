@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from core.classes import CLASS_CODES
-from core.lesion_measurements import measure_lesion
+from core.lesion_measurements import describe_measurements, measure_lesion
 from core.report import DISCLAIMER, REPORT_TITLE, ascii_safe, build_pdf_report
 
 WHEN = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
@@ -140,9 +140,13 @@ def test_pdf_basics_and_content():
         assert name in text, name
     assert "Melanoma (top class)" in text
     assert "16.0 %" in text and "0.37" in text
-    # measurements with mm values and colours
-    assert "Maximum diameter (Feret)" in text and "mm)" in text
-    assert "Dermoscopic colours" in text
+    # every measurement row in the shared wording (core.lesion_measurements.describe_measurements), with mm values
+    rgb, mask = lesion_image()
+    measurements = measure_lesion(mask, rgb, mm_per_pixel=0.05)
+    for key, value in describe_measurements(measurements):
+        assert f"{key} {ascii_safe(value)}" in text, (key, value)
+    assert f"{measurements['max_diameter_mm']:,.1f} mm" in text
+    assert f"{measurements['asymmetry']:.0%} of the lesion area does not overlap its mirror image" in text
     assert "balanced_accuracy" in text and "0.812" in text and "mask_cn / macro_auc" in text
     assert "OUT-OF-DISTRIBUTION" not in text
 
@@ -161,6 +165,19 @@ def test_ood_warning_and_sanitised_reason():
     pdf = make_report(ood=True, ood_reason="Looks like a clinical photo \u2013 not dermoscopy (score 0.93 \u2265 0.8)")
     text = pdf_text(pdf)
     assert "OUT-OF-DISTRIBUTION WARNING: Looks like a clinical photo - not dermoscopy (score 0.93 >= 0.8)" in text
+
+
+def test_ood_reason_ending_in_a_full_stop_is_not_doubled():
+    text = pdf_text(make_report(ood=True, ood_reason="Its features are far from every class. Treat it with caution."))
+    assert "Treat it with caution. The probabilities below are unreliable for this image." in text
+    assert ".." not in text
+
+
+def test_cam_caption_is_printed_under_the_map():
+    caption = "Grad-CAM++ \u00b7 target Melanoma (mel) \u00b7 lesion mask applied"
+    text = pdf_text(make_report(cam_caption=caption))
+    assert "Grad-CAM++ - target Melanoma (mel) - lesion mask applied" in text
+    assert "Class activation map" not in text
 
 
 def test_no_exif_and_no_file_name():
@@ -210,7 +227,7 @@ def test_non_latin_text_is_sanitised():
 def test_empty_measurements_and_missing_probs():
     pdf = make_report(measurements=measure_lesion(np.zeros((10, 10), np.uint8)), probs={"nv": 1.0}, label="nv")
     text = pdf_text(pdf)
-    assert "no lesion segmented" in text
+    assert "Lesion no lesion found in the mask: nothing to measure" in text
     assert "Melanocytic nevus (top class)" in text
     assert len(re.findall(r"(?<![\d.])0\.0 %", text)) == len(CLASS_CODES) - 1
     assert "100.0 %" in text

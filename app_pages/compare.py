@@ -9,7 +9,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-import app_support as ui
+from core.intake import FILE_EXTENSIONS
+from ui.analyzers import ModelUnavailable, pool, weights_dir
+from ui.data_folder import current_data_dir
+from ui.datasets import split_manifest
+from ui.formatting import DISCLAIMER, class_label
+from ui.images import digest
+from ui.model_files import model_card
 from core.classes import CLASS_CODES
 from core.followup import (BAND_FILE, BASELINE_COLOUR, BEYOND, FOLLOWUP_COLOUR, TABLE_COLUMNS, compare_images,
                            contours, load_band, table_text)
@@ -25,8 +31,8 @@ def _read_band(path: str, _stamp: float, weights: dict) -> tuple[dict | None, st
 
 def noise_band() -> tuple[dict | None, str]:
     """(band, description) or (None, why it is unavailable) for the loaded weights."""
-    path = ui.weights_dir() / BAND_FILE
-    card = ui.model_card() or {}
+    path = weights_dir() / BAND_FILE
+    card = model_card() or {}
     stamp = path.stat().st_mtime if path.is_file() else 0.0
     return _read_band(str(path), stamp, {"version": card.get("version"), "files": card.get("files", {})})
 
@@ -34,7 +40,7 @@ def noise_band() -> tuple[dict | None, str]:
 @st.cache_data(show_spinner="Reading the dataset…", max_entries=2)
 def repeated_lesions(data_dir: str) -> pd.DataFrame:
     """HAM10000 images of lesions photographed more than once (with their split)."""
-    table = ui.split_manifest(data_dir, ("ham10000",))
+    table = split_manifest(data_dir, ("ham10000",))
     counts = table["lesion_id"].map(table["lesion_id"].value_counts())
     return table[(table["lesion_id"] != "") & (counts > 1)]
 
@@ -52,7 +58,7 @@ def dataset_pair_ui(data_dir: Path) -> dict | None:
         return None
     left, right = st.columns([3, 2], vertical_alignment="bottom")
     codes = [c for c in CLASS_CODES if (table["dx"] == c).any()]
-    code = left.selectbox("Class", codes, format_func=ui.class_label, key="pair_class")
+    code = left.selectbox("Class", codes, format_func=class_label, key="pair_class")
     if right.button("Random same-lesion pair", key="pair_pick", type="primary", icon=":material/casino:"):
         pool = table[table["dx"] == code]
         held_out = pool[pool["split"] == "test"]
@@ -67,7 +73,7 @@ def dataset_pair_ui(data_dir: Path) -> dict | None:
     if pair is None:
         st.caption("Choose a class and press **Random same-lesion pair** (lesions of the held-out test split first).")
         return None
-    st.caption(f"Lesion `{pair['lesion_id']}` ({ui.class_label(pair['dx'])}, {pair['split']} split): "
+    st.caption(f"Lesion `{pair['lesion_id']}` ({class_label(pair['dx'])}, {pair['split']} split): "
                f"{' and '.join(f'`{i}`' for _, i in pair['images'])}. HAM10000 does not record which photograph was "
                "taken first, so the order is random.")
     return pair
@@ -79,7 +85,7 @@ def input_ui(data_dir: Path | None) -> list[tuple[bytes, str]] | None:
     mode = st.radio("Image source", modes, horizontal=True, key="compare_mode", label_visibility="collapsed")
     if mode == "Upload two images":
         columns = st.columns(2)
-        uploads = [column.file_uploader(f"{role} image", type=ui.UPLOAD_TYPES, key=f"compare_upload_{index}",
+        uploads = [column.file_uploader(f"{role} image", type=list(FILE_EXTENSIONS), key=f"compare_upload_{index}",
                                         help="Analysed in memory and never stored.")
                    for index, (column, role) in enumerate(zip(columns, ROLES))]
         if any(upload is None for upload in uploads):
@@ -107,11 +113,11 @@ def fov_ui() -> float | None:
 
 
 # ---------------------------------------------------------------- results
-def comparison_for(key: tuple, analyzer, images, band):
+def comparison_for(key: tuple, images, band):
     """The comparison of the current pair, kept in this session only (the latest one)."""
     cached = st.session_state.get("compare_result")
     if cached is None or cached[0] != key:
-        with st.spinner("Analysing both images and registering them…"):
+        with st.spinner("Analysing both images and registering them…"), pool().borrow() as analyzer:
             cached = (key, compare_images(analyzer, *(rgb for rgb, _ in images), band=band))
         st.session_state["compare_result"] = cached
     return cached[1]
@@ -154,7 +160,7 @@ def images_ui(comparison, images) -> None:
     for column, role, (rgb, name), result in zip(st.columns(3), ROLES, images,
                                                  (comparison.baseline, comparison.followup)):
         column.markdown(f"**{role}** `{name}` · {rgb.shape[1]} × {rgb.shape[0]} px · most likely "
-                        f"**{ui.class_label(result.label)}** {result.probs[result.label]:.0%}")
+                        f"**{class_label(result.label)}** {result.probs[result.label]:.0%}")
 
 
 def table_ui(comparison, band, mm_per_pixel: float | None) -> None:
@@ -179,7 +185,7 @@ def report_ui(comparison, images, band, band_text: str, mm_per_pixel: float | No
 
     note = st.text_input("Note for the PDF report (optional)", key="compare_note", max_chars=500,
                          placeholder="e.g. interval between the images; no patient identifiers")
-    card = ui.model_card() or {}
+    card = model_card() or {}
 
     def build() -> bytes:  # run when the button is pressed
         return build_comparison_pdf(
@@ -193,9 +199,9 @@ def report_ui(comparison, images, band, band_text: str, mm_per_pixel: float | No
 
 def compare_page() -> None:
     st.title("Compare baseline and follow-up")
-    st.caption(ui.DISCLAIMER)
+    st.caption(DISCLAIMER)
     fov = fov_ui()
-    given = input_ui(ui.current_data_dir())
+    given = input_ui(current_data_dir())
     if given is None:
         return
     from core.intake import ImageRejected, load_image
@@ -208,14 +214,14 @@ def compare_page() -> None:
             st.error(f"Cannot analyse the {role.lower()} image **{name}**: {exc}")
     if len(images) < 2:
         return
-    analyzer, error = ui.analyzer_or_error()
-    if error:
-        st.error(error)
-        return
     band, band_text = noise_band()
-    key = (*(ui.digest(data) for data, _ in given), analyzer.version, band_text)
     try:
-        comparison = comparison_for(key, analyzer, images, band)
+        pool().wait()
+        key = (*(digest(data) for data, _ in given), pool().version, band_text)
+        comparison = comparison_for(key, images, band)
+    except ModelUnavailable as exc:
+        st.error(str(exc))
+        return
     except Exception as exc:
         st.error(f"Comparison failed: {exc}")
         return
