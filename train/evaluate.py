@@ -471,6 +471,7 @@ def prediction_rows(tables, probs, referral, levels, scores, detector, outputs, 
                 rows[column] = outputs[name][key][:, 0].round(4)
         if baseline_rule is not None:
             q = baseline_rule.probabilities(outputs[name]["baseline_logits"])
+            rows["classifier_pred"] = [CLASS_CODES[i] for i in q.argmax(1)]
             for j, code in enumerate(CLASS_CODES):
                 rows[f"classifier_p_{code}"] = q[:, j].round(5)
         parts.append(rows)
