@@ -28,7 +28,7 @@ from core.classes import CLASS_CODES
 from core.decision_rule import DecisionRule
 from core.mbdcnn import mbdcnn_forward
 from core.models import create_model
-from core.ood import OODAssessment, OODDetector
+from core.ood import OODAssessment, OODDetector, chroma, imagenet_backbone
 from core.preprocess import Box, Preprocessing, mask_to_image, network_box, network_image
 from core.referral import BELOW_TEXT, REFER_TEXT, ReferralRule
 from core.retrieval import CaseIndex
@@ -85,6 +85,7 @@ class Analyzer:
         self.coarse_sn = networks["coarse_sn"]
         self.mask_cn = networks["mask_cn"]
         self.enhanced_sn = networks["enhanced_sn"]
+        self.imagenet = networks.get("imagenet")  # generic ImageNet features for the not-dermoscopy check
         self.card = card
         self.ood_detector = ood
         self.cases = cases
@@ -126,7 +127,8 @@ class Analyzer:
         ood = None
         if OOD_FILE in card.get("files", {}):
             ood = OODDetector(load_verified(weights_dir, OOD_FILE, card), card["ood"]["thresholds"],
-                              float(card["ood"].get("unusual_share", 0.1)))
+                              card["ood"]["unusual_score"], float(card["ood"]["unusual_share"]))
+            networks["imagenet"] = fold_batchnorm(imagenet_backbone()).to(device)
         return cls(networks, card, ood, CaseIndex.load(weights_dir, card), device)
 
     # ------------------------------------------------------------ analysis
@@ -160,7 +162,7 @@ class Analyzer:
         probs = self.rule.probabilities(logits)[0]
         mask = _to_input_mask(out["enhanced"], box, height, width)
         coarse_mask = _to_input_mask(out["coarse"], box, height, width)
-        ood = self.ood_detector.assess(out["pooled"], cls_small) if self.ood_detector else OODAssessment("in", 0.0, "")
+        ood = self._ood(out["pooled"], cls_x, cls_small)
         similar = self.cases.nearest(out["pooled"], SIMILAR_CASES) if self.cases is not None else None
         score = self._uncertainty_score(logits, probs, out["pooled"])
         level = self.uncertainty.level(score)
@@ -180,6 +182,14 @@ class Analyzer:
             lap("cam")
         timings["total"] = sum(timings.values())
         return result
+
+    def _ood(self, pooled: torch.Tensor, cls_x: torch.Tensor, cls_small: np.ndarray) -> OODAssessment:
+        if self.ood_detector is None:
+            return OODAssessment("in", 0.0, "")
+        with torch.inference_mode():
+            generic = self.imagenet(cls_x).float().cpu()
+        case_distance = self.cases.knn_distance(pooled, KNN_K) if self.cases is not None else None
+        return self.ood_detector.assess(self.ood_detector.scores(pooled.cpu(), generic, [chroma(cls_small)], case_distance))
 
     def _uncertainty_score(self, logits: np.ndarray, probs: np.ndarray, pooled: torch.Tensor) -> float:
         """The card's uncertainty score for one image (see core.uncertainty)."""

@@ -95,12 +95,13 @@ def mbdcnn_forward(coarse_sn, mask_cn, enhanced_sn, seg_x: torch.Tensor, cls_x: 
     """The whole MB-DCNN chain on normalised batches (the Analyzer's and the evaluation's one forward pass).
 
     coarse-SN (averaged over seg_views) -> mask-CN on every view in cls_views of (image, coarse mask) ->
-    localisation map of view 0 (the identity, which must be in cls_views) -> enhanced-SN (averaged over seg_views;
-    skipped, None, when not with_enhanced).
+    localisation map of view 0 -> enhanced-SN (averaged over seg_views; skipped, None, when not with_enhanced).
+    Both view tuples start with the identity, 0. With seg_views = (0,) (no flip TTA) every hand-off is exactly the
+    one training used (train.stages: core.mbdcnn.run_chain).
     Returns coarse / enhanced probabilities (B,1,H,W), logits per view (V,B,C) in cls_views order, view 0's
     pooled features (B,K), class activation maps (B,C,h,w), mask-CN input x4 (B,4,H,W) and localisation map."""
-    if cls_views[0] != 0:
-        raise ValueError("cls_views must start with the identity view 0")
+    if cls_views[0] != 0 or seg_views[0] != 0:
+        raise ValueError("cls_views and seg_views must start with the identity view 0")
     coarse = _segment(coarse_sn, seg_x, seg_views)
     channel = F.interpolate(coarse, size=cls_x.shape[-2:], mode="bilinear", align_corners=False)
     b = cls_x.shape[0]

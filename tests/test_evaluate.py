@@ -88,3 +88,25 @@ def test_folder_report_gives_the_numbers_of_core_folder_evaluation(tiny_card, ha
     assert written["n_images"] == 9 and written["n_failed"] == 1
     assert pd.read_csv(out / "failures.csv")["image_id"].tolist() == ["broken"]
     assert len(pd.read_csv(out / "predictions.csv")) == 9 and "<table" in (out / "report.html").read_text()
+
+
+def test_enhanced_sn_gets_the_map_its_training_computed(tiny_card, ham_split):
+    """The localisation map the Analyzer feeds enhanced-SN is the one train.stages computed for enhanced-SN's
+    training (core.mbdcnn.run_chain on the same network inputs, with the shipped networks), without flip TTA."""
+    from core.mbdcnn import run_chain
+    from train.stages import load_upstream
+
+    weights, _ = tiny_card
+    analyzer = Analyzer.load(weights)
+    analyzer.seg_views = (0,)
+    captured = []
+    hook = analyzer.enhanced_sn.register_forward_pre_hook(lambda module, args: captured.append(args[1].clone()))
+    rgb = load_image_file(ham_split[ham_split["split"] == "test"]["image_path"].iloc[3])
+    analyzer.analyze(rgb)
+    hook.remove()
+    seg_u8, cls_u8, _ = analyzer.network_images(rgb)
+    coarse_sn, _ = load_upstream("coarse_sn", str(weights / "coarse_sn.safetensors"))
+    mask_cn, _ = load_upstream("mask_cn", str(weights / "mask_cn.safetensors"))
+    chain = run_chain(coarse_sn, mask_cn, seg_u8[None], cls_u8[None])
+    assert captured[0].shape == chain["localisation"].shape
+    assert np.allclose(captured[0].numpy(), chain["localisation"].numpy(), atol=2e-3)

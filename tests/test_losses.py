@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from core.losses import class_weights, dice_loss, hybrid_loss, rank_loss
@@ -47,3 +48,20 @@ def test_class_weights_favour_rare_classes():
     w = class_weights(labels, 2, power=1.0)
     assert w[1] > 10 * w[0]
     assert torch.isclose(w.mean(), torch.tensor(1.0))
+
+
+def test_the_segmenters_training_loss_contains_the_rank_term():
+    """The loss a segmentation stage trains with (train.stages, default config) changes when only the hardest
+    background pixels change, by more than Dice alone accounts for: lambda x the rank term's change."""
+    from train.stages import CoarseSNStage
+    from train.train import parse_args
+
+    stage = CoarseSNStage(parse_args(["--stage", "coarse_sn"]))
+    t = torch.zeros(1, 1, 64, 64)
+    t[..., 16:48, 16:48] = 1
+    base = (t * 2 - 1) * 3
+    hard = base.clone()
+    hard[0, 0, 0, :30] = 2.0  # 30 background pixels now score close to the lesion's hardest pixels
+    beyond_dice = float(stage.loss(hard, t) - stage.loss(base, t)) - float(dice_loss(hard, t) - dice_loss(base, t))
+    assert beyond_dice == pytest.approx(0.05 * float(rank_loss(hard, t) - rank_loss(base, t)), rel=1e-4)
+    assert beyond_dice > 0.005

@@ -34,7 +34,7 @@ def networks():
 
 def test_tta_averaged_output_is_invariant_under_a_flip(networks):
     """With the segmenters' flip TTA and mask-CN's 8 views, flipping the input only permutes the views: the averaged
-    probabilities are unchanged and the masks flip with the image. Without TTA they are not invariant."""
+    probabilities are unchanged and the masks flip with the image. One view alone is not invariant."""
     seg = torch.randn(1, 3, 64, 96)
     cls = torch.randn(1, 3, 48, 64)
     rule = DecisionRule(views=8)
@@ -110,17 +110,28 @@ def test_probability_scores():
 
 
 def test_ood_levels_follow_the_thresholds():
+    """Colourless or generically unlike the reference images -> not_dermoscopy; beyond the unusual distance ->
+    unusual; the unusual distance is the one that ranks validation errors best."""
     rng = np.random.default_rng(3)
-    train = rng.normal(size=(400, 16)).astype(np.float32)
-    stats = rng.normal(size=(400, 11)).astype(np.float32)
-    tensors = fit_rules.fit_ood(train, rng.integers(0, 3, 400), stats)
-    detector = OODDetector(tensors, fit_rules.fit_ood_thresholds(tensors, train, stats))
-    far_features = train[:3] * 40
-    odd_stats = stats[:3] + 50
-    levels = detector.levels(torch.as_tensor(np.concatenate([train[:3], far_features, train[:3]])),
-                             np.concatenate([stats[:3], stats[:3], odd_stats]))
-    assert levels[3:].tolist() == ["not_dermoscopy"] * 6
-    assert (detector.levels(torch.as_tensor(train), stats) == "in").mean() == pytest.approx(0.9, abs=0.02)
+    pooled = rng.normal(size=(400, 16)).astype(np.float32)
+    generic = np.abs(rng.normal(size=(400, 64))).astype(np.float32) + 1  # positive, like post-ReLU features
+    colour = rng.uniform(20, 60, 400)
+    tensors = fit_rules.fit_ood(pooled, rng.integers(0, 3, 400), generic)
+    errors = np.zeros(400, int)
+    errors[np.argsort(-np.linalg.norm(pooled, axis=1))[:80]] = 1  # the far-out images are the wrong ones
+    thresholds, unusual, fit = fit_rules.fit_ood_thresholds(
+        tensors, lambda probe: probe.scores(pooled, generic, colour), errors)
+    assert unusual == "feature_distance" and fit["validation_error_auroc"]["feature_distance"] > 0.8
+    detector = OODDetector(tensors, thresholds, unusual)
+    scores = detector.scores(np.concatenate([pooled[:3], pooled[:3], pooled[:3] * 30]),
+                             np.concatenate([generic[:3], -generic[:3], generic[:3]]),
+                             np.concatenate([[0.0] * 3, colour[:3], colour[:3]]))
+    assert detector.levels(scores).tolist() == ["not_dermoscopy"] * 6 + ["unusual"] * 3
+    assert (detector.levels(detector.scores(pooled, generic, colour)) == "in").mean() == pytest.approx(0.9, abs=0.02)
+    one = detector.assess({k: v[:1] for k, v in scores.items()})
+    assert one.level == "not_dermoscopy" and "no colour" in one.reason
+    with pytest.raises(ValueError, match="unknown unusual score"):
+        OODDetector(tensors, thresholds, "entropy")
 
 
 def test_case_index_finds_the_same_case_first_and_ranks_by_cosine():

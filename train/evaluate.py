@@ -43,7 +43,7 @@ from core.datasets import load_manifest
 from core.decision_rule import DecisionRule
 from core.inference import NETWORK_FILES, OOD_FILE
 from core.metrics import bootstrap_interval, calibration, classification_metrics, risk_coverage
-from core.ood import IMAGE_STAT_NAMES, OODDetector
+from core.ood import OODDetector
 from core.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from core.referral import SCORES as REFERRAL_SCORES
 from core.retrieval import CaseIndex
@@ -179,10 +179,16 @@ def segmentation_report(table: pd.DataFrame, outputs: dict) -> dict:
     return out
 
 
-def ood_report(detector: OODDetector, outputs: dict, tables: dict, probs: dict, photos: dict, synthetic: dict) -> dict:
-    result = {"thresholds": detector.thresholds, "results": {}}
+def ood_scores(detector: OODDetector, data: dict, index: CaseIndex) -> dict[str, np.ndarray]:
+    return detector.scores(data["pooled"].astype(np.float32), data["imagenet"].astype(np.float32), data["chroma"],
+                           index.knn_distance(data["pooled"], KNN_K))
+
+
+def ood_report(detector: OODDetector, outputs: dict, tables: dict, probs: dict, photos: dict, synthetic: dict,
+               index: CaseIndex) -> dict:
+    result = {"thresholds": detector.thresholds, "unusual_score": detector.unusual_score, "results": {}}
     for name in TEST_SETS:
-        levels = detector.levels(torch.as_tensor(outputs[name]["pooled"], dtype=torch.float32), outputs[name]["stats"])
+        levels = detector.levels(ood_scores(detector, outputs[name], index))
         errors = probs[name].argmax(1) != labels_of(tables[name])
         unusual = levels == "unusual"
         result["results"][name] = {
@@ -191,7 +197,7 @@ def ood_report(detector: OODDetector, outputs: dict, tables: dict, probs: dict, 
             "error_rate_unusual": float(errors[unusual].mean()) if unusual.any() else None,
             "error_rate_in": float(errors[levels == "in"].mean()) if (levels == "in").any() else None}
     for name, data in (("real_non_dermoscopy_photos", photos), ("synthetic_non_dermoscopic", synthetic)):
-        levels = detector.levels(torch.as_tensor(data["pooled"]), data["stats"])
+        levels = detector.levels(ood_scores(detector, data, index))
         result["results"][name] = {"n": len(levels), "not_dermoscopy_share": float((levels == "not_dermoscopy").mean()),
                                    "accepted": [n for n, lvl in zip(data["names"], levels) if lvl != "not_dermoscopy"]}
     return result
@@ -353,9 +359,12 @@ def main(argv=None) -> dict:
 
     val_scores = uncertainty_scores("val", train_index)
     levels, uncertainty_fit = fit_rules.fit_uncertainty(val_scores, (probs["val"].argmax(1) != y["val"]).astype(float))
-    ood_tensors = fit_rules.fit_ood(outputs["train"]["pooled"].astype(np.float32), y["train"], outputs["train"]["stats"])
-    thresholds = fit_rules.fit_ood_thresholds(ood_tensors, outputs["val"]["pooled"].astype(np.float32), outputs["val"]["stats"])
-    detector = OODDetector(ood_tensors, thresholds, 1 - fit_rules.OOD_UNUSUAL_QUANTILE)
+    ood_tensors = fit_rules.fit_ood(outputs["train"]["pooled"].astype(np.float32), y["train"],
+                                    outputs["train"]["imagenet"].astype(np.float32))
+    thresholds, unusual_score, ood_fit = fit_rules.fit_ood_thresholds(
+        ood_tensors, lambda probe: ood_scores(probe, outputs["val"], train_index),
+        (probs["val"].argmax(1) != y["val"]).astype(int))
+    detector = OODDetector(ood_tensors, thresholds, unusual_score, 1 - fit_rules.OOD_UNUSUAL_QUANTILE)
     files[OOD_FILE] = save_weights(ood_tensors, weights / OOD_FILE, half=False)
     for path in index.save(weights):
         files[path.name] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
@@ -382,15 +391,15 @@ def main(argv=None) -> dict:
                 DecisionRule().probabilities(outputs[name]["baseline_logits"]))
             entry["classification"]["ensemble"] = classification_report(table, both[name], plain[name])
         metrics[name] = entry
-    ood = ood_report(detector, outputs, tables, probs, photo_out, synthetic_out)
-    ood.update(method=(f"not_dermoscopy: colour/texture statistics ({', '.join(IMAGE_STAT_NAMES)}) beyond the "
-                       f"{fit_rules.OOD_IMAGE_QUANTILE:.1%} validation quantile of their Mahalanobis distance, or "
-                       f"mask-CN's pooled features (min class-conditional Mahalanobis distance in a "
-                       f"{fit_rules.OOD_PCA_DIMS}-d PCA space, shared Ledoit-Wolf covariance, fitted on train) beyond "
-                       f"the {fit_rules.OOD_FAR_QUANTILE:.1%} quantile; unusual: that feature distance beyond the "
-                       f"{fit_rules.OOD_UNUSUAL_QUANTILE:.0%} quantile"), unusual_share=1 - fit_rules.OOD_UNUSUAL_QUANTILE)
+    ood = ood_report(detector, outputs, tables, probs, photo_out, synthetic_out, index)
+    ood.update(fit=ood_fit, unusual_share=1 - fit_rules.OOD_UNUSUAL_QUANTILE, method=(
+        f"not_dermoscopy: chroma below {fit_rules.OOD_CHROMA_FACTOR} x its 0.1 % validation quantile, or 1 - cosine "
+        f"similarity of ImageNet EfficientNet-Lite0 features (projected to {fit_rules.OOD_PROJECTION_DIMS} dims) to the "
+        f"nearest of {fit_rules.OOD_REFERENCE_IMAGES} training images above its {fit_rules.OOD_IMAGENET_QUANTILE:.1%} "
+        f"validation quantile; unusual: the distance with the best validation AUROC for wrong predictions "
+        f"({unusual_score}) above its {fit_rules.OOD_UNUSUAL_QUANTILE:.0%} validation quantile"))
 
-    predictions = prediction_rows(tables, probs, referral, levels, test_scores, detector, outputs, nets, baseline_rule)
+    predictions = prediction_rows(tables, probs, referral, levels, test_scores, detector, outputs, index, baseline_rule)
     predictions.to_csv(weights / "test_predictions.csv", index=False)
     card = build_card(args, manifest, files, nets, rule, rule_fit, referral, referral_fit, levels, uncertainty_fit,
                       ood, index_fit, metrics, resolution_consistency(nets, Path(args.data_dir), rule, args.max_images), runs, started)
@@ -451,7 +460,7 @@ def report_html(summary: dict, data_dir: Path) -> str:
     return "<!doctype html><meta charset='utf-8'><title>LesionLens evaluation</title>" + "\n".join(parts)
 
 
-def prediction_rows(tables, probs, referral, levels, scores, detector, outputs, nets, baseline_rule) -> pd.DataFrame:
+def prediction_rows(tables, probs, referral, levels, scores, detector, outputs, index, baseline_rule) -> pd.DataFrame:
     """One row per test image (both test sets): what the app would show, plus per-image Dice."""
     parts = []
     for name in TEST_SETS:
@@ -464,8 +473,7 @@ def prediction_rows(tables, probs, referral, levels, scores, detector, outputs, 
         rows["refer"] = np.where(referral.refer(p), "yes", "no")
         rows["uncertainty_score"] = scores[name].round(5)
         rows["uncertainty_level"] = levels.levels(scores[name])
-        rows["ood_level"] = detector.levels(torch.as_tensor(outputs[name]["pooled"], dtype=torch.float32),
-                                            outputs[name]["stats"])
+        rows["ood_level"] = detector.levels(ood_scores(detector, outputs[name], index))
         for key, column in (("seg_coarse_sn", "dice_coarse"), ("seg_enhanced_sn", "dice_enhanced")):
             if key in outputs[name]:
                 rows[column] = outputs[name][key][:, 0].round(4)

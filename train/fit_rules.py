@@ -16,7 +16,7 @@ from sklearn.decomposition import PCA
 from core.classes import CLASS_INDEX, NUM_CLASSES
 from core.decision_rule import DecisionRule
 from core.metrics import logit_adjustment, risk_coverage
-from core.ood import OODDetector
+from core.ood import UNUSUAL_SCORES, OODDetector
 from core.referral import SCORES as REFERRAL_SCORES, ReferralRule, melanoma_score
 from core.uncertainty import LEVELS, UncertaintyLevels
 from train.stages import classification_scores
@@ -29,9 +29,11 @@ VIEWS_TIE = 0.002               # fewer views unless more views raise the criter
 LOW_MAX_ERROR = 0.08            # "low" uncertainty: the largest validation share whose top prediction errs <= 8 %
 HIGH_SHARE = 0.30               # "high" uncertainty: the 30 % most uncertain validation images
 OOD_PCA_DIMS = 64
-OOD_UNUSUAL_QUANTILE = 0.90     # "unusual": feature distance above 90 % of validation images
-OOD_FAR_QUANTILE = 0.999        # "not dermoscopy": feature distance above 99.9 % of validation images ...
-OOD_IMAGE_QUANTILE = 0.997      # ... or image statistics above 99.7 %
+OOD_UNUSUAL_QUANTILE = 0.90     # "unusual": the chosen distance above 90 % of validation images
+OOD_IMAGENET_QUANTILE = 0.999   # "not dermoscopy": ImageNet distance above 99.9 % of validation images ...
+OOD_CHROMA_FACTOR = 0.5         # ... or chroma below half the 0.1 % quantile of validation images
+OOD_PROJECTION_DIMS = 512
+OOD_REFERENCE_IMAGES = 3000
 
 
 def criterion(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> float:
@@ -130,27 +132,38 @@ def fit_uncertainty(scores: dict[str, np.ndarray], errors: np.ndarray) -> tuple[
                         f"prediction errs <= {LOW_MAX_ERROR:.0%}, high = the {HIGH_SHARE:.0%} most uncertain")}
 
 
-def fit_ood(train_pooled: np.ndarray, train_labels: np.ndarray, train_stats: np.ndarray) -> dict[str, torch.Tensor]:
-    """Gaussian models of the training data: class means + shared Ledoit-Wolf precision of the PCA'd pooled features,
-    and mean + precision of the image statistics."""
-    pca = PCA(n_components=min(OOD_PCA_DIMS, *train_pooled.shape), random_state=0).fit(train_pooled)
+def fit_ood(train_pooled: np.ndarray, train_labels: np.ndarray, train_imagenet: np.ndarray,
+            seed: int = 0) -> dict[str, torch.Tensor]:
+    """The OOD model of the training data: class means + shared Ledoit-Wolf precision of mask-CN's PCA'd pooled
+    features, and a seeded random projection of the ImageNet features with OOD_REFERENCE_IMAGES projected
+    reference images."""
+    pca = PCA(n_components=min(OOD_PCA_DIMS, *train_pooled.shape), random_state=seed).fit(train_pooled)
     z = pca.transform(train_pooled)
     present = [c for c in range(NUM_CLASSES) if (train_labels == c).any()]
     class_means = np.stack([z[train_labels == c].mean(0) for c in present])
     centred = z - class_means[np.searchsorted(present, train_labels)]
-    image = LedoitWolf().fit(train_stats)
+    rng = np.random.default_rng(seed)
+    projection = rng.normal(size=(train_imagenet.shape[1], OOD_PROJECTION_DIMS)) / np.sqrt(OOD_PROJECTION_DIMS)
+    chosen = rng.permutation(len(train_imagenet))[:OOD_REFERENCE_IMAGES]
     return {"pca_mean": torch.tensor(pca.mean_, dtype=torch.float32),
             "pca_components": torch.tensor(pca.components_, dtype=torch.float32),
             "class_means": torch.tensor(class_means, dtype=torch.float32),
             "precision": torch.tensor(LedoitWolf().fit(centred).precision_, dtype=torch.float32),
-            "image_mean": torch.tensor(image.location_, dtype=torch.float32),
-            "image_precision": torch.tensor(image.precision_, dtype=torch.float32)}
+            "imagenet_projection": torch.tensor(projection, dtype=torch.float16),
+            "imagenet_reference": torch.tensor(train_imagenet[chosen].astype(np.float32) @ projection, dtype=torch.float16)}
 
 
-def fit_ood_thresholds(tensors: dict[str, torch.Tensor], val_pooled: np.ndarray, val_stats: np.ndarray) -> dict:
-    probe = OODDetector(tensors, {"image": 0, "feature_far": 0, "feature_unusual": 0})
-    feature = probe.score(torch.as_tensor(val_pooled, dtype=torch.float32)).numpy()
-    image = probe.image_score(val_stats).numpy()
-    return {"image": float(np.quantile(image, OOD_IMAGE_QUANTILE)),
-            "feature_far": float(np.quantile(feature, OOD_FAR_QUANTILE)),
-            "feature_unusual": float(np.quantile(feature, OOD_UNUSUAL_QUANTILE))}
+def fit_ood_thresholds(detector_tensors: dict[str, torch.Tensor], val_scores_of, errors: np.ndarray) -> tuple[dict, str, dict]:
+    """Thresholds from validation scores (`val_scores_of(detector)` -> dict of score arrays): chroma below half its
+    0.1 % quantile, ImageNet distance above its OOD_IMAGENET_QUANTILE quantile (not dermoscopy); for unusual, the
+    distance with the highest validation AUROC for wrong predictions, above its OOD_UNUSUAL_QUANTILE quantile."""
+    from sklearn.metrics import roc_auc_score
+
+    probe = OODDetector(detector_tensors, {"chroma": 0, "imagenet_distance": 0, "unusual": 0}, "feature_distance")
+    scores = val_scores_of(probe)
+    aurocs = {name: float(roc_auc_score(errors, scores[name])) for name in UNUSUAL_SCORES if name in scores}
+    unusual = max(aurocs, key=aurocs.get)
+    thresholds = {"chroma": float(OOD_CHROMA_FACTOR * np.quantile(scores["chroma"], 0.001)),
+                  "imagenet_distance": float(np.quantile(scores["imagenet_distance"], OOD_IMAGENET_QUANTILE)),
+                  "unusual": float(np.quantile(scores[unusual], OOD_UNUSUAL_QUANTILE))}
+    return thresholds, unusual, {"validation_error_auroc": aurocs}

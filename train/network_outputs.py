@@ -1,8 +1,8 @@
 """Run trained networks over a split once and keep what the evaluation needs (cached on disk by content).
 
 For every image: mask-CN's logits under each of the 8 dihedral views (the decision rule picks how many to average),
-view 0's pooled features, colour/texture statistics for the OOD check, the image-only classifier's logits (when it
-was trained), and, for splits with reference masks, per-image Dice / Jaccard of every segmenter at the reference
+view 0's pooled features, the chroma and ImageNet features of the OOD check, the image-only classifier's logits
+(when it was trained), and, for splits with reference masks, per-image Dice / Jaccard of every segmenter at the reference
 mask's own resolution (plain and with flip test-time augmentation). The forward pass is core.mbdcnn.mbdcnn_forward,
 the Analyzer's own.
 """
@@ -23,7 +23,7 @@ from tqdm import tqdm
 from core.mbdcnn import mbdcnn_forward
 from core.metrics import dice, jaccard
 from core.models import create_model
-from core.ood import image_statistics
+from core.ood import chroma, imagenet_backbone
 from core.preprocess import Preprocessing, mask_to_image, network_box
 from core.tensors import normalize_batch
 from core.tta import ALL_VIEWS, FLIP_VIEWS, view
@@ -79,7 +79,7 @@ def split_outputs(nets: dict[str, Network], table: pd.DataFrame, segmentation: b
     """Outputs for the rows of `table` (see the module docstring). nets: coarse_sn, mask_cn, enhanced_sn and
     optionally classifier, coarse_sn_more, enhanced_sn_zero. segmentation: score the segmenters (needs masks).
     views: mask-CN's test-time-augmentation views to compute (the training split needs view 0 only)."""
-    options = {"segmentation": segmentation, "views": list(views), "version": 1}
+    options = {"segmentation": segmentation, "views": list(views), "version": 2}
     file = _cache_file(nets, table, options)
     if use_cache and file.is_file():
         with np.load(file) as data:
@@ -87,7 +87,8 @@ def split_outputs(nets: dict[str, Network], table: pd.DataFrame, segmentation: b
     coarse, mask_cn, enhanced = nets["coarse_sn"], nets["mask_cn"], nets["enhanced_sn"]
     seg_u8, _ = load_arrays(table, coarse.size, coarse.preprocessing, False, use_cache)
     cls_u8, _ = load_arrays(table, mask_cn.size, mask_cn.preprocessing, False, use_cache)
-    out: dict[str, list] = {k: [] for k in ("logits", "pooled", "stats", "baseline_logits")}
+    out: dict[str, list] = {k: [] for k in ("logits", "pooled", "chroma", "imagenet", "baseline_logits")}
+    generic = imagenet_backbone()
     scores: dict[str, list] = {}
     for start in tqdm(range(0, len(table), BATCH), desc=f"networks on {len(table)} images", leave=False):
         rows = slice(start, start + BATCH)
@@ -98,7 +99,8 @@ def split_outputs(nets: dict[str, Network], table: pd.DataFrame, segmentation: b
                                    with_enhanced=segmentation)
             out["logits"].append(chain["logits"].numpy())
             out["pooled"].append(chain["pooled"].half().numpy())
-            out["stats"].append(np.stack([image_statistics(np.ascontiguousarray(im)) for im in cls_u8[rows]]))
+            out["chroma"].append(np.array([chroma(np.ascontiguousarray(im)) for im in cls_u8[rows]]))
+            out["imagenet"].append(generic(cls_x).half().numpy())
             if "classifier" in nets:
                 out["baseline_logits"].append(torch.stack([nets["classifier"].model(view(cls_x, k)).float()
                                                            for k in views]).numpy())
@@ -117,7 +119,7 @@ def split_outputs(nets: dict[str, Network], table: pd.DataFrame, segmentation: b
                         predicted = mask_to_image(p[i, 0].numpy(), box, reference.shape) > 0.5
                         scores.setdefault(name, []).append((dice(predicted, reference), jaccard(predicted, reference)))
     result = {"logits": np.concatenate(out["logits"], axis=1), "pooled": np.concatenate(out["pooled"]),
-              "stats": np.concatenate(out["stats"])}
+              "chroma": np.concatenate(out["chroma"]), "imagenet": np.concatenate(out["imagenet"])}
     if out["baseline_logits"]:
         result["baseline_logits"] = np.concatenate(out["baseline_logits"], axis=1)
     for name, values in scores.items():
@@ -131,20 +133,24 @@ def split_outputs(nets: dict[str, Network], table: pd.DataFrame, segmentation: b
 
 
 def image_outputs(nets: dict[str, Network], images: list[np.ndarray]) -> dict:
-    """logits (8 views), pooled features and image statistics of in-memory RGB images of any size, made into network
-    inputs exactly as the Analyzer makes them (non-dermoscopy photographs, synthetic images, resolution checks)."""
+    """logits (8 views), pooled features, chroma and ImageNet features of in-memory RGB images of any size, made into
+    network inputs exactly as the Analyzer makes them (non-dermoscopy photographs, synthetic images, resolution)."""
     from core.preprocess import network_image
 
     coarse, mask_cn, enhanced = nets["coarse_sn"], nets["mask_cn"], nets["enhanced_sn"]
-    logits, pooled, stats = [], [], []
+    generic = imagenet_backbone()
+    logits, pooled, colour, features = [], [], [], []
     for rgb in images:
         box = network_box(rgb, mask_cn.preprocessing)
         seg_u8 = network_image(rgb, coarse.size, coarse.preprocessing, box)
         cls_u8 = network_image(rgb, mask_cn.size, mask_cn.preprocessing, box)
+        cls_x = normalize_batch(torch.from_numpy(cls_u8)[None])
         with torch.inference_mode():
             chain = mbdcnn_forward(coarse.model, mask_cn.model, enhanced.model, normalize_batch(torch.from_numpy(seg_u8)[None]),
-                                   normalize_batch(torch.from_numpy(cls_u8)[None]), ALL_VIEWS, (0,), with_enhanced=False)
+                                   cls_x, ALL_VIEWS, (0,), with_enhanced=False)
+            features.append(generic(cls_x).numpy())
         logits.append(chain["logits"].numpy())
         pooled.append(chain["pooled"].numpy())
-        stats.append(image_statistics(cls_u8))
-    return {"logits": np.concatenate(logits, axis=1), "pooled": np.concatenate(pooled), "stats": np.stack(stats)}
+        colour.append(chroma(cls_u8))
+    return {"logits": np.concatenate(logits, axis=1), "pooled": np.concatenate(pooled), "chroma": np.array(colour),
+            "imagenet": np.concatenate(features)}
