@@ -23,6 +23,7 @@ from ui.report import build_report
 from ui.session_cache import cached, remember
 
 MASK_CHOICES = {"enhanced": "enhanced-SN", "coarse": "coarse-SN"}
+SIMILAR_PER_ROW = 4
 CAM_HELP = ("The methods that give different maps for mask-CN. Its head is global average pooling + one linear layer, "
             "so HiResCAM and XGrad-CAM give exactly Grad-CAM's map and LayerCAM nearly Grad-CAM++'s; EigenCAM is "
             "left out because it ignores the target class. Score-CAM runs one forward pass per feature channel: "
@@ -112,12 +113,11 @@ def context_ui() -> PatientContext | None:
 def referral_ui(r) -> None:
     """The melanoma referral rule's sentence, the score and the threshold applied (the session's or the card's)."""
     referral = referral_of(r)
-    text = (f"**{referral.text}**  \nMelanoma score {referral.score:.3f}; referral threshold "
-            f"{referral.threshold:.3f} ({referral.threshold_note}).")
+    text = f"**{referral.text}**  \n{referral.numbers} ({referral.threshold_note})."
     if referral.refer:
         st.error(text, icon=":material/priority_high:")
     else:
-        st.info(text, icon=":material/check_circle:")
+        st.info(text, icon=":material/info:")
 
 
 def header_ui(r, name: str, example: dict | None) -> None:
@@ -125,7 +125,7 @@ def header_ui(r, name: str, example: dict | None) -> None:
     the referral, the uncertainty in words and the true label of a dataset example, greyed with a warning when the
     image is unusual."""
     box = st.container(border=True)
-    box.markdown(f"**Prediction for `{name}`**")
+    box.markdown(f"**Result for `{name}`**")
     if not r.diagnosis_shown:
         box.error(f"**No diagnosis.** {r.ood_reason}", icon=":material/block:")
         return
@@ -216,7 +216,7 @@ def similar_cases_ui(r) -> None:
                          "similarity": st.column_config.NumberColumn("Similarity", format="%.2f")})
         st.caption("Set the data folder in the sidebar to see these images.")
         return
-    columns = st.columns(len(r.similar))
+    columns = st.columns(SIMILAR_PER_ROW) * ((len(r.similar) + SIMILAR_PER_ROW - 1) // SIMILAR_PER_ROW)
     for rank, (column, row) in enumerate(zip(columns, r.similar.itertuples(index=False)), start=1):
         caption = f"{rank}. {class_name(row.dx)} · {row.confirmed_by} · similarity {row.similarity:.2f} · {row.image_id}"
         path = paths.get((row.source, row.image_id))

@@ -25,7 +25,8 @@ PROB_COLUMNS = [f"p_{c}" for c in CLASS_CODES]
 def status_of(row) -> str:
     if row.error:
         return f"✗ {row.error}"
-    return "⛔ not dermoscopy: no diagnosis" if row.ood_level == "not_dermoscopy" else "✓ analysed"
+    return {"not_dermoscopy": "⚠ not dermoscopy: no diagnosis",
+            "unusual": "⚠ unusual image: diagnosis less reliable"}.get(row.ood_level, "✓ analysed")
 
 
 def summary_ui(table: pd.DataFrame, threshold: float | None) -> None:

@@ -13,7 +13,7 @@ from ui.analyzers import ModelUnavailable, pool
 from ui.data_folder import resolve_data_dir
 from ui.datasets import read_image_path
 from ui.figures import reliability_figure, roc_figure
-from ui.formatting import DISCLAIMER, ci_text, decimals, pct
+from ui.formatting import DISCLAIMER, ci_text, class_name, decimals, pct
 from ui.metric_views import cell_gallery, ci_metric, confusion_ui, per_class_ui
 
 RUN = "folder_run"   # session state: {folder, manifest, rows, failures, done, cancel, evaluation}
@@ -80,24 +80,25 @@ def summary_ui(summary: dict, total: int) -> None:
                    f"{total} images done before the cancel.", icon=":material/stop_circle:")
     cls = summary.get("classification") or {}
     referral = summary.get("referral") or {}
-    cols = st.columns(6)
+    cols = st.columns(5)
     cols[0].metric("Images evaluated", summary["n_images"])
     cols[1].metric("Failed", summary["n_failed"], help="Files that could not be read or analysed (listed below).")
     cols[2].metric("Not dermoscopy", summary["n_not_dermoscopy"], help="No diagnosis: left out of the figures.")
     ci_metric(cols[3], "Balanced accuracy", cls.get("ci", {}).get("balanced_accuracy"), pct,
               "Mean recall over the classes present, bootstrap 95% CI (lesions resampled).")
     ci_metric(cols[4], "Macro AUC", cls.get("ci", {}).get("macro_auc"), decimals)
-    cols[5].metric("Melanoma referral", f"{pct(referral.get('sensitivity'))} / {pct(referral.get('specificity'))}",
-                   help=f"Sensitivity / specificity at the model card's threshold ({referral.get('n_melanoma', 0)} "
-                        "melanomas).")
-    st.caption(f"Model {summary.get('model_version')}. The same figures as `python -m train.evaluate --data-dir "
-               "FOLDER --report OUT`.")
+    st.caption(f"Melanoma referral at the model card's threshold: sensitivity {pct(referral.get('sensitivity'))} "
+               f"({referral.get('n_melanoma', 0)} melanomas), specificity {pct(referral.get('specificity'))}. Model "
+               f"{summary.get('model_version')}; the same figures as `python -m train.evaluate --data-dir FOLDER "
+               "--report OUT`.")
 
 
 def drill_down_ui(evaluation, paths: dict, true: str, pred: str) -> None:
     rows = evaluation.predictions
     cell = rows[(rows["dx"] == true) & (rows["pred"] == pred)]
-    st.markdown(f"**{len(cell)} image(s): true {true}, predicted {pred}**")
+    st.markdown(f"**{len(cell)} image(s): true {class_name(true)}, predicted {class_name(pred)}**")
+    if cell.empty:
+        return
     count = st.slider("Images", 1, 12, 6, key="eval_count")
 
     def read(row):

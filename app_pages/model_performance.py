@@ -14,7 +14,7 @@ from ui.datasets import dataset_cam, manifest, read_image_path
 from ui.figures import (pr_figure, referral_roc_figure, reliability_figure, risk_coverage_figure, roc_figure,
                         segmentation_histograms, training_curves_figure)
 from ui.formatting import (MODEL_LABELS, OOD_RESULT_LABELS, SEG_VARIANT_LABELS, cam_caption, ci_text,
-                           class_name, context_use_text, decimals, pct)
+                           class_name, context_use_text, decimals, paired_difference_label, pct)
 from ui.images import cam_overlay
 from ui.metric_views import cell_gallery, ci_metric, confusion_ui, per_class_ui
 from ui.model_files import (TEST_SET_SOURCES, TEST_SETS, classification_of, model_card, predictions_of,
@@ -128,12 +128,11 @@ def threshold_ui() -> float:
     current = card_threshold if current is None else current
     options = sorted({*THRESHOLD_GRID.tolist(), card_threshold, current})
     st.session_state[THRESHOLD_WIDGET] = current  # widget state is dropped on page switches; the value is not
-    left, right = st.columns([4, 1], vertical_alignment="bottom")
-    left.select_slider("Your session's referral threshold", options, key=THRESHOLD_WIDGET, on_change=_threshold_changed,
+    st.select_slider("Your session's referral threshold", options, key=THRESHOLD_WIDGET, on_change=_threshold_changed,
                        format_func=lambda v: f"{v:.3f}" + (" (model card)" if v == card_threshold else ""),
                        help="Applies to Analyze, Batch and the PDF report for the rest of this session.")
-    right.button("Use the model card's threshold", key="referral_reset", on_click=_threshold_reset,
-                 disabled=current == card_threshold)
+    st.button("Use the model card's threshold", key="referral_reset", on_click=_threshold_reset,
+              disabled=current == card_threshold, icon=":material/restart_alt:")
     return current
 
 
@@ -215,14 +214,17 @@ def ood_ui(card: dict) -> None:
         return
     st.markdown("**not dermoscopy** → no diagnosis is shown at all; **unusual** → the diagnosis is shown greyed with "
                 "a warning.")
-    rows = [{"Images": OOD_RESULT_LABELS.get(name, name), "n": entry.get("n"),
+    rows = [{"Images": OOD_RESULT_LABELS.get(name, name), "n": entry.get("n", test_set_metrics(card, name).get("n_images")),
              "Rejected as not dermoscopy": pct(entry.get("not_dermoscopy_share")),
              "Flagged unusual": pct(entry.get("unusual_share")),
              "Error rate, unusual": pct(entry.get("error_rate_unusual")),
-             "Error rate, in distribution": pct(entry.get("error_rate_in")),
-             "Accepted (not rejected)": ", ".join(entry.get("accepted", [])) or None}
+             "Error rate, in distribution": pct(entry.get("error_rate_in"))}
             for name, entry in ood["results"].items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="ood_table", placeholder="—")
+    accepted = [f"{OOD_RESULT_LABELS.get(name, name)}: {', '.join(entry['accepted'])}"
+                for name, entry in ood["results"].items() if entry.get("accepted")]
+    if accepted:
+        st.caption("Not rejected (a diagnosis is shown for them): " + "; ".join(accepted))
     st.caption(f"Method: {ood.get('method', '—')}")
 
 
@@ -256,7 +258,7 @@ def segmentation_ui(card: dict, test_set: str) -> None:
     differences = seg.get("paired_differences", {})
     if differences:
         st.markdown("**Paired differences** (same images; positive favours enhanced-SN)")
-        st.dataframe(pd.DataFrame([{"Comparison": name, "Mean difference": ci_text(v)}
+        st.dataframe(pd.DataFrame([{"Comparison": paired_difference_label(name), "Mean difference": ci_text(v)}
                                    for name, v in differences.items()]), hide_index=True, key="seg_differences")
     st.plotly_chart(segmentation_histograms(seg), key="dice_chart")
 

@@ -271,8 +271,9 @@ def build_pdf_report(
     code. ``ood_level`` (core.ood: in / unusual / not_dermoscopy) with its one-sentence ``ood_reason``: for
     not_dermoscopy the report shows the image and the reason only (no class, probability, referral, CAM, measurement
     or similar case); for unusual the reason is printed as a warning above the diagnosis. ``uncertainty_text``: the
-    uncertainty level in words with its measured error rate. ``referral``: ``text`` (the rule's sentence), ``score``,
-    ``threshold`` and ``threshold_note`` (whose threshold it is: the model card's or the session's).
+    uncertainty level in words with its measured error rate. ``referral``: ``text`` (the rule's sentence), ``numbers``
+    (the melanoma score and the threshold applied) and ``threshold_note`` (whose threshold it is: the model card's or
+    the session's).
     ``similar_cases``: rows (image id, diagnosis, how it was confirmed, similarity), nearest first.
     ``patient_context``: (field, value) rows, with ``context_note`` saying whether the model used them.
     ``measurements`` is ``core.lesion_measurements.measure_lesion`` output, ``model_info`` has ``version``, ``created``
@@ -343,8 +344,7 @@ def _diagnosis(pdf: FPDF, probs: Mapping[str, float], label: str, ood_level: str
         pdf.multi_cell(0, 5, ascii_safe(f"Melanoma referral: {referral['text']}"), new_x=XPos.LMARGIN,
                        new_y=YPos.NEXT)
         pdf.set_font("Helvetica", "", 9)
-        pdf.multi_cell(0, 5, ascii_safe(f"Melanoma score {referral['score']:.3f}; referral threshold "
-                                        f"{referral['threshold']:.3f} ({referral['threshold_note']})."),
+        pdf.multi_cell(0, 5, ascii_safe(f"{referral['numbers']} ({referral['threshold_note']})."),
                        new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     if uncertainty_text:
         pdf.multi_cell(0, 5, ascii_safe(uncertainty_text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)

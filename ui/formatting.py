@@ -11,7 +11,7 @@ MODEL_LABELS = {"mask_cn": "mask-CN (shipped)", "mask_cn_single_view": "mask-CN,
                 "classifier": "Image-only classifier", "ensemble": "mask-CN + image-only (mean)"}
 HEADLINE_SOURCES = {"ham10000": "HAM10000 test", "isic2017": "ISIC 2017 val"}
 HEADLINE_WORDS = {"auc": "AUC", "sn": "SN", "dice": "Dice", "jaccard": "Jaccard"}
-OOD_WORDS = {"in": "in distribution", "unusual": "⚠ unusual", "not_dermoscopy": "⛔ not dermoscopy"}
+OOD_WORDS = {"in": "in distribution", "unusual": "⚠ unusual", "not_dermoscopy": "⚠ not dermoscopy"}
 OOD_RESULT_LABELS = {"ham10000_test": "HAM10000 test", "isic2017_test": "ISIC 2017 official validation",
                      "real_non_dermoscopy_photos": "Real photographs (not dermoscopy)",
                      "synthetic_non_dermoscopic": "Synthetic images (noise, flat colour, stripes, text)"}
@@ -67,18 +67,24 @@ def decimals(value, digits: int = 3) -> str:
 
 
 def ci_text(entry: dict | None, fmt=decimals) -> str:
-    """A model-card figure {value, ci95} as '0.701 (95% CI 0.640–0.757)'; '—' when absent."""
+    """A model-card figure {value, ci95} as '0.701 (95% CI 0.640 to 0.757)'; '—' when absent."""
     if not entry or entry.get("value") is None:
         return "—"
     low, high = (entry.get("ci95") or [None, None])[:2]
-    interval = "" if low is None or high is None else f" (95% CI {fmt(low)}–{fmt(high)})"
+    interval = "" if low is None or high is None else f" (95% CI {fmt(low)} to {fmt(high)})"
     return fmt(entry["value"]) + interval
 
 
 def ci_range(entry: dict | None, fmt=decimals) -> str:
-    """Only the interval of a model-card figure: '95% CI 0.640–0.757' ('' when absent)."""
+    """Only the interval of a model-card figure: '95% CI 0.640 to 0.757' ('' when absent)."""
     low, high = ((entry or {}).get("ci95") or [None, None])[:2]
-    return "" if low is None or high is None else f"95% CI {fmt(low)}–{fmt(high)}"
+    return "" if low is None or high is None else f"95% CI {fmt(low)} to {fmt(high)}"
+
+
+def paired_difference_label(name: str) -> str:
+    """'enhanced_sn - coarse_sn (Jaccard)' (model card) -> 'enhanced-SN (shipped) − coarse-SN (Jaccard)'."""
+    pair, _, metric = name.partition(" (")
+    return " − ".join(SEG_VARIANT_LABELS.get(p.strip(), p.strip()) for p in pair.split(" - ")) + (f" ({metric}" if metric else "")
 
 
 def headline_label(key: str, with_source: bool = True) -> str:

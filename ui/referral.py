@@ -31,6 +31,12 @@ class Referral:
         return REFER_TEXT if self.refer else BELOW_TEXT
 
     @property
+    def numbers(self) -> str:
+        """'Melanoma score 0.153; referral threshold 0.021', with as many decimals as it takes to tell them apart."""
+        digits = next((d for d in range(3, 7) if f"{self.score:.{d}f}" != f"{self.threshold:.{d}f}"), 6)
+        return f"Melanoma score {self.score:.{digits}f}; referral threshold {self.threshold:.{digits}f}"
+
+    @property
     def threshold_note(self) -> str:
         """Whose threshold it is: "your session's threshold 0.300; the model card's is 0.021" or "the model card's"."""
         if self.session:
