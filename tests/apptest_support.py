@@ -93,3 +93,19 @@ def upload(at: AppTest, key: str, files) -> AppTest:
     at.file_uploader(key=key).set_value(files).run()
     assert not at.exception, at.exception
     return at
+
+
+def class_folder(root: Path, data_dir: Path, per_class: int) -> Path:
+    """ROOT/<class>/<image>.jpg: `per_class` HAM10000 test-split images of every class (as weights/test_predictions.csv
+    lists them) and ROOT/mel/broken.jpg, a file that is not an image."""
+    import shutil
+
+    import pandas as pd
+
+    table = pd.read_csv(WEIGHTS / "test_predictions.csv", dtype=str)
+    for dx, part in table[table["source"] == "ham10000"].groupby("dx"):
+        (root / dx).mkdir(parents=True)
+        for image_id in part["image_id"].head(per_class):
+            shutil.copy(Path(data_dir) / "ham10000" / "images" / f"{image_id}.jpg", root / dx)
+    (root / "mel" / "broken.jpg").write_bytes(b"not an image")
+    return root

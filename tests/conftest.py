@@ -155,3 +155,19 @@ def app(monkeypatch, data_dir):
 
     monkeypatch.setenv("DATA_DIR", str(data_dir))
     return start_app(data_dir)
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """file name -> bytes of every st.download_button called at module level in the app (e.g. the Batch CSV)."""
+    import streamlit
+
+    seen = {}
+    real = streamlit.download_button
+
+    def record(label, data, file_name=None, *args, **kwargs):
+        seen[file_name] = data() if callable(data) else data
+        return real(label, data, file_name, *args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "download_button", record)
+    return seen

@@ -28,22 +28,6 @@ def pdfs(monkeypatch):
     return built
 
 
-@pytest.fixture
-def downloads(monkeypatch):
-    """file name -> data of every st.download_button called at module level (the Batch CSV)."""
-    import streamlit
-
-    seen = {}
-    real = streamlit.download_button
-
-    def record(label, data, file_name=None, *args, **kwargs):
-        seen[file_name] = data() if callable(data) else data
-        return real(label, data, file_name, *args, **kwargs)
-
-    monkeypatch.setattr(streamlit, "download_button", record)
-    return seen
-
-
 def _image(data_dir, index: int = 0):
     return sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[index]
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from apptest_support import class_folder
 
 from bench.server import stop_process, streamlit_healthy
 from core.classes import CLASS_CODES, CLASSES
@@ -278,7 +279,7 @@ def _tour(page, server, data_dir, tmp_path) -> None:
 
     # Evaluate your data: a small one-folder-per-class folder of test images runs to its report; a larger one is
     # cancelled with the Cancel button while it runs, and reported as cancelled
-    small, large = _class_folder(tmp_path / "small", data_dir, 2), _class_folder(tmp_path / "large", data_dir, 8)
+    small, large = class_folder(tmp_path / "small", data_dir, 2), class_folder(tmp_path / "large", data_dir, 8)
     _goto(page, "Evaluate your data")
     _evaluate(page, small)
     page.get_by_text("Images evaluated").first.wait_for(timeout=SLOW_MS)
@@ -295,21 +296,6 @@ def _tour(page, server, data_dir, tmp_path) -> None:
     _no_exception(page)
     done = page.locator("[data-testid='stAlert']").filter(has_text="Cancelled.").first.inner_text()
     assert f"of {7 * 8 + 1} images" in done, done
-
-
-def _class_folder(root: Path, data_dir: Path, per_class: int) -> Path:
-    """ROOT/<class>/: `per_class` HAM10000 test images of every class (weights/test_predictions.csv) + a broken file."""
-    import shutil
-
-    import pandas as pd
-
-    table = pd.read_csv(REPO / "weights" / "test_predictions.csv", dtype=str)
-    for dx, part in table[table["source"] == "ham10000"].groupby("dx"):
-        (root / dx).mkdir(parents=True)
-        for image_id in part["image_id"].head(per_class):
-            shutil.copy(data_dir / "ham10000" / "images" / f"{image_id}.jpg", root / dx)
-    (root / "mel" / "broken.jpg").write_bytes(b"not an image")
-    return root
 
 
 def _evaluate(page, folder: Path) -> None:

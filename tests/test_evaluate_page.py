@@ -6,13 +6,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
-from apptest_support import WEIGHTS, dataframe, metric_deltas, metrics, page, texts
+from apptest_support import WEIGHTS, class_folder, dataframe, metric_deltas, metrics, page, texts
 
 EVALUATE = "app_pages/evaluate.py"
 PER_CLASS = 2
@@ -20,16 +19,7 @@ PER_CLASS = 2
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, data_dir):
-    """ROOT/<class>/<image>.jpg: two HAM10000 test-split images of every class (as weights/test_predictions.csv
-    lists them) and one file that is not an image."""
-    root = tmp_path_factory.mktemp("mine") / "images"
-    table = pd.read_csv(WEIGHTS / "test_predictions.csv", dtype=str)
-    for dx, part in table[table["source"] == "ham10000"].groupby("dx"):
-        (root / dx).mkdir(parents=True)
-        for image_id in part["image_id"].head(PER_CLASS):
-            shutil.copy(data_dir / "ham10000" / "images" / f"{image_id}.jpg", root / dx)
-    (root / "mel" / "broken.jpg").write_bytes(b"not an image at all")
-    return root
+    return class_folder(tmp_path_factory.mktemp("mine") / "images", data_dir, PER_CLASS)
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +31,6 @@ def cli_report(folder, tmp_path_factory, repo_root):
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "report.json").read_text()), pd.read_csv(out / "predictions.csv", dtype={"image_id": str})
-
-
-@pytest.fixture
-def downloads(monkeypatch):
-    import streamlit
-
-    seen = {}
-    real = streamlit.download_button
-
-    def record(label, data, file_name=None, *args, **kwargs):
-        seen[file_name] = data
-        return real(label, data, file_name, *args, **kwargs)
-
-    monkeypatch.setattr(streamlit, "download_button", record)
-    return seen
 
 
 def _start(at, folder):
