@@ -18,7 +18,8 @@ OOD_RESULT_LABELS = {"ham10000_test": "HAM10000 test", "isic2017_test": "ISIC 20
 SEG_LABELS = {"coarse_sn": "coarse-SN", "enhanced_sn": "enhanced-SN"}
 SEG_VARIANT_LABELS = {"coarse_sn": "coarse-SN", "coarse_sn_tta": "coarse-SN + flip TTA",
                       "coarse_sn_more": "coarse-SN trained longer (control)", "enhanced_sn": "enhanced-SN (shipped)",
-                      "enhanced_sn_tta": "enhanced-SN + flip TTA", "enhanced_sn_zero": "enhanced-SN, zero localisation map (control)"}
+                      "enhanced_sn_tta": "enhanced-SN + flip TTA",
+                      "enhanced_sn_zero": "enhanced-SN, zero localisation map (control)"}
 SHORT_NAMES = {"akiec": "Actinic keratosis/IEC", "bcc": "Basal cell carcinoma", "bkl": "Benign keratosis",
                "df": "Dermatofibroma", "mel": "Melanoma", "nv": "Nevus", "vasc": "Vascular lesion"}
 SHORT_NAME_COLOURS = {SHORT_NAMES[c.code]: c.color for c in CLASSES}
@@ -84,7 +85,8 @@ def ci_range(entry: dict | None, fmt=decimals) -> str:
 def paired_difference_label(name: str) -> str:
     """'enhanced_sn - coarse_sn (Jaccard)' (model card) -> 'enhanced-SN (shipped) − coarse-SN (Jaccard)'."""
     pair, _, metric = name.partition(" (")
-    return " − ".join(SEG_VARIANT_LABELS.get(p.strip(), p.strip()) for p in pair.split(" - ")) + (f" ({metric}" if metric else "")
+    names = " − ".join(SEG_VARIANT_LABELS.get(p.strip(), p.strip()) for p in pair.split(" - "))
+    return names + (f" ({metric}" if metric else "")
 
 
 def headline_label(key: str, with_source: bool = True) -> str:
