@@ -1,4 +1,5 @@
-"""Analyze one dermoscopic image: segmentation, class probabilities, CAM, uncertainty, OOD check, measurements, PDF."""
+"""Analyze one dermoscopic image: OOD check, segmentation, class probabilities, melanoma referral, uncertainty in
+words, CAM, measurements, similar cases, patient context, PDF."""
 from __future__ import annotations
 
 import random
@@ -8,17 +9,21 @@ import streamlit as st
 
 from core.classes import CLASS_CODES, MALIGNANT_CODES
 from core.intake import FILE_EXTENSIONS, SUPPORTED_TEXT, ImageRejected, load_image
+from core.patient_context import SEXES, SITES, ContextError, PatientContext
 from ui.analyzers import ModelUnavailable, pool
 from ui.data_folder import SOURCE_LABELS, available_sources, current_data_dir
-from ui.datasets import test_split
+from ui.datasets import manifest, read_image_path, test_split
 from ui.figures import probability_figure
-from ui.formatting import (DISCLAIMER, cam_caption, class_label, class_name, measurement_table,
-                           uncertainty_words)
+from ui.formatting import (DISCLAIMER, GREYED_CSS, cam_caption, class_label, class_name, context_use_text,
+                           measurement_table)
 from ui.images import cam_overlay, digest, mask_overlay, png_bytes
+from ui.model_files import model_card
+from ui.referral import referral_of
 from ui.report import build_report
 from ui.session_cache import cached, remember
 
 MASK_CHOICES = {"enhanced": "enhanced-SN", "coarse": "coarse-SN"}
+SIMILAR_PER_ROW = 4
 CAM_HELP = ("The methods that give different maps for mask-CN. Its head is global average pooling + one linear layer, "
             "so HiResCAM and XGrad-CAM give exactly Grad-CAM's map and LayerCAM nearly Grad-CAM++'s; EigenCAM is "
             "left out because it ignores the target class. Score-CAM runs one forward pass per feature channel: "
@@ -87,27 +92,68 @@ def scale_ui() -> float | None:
     return fov if fov > 0 else None
 
 
-# ---------------------------------------------------------------- result
+def context_ui() -> PatientContext | None:
+    """Optional age, sex and anatomical site, checked by core.patient_context; None (with the error shown) when a
+    value is invalid. The analysis goes on either way: the values only go into the PDF report."""
+    with st.expander("Patient context (optional)", icon=":material/person:"):
+        c1, c2, c3 = st.columns(3)
+        age = c1.text_input("Age (years)", key="context_age", placeholder="e.g. 54")
+        sex = c2.selectbox("Sex", ["", *SEXES], key="context_sex", format_func=lambda v: v or "not given")
+        site = c3.selectbox("Anatomical site", ["", *SITES], key="context_site",
+                            format_func=lambda v: v or "not given")
+        st.caption(context_use_text(model_card()))
+        try:
+            return PatientContext.parse(age, sex, site)
+        except ContextError as exc:
+            st.error(f"Patient context: {exc}. Correct it or leave it empty; it is left out of the report until then.",
+                     icon=":material/error:")
+            return None
+
+
+def referral_ui(r) -> None:
+    """The melanoma referral rule's sentence, the score and the threshold applied (the session's or the card's)."""
+    referral = referral_of(r)
+    text = f"**{referral.text}**  \n{referral.numbers} ({referral.threshold_note})."
+    if referral.refer:
+        st.error(text, icon=":material/priority_high:")
+    else:
+        st.info(text, icon=":material/info:")
+
+
 def header_ui(r, name: str, example: dict | None) -> None:
-    """Top class, its probability, malignant total, uncertainty, the true label of a dataset example, OOD warning."""
-    top_code, top_p = r.top3[0]
+    """No diagnosis for an image that is not dermoscopy (only the reason); otherwise the top class, its probability,
+    the referral, the uncertainty in words and the true label of a dataset example, greyed with a warning when the
+    image is unusual."""
     box = st.container(border=True)
-    c1, c2, c3, c4 = box.columns([4, 2, 2, 2])
-    c1.markdown(f"**Prediction for `{name}`**")
-    c1.markdown(f"### {class_label(top_code)}")
-    c1.markdown(":red-badge[▲ malignant class]" if top_code in MALIGNANT_CODES else ":blue-badge[benign class]")
-    c2.metric("Probability", f"{top_p:.1%}")
-    c3.metric("All malignant classes", f"{sum(p for c, p in r.probs.items() if c in MALIGNANT_CODES):.1%}",
-              help="Sum of the calibrated probabilities of akiec, bcc and mel.")
-    c4.metric("Uncertainty", f"{r.uncertainty:.2f}", help="Normalised predictive entropy: 0 = certain, 1 = uniform "
-              f"over the 7 classes. This one is {uncertainty_words(r.uncertainty)}.")
-    if example is not None:
-        agrees = ":green[prediction agrees]" if example["dx"] == top_code else ":red[prediction differs]"
-        box.markdown(f"True label ({SOURCE_LABELS.get(example['source'], example['source'])}, held-out test image): "
-                     f"**{class_label(example['dx'])}** — {agrees}")
-    if r.ood:
-        st.warning(f"**Possibly out of distribution.** {r.ood_reason or 'This image is unlike the training data.'} "
-                   f"(score {r.ood_score:.1f})", icon=":material/warning:")
+    box.markdown(f"**Result for `{name}`**")
+    if not r.diagnosis_shown:
+        box.error(f"**No diagnosis.** {r.ood_reason}", icon=":material/block:")
+        return
+    if r.ood_level == "unusual":
+        box.warning(f"**Unusual image.** {r.ood_reason}", icon=":material/warning:")
+    top_code, top_p = r.top3[0]
+    with diagnosis_container(box, r, "diagnosis"):
+        c1, c2, c3 = st.columns([4, 2, 2])
+        c1.markdown(f"### {class_label(top_code)}")
+        if top_code in MALIGNANT_CODES:
+            c1.markdown(":red-badge[▲ malignant class]")
+        c2.metric("Probability", f"{top_p:.1%}")
+        c3.metric("Uncertainty", r.uncertainty_level, help="From the disagreement of the test-time views or the "
+                  "probabilities (the model card's uncertainty score), cut into three levels on validation images.")
+        referral_ui(r)
+        st.caption(r.uncertainty_text)
+        if example is not None:
+            agrees = ":green[prediction agrees]" if example["dx"] == top_code else ":red[prediction differs]"
+            st.markdown(f"True label ({SOURCE_LABELS.get(example['source'], example['source'])}, held-out test "
+                        f"image): **{class_label(example['dx'])}** — {agrees}")
+
+
+def diagnosis_container(parent, r, key: str):
+    """A container for diagnosis content: greyed out (GREYED_CSS) when the image is unusual."""
+    if r.ood_level != "unusual":
+        return parent.container(key=key)
+    parent.html(GREYED_CSS)
+    return parent.container(key=f"unusual_{key}")
 
 
 def segmentation_ui(rgb, r, controls, view):
@@ -153,25 +199,67 @@ def cam_ui(rgb, r, mask, key: str, controls, view):
     return image, caption
 
 
+def similar_cases_ui(r) -> None:
+    """The nearest reference cases, nearest first: thumbnails when the data folder holds them, else a table."""
+    st.markdown("**Similar cases** — confirmed reference images nearest to this one in the classifier's feature "
+                "space (nearest first)")
+    if r.similar is None or r.similar.empty:
+        st.caption("The shipped model has no similar-case index.")
+        return
+    paths = reference_paths(current_data_dir())
+    if not paths:
+        table = r.similar.assign(dx=r.similar["dx"].map(class_label),
+                                 source=r.similar["source"].map(lambda s: SOURCE_LABELS.get(s, s)))
+        st.dataframe(table[["image_id", "source", "dx", "confirmed_by", "similarity"]], hide_index=True,
+                     key="similar_table", column_config={
+                         "image_id": "Image", "source": "Dataset", "dx": "Diagnosis", "confirmed_by": "Confirmed by",
+                         "similarity": st.column_config.NumberColumn("Similarity", format="%.2f")})
+        st.caption("Set the data folder in the sidebar to see these images.")
+        return
+    columns = st.columns(SIMILAR_PER_ROW) * ((len(r.similar) + SIMILAR_PER_ROW - 1) // SIMILAR_PER_ROW)
+    for rank, (column, row) in enumerate(zip(columns, r.similar.itertuples(index=False)), start=1):
+        caption = f"{rank}. {class_name(row.dx)} · {row.confirmed_by} · similarity {row.similarity:.2f} · {row.image_id}"
+        path = paths.get((row.source, row.image_id))
+        if path is None:
+            column.caption(f"{caption} (not in the data folder)")
+        else:
+            column.image(read_image_path(path), width="stretch", caption=caption)
+
+
+def reference_paths(data_dir: Path | None) -> dict[tuple[str, str], str]:
+    """(source, image_id) -> image file of the data folder's datasets ({} without one)."""
+    sources = tuple(available_sources(data_dir)) if data_dir else ()
+    if not sources:
+        return {}
+    try:
+        table = manifest(str(data_dir), sources)
+    except Exception as exc:
+        st.warning(f"Cannot read the dataset for the similar cases' images: {exc}")
+        return {}
+    return dict(zip(zip(table["source"], table["image_id"]), table["image_path"]))
+
+
 def report_ui(rgb, r, name: str, key: tuple, mask, mask_kind: str, measurements: dict, cam_image,
-              cam_label: str) -> None:
+              cam_label: str, context: PatientContext | None) -> None:
     """Mask download, and the PDF built only when asked for (then offered for download until its content changes)."""
     st.markdown("**Downloads**")
     note = st.text_input("Note for the PDF report (optional)", key="report_note", max_chars=500,
                          placeholder="e.g. clinical context; no patient identifiers")
     stem = name.rsplit(".", 1)[0] or "image"
     row = st.container(horizontal=True)
-    row.download_button("Mask (PNG)", png_bytes(mask), file_name=f"{stem}_{mask_kind}_mask.png", mime="image/png",
-                        key="dl_mask", icon=":material/image:")
+    if mask is not None:
+        row.download_button("Mask (PNG)", png_bytes(mask), file_name=f"{stem}_{mask_kind}_mask.png",
+                            mime="image/png", key="dl_mask", icon=":material/image:")
     pdf_slot = row.empty()
-    content = (key, mask_kind, cam_label if cam_image is not None else None, note)  # what the PDF shows
+    # what the PDF shows
+    content = (key, mask_kind, cam_label if cam_image is not None else None, note, context, referral_of(r).threshold)
     prepared = st.session_state.get("pdf")
     if prepared is None or prepared[0] != content:
         if not pdf_slot.button("Prepare PDF report", key="pdf_prepare", icon=":material/picture_as_pdf:"):
             return
         try:
             with st.spinner("Building the PDF…"):
-                prepared = (content, build_report(rgb, r, mask, measurements, cam_image, cam_label, note))
+                prepared = (content, build_report(rgb, r, mask, measurements, cam_image, cam_label, note, context))
         except Exception as exc:
             pdf_slot.error(f"PDF report unavailable: {exc}")
             return
@@ -180,9 +268,15 @@ def report_ui(rgb, r, name: str, key: tuple, mask, mask_kind: str, measurements:
                              key="dl_pdf", type="primary", icon=":material/picture_as_pdf:")
 
 
-def result_ui(rgb, r, name: str, example: dict | None, mm_per_pixel: float | None, key: tuple) -> None:
+def result_ui(rgb, r, name: str, example: dict | None, mm_per_pixel: float | None, key: tuple,
+              context: PatientContext | None) -> None:
     """The analysis of one image; `key` = (image digest, mm per pixel) identifies it."""
     header_ui(r, name, example)
+    if not r.diagnosis_shown:  # not dermoscopy: the image and the reason only
+        st.image(rgb, width=360, caption=f"`{name}` · {rgb.shape[1]} × {rgb.shape[0]} px. Analysed in memory; "
+                                         "nothing is stored.")
+        report_ui(rgb, r, name, key, None, "", {}, None, "", context)
+        return
     controls = st.columns(3, gap="medium")
     views = st.columns(3, gap="medium")
     controls[0].markdown("**Original**")
@@ -196,7 +290,7 @@ def result_ui(rgb, r, name: str, example: dict | None, mm_per_pixel: float | Non
 
         measurements = measure_lesion(mask, rgb, mm_per_pixel)
     left, right = st.columns([3, 2])
-    with left:
+    with left, diagnosis_container(st, r, "probabilities"):
         st.markdown("**Class probabilities** (top 3 in colour; ▲ = malignant class)")
         st.plotly_chart(probability_figure(r.probs), key="probs_chart", config={"displayModeBar": False})
     with right:
@@ -205,7 +299,8 @@ def result_ui(rgb, r, name: str, example: dict | None, mm_per_pixel: float | Non
         if mm_per_pixel is None:
             st.caption("Enter the field of view in the sidebar (Measurement scale) for sizes in mm.")
         st.caption(f"Model {pool().version} on {pool().device.upper()} · analysis {r.timings.get('total', 0):.2f} s")
-    report_ui(rgb, r, name, key, mask, mask_kind, measurements, cam_image, cam_label)
+    similar_cases_ui(r)
+    report_ui(rgb, r, name, key, mask, mask_kind, measurements, cam_image, cam_label, context)
 
 
 def _analyse(rgb, mm_per_pixel):
@@ -218,6 +313,7 @@ def analyze_page() -> None:
     st.caption(DISCLAIMER)
     fov = scale_ui()
     data, name, example = input_ui(current_data_dir())
+    context = context_ui()
     if data is None:
         return
     try:
@@ -247,7 +343,7 @@ def analyze_page() -> None:
             return
         area = area.container()
     with area:
-        result_ui(rgb, result, name, example, mm_per_pixel, key)
+        result_ui(rgb, result, name, example, mm_per_pixel, key, context)
 
 
 analyze_page()

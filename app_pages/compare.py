@@ -138,10 +138,8 @@ def status_ui(comparison, band, band_text: str) -> None:
     else:
         st.caption(f"No-change band: {band_text} A change larger than the band is beyond the measurement noise.")
     for role, result in zip(ROLES, (comparison.baseline, comparison.followup)):
-        if result.ood:
-            st.warning(f"**{role} image possibly out of distribution.** "
-                       f"{result.ood_reason or 'It is unlike the training data.'} Its probabilities are unreliable.",
-                       icon=":material/warning:")
+        if result.ood_level != "in":
+            st.warning(f"**{role} image:** {result.ood_reason}", icon=":material/warning:")
 
 
 def panels(comparison, images) -> list[tuple[str, object]]:
@@ -159,8 +157,9 @@ def images_ui(comparison, images) -> None:
         column.image(image, width="stretch", caption=caption)
     for column, role, (rgb, name), result in zip(st.columns(3), ROLES, images,
                                                  (comparison.baseline, comparison.followup)):
-        column.markdown(f"**{role}** `{name}` · {rgb.shape[1]} × {rgb.shape[0]} px · most likely "
-                        f"**{class_label(result.label)}** {result.probs[result.label]:.0%}")
+        diagnosis = (f" · most likely **{class_label(result.label)}** {result.probs[result.label]:.0%}"
+                     if result.diagnosis_shown else " · no diagnosis (not dermoscopy)")
+        column.markdown(f"**{role}** `{name}` · {rgb.shape[1]} × {rgb.shape[0]} px{diagnosis}")
 
 
 def table_ui(comparison, band, mm_per_pixel: float | None) -> None:

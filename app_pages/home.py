@@ -8,30 +8,33 @@ from core.classes import CLASSES
 from core.dataset_summary import images_per_source
 from ui.analyzers import device_text, weights_dir
 from ui.data_folder import SOURCE_LABELS
-from ui.formatting import DISCLAIMER, decimals, pct, short_name
-from ui.model_files import model_card, test_metrics
+from ui.formatting import DISCLAIMER, HEADLINE_SOURCES, headline_format, headline_label, short_name
+from ui.metric_views import ci_metric
+from ui.model_files import classification_of, model_card
 
 
 def metrics_ui(card: dict) -> None:
-    """Version line and the headline test metrics of mask-CN and enhanced-SN."""
-    m = test_metrics(card)
-    seg = card.get("metrics", {}).get("test", {}).get("segmentation", {}).get("enhanced_sn", {})
+    """Version line and the card's headline figures with their 95 % CIs, both test sets."""
+    rule = card.get("decision_rule") or {}
     sizes = card.get("input_size")
     if isinstance(sizes, dict):
         sizes = ", ".join(f"{k} {v.get('width')}×{v.get('height')}" if isinstance(v, dict) else f"{k} {v}"
                           for k, v in sizes.items())
     st.subheader("Shipped model")
     st.caption(f"Version **{card.get('version', 'unversioned')}** · created {str(card.get('created', '?'))[:19]} · "
-               f"backbone {card.get('backbone', '?')} · input {sizes or '?'} · "
-               f"temperature {float(card.get('temperature') or 1.0):.2f}")
-    cols = st.columns(5)
-    cols[0].metric("Test accuracy", pct(m.get("accuracy")))
-    cols[1].metric("Balanced accuracy", pct(m.get("balanced_accuracy")),
-                   help="Mean recall over the 7 classes — the fair number on this imbalanced data.")
-    cols[2].metric("Macro AUC", decimals(m.get("macro_auc")))
-    cols[3].metric("Melanoma sensitivity", pct(m.get("per_class", {}).get("mel", {}).get("recall")),
-                   help="Recall of the melanoma class at the arg-max decision.")
-    cols[4].metric("Lesion Dice (enhanced-SN)", decimals(seg.get("dice_mean")))
+               f"backbone {card.get('backbone', '?')} · input {sizes or '?'} · decision rule: "
+               f"{rule.get('views', 1)} test-time view(s), temperature {float(rule.get('temperature') or 1.0):.2f}")
+    headline = {k: v for k, v in (card.get("headline") or {}).items() if v}
+    for source, label in HEADLINE_SOURCES.items():
+        entries = {k: v for k, v in headline.items() if k.startswith(f"{source}_")}
+        if not entries:
+            continue
+        st.markdown(f"**{label}**")
+        for column, (key, entry) in zip(st.columns(4), entries.items()):
+            ci_metric(column, headline_label(key, with_source=False), entry, headline_format(key))
+    st.caption("Bootstrap 95% confidence intervals (HAM10000: lesions resampled). HAM10000 test: the lesion-grouped "
+               "held-out split; ISIC 2017 val: the official validation set, from other clinics (nothing was chosen "
+               "on it).")
 
 
 def splits_ui(card: dict) -> None:
@@ -48,7 +51,7 @@ def splits_ui(card: dict) -> None:
 
 def training_data_ui(card: dict) -> None:
     """Training data description, splits and the per-class test recall."""
-    per_class = test_metrics(card).get("per_class", {})
+    per_class = classification_of(card, "ham10000_test").get("per_class", {})
     data = card.get("data")
     left, right = st.columns([2, 3], gap="large")
     with left:
@@ -64,7 +67,7 @@ def training_data_ui(card: dict) -> None:
             table = pd.DataFrame([{"Class": short_name(c.code), "Recall": 100 * (per_class.get(c.code, {}).get("recall") or 0.0),
                                    "Test images": per_class.get(c.code, {}).get("support")} for c in CLASSES])
             st.dataframe(table, hide_index=True, column_config={
-                "Recall": st.column_config.ProgressColumn("Test recall", min_value=0.0, max_value=100.0,
+                "Recall": st.column_config.ProgressColumn("HAM10000 test recall", min_value=0.0, max_value=100.0,
                                                           format="%.1f%%", width="medium"),
                 "Test images": st.column_config.NumberColumn("Test images", width="small"),
             })
@@ -73,14 +76,19 @@ def training_data_ui(card: dict) -> None:
 def home_page() -> None:
     st.title("LesionLens")
     st.markdown("Dermoscopic skin-lesion analysis for **dermatologists and skin-imaging researchers**: lesion "
-                "segmentation, 7-class diagnosis probabilities (HAM10000 classes) with calibrated confidence, "
-                "class-activation maps, an out-of-distribution check and ABCD-style measurements.")
+                "segmentation, 7-class diagnosis probabilities (HAM10000 classes), a melanoma referral rule, "
+                "uncertainty in words, an out-of-distribution check, class-activation maps, similar confirmed cases "
+                "and ABCD-style measurements.")
     st.warning(DISCLAIMER, icon=":material/medical_information:")
     st.markdown(
-        "- **Analyze** — one image: mask, probabilities, class activation map, measurements, PDF report.\n"
+        "- **Analyze** — one image: mask, probabilities, melanoma referral, uncertainty, class activation map, "
+        "measurements, similar cases, patient context, PDF report.\n"
         "- **Dataset explorer** — HAM10000 / ISIC 2017 distributions and an image gallery.\n"
-        "- **Model performance** — test-set metrics, confusion matrix, ROC/PR, calibration, ablations.\n"
-        "- **Batch** — many images at once, results as CSV."
+        "- **Model performance** — both test sets with 95% CIs: confusion matrix, ROC/PR, referral threshold, "
+        "uncertainty, calibration, out-of-distribution, similar cases, ablations.\n"
+        "- **Batch** — many images at once (optional patient-context CSV), results as CSV.\n"
+        "- **Compare follow-up** — a baseline and a follow-up image of one lesion.\n"
+        "- **Evaluate your data** — the shipped model on your own labelled folder, with CIs."
     )
     card = model_card()
     if card is None:

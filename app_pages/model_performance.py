@@ -1,92 +1,74 @@
-"""Model performance on the held-out test split, from the model card and weights/test_predictions.csv."""
+"""Model performance on the two test sets (the lesion-grouped HAM10000 test split and the ISIC 2017 official
+validation set), from the model card and weights/test_predictions.csv. The session's melanoma referral threshold is
+chosen here (ui.referral); Analyze, Batch and the PDF then apply it."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.classes import CLASS_CODES, CLASSES
+from core.referral import BELOW_TEXT, REFER_TEXT
 from ui.analyzers import ModelUnavailable, pool, weights_dir
 from ui.data_folder import available_sources, current_data_dir
 from ui.datasets import dataset_cam, manifest, read_image_path
-from ui.figures import (confusion_figure, operating_point_figure, pr_figure, reliability_figure, roc_figure,
-                        segmentation_histograms, selected_cell, training_curves_figure)
-from ui.formatting import MODEL_LABELS, SEG_LABELS, cam_caption, class_label, class_name, decimals, pct
+from ui.figures import (pr_figure, referral_roc_figure, reliability_figure, risk_coverage_figure, roc_figure,
+                        segmentation_histograms, training_curves_figure)
+from ui.formatting import (MODEL_LABELS, OOD_RESULT_LABELS, SEG_VARIANT_LABELS, cam_caption, ci_text,
+                           class_name, context_use_text, decimals, paired_difference_label, pct)
 from ui.images import cam_overlay
-from ui.model_files import model_card, predictions_of, temperature_of
+from ui.metric_views import cell_gallery, ci_metric, confusion_ui, per_class_ui
+from ui.model_files import (TEST_SET_SOURCES, TEST_SETS, classification_of, model_card, predictions_of,
+                            test_predictions, test_set_metrics)
+from ui.referral import rule, session_threshold, set_session_threshold
 
-ABLATION_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "macro_auc": "Macro AUC",
-                    "dice_mean": "Dice (mean)", "jaccard_mean": "Jaccard (mean)",
-                    "jaccard_thresholded_065": "Thresholded Jaccard (0.65)"}
 DRILL_DOWN_CAM = "Grad-CAM"
+THRESHOLD_WIDGET = "referral_slider"
+# the referral threshold's choices: fine steps where melanoma scores are small, coarser above 0.1
+THRESHOLD_GRID = np.round(np.concatenate([np.arange(0.0, 0.1, 0.001), np.arange(0.1, 1.0001, 0.01)]), 3)
 
 
 def no_predictions_ui(model: str) -> None:
-    st.info(f"weights/test_predictions.csv has no per-image predictions of the {MODEL_LABELS[model]} (columns "
-            f"`{'' if model == 'mask_cn' else model + '_'}pred`, `…p_mel`), so this view is not available for it.")
+    st.info(f"weights/test_predictions.csv has no per-image predictions of the {MODEL_LABELS.get(model, model)}, so "
+            "this view is not available for it.")
 
 
-# ---------------------------------------------------------------- headline and per-class table
-def headline_ui(m: dict) -> None:
-    cols = st.columns(6)
-    cols[0].metric("Accuracy", pct(m.get("accuracy")))
-    cols[1].metric("Balanced accuracy", pct(m.get("balanced_accuracy")), help="Mean per-class recall.")
-    cols[2].metric("Top-2 accuracy", pct(m.get("top2_accuracy")))
-    cols[3].metric("Top-3 accuracy", pct(m.get("top3_accuracy")))
-    cols[4].metric("Macro AUC", decimals(m.get("macro_auc")))
-    cols[5].metric("Melanoma sensitivity", pct(m.get("per_class", {}).get("mel", {}).get("recall")),
-                   help="Recall of mel at the arg-max decision.")
-
-
-def per_class_ui(m: dict) -> None:
-    rows = []
-    for c in CLASSES:
-        pc = m.get("per_class", {}).get(c.code, {})
-        pcts = {k: None if pc.get(k) is None else 100 * pc[k] for k in ("precision", "recall", "f1")}
-        rows.append({"Class": c.name, "Code": c.code, "Malignant": "▲ yes" if c.malignant else "no",
-                     "Precision": pcts["precision"], "Recall": pcts["recall"], "F1": pcts["f1"],
-                     "AUC": pc.get("auc"), "Support": pc.get("support")})
-    bar = dict(min_value=0.0, max_value=100.0, format="%.1f%%")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="per_class_table", column_config={
-        "Precision": st.column_config.ProgressColumn("Precision", **bar),
-        "Recall": st.column_config.ProgressColumn("Recall (sensitivity)", **bar),
-        "F1": st.column_config.ProgressColumn("F1", **bar),
-        "AUC": st.column_config.NumberColumn("AUC", format="%.3f"),
-        "Support": st.column_config.NumberColumn("Test images", format="%d"),
-    })
-
-
-# ---------------------------------------------------------------- confusion matrix + drill-down
-def _cell_clicked() -> None:
-    """on_select of the matrix: the clicked cell goes into the two boxes, which drive the drill-down."""
-    points = (st.session_state.get("cm_chart") or {}).get("selection", {}).get("points", [])
-    cell = selected_cell(points)
-    if cell:
-        st.session_state["cm_true"], st.session_state["cm_pred"] = cell
-
-
-def confusion_ui(m: dict) -> tuple[str, str] | None:
-    """The clickable matrix and the true/predicted boxes; returns the chosen cell."""
-    matrix = np.asarray(m.get("confusion_matrix", []))
-    if matrix.shape != (len(CLASS_CODES), len(CLASS_CODES)):
-        st.info("No confusion matrix in the model card.")
+# ---------------------------------------------------------------- selection and headline
+def selection_ui(card: dict) -> tuple[str, str] | None:
+    """The test set and the classifier; None when the card has no classification metrics."""
+    sets = [k for k in TEST_SETS if test_set_metrics(card, k).get("classification")]
+    if not sets:
+        st.warning("The model card has no test classification metrics.")
         return None
-    left, right = st.columns([3, 1])
-    normalised = right.toggle("Row-normalised", value=True, key="cm_norm", help="Share of each true class.")
-    left.plotly_chart(confusion_figure(matrix, normalised), key="cm_chart", on_select=_cell_clicked,
-                      selection_mode="points", config={"displayModeBar": False})
-    st.session_state.setdefault("cm_true", "mel")  # the costly miss, by default
-    st.session_state.setdefault("cm_pred", "nv")
-    true = right.selectbox("True class", CLASS_CODES, format_func=class_label, key="cm_true")
-    pred = right.selectbox("Predicted class", CLASS_CODES, format_func=class_label, key="cm_pred")
-    right.caption("Click a cell (or use the two boxes) to see those test images below.")
-    right.caption(" · ".join(f"{c} = {class_name(c)}" for c in CLASS_CODES))
-    return true, pred
+    left, right = st.columns([2, 3])
+    test_set = left.segmented_control("Test set", sets, default=sets[0], format_func=TEST_SETS.get,
+                                      key="perf_test_set", required=True)
+    models = [k for k in MODEL_LABELS if k in test_set_metrics(card, test_set)["classification"]]
+    model = right.segmented_control("Classifier", models, default=models[0], format_func=MODEL_LABELS.get,
+                                    key="perf_model", required=True)
+    return test_set, model if model in models else models[0]
 
 
-def cell_images_ui(true: str, pred: str, model: str) -> int:
+def headline_ui(card: dict, test_set: str, model: str) -> None:
+    m = classification_of(card, test_set, model)
+    ci, referral = m.get("ci", {}), test_set_metrics(card, test_set).get("referral", {})
+    cols = st.columns(5)
+    ci_metric(cols[0], "Balanced accuracy", ci.get("balanced_accuracy"), pct, "Mean per-class recall, with its "
+            "bootstrap 95% CI (lesions resampled).")
+    ci_metric(cols[1], "Macro AUC", ci.get("macro_auc"), decimals)
+    ci_metric(cols[2], "Melanoma AUC", ci.get("auc_mel"), decimals)
+    ci_metric(cols[3], "Referral sensitivity", referral.get("sensitivity"), pct,
+            "Melanomas referred by the shipped referral rule at the model card's threshold.")
+    ci_metric(cols[4], "Referral specificity", referral.get("specificity"), pct,
+            "Other lesions not referred at the model card's threshold.")
+    st.caption(f"{MODEL_LABELS.get(model, model)} on {m.get('n', '?')} images of the {TEST_SETS[test_set]}: accuracy "
+               f"{pct(m.get('accuracy'))} · top-2 {pct(m.get('top2_accuracy'))} · top-3 {pct(m.get('top3_accuracy'))}."
+               " The referral figures are the shipped model's.")
+
+
+# ---------------------------------------------------------------- confusion drill-down
+def cell_images_ui(true: str, pred: str, model: str, test_set: str) -> int:
     """Test images with this true/predicted pair under `model`, with probabilities and CAM; returns how many it showed."""
-    preds = predictions_of(model)
+    preds = predictions_of(model, test_set)
     if preds is None:
         no_predictions_ui(model)
         return 0
@@ -103,7 +85,6 @@ def cell_images_ui(true: str, pred: str, model: str) -> int:
     show_cam = c1.toggle(f"{DRILL_DOWN_CAM} overlay", value=True, key="cm_cam",
                          help="mask-CN's class activation map for the predicted class.")
     count = c2.slider("Images", 1, 12, 6, key="cm_count")
-    cell = cell.sort_values(f"p_{pred}", ascending=False).head(count)
     try:
         table = manifest(str(data_dir), tuple(available_sources(data_dir)))
     except Exception as exc:
@@ -119,121 +100,210 @@ def cell_images_ui(true: str, pred: str, model: str) -> int:
             st.warning(str(exc))
     if version:
         st.caption(f"Maps: {cam_caption(DRILL_DOWN_CAM, pred, masked=False)} (mask-CN's map for every model).")
-    cols = st.columns(6)
-    shown = 0
-    for i, row in enumerate(cell.itertuples(index=False)):
-        path, col = paths.get((row.source, row.image_id)), cols[i % 6]
+
+    def read(row):
+        path = paths.get((row.source, row.image_id))
         if path is None:
-            col.warning(f"{row.image_id} not found in the data folder")
-            continue
+            return None
         rgb = read_image_path(path)
-        if version:
-            rgb = cam_overlay(rgb, dataset_cam(path, pred, DRILL_DOWN_CAM, version))
-        p_pred, p_true = getattr(row, f"p_{pred}"), getattr(row, f"p_{true}")
-        caption = f"{row.image_id} · p({pred}) {p_pred:.0%}" + ("" if pred == true else f" · p({true}) {p_true:.0%}")
-        col.image(rgb, width="stretch", caption=caption)
-        shown += 1
-    return shown
+        return cam_overlay(rgb, dataset_cam(path, pred, DRILL_DOWN_CAM, version)) if version else rgb
+
+    return cell_gallery(cell.sort_values(f"p_{pred}", ascending=False).head(count), true, pred, read)
 
 
-# ---------------------------------------------------------------- curves, operating point, calibration
-def curves_ui(m: dict) -> None:
-    left, right = st.columns(2)
-    left.plotly_chart(roc_figure(m), key="roc_chart")
-    right.plotly_chart(pr_figure(m), key="pr_chart")
+# ---------------------------------------------------------------- referral
+def _threshold_changed() -> None:
+    value = float(st.session_state[THRESHOLD_WIDGET])
+    set_session_threshold(None if value == rule().threshold else value)
 
 
-def operating_point_ui(m: dict, model: str) -> dict | None:
-    """Melanoma threshold slider -> sensitivity / specificity of `model` on the test predictions (core.metrics)."""
+def _threshold_reset() -> None:
+    set_session_threshold(None)
+
+
+def threshold_ui() -> float:
+    """The session's referral threshold control; returns the threshold in use."""
+    card_threshold = rule().threshold
+    current = session_threshold()
+    current = card_threshold if current is None else current
+    options = sorted({*THRESHOLD_GRID.tolist(), card_threshold, current})
+    st.session_state[THRESHOLD_WIDGET] = current  # widget state is dropped on page switches; the value is not
+    st.select_slider("Your session's referral threshold", options, key=THRESHOLD_WIDGET, on_change=_threshold_changed,
+                       format_func=lambda v: f"{v:.3f}" + (" (model card)" if v == card_threshold else ""),
+                       help="Applies to Analyze, Batch and the PDF report for the rest of this session.")
+    st.button("Use the model card's threshold", key="referral_reset", on_click=_threshold_reset,
+              disabled=current == card_threshold, icon=":material/restart_alt:")
+    return current
+
+
+def referral_ui(card: dict) -> None:
+    """The referral rule, the session threshold and what it does to sensitivity / specificity on each test set."""
+    from sklearn.metrics import roc_curve
+
     from core.metrics import sensitivity_specificity_at
 
-    preds = predictions_of(model)
-    if preds is None:
-        no_predictions_ui(model)
-        return None
-    st.markdown(f"The {MODEL_LABELS[model]} calls an image **melanoma-positive** when its calibrated melanoma "
-                "probability is at least the threshold. Lower thresholds catch more melanomas at the cost of more "
-                "benign lesions flagged.")
-    threshold = st.slider("Melanoma threshold", 0.0, 1.0, 0.30, 0.01, key="mel_threshold")
-    is_mel = (preds["dx"] == "mel").to_numpy()
-    sens, spec = sensitivity_specificity_at(preds["p_mel"].to_numpy(), is_mel, threshold)
-    c1, c2, c3 = st.columns(3)
-    c1.metric("Sensitivity", pct(sens), help=f"{int(is_mel.sum())} melanomas in the test split")
-    c2.metric("Specificity", pct(spec), help=f"{int((~is_mel).sum())} non-melanomas in the test split")
-    c3.metric("Flagged for review", f"{int((preds['p_mel'] >= threshold).sum())} / {len(preds)}")
-    roc = m.get("roc", {}).get("mel")
-    if roc:
-        st.plotly_chart(operating_point_figure(roc, threshold, sens, spec), key="op_chart")
-    return {"threshold": threshold, "sensitivity": sens, "specificity": spec}
+    shipped, entry = rule(), card.get("referral", {})
+    st.markdown(f"**Rule:** refer when the melanoma score ({entry.get('score_meaning', shipped.score)}) reaches the "
+                f"threshold. The model card's threshold **{shipped.threshold:.3f}** was chosen on validation images for "
+                f"a melanoma sensitivity of at least {shipped.target_sensitivity:.0%}. Analyze, Batch and the PDF "
+                f"report say “{REFER_TEXT}” or “{BELOW_TEXT}”, with the score and the threshold.")
+    threshold = threshold_ui()
+    if threshold != shipped.threshold:
+        st.info(f"Analyze, Batch and the PDF report now use your session's threshold {threshold:.3f} (the model "
+                f"card's is {shipped.threshold:.3f}) and say so.", icon=":material/tune:")
+    table = test_predictions()
+    if table is None or "mel_score" not in table:
+        st.info("weights/test_predictions.csv has no melanoma scores: the effect of a threshold cannot be shown.")
+        return
+    rows, curves = [], {}
+    for test_set, label in TEST_SETS.items():
+        part = table[table["source"] == TEST_SET_SOURCES[test_set]]
+        if part.empty:
+            continue
+        is_mel, score = (part["dx"] == "mel").to_numpy(), part["mel_score"].to_numpy(dtype=float)
+        sens, spec = sensitivity_specificity_at(score, is_mel, threshold)
+        card_figures = test_set_metrics(card, test_set).get("referral", {})
+        rows.append({"Test set": label, "Melanomas": int(is_mel.sum()), "Other lesions": int((~is_mel).sum()),
+                     "Sensitivity": pct(sens), "Specificity": pct(spec), "Referred": pct((score >= threshold).mean()),
+                     "Card threshold: sensitivity": ci_text(card_figures.get("sensitivity"), pct),
+                     "Card threshold: specificity": ci_text(card_figures.get("specificity"), pct)})
+        fpr, tpr, _ = roc_curve(is_mel, score)
+        curves[label] = {"fpr": fpr, "tpr": tpr, "sensitivity": sens, "specificity": spec}
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="referral_table")
+    st.caption(f"Sensitivity, specificity and share referred at {threshold:.3f}, computed from the test predictions; "
+               "the last two columns: the model card's figures at its own threshold, with bootstrap 95% CIs.")
+    st.plotly_chart(referral_roc_figure(curves, threshold), key="referral_chart")
 
 
-def calibration_ui(m: dict, temperature: float | None) -> None:
+# ---------------------------------------------------------------- uncertainty, calibration, OOD, retrieval
+def uncertainty_ui(card: dict, test_set: str) -> None:
+    entry = card.get("uncertainty", {})
+    st.markdown(f"Each analysis says its uncertainty in words: **low / moderate / high**, from the "
+                f"`{entry.get('score', '?')}` score cut on validation images; the screens give each level's "
+                "measured validation error rate. Risk-coverage: keep the most certain images first.")
+    curves = {label: test_set_metrics(card, key).get("uncertainty", {}).get("risk_coverage")
+              for key, label in TEST_SETS.items()}
+    st.plotly_chart(risk_coverage_figure({k: v for k, v in curves.items() if v}), key="risk_coverage_chart")
+    levels = test_set_metrics(card, test_set).get("uncertainty", {}).get("levels", {})
+    validation = entry.get("error_rates", {})
+    st.dataframe(pd.DataFrame([{"Level": level, "Share of images": pct(v.get("share")), "Images": v.get("n"),
+                                "Top-1 error rate (95% CI)": ci_text(v.get("error_rate"), pct),
+                                "Validation error rate": pct(validation.get(level))} for level, v in levels.items()]),
+                 hide_index=True, key="uncertainty_table")
+    st.caption(f"Levels on the {TEST_SETS[test_set]}; the validation error rate is what the screens quote.")
+
+
+def calibration_ui(card: dict, m: dict, model: str) -> None:
     cal = m.get("calibration", {})
     if not cal:
         st.info("No calibration data in the model card.")
         return
     st.plotly_chart(reliability_figure(cal), key="calibration_chart")
-    if temperature is not None:
-        st.caption(f"Temperature T = {temperature:.2f}, fitted on the validation split only. Bars: accuracy per "
-                   "confidence bin; dots: the bin's mean confidence (on the diagonal when calibrated).")
+    rule_entry = card.get("decision_rule", {})
+    if model == "mask_cn" and rule_entry:
+        st.caption(f"Plain softmax: one view, no temperature. Shown: the decision rule ({rule_entry.get('views')} "
+                   f"test-time view(s), temperature T = {float(rule_entry.get('temperature', 1)):.2f}), fitted on "
+                   "validation only. Bars: accuracy per confidence bin; dots: the bin's mean confidence (on the "
+                   "diagonal when calibrated).")
 
 
-def segmentation_ui(card: dict) -> None:
-    metrics = card.get("metrics", {})
-    rows = [{"Data": dataset, "Model": label, "Dice": seg[key].get("dice_mean"), "Jaccard": seg[key].get("jaccard_mean"),
-             "Thresholded Jaccard (0.65)": seg[key].get("jaccard_thresholded_065")}
-            for dataset, seg in (("HAM10000 test", metrics.get("test", {}).get("segmentation", {})),
-                                 ("ISIC 2017 val", metrics.get("isic2017_val", {}).get("segmentation", {})))
-            for key, label in SEG_LABELS.items() if key in seg]
+def ood_ui(card: dict) -> None:
+    ood = card.get("ood", {})
+    if not ood.get("results"):
+        st.info("No out-of-distribution results in the model card.")
+        return
+    st.markdown("**not dermoscopy** → no diagnosis is shown at all; **unusual** → the diagnosis is shown greyed with "
+                "a warning.")
+    rows = [{"Images": OOD_RESULT_LABELS.get(name, name), "n": entry.get("n", test_set_metrics(card, name).get("n_images")),
+             "Rejected as not dermoscopy": pct(entry.get("not_dermoscopy_share")),
+             "Flagged unusual": pct(entry.get("unusual_share")),
+             "Error rate, unusual": pct(entry.get("error_rate_unusual")),
+             "Error rate, in distribution": pct(entry.get("error_rate_in"))}
+            for name, entry in ood["results"].items()]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="ood_table", placeholder="—")
+    accepted = [f"{OOD_RESULT_LABELS.get(name, name)}: {', '.join(entry['accepted'])}"
+                for name, entry in ood["results"].items() if entry.get("accepted")]
+    if accepted:
+        st.caption("Not rejected (a diagnosis is shown for them): " + "; ".join(accepted))
+    st.caption(f"Method: {ood.get('method', '—')}")
+
+
+def retrieval_ui(card: dict) -> None:
+    k = card.get("retrieval", {}).get("k", "k")
+    rows = [{"Queries": label, f"Precision@{k}": decimals(r.get("precision_at_k")),
+             "k-NN vote balanced accuracy": pct(r.get("knn_vote_balanced_accuracy")),
+             "Classifier balanced accuracy": pct(classification_of(card, key).get("balanced_accuracy"))}
+            for key, label in TEST_SETS.items() if (r := test_set_metrics(card, key).get("retrieval"))]
     if not rows:
+        st.info("No similar-case figures in the model card.")
+        return
+    st.markdown(f"Analyze shows the {k} reference cases nearest to an image in mask-CN's feature space "
+                f"({card.get('retrieval', {}).get('reference_set', 'the reference set')}). Precision@{k}: share of "
+                "them with the query's diagnosis; a majority vote of them, against the classifier itself:")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="retrieval_table")
+
+
+# ---------------------------------------------------------------- segmentation, models, training
+def segmentation_ui(card: dict, test_set: str) -> None:
+    seg = test_set_metrics(card, test_set).get("segmentation", {})
+    variants = {k: v for k, v in seg.items() if k != "paired_differences"}
+    if not variants:
         st.info("No segmentation metrics in the model card.")
         return
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="seg_table", column_config={
-        c: st.column_config.NumberColumn(c, format="%.3f") for c in ("Dice", "Jaccard", "Thresholded Jaccard (0.65)")})
-    st.plotly_chart(segmentation_histograms(metrics.get("test", {}).get("segmentation", {})), key="dice_chart")
+    rows = [{"Network": SEG_VARIANT_LABELS.get(key, key), "Dice": ci_text(v.get("dice")),
+             "Jaccard": ci_text(v.get("jaccard")),
+             "Thresholded Jaccard (0.65)": ci_text(v.get("jaccard_thresholded_065")), "Images": v.get("n")}
+            for key, v in variants.items()]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="seg_table")
+    differences = seg.get("paired_differences", {})
+    if differences:
+        st.markdown("**Paired differences** (same images; positive favours enhanced-SN)")
+        st.dataframe(pd.DataFrame([{"Comparison": paired_difference_label(name), "Mean difference": ci_text(v)}
+                                   for name, v in differences.items()]), hide_index=True, key="seg_differences")
+    st.plotly_chart(segmentation_histograms(seg), key="dice_chart")
 
 
-# ---------------------------------------------------------------- model comparison, ablation, training
-def comparison_ui(cls: dict) -> None:
-    models = [k for k in MODEL_LABELS if k in cls]
-    if len(models) < 2:
-        st.info("The model card holds only one classifier; the image-only baseline was not evaluated.")
-        return
-    names = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "top2_accuracy": "Top-2",
-             "top3_accuracy": "Top-3", "macro_auc": "Macro AUC"}
-    rows = [{"Metric": label, **{MODEL_LABELS[k]: cls[k].get(key) for k in models}} for key, label in names.items()]
-    rows += [{"Metric": f"Recall {class_name(c)}",
-              **{MODEL_LABELS[k]: cls[k].get("per_class", {}).get(c, {}).get("recall") for k in models}}
-             for c in CLASS_CODES]
-    table = pd.DataFrame(rows)
-    a, b = (MODEL_LABELS[k] for k in models)
-    table["Difference"] = table[a] - table[b]
-    st.dataframe(table, hide_index=True, key="comparison_table", column_config={
-        c: st.column_config.NumberColumn(c, format="%.3f") for c in (a, b, "Difference")})
-    for col, key in zip(st.columns(2), models):
-        matrix = np.asarray(cls[key].get("confusion_matrix", []))
-        if matrix.size:
-            col.plotly_chart(confusion_figure(matrix, True, MODEL_LABELS[key], height=460), key=f"cmp_{key}",
-                             config={"displayModeBar": False})
+def models_ui(card: dict, test_set: str) -> None:
+    """The classification models on this test set, resolution consistency and the patient-context comparison."""
+    cls = test_set_metrics(card, test_set).get("classification", {})
+    rows = [{"Model": MODEL_LABELS.get(key, key), "Balanced accuracy": ci_text(m.get("ci", {}).get("balanced_accuracy")),
+             "Macro AUC": ci_text(m.get("ci", {}).get("macro_auc")),
+             "Melanoma AUC": ci_text(m.get("ci", {}).get("auc_mel")), "Accuracy": decimals(m.get("accuracy")),
+             "ECE plain softmax": decimals(m.get("calibration", {}).get("before", {}).get("ece")),
+             "ECE shown": decimals(m.get("calibration", {}).get("after", {}).get("ece"))}
+            for key, m in cls.items()]
+    st.markdown(f"**Classification models on the {TEST_SETS[test_set]}** (bootstrap 95% CIs)")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="models_table")
+    res = card.get("resolution_consistency") or {}
+    if res.get("n"):
+        st.markdown(f"**Resolution consistency:** the top class changes on {pct(res.get('top_class_changed_share'))} "
+                    f"of {res['n']} full-resolution HAM10000 images against their 200×150 copies (mean probability "
+                    f"change {pct(res.get('mean_abs_probability_change'))}).")
+    context = card.get("patient_context") or {}
+    if context.get("validation_criterion"):
+        criterion = context["validation_criterion"]
+        st.markdown("**Patient context** (age, sex, anatomical site): " + context_use_text(card))
+        st.dataframe(pd.DataFrame([{"Inputs": "image only", "Validation criterion": decimals(criterion.get("image_only"))},
+                                   {"Inputs": "image + age, sex, site",
+                                    "Validation criterion": decimals(criterion.get("image_and_context"))},
+                                   {"Inputs": "gain", "Validation criterion": ci_text(
+                                       {"value": context.get("gain"), "ci95": context.get("gain_ci95")})}]),
+                     hide_index=True, key="context_table")
+        if context.get("method"):
+            st.caption(context["method"])
 
 
-def ablation_ui(card: dict) -> None:
-    ablation = card.get("ablation") or []
-    if ablation:
-        wide = pd.DataFrame(ablation).pivot_table(index=["comparison", "metric"], columns="model", values="value",
-                                                  aggfunc="first", sort=False).reset_index()
-        wide.columns.name = None
-        wide["metric"] = wide["metric"].map(lambda name: ABLATION_METRICS.get(name, str(name).replace("_", " ")))
-        models = [c for c in wide.columns if c not in ("comparison", "metric")]
-        st.dataframe(wide, hide_index=True, key="ablation_table", placeholder="—", column_config={
-            "comparison": st.column_config.TextColumn("Comparison"), "metric": st.column_config.TextColumn("Metric"),
-            **{c: st.column_config.NumberColumn(c, format="%.4f") for c in models}})
-    else:
-        st.info("No ablation results in the model card.")
+def training_ui(card: dict) -> None:
     curves = card.get("training_curves") or {}
     if curves:
         st.plotly_chart(training_curves_figure(curves), key="training_chart")
         st.caption("Validation metric: Dice for the segmenters, balanced accuracy for the classifiers.")
+    else:
+        st.info("The model card has no training curves.")
+    times = card.get("training_time_minutes") or {}
+    if times:
+        st.dataframe(pd.DataFrame([{"Stage": stage, **t} for stage, t in times.items()]), hide_index=True,
+                     key="training_table")
 
 
 def performance_page() -> None:
@@ -242,38 +312,41 @@ def performance_page() -> None:
     if card is None:
         st.info(f"No model card at `{weights_dir() / 'model_card.json'}` yet — train and evaluate a model first.")
         return
-    cls = card.get("metrics", {}).get("test", {}).get("classification", {})
-    models = [k for k in MODEL_LABELS if k in cls]
-    if not models:
-        st.warning("The model card has no test classification metrics.")
+    selection = selection_ui(card)
+    if selection is None:
         return
-    n_test = sum(cls[models[0]].get("per_class", {}).get(c, {}).get("support", 0) for c in CLASS_CODES)
-    st.caption(f"Model {card.get('version', '?')} · held-out HAM10000 test split (grouped by lesion) · "
-               f"{n_test:,} test images")
-    model = st.segmented_control("Classifier", models, default=models[0], format_func=MODEL_LABELS.get,
-                                 key="perf_model", required=True)
-    m = cls[model]
-    headline_ui(m)
-    tabs = st.tabs(["Per class", "Confusion matrix", "ROC & PR", "Melanoma threshold", "Calibration",
-                    "Segmentation", "mask-CN vs image-only", "Ablation & training"])
+    test_set, model = selection
+    st.caption(f"Model {card.get('version', '?')} · {card.get('data', {}).get('test', TEST_SETS[test_set])}")
+    headline_ui(card, test_set, model)
+    m = classification_of(card, test_set, model)
+    tabs = st.tabs(["Per class", "Confusion matrix", "ROC & PR", "Melanoma referral", "Uncertainty", "Calibration",
+                    "Out of distribution", "Similar cases", "Segmentation", "Models & ablation", "Training"])
     with tabs[0]:
-        per_class_ui(m)
+        per_class_ui(m, "per_class_table")
     with tabs[1]:
-        cell = confusion_ui(m)
+        cell = confusion_ui(m, "cm")
         if cell:
-            cell_images_ui(*cell, model)
+            cell_images_ui(*cell, model, test_set)
     with tabs[2]:
-        curves_ui(m)
+        left, right = st.columns(2)
+        left.plotly_chart(roc_figure(m), key="roc_chart")
+        right.plotly_chart(pr_figure(m), key="pr_chart")
     with tabs[3]:
-        operating_point_ui(m, model)
+        referral_ui(card)
     with tabs[4]:
-        calibration_ui(m, temperature_of(card, model))
+        uncertainty_ui(card, test_set)
     with tabs[5]:
-        segmentation_ui(card)
+        calibration_ui(card, m, model)
     with tabs[6]:
-        comparison_ui(cls)
+        ood_ui(card)
     with tabs[7]:
-        ablation_ui(card)
+        retrieval_ui(card)
+    with tabs[8]:
+        segmentation_ui(card, test_set)
+    with tabs[9]:
+        models_ui(card, test_set)
+    with tabs[10]:
+        training_ui(card)
 
 
 performance_page()

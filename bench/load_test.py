@@ -10,7 +10,7 @@ context per session. Each session opens the Analyze page and repeatedly uploads 
 image (../shared/data/ham10000/fullres/images, each session cycling through its own slice so the per-session
 result cache is not hit) through the page's file input, and times:
 
-* time to result   - from set_input_files until "Prediction for <file name>" is on the page
+* time to result   - from set_input_files until "Result for <file name>" is on the page
                      (browser upload + Streamlit rerun + Analyzer.analyze incl. waiting for a free
                      Analyzer replica + rendering of the header);
 * time to complete - until the whole rerun finished (CAM, measurements, plot and PDF included);
@@ -251,7 +251,7 @@ JS_RESULT = r"""
   if (exc) return {kind: 'exception', text: exc.innerText.slice(0, 600)};
   const err = main.querySelector('[data-testid="stAlertContentError"]');
   if (err) return {kind: 'error', text: err.innerText.slice(0, 600)};
-  if (main.innerText.includes('Prediction for ' + name)) return {kind: 'result'};
+  if (main.innerText.includes('Result for ' + name)) return {kind: 'result'};
   return null;
 }
 """

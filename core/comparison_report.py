@@ -71,12 +71,14 @@ def build_comparison_pdf(*, panels: list[tuple[str, object]], comparison: Compar
     if comparison.size_note:
         _paragraph(pdf, f"Size changes are not assessed: {comparison.size_note}.")
     for role, result in (("Baseline", comparison.baseline), ("Follow-up", comparison.followup)):
-        name = CLASS_BY_CODE[result.label].name
-        line = f"{role}: most likely {name} ({result.label}) {100 * result.probs[result.label]:.1f} %"
-        if result.ood:
-            reason = result.ood_reason or "unlike the training data"
-            line += f" - OUT OF DISTRIBUTION ({reason}): probabilities unreliable"
-        _paragraph(pdf, line, warn=result.ood)
+        if result.diagnosis_shown:
+            name = CLASS_BY_CODE[result.label].name
+            line = f"{role}: most likely {name} ({result.label}) {100 * result.probs[result.label]:.1f} %"
+            if result.ood_level == "unusual":
+                line += f" - unusual image: {result.ood_reason}"
+        else:
+            line = f"{role}: no diagnosis. {result.ood_reason}"
+        _paragraph(pdf, line, warn=result.ood_level != "in")
 
     _heading(pdf, "Changes (follow-up minus baseline, sizes in baseline pixels)")
     _paragraph(pdf, ("No-change band: " if band_available else "No-change band unavailable: ") + band_text,

@@ -74,42 +74,55 @@ def summarise(predictions: pd.DataFrame) -> dict:
     return out
 
 
+PREDICTION_COLUMNS = ["image_id", "lesion_id", "dx", "pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer",
+                      "uncertainty_level", "ood_level", "dice", "jaccard"]
+
+
 def evaluate_folder(analyzer, manifest: pd.DataFrame, on_progress: Callable[[int, int], None] | None = None,
                     should_stop: Callable[[], bool] | None = None) -> FolderEvaluation:
     """Analyse every manifest row (core.datasets.load_manifest of the folder) and summarise."""
-    rows, failures, cancelled = [], [], False
+    return assemble(*predict_rows(analyzer, manifest, on_progress, should_stop), analyzer.version)
+
+
+def predict_rows(analyzer, manifest: pd.DataFrame, on_progress: Callable[[int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> tuple[list[dict], list[tuple[str, str]], bool]:
+    """(prediction rows, failures, cancelled) of the manifest's images; the dashboard calls it a chunk at a time.
+    on_progress(done, total) follows every image, failed ones included."""
+    rows, failures = [], []
     for n, record in enumerate(manifest.itertuples(index=False), start=1):
         if should_stop is not None and should_stop():
-            cancelled = True
-            break
+            return rows, failures, True
         try:
-            rgb = load_image_file(record.image_path)
-            result = analyzer.analyze(rgb)
+            rows.append(_prediction_row(analyzer, record))
         except ImageRejected as exc:
             failures.append((record.image_id, str(exc)))
-            continue
         except Exception as exc:  # one bad file never stops the run
             failures.append((record.image_id, f"analysis failed: {exc}"))
-            continue
-        row = {"image_id": record.image_id, "lesion_id": record.lesion_id or record.image_id, "dx": record.dx,
-               "pred": result.label if result.diagnosis_shown else "",
-               **{f"p_{c}": result.probs[c] if result.diagnosis_shown else np.nan for c in CLASS_CODES},
-               "mel_score": result.mel_score, "refer": ("yes" if result.refer else "no") if result.diagnosis_shown else "",
-               "uncertainty_level": result.uncertainty_level, "ood_level": result.ood_level, "dice": np.nan,
-               "jaccard": np.nan}
-        if record.mask_path:
-            truth = cv2.imread(record.mask_path, cv2.IMREAD_GRAYSCALE)
-            if truth is not None:
-                if truth.shape != result.mask.shape:
-                    truth = cv2.resize(truth, (result.mask.shape[1], result.mask.shape[0]), interpolation=cv2.INTER_NEAREST)
-                row["dice"], row["jaccard"] = dice(result.mask, truth), jaccard(result.mask, truth)
-        rows.append(row)
         if on_progress is not None:
             on_progress(n, len(manifest))
-    columns = ["image_id", "lesion_id", "dx", "pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer",
-               "uncertainty_level", "ood_level", "dice", "jaccard"]
-    predictions = pd.DataFrame(rows, columns=columns)
-    evaluation = FolderEvaluation(predictions, failures, cancelled)
-    evaluation.summary = {**summarise(predictions), "n_failed": len(failures), "cancelled": cancelled,
-                          "model_version": analyzer.version}
-    return evaluation
+    return rows, failures, False
+
+
+def _prediction_row(analyzer, record) -> dict:
+    result = analyzer.analyze(load_image_file(record.image_path))
+    row = {"image_id": record.image_id, "lesion_id": record.lesion_id or record.image_id, "dx": record.dx,
+           "pred": result.label if result.diagnosis_shown else "",
+           **{f"p_{c}": result.probs[c] if result.diagnosis_shown else np.nan for c in CLASS_CODES},
+           "mel_score": result.mel_score, "refer": ("yes" if result.refer else "no") if result.diagnosis_shown else "",
+           "uncertainty_level": result.uncertainty_level, "ood_level": result.ood_level, "dice": np.nan,
+           "jaccard": np.nan}
+    if record.mask_path:
+        truth = cv2.imread(record.mask_path, cv2.IMREAD_GRAYSCALE)
+        if truth is not None:
+            if truth.shape != result.mask.shape:
+                truth = cv2.resize(truth, (result.mask.shape[1], result.mask.shape[0]), interpolation=cv2.INTER_NEAREST)
+            row["dice"], row["jaccard"] = dice(result.mask, truth), jaccard(result.mask, truth)
+    return row
+
+
+def assemble(rows: list[dict], failures: list[tuple[str, str]], cancelled: bool, model_version: str) -> FolderEvaluation:
+    """The evaluation of prediction rows (all of a folder's, or those done before a cancel) with its summary."""
+    predictions = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    summary = {**summarise(predictions), "n_failed": len(failures), "cancelled": cancelled,
+               "model_version": model_version}
+    return FolderEvaluation(predictions, list(failures), cancelled, summary)

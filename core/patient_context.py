@@ -6,6 +6,7 @@ fine, a bad value is an error whose message names the field (and, for a CSV, the
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,20 +74,25 @@ def read_context_csv(path: str | Path) -> dict[str, PatientContext]:
     if not path.is_file():
         raise ContextError(f"{path}: metadata file not found")
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or "image" not in [f.strip() for f in reader.fieldnames]:
-            raise ContextError(f"{path}: needs an 'image' column (and any of age, sex, site)")
-        unknown = [f for f in reader.fieldnames if f.strip() not in CSV_COLUMNS]
-        if unknown:
-            raise ContextError(f"{path}: unknown column(s) {', '.join(unknown)}; expected {', '.join(CSV_COLUMNS)}")
-        contexts: dict[str, PatientContext] = {}
-        for line, row in enumerate(reader, start=2):
-            row = {k.strip(): v for k, v in row.items()}
-            image = Path(str(row.get("image") or "").strip()).stem
-            if not image:
-                raise ContextError(f"{path}: row {line} has no image name")
-            try:
-                contexts[image] = PatientContext.parse(row.get("age"), row.get("sex"), row.get("site"))
-            except ContextError as exc:
-                raise ContextError(f"{path}: row {line} ({image}): {exc}") from None
+        return parse_context_csv(handle, str(path))
+
+
+def parse_context_csv(lines: Iterable[str], name: str) -> dict[str, PatientContext]:
+    """read_context_csv's rules for CSV text already in memory (an upload); `name` starts every error message."""
+    reader = csv.DictReader(lines)
+    if not reader.fieldnames or "image" not in [f.strip() for f in reader.fieldnames]:
+        raise ContextError(f"{name}: needs an 'image' column (and any of age, sex, site)")
+    unknown = [f for f in reader.fieldnames if f.strip() not in CSV_COLUMNS]
+    if unknown:
+        raise ContextError(f"{name}: unknown column(s) {', '.join(unknown)}; expected {', '.join(CSV_COLUMNS)}")
+    contexts: dict[str, PatientContext] = {}
+    for line, row in enumerate(reader, start=2):
+        row = {k.strip(): v for k, v in row.items() if k is not None}
+        image = Path(str(row.get("image") or "").strip()).stem
+        if not image:
+            raise ContextError(f"{name}: row {line} has no image name")
+        try:
+            contexts[image] = PatientContext.parse(row.get("age"), row.get("sex"), row.get("site"))
+        except ContextError as exc:
+            raise ContextError(f"{name}: row {line} ({image}): {exc}") from None
     return contexts

@@ -32,10 +32,19 @@ COLUMNS = ["image", "age", "sex", "site", "pred", *[f"p_{c}" for c in CLASS_CODE
 DIAGNOSIS_COLUMNS = ("pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer")
 
 
-def result_row(result, version: str) -> dict:
-    """The CSV fields of one analysis (shared by this CLI and the Batch page); no diagnosis for non-dermoscopy."""
+def blank_row(image: str, context: PatientContext = PatientContext()) -> dict:
+    """A CSV row with every column empty but the image name and its patient context (shared with the Batch page)."""
+    return {column: "" for column in COLUMNS} | {
+        "image": image, "age": "" if context.age is None else f"{context.age:g}", "sex": context.sex or "",
+        "site": context.site or ""}
+
+
+def result_row(result, version: str, refer: bool | None = None) -> dict:
+    """The CSV fields of one analysis (shared by this CLI and the Batch page); no diagnosis for non-dermoscopy.
+    `refer`: the referral decision at a session's own threshold (the Batch page); default: the card's (result.refer)."""
+    refer = result.refer if refer is None else refer
     row = {"pred": result.label, **{f"p_{c}": f"{p:.5f}" for c, p in result.probs.items()},
-           "mel_score": f"{result.mel_score:.5f}", "refer": "yes" if result.refer else "no",
+           "mel_score": f"{result.mel_score:.5f}", "refer": "yes" if refer else "no",
            "uncertainty_level": result.uncertainty_level, "ood_level": result.ood_level,
            "ood_reason": result.ood_reason, "model_version": version}
     if not result.diagnosis_shown:
@@ -56,9 +65,7 @@ def collect_paths(inputs: list[str]) -> list[Path]:
 
 
 def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path, context: PatientContext = PatientContext()) -> dict:
-    row = {column: "" for column in COLUMNS} | {"image": path.stem}
-    row.update({"age": "" if context.age is None else f"{context.age:g}", "sex": context.sex or "",
-                "site": context.site or ""})
+    row = blank_row(path.stem, context)
     try:
         rgb = load_image_file(path)
         result = analyzer.analyze(rgb)

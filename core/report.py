@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import math
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 import numpy as np
@@ -248,13 +248,17 @@ def finish_document(pdf: FPDF) -> bytes:
 def build_pdf_report(
     *,
     image_rgb,
-    overlay_rgb,
+    overlay_rgb=None,
     cam_rgb=None,
     probs: Mapping[str, float],
     label: str,
-    uncertainty: float,
-    ood: bool,
-    ood_reason: str,
+    ood_level: str = "in",
+    ood_reason: str = "",
+    uncertainty_text: str = "",
+    referral: Mapping | None = None,
+    similar_cases: Sequence[Sequence] = (),
+    patient_context: Sequence[tuple[str, str]] = (),
+    context_note: str = "",
     measurements: Mapping,
     model_info: Mapping,
     generated_at: datetime | None = None,
@@ -263,46 +267,43 @@ def build_pdf_report(
 ) -> bytes:
     """Render the analysis of one image as PDF bytes (see the module docstring for the privacy rules).
 
-    ``probs`` maps class codes to probabilities (all seven listed; missing codes show 0 %), ``label`` is the
-    top class code, ``uncertainty`` in [0, 1], ``measurements`` is ``core.lesion_measurements.measure_lesion`` output,
-    ``model_info`` has ``version``, ``created`` and optionally ``metrics`` (a flat or one-level nested dict of
-    headline numbers).  ``generated_at`` (default: now, UTC; naive = UTC) is printed and used as the PDF
-    creation date.  ``cam_caption`` is printed under ``cam_rgb`` (say which method, target class and mask made it).
+    ``probs`` maps class codes to probabilities (all seven listed; missing codes show 0 %), ``label`` is the top class
+    code. ``ood_level`` (core.ood: in / unusual / not_dermoscopy) with its one-sentence ``ood_reason``: for
+    not_dermoscopy the report shows the image and the reason only (no class, probability, referral, CAM, measurement
+    or similar case); for unusual the reason is printed as a warning above the diagnosis. ``uncertainty_text``: the
+    uncertainty level in words with its measured error rate. ``referral``: ``text`` (the rule's sentence), ``numbers``
+    (the melanoma score and the threshold applied) and ``threshold_note`` (whose threshold it is: the model card's or
+    the session's).
+    ``similar_cases``: rows (image id, diagnosis, how it was confirmed, similarity), nearest first.
+    ``patient_context``: (field, value) rows, with ``context_note`` saying whether the model used them.
+    ``measurements`` is ``core.lesion_measurements.measure_lesion`` output, ``model_info`` has ``version``, ``created``
+    and optionally ``metrics`` (a flat or one-level nested dict of headline numbers). ``generated_at`` (default: now,
+    UTC; naive = UTC) is printed and used as the PDF creation date. ``cam_caption`` is printed under ``cam_rgb`` (say
+    which method, target class and mask made it).
     """
-    label = str(label)
-    cls = CLASS_BY_CODE.get(label)
-    label_name = cls.name if cls else label
-    top_p = float(probs.get(label, 0.0) or 0.0)
     pdf = start_document(REPORT_TITLE, generated_at, model_info)
+    if ood_level == "not_dermoscopy":
+        _images(pdf, [("Uploaded image", image_rgb)])
+        _heading(pdf, "No diagnosis")
+        _warning(pdf, ood_reason or "This does not look like a dermoscopic image of a skin lesion.")
+    else:
+        panels = [("Dermoscopic image", image_rgb), ("Lesion segmentation", overlay_rgb)]
+        if cam_rgb is not None:
+            panels.append((cam_caption, cam_rgb))
+        _images(pdf, panels)
+        _diagnosis(pdf, probs, str(label), ood_level, ood_reason, uncertainty_text, referral)
+        _heading(pdf, "Lesion measurements")
+        _kv_table(pdf, describe_measurements(measurements))
+        if len(similar_cases):
+            _heading(pdf, "Similar confirmed cases (reference set, nearest first)")
+            _table(pdf, [("Image", 40.0), ("Diagnosis", 70.0), ("Confirmed by", 50.0), ("Similarity", 20.0)],
+                   [[str(v) if not isinstance(v, float) else f"{v:.2f}" for v in row] for row in similar_cases])
 
-    panels = [("Dermoscopic image", image_rgb), ("Lesion segmentation", overlay_rgb)]
-    if cam_rgb is not None:
-        panels.append((cam_caption, cam_rgb))
-    _images(pdf, panels)
-
-    _heading(pdf, "Classification")
-    pdf.set_fill_color(*_HIGHLIGHT)
-    pdf.set_font("Helvetica", "B", 11)
-    malignant = " - malignant class" if cls and cls.malignant else (" - benign class" if cls else "")
-    pdf.cell(0, 8, ascii_safe(f"Most likely: {label_name} ({label}) {100.0 * top_p:.1f} %{malignant}"),
-             border=1, fill=True, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    pdf.set_font("Helvetica", "", 9)
-    u = _fmt_num(uncertainty, 2)
-    pdf.cell(0, 6, f"Uncertainty (normalised predictive entropy, 0 = certain, 1 = uniform): {u}",
-             new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    if ood:
-        pdf.set_fill_color(*_WARN_FILL)
-        pdf.set_font("Helvetica", "B", 9)
-        reason = ascii_safe(ood_reason).strip().rstrip(".") or "the image differs from the training data"
-        pdf.multi_cell(0, 5.5, "OUT-OF-DISTRIBUTION WARNING: " + reason
-                       + ". The probabilities below are unreliable for this image.",
-                       border=1, fill=True, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-        pdf.set_font("Helvetica", "", 9)
-    pdf.ln(1)
-    _probability_table(pdf, probs, label)
-
-    _heading(pdf, "Lesion measurements")
-    _kv_table(pdf, describe_measurements(measurements))
+    if patient_context:
+        _heading(pdf, "Patient context")
+        _kv_table(pdf, list(patient_context))
+        if context_note:
+            pdf.multi_cell(0, 4.5, ascii_safe(context_note), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
     _heading(pdf, "Model")
     _kv_table(pdf, _model_rows(model_info))
@@ -313,3 +314,53 @@ def build_pdf_report(
         pdf.multi_cell(0, 5, note, border=1, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
     return finish_document(pdf)
+
+
+def _warning(pdf: FPDF, text: str) -> None:
+    pdf.set_fill_color(*_WARN_FILL)
+    pdf.set_font("Helvetica", "B", 9)
+    pdf.multi_cell(0, 5.5, ascii_safe(text).strip(), border=1, fill=True, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_font("Helvetica", "", 9)
+
+
+def _diagnosis(pdf: FPDF, probs: Mapping[str, float], label: str, ood_level: str, ood_reason: str,
+               uncertainty_text: str, referral: Mapping | None) -> None:
+    """The classification block: unusual-image warning, top class, referral, uncertainty, probability table."""
+    cls = CLASS_BY_CODE.get(label)
+    top_p = float(probs.get(label, 0.0) or 0.0)
+    _heading(pdf, "Classification")
+    if ood_level == "unusual":
+        _warning(pdf, "Unusual image: " + (ood_reason or "it is unlike the training images; the diagnosis is less "
+                                                         "reliable than the validation figures suggest."))
+        pdf.ln(1)
+    pdf.set_fill_color(*_HIGHLIGHT)
+    pdf.set_font("Helvetica", "B", 11)
+    malignant = " - malignant class" if cls and cls.malignant else ""
+    pdf.cell(0, 8, ascii_safe(f"Most likely: {cls.name if cls else label} ({label}) {100.0 * top_p:.1f} %{malignant}"),
+             border=1, fill=True, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_font("Helvetica", "", 9)
+    if referral:
+        pdf.set_font("Helvetica", "B", 9)
+        pdf.multi_cell(0, 5, ascii_safe(f"Melanoma referral: {referral['text']}"), new_x=XPos.LMARGIN,
+                       new_y=YPos.NEXT)
+        pdf.set_font("Helvetica", "", 9)
+        pdf.multi_cell(0, 5, ascii_safe(f"{referral['numbers']} ({referral['threshold_note']})."),
+                       new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    if uncertainty_text:
+        pdf.multi_cell(0, 5, ascii_safe(uncertainty_text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.ln(1)
+    _probability_table(pdf, probs, label)
+
+
+def _table(pdf: FPDF, columns: list[tuple[str, float]], rows: list[list[str]]) -> None:
+    """A plain table with a grey header row (cells cut to one line)."""
+    pdf.set_font("Helvetica", "B", 9)
+    pdf.set_fill_color(*_HEADER_FILL)
+    for name, width in columns:
+        pdf.cell(width, 6, name, border=1, fill=True)
+    pdf.ln(6)
+    pdf.set_font("Helvetica", "", 9)
+    for row in rows:
+        for (_, width), value in zip(columns, row):
+            pdf.cell(width, 5, ascii_safe(value), border=1)
+        pdf.ln(5)

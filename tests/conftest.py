@@ -134,3 +134,40 @@ def tiny_runs(tmp_path_factory, data_dir):
                                  "--freeze-blocks", "2", "--coarse-sn", str(runs / "coarse_sn" / "best.safetensors"),
                                  "--mask-cn", str(runs / "mask_cn" / "best.safetensors"), *common])
     return runs, {"coarse_sn": coarse, "mask_cn": mask_cn, "enhanced_sn": enhanced}
+
+
+@pytest.fixture(scope="module")
+def weights_card():
+    """The model card of the weights the dashboard serves (LESIONLENS_WEIGHTS or weights/)."""
+    from apptest_support import WEIGHTS
+    from core.weights_io import read_model_card
+
+    if not (WEIGHTS / "model_card.json").is_file():
+        pytest.fail(f"{WEIGHTS / 'model_card.json'} is missing: the dashboard tests need the shipped weights "
+                    "(train + evaluate first)", pytrace=False)
+    return read_model_card(WEIGHTS)
+
+
+@pytest.fixture
+def app(monkeypatch, data_dir):
+    """The dashboard (streamlit_app.py) run once in AppTest with DATA_DIR set to the real data."""
+    from apptest_support import start_app
+
+    monkeypatch.setenv("DATA_DIR", str(data_dir))
+    return start_app(data_dir)
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """file name -> bytes of every st.download_button called at module level in the app (e.g. the Batch CSV)."""
+    import streamlit
+
+    seen = {}
+    real = streamlit.download_button
+
+    def record(label, data, file_name=None, *args, **kwargs):
+        seen[file_name] = data() if callable(data) else data
+        return real(label, data, file_name, *args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "download_button", record)
+    return seen

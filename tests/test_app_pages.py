@@ -7,91 +7,55 @@ shared sidebar and navigation are exercised as users see them.
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 
+from apptest_support import (APP, TIMEOUT, WEIGHTS, captions, dataframe, figure, metric_deltas, metrics, page,
+                             texts, upload, values)
 from streamlit.testing.v1 import AppTest
 
 from core.classes import CLASS_BY_CODE, CLASS_CODES, CLASSES
+from core.referral import BELOW_TEXT, REFER_TEXT
 
-REPO = Path(__file__).resolve().parent.parent
-APP = str(REPO / "streamlit_app.py")
-TIMEOUT = 180
 CLASS_NAMES = [c.name for c in CLASSES]
 
-
-WEIGHTS = Path(os.environ.get("LESIONLENS_WEIGHTS") or REPO / "weights")  # same rule as ui.analyzers
-
-
-@pytest.fixture(scope="module")
-def weights_card():
-    from core.weights_io import read_model_card
-
-    path = WEIGHTS / "model_card.json"
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: the dashboard tests need the shipped weights (train + evaluate first)",
-                    pytrace=False)
-    return read_model_card(WEIGHTS)
+def referral_shown(at: AppTest) -> tuple[bool, str]:
+    """(refers, the alert's text) of the one melanoma referral alert on the page."""
+    shown = [a.value for a in list(at.error) + list(at.info) if REFER_TEXT in a.value or BELOW_TEXT in a.value]
+    assert len(shown) == 1, shown
+    return REFER_TEXT in shown[0], shown[0]
 
 
-@pytest.fixture
-def app(monkeypatch, data_dir):
-    monkeypatch.setenv("DATA_DIR", str(data_dir))
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def _page(at: AppTest, path: str) -> AppTest:
-    at.switch_page(path)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def _texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [t.value for t in at.title]
-    parts += [s.value for s in at.subheader] + [h.value for h in at.header]
-    return "\n".join(str(p) for p in parts)
-
-
-def _metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
-
-
-def _dataframe(at: AppTest, column: str):
-    """The first st.dataframe / st.table that has `column`."""
-    frames = [frame.value for frame in list(at.dataframe) + list(at.table)]
-    for frame in frames:
-        if column in frame.columns:
-            return frame
-    raise AssertionError(f"no dataframe with column {column!r}; have {[list(f.columns) for f in frames]}")
-
-
-def _check_analysis(at: AppTest, true_code: str | None = None) -> str:
-    """The analysis block: predicted label heading, the 7-bar chart, measurements; returns the predicted code."""
-    assert not at.error, [e.value for e in at.error]
+def check_analysis(at: AppTest, true_code: str | None = None) -> str:
+    """The analysis block: predicted label heading, probability, referral, uncertainty in words, the 7-bar chart,
+    measurements, similar cases; returns the predicted code."""
+    assert not [e.value for e in at.error if REFER_TEXT not in e.value], [e.value for e in at.error]
     headings = [m.value for m in at.markdown if m.value.startswith("### ")]
     assert headings, "no prediction heading"
     match = re.match(r"### (.+) \((\w+)\)$", headings[0])
     assert match and match.group(2) in CLASS_CODES, headings[0]
     code = match.group(2)
     assert match.group(1) == CLASS_BY_CODE[code].name
-    metrics = _metrics(at)
-    probability = float(metrics["Probability"].rstrip("%")) / 100
+    shown = metrics(at)
+    probability = float(shown["Probability"].rstrip("%")) / 100
     assert 1 / 7 <= probability <= 1.0
-    assert 0.0 <= float(metrics["Uncertainty"]) <= 1.0
+    # uncertainty in words, with its measured error rate; never a bare number
+    assert shown["Uncertainty"] in ("low", "moderate", "high")
+    sentence = [c.value for c in at.caption if c.value.startswith(f"Uncertainty {shown['Uncertainty']}.")]
+    assert sentence and "of the time" in sentence[0], sentence
+    # the referral rule's sentence with the score and the card's threshold
+    _, text = referral_shown(at)
+    assert re.search(r"Melanoma score [\d.]+; referral threshold [\d.]+ \(the model card's threshold", text), text
+    # no benign badge anywhere
+    assert "benign class" not in texts(at).lower() and "blue-badge" not in texts(at)
     # plotly bar chart of all 7 probabilities, full class names, summing to 1
     charts = [c for c in at.get("plotly_chart")]
     spec = None
     for chart in charts:
-        figure = json.loads(chart.proto.spec)
-        if figure["data"] and figure["data"][0].get("type") == "bar" and figure["data"][0].get("orientation") == "h":
-            spec = figure
+        fig = json.loads(chart.proto.spec)
+        if fig["data"] and fig["data"][0].get("type") == "bar" and fig["data"][0].get("orientation") == "h":
+            spec = fig
     assert spec is not None, "probability chart missing"
     bar = spec["data"][0]
     assert len(bar["x"]) == 7 and abs(sum(bar["x"]) - 1.0) < 1e-3
@@ -100,50 +64,36 @@ def _check_analysis(at: AppTest, true_code: str | None = None) -> str:
     assert all(name in ticks for name in CLASS_NAMES), ticks
     assert ticks.count("malignant") == 3
     # measurements table in core.lesion_measurements' wording
-    table = _dataframe(at, "Measurement")
-    values = dict(zip(table["Measurement"], table["Value"]))
-    assert list(values) == ["Area", "Maximum diameter (Feret)", "Perimeter", "Mirror asymmetry", "Border irregularity",
-                            "Dermoscopic colours", "Lesion fraction of image", "Scale"], list(values)
-    assert re.fullmatch(r"[\d,]+ px( · [\d,.]+ mm²)?", values["Area"]), values["Area"]
-    assert re.match(r"\d+% of the lesion area does not overlap its mirror image", values["Mirror asymmetry"])
+    table = dataframe(at, "Measurement")
+    found = dict(zip(table["Measurement"], table["Value"]))
+    assert list(found) == ["Area", "Maximum diameter (Feret)", "Perimeter", "Mirror asymmetry", "Border irregularity",
+                           "Dermoscopic colours", "Lesion fraction of image", "Scale"], list(found)
+    assert re.fullmatch(r"[\d,]+ px( · [\d,.]+ mm²)?", found["Area"]), found["Area"]
+    assert re.match(r"\d+% of the lesion area does not overlap its mirror image", found["Mirror asymmetry"])
     # downloads: the mask at once; the PDF only once asked for (a button first)
     assert [b.proto.label for b in at.get("download_button")] == ["Mask (PNG)"]
     assert at.button(key="pdf_prepare").proto.label == "Prepare PDF report"
     if true_code:
-        assert f"**{CLASS_BY_CODE[true_code].name} ({true_code})**" in _texts(at)
+        assert f"**{CLASS_BY_CODE[true_code].name} ({true_code})**" in texts(at)
     return code
-
-
-def _figure(at: AppTest, key: str) -> dict:
-    """The plotly figure (JSON) of the chart with this key."""
-    charts = [c for c in at.get("plotly_chart") if key in c.proto.id]
-    assert charts, f"no chart {key!r}"
-    return json.loads(charts[0].proto.spec)
-
-
-def _values(data) -> list:
-    """A figure's data array as a list (plotly writes numeric arrays as base64 typed arrays)."""
-    if isinstance(data, dict) and "bdata" in data:
-        import base64
-
-        import numpy as np
-
-        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).tolist()
-    return list(data)
-
-
-def _captions(at: AppTest) -> list[str]:
-    return [c for image in at.image for c in image.captions]
 
 
 # ---------------------------------------------------------------- Home
 def test_home_shows_model_summary(app, weights_card):
-    text = _texts(app)
+    """The headline figures of both test sets with their 95 % CIs, read from the card."""
+    text = texts(app)
     assert "LesionLens" in text
     assert any("not a diagnosis" in w.value for w in app.warning), "disclaimer missing"
     assert weights_card["version"] in text
-    acc = weights_card["metrics"]["test"]["classification"]["mask_cn"]["balanced_accuracy"]
-    assert _metrics(app)["Balanced accuracy"] == f"{acc:.1%}"
+    shown = [(m.label, m.value, m.proto.delta) for m in app.metric]
+    headline = {k: v for k, v in weights_card["headline"].items() if v}
+    assert len(shown) == len(headline)
+    entry = headline["ham10000_balanced_accuracy"]
+    low, high = entry["ci95"]
+    assert ("Balanced accuracy", f"{entry['value']:.1%}", f"95% CI {low:.1%} to {high:.1%}") in shown
+    entry = headline["isic2017_melanoma_auc"]
+    assert ("Melanoma AUC", f"{entry['value']:.3f}", f"95% CI {entry['ci95'][0]:.3f} to {entry['ci95'][1]:.3f}") in shown
+    assert "HAM10000 test" in text and "ISIC 2017 val" in text
     assert "CPU" in text or "GPU" in text
     assert app.sidebar.text_input(key="data_dir_input").value.endswith("data")
 
@@ -154,7 +104,7 @@ def test_home_counts_split_images_per_source(app, weights_card, data_dir):
     from core.datasets import load_manifest
     from core.splits import assign_splits
 
-    table = _dataframe(app, "test")
+    table = dataframe(app, "test")
     assert list(table.index) == ["HAM10000", "ISIC 2017"]
     splits = weights_card["dataset_summary"]["splits"]
     assert int(table.loc[:, "train"].sum()) == splits["train"]["n_images"]
@@ -166,13 +116,13 @@ def test_home_counts_split_images_per_source(app, weights_card, data_dir):
 
 # ---------------------------------------------------------------- Analyze
 def test_analyze_dataset_example(app, weights_card, data_dir):
-    at = _page(app, "app_pages/analyze.py")
+    at = page(app, "app_pages/analyze.py")
     at.radio(key="input_mode").set_value("Dataset example").run()
     assert not at.exception, at.exception
     at.selectbox(key="example_class").set_value("mel").run()
     at.button(key="example_pick").click().run()
     assert not at.exception, at.exception
-    _check_analysis(at, true_code="mel")
+    check_analysis(at, true_code="mel")
     # examples are held-out test images (three random picks)
     from core.datasets import load_manifest
     from core.splits import assign_splits
@@ -183,7 +133,7 @@ def test_analyze_dataset_example(app, weights_card, data_dir):
         at.button(key="example_pick").click().run()
         picked.append(at.session_state["example"])
     assert {e["dx"] for e in picked} == {"mel"} and {split[e["image_id"]] for e in picked} == {"test"}, picked
-    _check_analysis(at, true_code="mel")
+    check_analysis(at, true_code="mel")
     # the CAM controls offer the methods that differ on mask-CN and every class; each CAM image says what made it
     from core.cam import distinct_class_cams
 
@@ -193,11 +143,11 @@ def test_analyze_dataset_example(app, weights_card, data_dir):
     at.toggle(key="cam_masked").set_value(True).run()
     assert not at.exception, at.exception
     assert "Grad-CAM · target Basal cell carcinoma (bcc) · lesion mask applied (map kept inside it) " \
-           "(red = most influential)" in _captions(at)
+           "(red = most influential)" in captions(at)
     # switching to the coarse mask re-measures on that mask without errors
     at.segmented_control(key="mask_choice").set_value("coarse").run()
     assert not at.exception, at.exception
-    assert "(coarse-SN mask)" in _texts(at)
+    assert "(coarse-SN mask)" in texts(at)
     # another class: the melanoma example and its result go at once, until a new example is picked
     at.selectbox(key="example_class").set_value("nv").run()
     assert not at.exception, at.exception
@@ -211,7 +161,7 @@ def test_analyze_upload_real_and_bad_file(app, data_dir, monkeypatch):
     built = []
     real_build = core.report.build_pdf_report
     monkeypatch.setattr(core.report, "build_pdf_report", lambda **kw: built.append(kw) or real_build(**kw))
-    at = _page(app, "app_pages/analyze.py")
+    at = page(app, "app_pages/analyze.py")
     image = sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[0]
     at.file_uploader(key="upload").set_value(("lesion.jpg", b"this is not an image", "image/jpeg")).run()
     assert not at.exception, at.exception
@@ -219,10 +169,10 @@ def test_analyze_upload_real_and_bad_file(app, data_dir, monkeypatch):
     # the page keeps working: a real full-resolution upload is analysed next
     at.file_uploader(key="upload").set_value((image.name, image.read_bytes(), "image/jpeg")).run()
     assert not at.exception, at.exception
-    _check_analysis(at)
+    check_analysis(at)
     # a field of view turns the pixel sizes into millimetres
     at.number_input(key="fov_mm").set_value(15.0).run()
-    values = dict(zip(*(_dataframe(at, "Measurement")[c] for c in ("Measurement", "Value"))))
+    values = dict(zip(*(dataframe(at, "Measurement")[c] for c in ("Measurement", "Value"))))
     assert values["Maximum diameter (Feret)"].endswith(" mm") and values["Scale"] == f"{15 / 600:.4f} mm per pixel"
     # the PDF is built only when asked for, once; then offered for download
     assert built == [], "the PDF was built without being asked for"
@@ -242,7 +192,7 @@ def test_analyze_accepts_every_format_core_intake_reads(app, data_dir):
 
     from core.intake import FILE_EXTENSIONS
 
-    at = _page(app, "app_pages/analyze.py")
+    at = page(app, "app_pages/analyze.py")
     assert list(at.file_uploader(key="upload").proto.type) == [f".{e}" for e in FILE_EXTENSIONS]
     assert ".gif" in at.file_uploader(key="upload").proto.type
     image = sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[0]
@@ -250,37 +200,37 @@ def test_analyze_accepts_every_format_core_intake_reads(app, data_dir):
     Image.open(image).convert("P").save(gif, format="GIF")
     at.file_uploader(key="upload").set_value(("lesion.gif", gif.getvalue(), "image/gif")).run()
     assert not at.exception, at.exception
-    _check_analysis(at)
+    check_analysis(at)
 
 
 # ---------------------------------------------------------------- Dataset explorer
 def test_dataset_explorer_counts(app):
-    at = _page(app, "app_pages/dataset_explorer.py")
-    metrics = _metrics(at)
-    assert metrics["Images"] == "10,015"
-    assert metrics["Lesions"] == "7,470"
+    at = page(app, "app_pages/dataset_explorer.py")
+    counts = metrics(at)
+    assert counts["Images"] == "10,015"
+    assert counts["Lesions"] == "7,470"
     keys = {c.proto.id for c in at.get("plotly_chart")}
     assert len(at.get("plotly_chart")) >= 6, keys  # class, split, age, sex, site, dx_type
     assert len(at.image) >= 12  # gallery
     at.segmented_control(key="x_source").set_value("isic2017").run()
     assert not at.exception, at.exception
-    assert _metrics(at)["Images"] == "2,150"
+    assert metrics(at)["Images"] == "2,150"
 
 
 def test_dataset_explorer_isic_charts_and_metadata_note(app, isic_manifest, data_dir):
     """ISIC 2017: the class chart has a bar for each of its classes with the real counts (no empty category), the
     split chart only train/val/test, and the page says its labels give no age, sex or site (labels.csv has none)."""
-    at = _page(app, "app_pages/dataset_explorer.py")
+    at = page(app, "app_pages/dataset_explorer.py")
     at.segmented_control(key="x_source").set_value("isic2017").run()
     assert not at.exception, at.exception
-    bars = [t for t in _figure(at, "dx_chart")["data"]]
-    shown = {_values(t["x"])[0]: _values(t["y"])[0] for t in bars}
+    bars = [t for t in figure(at, "dx_chart")["data"]]
+    shown = {values(t["x"])[0]: values(t["y"])[0] for t in bars}
     from ui.formatting import short_name
 
     expected = {short_name(c): n for c, n in isic_manifest["dx"].value_counts().items()}
     assert shown == expected
-    split = _figure(at, "split_chart")
-    assert {x for t in split["data"] for x in _values(t["x"])} == {"train", "val", "test"}
+    split = figure(at, "split_chart")
+    assert {x for t in split["data"] for x in values(t["x"])} == {"train", "val", "test"}
     labels = (data_dir / "isic2017" / "labels.csv").read_text().splitlines()[0].split(",")
     assert not {"age", "sex", "localization"} & set(labels)
     notes = [i.value for i in at.info]
@@ -292,10 +242,10 @@ def test_dataset_explorer_isic_charts_and_metadata_note(app, isic_manifest, data
 def test_dataset_explorer_without_data_dir_explains(app, weights_card):
     at = app
     at.sidebar.text_input(key="data_dir_input").set_value("").run()
-    at = _page(at, "app_pages/dataset_explorer.py")
+    at = page(at, "app_pages/dataset_explorer.py")
     assert any("DATA_DIR" in i.value for i in at.info)
     n = weights_card["dataset_summary"]["all"]["n_images"]
-    assert _metrics(at)["Images"] == f"{n:,}"
+    assert metrics(at)["Images"] == f"{n:,}"
 
 
 # ---------------------------------------------------------------- Model performance
@@ -306,94 +256,164 @@ def _sensitivity_specificity(table, column: str, threshold: float) -> tuple[str,
     return f"{(positive & is_mel).sum() / is_mel.sum():.1%}", f"{(~positive & ~is_mel).sum() / (~is_mel).sum():.1%}"
 
 
-def test_model_performance(app, weights_card):
-    at = _page(app, "app_pages/model_performance.py")
-    m = weights_card["metrics"]["test"]["classification"]["mask_cn"]
-    metrics = _metrics(at)
-    assert metrics["Accuracy"] == f"{m['accuracy']:.1%}"
-    table = _dataframe(at, "Support")
+def _ci(entry: dict, fmt: str) -> str:
+    return f"{entry['value']:{fmt}} (95% CI {entry['ci95'][0]:{fmt}} to {entry['ci95'][1]:{fmt}})"
+
+
+@pytest.mark.parametrize("test_set, source", [("ham10000_test", "ham10000"), ("isic2017_test", "isic2017")])
+def test_model_performance(app, weights_card, test_set, source):
+    """Every view is fed from the chosen test set: the card's figures with CIs, and the CSV rows of that source."""
+    import pandas as pd
+
+    at = page(app, "app_pages/model_performance.py")
+    at.segmented_control(key="perf_test_set").set_value(test_set).run()
+    assert not at.exception, at.exception
+    card_set = weights_card["metrics"][test_set]
+    m = card_set["classification"]["mask_cn"]
+    ci = m["ci"]
+    assert metrics(at)["Balanced accuracy"] == f"{ci['balanced_accuracy']['value']:.1%}"
+    low, high = ci["balanced_accuracy"]["ci95"]
+    assert metric_deltas(at)["Balanced accuracy"] == f"95% CI {low:.1%} to {high:.1%}"
+    assert metrics(at)["Referral sensitivity"] == f"{card_set['referral']['sensitivity']['value']:.1%}"
+    table = dataframe(at, "Support")
     assert list(table["Code"]) == list(CLASS_CODES)
     assert list(table["Support"]) == [m["per_class"][c]["support"] for c in CLASS_CODES]
-    heat = _figure(at, "cm_chart")["data"][0]
-    assert heat["type"] == "heatmap" and len(heat["z"]) == 7
     # counts view shows the model card's matrix exactly
     at.toggle(key="cm_norm").set_value(False).run()
-    assert [[int(v) for v in row] for row in _figure(at, "cm_chart")["data"][0]["z"]] == m["confusion_matrix"]
-    # the fallback selectboxes pick a cell; its images are listed with probabilities
+    assert [[int(v) for v in row] for row in figure(at, "cm_chart")["data"][0]["z"]] == m["confusion_matrix"]
+    # the boxes pick a cell; its images (of this test set) are listed
     at.selectbox(key="cm_true").set_value("mel").run()
     at.selectbox(key="cm_pred").set_value("mel").run()
     assert not at.exception, at.exception
     n_cell = m["confusion_matrix"][CLASS_CODES.index("mel")][CLASS_CODES.index("mel")]
-    assert f"**{n_cell} test image(s): true Melanoma, predicted Melanoma**" in _texts(at)
+    assert f"**{n_cell} test image(s): true Melanoma, predicted Melanoma**" in texts(at)
     assert len(at.image) == min(n_cell, 6)
-    # melanoma operating point: exactly what weights/test_predictions.csv gives at the same threshold
-    import pandas as pd
-
-    predictions = pd.read_csv(WEIGHTS / "test_predictions.csv")
-    for threshold in (0.0, 0.3, 0.5):
-        at.slider(key="mel_threshold").set_value(threshold).run()
-        shown = _metrics(at)
-        assert (shown["Sensitivity"], shown["Specificity"]) == _sensitivity_specificity(predictions, "p_mel", threshold)
-        assert shown["Flagged for review"] == f"{int((predictions['p_mel'] >= threshold).sum())} / {len(predictions)}"
-    assert not at.exception, at.exception
-    # reliability diagram: the mean-confidence dots sit at each bin's mean confidence (bars at its accuracy)
+    # reliability diagrams of the plain softmax and of the shown probabilities
     bins = [b for b in m["calibration"]["after"]["bins"] if b["count"] > 0]
-    traces = [t for t in _figure(at, "calibration_chart")["data"] if t.get("name") == "mean confidence"]
-    assert _values(traces[1]["y"]) == pytest.approx([b["confidence"] for b in bins])
-    assert _values(traces[1]["x"]) == pytest.approx([(b["lower"] + b["upper"]) / 2 for b in bins])
-    assert f"Temperature T = {m['decision_rule']['temperature']:.2f}" in _texts(at)
-    # ablation table: one row per (comparison, metric) of the model card, metric names spelled out
-    ablation = weights_card.get("ablation") or []
-    if ablation:
-        table = _dataframe(at, "comparison")
-        assert len(table) == len({(a["comparison"], a["metric"]) for a in ablation})
-        assert not any("_" in str(name) for name in table["metric"]), list(table["metric"])
-
-
-def test_model_performance_without_predictions_of_the_selected_model(app):
-    """The image-only classifier has no columns in the shipped CSV: the page says so instead of mask-CN's numbers."""
-    at = _page(app, "app_pages/model_performance.py")
-    at.segmented_control(key="perf_model").set_value("classifier").run()
+    traces = [t for t in figure(at, "calibration_chart")["data"] if t.get("name") == "mean confidence"]
+    assert values(traces[1]["y"]) == pytest.approx([b["confidence"] for b in bins])
+    assert f"temperature T = {weights_card['decision_rule']['temperature']:.2f}" in texts(at)
+    # uncertainty: both risk-coverage curves, the chosen set's levels with CIs and the validation error rates
+    curves = figure(at, "risk_coverage_chart")["data"]
+    assert len(curves) == 2
+    assert values(curves[0]["y"]) == pytest.approx(weights_card["metrics"]["ham10000_test"]["uncertainty"]["risk_coverage"]["risk"])
+    levels = dataframe(at, "Validation error rate")
+    assert list(levels["Level"]) == list(card_set["uncertainty"]["levels"])
+    for row in levels.itertuples(index=False):
+        entry = card_set["uncertainty"]["levels"][row.Level]
+        assert row[3] == _ci(entry["error_rate"], ".1%")
+        assert row[4] == f"{weights_card['uncertainty']['error_rates'][row.Level]:.1%}"
+    # OOD results, retrieval next to the classifier, the models and segmentation variants with CIs
+    assert len(dataframe(at, "Rejected as not dermoscopy")) == len(weights_card["ood"]["results"])
+    retrieval = dataframe(at, "k-NN vote balanced accuracy")
+    assert len(retrieval) == 2
+    assert retrieval["Classifier balanced accuracy"].iloc[1] == \
+        f"{weights_card['metrics']['isic2017_test']['classification']['mask_cn']['balanced_accuracy']:.1%}"
+    models = dataframe(at, "ECE shown")
+    assert len(models) == len(card_set["classification"])
+    assert models["Balanced accuracy"].iloc[0] == _ci(ci["balanced_accuracy"], ".3f")
+    seg = dataframe(at, "Thresholded Jaccard (0.65)")
+    variants = [k for k in card_set["segmentation"] if k != "paired_differences"]
+    assert len(seg) == len(variants)
+    assert seg["Dice"].iloc[0] == _ci(card_set["segmentation"][variants[0]]["dice"], ".3f")
+    assert len(dataframe(at, "Mean difference")) == len(card_set["segmentation"]["paired_differences"])
+    # the referral tab: sensitivity / specificity at the card's threshold, from the CSV rows of each source
+    predictions = pd.read_csv(WEIGHTS / "test_predictions.csv")
+    referral = dataframe(at, "Referred")
+    threshold = weights_card["referral"]["threshold"]
+    for row, part_source in zip(referral.itertuples(index=False), ("ham10000", "isic2017")):
+        part = predictions[predictions["source"] == part_source]
+        assert (row.Sensitivity, row.Specificity) == _sensitivity_specificity(part, "mel_score", threshold)
     assert not at.exception, at.exception
-    assert "Sensitivity" not in _metrics(at)
-    notes = [i.value for i in at.info if "no per-image predictions of the Image-only classifier" in i.value]
-    assert len(notes) == 2, [i.value for i in at.info]  # drill-down and operating point
-    assert not any("test image(s): true" in t for t in _texts(at).splitlines())
 
 
-def test_model_performance_reads_the_selected_models_predictions(tmp_path, monkeypatch, data_dir, weights_card):
-    """A predictions CSV with the image-only classifier's columns and a card with its own temperature: with that model
-    selected the operating point, the drill-down and the calibration caption are the classifier's."""
-    import numpy as np
+def test_model_performance_session_threshold(app, weights_card):
+    """The slider sets this session's referral threshold: the table follows it, the reset returns to the card's."""
     import pandas as pd
+
+    at = page(app, "app_pages/model_performance.py")
+    predictions = pd.read_csv(WEIGHTS / "test_predictions.csv")
+    for threshold in (0.1, 0.5):
+        at.select_slider(key="referral_slider").set_value(threshold).run()
+        assert not at.exception, at.exception
+        assert at.session_state["referral_threshold"] == threshold
+        table = dataframe(at, "Referred")
+        for row, source in zip(table.itertuples(index=False), ("ham10000", "isic2017")):
+            part = predictions[predictions["source"] == source]
+            assert (row.Sensitivity, row.Specificity) == _sensitivity_specificity(part, "mel_score", threshold)
+            assert row.Referred == f"{(part['mel_score'] >= threshold).mean():.1%}"
+        assert any(f"your session's threshold {threshold:.3f}" in a.value for a in at.info)
+    at.button(key="referral_reset").click().run()
+    assert at.session_state["referral_threshold"] is None
+    assert not any("your session's threshold" in a.value for a in at.info)
+
+
+def _card_with(weights_card, tmp_path, extra: str, predictions=None):
+    """A weights folder holding a copy of the card whose test sets also list `extra` (mask-CN's figures with a
+    different confusion matrix) and, when given, a predictions table."""
+    import numpy as np
 
     weights = tmp_path / "weights"
     weights.mkdir()
     card = json.loads(json.dumps(weights_card))
-    card["metrics"]["test"]["classification"]["classifier"]["decision_rule"]["temperature"] = 1.5
+    for entry in card["metrics"].values():
+        copy = json.loads(json.dumps(entry["classification"]["mask_cn"]))
+        copy["confusion_matrix"] = np.fliplr(np.array(copy["confusion_matrix"])).tolist()
+        entry["classification"][extra] = copy
     (weights / "model_card.json").write_text(json.dumps(card))
-    table = pd.read_csv(WEIGHTS / "test_predictions.csv")
-    rng = np.random.default_rng(0)
-    probs = rng.dirichlet(np.ones(len(CLASS_CODES)), size=len(table))
-    table["classifier_pred"] = [CLASS_CODES[i] for i in probs.argmax(1)]
-    for j, code in enumerate(CLASS_CODES):
-        table[f"classifier_p_{code}"] = probs[:, j]
-    table.to_csv(weights / "test_predictions.csv", index=False)
+    if predictions is not None:
+        predictions.to_csv(weights / "test_predictions.csv", index=False)
+    return weights, card
+
+
+def _app_on(weights, monkeypatch, data_dir) -> AppTest:
     monkeypatch.setenv("LESIONLENS_WEIGHTS", str(weights))  # no weight files: the drill-down shows no CAMs
     monkeypatch.setenv("DATA_DIR", str(data_dir))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
-    at = _page(at, "app_pages/model_performance.py")
+    return page(at, "app_pages/model_performance.py")
+
+
+def test_model_performance_without_predictions_of_the_selected_model(tmp_path, monkeypatch, data_dir, weights_card):
+    """A model in the card without columns in the CSV (mask-CN, one view): its card figures, and the drill-down says
+    there are no per-image predictions instead of showing mask-CN's."""
+    import shutil
+
+    weights, card = _card_with(weights_card, tmp_path, "mask_cn_single_view")
+    shutil.copy(WEIGHTS / "test_predictions.csv", weights / "test_predictions.csv")
+    at = _app_on(weights, monkeypatch, data_dir)
+    at.segmented_control(key="perf_model").set_value("mask_cn_single_view").run()
+    assert not at.exception, at.exception
+    flipped = card["metrics"]["ham10000_test"]["classification"]["mask_cn_single_view"]["confusion_matrix"]
+    at.toggle(key="cm_norm").set_value(False).run()
+    assert [[int(v) for v in row] for row in figure(at, "cm_chart")["data"][0]["z"]] == flipped
+    notes = [i.value for i in at.info if "no per-image predictions of the mask-CN, one view" in i.value]
+    assert len(notes) == 1, [i.value for i in at.info]
+    assert not any("test image(s): true" in t for t in texts(at).splitlines())
+    assert len(dataframe(at, "ECE shown")) == len(card["metrics"]["ham10000_test"]["classification"])
+
+
+def test_model_performance_reads_the_selected_models_predictions(tmp_path, monkeypatch, data_dir, weights_card):
+    """A predictions CSV with the image-only classifier's columns: with that model selected the drill-down counts its
+    predictions of the chosen test set."""
+    import numpy as np
+    import pandas as pd
+
+    table = pd.read_csv(WEIGHTS / "test_predictions.csv")
+    probs = np.random.default_rng(0).dirichlet(np.ones(len(CLASS_CODES)), size=len(table))
+    table["classifier_pred"] = [CLASS_CODES[i] for i in probs.argmax(1)]
+    for j, code in enumerate(CLASS_CODES):
+        table[f"classifier_p_{code}"] = probs[:, j]
+    weights, _ = _card_with(weights_card, tmp_path, "classifier", table)
+    at = _app_on(weights, monkeypatch, data_dir)
     at.segmented_control(key="perf_model").set_value("classifier").run()
-    at.slider(key="mel_threshold").set_value(0.2).run()
+    at.segmented_control(key="perf_test_set").set_value("isic2017_test").run()
     at.selectbox(key="cm_true").set_value("nv").run()
     at.selectbox(key="cm_pred").set_value("bkl").run()
     assert not at.exception, at.exception
-    shown = _metrics(at)
-    assert (shown["Sensitivity"], shown["Specificity"]) == _sensitivity_specificity(table, "classifier_p_mel", 0.2)
-    n = int(((table["dx"] == "nv") & (table["classifier_pred"] == "bkl")).sum())
-    assert f"**{n} test image(s): true Melanocytic nevus, predicted Benign keratosis-like lesion**" in _texts(at)
-    assert "Temperature T = 1.50" in _texts(at)
+    isic = table[table["source"] == "isic2017"]
+    n = int(((isic["dx"] == "nv") & (isic["classifier_pred"] == "bkl")).sum())
+    assert f"**{n} test image(s): true Melanocytic nevus, predicted Benign keratosis-like lesion**" in texts(at)
 
 
 def test_confusion_cell_click_opens_its_drill_down():
@@ -416,13 +436,13 @@ def test_confusion_cell_click_opens_its_drill_down():
 
 # ---------------------------------------------------------------- Batch
 def test_batch_upload_with_a_bad_file(app, data_dir):
-    at = _page(app, "app_pages/batch.py")
+    at = page(app, "app_pages/batch.py")
     images = sorted((data_dir / "ham10000" / "images").glob("*.jpg"))[:2]
     files = [(p.name, p.read_bytes(), "image/jpeg") for p in images] + [("broken.png", b"\x89PNG\r\n\x1a\nxx", "image/png")]
-    at.file_uploader(key="batch_upload").set_value(files).run()
+    upload(at, "batch_upload", files)
     at.button(key="batch_run").click().run()
     assert not at.exception, at.exception
-    table = _dataframe(at, "thumbnail")
+    table = dataframe(at, "thumbnail")
     assert list(table["file"]) == [p.name for p in images] + ["broken.png"]
     assert table["status"].iloc[2].startswith("✗ ") and table["prediction"].isna().iloc[2]
     assert (table["status"].iloc[:2] == "✓ analysed").all()
@@ -430,21 +450,24 @@ def test_batch_upload_with_a_bad_file(app, data_dir):
     probs = table[[f"p_{c}" for c in CLASS_CODES]].iloc[:2].to_numpy(dtype=float)  # shown in percent
     assert abs(probs.sum(axis=1) - 100).max() < 1e-2
     assert all(any(p.startswith(n) for n in CLASS_NAMES) for p in table["prediction"].iloc[:2])
-    assert _metrics(at)["Rejected / failed"] == "1"
+    assert metrics(at)["Rejected / failed"] == "1"
     assert any("broken.png" in w.value and "Not analysed" in w.value for w in at.warning)
-    for column in ("ood", "area_px", "max_diameter_px", "asymmetry", "border_irregularity", "colours"):
+    for column in ("refer", "mel_score", "uncertainty_text", "ood", "area_px", "max_diameter_px", "asymmetry",
+                   "border_irregularity", "colours"):
         assert column in table.columns and table[column].iloc[:2].notna().all(), column
-    assert set(table["ood"].iloc[:2]) <= {"⚠ yes", "no"} and table["ood"].isna().iloc[2]
+    assert set(table["refer"].iloc[:2]) <= {"yes", "no"}
+    assert all(t.startswith("Uncertainty ") and "of the time" in t for t in table["uncertainty_text"].iloc[:2])
+    assert table["ood"].isna().iloc[2]
     assert [b.proto.label for b in at.get("download_button")] == ["Download results (CSV)"]
 
 
 def test_batch_demo_uses_test_split_images(app, ham_split):
-    at = _page(app, "app_pages/batch.py")
+    at = page(app, "app_pages/batch.py")
     at.number_input(key="batch_n").set_value(10).run()
     at.button(key="batch_examples").click().run()
     assert not at.exception, at.exception
-    table = _dataframe(at, "thumbnail")
-    assert len(table) == 10 and (table["status"] == "✓ analysed").all()
+    table = dataframe(at, "thumbnail")
+    assert len(table) == 10 and table["status"].str.startswith(("✓", "⚠")).all()
     split = ham_split.set_index("image_id")["split"]
     assert set(split[table["file"]]) == {"test"}, split[table["file"]].value_counts()
     assert set(CLASS_CODES) <= set(table["true_dx"])  # one per class first

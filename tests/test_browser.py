@@ -2,8 +2,8 @@
 
 Starts `streamlit run streamlit_app.py` on a free port, opens a page by its URL (the navigation must be the full one),
 walks through every page with the sidebar navigation, uploads a full-resolution HAM10000 image on Analyze (and asks
-for the PDF), clicks a confusion-matrix cell, analyses a small batch (with one broken file) on Batch, and
-saves a screenshot of each page to test-artifacts/screenshots/<page>.png. With SAVE_SCREENSHOTS=1 small
+for the PDF), clicks a confusion-matrix cell, analyses a small batch (with one broken file) on Batch, evaluates a
+folder on Evaluate your data (and cancels a second run with its Cancel button), and saves a screenshot of each page to test-artifacts/screenshots/<page>.png. With SAVE_SCREENSHOTS=1 small
 (900 px wide, < 300 KB) copies go to docs/screenshots/ for the README.
 
 chromium must be installed at /usr/bin/chromium (`apt-get install -y chromium`); a missing browser fails the test.
@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
+from apptest_support import class_folder
 
 from bench.server import stop_process, streamlit_healthy
-from core.classes import CLASSES
+from core.classes import CLASS_CODES, CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -154,7 +155,8 @@ def test_every_page_in_a_real_browser(server, browser, data_dir, tmp_path):
 
 
 NAVIGATION = [("Home", "home"), ("Analyze", "biotech"), ("Dataset explorer", "photo_library"),
-              ("Model performance", "monitoring"), ("Batch", "stacks")]
+              ("Model performance", "monitoring"), ("Batch", "stacks"), ("Compare follow-up", "compare"),
+              ("Evaluate your data", "fact_check")]
 
 
 def _navigation(page) -> list[tuple[str, str]]:
@@ -193,13 +195,15 @@ def _tour(page, server, data_dir, tmp_path) -> None:
     _goto(page, "Analyze")
     image = sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[0]
     page.locator("[data-testid='stFileUploader'] input[type='file']").first.set_input_files(str(image))
-    page.get_by_text(f"Prediction for {image.name}").first.wait_for(timeout=SLOW_MS)
+    page.get_by_text(f"Result for {image.name}").first.wait_for(timeout=SLOW_MS)
     _idle(page)
     heading = page.locator("h3").filter(has_text="(").first.inner_text()
     assert any(heading.startswith(name) for name in CLASS_NAMES), heading
     page.get_by_text("Class probabilities").first.wait_for()
     page.locator("[data-testid='stPlotlyChart']").first.wait_for()
     page.get_by_text("Maximum diameter (Feret)").first.wait_for()
+    page.get_by_text("referral threshold").first.wait_for()
+    page.get_by_text("Similar cases").first.wait_for()
     _no_exception(page)
     page.get_by_role("button", name="Prepare PDF report").click()
     _idle(page)
@@ -234,18 +238,21 @@ def _tour(page, server, data_dir, tmp_path) -> None:
     _idle(page)
     _no_exception(page)
     _shot(page, "model_performance_confusion")
-    page.get_by_role("tab", name="Melanoma threshold").click()
-    page.get_by_text("Flagged for review").first.wait_for()
-    assert page.locator("[data-testid='stMetric']").filter(has_text="Specificity").count() == 1
+    page.get_by_role("tab", name="Melanoma referral").click()
+    page.get_by_text("Your session's referral threshold").first.wait_for()
+    _idle(page)
+    _no_exception(page)
+    _shot(page, "model_performance_referral")
     page.get_by_role("tab", name="Calibration").click()
-    page.get_by_text("Temperature T =").first.wait_for()
+    page.get_by_text("temperature T =").first.wait_for()
     _no_exception(page)
     _shot(page, "model_performance_calibration", doc=False)
-    for tab in ("ROC & PR", "Segmentation", "mask-CN vs image-only", "Ablation & training"):
+    for tab in ("ROC & PR", "Uncertainty", "Out of distribution", "Similar cases", "Segmentation", "Models & ablation",
+                "Training"):
         page.get_by_role("tab", name=tab).click()
         _idle(page)
         _no_exception(page)
-        _shot(page, "model_performance_" + tab.split()[0].replace("-", "").lower(), doc=False)
+        _shot(page, "model_performance_" + tab.split()[0].lower(), doc=tab == "Uncertainty")
 
     # Batch: two good images and one broken file; the broken one becomes an error row
     _goto(page, "Batch")
@@ -260,11 +267,40 @@ def _tour(page, server, data_dir, tmp_path) -> None:
     with page.expect_download() as download:
         page.get_by_role("button", name="Download results (CSV)").click()
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
-    assert [r["file"] for r in rows] == [p.name for p in good] + ["broken.jpg"]
+    assert [r["image"] for r in rows] == [p.stem for p in good] + ["broken"]
     assert rows[2]["error"] and not rows[0]["error"] and not rows[1]["error"]
-    assert all(any(r["prediction"].startswith(n) for n in CLASS_NAMES) for r in rows[:2])
+    assert all((r["pred"] in CLASS_CODES and r["refer"] in ("yes", "no")) or
+               (r["ood_level"] == "not_dermoscopy" and r["pred"] == r["refer"] == "") for r in rows[:2]), rows
     # the table shows a thumbnail per analysed file, and the rejected file is named with its reason
     assert page.locator("[data-testid='stDataFrame']").count() >= 1
     page.get_by_text("Not analysed").first.wait_for()
     assert "broken.jpg" in page.locator("[data-testid='stAlert']").filter(has_text="Not analysed").first.inner_text()
     _shot(page, "batch")
+
+    # Evaluate your data: a small one-folder-per-class folder of test images runs to its report; a larger one is
+    # cancelled with the Cancel button while it runs, and reported as cancelled
+    small, large = class_folder(tmp_path / "small", data_dir, 2), class_folder(tmp_path / "large", data_dir, 8)
+    _goto(page, "Evaluate your data")
+    _evaluate(page, small)
+    page.get_by_text("Images evaluated").first.wait_for(timeout=SLOW_MS)
+    _idle(page)
+    _no_exception(page)
+    page.get_by_role("tab", name="Confusion matrix").click()
+    _idle(page)
+    _shot(page, "evaluate")
+    _evaluate(page, large)
+    page.get_by_text(f"Evaluating {large}").first.wait_for(timeout=SLOW_MS)
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text("Cancelled.").first.wait_for(timeout=SLOW_MS)
+    _idle(page)
+    _no_exception(page)
+    done = page.locator("[data-testid='stAlert']").filter(has_text="Cancelled.").first.inner_text()
+    assert f"of {7 * 8 + 1} images" in done, done
+
+
+def _evaluate(page, folder: Path) -> None:
+    box = page.get_by_placeholder("/data/my_lesions")
+    box.fill(str(folder))
+    box.press("Enter")
+    _idle(page)
+    page.get_by_role("button", name="Evaluate", exact=True).click()

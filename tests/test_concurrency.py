@@ -48,7 +48,7 @@ def _differences(result, reference, compare_cam: bool) -> list[str]:
         problems.append(f"mask differs in {int((result.mask != reference.mask).sum())} px")
     if not np.array_equal(result.coarse_mask, reference.coarse_mask):
         problems.append(f"coarse mask differs in {int((result.coarse_mask != reference.coarse_mask).sum())} px")
-    if abs(result.uncertainty - reference.uncertainty) > TOL or result.ood != reference.ood:
+    if abs(result.uncertainty_score - reference.uncertainty_score) > TOL or result.ood_level != reference.ood_level:
         problems.append("uncertainty / OOD differ")
     if result.measurements.keys() != reference.measurements.keys() or any(
             not np.isclose(float(result.measurements[k]), float(reference.measurements[k]), rtol=1e-6, atol=1e-6)

@@ -85,8 +85,8 @@ def _analyse_and_report(analyzer: Analyzer, data: bytes, note: str = "") -> byte
     assert other_cam.shape == rgb.shape[:2]
     return build_pdf_report(
         image_rgb=rgb, overlay_rgb=overlay_mask(rgb, r.mask), cam_rgb=overlay_heatmap(rgb, r.cam),
-        probs=r.probs, label=r.label, uncertainty=r.uncertainty, ood=r.ood, ood_reason=r.ood_reason,
-        measurements=r.measurements,
+        probs=r.probs, label=r.label, ood_level=r.ood_level, ood_reason=r.ood_reason,
+        uncertainty_text=r.uncertainty_text, measurements=r.measurements,
         model_info={"version": analyzer.version, "created": analyzer.card.get("created", "unknown")},
         generated_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), clinician_note=note,
     )

@@ -12,6 +12,7 @@ from PIL import Image
 
 from core.classes import CLASS_CODES
 from core.lesion_measurements import describe_measurements, measure_lesion
+from core.referral import BELOW_TEXT, REFER_TEXT
 from core.report import DISCLAIMER, REPORT_TITLE, ascii_safe, build_pdf_report
 
 WHEN = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
@@ -111,9 +112,12 @@ def make_report(**overrides) -> bytes:
         cam_rgb=rgb[::-1].copy(),
         probs=probs,
         label="mel",
-        uncertainty=0.37,
-        ood=False,
-        ood_reason="",
+        uncertainty_text="Uncertainty moderate. On validation images, the top prediction at this level was wrong 23% "
+                         "of the time.",
+        referral={"text": REFER_TEXT, "numbers": "Melanoma score 0.710; referral threshold 0.021",
+                  "threshold_note": "the model card's threshold, chosen on validation images"},
+        similar_cases=[("ISIC_0024306", "Melanoma (mel)", "histopathology", 0.93),
+                       ("ISIC_0012345", "Melanocytic nevus (nv)", "ISIC 2017 challenge label", 0.91)],
         measurements=measure_lesion(mask, rgb, mm_per_pixel=0.05),
         model_info={"version": "2025.03-rc1", "created": "2025-03-01T12:00:00Z",
                     "metrics": {"balanced_accuracy": 0.812, "mask_cn": {"macro_auc": 0.951}}},
@@ -139,7 +143,12 @@ def test_pdf_basics_and_content():
                  "Benign keratosis-like lesion", "Dermatofibroma", "Melanocytic nevus", "Vascular lesion"):
         assert name in text, name
     assert "Melanoma (top class)" in text
-    assert "16.0 %" in text and "0.37" in text
+    assert "16.0 %" in text
+    assert f"Melanoma referral: {REFER_TEXT}" in text
+    assert "Melanoma score 0.710; referral threshold 0.021 (the model card's threshold, chosen on validation images)." in text
+    assert "Uncertainty moderate. On validation images, the top prediction at this level was wrong 23% of the time." in text
+    assert "ISIC_0024306 Melanoma (mel) histopathology 0.93" in text and "ISIC 2017 challenge label 0.91" in text
+    assert "benign" not in text.lower().replace("benign keratosis", "")
     # every measurement row in the shared wording (core.lesion_measurements.describe_measurements), with mm values
     rgb, mask = lesion_image()
     measurements = measure_lesion(mask, rgb, mm_per_pixel=0.05)
@@ -148,7 +157,7 @@ def test_pdf_basics_and_content():
     assert f"{measurements['max_diameter_mm']:,.1f} mm" in text
     assert f"{measurements['asymmetry']:.0%} of the lesion area does not overlap its mirror image" in text
     assert "balanced_accuracy" in text and "0.812" in text and "mask_cn / macro_auc" in text
-    assert "OUT-OF-DISTRIBUTION" not in text
+    assert "Unusual image" not in text and "No diagnosis" not in text and "Patient context" not in text
 
 
 def test_top_class_row_is_highlighted():
@@ -161,16 +170,35 @@ def test_top_class_row_is_highlighted():
     assert "re S" in content[content.rfind("q ", 0, nv_row):nv_row]
 
 
-def test_ood_warning_and_sanitised_reason():
-    pdf = make_report(ood=True, ood_reason="Looks like a clinical photo \u2013 not dermoscopy (score 0.93 \u2265 0.8)")
+def test_unusual_warning_and_sanitised_reason():
+    pdf = make_report(ood_level="unusual", ood_reason="Unlike the training images \u2013 feature distance 11.5 \u2265 9.7.")
     text = pdf_text(pdf)
-    assert "OUT-OF-DISTRIBUTION WARNING: Looks like a clinical photo - not dermoscopy (score 0.93 >= 0.8)" in text
-
-
-def test_ood_reason_ending_in_a_full_stop_is_not_doubled():
-    text = pdf_text(make_report(ood=True, ood_reason="Its features are far from every class. Treat it with caution."))
-    assert "Treat it with caution. The probabilities below are unreliable for this image." in text
+    assert "Unusual image: Unlike the training images - feature distance 11.5 >= 9.7." in text
+    assert "Most likely: Melanoma (mel) 71.0 %" in text  # still shown (the screens grey it)
     assert ".." not in text
+
+
+def test_not_dermoscopy_shows_the_reason_only():
+    reason = "This does not look like a dermoscopic image of a skin lesion, so no diagnosis is shown."
+    pdf = make_report(ood_level="not_dermoscopy", ood_reason=reason)
+    text = pdf_text(pdf)
+    assert "No diagnosis" in text and reason in text
+    for absent in ("Most likely", "Melanoma referral", "Uncertainty", "Similar confirmed cases", "Lesion measurements",
+                   "Melanocytic nevus", "Lesion segmentation"):
+        assert absent not in text, absent
+    assert pdf.count(b"/Subtype /Image") == 1  # the image itself: no overlay, no CAM
+
+
+def test_session_threshold_and_patient_context_are_stated():
+    referral = {"text": BELOW_TEXT, "numbers": "Melanoma score 0.710; referral threshold 0.800",
+                "threshold_note": "your session's threshold 0.800; the model card's is 0.021"}
+    context = [("Age", "54 years"), ("Sex", "female"), ("Anatomical site", "back")]
+    text = pdf_text(make_report(referral=referral, patient_context=context,
+                                context_note="The shipped model does not use patient context."))
+    assert f"Melanoma referral: {BELOW_TEXT}" in text
+    assert "referral threshold 0.800 (your session's threshold 0.800; the model card's is 0.021)" in text
+    assert "Patient context" in text and "Age 54 years" in text and "Anatomical site back" in text
+    assert "The shipped model does not use patient context." in text
 
 
 def test_cam_caption_is_printed_under_the_map():

@@ -19,6 +19,8 @@ STAGE_COLOURS = {"coarse_sn": "#9E9E9E", "mask_cn": "#CC0000", "enhanced_sn": "#
 SPLIT_ORDER = ["train", "val", "test"]
 CLASS_ORDER = {"Diagnosis": [short_name(c.code) for c in CLASSES]}
 BOTTOM_LEGEND = dict(orientation="h", y=-0.25)
+TEST_SET_COLOURS = ("#0F766E", "#D97706")  # HAM10000 test, ISIC 2017 val
+CALIBRATION_TITLES = {"before": "Plain softmax", "after": "Shown probabilities (decision rule)"}
 
 
 # ---------------------------------------------------------------- Analyze
@@ -113,25 +115,41 @@ def pr_figure(m: dict) -> go.Figure:
     return fig
 
 
-def operating_point_figure(roc: dict, threshold: float, sensitivity: float | None,
-                           specificity: float | None) -> go.Figure:
-    """The melanoma ROC curve with the chosen threshold's (1 - specificity, sensitivity) marked."""
-    fig = go.Figure(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name="Melanoma ROC",
-                               line=dict(color=class_colour("mel"))))
-    if sensitivity is not None and specificity is not None:
-        fig.add_trace(go.Scatter(x=[1 - specificity], y=[sensitivity], mode="markers", name=f"threshold {threshold:.2f}",
-                                 marker=dict(size=14, color="#111", symbol="x")))
-    fig.update_layout(height=380, xaxis_title="1 − specificity", yaxis_title="Sensitivity", margin=dict(t=10),
-                      legend=BOTTOM_LEGEND)
+def referral_roc_figure(curves: dict[str, dict], threshold: float) -> go.Figure:
+    """ROC curves of the melanoma referral score on each test set (label -> {fpr, tpr, sensitivity, specificity}),
+    each with the point of `threshold` marked."""
+    fig = go.Figure()
+    fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line=dict(color="#999", dash="dot"))
+    for (label, curve), colour in zip(curves.items(), TEST_SET_COLOURS):
+        fig.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=label, line=dict(color=colour)))
+        if curve["sensitivity"] is not None and curve["specificity"] is not None:
+            fig.add_trace(go.Scatter(x=[1 - curve["specificity"]], y=[curve["sensitivity"]], mode="markers",
+                                     name=f"{label}: threshold {threshold:.3f}",
+                                     marker=dict(size=13, color=colour, symbol="x", line=dict(width=1, color="#111"))))
+    fig.update_layout(height=400, xaxis_title="1 − specificity", yaxis_title="Sensitivity (melanoma)",
+                      margin=dict(t=10), legend=BOTTOM_LEGEND)
+    return fig
+
+
+def risk_coverage_figure(curves: dict[str, dict]) -> go.Figure:
+    """Risk-coverage curves (label -> model card risk_coverage {coverage, risk, aurc}): the error rate of the images
+    accepted when the most uncertain are set aside first."""
+    fig = go.Figure()
+    for (label, curve), colour in zip(curves.items(), TEST_SET_COLOURS):
+        fig.add_trace(go.Scatter(x=curve["coverage"], y=curve["risk"], mode="lines", line=dict(color=colour, width=2),
+                                 name=f"{label} (AURC {curve.get('aurc', float('nan')):.3f})"))
+    fig.update_xaxes(title="Coverage (share of images kept, most certain first)", tickformat=".0%", range=[0, 1])
+    fig.update_yaxes(title="Error rate of the kept images", tickformat=".0%", rangemode="tozero")
+    fig.update_layout(height=400, margin=dict(t=10), legend=BOTTOM_LEGEND)
     return fig
 
 
 def reliability_figure(calibration: dict) -> go.Figure:
-    """Reliability diagrams before / after temperature scaling: per confidence bin a bar at the bin's accuracy and a
-    dot at its mean confidence (on the diagonal when calibrated); the gap between the two is the bin's error."""
-    keys = [k for k in ("before", "after") if k in calibration]
-    titles = [f"{'Before' if k == 'before' else 'After'} temperature scaling · ECE "
-              f"{calibration[k].get('ece', float('nan')):.3f}" for k in keys]
+    """Reliability diagrams of the plain softmax ("before") and of the shown probabilities ("after": the decision
+    rule); per confidence bin a bar at the bin's accuracy and a dot at its mean confidence (on the diagonal when
+    calibrated); the gap between the two is the bin's error."""
+    keys = [k for k in CALIBRATION_TITLES if k in calibration]
+    titles = [f"{CALIBRATION_TITLES[k]} · ECE {calibration[k].get('ece', float('nan')):.3f}" for k in keys]
     fig = make_subplots(rows=1, cols=len(keys), subplot_titles=titles, shared_yaxes=True)
     for i, key in enumerate(keys):
         bins = [b for b in calibration[key].get("bins", []) if b.get("count", 0) > 0]

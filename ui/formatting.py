@@ -1,5 +1,5 @@
-"""Words and numbers as the pages show them: class names and colours, percentages, uncertainty, the measurement
-table, CAM captions and the disclaimer."""
+"""Words and numbers as the pages show them: class names and colours, model and test-set names, percentages and
+confidence intervals, the patient-context note, the measurement table, CAM captions and the disclaimer."""
 from __future__ import annotations
 
 import pandas as pd
@@ -7,8 +7,19 @@ import pandas as pd
 from core.classes import CLASS_BY_CODE, CLASSES, MALIGNANT_CODES
 
 MALIGNANT_MARK = "▲"
-MODEL_LABELS = {"mask_cn": "mask-CN (image + lesion mask)", "classifier": "Image-only classifier"}
+MODEL_LABELS = {"mask_cn": "mask-CN (shipped)", "mask_cn_single_view": "mask-CN, one view (no TTA)",
+                "classifier": "Image-only classifier", "ensemble": "mask-CN + image-only (mean)"}
+HEADLINE_SOURCES = {"ham10000": "HAM10000 test", "isic2017": "ISIC 2017 val"}
+HEADLINE_WORDS = {"auc": "AUC", "sn": "SN", "dice": "Dice", "jaccard": "Jaccard"}
+OOD_WORDS = {"in": "in distribution", "unusual": "⚠ unusual", "not_dermoscopy": "⚠ not dermoscopy"}
+OOD_RESULT_LABELS = {"ham10000_test": "HAM10000 test", "isic2017_test": "ISIC 2017 official validation",
+                     "real_non_dermoscopy_photos": "Real photographs (not dermoscopy)",
+                     "synthetic_non_dermoscopic": "Synthetic images (noise, flat colour, stripes, text)"}
 SEG_LABELS = {"coarse_sn": "coarse-SN", "enhanced_sn": "enhanced-SN"}
+SEG_VARIANT_LABELS = {"coarse_sn": "coarse-SN", "coarse_sn_tta": "coarse-SN + flip TTA",
+                      "coarse_sn_more": "coarse-SN trained longer (control)", "enhanced_sn": "enhanced-SN (shipped)",
+                      "enhanced_sn_tta": "enhanced-SN + flip TTA",
+                      "enhanced_sn_zero": "enhanced-SN, zero localisation map (control)"}
 SHORT_NAMES = {"akiec": "Actinic keratosis/IEC", "bcc": "Basal cell carcinoma", "bkl": "Benign keratosis",
                "df": "Dermatofibroma", "mel": "Melanoma", "nv": "Nevus", "vasc": "Vascular lesion"}
 SHORT_NAME_COLOURS = {SHORT_NAMES[c.code]: c.color for c in CLASSES}
@@ -56,13 +67,53 @@ def decimals(value, digits: int = 3) -> str:
     return "—" if value is None else f"{float(value):.{digits}f}"
 
 
-def uncertainty_words(value: float) -> str:
-    """Normalised entropy in words: low (< 0.25), moderate (< 0.5), high."""
-    if value < 0.25:
-        return "low"
-    if value < 0.5:
-        return "moderate"
-    return "high"
+def ci_text(entry: dict | None, fmt=decimals) -> str:
+    """A model-card figure {value, ci95} as '0.701 (95% CI 0.640 to 0.757)'; '—' when absent."""
+    if not entry or entry.get("value") is None:
+        return "—"
+    low, high = (entry.get("ci95") or [None, None])[:2]
+    interval = "" if low is None or high is None else f" (95% CI {fmt(low)} to {fmt(high)})"
+    return fmt(entry["value"]) + interval
+
+
+def ci_range(entry: dict | None, fmt=decimals) -> str:
+    """Only the interval of a model-card figure: '95% CI 0.640 to 0.757' ('' when absent)."""
+    low, high = ((entry or {}).get("ci95") or [None, None])[:2]
+    return "" if low is None or high is None else f"95% CI {fmt(low)} to {fmt(high)}"
+
+
+def paired_difference_label(name: str) -> str:
+    """'enhanced_sn - coarse_sn (Jaccard)' (model card) -> 'enhanced-SN (shipped) − coarse-SN (Jaccard)'."""
+    pair, _, metric = name.partition(" (")
+    names = " − ".join(SEG_VARIANT_LABELS.get(p.strip(), p.strip()) for p in pair.split(" - "))
+    return names + (f" ({metric}" if metric else "")
+
+
+def headline_label(key: str, with_source: bool = True) -> str:
+    """A model card headline key in words: 'ham10000_macro_auc' -> 'HAM10000 test: Macro AUC' (or 'Macro AUC')."""
+    source, _, rest = key.partition("_")
+    words = " ".join(HEADLINE_WORDS.get(w, w) for w in rest.split("_")).replace("enhanced SN", "enhanced-SN")
+    words = words[:1].upper() + words[1:]
+    return f"{HEADLINE_SOURCES.get(source, source)}: {words}" if with_source else words
+
+
+def headline_format(key: str):
+    """pct for accuracies, three decimals for AUC, Dice and Jaccard."""
+    return pct if "accuracy" in key else decimals
+
+
+def context_use_text(card: dict | None) -> str:
+    """Whether the shipped model uses patient context, with the card's validation comparison."""
+    context = (card or {}).get("patient_context") or {}
+    if context.get("shipped"):
+        return "The shipped model uses the patient context together with the image."
+    gain = context.get("gain")
+    low, high = (context.get("gain_ci95") or [None, None])[:2]
+    measured = ("" if gain is None or low is None else
+                f" (on validation, adding age, sex and site changed the criterion by {gain:+.3f}, 95% CI "
+                f"{low:+.3f} to {high:+.3f}; see Model performance)")
+    return (f"The shipped model does not use patient context{measured}: the values are checked and recorded in the "
+            "report only.")
 
 
 def measurement_table(measurements: dict) -> pd.DataFrame:
@@ -76,3 +127,8 @@ def cam_caption(method: str, class_code: str, masked: bool) -> str:
     """What made a CAM image: 'Grad-CAM · target Melanoma (mel) · lesion mask applied'."""
     mask = "lesion mask applied (map kept inside it)" if masked else "lesion mask not applied"
     return f"{method} · target {class_label(class_code)} · {mask}"
+
+
+# Diagnosis content of an unusual image is shown greyed: the pages put it into containers whose key starts with
+# "unusual" (Streamlit gives a keyed container the CSS class st-key-<key>).
+GREYED_CSS = "<style>[class*='st-key-unusual'] {opacity: 0.45; filter: grayscale(0.8);}</style>"

@@ -1,8 +1,9 @@
 """The shipped model's files as the pages read them (cached, re-read when a file changes): the model card and the
 per-image test predictions.
 
-weights/test_predictions.csv (written by train/evaluate.py) has one row per test image: image_id, source, dx, then
-per classifier its arg-max and its seven calibrated probabilities. The shipped mask-CN's columns are `pred` and
+weights/test_predictions.csv (written by train/evaluate.py) has one row per test image of both test sets (`source`
+ham10000 / isic2017): image_id, source, dx, lesion_id, then per classifier its arg-max and its seven probabilities,
+and the shipped model's mel_score, refer, uncertainty and OOD levels. The shipped mask-CN's columns are `pred` and
 `p_<code>`; another classifier's are `<model>_pred` and `<model>_p_<code>` (e.g. `classifier_p_mel`), and a
 classifier without columns has no per-image predictions (`predictions_of` returns None for it).
 """
@@ -13,8 +14,11 @@ import streamlit as st
 
 from core.classes import CLASS_CODES
 from ui.analyzers import card_stamp, weights_dir
+from ui.formatting import ci_text, decimals, headline_label
 
 SHIPPED_MODEL = "mask_cn"
+TEST_SETS = {"ham10000_test": "HAM10000 test", "isic2017_test": "ISIC 2017 official validation"}
+TEST_SET_SOURCES = {"ham10000_test": "ham10000", "isic2017_test": "isic2017"}  # test set -> `source` in the CSV
 
 
 @st.cache_data(show_spinner=False)
@@ -50,37 +54,30 @@ def prediction_columns(model: str) -> list[str]:
     return [f"{prefix}pred", *(f"{prefix}p_{c}" for c in CLASS_CODES)]
 
 
-def predictions_of(model: str) -> pd.DataFrame | None:
-    """`model`'s test predictions as image_id, source, dx, pred, p_<code>; None when the CSV is missing or has no
-    columns for that model."""
+def predictions_of(model: str, test_set: str | None = None) -> pd.DataFrame | None:
+    """`model`'s test predictions as image_id, source, dx, pred, p_<code> (of one test set, or both); None when the
+    CSV is missing or has no columns for that model."""
     table = test_predictions()
     columns = prediction_columns(model)
     if table is None or not set(columns) <= set(table.columns):
         return None
+    if test_set is not None:
+        table = table[table["source"] == TEST_SET_SOURCES[test_set]]
     standard = ["pred", *(f"p_{c}" for c in CLASS_CODES)]
     return table[["image_id", "source", "dx", *columns]].set_axis(["image_id", "source", "dx", *standard], axis=1)
 
 
-def test_metrics(card: dict | None, model: str = SHIPPED_MODEL) -> dict:
-    """The model card's test classification metrics of `model` ({} when absent)."""
-    return (card or {}).get("metrics", {}).get("test", {}).get("classification", {}).get(model, {})
+def test_set_metrics(card: dict | None, test_set: str) -> dict:
+    """The model card's figures for one test set (classification, referral, uncertainty, segmentation, retrieval)."""
+    return (card or {}).get("metrics", {}).get(test_set, {})
 
 
-def temperature_of(card: dict, model: str) -> float | None:
-    """The temperature `model`'s probabilities were calibrated with (fitted on validation), if the card has it."""
-    rule = test_metrics(card, model).get("decision_rule") or {}
-    value = rule.get("temperature", card.get("temperature") if model == SHIPPED_MODEL else None)
-    return None if value is None else float(value)
+def classification_of(card: dict | None, test_set: str, model: str = SHIPPED_MODEL) -> dict:
+    """`model`'s classification metrics on `test_set` ({} when absent)."""
+    return test_set_metrics(card, test_set).get("classification", {}).get(model, {})
 
 
-def headline_metrics(card: dict | None) -> dict:
-    """Test-set headline numbers of the shipped mask-CN (for display and the PDF)."""
-    m = test_metrics(card)
-    out = {
-        "test accuracy": m.get("accuracy"),
-        "test balanced accuracy": m.get("balanced_accuracy"),
-        "test macro AUC": m.get("macro_auc"),
-        "test melanoma sensitivity": m.get("per_class", {}).get("mel", {}).get("recall"),
-    }
-    return {k: v for k, v in out.items() if v is not None}
-
+def headline_metrics(card: dict | None) -> dict[str, str]:
+    """The card's headline figures with their 95 % CIs, as text (for the PDF)."""
+    return {headline_label(key): ci_text(entry, decimals) for key, entry in (card or {}).get("headline", {}).items()
+            if entry}

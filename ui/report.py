@@ -1,24 +1,35 @@
-"""The PDF report of one analysis as the Analyze page offers it (core.report.build_pdf_report with the images and
-captions the page shows)."""
+"""The PDF report of one analysis as the Analyze page offers it (core.report.build_pdf_report with the images,
+captions, referral threshold and patient context the page shows)."""
 from __future__ import annotations
 
 import numpy as np
 
+from ui.formatting import class_label, context_use_text
 from ui.images import mask_overlay
 from ui.model_files import headline_metrics, model_card
+from ui.referral import referral_of
 
 
-def build_report(rgb: np.ndarray, result, mask: np.ndarray, measurements: dict, cam_image: np.ndarray | None,
-                 cam_caption: str, note: str = "") -> bytes:
-    """PDF bytes for one core.inference.AnalysisResult: `mask` = the mask shown, `cam_image` = the CAM overlay shown
-    (or None) with its caption."""
+def build_report(rgb: np.ndarray, result, mask: np.ndarray | None, measurements: dict, cam_image: np.ndarray | None,
+                 cam_caption: str, note: str = "", context=None) -> bytes:
+    """PDF bytes for one core.inference.AnalysisResult: `mask` = the mask shown (None: not dermoscopy), `cam_image` = the CAM overlay shown
+    (or None) with its caption, `context` = the core.patient_context.PatientContext entered (or None). The referral
+    uses the session's threshold when one is set, and the PDF says which."""
     from core.report import build_pdf_report
 
     card = model_card() or {}
+    referral = referral_of(result)
+    similar = [] if result.similar is None else [
+        (row.image_id, class_label(row.dx), row.confirmed_by, float(row.similarity))
+        for row in result.similar.itertuples(index=False)]
+    given = context is not None and context.given
     return build_pdf_report(
-        image_rgb=rgb, overlay_rgb=mask_overlay(rgb, mask), cam_rgb=cam_image, cam_caption=cam_caption,
-        probs=result.probs, label=result.label, uncertainty=result.uncertainty, ood=result.ood,
-        ood_reason=result.ood_reason, measurements=measurements,
+        image_rgb=rgb, overlay_rgb=None if mask is None else mask_overlay(rgb, mask), cam_rgb=cam_image, cam_caption=cam_caption,
+        probs=result.probs, label=result.label, ood_level=result.ood_level, ood_reason=result.ood_reason,
+        uncertainty_text=result.uncertainty_text,
+        referral={"text": referral.text, "numbers": referral.numbers, "threshold_note": referral.threshold_note},
+        similar_cases=similar, patient_context=context.rows() if given else [],
+        context_note=context_use_text(card) if given else "", measurements=measurements,
         model_info={"version": card.get("version", "unknown"), "created": card.get("created", "unknown"),
                     "metrics": headline_metrics(card)},
         clinician_note=note,

@@ -1,0 +1,259 @@
+"""The model card's rules as the screens apply them (AppTest on the real app, the shipped weights and real images):
+one melanoma referral rule on Analyze, Batch, the predict CLI's CSV and the PDF, also at a session's own threshold;
+no diagnosis for an image that is not dermoscopy; an unusual image's diagnosis greyed with its warning; similar cases
+with and without the data folder; patient context (validated, recorded in the PDF and the Batch CSV)."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+
+import pytest
+from apptest_support import alerts, captions, dataframe, keyed_block, metrics, page, texts, upload
+from test_report import pdf_text
+
+from core.referral import BELOW_TEXT, REFER_TEXT
+
+ANALYZE, BATCH, PERFORMANCE = "app_pages/analyze.py", "app_pages/batch.py", "app_pages/model_performance.py"
+
+
+@pytest.fixture
+def pdfs(monkeypatch):
+    """Every PDF the app builds in the test (bytes), in order."""
+    import core.report
+
+    built = []
+    real = core.report.build_pdf_report
+    monkeypatch.setattr(core.report, "build_pdf_report", lambda **kw: built.append(real(**kw)) or built[-1])
+    return built
+
+
+def _image(data_dir, index: int = 0):
+    return sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[index]
+
+
+def _referral_alert(at) -> str:
+    shown = [a for a in alerts(at) if REFER_TEXT in a or BELOW_TEXT in a]
+    assert len(shown) == 1, alerts(at)
+    return shown[0]
+
+
+def _analyze(at, name: str, data: bytes, pdf: bool = True):
+    at = page(at, ANALYZE)
+    upload(at, "upload", (name, data, "image/jpeg"))
+    if pdf:
+        at.button(key="pdf_prepare").click().run()
+        assert not at.exception, at.exception
+    return at
+
+
+def _batch(at, files, metadata: tuple | None = None):
+    at = page(at, BATCH)
+    upload(at, "batch_upload", files)
+    if metadata is not None:
+        upload(at, "batch_metadata", metadata)
+    if not at.button(key="batch_run").disabled:
+        at.button(key="batch_run").click().run()
+        assert not at.exception, at.exception
+    return at
+
+
+def _csv_rows(data: bytes) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+
+
+def _analyzer_result(path):
+    from core.intake import load_image_file
+    from ui.analyzers import pool
+
+    with pool().borrow() as analyzer:
+        return analyzer.analyze(load_image_file(path))
+
+
+# ---------------------------------------------------------------- one referral rule everywhere
+def test_referral_agrees_on_every_surface_and_follows_the_session_threshold(app, data_dir, tmp_path, pdfs, downloads):
+    from core.predict import predict_one
+    from ui.analyzers import pool
+
+    image = _image(data_dir, 1)
+    card_threshold = _analyzer_result(image).referral_threshold
+    with pool().borrow() as analyzer:  # the predict CLI's row for the same file
+        cli = predict_one(analyzer, image, tmp_path)
+    refers = cli["refer"] == "yes"
+    score = float(cli["mel_score"])
+
+    def check(at, refer: bool, note: str) -> None:
+        shown = _referral_alert(at)
+        assert (REFER_TEXT if refer else BELOW_TEXT) in shown and note in shown, shown
+        text = pdf_text(pdfs[-1])
+        assert f"Melanoma referral: {REFER_TEXT if refer else BELOW_TEXT}" in text, text
+        assert note in text
+
+    at = _analyze(app, image.name, image.read_bytes())
+    check(at, refers, "the model card's threshold")
+    at = _batch(at, [(image.name, image.read_bytes(), "image/jpeg")])
+    assert list(dataframe(at, "thumbnail")["refer"]) == [cli["refer"]]
+    (row,) = _csv_rows(downloads["lesionlens_batch.csv"])
+    assert row["refer"] == cli["refer"] and row["mel_score"] == cli["mel_score"]
+    assert float(row["referral_threshold"]) == pytest.approx(card_threshold, abs=1e-5)
+
+    # a session threshold on the other side of this image's score flips every surface, and each says so
+    at = page(at, PERFORMANCE)
+    options = [float(o) for o in at.select_slider(key="referral_slider").options if "model card" not in o]
+    threshold = min(o for o in options if o > score) if refers else max(o for o in options if o <= score)
+    at.select_slider(key="referral_slider").set_value(threshold).run()
+    assert not at.exception, at.exception
+    note = f"your session's threshold {threshold:.3f}; the model card's is {card_threshold:.3f}"
+    at = _analyze(at, image.name, image.read_bytes())
+    check(at, not refers, note)
+    at = _batch(at, [(image.name, image.read_bytes(), "image/jpeg")])
+    assert list(dataframe(at, "thumbnail")["refer"]) == ["no" if refers else "yes"]
+    assert any(note in c for c in texts(at).splitlines())
+    (row,) = _csv_rows(downloads["lesionlens_batch.csv"])
+    assert row["refer"] == ("no" if refers else "yes") and float(row["referral_threshold"]) == threshold
+
+
+# ---------------------------------------------------------------- out of distribution
+def _no_diagnosis(at, reason: str) -> None:
+    """The reason only: no class heading, probability, referral, CAM, measurements or similar cases."""
+    assert any(e.value.startswith("**No diagnosis.**") and reason in e.value for e in at.error), alerts(at)
+    assert not [m.value for m in at.markdown if m.value.startswith("### ")]
+    assert not at.get("plotly_chart") and not at.metric and "Probability" not in texts(at)
+    assert not any(REFER_TEXT in a or BELOW_TEXT in a for a in alerts(at))
+    assert "Similar cases" not in texts(at) and "Class activation map" not in texts(at)
+    assert not [t for t in at.table] and len(at.image) == 1  # the upload itself, no overlay or CAM
+    assert [b.proto.label for b in at.get("download_button")] == ["PDF report"]
+
+
+def test_a_real_photograph_gets_no_diagnosis(app, pdfs, downloads):
+    """skimage's astronaut photograph (the shipped OOD detector rejects it; it accepts sklearn's china.jpg, which it
+    calls unusual) on Analyze, in the PDF and on Batch."""
+    import cv2
+    import skimage.data
+
+    ok, encoded = cv2.imencode(".png", skimage.data.astronaut()[:, :, ::-1])
+    data = encoded.tobytes()
+    at = _analyze(app, "astronaut.png", data)
+    _no_diagnosis(at, "does not look like a dermoscopic image")
+    text = pdf_text(pdfs[-1])
+    assert "No diagnosis" in text and "does not look like a dermoscopic image" in text
+    assert "Most likely" not in text and "Melanoma referral" not in text and "Similar confirmed cases" not in text
+    at = _batch(at, [("astronaut.png", data, "image/png")])
+    table = dataframe(at, "thumbnail")
+    assert table["status"].iloc[0] == "⚠ not dermoscopy: no diagnosis" and table["prediction"].isna().iloc[0]
+    assert table["refer"].isna().iloc[0] and table["ood"].iloc[0] == "⚠ not dermoscopy"
+    assert metrics(at)["Not dermoscopy (no diagnosis)"] == "1"
+    (row,) = _csv_rows(downloads["lesionlens_batch.csv"])
+    assert row["pred"] == "" and row["refer"] == "" and row["p_mel"] == "" and row["ood_level"] == "not_dermoscopy"
+    assert row["ood_reason"].startswith("This does not look like") and row["model_version"]
+
+
+@pytest.fixture
+def ood_level(monkeypatch):
+    """Make every analysis report the given OOD level (the detector itself is tested in test_inference)."""
+    from core.inference import Analyzer
+
+    chosen = {}
+    real = Analyzer.analyze
+
+    def analyze(self, rgb, *args, **kwargs):
+        result = real(self, rgb, *args, **kwargs)
+        return dataclasses.replace(result, ood_level=chosen["level"], ood_reason=chosen["reason"])
+
+    monkeypatch.setattr(Analyzer, "analyze", analyze)
+    return lambda level, reason: chosen.update(level=level, reason=reason)
+
+
+def test_not_dermoscopy_means_no_diagnosis_whatever_the_image(app, data_dir, ood_level, pdfs, downloads):
+    """The consequence of the level, on a real dermoscopic image the detector is told to reject."""
+    ood_level("not_dermoscopy", "TEST REASON: not dermoscopy.")
+    image = _image(data_dir)
+    at = _analyze(app, image.name, image.read_bytes())
+    _no_diagnosis(at, "TEST REASON: not dermoscopy.")
+    assert "Most likely" not in pdf_text(pdfs[-1]) and "TEST REASON" in pdf_text(pdfs[-1])
+    at = _batch(at, [(image.name, image.read_bytes(), "image/jpeg")])
+    (row,) = _csv_rows(downloads["lesionlens_batch.csv"])
+    assert row["pred"] == "" and row["ood_reason"] == "TEST REASON: not dermoscopy."
+
+
+def test_an_unusual_image_is_shown_greyed_with_its_warning(app, data_dir, ood_level, pdfs):
+    ood_level("unusual", "TEST REASON: unlike the training images.")
+    image = _image(data_dir)
+    at = _analyze(app, image.name, image.read_bytes())
+    assert any(w.startswith("**Unusual image.**") and "TEST REASON" in w for w in [w.value for w in at.warning])
+    # the diagnosis is there, inside the containers the greying CSS rule applies to
+    from ui.formatting import GREYED_CSS
+
+    assert GREYED_CSS in [h.proto.body for h in at.get("html")]
+    block = keyed_block(at, "unusual_diagnosis")
+    assert block is not None and keyed_block(at, "unusual_probabilities") is not None
+    assert any(m.value.startswith("### ") for m in block.markdown) and "Probability" in [m.label for m in block.metric]
+    assert "Unusual image: TEST REASON: unlike the training images." in pdf_text(pdfs[-1])
+    ood_level("in", "")  # an ordinary image: nothing greyed
+    at = _analyze(at, "other.jpg", _image(data_dir, 2).read_bytes(), pdf=False)
+    assert keyed_block(at, "unusual_diagnosis") is None and keyed_block(at, "diagnosis") is not None
+    assert not at.get("html")
+
+
+# ---------------------------------------------------------------- similar cases
+def test_similar_cases_with_and_without_the_data_folder(app, data_dir, pdfs):
+    image = _image(data_dir)
+    expected = _analyzer_result(image).similar
+    at = _analyze(app, image.name, image.read_bytes())
+    shown = sorted((c for c in captions(at) if "similarity" in c), key=lambda c: int(c.split(".")[0]))  # a grid
+    assert len(shown) == len(expected) == 8
+    for rank, (caption, row) in enumerate(zip(shown, expected.itertuples(index=False)), start=1):
+        assert caption.startswith(f"{rank}. ") and caption.endswith(row.image_id), caption
+        assert f"{row.confirmed_by} · similarity {row.similarity:.2f}" in caption
+    assert list(expected["similarity"]) == sorted(expected["similarity"], reverse=True)  # nearest first
+    text = pdf_text(pdfs[-1])
+    assert "Similar confirmed cases" in text and all(i in text for i in expected["image_id"])
+    # without a data folder: ids, diagnoses and how they were confirmed, no images
+    at.sidebar.text_input(key="data_dir_input").set_value("").run()
+    at = _analyze(at, image.name, image.read_bytes(), pdf=False)
+    table = dataframe(at, "confirmed_by")
+    assert list(table["image_id"]) == list(expected["image_id"])
+    assert table["dx"].iloc[0].endswith(f"({expected['dx'].iloc[0]})")
+    assert not [c for c in captions(at) if "similarity" in c]
+
+
+# ---------------------------------------------------------------- patient context
+def test_patient_context_on_analyze(app, data_dir, pdfs):
+    image = _image(data_dir)
+    at = page(app, ANALYZE)
+    at.text_input(key="context_age").set_value("abc").run()
+    upload(at, "upload", (image.name, image.read_bytes(), "image/jpeg"))
+    assert any("age 'abc' is not a number of years" in e.value for e in at.error)
+    assert [m.value for m in at.markdown if m.value.startswith("### ")], "the analysis stopped"
+    assert any("does not use patient context" in c.value for c in at.caption)
+    at.button(key="pdf_prepare").click().run()
+    assert "Patient context" not in pdf_text(pdfs[-1])  # an invalid value is left out
+    at.text_input(key="context_age").set_value("54").run()
+    at.selectbox(key="context_sex").set_value("female").run()
+    at.selectbox(key="context_site").set_value("lower extremity").run()
+    assert not any("Patient context:" in e.value for e in at.error)
+    at.button(key="pdf_prepare").click().run()
+    assert not at.exception, at.exception
+    text = pdf_text(pdfs[-1])
+    assert "Age 54 years" in text and "Sex female" in text and "Anatomical site lower extremity" in text
+    assert "does not use patient context" in text
+
+
+def test_patient_context_csv_on_batch(app, data_dir, downloads):
+    images = [_image(data_dir, i) for i in (0, 1)]
+    files = [(p.name, p.read_bytes(), "image/jpeg") for p in images]
+    bad = f"image,age,sex,site\n{images[0].name},40,female,back\n{images[1].stem},40,male,moon\n".encode()
+    at = _batch(app, files, ("context.csv", bad, "text/csv"))
+    assert any("context.csv: row 3" in e.value and "site 'moon'" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="batch_run").disabled and "batch_result" not in at.session_state
+    good = f"image,age,sex,site\n{images[0].name},40,female,back\n{images[1].stem},,,\n".encode()
+    upload(at, "batch_metadata", ("context.csv", good, "text/csv"))
+    at.button(key="batch_run").click().run()
+    assert not at.exception, at.exception
+    table = dataframe(at, "thumbnail")
+    assert list(table["age"].fillna("")) == ["40", ""] and list(table["sex"].fillna("")) == ["female", ""]
+    rows = _csv_rows(downloads["lesionlens_batch.csv"])
+    assert [(r["age"], r["sex"], r["site"]) for r in rows] == [("40", "female", "back"), ("", "", "")]
+    from core.predict import COLUMNS
+
+    assert list(rows[0]) == [*COLUMNS, "referral_threshold"]

@@ -1,0 +1,69 @@
+"""The melanoma referral as every screen shows it: the model card's rule (core.referral) at the card's threshold, or
+at the session's own threshold chosen on the Model performance page. Analyze, Batch and the PDF read the threshold
+here, so they always agree with each other and say whose threshold it is."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from core.classes import CLASS_CODES
+from core.referral import BELOW_TEXT, REFER_TEXT, ReferralRule
+from ui.model_files import model_card
+
+SESSION_THRESHOLD = "referral_threshold"  # plain session state: survives page switches; None / absent = the card's
+
+
+@dataclass(frozen=True)
+class Referral:
+    refer: bool
+    score: float            # the rule's melanoma score of the image
+    threshold: float        # the threshold applied
+    card_threshold: float
+
+    @property
+    def session(self) -> bool:
+        """True when the session's own threshold was applied."""
+        return self.threshold != self.card_threshold
+
+    @property
+    def text(self) -> str:
+        return REFER_TEXT if self.refer else BELOW_TEXT
+
+    @property
+    def numbers(self) -> str:
+        """'Melanoma score 0.153; referral threshold 0.021', with as many decimals as it takes to tell them apart."""
+        digits = next((d for d in range(3, 7) if f"{self.score:.{d}f}" != f"{self.threshold:.{d}f}"), 6)
+        return f"Melanoma score {self.score:.{digits}f}; referral threshold {self.threshold:.{digits}f}"
+
+    @property
+    def threshold_note(self) -> str:
+        """Whose threshold it is: "your session's threshold 0.300; the model card's is 0.021" or "the model card's"."""
+        if self.session:
+            return f"your session's threshold {self.threshold:.3f}; the model card's is {self.card_threshold:.3f}"
+        return "the model card's threshold, chosen on validation images"
+
+
+def rule() -> ReferralRule:
+    """The shipped model's referral rule (score and card threshold)."""
+    return ReferralRule.from_card(model_card() or {})
+
+
+def session_threshold() -> float | None:
+    """The threshold this session chose on Model performance, or None (the card's)."""
+    value = st.session_state.get(SESSION_THRESHOLD)
+    return None if value is None else float(value)
+
+
+def set_session_threshold(value: float | None) -> None:
+    """Use `value` for this session's referrals (None: back to the card's)."""
+    st.session_state[SESSION_THRESHOLD] = value
+
+
+def referral_of(result, threshold: float | None = None) -> Referral:
+    """The referral of a core.inference.AnalysisResult at `threshold` (default: the session's, else the card's)."""
+    threshold = session_threshold() if threshold is None else threshold
+    if threshold is None or threshold == result.referral_threshold:
+        return Referral(bool(result.refer), result.mel_score, result.referral_threshold, result.referral_threshold)
+    refer = bool(rule().refer([result.probs[c] for c in CLASS_CODES], threshold))
+    return Referral(refer, result.mel_score, float(threshold), result.referral_threshold)
