@@ -57,7 +57,7 @@ class AnalysisResult:
     uncertainty_level: str           # low | moderate | high
     uncertainty_text: str            # the level with its measured validation error rate
     ood_level: str                   # in | unusual | not_dermoscopy
-    ood_score: float                 # feature distance
+    ood_score: float                 # the distance the "unusual" level thresholds (card: ood.unusual_score)
     ood_reason: str                  # one sentence ("" when in distribution)
     measurements: dict
     similar: pd.DataFrame | None = None   # nearest reference cases (core.retrieval), nearest first

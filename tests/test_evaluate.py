@@ -28,7 +28,8 @@ def test_the_card_holds_every_rule_and_verifiable_files(tiny_card):
     assert card["decision_rule"]["views"] in (1, 4, 8) and card["decision_rule"]["temperature"] > 0
     assert card["referral"]["score"] in ("mel", "malignant") and 0 <= card["referral"]["threshold"] <= 1
     assert len(card["uncertainty"]["cuts"]) == 2 and card["uncertainty"]["cuts"][0] <= card["uncertainty"]["cuts"][1]
-    assert set(card["ood"]["thresholds"]) == {"image", "feature_far", "feature_unusual"}
+    assert set(card["ood"]["thresholds"]) == {"chroma", "imagenet_distance", "unusual"}
+    assert card["ood"]["unusual_score"] in ("feature_distance", "case_distance", "imagenet_distance")
     assert card["ood"]["results"]["real_non_dermoscopy_photos"]["n"] == 21
     for name, entry in card["files"].items():
         assert sha256_of(weights / name) == entry["sha256"], name
