@@ -2,7 +2,8 @@
 
 Starts `streamlit run streamlit_app.py` on a free port, opens a page by its URL (the navigation must be the full one),
 walks through every page with the sidebar navigation, uploads a full-resolution HAM10000 image on Analyze (and asks
-for the PDF), clicks a confusion-matrix cell, analyses a small batch (with one broken file) on Batch, evaluates a
+for the PDF), clicks a confusion-matrix cell, analyses a small batch (with one broken file) on Batch, compares a random
+same-lesion pair on Compare follow-up, evaluates a
 folder on Evaluate your data (and cancels a second run with its Cancel button), and saves a screenshot of each page to test-artifacts/screenshots/<page>.png. With SAVE_SCREENSHOTS=1 small
 (900 px wide, < 300 KB) copies go to docs/screenshots/ for the README.
 
@@ -276,6 +277,16 @@ def _tour(page, server, data_dir, tmp_path) -> None:
     page.get_by_text("Not analysed").first.wait_for()
     assert "broken.jpg" in page.locator("[data-testid='stAlert']").filter(has_text="Not analysed").first.inner_text()
     _shot(page, "batch")
+
+    # Compare follow-up: a random pair of images of one held-out lesion, registered and compared
+    _goto(page, "Compare follow-up")
+    page.get_by_text("Dataset pair (same lesion)").first.click()
+    _idle(page)
+    page.get_by_role("button", name="Random same-lesion pair").click()
+    page.get_by_role("button", name="Download comparison report (PDF)").wait_for(timeout=SLOW_MS)
+    _idle(page)
+    _no_exception(page)
+    _shot(page, "compare")
 
     # Evaluate your data: a small one-folder-per-class folder of test images runs to its report; a larger one is
     # cancelled with the Cancel button while it runs, and reported as cancelled

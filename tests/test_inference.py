@@ -115,9 +115,12 @@ def test_non_dermoscopic_images_are_flagged(analyzer):
     rng = np.random.default_rng(1)
     noise = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
     flat = np.full((300, 400, 3), (40, 200, 40), np.uint8)
-    for image in (noise, flat):
+    grey = np.repeat(rng.integers(0, 256, (300, 400, 1), dtype=np.uint8), 3, axis=2)
+    for image, why in ((noise, "far from every dermoscopy image"), (flat, "far from every dermoscopy image"),
+                       (grey, "no colour")):
         r = analyzer.analyze(image)
-        assert r.ood_level == "not_dermoscopy" and "colours and textures" in r.ood_reason, r.ood_reason
+        assert r.ood_level == "not_dermoscopy" and why in r.ood_reason, r.ood_reason
+        assert r.diagnosis_shown is False
 
 
 def test_real_dermoscopic_images_are_mostly_in_distribution(analyzer, fullres):

@@ -73,9 +73,24 @@ def test_cam_is_the_classifier_weighted_feature_sum():
         assert torch.allclose(cams.mean(dim=(2, 3)) + bias, logits, atol=1e-4)
 
 
+def test_enhanced_sn_warm_started_from_coarse_sn_starts_as_coarse_sn():
+    """The E-layers' scales start at 0: before any training step the warm-started enhanced-SN computes exactly what
+    coarse-SN computes, whatever the localisation map."""
+    torch.manual_seed(0)
+    coarse = create_model("coarse_sn", pretrained=None).eval()
+    enhanced = create_model("enhanced_sn", pretrained=None).eval()
+    missing, unexpected = enhanced.load_state_dict(coarse.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("e_layers") for k in missing)
+    x = torch.randn(1, 3, *SEGMENTER_SIZE)
+    with torch.no_grad():
+        assert torch.equal(enhanced(x, torch.rand(1, 1, 4, 5)), coarse(x))
+
+
 def test_enhanced_sn_localisation_changes_the_output():
     torch.manual_seed(0)
     model = create_model("enhanced_sn", pretrained=None).eval()
+    for layer in model.e_layers:  # as after training: the fusion branch contributes
+        torch.nn.init.ones_(layer.scale)
     x = torch.randn(1, 3, *SEGMENTER_SIZE)
     with torch.no_grad():
         a = model(x, torch.zeros(1, 1, 4, 5))

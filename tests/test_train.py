@@ -69,6 +69,23 @@ def test_enhanced_sn_starts_from_coarse_sn(tiny_runs):
     assert any(k.startswith("e_layers") for k in enhanced)
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_enhanced_sn_is_built_from_coarse_sn_also_under_resume(tiny_runs, data_dir, resume):
+    """train_all runs every stage with --resume true: a fresh enhanced-SN must still start from coarse-SN's weights
+    (every U-Net tensor equal; only the E-layers are new)."""
+    from train.stages import STAGES as STAGE_CLASSES
+    from train.train import CONFIG, build_model
+
+    runs, _ = tiny_runs
+    coarse_path = runs / "coarse_sn" / "best.safetensors"
+    cfg = dict(CONFIG, stage="enhanced_sn", data_dir=str(data_dir), coarse_sn=str(coarse_path), pretrained="none",
+               image_size="96x128", resume=resume)
+    model = build_model(cfg, STAGE_CLASSES["enhanced_sn"](cfg))
+    coarse = load_file(str(coarse_path))
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v.float()) for k, v in coarse.items())
+
+
 def test_mask_cn_validates_on_coarse_sn_output_and_trains_on_perturbed_truth(tiny_runs, data_dir):
     """mask-CN's fourth channel: at validation coarse-SN's probabilities (what inference feeds), in training the
     ground-truth mask perturbed like a segmenter's errors (it overlaps the truth, but is not the truth)."""

@@ -180,8 +180,9 @@ class EnhancedSNStage(CoarseSNStage):
     def build_model(self) -> torch.nn.Module:
         model = super().build_model()
         init = self.cfg["init"] or self.cfg["coarse_sn"]
-        if init and not self.cfg["resume"]:
-            # Warm start from coarse-SN: the same U-Net, only the E-layers are new.
+        if init:
+            # Warm start from coarse-SN: the same U-Net, only the E-layers are new (a resumed run then loads its
+            # checkpoint over these weights).
             from safetensors.torch import load_file
 
             state = {k: v.float() for k, v in load_file(init).items()}

@@ -186,7 +186,7 @@ def set_train_mode(model: torch.nn.Module, n_frozen_blocks: int) -> None:
 
 def build_model(cfg: dict, stage) -> torch.nn.Module:
     model = stage.build_model()
-    if cfg["init"] and cfg["stage"] != "enhanced_sn" and not cfg["resume"]:
+    if cfg["init"] and cfg["stage"] != "enhanced_sn":  # a resumed run then loads its checkpoint over these weights
         from safetensors.torch import load_file
 
         model.load_state_dict({k: v.float() for k, v in load_file(cfg["init"]).items()})

@@ -33,15 +33,18 @@ class CoarseSN(nn.Module):
 
 
 class ELayer(nn.Module):
-    """Fuse encoder features with a 1-channel localisation map: concat -> 1x1 conv -> BN -> ReLU (+ residual)."""
+    """Fuse encoder features with a 1-channel localisation map: concat -> 1x1 conv -> BN -> ReLU, added to the
+    features through a learned scale that starts at 0 (so an enhanced-SN warm-started from coarse-SN starts as
+    exactly coarse-SN instead of with a random perturbation at every encoder stage)."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.fuse = nn.Sequential(nn.Conv2d(channels + 1, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.scale = nn.Parameter(torch.zeros(1))
 
     def forward(self, features: torch.Tensor, localisation: torch.Tensor) -> torch.Tensor:
         resized = F.interpolate(localisation, size=features.shape[-2:], mode="bilinear", align_corners=False)
-        return features + self.fuse(torch.cat([features, resized], dim=1))
+        return features + self.scale * self.fuse(torch.cat([features, resized], dim=1))
 
 
 class EnhancedSN(CoarseSN):
