@@ -6,7 +6,7 @@ import time
 
 from bench.common import summary
 
-STAGES = ("decode", "preprocess", "coarse_sn", "mask_cn", "enhanced_sn", "measurements", "cam", "cam_for")
+STAGES = ("decode", "preprocess", "networks", "rules", "measurements", "cam", "cam_for")
 MODES = ("no_cam", "cam", "app")
 
 
@@ -57,7 +57,7 @@ def analysis_latency(analyzer, images: list[tuple[str, bytes]], warm: list[tuple
             elif mode == "app":
                 stages["cam_for"].append(cam_for)
             else:
-                for stage in ("preprocess", "coarse_sn", "mask_cn", "enhanced_sn", "measurements"):
+                for stage in ("preprocess", "networks", "rules", "measurements"):
                     stages[stage].append(result.timings[stage])
     return {
         "n_images": len(images), "warmup": len(warm), "image_size": [int(rgb.shape[1]), int(rgb.shape[0])],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,7 +63,7 @@ def test_every_section_ran(quick_results):
 def test_latency_structure_and_totals(quick_results):
     lat = quick_results[1]["latency"]
     assert lat["n_images"] == 2 and lat["image_size"] == [600, 450]
-    stages = ("decode", "preprocess", "coarse_sn", "mask_cn", "enhanced_sn", "measurements", "cam", "cam_for")
+    stages = ("decode", "preprocess", "networks", "rules", "measurements", "cam", "cam_for")
     assert set(lat["stages"]) == set(stages)
     for stage in stages:
         _check_summary(lat["stages"][stage], 2, stage)
@@ -72,7 +73,7 @@ def test_latency_structure_and_totals(quick_results):
     for full, calls in (("full_no_cam", "analyze_no_cam"), ("full_cam", "analyze_cam"), ("full_app", "analyze_then_cam_for")):
         assert lat[full]["mean_ms"] == pytest.approx(lat["stages"]["decode"]["mean_ms"] + lat[calls]["mean_ms"]), full
     # one analyze() call lasts at least as long as its timed stages together
-    inside = sum(lat["stages"][s]["mean_ms"] for s in ("preprocess", "coarse_sn", "mask_cn", "enhanced_sn", "measurements"))
+    inside = sum(lat["stages"][s]["mean_ms"] for s in ("preprocess", "networks", "rules", "measurements"))
     assert inside <= lat["analyze_no_cam"]["mean_ms"]
 
 
@@ -122,7 +123,11 @@ def test_reference_ratios_are_quotients_of_the_medians(quick_results):
         # a ResNet-50 classifier alone is ~4 GFLOPs at 224x224: far heavier than EfficientNet-Lite0
         assert part["flops"]["classifier"] > quick_results[1]["flops"]["mask_cn"], name
     assert ref["reference_224"]["flops"]["segmenter"] > ref["reference_same_size"]["flops"]["segmenter"]
-    assert ref["reference_same_size"]["sizes"] == {"segmenter": [128, 160], "classifier": [150, 200]}
+    from core.weights_io import read_model_card
+
+    sizes = read_model_card(Path(__file__).resolve().parent.parent / "weights")["input_size"]
+    assert ref["reference_same_size"]["sizes"] == {name: [sizes[name]["height"], sizes[name]["width"]]
+                                                  for name in ("segmenter", "classifier")}
 
 
 def test_table_renders(quick_results):
