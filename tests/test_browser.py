@@ -132,8 +132,8 @@ def _doc_copy(path: Path, target: Path, width: int = DOC_WIDTH, max_bytes: int =
 
 def _goto(page, title: str) -> None:
     page.get_by_role("link", name=title).first.click()
-    page.get_by_role("heading", name=title if title != "Analyze" else "Analyze an image").first.wait_for(
-        timeout=60_000)
+    heading = {"Analyze": "Analyze an image", "Compare follow-up": "Compare baseline and follow-up"}.get(title, title)
+    page.get_by_role("heading", name=heading).first.wait_for(timeout=60_000)
     _idle(page)
 
 
