@@ -19,7 +19,7 @@ from ui.images import cam_overlay
 from ui.metric_views import cell_gallery, ci_metric, confusion_ui, per_class_ui
 from ui.model_files import (TEST_SET_SOURCES, TEST_SETS, classification_of, model_card, predictions_of,
                             test_predictions, test_set_metrics)
-from ui.referral import rule, session_threshold, set_session_threshold
+from ui.referral import operating_points, rule, session_threshold, set_session_threshold
 
 DRILL_DOWN_CAM = "Grad-CAM"
 THRESHOLD_WIDGET = "referral_slider"
@@ -138,10 +138,6 @@ def threshold_ui() -> float:
 
 def referral_ui(card: dict) -> None:
     """The referral rule, the session threshold and what it does to sensitivity / specificity on each test set."""
-    from sklearn.metrics import roc_curve
-
-    from core.metrics import sensitivity_specificity_at
-
     shipped, entry = rule(), card.get("referral", {})
     st.markdown(f"**Rule:** refer when the melanoma score ({entry.get('score_meaning', shipped.score)}) reaches the "
                 f"threshold. The model card's threshold **{shipped.threshold:.3f}** was chosen on validation images for "
@@ -155,24 +151,19 @@ def referral_ui(card: dict) -> None:
     if table is None or "mel_score" not in table:
         st.info("weights/test_predictions.csv has no melanoma scores: the effect of a threshold cannot be shown.")
         return
-    rows, curves = [], {}
-    for test_set, label in TEST_SETS.items():
-        part = table[table["source"] == TEST_SET_SOURCES[test_set]]
-        if part.empty:
-            continue
-        is_mel, score = (part["dx"] == "mel").to_numpy(), part["mel_score"].to_numpy(dtype=float)
-        sens, spec = sensitivity_specificity_at(score, is_mel, threshold)
-        card_figures = test_set_metrics(card, test_set).get("referral", {})
-        rows.append({"Test set": label, "Melanomas": int(is_mel.sum()), "Other lesions": int((~is_mel).sum()),
-                     "Sensitivity": pct(sens), "Specificity": pct(spec), "Referred": pct((score >= threshold).mean()),
+    points = operating_points(table, TEST_SETS, TEST_SET_SOURCES, threshold)
+    rows = []
+    for label, p in points.items():
+        card_figures = test_set_metrics(card, p["test_set"]).get("referral", {})
+        rows.append({"Test set": label, "Melanomas": p["melanomas"], "Other lesions": p["others"],
+                     "Sensitivity": pct(p["sensitivity"]), "Specificity": pct(p["specificity"]),
+                     "Referred": pct(p["referred"]),
                      "Card threshold: sensitivity": ci_text(card_figures.get("sensitivity"), pct),
                      "Card threshold: specificity": ci_text(card_figures.get("specificity"), pct)})
-        fpr, tpr, _ = roc_curve(is_mel, score)
-        curves[label] = {"fpr": fpr, "tpr": tpr, "sensitivity": sens, "specificity": spec}
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="referral_table")
     st.caption(f"Sensitivity, specificity and share referred at {threshold:.3f}, computed from the test predictions; "
                "the last two columns: the model card's figures at its own threshold, with bootstrap 95% CIs.")
-    st.plotly_chart(referral_roc_figure(curves, threshold), key="referral_chart")
+    st.plotly_chart(referral_roc_figure(points, threshold), key="referral_chart")
 
 
 # ---------------------------------------------------------------- uncertainty, calibration, OOD, retrieval

@@ -67,3 +67,24 @@ def referral_of(result, threshold: float | None = None) -> Referral:
         return Referral(bool(result.refer), result.mel_score, result.referral_threshold, result.referral_threshold)
     refer = bool(rule().refer([result.probs[c] for c in CLASS_CODES], threshold))
     return Referral(refer, result.mel_score, float(threshold), result.referral_threshold)
+
+
+def operating_points(table, test_sets: dict[str, str], sources: dict[str, str], threshold: float) -> dict[str, dict]:
+    """Per test set (label -> ...) of the test predictions: melanoma / other counts, sensitivity, specificity and
+    share referred at `threshold`, and the ROC curve of the melanoma score (Model performance, referral tab)."""
+    from sklearn.metrics import roc_curve
+
+    from core.metrics import sensitivity_specificity_at
+
+    points = {}
+    for test_set, label in test_sets.items():
+        part = table[table["source"] == sources[test_set]]
+        if part.empty:
+            continue
+        is_mel, score = (part["dx"] == "mel").to_numpy(), part["mel_score"].to_numpy(dtype=float)
+        sens, spec = sensitivity_specificity_at(score, is_mel, threshold)
+        fpr, tpr, _ = roc_curve(is_mel, score)
+        points[label] = {"test_set": test_set, "melanomas": int(is_mel.sum()), "others": int((~is_mel).sum()),
+                         "sensitivity": sens, "specificity": spec, "referred": float((score >= threshold).mean()),
+                         "fpr": fpr, "tpr": tpr}
+    return points
