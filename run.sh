@@ -65,7 +65,7 @@ case "$cmd" in
         ;;
     app)
         ensure_venv
-        exec "$PY" -m streamlit run streamlit_app.py --server.port "${PORT:-8501}" "$@"
+        exec "$PY" -m ui.serve --server.port "${PORT:-8501}" "$@"
         ;;
     test)
         ensure_venv requirements-dev.txt

@@ -94,7 +94,8 @@ def scale_ui() -> float | None:
 
 def context_ui() -> PatientContext | None:
     """Optional age, sex and anatomical site, checked by core.patient_context; None (with the error shown) when a
-    value is invalid. The analysis goes on either way: the values only go into the PDF report."""
+    value is invalid. The analysis goes on either way; the values go into the PDF report and into the analysis
+    (where the model card's context head is in use)."""
     with st.expander("Patient context (optional)", icon=":material/person:"):
         c1, c2, c3 = st.columns(3)
         age = c1.text_input("Age (years)", key="context_age", placeholder="e.g. 54")
@@ -142,6 +143,8 @@ def header_ui(r, name: str, example: dict | None) -> None:
                   "probabilities (the model card's uncertainty score), cut into three levels on validation images.")
         referral_ui(r)
         st.caption(r.uncertainty_text)
+        if r.context_used:
+            st.caption("The probabilities include the patient context entered above (age, sex, site).")
         if example is not None:
             agrees = ":green[prediction agrees]" if example["dx"] == top_code else ":red[prediction differs]"
             st.markdown(f"True label ({SOURCE_LABELS.get(example['source'], example['source'])}, held-out test "
@@ -303,9 +306,9 @@ def result_ui(rgb, r, name: str, example: dict | None, mm_per_pixel: float | Non
     report_ui(rgb, r, name, key, mask, mask_kind, measurements, cam_image, cam_label, context)
 
 
-def _analyse(rgb, mm_per_pixel):
+def _analyse(rgb, mm_per_pixel, context):
     with pool().borrow() as analyzer:
-        return analyzer.analyze(rgb, mm_per_pixel=mm_per_pixel)
+        return analyzer.analyze(rgb, mm_per_pixel=mm_per_pixel, context=context)
 
 
 def analyze_page() -> None:
@@ -326,7 +329,7 @@ def analyze_page() -> None:
         from core.lesion_measurements import mm_per_pixel_from_fov
 
         mm_per_pixel = mm_per_pixel_from_fov(fov, rgb.shape[1])
-    key = (digest(data), mm_per_pixel)
+    key = (digest(data), mm_per_pixel, context)
     result = cached("result_cache", key)
     if result is not None:
         area = st.container()
@@ -334,7 +337,7 @@ def analyze_page() -> None:
         area = st.empty()  # a new image: replaces the previous result at once (not greyed out until this run ends)
         try:
             with area, st.spinner("Analysing…"):
-                result = remember("result_cache", key, lambda: _analyse(rgb, mm_per_pixel))
+                result = remember("result_cache", key, lambda: _analyse(rgb, mm_per_pixel, context))
         except ModelUnavailable as exc:
             area.error(str(exc))
             return

@@ -274,11 +274,15 @@ def models_ui(card: dict, test_set: str) -> None:
     if context.get("validation_criterion"):
         criterion = context["validation_criterion"]
         st.markdown("**Patient context** (age, sex, anatomical site): " + context_use_text(card))
-        st.dataframe(pd.DataFrame([{"Inputs": "image only", "Validation criterion": decimals(criterion.get("image_only"))},
+        loss = context.get("validation_log_loss") or {}
+        st.dataframe(pd.DataFrame([{"Inputs": "image only", "Validation criterion": decimals(criterion.get("image_only")),
+                                    "Validation log-loss": decimals(loss.get("image_only"))},
                                    {"Inputs": "image + age, sex, site",
-                                    "Validation criterion": decimals(criterion.get("image_and_context"))},
+                                    "Validation criterion": decimals(criterion.get("image_and_context")),
+                                    "Validation log-loss": decimals(loss.get("image_and_context"))},
                                    {"Inputs": "gain", "Validation criterion": ci_text(
-                                       {"value": context.get("gain"), "ci95": context.get("gain_ci95")})}]),
+                                       {"value": context.get("gain"), "ci95": context.get("gain_ci95")}),
+                                    "Validation log-loss": ""}]),
                      hide_index=True, key="context_table")
         if context.get("method"):
             st.caption(context["method"])

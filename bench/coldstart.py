@@ -1,7 +1,7 @@
 """3. App cold start: streamlit server health, first Home render, first analysis with the model loaded.
 
 The browser (headless Debian chromium via playwright) is launched *before* the server, so its own start-up is
-not counted. Clock zero is the moment `python -m streamlit run streamlit_app.py` is spawned.
+not counted. Clock zero is the moment `python -m ui.serve` (the server `bash run.sh app` starts) is spawned.
 
 - health_s:        /_stcore/health answers "ok"
 - home_render_s:   the Home page shows the shipped model's version from weights/model_card.json ("Version <v>";
@@ -53,7 +53,7 @@ def cold_start(data_dir: Path, image_path: Path, weights_dir: Path = REPO / "wei
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
-    cmd = ["nice", "-n", "19", sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
+    cmd = ["nice", "-n", "19", sys.executable, "-m", "ui.serve",  # what `bash run.sh app` runs
            "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     log = open(log_path, "w") if log_path else subprocess.DEVNULL

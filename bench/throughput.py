@@ -23,7 +23,7 @@ def batch_throughput(analyzer, root, batch: int = 32, reps: int = 3) -> dict:
     from core.mbdcnn import localisation_class, localisation_map, mask_cn_input
     from core.tensors import normalize_batch
 
-    cls_u8 = torch.from_numpy(small_images(root, batch, analyzer.classifier_size, analyzer.preprocessing))
+    cls_u8 = torch.from_numpy(small_images(root, batch, analyzer.classifier_size, analyzer.classifier_preprocessing))
     seg_u8 = torch.from_numpy(small_images(root, batch, analyzer.segmenter_size, analyzer.preprocessing))
     with torch.inference_mode():
         coarse = torch.sigmoid(analyzer.coarse_sn(normalize_batch(seg_u8)))

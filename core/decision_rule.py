@@ -1,6 +1,7 @@
 """How mask-CN's logits become the class probabilities every surface shows (app, batch, CLI, PDF, evaluation).
 
-probabilities = mean over the test-time-augmentation views of softmax((logits_view + offsets) / temperature).
+probabilities = mean over the test-time-augmentation views of softmax((logits_view + offsets) / temperature + shift),
+shift = the patient-context shift (core.context_head; zero without context).
 The number of views, the per-class logit offsets (a class-prior adjustment, all zero when validation did not
 favour one) and the temperature are fitted on validation data by train.evaluate and stored in the model card.
 """
@@ -25,11 +26,15 @@ class DecisionRule:
     def view_ids(self) -> tuple[int, ...]:
         return views_for(self.views)
 
-    def probabilities(self, logits_views) -> np.ndarray:
-        """(V, N, C) logits of views 0..V-1 (at least self.views of them) -> (N, C) probabilities."""
+    def probabilities(self, logits_views, shift=None) -> np.ndarray:
+        """(V, N, C) logits of views 0..V-1 (at least self.views of them) -> (N, C) probabilities; shift: (N, C)
+        patient-context logit shifts (core.context_head) or None."""
         z = torch.as_tensor(np.asarray(logits_views, dtype=np.float64))[: self.views]
         offsets = torch.tensor(self.logit_offsets, dtype=torch.float64)
-        return torch.softmax((z + offsets) / self.temperature, dim=-1).mean(0).numpy()
+        tempered = (z + offsets) / self.temperature
+        if shift is not None:
+            tempered = tempered + torch.as_tensor(np.asarray(shift, dtype=np.float64))
+        return torch.softmax(tempered, dim=-1).mean(0).numpy()
 
     def to_card(self) -> dict:
         return {"views": self.views, "temperature": self.temperature, "logit_offsets": list(self.logit_offsets)}

@@ -25,10 +25,12 @@ import pandas as pd
 import torch
 
 from core.classes import CLASS_CODES
+from core.context_head import ContextHead
 from core.decision_rule import DecisionRule
 from core.mbdcnn import mbdcnn_forward
 from core.models import create_model
 from core.ood import OODAssessment, OODDetector, chroma, imagenet_backbone
+from core.patient_context import PatientContext
 from core.preprocess import Box, Preprocessing, mask_to_image, network_box, network_image
 from core.referral import BELOW_TEXT, REFER_TEXT, ReferralRule
 from core.retrieval import CaseIndex
@@ -63,6 +65,7 @@ class AnalysisResult:
     similar: pd.DataFrame | None = None   # nearest reference cases (core.retrieval), nearest first
     cam: np.ndarray | None = None    # HxW float32 [0, 1] for cam_class
     cam_class: str | None = None
+    context_used: bool = False       # the probabilities include the card's patient-context shift
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -91,11 +94,13 @@ class Analyzer:
         self.cases = cases
         self.device = device
         self.version = str(card.get("version", "unversioned"))
-        self.preprocessing = Preprocessing.from_card(card.get("preprocessing"))
+        self.preprocessing = Preprocessing.from_card(card.get("preprocessing"), "segmenter")
+        self.classifier_preprocessing = Preprocessing.from_card(card.get("preprocessing"), "classifier")
         sizes = card.get("input_size", {})
         self.classifier_size = _size(sizes.get("classifier"), CLASSIFIER_SIZE)
         self.segmenter_size = _size(sizes.get("segmenter"), SEGMENTER_SIZE)
         self.rule = DecisionRule.from_card(card)
+        self.context_head = ContextHead.from_card(card)  # None unless validation showed a gain (the card says)
         self.referral = ReferralRule.from_card(card)
         self.uncertainty = UncertaintyLevels.from_card(card)
         self.seg_views = FLIP_VIEWS if int((card.get("segmentation_tta") or {}).get("views", 1)) == 4 else (0,)
@@ -133,12 +138,17 @@ class Analyzer:
 
     # ------------------------------------------------------------ analysis
     def analyze(self, rgb: np.ndarray, cam: bool = False, cam_method: str = "Grad-CAM", cam_class: str | None = None,
-                mm_per_pixel: float | None = None) -> AnalysisResult:
+                mm_per_pixel: float | None = None, context: PatientContext | None = None) -> AnalysisResult:
+        """context: the patient's age / sex / site; it changes the probabilities only when the model card's context
+        head is in use (result.context_used says whether it did)."""
         rgb = _check_rgb(rgb)
+        shift = None
+        if self.context_head is not None and context is not None and context.given:
+            shift = self.context_head.shift([context])
         with self._lock:
-            return self._analyze(rgb, cam, cam_method, cam_class, mm_per_pixel)
+            return self._analyze(rgb, cam, cam_method, cam_class, mm_per_pixel, shift)
 
-    def _analyze(self, rgb, cam, cam_method, cam_class, mm_per_pixel) -> AnalysisResult:
+    def _analyze(self, rgb, cam, cam_method, cam_class, mm_per_pixel, shift) -> AnalysisResult:
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -159,12 +169,12 @@ class Analyzer:
         self._last = (_input_key(seg_small, cls_small), out["x4"], out["class_maps"])
         lap("networks")
         logits = out["logits"].cpu().numpy()
-        probs = self.rule.probabilities(logits)[0]
+        probs = self.rule.probabilities(logits, shift)[0]
         mask = _to_input_mask(out["enhanced"], box, height, width)
         coarse_mask = _to_input_mask(out["coarse"], box, height, width)
         ood = self._ood(out["pooled"], cls_x, cls_small)
         similar = self.cases.nearest(out["pooled"], SIMILAR_CASES) if self.cases is not None else None
-        score = self._uncertainty_score(logits, probs, out["pooled"])
+        score = self._uncertainty_score(logits, probs, out["pooled"], shift)
         level = self.uncertainty.level(score)
         mel_score = float(self.referral.score_of(probs))
         lap("rules")
@@ -173,7 +183,8 @@ class Analyzer:
             label=CLASS_CODES[int(probs.argmax())], mel_score=mel_score, refer=mel_score >= self.referral.threshold,
             referral_threshold=self.referral.threshold, uncertainty_score=score, uncertainty_level=level,
             uncertainty_text=self.uncertainty.sentence(level), ood_level=ood.level, ood_score=ood.score,
-            ood_reason=ood.reason, measurements=_measure(mask, rgb, mm_per_pixel), similar=similar, timings=timings)
+            ood_reason=ood.reason, measurements=_measure(mask, rgb, mm_per_pixel), similar=similar,
+            context_used=shift is not None, timings=timings)
         lap("measurements")
         if cam:
             result.cam_class = cam_class or result.label
@@ -191,13 +202,13 @@ class Analyzer:
         case_distance = self.cases.knn_distance(pooled, KNN_K) if self.cases is not None else None
         return self.ood_detector.assess(self.ood_detector.scores(pooled.cpu(), generic, [chroma(cls_small)], case_distance))
 
-    def _uncertainty_score(self, logits: np.ndarray, probs: np.ndarray, pooled: torch.Tensor) -> float:
+    def _uncertainty_score(self, logits: np.ndarray, probs: np.ndarray, pooled: torch.Tensor, shift) -> float:
         """The card's uncertainty score for one image (see core.uncertainty)."""
         name = self.uncertainty.score
         if name == "knn_distance":
             return float(self.cases.knn_distance(pooled, KNN_K)[0])
         single = DecisionRule(1, self.rule.temperature, self.rule.logit_offsets)
-        view_probs = np.stack([single.probabilities(v[None]) for v in logits]) if len(logits) > 1 else None
+        view_probs = np.stack([single.probabilities(v[None], shift) for v in logits]) if len(logits) > 1 else None
         return float(probability_scores(probs[None], view_probs)[name][0])
 
     def _cam(self, x4: torch.Tensor, class_maps: torch.Tensor | None, class_index: int, method: str,
@@ -219,7 +230,7 @@ class Analyzer:
         the field-of-view box they were cut from."""
         box = network_box(rgb, self.preprocessing)
         return (network_image(rgb, self.segmenter_size, self.preprocessing, box),
-                network_image(rgb, self.classifier_size, self.preprocessing, box), box)
+                network_image(rgb, self.classifier_size, self.classifier_preprocessing, box), box)
 
     def cam_for(self, rgb: np.ndarray, class_code: str, method: str = "Grad-CAM") -> np.ndarray:
         """A CAM for any class and method without re-running the whole analysis."""

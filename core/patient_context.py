@@ -10,11 +10,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 SEXES = ("female", "male")
 SITES = ("abdomen", "acral", "back", "chest", "ear", "face", "foot", "genital", "hand", "lower extremity", "neck",
          "scalp", "trunk", "upper extremity")
 MAX_AGE = 120
 CSV_COLUMNS = ("image", "age", "sex", "site")
+ENCODING = ("age / 100", "age missing", *(f"sex {s}" for s in SEXES), "sex missing", *(f"site {s}" for s in SITES),
+            "site missing")
 MISSING = ("", "unknown", "na", "n/a", "none")
 
 
@@ -36,6 +40,14 @@ class PatientContext:
     @property
     def given(self) -> bool:
         return any(v is not None for v in (self.age, self.sex, self.site))
+
+    def encoded(self) -> np.ndarray:
+        """The numbers a model sees (ENCODING): age / 100 and an 'age missing' flag, sex one-hot and a missing flag,
+        site one-hot and a missing flag."""
+        values = [0.0 if self.age is None else self.age / 100, float(self.age is None)]
+        values += [float(self.sex == s) for s in SEXES] + [float(self.sex is None)]
+        values += [float(self.site == s) for s in SITES] + [float(self.site is None)]
+        return np.array(values, dtype=np.float64)
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs for reports; 'not given' for a missing field."""

@@ -8,8 +8,8 @@ p_<class>..., mel_score, refer (yes / no at the model card's referral threshold)
 moderate / high), ood_level (in / unusual / not_dermoscopy), ood_reason, model_version, error. An image that is not
 dermoscopy gets no diagnosis: empty pred, probabilities, mel_score and refer. A file that cannot be read gets its
 error row and the rest go on. --metadata: a CSV with columns image (file name, with or without extension) and any of
-age, sex, site (core.patient_context); the values are checked and copied into the output rows (the shipped model does
-not use them: see the model card's patient-context comparison).
+age, sex, site (core.patient_context); the values are checked, copied into the output rows and passed to the analysis
+(they change the probabilities only when the model card's context head is in use: its patient-context comparison).
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path, context: Patient
     row = blank_row(path.stem, context)
     try:
         rgb = load_image_file(path)
-        result = analyzer.analyze(rgb)
+        result = analyzer.analyze(rgb, context=context)
     except ImageRejected as exc:
         row["error"] = str(exc)
         return row

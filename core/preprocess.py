@@ -4,9 +4,10 @@
 - shades_of_gray: Shades-of-Gray colour constancy (Finlayson & Trezzi 2004, p=6 as the ISIC 2019 winners used).
 - field_of_view_box: the lit region of a dermatoscope image whose circular field of view leaves dark corners.
 - Preprocessing + network_image: the one way every network input is made, in training (train.cache) and in
-  inference (core.inference): crop to the field of view, area-resize to the network size, then colour constancy.
-  Resizing by area from whatever resolution arrives, and correcting colour after resizing, makes a 600x450 original
-  and its 200x150 copy give the same network input up to JPEG noise.
+  inference (core.inference): crop to the field of view, area-resize to the network size, optionally re-encode as
+  JPEG, then colour constancy. Resizing by area from whatever resolution arrives, and correcting colour after
+  resizing, makes a 600x450 original and its 200x150 copy give the same network input up to JPEG noise; the JPEG
+  step removes that noise too (see Preprocessing.jpeg_quality).
 """
 from __future__ import annotations
 
@@ -95,16 +96,24 @@ class Preprocessing:
     """How an image becomes a network input; recorded in the model card and applied the same way at inference."""
     colour_constancy: bool = True      # Shades of Gray, p = 6, after resizing
     crop_field_of_view: bool = True    # crop to field_of_view_box before resizing
+    # Re-encode the resized image as JPEG at this quality, in memory (0 = off). HAM10000's 200x150 images are
+    # quality-75 JPEGs, so a network trained on them has only seen images with JPEG artefacts at its input
+    # resolution; a full-resolution photo, area-resized, has none, and that alone changed the top class of 17 % of
+    # the full-resolution HAM10000 originals against their 200x150 copies. With the step, both get the same input.
+    jpeg_quality: int = 0
 
     def to_card(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_card(cls, entry: dict | None) -> "Preprocessing":
-        """The card's preprocessing entry; cards written before these options existed used neither."""
+    def from_card(cls, entry: dict | None, network: str = "classifier") -> "Preprocessing":
+        """The card's preprocessing entry for the classifier's or the segmenters' input (the card's jpeg_quality
+        maps network -> quality); cards written before these options existed used none of them."""
         entry = entry or {}
+        jpeg = entry.get("jpeg_quality") or {}
         return cls(colour_constancy=bool(entry.get("colour_constancy", False)),
-                   crop_field_of_view=bool(entry.get("crop_field_of_view", False)))
+                   crop_field_of_view=bool(entry.get("crop_field_of_view", False)),
+                   jpeg_quality=int(jpeg.get(network, 0) if isinstance(jpeg, dict) else jpeg))
 
 
 def network_box(rgb: np.ndarray, preprocessing: Preprocessing) -> Box:
@@ -118,7 +127,17 @@ def network_image(rgb: np.ndarray, size: tuple[int, int], preprocessing: Preproc
     cropped = rgb[y0:y1, x0:x1]
     resized = cropped if cropped.shape[:2] == tuple(size) else cv2.resize(
         cropped, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    if preprocessing.jpeg_quality:
+        resized = jpeg_round_trip(resized, preprocessing.jpeg_quality)
     return shades_of_gray(resized) if preprocessing.colour_constancy else np.ascontiguousarray(resized)
+
+
+def jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """The image as a JPEG of this quality would decode (encoded and decoded in memory; nothing touches disk)."""
+    ok, buffer = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("jpeg_round_trip: OpenCV could not encode the image")
+    return np.ascontiguousarray(cv2.imdecode(buffer, cv2.IMREAD_COLOR)[:, :, ::-1])
 
 
 def network_mask(mask: np.ndarray, size: tuple[int, int], box: Box) -> np.ndarray:

@@ -1,6 +1,6 @@
 """End-to-end: the real app in a real browser (Debian chromium driven by playwright).
 
-Starts `streamlit run streamlit_app.py` on a free port, opens a page by its URL (the navigation must be the full one),
+Starts the server as `bash run.sh app` does (`python -m ui.serve`: the model starts loading before the server) on a free port, opens a page by its URL (the navigation must be the full one),
 walks through every page with the sidebar navigation, uploads a full-resolution HAM10000 image on Analyze (and asks
 for the PDF), clicks a confusion-matrix cell, analyses a small batch (with one broken file) on Batch, compares a random
 same-lesion pair on Compare follow-up, evaluates a
@@ -50,7 +50,7 @@ def server(data_dir):
     log = (REPO / "test-artifacts")
     log.mkdir(exist_ok=True)
     out = open(log / "streamlit_server.log", "w")
-    cmd = ["nice", "-n", "19", sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"),
+    cmd = ["nice", "-n", "19", sys.executable, "-m", "ui.serve",
            "--server.port", str(port), "--server.headless", "true", "--server.address", "127.0.0.1",
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

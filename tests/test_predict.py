@@ -61,7 +61,8 @@ def run(tmp_path_factory, data_dir, repo_root):
         header = reader.fieldnames
         rows = list(reader)
     inputs = {fullres.stem: fullres, small.stem: small, "crop_odd": crop_path}
-    return {"out": out, "header": header, "rows": rows, "stderr": proc.stderr, "inputs": inputs, "photo": photo}
+    return {"out": out, "header": header, "rows": rows, "stderr": proc.stderr, "inputs": inputs, "photo": photo,
+            "metadata": metadata}
 
 
 def test_csv_columns_and_one_row_per_input(run):
@@ -109,8 +110,10 @@ def test_metadata_is_validated_and_copied(run, tmp_path, repo_root):
 def test_rows_and_masks_are_the_analyzers_results(run, repo_root):
     from core.inference import Analyzer
     from core.intake import load_image_file
+    from core.patient_context import read_context_csv
 
     analyzer = Analyzer.load(repo_root / "weights")
+    contexts = read_context_csv(run["metadata"])
     rows = {r["image"]: r for r in run["rows"]}
     shapes = set()
     for name, path in run["inputs"].items():
@@ -124,7 +127,7 @@ def test_rows_and_masks_are_the_analyzers_results(run, repo_root):
         probs = np.array([float(row[f"p_{c}"]) for c in CLASS_CODES])
         assert abs(probs.sum() - 1) < 1e-3 and (probs >= 0).all(), name
         assert row["pred"] == CLASS_CODES[int(probs.argmax())], name
-        r = analyzer.analyze(rgb)
+        r = analyzer.analyze(rgb, context=contexts.get(name))  # the CLI passes each image's context
         assert row["pred"] == r.label, name
         np.testing.assert_allclose(probs, [r.probs[c] for c in CLASS_CODES], atol=1e-4, err_msg=name)
         assert (row["ood_level"], row["uncertainty_level"]) == (r.ood_level, r.uncertainty_level), name

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from core.preprocess import IMAGENET_MEAN, IMAGENET_STD, shades_of_gray
+from core.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, network_image, shades_of_gray
 
 
 def _rgb(path) -> np.ndarray:
@@ -58,3 +58,27 @@ def test_shades_of_gray_leaves_a_grey_image_alone_and_checks_input():
         shades_of_gray(np.zeros((5, 5), np.uint8))
     with pytest.raises(ValueError):
         shades_of_gray(np.zeros((5, 5, 3), np.float32))
+
+
+def test_jpeg_step_gives_a_full_resolution_original_and_its_small_jpeg_copy_the_same_input(data_dir):
+    """HAM10000's 200x150 images are quality-75 JPEG copies of the 600x450 originals: area-resized, an original has no
+    JPEG artefacts, its copy does. The JPEG step gives both the copy's artefacts, so the inputs agree far better."""
+    folder = data_dir / "ham10000"
+    names = sorted(p.name for p in (folder / "fullres" / "images").glob("*.jpg"))[:12]
+    assert len(names) == 12
+
+    def mean_difference(preprocessing: Preprocessing) -> float:
+        return float(np.mean([np.abs(network_image(_rgb(folder / "fullres" / "images" / n), (150, 200), preprocessing)
+                                     .astype(int) - network_image(_rgb(folder / "images" / n), (150, 200), preprocessing)
+                                     .astype(int)).mean() for n in names]))
+
+    without, with_step = mean_difference(Preprocessing(jpeg_quality=0)), mean_difference(Preprocessing(jpeg_quality=75))
+    assert without > 2.0  # grey levels per pixel: the artefacts alone
+    assert with_step < 0.55 * without, (without, with_step)
+
+
+def test_preprocessing_from_card_reads_each_networks_jpeg_quality():
+    entry = {"colour_constancy": True, "crop_field_of_view": True, "jpeg_quality": {"classifier": 75, "segmenter": 0}}
+    assert Preprocessing.from_card(entry, "classifier") == Preprocessing(True, True, 75)
+    assert Preprocessing.from_card(entry, "segmenter") == Preprocessing(True, True, 0)
+    assert Preprocessing.from_card({"colour_constancy": True}, "classifier").jpeg_quality == 0  # older cards: none

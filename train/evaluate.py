@@ -39,6 +39,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from core.classes import CLASS_CODES, CLASS_INDEX, CLASSES, NUM_CLASSES, class_index
 from core.dataset_summary import dataset_summary
+from core.context_head import ContextHead
 from core.datasets import load_manifest
 from core.decision_rule import DecisionRule
 from core.inference import NETWORK_FILES, OOD_FILE
@@ -52,7 +53,7 @@ from core.splits import apply_split_file, assign_splits
 from core.uncertainty import LEVELS, probability_scores
 from core.weights_io import MODEL_CARD_NAME, save_weights, sha256_of
 from train import fit_rules
-from train.context_experiment import compare_context
+from train.fit_context import context_report, table_contexts
 from train.network_outputs import image_outputs, load_network, split_outputs
 
 TEST_SETS = {"ham10000_test": "HAM10000 test (lesion-grouped)", "isic2017_test": "ISIC 2017 official validation"}
@@ -329,6 +330,10 @@ def main(argv=None) -> dict:
     priors = (np.bincount(y["train"], minlength=NUM_CLASSES) + 1) / (len(y["train"]) + NUM_CLASSES)
     rule, rule_fit = fit_rules.fit_decision_rule(outputs["val"]["logits"], y["val"], val_sources, priors)
     probs = {name: rule.probabilities(out["logits"]) for name, out in outputs.items() if name != "train"}
+    context_head, context_entry = context_report(rule, outputs["val"]["logits"], tables["val"])
+    reported_head = context_head or ContextHead(np.array(context_entry["head"]["weights"]))  # test figures either way
+    with_context = {name: rule.probabilities(outputs[name]["logits"], reported_head.shift(table_contexts(tables[name])))
+                    for name in TEST_SETS}
     plain = {name: DecisionRule().probabilities(out["logits"]) for name, out in outputs.items() if name != "train"}
     baseline_rule, ensemble = None, None
     if "classifier" in nets:
@@ -390,6 +395,8 @@ def main(argv=None) -> dict:
                 table, baseline_rule.probabilities(outputs[name]["baseline_logits"]),
                 DecisionRule().probabilities(outputs[name]["baseline_logits"]))
             entry["classification"]["ensemble"] = classification_report(table, both[name], plain[name])
+        entry["classification"]["mask_cn_context"] = classification_report(table, with_context[name], plain[name])
+        entry["referral_with_context"] = referral_report(table, with_context[name], referral)
         metrics[name] = entry
     ood = ood_report(detector, outputs, tables, probs, photo_out, synthetic_out, index)
     ood.update(fit=ood_fit, unusual_share=1 - fit_rules.OOD_UNUSUAL_QUANTILE, method=(
@@ -399,13 +406,13 @@ def main(argv=None) -> dict:
         f"validation quantile; unusual: the distance with the best validation AUROC for wrong predictions "
         f"({unusual_score}) above its {fit_rules.OOD_UNUSUAL_QUANTILE:.0%} validation quantile"))
 
-    predictions = prediction_rows(tables, probs, referral, levels, test_scores, detector, outputs, index, baseline_rule)
+    predictions = prediction_rows(tables, probs, referral, levels, test_scores, detector, outputs, index, baseline_rule,
+                                  with_context)
     predictions.to_csv(weights / "test_predictions.csv", index=False)
     card = build_card(args, manifest, files, nets, rule, rule_fit, referral, referral_fit, levels, uncertainty_fit,
                       ood, index_fit, metrics, resolution_consistency(nets, Path(args.data_dir), rule, args.max_images), runs, started)
     card["ensemble"] = ensemble
-    card["patient_context"] = compare_context(outputs["train"]["pooled"].astype(np.float32), tables["train"],
-                                              outputs["val"]["pooled"].astype(np.float32), tables["val"])
+    card["patient_context"] = context_entry
     card["segmentation_tta"] = {"views": seg_views, "validation_dice": seg_tta, "rule": (
         f"flip TTA (4 views) of both segmenters only if it raises validation Dice by > {fit_rules.SEG_TTA_MIN_GAIN}")}
     (weights / MODEL_CARD_NAME).write_text(json.dumps(card, indent=1))
@@ -460,8 +467,10 @@ def report_html(summary: dict, data_dir: Path) -> str:
     return "<!doctype html><meta charset='utf-8'><title>LesionLens evaluation</title>" + "\n".join(parts)
 
 
-def prediction_rows(tables, probs, referral, levels, scores, detector, outputs, index, baseline_rule) -> pd.DataFrame:
-    """One row per test image (both test sets): what the app would show, plus per-image Dice."""
+def prediction_rows(tables, probs, referral, levels, scores, detector, outputs, index, baseline_rule,
+                    with_context) -> pd.DataFrame:
+    """One row per test image (both test sets): what the app would show without patient context, plus per-image
+    Dice, the image-only classifier's and (mask_cn_context_*) what the app shows with the dataset's patient context."""
     parts = []
     for name in TEST_SETS:
         table, p = tables[name], probs[name]
@@ -482,6 +491,10 @@ def prediction_rows(tables, probs, referral, levels, scores, detector, outputs, 
             rows["classifier_pred"] = [CLASS_CODES[i] for i in q.argmax(1)]
             for j, code in enumerate(CLASS_CODES):
                 rows[f"classifier_p_{code}"] = q[:, j].round(5)
+        q = with_context[name]
+        rows["mask_cn_context_pred"] = [CLASS_CODES[i] for i in q.argmax(1)]
+        for j, code in enumerate(CLASS_CODES):
+            rows[f"mask_cn_context_p_{code}"] = q[:, j].round(5)
         parts.append(rows)
     return pd.concat(parts, ignore_index=True)
 
@@ -524,6 +537,8 @@ def build_card(args, manifest, files, nets, rule, rule_fit, referral, referral_f
         "class_names": list(CLASS_CODES),
         "classes": [{"code": c.code, "name": c.name, "malignant": c.malignant, "color": c.color} for c in CLASSES],
         "preprocessing": {**mask_cn.preprocessing.to_card(),
+                          "jpeg_quality": {"classifier": mask_cn.preprocessing.jpeg_quality,
+                                           "segmenter": coarse.preprocessing.jpeg_quality},
                           "resize": "crop to the field of view, then INTER_AREA to the network input size",
                           "normalisation": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
                           "mask_channel": "coarse-SN probability, (p - 0.5) / 0.25"},

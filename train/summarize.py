@@ -10,7 +10,8 @@ from core.weights_io import read_model_card
 
 TEST_SETS = {"ham10000_test": "HAM10000 test", "isic2017_test": "ISIC 2017 val (official)"}
 MODELS = {"classifier": "image-only classifier", "mask_cn_single_view": "mask-CN, no TTA",
-          "mask_cn": "mask-CN + TTA (shipped)", "ensemble": "mask-CN + image-only (mean)"}
+          "mask_cn": "mask-CN + TTA (shipped)", "ensemble": "mask-CN + image-only (mean)",
+          "mask_cn_context": "mask-CN + TTA + patient-context head"}
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -59,10 +60,13 @@ def segmentation_table(card: dict) -> str:
 
 
 def referral_table(card: dict) -> str:
-    rows = [[data, card["metrics"][key]["referral"]["sensitivity"], card["metrics"][key]["referral"]["specificity"],
-             card["metrics"][key]["referral"]["auc"], card["metrics"][key]["referral"]["n_melanoma"]]
-            for key, data in TEST_SETS.items()]
-    return _table(["data", "melanoma sensitivity", "specificity", "AUC of the score", "melanomas"], rows)
+    rows = []
+    for key, data in TEST_SETS.items():
+        for entry, inputs in (("referral", "image"), ("referral_with_context", "image + patient context")):
+            r = card["metrics"][key].get(entry)
+            if r is not None:
+                rows.append([data, inputs, r["sensitivity"], r["specificity"], r["auc"], r["n_melanoma"]])
+    return _table(["data", "inputs", "melanoma sensitivity", "specificity", "AUC of the score", "melanomas"], rows)
 
 
 def uncertainty_table(card: dict) -> str:
@@ -124,6 +128,10 @@ def main(argv=None) -> None:
         print(f"Patient context (validation criterion): image only {context['validation_criterion']['image_only']:.4f}, "
               f"image + context {context['validation_criterion']['image_and_context']:.4f}, gain {context['gain']:+.4f} "
               f"[{context['gain_ci95'][0]:+.4f}, {context['gain_ci95'][1]:+.4f}]; shipped: {context['shipped']}")
+        if context.get("validation_log_loss"):
+            loss = context["validation_log_loss"]
+            print(f"Patient context (validation log-loss, out-of-fold): image only {loss['image_only']:.4f}, "
+                  f"image + context {loss['image_and_context']:.4f}")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ CONFIG = dict(
     image_size="",               # HxW; default 150x200 for classifiers, 192x256 for segmenters
     colour_constancy=True,       # Shades of Gray (p=6) on every input
     crop_field_of_view=True,     # crop a dermatoscope's dark surround before resizing
+    jpeg_quality=75,             # classifiers: re-encode each resized input as JPEG (core.preprocess; 0 = off)
     freeze_blocks=0,             # freeze stem + first N stages (0 = train everything)
     zero_localisation=False,     # enhanced_sn control: feed all-zero localisation maps
     # optimisation

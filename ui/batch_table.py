@@ -27,7 +27,7 @@ def analyse_one(data: bytes, name: str, true_dx: str = "", context=None) -> dict
         rgb = load_image(data, name)
         row["thumbnail"] = thumbnail_data_uri(rgb)
         with pool().borrow() as analyzer:
-            r = analyzer.analyze(rgb)
+            r = analyzer.analyze(rgb, context=context)
             version = model_version(analyzer)
     except ImageRejected as exc:
         row["error"] = str(exc)

@@ -8,7 +8,8 @@ from core.classes import CLASS_BY_CODE, CLASSES, MALIGNANT_CODES
 
 MALIGNANT_MARK = "▲"
 MODEL_LABELS = {"mask_cn": "mask-CN (shipped)", "mask_cn_single_view": "mask-CN, one view (no TTA)",
-                "classifier": "Image-only classifier", "ensemble": "mask-CN + image-only (mean)"}
+                "classifier": "Image-only classifier", "ensemble": "mask-CN + image-only (mean)",
+                "mask_cn_context": "mask-CN + patient-context head"}
 HEADLINE_SOURCES = {"ham10000": "HAM10000 test", "isic2017": "ISIC 2017 val"}
 HEADLINE_WORDS = {"auc": "AUC", "sn": "SN", "dice": "Dice", "jaccard": "Jaccard"}
 OOD_WORDS = {"in": "in distribution", "unusual": "⚠ unusual", "not_dermoscopy": "⚠ not dermoscopy"}
@@ -105,13 +106,13 @@ def headline_format(key: str):
 def context_use_text(card: dict | None) -> str:
     """Whether the shipped model uses patient context, with the card's validation comparison."""
     context = (card or {}).get("patient_context") or {}
-    if context.get("shipped"):
-        return "The shipped model uses the patient context together with the image."
     gain = context.get("gain")
     low, high = (context.get("gain_ci95") or [None, None])[:2]
     measured = ("" if gain is None or low is None else
                 f" (on validation, adding age, sex and site changed the criterion by {gain:+.3f}, 95% CI "
                 f"{low:+.3f} to {high:+.3f}; see Model performance)")
+    if context.get("shipped"):
+        return f"The shipped model uses the patient context together with the image{measured}."
     return (f"The shipped model does not use patient context{measured}: the values are checked and recorded in the "
             "report only.")
 
