@@ -54,7 +54,9 @@ def test_each_stage_writes_checkpoint_history_and_metadata(tiny_runs):
         assert 0.0 <= history[0]["score"] <= 1.0
         meta = weights_metadata(runs / stage / "best.safetensors")
         assert meta["arch"] == stage and meta["input_size"] == sizes[stage]
-        assert json.loads(meta["preprocessing"]) == {"colour_constancy": True, "crop_field_of_view": True}
+        # the JPEG step is the classifiers' only (core.preprocess.Preprocessing.jpeg_quality)
+        assert json.loads(meta["preprocessing"]) == {"colour_constancy": True, "crop_field_of_view": True,
+                                                     "jpeg_quality": 75 if stage == "mask_cn" else 0}
     seg = json.loads((runs / "coarse_sn" / "history.json").read_text())["history"][0]
     assert seg["score"] == pytest.approx((seg["ham10000_dice"] + seg["isic2017_dice"]) / 2, abs=1e-5)
 
