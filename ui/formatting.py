@@ -9,7 +9,7 @@ from core.classes import CLASS_BY_CODE, CLASSES, MALIGNANT_CODES
 MALIGNANT_MARK = "▲"
 MODEL_LABELS = {"mask_cn": "mask-CN (shipped)", "mask_cn_single_view": "mask-CN, one view (no TTA)",
                 "classifier": "Image-only classifier", "ensemble": "mask-CN + image-only (mean)",
-                "mask_cn_context": "mask-CN + patient-context head"}
+                "mask_cn_context": "+ context head"}
 HEADLINE_SOURCES = {"ham10000": "HAM10000 test", "isic2017": "ISIC 2017 val"}
 HEADLINE_WORDS = {"auc": "AUC", "sn": "SN", "dice": "Dice", "jaccard": "Jaccard"}
 OOD_WORDS = {"in": "in distribution", "unusual": "⚠ unusual", "not_dermoscopy": "⚠ not dermoscopy"}
