@@ -39,7 +39,6 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from core.classes import CLASS_CODES, CLASS_INDEX, CLASSES, NUM_CLASSES, class_index
 from core.dataset_summary import dataset_summary
-from core.context_head import ContextHead
 from core.datasets import load_manifest
 from core.decision_rule import DecisionRule
 from core.inference import NETWORK_FILES, OOD_FILE
@@ -330,9 +329,9 @@ def main(argv=None) -> dict:
     priors = (np.bincount(y["train"], minlength=NUM_CLASSES) + 1) / (len(y["train"]) + NUM_CLASSES)
     rule, rule_fit = fit_rules.fit_decision_rule(outputs["val"]["logits"], y["val"], val_sources, priors)
     probs = {name: rule.probabilities(out["logits"]) for name, out in outputs.items() if name != "train"}
+    # the context head's test figures are reported whether validation lets the model use it or not
     context_head, context_entry = context_report(rule, outputs["val"]["logits"], tables["val"])
-    reported_head = context_head or ContextHead(np.array(context_entry["head"]["weights"]))  # test figures either way
-    with_context = {name: rule.probabilities(outputs[name]["logits"], reported_head.shift(table_contexts(tables[name])))
+    with_context = {name: rule.probabilities(outputs[name]["logits"], context_head.shift(table_contexts(tables[name])))
                     for name in TEST_SETS}
     plain = {name: DecisionRule().probabilities(out["logits"]) for name, out in outputs.items() if name != "train"}
     baseline_rule, ensemble = None, None

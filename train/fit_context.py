@@ -86,8 +86,9 @@ def lesion_folds(groups: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
 
 
 def context_report(rule: DecisionRule, logits_views: np.ndarray, table: pd.DataFrame,
-                   seed: int = 0) -> tuple[ContextHead | None, dict]:
-    """(the head to use, or None) and the card's patient_context entry, from the validation set's logits and table."""
+                   seed: int = 0) -> tuple[ContextHead, dict]:
+    """The head fitted on all of validation and the card's patient_context entry (its `shipped` says whether the
+    model uses it), from the validation set's logits and table."""
     labels = np.array([class_index(d) for d in table["dx"]])
     sources, groups = table["source"].to_numpy(), table["lesion_id"].astype(str).to_numpy()
     contexts = table_contexts(table)
@@ -110,4 +111,4 @@ def context_report(rule: DecisionRule, logits_views: np.ndarray, table: pd.DataF
              "validation_log_loss": log_loss,
              "validation_with_any_context": float(np.mean([c.given for c in contexts])),
              "head": head.to_card(), "method": METHOD}
-    return (head if shipped else None), entry
+    return head, entry

@@ -84,7 +84,8 @@ class Stage:
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.size = parse_size(cfg["image_size"]) if cfg["image_size"] else self.default_size
-        self.preprocessing = Preprocessing(cfg["colour_constancy"], cfg["crop_field_of_view"], cfg["jpeg_quality"] if self.classifies else 0)
+        self.preprocessing = Preprocessing(cfg["colour_constancy"], cfg["crop_field_of_view"],
+                                           cfg["jpeg_quality"] if self.classifies else 0)  # the JPEG step: classifiers
         self.augment = AugmentConfig(
             crop_scale=(cfg["crop_scale_min"], 1.0), rotate_degrees=cfg["rotate_degrees"],
             brightness=cfg["colour_jitter"], contrast=cfg["colour_jitter"], saturation=cfg["colour_jitter"],
