@@ -192,10 +192,13 @@ def calibration_ui(card: dict, m: dict, model: str) -> None:
     st.plotly_chart(reliability_figure(cal), key="calibration_chart")
     rule_entry = card.get("decision_rule", {})
     if model == "mask_cn" and rule_entry:
+        chosen = rule_entry.get("fit", {}).get("chosen", {})
         st.caption(f"Plain softmax: one view, no temperature. Shown: the decision rule ({rule_entry.get('views')} "
-                   f"test-time view(s), temperature T = {float(rule_entry.get('temperature', 1)):.2f}), fitted on "
-                   "validation only. Bars: accuracy per confidence bin; dots: the bin's mean confidence (on the "
-                   "diagonal when calibrated).")
+                   f"test-time view(s), logit adjustment tau {float(chosen.get('tau', 0)):.2f}, temperature "
+                   f"T = {float(rule_entry.get('temperature', 1)):.2f}; validation ECE "
+                   f"{decimals(chosen.get('ece'))}), fitted on validation only. Rule: "
+                   f"{rule_entry.get('fit', {}).get('rule', '—')}. Bars: accuracy per confidence bin; dots: the bin's "
+                   "mean confidence (on the diagonal when calibrated).")
 
 
 def ood_ui(card: dict) -> None:
@@ -274,15 +277,17 @@ def models_ui(card: dict, test_set: str) -> None:
     if context.get("validation_criterion"):
         criterion = context["validation_criterion"]
         st.markdown("**Patient context** (age, sex, anatomical site): " + context_use_text(card))
-        loss = context.get("validation_log_loss") or {}
+        loss, ece = context.get("validation_log_loss") or {}, context.get("validation_ece") or {}
         st.dataframe(pd.DataFrame([{"Inputs": "image only", "Validation criterion": decimals(criterion.get("image_only")),
-                                    "Validation log-loss": decimals(loss.get("image_only"))},
+                                    "Validation log-loss": decimals(loss.get("image_only")),
+                                    "Validation ECE": decimals(ece.get("image_only"))},
                                    {"Inputs": "image + age, sex, site",
                                     "Validation criterion": decimals(criterion.get("image_and_context")),
-                                    "Validation log-loss": decimals(loss.get("image_and_context"))},
+                                    "Validation log-loss": decimals(loss.get("image_and_context")),
+                                    "Validation ECE": decimals(ece.get("image_and_context"))},
                                    {"Inputs": "gain", "Validation criterion": ci_text(
                                        {"value": context.get("gain"), "ci95": context.get("gain_ci95")}),
-                                    "Validation log-loss": ""}]),
+                                    "Validation log-loss": "", "Validation ECE": ""}]),
                      hide_index=True, key="context_table")
         if context.get("method"):
             st.caption(context["method"])

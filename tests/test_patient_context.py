@@ -104,3 +104,24 @@ def test_analyzer_applies_a_shipped_context_head_only_to_given_context(repo_root
     assert given.context_used and not empty.context_used
     assert given.probs["bcc"] > 2 * plain.probs["bcc"]
     assert empty.probs == plain.probs and empty.label == plain.label
+
+
+def test_context_head_is_used_only_with_a_gain_beyond_noise_and_calibrated_probabilities(ham_split, monkeypatch):
+    """context_report's decision: a head whose validation gain is beyond noise is still refused when its out-of-fold
+    probabilities are miscalibrated (ECE above the decision rule's bound)."""
+    import train.fit_context as fit_context
+
+    val = ham_split[ham_split["split"] == "val"].sample(900, random_state=0)
+    y = np.array([class_index(d) for d in val["dx"]])
+    # informative image logits that carry the training prior (plain argmax favours nv): the class-balanced head
+    # corrects the prior, so balanced accuracy (the criterion on HAM10000) rises well beyond noise
+    prior = np.log(np.bincount(y, minlength=len(CLASS_CODES)) + 1.0)
+    logits = (np.random.default_rng(0).normal(size=(1, len(val), len(CLASS_CODES)))
+              + 1.5 * np.eye(len(CLASS_CODES))[y] + prior)
+    monkeypatch.setattr(fit_context, "MAX_VALIDATION_ECE", 1.0)
+    _, entry = fit_context.context_report(DecisionRule(), logits, val)
+    assert entry["gain_beyond_noise"] and entry["calibrated"] and entry["shipped"], entry["gain_ci95"]
+    assert set(entry["validation_ece"]) == {"image_only", "image_and_context"}
+    monkeypatch.setattr(fit_context, "MAX_VALIDATION_ECE", entry["validation_ece"]["image_and_context"] - 1e-6)
+    _, entry = fit_context.context_report(DecisionRule(), logits, val)
+    assert entry["gain_beyond_noise"] and not entry["calibrated"] and not entry["shipped"]

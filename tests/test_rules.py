@@ -58,6 +58,37 @@ def test_decision_rule_averages_view_probabilities_with_offsets_and_temperature(
     assert DecisionRule.from_card({"decision_rule": rule.to_card()}) == rule
 
 
+def grid_row(views, tau, criterion, ece):
+    return {"views": views, "tau": tau, "temperature": 1.0, "criterion": criterion, "ece": ece, "accuracy": 0.8}
+
+
+def test_choose_rule_does_not_buy_criterion_with_miscalibrated_probabilities():
+    # tau 0.5 has the best criterion but its probabilities are miscalibrated on validation (as measured on the
+    # 2026-11-29b weights: ECE 0.171); tau 0.25 gains enough and stays calibrated, so it is the one kept
+    table = [row for views in fit_rules.VIEW_CHOICES for row in (
+        grid_row(views, 0.0, 0.790, 0.02), grid_row(views, 0.25, 0.802, 0.03), grid_row(views, 0.5, 0.814, 0.17))]
+    pick = fit_rules.choose_rule(table)
+    assert (pick["views"], pick["tau"]) == (1, 0.25)
+    # an adjustment that gains less than ADJUSTMENT_MIN_GAIN is dropped; more views must add more than VIEWS_TIE
+    table = [grid_row(1, 0.0, 0.790, 0.02), grid_row(1, 0.25, 0.795, 0.03), grid_row(4, 0.0, 0.791, 0.02),
+             grid_row(4, 0.25, 0.792, 0.02), grid_row(8, 0.0, 0.800, 0.02), grid_row(8, 0.25, 0.805, 0.09)]
+    pick = fit_rules.choose_rule(table)
+    assert (pick["views"], pick["tau"]) == (8, 0.0)
+
+
+def test_fit_decision_rule_reports_the_validation_calibration_of_every_candidate():
+    rng = np.random.default_rng(0)
+    priors = np.array([0.03, 0.05, 0.11, 0.01, 0.11, 0.67, 0.02])
+    labels = rng.choice(NUM_CLASSES, 1500, p=priors)
+    logits = rng.normal(size=(8, 1500, NUM_CLASSES)) + 2.0 * np.eye(NUM_CLASSES)[labels]
+    sources = np.where(np.arange(1500) % 3 == 0, "isic2017", "ham10000")
+    rule, report = fit_rules.fit_decision_rule(logits, labels, sources, priors)
+    assert len(report["grid"]) == len(fit_rules.VIEW_CHOICES) * len(fit_rules.TAUS)
+    pick = report["chosen"]
+    assert pick["tau"] == 0.0 or pick["ece"] <= fit_rules.MAX_VALIDATION_ECE
+    assert rule.views == pick["views"] and rule.temperature == pick["temperature"]
+
+
 def test_referral_scores_and_threshold():
     probs = np.zeros((3, NUM_CLASSES))
     probs[0, CLASS_INDEX["mel"]] = 0.3

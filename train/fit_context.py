@@ -22,9 +22,9 @@ import torch
 from core.classes import class_index
 from core.context_head import NO_CONTEXT, ContextHead
 from core.decision_rule import DecisionRule
-from core.metrics import bootstrap_interval
+from core.metrics import bootstrap_interval, calibration
 from core.patient_context import PatientContext
-from train.fit_rules import criterion
+from train.fit_rules import MAX_VALIDATION_ECE, criterion
 
 DROP_P = 0.3
 REPEATS = 4
@@ -33,7 +33,8 @@ FOLDS = 5
 METHOD = (f"A learned shift of the class logits by age, sex and site (zero without context), fitted on validation with "
           f"the image logits fixed (class-balanced log-loss, ridge {RIDGE:g}, each field dropped at random with "
           f"probability {DROP_P:g} so partial context works) and judged by {FOLDS}-fold lesion-grouped cross-fitting on "
-          f"validation: used only when the bootstrap interval of the criterion gain lies above 0.")
+          f"validation: used only when the bootstrap interval of the criterion gain lies above 0 and the out-of-fold "
+          f"probabilities stay calibrated (validation ECE <= {MAX_VALIDATION_ECE}, the decision rule's bound).")
 
 
 def table_contexts(table: pd.DataFrame) -> list[PatientContext]:
@@ -88,7 +89,8 @@ def lesion_folds(groups: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
 def context_report(rule: DecisionRule, logits_views: np.ndarray, table: pd.DataFrame,
                    seed: int = 0) -> tuple[ContextHead, dict]:
     """The head fitted on all of validation and the card's patient_context entry (its `shipped` says whether the
-    model uses it), from the validation set's logits and table."""
+    model uses it: a criterion gain beyond noise with calibrated out-of-fold probabilities), from the validation
+    set's logits and table."""
     labels = np.array([class_index(d) for d in table["dx"]])
     sources, groups = table["source"].to_numpy(), table["lesion_id"].astype(str).to_numpy()
     contexts = table_contexts(table)
@@ -102,13 +104,16 @@ def context_report(rule: DecisionRule, logits_views: np.ndarray, table: pd.DataF
     scores = {"image_only": criterion(image_only, labels, sources), "image_and_context": criterion(with_context, labels, sources)}
     low, high = bootstrap_interval(lambda i: criterion(with_context[i], labels[i], sources[i])
                                    - criterion(image_only[i], labels[i], sources[i]), len(labels), groups, resamples=300)
-    shipped = bool(low is not None and low > 0)
+    beyond_noise = bool(low is not None and low > 0)
     head = fit_head(rule, logits_views, labels, contexts, seed)
+    compared = (("image_only", image_only), ("image_and_context", with_context))
     log_loss = {name: float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None)).mean())
-                for name, p in (("image_only", image_only), ("image_and_context", with_context))}
+                for name, p in compared}
+    ece = {name: calibration(p, labels)["ece"] for name, p in compared}
+    calibrated = ece["image_and_context"] <= MAX_VALIDATION_ECE
     entry = {"validation_criterion": scores, "gain": scores["image_and_context"] - scores["image_only"],
-             "gain_ci95": [low, high], "gain_beyond_noise": shipped, "shipped": shipped,
-             "validation_log_loss": log_loss,
+             "gain_ci95": [low, high], "gain_beyond_noise": beyond_noise, "calibrated": calibrated,
+             "shipped": beyond_noise and calibrated, "validation_log_loss": log_loss, "validation_ece": ece,
              "validation_with_any_context": float(np.mean([c.given for c in contexts])),
              "head": head.to_card(), "method": METHOD}
     return head, entry

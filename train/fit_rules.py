@@ -15,15 +15,16 @@ from sklearn.decomposition import PCA
 
 from core.classes import CLASS_INDEX, NUM_CLASSES
 from core.decision_rule import DecisionRule
-from core.metrics import logit_adjustment, risk_coverage
+from core.metrics import calibration, logit_adjustment, risk_coverage
 from core.ood import UNUSUAL_SCORES, OODDetector
 from core.referral import SCORES as REFERRAL_SCORES, ReferralRule, melanoma_score
 from core.uncertainty import LEVELS, UncertaintyLevels
 from train.stages import classification_scores
 
 VIEW_CHOICES = (1, 4, 8)
-TAUS = tuple(np.round(np.arange(0, 1.51, 0.25), 2))
-ADJUSTMENT_MIN_GAIN = 0.01      # keep a logit adjustment only if it raises the validation criterion this much
+TAUS = tuple(float(t) for t in np.round(np.arange(0, 1.51, 0.25), 2))
+ADJUSTMENT_MIN_GAIN = 0.01      # keep a logit adjustment only if it raises the validation criterion this much ...
+MAX_VALIDATION_ECE = 0.05       # ... and keeps the shown probabilities calibrated: validation ECE <= 0.05
 SEG_TTA_MIN_GAIN = 0.002        # flip TTA of the segmenters only if it raises validation Dice by more than this
 VIEWS_TIE = 0.002               # fewer views unless more views raise the criterion by more than this
 LOW_MAX_ERROR = 0.08            # "low" uncertainty: the largest validation share whose top prediction errs <= 8 %
@@ -60,9 +61,27 @@ def fit_temperature(logits_views: np.ndarray, labels: np.ndarray, offsets: np.nd
                                           options={"xatol": 1e-5}).x))
 
 
+def choose_rule(table: list[dict]) -> dict:
+    """The grid row (views, tau, temperature, criterion, ece) the decision rule uses. Per number of views: the row
+    with the best criterion among those whose validation ECE <= MAX_VALIDATION_ECE, kept only if it beats no
+    adjustment (tau 0) by >= ADJUSTMENT_MIN_GAIN; then more views only if they add > VIEWS_TIE."""
+    chosen = {}
+    for views in VIEW_CHOICES:
+        rows = [r for r in table if r["views"] == views]
+        plain = min(rows, key=lambda r: r["tau"])
+        calibrated = [r for r in rows if r["ece"] <= MAX_VALIDATION_ECE] or [plain]
+        best = max(calibrated, key=lambda r: r["criterion"])
+        chosen[views] = best if best["criterion"] - plain["criterion"] >= ADJUSTMENT_MIN_GAIN else plain
+    pick = chosen[VIEW_CHOICES[0]]
+    for views in VIEW_CHOICES[1:]:
+        if chosen[views]["criterion"] > pick["criterion"] + VIEWS_TIE:
+            pick = chosen[views]
+    return pick
+
+
 def fit_decision_rule(logits_views: np.ndarray, labels: np.ndarray, sources: np.ndarray,
                       priors: np.ndarray) -> tuple[DecisionRule, dict]:
-    """Views, logit adjustment and temperature chosen on validation by `criterion` (temperature by NLL)."""
+    """Views, logit adjustment and temperature chosen on validation (temperature by NLL, the rest by choose_rule)."""
     table = []
     for views in VIEW_CHOICES:
         for tau in TAUS:
@@ -71,22 +90,14 @@ def fit_decision_rule(logits_views: np.ndarray, labels: np.ndarray, sources: np.
             rule = DecisionRule(views, temperature, tuple(float(o) for o in offsets))
             probs = rule.probabilities(logits_views)
             table.append({"views": views, "tau": float(tau), "temperature": temperature,
-                          "criterion": criterion(probs, labels, sources),
+                          "criterion": criterion(probs, labels, sources), "ece": calibration(probs, labels)["ece"],
                           "accuracy": float((probs.argmax(1) == labels).mean())})
-    chosen = {}
-    for views in VIEW_CHOICES:
-        rows = [r for r in table if r["views"] == views]
-        plain = rows[0]
-        best = max(rows, key=lambda r: r["criterion"])
-        chosen[views] = best if best["criterion"] - plain["criterion"] >= ADJUSTMENT_MIN_GAIN else plain
-    pick = chosen[VIEW_CHOICES[0]]
-    for views in VIEW_CHOICES[1:]:
-        if chosen[views]["criterion"] > pick["criterion"] + VIEWS_TIE:
-            pick = chosen[views]
+    pick = choose_rule(table)
     rule = DecisionRule(pick["views"], pick["temperature"], tuple(float(o) for o in logit_adjustment(priors, pick["tau"])))
     report = {"grid": table, "chosen": pick, "rule": (
         f"views, logit adjustment tau (grid {list(TAUS)}) and temperature fitted on validation; the adjustment is kept "
-        f"only if it raises the criterion by >= {ADJUSTMENT_MIN_GAIN}; more views only if they raise it by > {VIEWS_TIE}"),
+        f"only if it raises the criterion by >= {ADJUSTMENT_MIN_GAIN} and the shown probabilities stay calibrated "
+        f"(validation ECE <= {MAX_VALIDATION_ECE}); more views only if they raise the criterion by > {VIEWS_TIE}"),
         "criterion": "mean of HAM10000 val balanced accuracy and ISIC 2017 val-part macro AUC"}
     return rule, report
 

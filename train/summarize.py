@@ -119,7 +119,8 @@ def main(argv=None) -> None:
     print("Similar cases\n\n" + retrieval_table(card) + "\n")
     print("Training (CPU)\n\n" + training_table(card) + "\n")
     print(f"Decision rule: {rule['views']} TTA view(s), temperature {rule['temperature']:.3f}, logit adjustment tau "
-          f"{rule['fit']['chosen']['tau']:.2f} (chosen on validation)")
+          f"{rule['fit']['chosen']['tau']:.2f}, validation criterion {rule['fit']['chosen']['criterion']:.4f}, validation "
+          f"ECE {rule['fit']['chosen'].get('ece', float('nan')):.3f} (chosen on validation: {rule['fit']['rule']})")
     res = card.get("resolution_consistency", {})
     if res.get("n"):
         print(f"Resolution consistency: top class changes on {res['top_class_changed_share']:.1%} of {res['n']} "
@@ -132,6 +133,10 @@ def main(argv=None) -> None:
             loss = context["validation_log_loss"]
             print(f"Patient context (validation log-loss, out-of-fold): image only {loss['image_only']:.4f}, "
                   f"image + context {loss['image_and_context']:.4f}")
+        if context.get("validation_ece"):
+            ece = context["validation_ece"]
+            print(f"Patient context (validation ECE, out-of-fold): image only {ece['image_only']:.3f}, image + context "
+                  f"{ece['image_and_context']:.3f}; calibrated (<= the decision rule's bound): {context['calibrated']}")
 
 
 if __name__ == "__main__":

@@ -113,8 +113,11 @@ def context_use_text(card: dict | None) -> str:
                 f"{low:+.3f} to {high:+.3f}; see Model performance)")
     if context.get("shipped"):
         return f"The shipped model uses the patient context together with the image{measured}."
-    return (f"The shipped model does not use patient context{measured}: the values are checked and recorded in the "
-            "report only.")
+    ece = (context.get("validation_ece") or {}).get("image_and_context")
+    why = ("" if context.get("calibrated", True) or ece is None else
+           f"; its gain came with miscalibrated probabilities (validation ECE {ece:.3f} with context)")
+    return (f"The shipped model does not use patient context{measured}{why}: the values are checked and recorded in "
+            "the report only.")
 
 
 def measurement_table(measurements: dict) -> pd.DataFrame:
