@@ -324,6 +324,12 @@ def test_model_performance(app, weights_card, test_set, source):
     for row, part_source in zip(referral.itertuples(index=False), ("ham10000", "isic2017")):
         part = predictions[predictions["source"] == part_source]
         assert (row.Sensitivity, row.Specificity) == _sensitivity_specificity(part, "mel_score", threshold)
+    # the rule's sentence says the threshold holds the target sensitivity in each validation source, with its melanomas
+    rule_text = next(m.value for m in at.markdown if m.value.startswith("**Rule:**"))
+    counts = weights_card["referral"]["fit"]["validation_melanomas_per_source"]
+    assert "in each validation source" in rule_text
+    assert all(f"{name}: {n} melanomas" in rule_text
+               for name, n in zip(("HAM10000 val", "the held-out part of ISIC 2017 train"), counts.values()))
     assert not at.exception, at.exception
 
 

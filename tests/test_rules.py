@@ -110,12 +110,38 @@ def test_fit_referral_reaches_the_target_sensitivity_on_validation():
     probs = rng.dirichlet(np.ones(NUM_CLASSES), 500)
     probs[labels == CLASS_INDEX["mel"], CLASS_INDEX["mel"]] += 0.5
     probs /= probs.sum(1, keepdims=True)
-    rule, report = fit_rules.fit_referral(probs, labels, 0.9)
+    rule, report = fit_rules.fit_referral(probs, labels, target_sensitivity=0.9)
     is_mel = labels == CLASS_INDEX["mel"]
     sensitivity = rule.refer(probs[is_mel]).mean()
     assert sensitivity >= 0.9 and report["candidates"][rule.score]["sensitivity"] == pytest.approx(sensitivity)
     # the largest such threshold: any higher one loses sensitivity
     assert rule.refer(probs[is_mel], threshold=rule.threshold + 1e-6).mean() < 0.9 + 1 / is_mel.sum()
+
+
+def test_fit_referral_holds_the_target_sensitivity_in_every_validation_source():
+    # a large source whose melanomas score high and a small one (another clinic) whose melanomas score lower: the
+    # pooled threshold would meet the target on the pooled set and miss it on the small source
+    rng = np.random.default_rng(3)
+    sources = np.array(["ham10000"] * 900 + ["isic2017"] * 300)
+    labels = rng.integers(0, NUM_CLASSES, 1200)
+    probs = rng.dirichlet(np.ones(NUM_CLASSES), 1200)
+    is_mel = labels == CLASS_INDEX["mel"]
+    probs[is_mel & (sources == "ham10000"), CLASS_INDEX["mel"]] += 1.0
+    probs[is_mel & (sources == "isic2017"), CLASS_INDEX["mel"]] += 0.1
+    probs /= probs.sum(1, keepdims=True)
+    pooled, _ = fit_rules.fit_referral(probs, labels, None, 0.9)
+    assert rule_sensitivity(pooled, probs, is_mel & (sources == "isic2017")) < 0.9  # the trap is real
+    rule, report = fit_rules.fit_referral(probs, labels, sources, 0.9)
+    for source in ("ham10000", "isic2017"):
+        assert rule_sensitivity(rule, probs, is_mel & (sources == source)) >= 0.9
+        assert report["candidates"][rule.score]["sensitivity_per_source"][source] >= 0.9
+    assert rule.threshold == min(report["candidates"][rule.score]["threshold_per_source"].values())
+    assert report["validation_melanomas_per_source"] == {s: int((is_mel & (sources == s)).sum())
+                                                         for s in ("ham10000", "isic2017")}
+
+
+def rule_sensitivity(rule, probs, melanomas) -> float:
+    return float(rule.refer(probs[melanomas]).mean())
 
 
 def test_uncertainty_levels_are_cut_on_validation_and_carry_their_error_rates():

@@ -350,7 +350,7 @@ def main(argv=None) -> dict:
     seg_views = 4 if seg_tta["enhanced_sn_tta"] > seg_tta["enhanced_sn"] + fit_rules.SEG_TTA_MIN_GAIN else 1
 
     # ---- referral, similar cases, uncertainty, OOD (validation)
-    referral, referral_fit = fit_rules.fit_referral(probs["val"], y["val"])
+    referral, referral_fit = fit_rules.fit_referral(probs["val"], y["val"], val_sources)
     index, index_fit = fit_case_index(outputs, tables)
     train_index = CaseIndex.fit(outputs["train"]["pooled"], tables["train"], index_fit["dims"])
 

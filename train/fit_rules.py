@@ -102,22 +102,33 @@ def fit_decision_rule(logits_views: np.ndarray, labels: np.ndarray, sources: np.
     return rule, report
 
 
-def fit_referral(probs: np.ndarray, labels: np.ndarray, target_sensitivity: float = 0.9) -> tuple[ReferralRule, dict]:
-    """For each candidate score, the largest threshold that keeps validation melanoma sensitivity >= target;
-    the score with the higher validation specificity at that threshold wins."""
+def fit_referral(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray | None = None,
+                 target_sensitivity: float = 0.9) -> tuple[ReferralRule, dict]:
+    """For each candidate score, the largest threshold that keeps validation melanoma sensitivity >= target in
+    *every* validation source (HAM10000 val and the ISIC 2017 part: the rule must hold for each clinic it has seen,
+    not only on the pooled set that HAM10000 dominates); the score with the higher validation specificity there wins."""
+    sources = np.full(len(labels), "all") if sources is None else np.asarray(sources)
     is_mel = labels == CLASS_INDEX["mel"]
     candidates = {}
     for kind in REFERRAL_SCORES:
         score = melanoma_score(probs, kind)
-        positives = np.sort(score[is_mel])
-        threshold = float(positives[int(math.floor((1 - target_sensitivity) * len(positives)))])
+        per_source = {}
+        for source in np.unique(sources[is_mel]):
+            positives = np.sort(score[is_mel & (sources == source)])
+            per_source[str(source)] = float(positives[int(math.floor((1 - target_sensitivity) * len(positives)))])
+        threshold = min(per_source.values())
         candidates[kind] = {"threshold": threshold, "sensitivity": float((score[is_mel] >= threshold).mean()),
-                            "specificity": float((score[~is_mel] < threshold).mean())}
+                            "specificity": float((score[~is_mel] < threshold).mean()),
+                            "threshold_per_source": per_source,
+                            "sensitivity_per_source": {s: float((score[is_mel & (sources == s)] >= threshold).mean())
+                                                       for s in per_source}}
     kind = max(candidates, key=lambda k: candidates[k]["specificity"])
     return (ReferralRule(kind, candidates[kind]["threshold"], target_sensitivity),
             {"candidates": candidates, "chosen": kind, "validation_melanomas": int(is_mel.sum()),
-             "rule": f"largest threshold with validation melanoma sensitivity >= {target_sensitivity}; the score with "
-                     "the higher validation specificity there"})
+             "validation_melanomas_per_source": {str(s): int((is_mel & (sources == s)).sum())
+                                                 for s in np.unique(sources[is_mel])},
+             "rule": f"largest threshold with validation melanoma sensitivity >= {target_sensitivity} in every "
+                     "validation source; the score with the higher validation specificity there"})
 
 
 def fit_uncertainty(scores: dict[str, np.ndarray], errors: np.ndarray) -> tuple[UncertaintyLevels, dict]:
