@@ -218,14 +218,18 @@ def test_similar_cases_with_and_without_the_data_folder(app, data_dir, pdfs):
 
 
 # ---------------------------------------------------------------- patient context
-def test_patient_context_on_analyze(app, data_dir, pdfs):
+def test_patient_context_on_analyze(app, data_dir, pdfs, weights_card):
+    used = bool(weights_card["patient_context"]["shipped"])  # the card decides whether the head is used
+    use_words = "uses the patient context" if used else "does not use patient context"
+    included = "The probabilities include the patient context entered above (age, sex, site)."
     image = _image(data_dir)
     at = page(app, ANALYZE)
     at.text_input(key="context_age").set_value("abc").run()
     upload(at, "upload", (image.name, image.read_bytes(), "image/jpeg"))
     assert any("age 'abc' is not a number of years" in e.value for e in at.error)
     assert [m.value for m in at.markdown if m.value.startswith("### ")], "the analysis stopped"
-    assert any("does not use patient context" in c.value for c in at.caption)
+    assert any(use_words in c.value for c in at.caption)
+    assert not any(c.value == included for c in at.caption)  # an invalid value is not used
     at.button(key="pdf_prepare").click().run()
     assert "Patient context" not in pdf_text(pdfs[-1])  # an invalid value is left out
     at.text_input(key="context_age").set_value("54").run()
@@ -236,7 +240,8 @@ def test_patient_context_on_analyze(app, data_dir, pdfs):
     assert not at.exception, at.exception
     text = pdf_text(pdfs[-1])
     assert "Age 54 years" in text and "Sex female" in text and "Anatomical site lower extremity" in text
-    assert "does not use patient context" in text
+    assert use_words in " ".join(text.split())
+    assert any(c.value == included for c in at.caption) == used
 
 
 def test_patient_context_csv_on_batch(app, data_dir, downloads):
