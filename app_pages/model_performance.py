@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.referral import BELOW_TEXT, REFER_TEXT
+from core.referral import BELOW_TEXT, REFER_TEXT, validation_sources_text
 from ui.analyzers import ModelUnavailable, pool, weights_dir
 from ui.data_folder import available_sources, current_data_dir
 from ui.datasets import dataset_cam, manifest, read_image_path
 from ui.figures import (pr_figure, referral_roc_figure, reliability_figure, risk_coverage_figure, roc_figure,
                         segmentation_histograms, training_curves_figure)
-from ui.formatting import (MODEL_LABELS, OOD_RESULT_LABELS, SEG_VARIANT_LABELS, cam_caption, ci_text, class_name,
-                           context_use_text, decimals, paired_difference_label, pct, referral_sources_text)
+from ui.formatting import (MODEL_LABELS, OOD_RESULT_LABELS, SEG_VARIANT_LABELS, cam_caption, ci_text,
+                           class_name, context_use_text, decimals, paired_difference_label, pct)
 from ui.images import cam_overlay
 from ui.metric_views import cell_gallery, ci_metric, confusion_ui, per_class_ui
 from ui.model_files import (TEST_SET_SOURCES, TEST_SETS, classification_of, model_card, predictions_of,
@@ -141,9 +141,8 @@ def referral_ui(card: dict) -> None:
     shipped, entry = rule(), card.get("referral", {})
     st.markdown(f"**Rule:** refer when the melanoma score ({entry.get('score_meaning', shipped.score)}) reaches the "
                 f"threshold. The model card's threshold **{shipped.threshold:.3f}** was chosen on validation images for "
-                f"a melanoma sensitivity of at least {shipped.target_sensitivity:.0%}{referral_sources_text(entry)}. Analyze, "
-                f"Batch and the PDF "
-                f"report say “{REFER_TEXT}” or “{BELOW_TEXT}”, with the score and the threshold.")
+                f"a melanoma sensitivity of at least {shipped.target_sensitivity:.0%}{validation_sources_text(entry)}. "
+                f"Analyze, Batch and the PDF report say “{REFER_TEXT}” or “{BELOW_TEXT}”, with the score and the threshold.")
     threshold = threshold_ui()
     if threshold != shipped.threshold:
         st.info(f"Analyze, Batch and the PDF report now use your session's threshold {threshold:.3f} (the model "

@@ -16,6 +16,7 @@ SCORES = {
 }
 REFER_TEXT = "Melanoma score above the referral threshold: consider dermoscopic follow-up or excision."
 BELOW_TEXT = "Melanoma score below the referral threshold."
+VALIDATION_SOURCES = {"ham10000": "HAM10000 val", "isic2017": "the held-out part of ISIC 2017 train"}
 
 
 def melanoma_score(probs, kind: str) -> np.ndarray:
@@ -53,3 +54,13 @@ class ReferralRule:
         entry = card.get("referral") or {}
         return cls(score=str(entry.get("score", "mel")), threshold=float(entry.get("threshold", 0.5)),
                    target_sensitivity=float(entry.get("target_sensitivity", 0.9)))
+
+
+def validation_sources_text(entry: dict) -> str:
+    """' in each validation source (HAM10000 val: 166 melanomas, ...)' when the card's referral entry was fitted per
+    validation source (train.fit_rules.fit_referral); '' for a card without that fit."""
+    counts = (entry.get("fit") or {}).get("validation_melanomas_per_source")
+    if not counts:
+        return ""
+    return " in each validation source (" + ", ".join(f"{VALIDATION_SOURCES.get(s, s)}: {n} melanomas"
+                                                       for s, n in counts.items()) + ")"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from core.referral import validation_sources_text
 from core.weights_io import read_model_card
 
 TEST_SETS = {"ham10000_test": "HAM10000 test", "isic2017_test": "ISIC 2017 val (official)"}
@@ -97,13 +98,6 @@ def retrieval_table(card: dict) -> str:
                    "classifier balanced acc."], rows)
 
 
-def per_source_counts(referral: dict) -> str:
-    """' in every validation source: ham10000 166, isic2017 56 melanomas' when the threshold was fitted per source."""
-    counts = referral.get("fit", {}).get("validation_melanomas_per_source")
-    return (" in every validation source: " + ", ".join(f"{s} {n}" for s, n in counts.items()) + " melanomas"
-            if counts else "")
-
-
 def training_table(card: dict) -> str:
     times = card.get("training_time_minutes") or {}
     rows = [[stage, t["epochs"], f"{t['minutes']:.1f}", t["best_val_score"]] for stage, t in times.items()]
@@ -120,7 +114,7 @@ def main(argv=None) -> None:
     print("mask-CN per class, HAM10000 test\n\n" + per_class_table(card) + "\n")
     print("Segmentation and the E-layer ablation\n\n" + segmentation_table(card) + "\n")
     print(f"Melanoma referral: {referral['score_meaning']} >= {referral['threshold']:.3f} (validation sensitivity "
-          f"target {referral['target_sensitivity']:.2f}{per_source_counts(referral)})\n\n" + referral_table(card) + "\n")
+          f"target {referral['target_sensitivity']:.2f}{validation_sources_text(referral)})\n\n" + referral_table(card) + "\n")
     print(f"Uncertainty levels ({card['uncertainty']['score']})\n\n" + uncertainty_table(card) + "\n")
     print("Out-of-distribution\n\n" + ood_table(card) + "\n")
     print("Similar cases\n\n" + retrieval_table(card) + "\n")

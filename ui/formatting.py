@@ -11,7 +11,6 @@ MODEL_LABELS = {"mask_cn": "mask-CN (shipped)", "mask_cn_single_view": "mask-CN,
                 "classifier": "Image-only classifier", "ensemble": "mask-CN + image-only (mean)",
                 "mask_cn_context": "+ context head"}
 HEADLINE_SOURCES = {"ham10000": "HAM10000 test", "isic2017": "ISIC 2017 val"}
-VALIDATION_SOURCES = {"ham10000": "HAM10000 val", "isic2017": "the held-out part of ISIC 2017 train"}
 HEADLINE_WORDS = {"auc": "AUC", "sn": "SN", "dice": "Dice", "jaccard": "Jaccard"}
 OOD_WORDS = {"in": "in distribution", "unusual": "⚠ unusual", "not_dermoscopy": "⚠ not dermoscopy"}
 OOD_RESULT_LABELS = {"ham10000_test": "HAM10000 test", "isic2017_test": "ISIC 2017 official validation",
@@ -138,12 +137,3 @@ def cam_caption(method: str, class_code: str, masked: bool) -> str:
 # "unusual" (Streamlit gives a keyed container the CSS class st-key-<key>).
 GREYED_CSS = "<style>[class*='st-key-unusual'] {opacity: 0.45; filter: grayscale(0.8);}</style>"
 
-
-def referral_sources_text(entry: dict) -> str:
-    """' in each validation source (HAM10000 val: 166 melanomas, ...)' when the card's referral threshold was fitted
-    per validation source; '' for a card without that fit."""
-    counts = (entry.get("fit") or {}).get("validation_melanomas_per_source")
-    if not counts:
-        return ""
-    return " in each validation source (" + ", ".join(f"{VALIDATION_SOURCES.get(s, s)}: {n} melanomas"
-                                                       for s, n in counts.items()) + ")"
