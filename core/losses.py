@@ -39,3 +39,14 @@ def class_weights(labels, num_classes: int, power: float = 0.5) -> torch.Tensor:
     counts = torch.bincount(torch.as_tensor(labels), minlength=num_classes).float().clamp(min=1)
     weights = (counts.sum() / counts) ** power
     return weights / weights.mean()
+
+
+def mixed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, partner_labels: torch.Tensor, keep: torch.Tensor,
+                        weight: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Class-weighted cross-entropy against two labels mixed by `keep` (CutMix): each image counts keep x its own
+    label and (1 - keep) x its partner's, normalised like F.cross_entropy's weighted mean, which it equals when
+    every keep is 1."""
+    own = F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing, reduction="none")
+    other = F.cross_entropy(logits, partner_labels, weight=weight, label_smoothing=label_smoothing, reduction="none")
+    total = (keep * own + (1 - keep) * other).sum()
+    return total / (keep * weight[labels] + (1 - keep) * weight[partner_labels]).sum()

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from core.preprocess import Preprocessing
-from train.augment import (AugmentConfig, affine_theta, augment_batch, colour_jitter, perturb_masks, random_theta,
-                           warp)
+from train.augment import (AugmentConfig, affine_theta, augment_batch, colour_jitter, cutmix, perturb_masks,
+                           random_theta, warp)
 from train.cache import load_arrays
 from train.schedule import EMA, learning_rate
 
@@ -76,6 +76,31 @@ def test_photometric_jitter_acts_on_raw_pixels(real_batch):
     assert unclipped.float().mean() > 0.9
     assert torch.allclose((hued * luma).sum(1)[unclipped.all(1)], (x * luma).sum(1)[unclipped.all(1)], atol=2e-3)  # hue keeps luma
     assert (hued - x).abs().mean() > 0.005
+
+
+def test_cutmix_pastes_one_box_from_the_partner_into_the_image_and_its_mask_and_reports_the_kept_share(real_batch):
+    """CutMix: the changed pixels form one rectangle taken from the partner image, the mask channel changes only
+    inside it and takes the partner's mask there, and the kept share (by which the labels mix) is the share of
+    pixels outside it; p = 0 changes nothing."""
+    x, m = real_batch
+    (mixed_x, mixed_m), partner, keep = cutmix([x, m], 1.0, torch.Generator().manual_seed(0))
+    checked = 0
+    for i in range(len(x)):
+        changed = (mixed_x[i] != x[i]).any(0)
+        if partner[i] == i or not changed.any():
+            continue
+        rows, cols = changed.nonzero(as_tuple=True)
+        box = torch.zeros_like(changed)
+        box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+        assert changed[box].float().mean() > 0.95                       # one rectangle
+        assert torch.equal(mixed_x[i][:, box], x[partner[i]][:, box])   # the partner's pixels
+        assert torch.equal(mixed_m[i, 0][box], m[partner[i], 0][box])   # the same box in the mask
+        assert torch.equal(mixed_m[i, 0][~box], m[i, 0][~box])
+        assert abs(float(keep[i]) - (1 - box.float().mean().item())) < 1e-6
+        checked += 1
+    assert checked >= 3
+    (same_x, same_m), _, keep0 = cutmix([x, m], 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(same_x, x) and torch.equal(same_m, m) and torch.equal(keep0, torch.ones(len(x)))
 
 
 def test_perturbed_masks_stay_near_the_truth(real_batch):

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from core.losses import class_weights, dice_loss, hybrid_loss, rank_loss
+import torch.nn.functional as F
+
+from core.losses import class_weights, dice_loss, hybrid_loss, mixed_cross_entropy, rank_loss
 
 
 def _target():
@@ -65,3 +67,20 @@ def test_the_segmenters_training_loss_contains_the_rank_term():
     beyond_dice = float(stage.loss(hard, t) - stage.loss(base, t)) - float(dice_loss(hard, t) - dice_loss(base, t))
     assert beyond_dice == pytest.approx(0.05 * float(rank_loss(hard, t) - rank_loss(base, t)), rel=1e-4)
     assert beyond_dice > 0.005
+
+
+def test_mixed_cross_entropy_is_the_weighted_cross_entropy_without_a_box_and_follows_the_kept_share():
+    """CutMix's loss: with every image keeping all its pixels it is exactly the class-weighted, label-smoothed
+    cross-entropy of training; an image that keeps a share k of its pixels counts k x its own label."""
+    torch.manual_seed(0)
+    logits, labels, partner = torch.randn(8, 7), torch.randint(0, 7, (8,)), torch.randint(0, 7, (8,))
+    weight = torch.rand(7) + 0.5
+    plain = F.cross_entropy(logits, labels, weight=weight, label_smoothing=0.05)
+    assert torch.allclose(mixed_cross_entropy(logits, labels, partner, torch.ones(8), weight, 0.05), plain)
+    assert torch.allclose(mixed_cross_entropy(logits, labels, partner, torch.zeros(8), weight, 0.05),
+                          F.cross_entropy(logits, partner, weight=weight, label_smoothing=0.05))
+    one = torch.zeros(1, 7)
+    one[0, 2] = 5.0  # confident in class 2: the loss falls as the share labelled 2 grows
+    losses = [float(mixed_cross_entropy(one, torch.tensor([2]), torch.tensor([4]), torch.tensor([k]), weight))
+              for k in (0.2, 0.5, 0.8)]
+    assert losses[0] > losses[1] > losses[2]

@@ -120,6 +120,29 @@ def test_mask_cn_validates_on_coarse_sn_output_and_trains_on_perturbed_truth(tin
     assert any(not np.array_equal(got, want) for got, want in zip(channel, truth))
 
 
+def test_mask_cn_cutmix_moves_the_mask_channel_with_the_image_and_mixes_the_labels(tiny_runs, data_dir):
+    """--cutmix-p: the training batch's mask channel changes only where the image got the partner's box, and the
+    target carries both labels and the kept share, which the loss uses (it differs from the unmixed loss)."""
+    runs, _ = tiny_runs
+    args = ["--stage", "mask_cn", "--data-dir", str(data_dir), "--image-size", "75x100",
+            "--coarse-sn", str(runs / "coarse_sn" / "best.safetensors"), *TINY]
+    plain = MaskCNStage(train_stage.parse_args(args))
+    mixed = MaskCNStage(train_stage.parse_args([*args, "--cutmix-p", "1"]))
+    _, val_tables = train_stage.split_tables(plain.cfg)
+    train = plain.load(val_tables["ham10000"].head(8), training=True)
+    (x_plain,), labels = plain.batch(train, np.arange(8), torch.Generator().manual_seed(5))
+    (x_mixed,), target = mixed.batch(train, np.arange(8), torch.Generator().manual_seed(5))
+    own, partner_labels, keep = target
+    assert torch.equal(own, labels) and (keep < 1).any()
+    image_changed = (x_mixed[:, :3] != x_plain[:, :3]).any(1)
+    channel_changed = x_mixed[:, 3] != x_plain[:, 3]
+    assert channel_changed.any() and not (channel_changed & ~image_changed).any()
+    for stage in (plain, mixed):
+        stage.prepare(train)
+    logits = torch.randn(8, 7)
+    assert not torch.isclose(mixed.loss(logits, target), plain.loss(logits, labels))
+
+
 def test_stage_without_its_upstream_checkpoint_says_so(data_dir):
     with pytest.raises(SystemExit, match="--coarse-sn"):
         train_stage.main(["--stage", "mask_cn", "--data-dir", str(data_dir), *TINY])

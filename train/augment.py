@@ -123,6 +123,31 @@ def cutout(x: torch.Tensor, p: float, size: float, generator: torch.Generator) -
     return torch.where(box.unsqueeze(1).to(x.device), mean, x)
 
 
+# ---------------------------------------------------------------- CutMix (classifiers)
+def cutmix(tensors: list[torch.Tensor], p: float, generator: torch.Generator
+           ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """CutMix (Yun et al. 2019): a share p of the images gets a box pasted from another image of the batch, the same
+    box in every tensor passed (the image and mask-CN's mask channel, all (B,C,H,W) of one size). The box's area
+    share is uniform (the paper's Beta(1, 1)), its centre uniform, its sides clipped at the border.
+
+    Returns the tensors, each image's partner (the index its box came from) and the share of its own pixels it
+    keeps (1 where it got no box): the loss mixes the two labels by that share (core.losses.mixed_cross_entropy)."""
+    b, _, h, w = tensors[0].shape
+    partner = torch.randperm(b, generator=generator)
+    chosen = torch.rand(b, generator=generator) < p
+    side = torch.sqrt(torch.rand(b, generator=generator))  # box side share: its area share is uniform
+    centre_y = torch.rand(b, generator=generator) * h
+    centre_x = torch.rand(b, generator=generator) * w
+    rows = torch.arange(h).view(1, h, 1) + 0.5
+    cols = torch.arange(w).view(1, 1, w) + 0.5
+    box = ((rows - centre_y.view(b, 1, 1)).abs() < (side * h / 2).view(b, 1, 1)) \
+        & ((cols - centre_x.view(b, 1, 1)).abs() < (side * w / 2).view(b, 1, 1)) & chosen.view(b, 1, 1)
+    keep = 1 - box.flatten(1).float().mean(1)
+    box = box.unsqueeze(1)
+    mixed = [torch.where(box.to(t.device), t[partner], t) for t in tensors]
+    return mixed, partner, keep
+
+
 # ---------------------------------------------------------------- the mask channel of mask-CN
 def perturb_masks(masks: torch.Tensor, generator: torch.Generator, drop_p: float = 0.1) -> torch.Tensor:
     """Ground-truth lesion masks (B,1,H,W) in {0,1} -> soft masks with the errors a coarse segmenter makes.

@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from core.classes import CLASS_CODES, NUM_CLASSES, class_index
-from core.losses import class_weights, hybrid_loss
+from core.losses import class_weights, hybrid_loss, mixed_cross_entropy
 from core.mbdcnn import coarse_probabilities, mask_cn_input, run_chain
 from core.models import create_model
 from core.preprocess import Preprocessing
 from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, normalize_batch, normalize_pixels, pixels
 from core.weights_io import weights_metadata
-from train.augment import AugmentConfig, augment_batch, perturb_masks
+from train.augment import AugmentConfig, augment_batch, cutmix, perturb_masks
 from train.cache import load_arrays
 
 VAL_BATCH = 64
@@ -225,14 +225,26 @@ class ClassifierStage(Stage):
         self.class_weights = class_weights(labels, NUM_CLASSES, self.cfg["class_weight_power"])
 
     def batch(self, arrays: Arrays, idx: np.ndarray, generator: torch.Generator | None):
-        x = self._pixels(arrays, idx)
-        if generator is not None:
-            x, _ = augment_batch(x, [], self.augment, generator)
-        return (normalize_pixels(x.to(self.device)),), arrays.labels[idx].to(self.device)
+        x, labels = self._pixels(arrays, idx), arrays.labels[idx]
+        if generator is None:
+            return (normalize_pixels(x.to(self.device)),), labels.to(self.device)
+        x, _ = augment_batch(x, [], self.augment, generator)
+        (x,), target = self.mix([x], labels, generator)
+        return (normalize_pixels(x.to(self.device)),), target
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(output.float(), target, weight=self.class_weights.to(output.device),
-                               label_smoothing=self.cfg["label_smoothing"])
+    def mix(self, tensors: list[torch.Tensor], labels: torch.Tensor, generator: torch.Generator):
+        """CutMix on an augmented training batch when --cutmix-p > 0: the tensors and (labels, partner labels,
+        kept share) for the loss; otherwise the tensors and the labels unchanged."""
+        if self.cfg["cutmix_p"] <= 0:
+            return tensors, labels.to(self.device)
+        tensors, partner, keep = cutmix(tensors, self.cfg["cutmix_p"], generator)
+        return tensors, (labels.to(self.device), labels[partner].to(self.device), keep.to(self.device))
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        weight = self.class_weights.to(output.device)
+        if isinstance(target, tuple):
+            return mixed_cross_entropy(output.float(), *target, weight, self.cfg["label_smoothing"])
+        return F.cross_entropy(output.float(), target, weight=weight, label_smoothing=self.cfg["label_smoothing"])
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, val: dict[str, Arrays]) -> dict:
@@ -272,14 +284,15 @@ class MaskCNStage(ClassifierStage):
         return arrays
 
     def batch(self, arrays: Arrays, idx: np.ndarray, generator: torch.Generator | None):
-        x = self._pixels(arrays, idx)
+        x, labels = self._pixels(arrays, idx), arrays.labels[idx]
         if generator is not None:
             truth = torch.from_numpy(np.ascontiguousarray(arrays.masks[idx])).unsqueeze(1).float()
             x, (channel,) = augment_batch(x, [perturb_masks(truth, generator)], self.augment, generator)
+            (x, channel), target = self.mix([x, channel], labels, generator)
         else:
-            channel = arrays.aux[idx].float()
+            channel, target = arrays.aux[idx].float(), labels.to(self.device)
         x4 = mask_cn_input(normalize_pixels(x.to(self.device)), channel.to(self.device))
-        return (x4,), arrays.labels[idx].to(self.device)
+        return (x4,), target
 
 
 STAGES = {"coarse_sn": CoarseSNStage, "mask_cn": MaskCNStage, "enhanced_sn": EnhancedSNStage,

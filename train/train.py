@@ -73,6 +73,7 @@ CONFIG = dict(
     rank_lambda=0.05, rank_k=30, rank_margin=0.3,
     # augmentation
     crop_scale_min=0.5, rotate_degrees=30.0, colour_jitter=0.2, hue_jitter=0.04, lowres_p=0.2, cutout_p=0.5,
+    cutmix_p=0.0,                # classifiers: share of images given another image's box (CutMix), labels mixed by area
     # runtime
     seed=42,
     device="auto",               # auto | cpu | cuda
