@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 import torch.nn.functional as F
 
 from core.losses import class_weights, dice_loss, hybrid_loss, mixed_cross_entropy, rank_loss

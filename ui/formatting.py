@@ -136,4 +136,3 @@ def cam_caption(method: str, class_code: str, masked: bool) -> str:
 # Diagnosis content of an unusual image is shown greyed: the pages put it into containers whose key starts with
 # "unusual" (Streamlit gives a keyed container the CSS class st-key-<key>).
 GREYED_CSS = "<style>[class*='st-key-unusual'] {opacity: 0.45; filter: grayscale(0.8);}</style>"
-
