@@ -10,6 +10,8 @@ from train.augment import (AugmentConfig, affine_theta, augment_batch, colour_ji
                            random_theta, warp)
 from train.cache import load_arrays
 from train.schedule import EMA, learning_rate
+from train.stages import STAGES
+from train.train import parse_args
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +122,18 @@ def test_random_resized_crops_zoom_in_within_the_range():
     area = (theta[:, 0, 0] * theta[:, 1, 1]).abs()
     assert area.min() >= 0.5 * 0.75 - 1e-6 and area.max() <= 1 + 1e-6  # crop area share (ratio clamping shrinks it)
     assert (theta[:, :, 2].abs() <= 1 - theta[:, [0, 1], [0, 1]].abs() + 1e-6).all()  # crops stay inside the image
+
+
+def test_zoom_out_shrinks_the_lesion_and_keeps_the_whole_image_in_the_frame():
+    cfg = AugmentConfig(crop_scale=(2.0, 2.0), crop_ratio=(1.0, 1.0), rotate_degrees=0)
+    theta = random_theta(500, 4 / 3, cfg, torch.Generator().manual_seed(0))
+    assert torch.allclose(theta[:, [0, 1], [0, 1]].abs(), torch.full((500, 2), 2 ** 0.5))
+    assert (theta[:, :, 2].abs() <= theta[:, [0, 1], [0, 1]].abs() - 1 + 1e-6).all()  # no part of the image cut off
+    mask = torch.zeros(8, 1, 96, 128)
+    mask[:, :, 32:64, 40:88] = 1  # a lesion in the middle, 1/8 of the image
+    warped = warp(mask, theta[:8], padding="zeros")
+    assert warped.sum((1, 2, 3)).div(mask.sum((1, 2, 3))).sub(0.5).abs().max() < 0.02  # half its area in the frame
+    assert STAGES["coarse_sn"](parse_args(["--stage", "coarse_sn", "--crop-scale-max", "2"])).augment.crop_scale == (0.5, 2.0)
 
 
 def test_warmup_then_cosine_and_poly():

@@ -25,7 +25,8 @@ _GREY = torch.tensor([0.299, 0.587, 0.114])
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    crop_scale: tuple[float, float] = (0.5, 1.0)    # area share of the random-resized crop
+    crop_scale: tuple[float, float] = (0.5, 1.0)    # area share of the random-resized crop (> 1: zoom out, the
+                                                     # whole image shrinks inside the frame, the rim reflected)
     crop_ratio: tuple[float, float] = (0.75, 1.333)  # aspect jitter of the crop, relative to the image's aspect
     rotate_degrees: float = 30.0                     # rotation on top of the dihedral group, +-
     transpose_p: float = 0.5                         # whole-batch transpose (dihedral)
@@ -64,8 +65,9 @@ def random_theta(b: int, aspect: float, cfg: AugmentConfig, generator: torch.Gen
     area = _uniform(b, *cfg.crop_scale, generator)
     log_ratio = _uniform(b, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]), generator)
     ratio = torch.exp(log_ratio)
-    scale = torch.stack([torch.sqrt(area * ratio), torch.sqrt(area / ratio)], 1).clamp(max=1.0)
-    room = 1 - scale
+    largest = max(1.0, math.sqrt(cfg.crop_scale[1]))  # a zoom-in crop stays inside the image on both axes
+    scale = torch.stack([torch.sqrt(area * ratio), torch.sqrt(area / ratio)], 1).clamp(max=largest)
+    room = (1 - scale).abs()  # zoom in: the crop stays inside the image; zoom out: the image stays inside the frame
     shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * room
     flips = torch.where(torch.rand(b, 2, generator=generator) < 0.5, -1.0, 1.0)
     angle = _uniform(b, -cfg.rotate_degrees, cfg.rotate_degrees, generator) * math.pi / 180

@@ -87,7 +87,7 @@ class Stage:
         self.preprocessing = Preprocessing(cfg["colour_constancy"], cfg["crop_field_of_view"],
                                            cfg["jpeg_quality"] if self.classifies else 0)  # the JPEG step: classifiers
         self.augment = AugmentConfig(
-            crop_scale=(cfg["crop_scale_min"], 1.0), rotate_degrees=cfg["rotate_degrees"],
+            crop_scale=(cfg["crop_scale_min"], cfg["crop_scale_max"]), rotate_degrees=cfg["rotate_degrees"],
             brightness=cfg["colour_jitter"], contrast=cfg["colour_jitter"], saturation=cfg["colour_jitter"],
             hue=cfg["hue_jitter"], lowres_p=cfg["lowres_p"], cutout_p=cfg["cutout_p"] if self.classifies else 0.0)
         self.device = torch.device("cpu")

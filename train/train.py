@@ -72,7 +72,9 @@ CONFIG = dict(
     isic_repeats=2,              # ISIC 2017 images appear this often per epoch (both sources count)
     rank_lambda=0.05, rank_k=30, rank_margin=0.3,
     # augmentation
-    crop_scale_min=0.5, rotate_degrees=30.0, colour_jitter=0.2, hue_jitter=0.04, lowres_p=0.2, cutout_p=0.5,
+    crop_scale_min=0.5,
+    crop_scale_max=1.0,          # > 1 adds zoom-out: lesions shown smaller in the frame than in the data (segmenters)
+    rotate_degrees=30.0, colour_jitter=0.2, hue_jitter=0.04, lowres_p=0.2, cutout_p=0.5,
     cutmix_p=0.0,                # classifiers: share of images given another image's box (CutMix), labels mixed by area
     # runtime
     seed=42,
