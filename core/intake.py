@@ -21,6 +21,9 @@ Used by the dashboard upload, the batch page and the predict CLI. Rules:
   tag values (an ImageDescription or Artist tag can hold a patient's name) and PNG chunk details, so the "PIL"
   logger is capped at INFO when this module is imported, whatever the root logger's level.
 
+DICOM files (the 'DICM' signature at offset 128) go to core.dicom_input, which applies the same limits and returns
+the first frame here (read_dicom gives every frame and the patient context from the tags).
+
 Pillow's global Image.MAX_IMAGE_PIXELS is left alone (other code shares it); its DecompressionBombWarning/Error are
 caught here, and our own, lower max_pixels check runs first on the header size.
 """
@@ -52,7 +55,7 @@ OPEN_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF")
 ALLOWED_FORMATS = OPEN_FORMATS + ("MPO",)
 SUPPORTED_TEXT = "JPEG, PNG, BMP, TIFF, WebP or GIF"
 #: File-name extensions of those formats, for file pickers (load_image itself detects the format from the content).
-FILE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "gif")
+FILE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "gif", "dcm")
 # Progressive JPEGs with thousands of scans are a known CPU-exhaustion trick; real files have ~10.
 MAX_JPEG_SCANS = 1000
 
@@ -206,6 +209,9 @@ def load_image(data: bytes, name: str = "", *, max_bytes: int = MAX_BYTES, max_p
     if len(data) > max_bytes:
         raise ImageRejected(f"File is larger than {_human_bytes(max_bytes)}", "too_many_bytes", name)
 
+    if data[128:132] == b"DICM":  # DICOM Part 10: core.dicom_input (first frame; its own checks and messages)
+        from core.dicom_input import read_dicom
+        return read_dicom(data, name, max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side).frames[0]
     with warnings.catch_warnings():
         # Pillow warns about bombs, odd EXIF, palette transparency...; none of that may reach the caller.
         warnings.simplefilter("ignore")
