@@ -10,6 +10,7 @@ dermoscopy gets no diagnosis: empty pred, probabilities, mel_score and refer. A 
 error row and the rest go on. --metadata: a CSV with columns image (file name, with or without extension) and any of
 age, sex, site (core.patient_context); the values are checked, copied into the output rows and passed to the analysis
 (they change the probabilities only when the model card's context head is in use: its patient-context comparison).
+DICOM files (.dcm) without a --metadata row take age, sex and site from their tags (core.dicom_input).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from core.classes import CLASS_CODES
 from core.inference import DEFAULT_WEIGHTS_DIR, Analyzer
+from core.dicom_input import is_dicom, read_dicom
 from core.intake import FILE_EXTENSIONS, ImageRejected, load_image_file
 from core.patient_context import ContextError, PatientContext, read_context_csv
 
@@ -68,6 +70,9 @@ def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path, context: Patient
     row = blank_row(path.stem, context)
     try:
         rgb = load_image_file(path)
+        if not context.given:
+            context = dicom_context(path)
+            row = blank_row(path.stem, context)
         result = analyzer.analyze(rgb, context=context)
     except ImageRejected as exc:
         row["error"] = str(exc)
@@ -78,6 +83,15 @@ def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path, context: Patient
     row.update(result_row(result, model_version(analyzer)))
     cv2.imwrite(str(mask_dir / f"{path.stem}.png"), result.mask)
     return row
+
+
+def dicom_context(path: Path) -> PatientContext:
+    """The patient context in a DICOM file's tags (age, sex, site; core.dicom_input); empty for other formats."""
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    if not is_dicom(head):
+        return PatientContext()
+    return read_dicom(path.read_bytes(), path.name).context
 
 
 def model_version(analyzer: Analyzer) -> str:
