@@ -2,6 +2,7 @@
 # LesionLens launcher.
 #   bash run.sh app                 start the dashboard (PORT env, default 8501) on the weights in weights/
 #   bash run.sh test [pytest args]  run the test suite (DATA_DIR defaults to ../shared/data)
+#   bash run.sh pacs [--port N]     a demo PACS (Orthanc, DICOMweb on localhost:8042) with made-up dermoscopy studies
 #   bash run.sh MODULE [args...]    run `python -m MODULE args...` in the project environment,
 #                                   e.g. bash run.sh train.splits --data-dir ../shared/data --out splits.csv
 # The first run creates .venv/ and installs requirements.txt (the runtime; `test` also requirements-dev.txt, the
@@ -15,7 +16,7 @@ VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 
 usage() {
-    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 ensure_venv() {
@@ -57,6 +58,17 @@ ensure_chromium() {
     return 0
 }
 
+ensure_orthanc() {
+    # The PACS tests and `run.sh pacs` run Debian's Orthanc with its DICOMweb plugin (and dicom3tools' dciodvfy).
+    [ -x /usr/sbin/Orthanc ] && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] && command -v dciodvfy >/dev/null 2>&1 && return 0
+    local sudo=""
+    [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && sudo="sudo -n"
+    echo "[run.sh] installing orthanc, orthanc-dicomweb and dicom3tools with apt-get" >&2
+    { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc \
+        orthanc-dicomweb dicom3tools; } >&2 || echo "[run.sh] could not install Orthanc; the PACS tests will fail" >&2
+    return 0
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -67,9 +79,16 @@ case "$cmd" in
         ensure_venv
         exec "$PY" -m ui.serve --server.port "${PORT:-8501}" "$@"
         ;;
+    pacs)
+        ensure_venv
+        ensure_orthanc
+        export DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
+        exec "$PY" -m core.demo_pacs "$@"
+        ;;
     test)
         ensure_venv requirements-dev.txt
         ensure_chromium
+        ensure_orthanc
         export DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
         exec "$PY" -m pytest -q "$@"
         ;;
