@@ -10,6 +10,7 @@ import streamlit as st
 
 from core.classes import CLASS_CODES
 from core.intake import FILE_EXTENSIONS
+from core.ood import REFUSED_LEVELS
 from ui.analyzers import ModelUnavailable, pool
 from ui.batch_table import analyse_all
 from ui.data_folder import available_sources, current_data_dir
@@ -25,7 +26,8 @@ PROB_COLUMNS = [f"p_{c}" for c in CLASS_CODES]
 def status_of(row) -> str:
     if row.error:
         return f"✗ {row.error}"
-    return {"not_dermoscopy": "⚠ not dermoscopy: no diagnosis",
+    return {"clinical_photo": "⚠ clinical (camera) photo: no diagnosis",
+            "not_skin": "⚠ not a skin image: no diagnosis",
             "unusual": "⚠ unusual image: diagnosis less reliable"}.get(row.ood_level, "✓ analysed")
 
 
@@ -35,7 +37,8 @@ def summary_ui(table: pd.DataFrame, threshold: float | None) -> None:
     c1.metric("Images", len(table))
     c2.metric("Analysed", int(ok.sum()))
     c3.metric("Rejected / failed", int((~ok).sum()))
-    c4.metric("Not dermoscopy (no diagnosis)", int((table["ood_level"] == "not_dermoscopy").sum()))
+    c4.metric("Not dermoscopy (no diagnosis)", int(table["ood_level"].isin(REFUSED_LEVELS).sum()),
+              help="Clinical (camera) photos and images that are not skin: no diagnosis.")
     c5.metric("Referred (melanoma rule)", int((table["refer"] == "yes").sum()))
     card_threshold = rule().threshold
     used = (f"your session's threshold {threshold:.3f}; the model card's is {card_threshold:.3f}"

@@ -158,7 +158,7 @@ def images_ui(comparison, images) -> None:
     for column, role, (rgb, name), result in zip(st.columns(3), ROLES, images,
                                                  (comparison.baseline, comparison.followup)):
         diagnosis = (f" · most likely **{class_label(result.label)}** {result.probs[result.label]:.0%}"
-                     if result.diagnosis_shown else " · no diagnosis (not dermoscopy)")
+                     if result.diagnosis_shown else " · no diagnosis (not a dermoscopy image)")
         column.markdown(f"**{role}** `{name}` · {rgb.shape[1]} × {rgb.shape[0]} px{diagnosis}")
 
 

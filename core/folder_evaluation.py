@@ -19,6 +19,7 @@ import pandas as pd
 from core.classes import CLASS_CODES, CLASS_INDEX, class_index
 from core.intake import ImageRejected, load_image_file
 from core.metrics import bootstrap_interval, calibration, classification_metrics, dice, jaccard
+from core.ood import REFUSED_LEVELS
 
 
 @dataclass
@@ -49,7 +50,7 @@ def _macro_auc(y: np.ndarray, probs: np.ndarray) -> float | None:
 def summarise(predictions: pd.DataFrame) -> dict:
     """The report figures from prediction rows (rows without a diagnosis, i.e. not dermoscopy, are counted apart)."""
     diagnosed = predictions[predictions["pred"] != ""]
-    out = {"n_images": int(len(predictions)), "n_not_dermoscopy": int((predictions["ood_level"] == "not_dermoscopy").sum())}
+    out = {"n_images": int(len(predictions)), "n_not_dermoscopy": int(predictions["ood_level"].isin(REFUSED_LEVELS).sum())}
     if diagnosed.empty:
         return out
     y = np.array([class_index(d) for d in diagnosed["dx"]])

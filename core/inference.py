@@ -9,7 +9,8 @@ the screens say comes from rules in the model card, fitted on validation data by
 - probabilities: core.decision_rule (TTA views, logit offsets, temperature);
 - the melanoma referral: core.referral (one threshold on a melanoma score);
 - uncertainty in words: core.uncertainty (low / moderate / high, each with its measured error rate);
-- out-of-distribution: core.ood (not_dermoscopy: no diagnosis is shown; unusual: the diagnosis is shown greyed);
+- out-of-distribution: core.ood with the trained dermoscopy check (clinical_photo / not_skin: no diagnosis is shown;
+  unusual: the diagnosis is shown greyed);
 - similar confirmed cases: core.retrieval (nearest reference cases in mask-CN's feature space).
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ from core.context_head import ContextHead
 from core.decision_rule import DecisionRule
 from core.mbdcnn import mbdcnn_forward
 from core.models import create_model
-from core.ood import OODAssessment, OODDetector, chroma, imagenet_backbone
+from core.dermoscopy_check import DermoscopyCheck
+from core.ood import REFUSED_LEVELS, OODAssessment, OODDetector, chroma, imagenet_backbone
 from core.patient_context import PatientContext
 from core.preprocess import Box, Preprocessing, mask_to_image, network_box, network_image
 from core.referral import BELOW_TEXT, REFER_TEXT, ReferralRule
@@ -41,6 +43,7 @@ from core.weights_io import WeightsIntegrityError, load_verified, read_model_car
 
 NETWORK_FILES = {"coarse_sn": "coarse_sn.safetensors", "mask_cn": "mask_cn.safetensors", "enhanced_sn": "enhanced_sn.safetensors"}
 OOD_FILE = "ood.safetensors"
+CHECK_FILE = "dermoscopy_check.safetensors"
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 SIMILAR_CASES = 8
 KNN_K = 10
@@ -58,7 +61,7 @@ class AnalysisResult:
     uncertainty_score: float
     uncertainty_level: str           # low | moderate | high
     uncertainty_text: str            # the level with its measured validation error rate
-    ood_level: str                   # in | unusual | not_dermoscopy
+    ood_level: str                   # in | unusual | clinical_photo | not_skin
     ood_score: float                 # the distance the "unusual" level thresholds (card: ood.unusual_score)
     ood_reason: str                  # one sentence ("" when in distribution)
     measurements: dict
@@ -74,8 +77,9 @@ class AnalysisResult:
 
     @property
     def diagnosis_shown(self) -> bool:
-        """False for an image that is not dermoscopy: no class, probability or referral may be shown for it."""
-        return self.ood_level != "not_dermoscopy"
+        """False for an image that is not dermoscopy (a clinical photo, not skin): no class, probability, referral,
+        CAM, similar case or measurement may be shown for it."""
+        return self.ood_level not in REFUSED_LEVELS
 
     @property
     def referral_text(self) -> str:
@@ -131,8 +135,12 @@ class Analyzer:
             networks[arch] = model.to(device).to(memory_format=torch.channels_last)
         ood = None
         if OOD_FILE in card.get("files", {}):
+            check = None
+            if CHECK_FILE in card["files"]:
+                check = DermoscopyCheck.from_tensors(load_verified(weights_dir, CHECK_FILE, card),
+                                                     card["dermoscopy_check"]["threshold"])
             ood = OODDetector(load_verified(weights_dir, OOD_FILE, card), card["ood"]["thresholds"],
-                              card["ood"]["unusual_score"], float(card["ood"]["unusual_share"]))
+                              card["ood"]["unusual_score"], float(card["ood"]["unusual_share"]), check)
             networks["imagenet"] = fold_batchnorm(imagenet_backbone()).to(device)
         return cls(networks, card, ood, CaseIndex.load(weights_dir, card), device)
 

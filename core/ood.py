@@ -1,12 +1,16 @@
 """Out-of-distribution: is this a dermoscopic image at all, and is it like the images the model was trained on?
 
-Three levels, thresholds fitted on validation images by train.evaluate (see the model card's `ood`):
-- not_dermoscopy (no diagnosis is shown), when either
+Four levels; thresholds fitted on validation images (see the model card's `ood` and `dermoscopy_check`):
+- clinical_photo (no diagnosis is shown): the trained dermoscopy check (core.dermoscopy_check, a head on the ImageNet
+  features below, fitted on real clinical photographs of skin) judges it a camera photo of skin, not dermoscopy.
+- not_skin (no diagnosis is shown), when
+  * the dermoscopy check judges it a photograph of something other than skin; or
   * the image has no colour: its chroma (Lab a/b offset from neutral plus their spreads) is below half that of the
     least colourful validation images (0.1 % quantile) - dermoscopy is never greyscale; or
   * its generic appearance is unlike dermoscopy: 1 - cosine similarity of its ImageNet features (EfficientNet-Lite0
     with the ImageNet weights of the pip package, never fine-tuned; randomly projected to PROJECTION_DIMS) to the
-    nearest of REFERENCE_IMAGES training images exceeds the IMAGENET_QUANTILE validation quantile.
+    nearest of REFERENCE_IMAGES training images exceeds the IMAGENET_QUANTILE validation quantile (when the
+    dermoscopy check calls such an image a clinical photo, that more specific verdict is kept).
   The lesion classifier's own features cannot do this: trained on dermoscopy only, they place a photograph of a
   cat or a page of text close to a lesion class (measured: a real-photo rejection rate of 5 % at the same
   validation false-rejection rate, against ~90 % for the ImageNet features).
@@ -23,12 +27,17 @@ import cv2
 import numpy as np
 import torch
 
-OOD_LEVELS = ("in", "unusual", "not_dermoscopy")
+from core.dermoscopy_check import KINDS, DermoscopyCheck
+
+OOD_LEVELS = ("in", "unusual", "clinical_photo", "not_skin")
+REFUSED_LEVELS = ("clinical_photo", "not_skin")  # no class, probability, referral, CAM or measurement is shown
 UNUSUAL_SCORES = {"feature_distance": "distance of mask-CN's features to the nearest training class",
                   "case_distance": "distance to the nearest reference cases",
                   "imagenet_distance": "distance of the image's appearance to the nearest training image"}
-NOT_DERMOSCOPY_TEXT = ("This does not look like a dermoscopic image of a skin lesion ({why}), so no diagnosis is "
-                       "shown. Upload a dermoscopy image (contact or polarised dermatoscope) of a single lesion.")
+CLINICAL_PHOTO_TEXT = ("This looks like a clinical (camera) photo, not a dermoscopy image. LesionLens is built and "
+                       "validated for dermoscopy only; take the image through a dermatoscope.")
+NOT_SKIN_TEXT = ("This does not look like an image of skin ({why}), so no diagnosis is shown. Upload a dermoscopy "
+                 "image (contact or polarised dermatoscope) of a single lesion.")
 UNUSUAL_TEXT = ("This dermoscopic image is unlike the training images ({what} above that of {share} of validation "
                 "images): the diagnosis is less reliable than the validation figures suggest.")
 
@@ -59,23 +68,25 @@ def mahalanobis(x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -
 
 @dataclass(frozen=True)
 class OODAssessment:
-    level: str          # in | unusual | not_dermoscopy
+    level: str          # in | unusual | clinical_photo | not_skin
     score: float        # the unusual-level distance (the one number kept)
     reason: str         # one sentence for the clinician ("" when in distribution)
 
 
 class OODDetector:
     """Tensors from ood.safetensors (mask-CN feature model, ImageNet projection and reference vectors),
-    thresholds {chroma, imagenet_distance, unusual} and the unusual score's name from the model card."""
+    thresholds {chroma, imagenet_distance, unusual} and the unusual score's name from the model card; the trained
+    dermoscopy check where the card has one."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], thresholds: dict[str, float], unusual_score: str,
-                 unusual_share: float = 0.1):
+                 unusual_share: float = 0.1, check: DermoscopyCheck | None = None):
         self.tensors = {k: v.float() for k, v in tensors.items()}
         self.thresholds = {k: float(thresholds[k]) for k in ("chroma", "imagenet_distance", "unusual")}
         if unusual_score not in UNUSUAL_SCORES:
             raise ValueError(f"unknown unusual score {unusual_score!r}; choose {', '.join(UNUSUAL_SCORES)}")
         self.unusual_score = unusual_score
         self.unusual_share = unusual_share
+        self.check = check
 
     def feature_distance(self, pooled) -> np.ndarray:
         t = self.tensors
@@ -94,22 +105,38 @@ class OODDetector:
                "feature_distance": self.feature_distance(pooled)}
         if case_distance is not None:
             out["case_distance"] = np.asarray(case_distance, dtype=np.float64)
+        if self.check is not None:
+            out.update({f"p_{kind}": p for kind, p in zip(KINDS, self.check.probabilities(imagenet_features).T)})
         return out
+
+    def check_kinds(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """The dermoscopy check's verdict per image (all 'dermoscopy' without a check)."""
+        if self.check is None:
+            return np.full(len(scores["chroma"]), "dermoscopy")
+        return self.check.kinds(np.stack([scores[f"p_{kind}"] for kind in KINDS], axis=1))
 
     def levels(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         t = self.thresholds
-        not_dermoscopy = (scores["chroma"] < t["chroma"]) | (scores["imagenet_distance"] > t["imagenet_distance"])
+        kinds = self.check_kinds(scores)
+        generic = (scores["chroma"] < t["chroma"]) | (scores["imagenet_distance"] > t["imagenet_distance"])
         unusual = scores[self.unusual_score] > t["unusual"]
-        return np.where(not_dermoscopy, "not_dermoscopy", np.where(unusual, "unusual", "in"))
+        return np.where(kinds == "clinical_photo", "clinical_photo",
+                        np.where(generic | (kinds == "not_skin"), "not_skin", np.where(unusual, "unusual", "in")))
 
     def assess(self, scores: dict[str, np.ndarray]) -> OODAssessment:
         """One image's level (scores of a batch of one) and the sentence the screens show."""
         level = str(self.levels(scores)[0])
         score = float(scores[self.unusual_score][0])
-        if level == "not_dermoscopy":
-            why = ("it has no colour, and dermoscopy images always do" if scores["chroma"][0] < self.thresholds["chroma"]
-                   else "its appearance is far from every dermoscopy image the model was trained on")
-            return OODAssessment(level, score, NOT_DERMOSCOPY_TEXT.format(why=why))
+        if level == "clinical_photo":
+            return OODAssessment(level, score, CLINICAL_PHOTO_TEXT)
+        if level == "not_skin":
+            if scores["chroma"][0] < self.thresholds["chroma"]:
+                why = "it has no colour, and dermoscopy images always do"
+            elif self.check_kinds(scores)[0] == "not_skin":
+                why = "the dermoscopy check judges it a photograph of something other than skin"
+            else:
+                why = "its appearance is far from every dermoscopy image the model was trained on"
+            return OODAssessment(level, score, NOT_SKIN_TEXT.format(why=why))
         if level == "unusual":
             return OODAssessment(level, score, UNUSUAL_TEXT.format(what=UNUSUAL_SCORES[self.unusual_score],
                                                                    share=f"{1 - self.unusual_share:.0%}"))

@@ -5,8 +5,8 @@
 PATHs are image files or folders (the formats of core.intake.FILE_EXTENSIONS; folders are not recursed). Writes
 OUT_DIR/predictions.csv and OUT_DIR/masks/<image>.png (0/255, the input image's size). Columns: image, pred,
 p_<class>..., mel_score, refer (yes / no at the model card's referral threshold), uncertainty_level (low /
-moderate / high), ood_level (in / unusual / not_dermoscopy), ood_reason, model_version, error. An image that is not
-dermoscopy gets no diagnosis: empty pred, probabilities, mel_score and refer. A file that cannot be read gets its
+moderate / high), ood_level (in / unusual / clinical_photo / not_skin), ood_reason, model_version, error. An image that is not
+dermoscopy (a clinical photo, not skin) gets no diagnosis: empty pred, probabilities, mel_score and refer. A file that cannot be read gets its
 error row and the rest go on. --metadata: a CSV with columns image (file name, with or without extension) and any of
 age, sex, site (core.patient_context); the values are checked, copied into the output rows and passed to the analysis
 (they change the probabilities only when the model card's context head is in use: its patient-context comparison).

@@ -26,6 +26,7 @@ from PIL import Image
 
 from core.classes import CLASS_BY_CODE, CLASSES
 from core.lesion_measurements import describe_measurements
+from core.ood import REFUSED_LEVELS
 
 __all__ = ["DISCLAIMER", "REPORT_TITLE", "build_pdf_report", "ascii_safe"]
 
@@ -268,8 +269,8 @@ def build_pdf_report(
     """Render the analysis of one image as PDF bytes (see the module docstring for the privacy rules).
 
     ``probs`` maps class codes to probabilities (all seven listed; missing codes show 0 %), ``label`` is the top class
-    code. ``ood_level`` (core.ood: in / unusual / not_dermoscopy) with its one-sentence ``ood_reason``: for
-    not_dermoscopy the report shows the image and the reason only (no class, probability, referral, CAM, measurement
+    code. ``ood_level`` (core.ood: in / unusual / clinical_photo / not_skin) with its one-sentence ``ood_reason``:
+    for clinical_photo and not_skin the report shows the image and the reason only (no class, probability, referral, CAM, measurement
     or similar case); for unusual the reason is printed as a warning above the diagnosis. ``uncertainty_text``: the
     uncertainty level in words with its measured error rate. ``referral``: ``text`` (the rule's sentence), ``numbers``
     (the melanoma score and the threshold applied) and ``threshold_note`` (whose threshold it is: the model card's or
@@ -282,7 +283,7 @@ def build_pdf_report(
     which method, target class and mask made it).
     """
     pdf = start_document(REPORT_TITLE, generated_at, model_info)
-    if ood_level == "not_dermoscopy":
+    if ood_level in REFUSED_LEVELS:
         _images(pdf, [("Uploaded image", image_rgb)])
         _heading(pdf, "No diagnosis")
         _warning(pdf, ood_reason or "This does not look like a dermoscopic image of a skin lesion.")

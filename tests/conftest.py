@@ -171,3 +171,13 @@ def downloads(monkeypatch):
 
     monkeypatch.setattr(streamlit, "download_button", record)
     return seen
+
+
+@pytest.fixture(scope="session")
+def clinical_photo(data_dir) -> Path:
+    """A real clinical (camera) photograph of skin from a DermNet category the shipped dermoscopy check never saw
+    (the first of the card's held-out images: train.fit_dermoscopy_check)."""
+    import json
+
+    card = json.loads((Path(__file__).resolve().parent.parent / "weights" / "model_card.json").read_text())
+    return data_dir / "clinical" / "images" / f"{card['dermoscopy_check']['held_out_clinical_images'][0]}.jpg"

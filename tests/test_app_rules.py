@@ -126,26 +126,45 @@ def _no_diagnosis(at, reason: str) -> None:
 
 
 def test_a_real_photograph_gets_no_diagnosis(app, pdfs, downloads):
-    """skimage's astronaut photograph (the shipped OOD detector rejects it; it accepts sklearn's china.jpg, which it
-    calls unusual) on Analyze, in the PDF and on Batch."""
+    """skimage's astronaut photograph (held out of the dermoscopy check's training; judged not skin) on Analyze, in
+    the PDF and on Batch."""
     import cv2
     import skimage.data
 
     ok, encoded = cv2.imencode(".png", skimage.data.astronaut()[:, :, ::-1])
     data = encoded.tobytes()
     at = _analyze(app, "astronaut.png", data)
-    _no_diagnosis(at, "does not look like a dermoscopic image")
+    _no_diagnosis(at, "does not look like an image of skin")
     text = pdf_text(pdfs[-1])
-    assert "No diagnosis" in text and "does not look like a dermoscopic image" in text
+    assert "No diagnosis" in text and "does not look like an image of skin" in text
     assert "Most likely" not in text and "Melanoma referral" not in text and "Similar confirmed cases" not in text
     at = _batch(at, [("astronaut.png", data, "image/png")])
     table = dataframe(at, "thumbnail")
-    assert table["status"].iloc[0] == "⚠ not dermoscopy: no diagnosis" and table["prediction"].isna().iloc[0]
-    assert table["refer"].isna().iloc[0] and table["ood"].iloc[0] == "⚠ not dermoscopy"
+    assert table["status"].iloc[0] == "⚠ not a skin image: no diagnosis" and table["prediction"].isna().iloc[0]
+    assert table["refer"].isna().iloc[0] and table["ood"].iloc[0] == "⚠ not skin"
     assert metrics(at)["Not dermoscopy (no diagnosis)"] == "1"
     (row,) = _csv_rows(downloads["lesionlens_batch.csv"])
-    assert row["pred"] == "" and row["refer"] == "" and row["p_mel"] == "" and row["ood_level"] == "not_dermoscopy"
-    assert row["ood_reason"].startswith("This does not look like") and row["model_version"]
+    assert row["pred"] == "" and row["refer"] == "" and row["p_mel"] == "" and row["ood_level"] == "not_skin"
+    assert row["ood_reason"].startswith("This does not look like an image of skin") and row["model_version"]
+
+
+def test_a_clinical_camera_photo_gets_no_diagnosis(app, clinical_photo, pdfs, downloads):
+    """A real DermNet photograph from a category the dermoscopy check never saw, with its watermark, on Analyze, in
+    the PDF and on Batch: the clinical-photo sentence and nothing of a diagnosis."""
+    from core.ood import CLINICAL_PHOTO_TEXT
+
+    data = clinical_photo.read_bytes()
+    at = _analyze(app, clinical_photo.name, data)
+    _no_diagnosis(at, CLINICAL_PHOTO_TEXT)
+    text = pdf_text(pdfs[-1])
+    assert "No diagnosis" in text and "clinical (camera) photo" in text and "take the image through a" in text
+    assert "Most likely" not in text and "Melanoma referral" not in text and "Lesion measurements" not in text
+    at = _batch(at, [(clinical_photo.name, data, "image/jpeg")])
+    table = dataframe(at, "thumbnail")
+    assert table["status"].iloc[0] == "⚠ clinical (camera) photo: no diagnosis" and table["prediction"].isna().iloc[0]
+    (row,) = _csv_rows(downloads["lesionlens_batch.csv"])
+    assert row["ood_level"] == "clinical_photo" and row["pred"] == "" and row["refer"] == "" and row["p_mel"] == ""
+    assert row["ood_reason"] == CLINICAL_PHOTO_TEXT
 
 
 @pytest.fixture
@@ -166,7 +185,7 @@ def ood_level(monkeypatch):
 
 def test_not_dermoscopy_means_no_diagnosis_whatever_the_image(app, data_dir, ood_level, pdfs, downloads):
     """The consequence of the level, on a real dermoscopic image the detector is told to reject."""
-    ood_level("not_dermoscopy", "TEST REASON: not dermoscopy.")
+    ood_level("clinical_photo", "TEST REASON: not dermoscopy.")
     image = _image(data_dir)
     at = _analyze(app, image.name, image.read_bytes())
     _no_diagnosis(at, "TEST REASON: not dermoscopy.")

@@ -271,7 +271,7 @@ def _tour(page, server, data_dir, tmp_path) -> None:
     assert [r["image"] for r in rows] == [p.stem for p in good] + ["broken"]
     assert rows[2]["error"] and not rows[0]["error"] and not rows[1]["error"]
     assert all((r["pred"] in CLASS_CODES and r["refer"] in ("yes", "no")) or
-               (r["ood_level"] == "not_dermoscopy" and r["pred"] == r["refer"] == "") for r in rows[:2]), rows
+               (r["ood_level"] in ("clinical_photo", "not_skin") and r["pred"] == r["refer"] == "") for r in rows[:2]), rows
     # the table shows a thumbnail per analysed file, and the rejected file is named with its reason
     assert page.locator("[data-testid='stDataFrame']").count() >= 1
     page.get_by_text("Not analysed").first.wait_for()

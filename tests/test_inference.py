@@ -118,15 +118,26 @@ def test_non_dermoscopic_images_are_flagged(analyzer):
 
     rng = np.random.default_rng(1)
     grey = np.repeat(rng.integers(0, 256, (300, 400, 1), dtype=np.uint8), 3, axis=2)
-    for image, why in ((grey, "no colour"), (skimage.data.astronaut(), "far from every dermoscopy image"),
-                       (skimage.data.coffee(), "far from every dermoscopy image")):
+    for image, why in ((grey, "no colour"), (skimage.data.astronaut(), "other than skin"),
+                       (skimage.data.coffee(), "other than skin")):
         r = analyzer.analyze(image)
-        assert r.ood_level == "not_dermoscopy" and why in r.ood_reason, r.ood_reason
+        assert r.ood_level == "not_skin" and why in r.ood_reason, r.ood_reason
         assert r.diagnosis_shown is False
 
 
+def test_a_clinical_photo_is_refused_as_one(analyzer, clinical_photo):
+    """A held-out DermNet photograph, whole (with its watermark) and with the watermark corner cropped away."""
+    from core.intake import load_image
+    from core.ood import CLINICAL_PHOTO_TEXT
+
+    rgb = load_image(clinical_photo.read_bytes())
+    for image in (rgb, rgb[: int(rgb.shape[0] * 0.72)]):
+        r = analyzer.analyze(np.ascontiguousarray(image))
+        assert r.ood_level == "clinical_photo" and r.ood_reason == CLINICAL_PHOTO_TEXT and not r.diagnosis_shown
+
+
 def test_real_dermoscopic_images_are_mostly_in_distribution(analyzer, fullres):
-    flagged = [analyzer.analyze(_rgb(path)).ood_level == "not_dermoscopy" for path, _, _ in fullres[3::12]]
+    flagged = [not analyzer.analyze(_rgb(path)).diagnosis_shown for path, _, _ in fullres[3::12]]
     assert np.mean(flagged) <= 0.2, flagged
 
 

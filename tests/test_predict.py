@@ -26,7 +26,7 @@ EXPECTED_COLUMNS = ["image", "age", "sex", "site", "pred", "p_akiec", "p_bcc", "
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, data_dir, repo_root):
+def run(tmp_path_factory, data_dir, repo_root, clinical_photo):
     """One CLI run over a folder + two single files + a missing path; returns paths, rows, masks, stderr."""
     root = tmp_path_factory.mktemp("predict")
     folder = root / "in"
@@ -46,6 +46,7 @@ def run(tmp_path_factory, data_dir, repo_root):
     from sklearn.datasets import load_sample_image
 
     cv2.imwrite(str(photo), load_sample_image("china.jpg")[:, :, ::-1])
+    shutil.copy(clinical_photo, folder / "clinical_photo.jpg")
     metadata = root / "metadata.csv"
     metadata.write_text(f"image,age,sex,site\n{small.name},55,female,back\ncrop_odd,,unknown,\n")
     out = root / "out"
@@ -68,7 +69,8 @@ def run(tmp_path_factory, data_dir, repo_root):
 def test_csv_columns_and_one_row_per_input(run):
     assert run["header"] == EXPECTED_COLUMNS
     names = [r["image"] for r in run["rows"]]
-    assert sorted(names) == sorted([*run["inputs"], "notes", "truncated", "does_not_exist", "photo_china"]), names
+    assert sorted(names) == sorted([*run["inputs"], "notes", "truncated", "does_not_exist", "photo_china",
+                                          "clinical_photo"]), names
     assert "readme" not in names  # folders are scanned for image suffixes only
 
 
@@ -82,18 +84,26 @@ def test_bad_files_get_an_error_row_and_the_rest_go_on(run):
         assert not (run["out"] / "masks" / f"{name}.png").exists()
     for name in run["inputs"]:
         assert rows[name]["error"] == "", rows[name]
-    assert "4 analysed, 3 failed" in run["stderr"]
+    assert "5 analysed, 3 failed" in run["stderr"]
 
 
 def test_progress_bar_on_stderr(run):
-    assert "analysing" in run["stderr"] and "7/7" in run["stderr"], run["stderr"][-1000:]
+    assert "analysing" in run["stderr"] and "8/8" in run["stderr"], run["stderr"][-1000:]
 
 
-def test_a_photograph_that_is_not_dermoscopy_gets_no_diagnosis(run):
-    row = {r["image"]: r for r in run["rows"]}["photo_china"]
-    assert row["ood_level"] == "not_dermoscopy" and "not look like a dermoscopic image" in row["ood_reason"]
+@pytest.mark.parametrize("image", ["photo_china", "clinical_photo"])
+def test_a_photograph_that_is_not_dermoscopy_gets_no_diagnosis(run, image):
+    row = {r["image"]: r for r in run["rows"]}[image]
+    assert row["ood_level"] in ("clinical_photo", "not_skin") and row["ood_reason"].startswith("This ")
     assert row["pred"] == row["mel_score"] == row["refer"] == "" and all(row[f"p_{c}"] == "" for c in CLASS_CODES)
     assert row["error"] == ""
+
+
+def test_a_clinical_photo_is_marked_as_one(run):
+    from core.ood import CLINICAL_PHOTO_TEXT
+
+    row = {r["image"]: r for r in run["rows"]}["clinical_photo"]
+    assert row["ood_level"] == "clinical_photo" and row["ood_reason"] == CLINICAL_PHOTO_TEXT
 
 
 def test_metadata_is_validated_and_copied(run, tmp_path, repo_root):

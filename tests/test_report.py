@@ -178,9 +178,10 @@ def test_unusual_warning_and_sanitised_reason():
     assert ".." not in text
 
 
-def test_not_dermoscopy_shows_the_reason_only():
-    reason = "This does not look like a dermoscopic image of a skin lesion, so no diagnosis is shown."
-    pdf = make_report(ood_level="not_dermoscopy", ood_reason=reason)
+@pytest.mark.parametrize("level", ["clinical_photo", "not_skin"])
+def test_a_refused_image_shows_the_reason_only(level):
+    reason = "This looks like a clinical (camera) photo, not a dermoscopy image."
+    pdf = make_report(ood_level=level, ood_reason=reason)
     text = pdf_text(pdf)
     assert "No diagnosis" in text and reason in text
     for absent in ("Most likely", "Melanoma referral", "Uncertainty", "Similar confirmed cases", "Lesion measurements",

@@ -167,7 +167,7 @@ def test_probability_scores():
 
 
 def test_ood_levels_follow_the_thresholds():
-    """Colourless or generically unlike the reference images -> not_dermoscopy; beyond the unusual distance ->
+    """Colourless or generically unlike the reference images -> not_skin; beyond the unusual distance ->
     unusual; the unusual distance is the one that ranks validation errors best."""
     rng = np.random.default_rng(3)
     pooled = rng.normal(size=(400, 16)).astype(np.float32)
@@ -183,10 +183,10 @@ def test_ood_levels_follow_the_thresholds():
     scores = detector.scores(np.concatenate([pooled[:3], pooled[:3], pooled[:3] * 30]),
                              np.concatenate([generic[:3], -generic[:3], generic[:3]]),
                              np.concatenate([[0.0] * 3, colour[:3], colour[:3]]))
-    assert detector.levels(scores).tolist() == ["not_dermoscopy"] * 6 + ["unusual"] * 3
+    assert detector.levels(scores).tolist() == ["not_skin"] * 6 + ["unusual"] * 3
     assert (detector.levels(detector.scores(pooled, generic, colour)) == "in").mean() == pytest.approx(0.9, abs=0.02)
     one = detector.assess({k: v[:1] for k, v in scores.items()})
-    assert one.level == "not_dermoscopy" and "no colour" in one.reason
+    assert one.level == "not_skin" and "no colour" in one.reason
     with pytest.raises(ValueError, match="unknown unusual score"):
         OODDetector(tensors, thresholds, "entropy")
 

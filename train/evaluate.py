@@ -43,7 +43,7 @@ from core.datasets import load_manifest
 from core.decision_rule import DecisionRule
 from core.inference import NETWORK_FILES, OOD_FILE
 from core.metrics import bootstrap_interval, calibration, classification_metrics, risk_coverage
-from core.ood import OODDetector
+from core.ood import REFUSED_LEVELS, OODDetector
 from core.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from core.referral import SCORES as REFERRAL_SCORES
 from core.retrieval import CaseIndex
@@ -192,14 +192,14 @@ def ood_report(detector: OODDetector, outputs: dict, tables: dict, probs: dict, 
         errors = probs[name].argmax(1) != labels_of(tables[name])
         unusual = levels == "unusual"
         result["results"][name] = {
-            "not_dermoscopy_share": float((levels == "not_dermoscopy").mean()),
+            "not_dermoscopy_share": float(np.isin(levels, REFUSED_LEVELS).mean()),
             "unusual_share": float(unusual.mean()),
             "error_rate_unusual": float(errors[unusual].mean()) if unusual.any() else None,
             "error_rate_in": float(errors[levels == "in"].mean()) if (levels == "in").any() else None}
     for name, data in (("real_non_dermoscopy_photos", photos), ("synthetic_non_dermoscopic", synthetic)):
         levels = detector.levels(ood_scores(detector, data, index))
-        result["results"][name] = {"n": len(levels), "not_dermoscopy_share": float((levels == "not_dermoscopy").mean()),
-                                   "accepted": [n for n, lvl in zip(data["names"], levels) if lvl != "not_dermoscopy"]}
+        result["results"][name] = {"n": len(levels), "not_dermoscopy_share": float(np.isin(levels, REFUSED_LEVELS).mean()),
+                                   "accepted": [n for n, lvl in zip(data["names"], levels) if lvl not in REFUSED_LEVELS]}
     return result
 
 
