@@ -5,7 +5,7 @@
 
 Accepted: photographic colour images (Dermoscopic Photography 'DMS', VL Photographic 'XC', secondary capture 'OT'
 and the other VL / photographic storage classes), RGB or YBR_FULL / YBR_FULL_422, uncompressed or JPEG baseline
-(pydicom's Pillow decoder). Multi-frame objects give one image per frame. Everything else raises DicomRejected (an
+(pydicom's Pillow decoder; other transfer syntaxes are refused by name). Multi-frame objects give one image per frame. Everything else raises DicomRejected (an
 core.intake.ImageRejected): a DICOMDIR, a non-image object (report, PDF, segmentation...), a non-photographic
 modality (CT, MR, ...), a monochrome image, declared sizes over the limits (checked from the header, before any
 pixel is decoded), a 0x0 image, a truncated or damaged file.
@@ -52,6 +52,9 @@ PHOTO_SOP_CLASSES = {
 }
 PHOTO_MODALITIES = ("DMS", "XC", "OT", "GM", "ES", "SM")
 COLOUR_INTERPRETATIONS = ("RGB", "YBR_FULL", "YBR_FULL_422")
+#: Transfer syntaxes decoded here: uncompressed little endian and JPEG baseline (Pillow); others are refused.
+TRANSFER_SYNTAXES = {"1.2.840.10008.1.2": "Implicit VR Little Endian", "1.2.840.10008.1.2.1": "Explicit VR Little Endian",
+                     "1.2.840.10008.1.2.4.50": "JPEG Baseline"}
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 #: Tags that identify a person or an encounter; only returned with include_identifiers=True.
 IDENTIFYING_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "AccessionNumber",
@@ -143,6 +146,11 @@ def _check_header(ds: Dataset, name: str, max_pixels: int, min_side: int) -> Non
         kind = modality or UID(sop_class).name
         raise DicomRejected(f"This DICOM image is not a photograph (modality {kind}); only dermoscopy / "
                             "photographic images can be analysed", "not_photo", name)
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    if syntax not in TRANSFER_SYNTAXES:
+        raise DicomRejected(f"This DICOM image is compressed as {UID(syntax).name or 'an unknown transfer syntax'}, "
+                            f"which is not supported (use {', '.join(TRANSFER_SYNTAXES.values())})",
+                            "unsupported_format", name)
     interpretation = str(ds.get("PhotometricInterpretation", "")).upper()
     if int(ds.get("SamplesPerPixel", 0) or 0) != 3 or interpretation not in COLOUR_INTERPRETATIONS:
         raise DicomRejected(f"This DICOM image is not a colour photograph ({interpretation or 'no colour model'})",
