@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 KINDS = ("dermoscopy", "clinical_photo", "not_skin")
-REFUSED_KINDS = KINDS[1:]
 TENSOR_NAMES = ("feature_mean", "feature_scale", "weight", "bias")
 
 
