@@ -365,10 +365,13 @@ def table_text(changes: list[Change], mm_per_pixel: float | None = None) -> list
 
 # ---------------------------------------------------------------- the no-change band (train.followup_noise)
 def weights_fingerprint(card: dict) -> str:
-    """A short digest of the weight files a model card lists (it changes with any retraining; a version name may
-    not)."""
+    """A short digest of the network weight files a model card lists: the band measures what the three networks
+    output, so it changes with any retraining of them (a version name may not), not with a refitted OOD or
+    dermoscopy check."""
+    from core.inference import NETWORK_FILES
+
     files = card.get("files", {})
-    text = "\n".join(f"{name}:{files[name].get('sha256', '')}" for name in sorted(files))
+    text = "\n".join(f"{name}:{files.get(name, {}).get('sha256', '')}" for name in sorted(NETWORK_FILES.values()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
