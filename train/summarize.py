@@ -1,6 +1,8 @@
-"""Print the shipped model card as the Markdown tables the README quotes (values with bootstrap 95 % CIs).
+"""The shipped model card as Markdown tables (values with bootstrap 95 % CIs): docs/results.md and README's headline.
 
-    python -m train.summarize [--weights weights]
+    python -m train.summarize [--weights weights]                 # print the tables
+    python -m train.summarize --out docs/results.md               # regenerate the results page
+    python -m train.summarize --headline                          # print README's headline table
 """
 from __future__ import annotations
 
@@ -104,40 +106,81 @@ def training_table(card: dict) -> str:
     return _table(["stage", "epochs", "CPU minutes", "best validation score"], rows)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default="weights")
-    card = read_model_card(parser.parse_args(argv).weights)
+def headline_table(card: dict) -> str:
+    """README's one table: the shipped analysis on both test sets (nothing was chosen on them)."""
+    rows = []
+    for key, data in TEST_SETS.items():
+        metrics = card["metrics"][key]
+        ci = metrics["classification"]["mask_cn"]["ci"]
+        referral = metrics["referral"]
+        rows.append([data, ci["balanced_accuracy"], ci["macro_auc"], ci["auc_mel"],
+                     f"{referral['sensitivity']['value']:.2f} / {referral['specificity']['value']:.2f}",
+                     metrics["segmentation"]["enhanced_sn"]["jaccard"]])
+    return _table(["test set", "balanced acc.", "macro AUC", "melanoma AUC",
+                   f"referral (P(mel) >= {card['referral']['threshold']:.3f}) sensitivity / specificity",
+                   "lesion Jaccard"], rows)
+
+
+def results_page(card: dict) -> str:
+    """Every table of the card, in the order docs/results.md shows them."""
     rule, referral, context = card["decision_rule"], card["referral"], card.get("patient_context", {})
-    print(f"Model card {card['version']} ({card['created']})\n")
-    print("Classification (bootstrap 95 % CIs, lesions resampled)\n\n" + classification_table(card) + "\n")
-    print("mask-CN per class, HAM10000 test\n\n" + per_class_table(card) + "\n")
-    print("Segmentation and the E-layer ablation\n\n" + segmentation_table(card) + "\n")
-    print(f"Melanoma referral: {referral['score_meaning']} >= {referral['threshold']:.3f} (validation sensitivity "
+    lines: list[str] = []
+    add = lines.append
+    add(f"Model card {card['version']} ({card['created']})\n")
+    add("Classification (bootstrap 95 % CIs, lesions resampled)\n\n" + classification_table(card) + "\n")
+    add("mask-CN per class, HAM10000 test\n\n" + per_class_table(card) + "\n")
+    add("Segmentation and the E-layer ablation\n\n" + segmentation_table(card) + "\n")
+    add(f"Melanoma referral: {referral['score_meaning']} >= {referral['threshold']:.3f} (validation sensitivity "
           f"target {referral['target_sensitivity']:.2f}{validation_sources_text(referral)})\n\n" + referral_table(card) + "\n")
-    print(f"Uncertainty levels ({card['uncertainty']['score']})\n\n" + uncertainty_table(card) + "\n")
-    print("Out-of-distribution\n\n" + ood_table(card) + "\n")
-    print("Similar cases\n\n" + retrieval_table(card) + "\n")
-    print("Training (CPU)\n\n" + training_table(card) + "\n")
-    print(f"Decision rule: {rule['views']} TTA view(s), temperature {rule['temperature']:.3f}, logit adjustment tau "
+    add(f"Uncertainty levels ({card['uncertainty']['score']})\n\n" + uncertainty_table(card) + "\n")
+    add("Out-of-distribution\n\n" + ood_table(card) + "\n")
+    add("Similar cases\n\n" + retrieval_table(card) + "\n")
+    add("Training (CPU)\n\n" + training_table(card) + "\n")
+    add(f"Decision rule: {rule['views']} TTA view(s), temperature {rule['temperature']:.3f}, logit adjustment tau "
           f"{rule['fit']['chosen']['tau']:.2f}, validation criterion {rule['fit']['chosen']['criterion']:.4f}, validation "
           f"ECE {rule['fit']['chosen'].get('ece', float('nan')):.3f} (chosen on validation: {rule['fit']['rule']})")
     res = card.get("resolution_consistency", {})
     if res.get("n"):
-        print(f"Resolution consistency: top class changes on {res['top_class_changed_share']:.1%} of {res['n']} "
+        add(f"Resolution consistency: top class changes on {res['top_class_changed_share']:.1%} of {res['n']} "
               "full-resolution HAM10000 images against their 200x150 copies")
     if context:
-        print(f"Patient context (validation criterion): image only {context['validation_criterion']['image_only']:.4f}, "
+        add(f"Patient context (validation criterion): image only {context['validation_criterion']['image_only']:.4f}, "
               f"image + context {context['validation_criterion']['image_and_context']:.4f}, gain {context['gain']:+.4f} "
               f"[{context['gain_ci95'][0]:+.4f}, {context['gain_ci95'][1]:+.4f}]; shipped: {context['shipped']}")
         if context.get("validation_log_loss"):
             loss = context["validation_log_loss"]
-            print(f"Patient context (validation log-loss, out-of-fold): image only {loss['image_only']:.4f}, "
+            add(f"Patient context (validation log-loss, out-of-fold): image only {loss['image_only']:.4f}, "
                   f"image + context {loss['image_and_context']:.4f}")
         if context.get("validation_ece"):
             ece = context["validation_ece"]
-            print(f"Patient context (validation ECE, out-of-fold): image only {ece['image_only']:.3f}, image + context "
+            add(f"Patient context (validation ECE, out-of-fold): image only {ece['image_only']:.3f}, image + context "
                   f"{ece['image_and_context']:.3f}; calibrated (<= the decision rule's bound): {context['calibrated']}")
+    return "\n".join(lines) + "\n"
+
+
+RESULTS_PAGE_HEADER = """# Results of the shipped models
+
+Generated from `weights/model_card.json` by `bash run.sh train.summarize --out docs/results.md` (do not edit by hand;
+run it again whenever the card changes). Test sets: the lesion-grouped HAM10000 test split and the official ISIC 2017
+validation set, on which nothing was chosen. What the figures mean and how they were obtained: [models.md](models.md).
+
+"""
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default="weights")
+    parser.add_argument("--out", help="write the results page (e.g. docs/results.md) instead of printing the tables")
+    parser.add_argument("--headline", action="store_true", help="print only README's headline table")
+    args = parser.parse_args(argv)
+    card = read_model_card(args.weights)
+    if args.headline:
+        print(headline_table(card))
+    elif args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(RESULTS_PAGE_HEADER + results_page(card))
+    else:
+        print(results_page(card), end="")
 
 
 if __name__ == "__main__":
