@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from core.classes import CLASS_CODES
+from core.conformal import PredictionSets
 from core.context_head import ContextHead
 from core.decision_rule import DecisionRule
 from core.mbdcnn import mbdcnn_forward
@@ -37,6 +38,7 @@ from core.preprocess import Box, Preprocessing, mask_to_image, network_box, netw
 from core.referral import BELOW_TEXT, REFER_TEXT, ReferralRule
 from core.retrieval import CaseIndex
 from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, normalize_batch
+from core.triage import TriageRule, Verdict
 from core.tta import FLIP_VIEWS
 from core.uncertainty import UncertaintyLevels, probability_scores
 from core.weights_io import WeightsIntegrityError, load_verified, read_model_card
@@ -69,6 +71,8 @@ class AnalysisResult:
     cam: np.ndarray | None = None    # HxW float32 [0, 1] for cam_class
     cam_class: str | None = None
     context_used: bool = False       # the probabilities include the card's patient-context shift
+    triage: Verdict | None = None    # the one verdict at the top of the result (core.triage, card thresholds)
+    prediction_set: list[str] = field(default_factory=list)  # conformal set (core.conformal), most probable first
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -106,6 +110,8 @@ class Analyzer:
         self.rule = DecisionRule.from_card(card)
         self.context_head = ContextHead.from_card(card)  # None unless validation showed a gain (the card says)
         self.referral = ReferralRule.from_card(card)
+        self.triage = TriageRule.from_card(card)
+        self.prediction_sets = PredictionSets.from_card(card)
         self.uncertainty = UncertaintyLevels.from_card(card)
         self.seg_views = FLIP_VIEWS if int((card.get("segmentation_tta") or {}).get("views", 1)) == 4 else (0,)
         # One analysis at a time per Analyzer: CAM hooks are per-model state (serve several users with replicas).
@@ -140,7 +146,8 @@ class Analyzer:
                 check = DermoscopyCheck.from_tensors(load_verified(weights_dir, CHECK_FILE, card),
                                                      card["dermoscopy_check"]["threshold"])
             ood = OODDetector(load_verified(weights_dir, OOD_FILE, card), card["ood"]["thresholds"],
-                              card["ood"]["unusual_score"], float(card["ood"]["unusual_share"]), check)
+                              card["ood"]["unusual_score"], float(card["ood"]["unusual_share"]), check,
+                              card["ood"].get("out_of_source"))
             networks["imagenet"] = fold_batchnorm(imagenet_backbone()).to(device)
         return cls(networks, card, ood, CaseIndex.load(weights_dir, card), device)
 
@@ -192,7 +199,9 @@ class Analyzer:
             referral_threshold=self.referral.threshold, uncertainty_score=score, uncertainty_level=level,
             uncertainty_text=self.uncertainty.sentence(level), ood_level=ood.level, ood_score=ood.score,
             ood_reason=ood.reason, measurements=_measure(mask, rgb, mm_per_pixel), similar=similar,
-            context_used=shift is not None, timings=timings)
+            context_used=shift is not None, timings=timings,
+            triage=self.triage.verdict(probs, level, ood.level, ood.reason),
+            prediction_set=self.prediction_sets.classes(probs) if self.prediction_sets is not None else [])
         lap("measurements")
         if cam:
             result.cam_class = cam_class or result.label

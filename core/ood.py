@@ -79,7 +79,7 @@ class OODDetector:
     dermoscopy check where the card has one."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], thresholds: dict[str, float], unusual_score: str,
-                 unusual_share: float = 0.1, check: DermoscopyCheck | None = None):
+                 unusual_share: float = 0.1, check: DermoscopyCheck | None = None, held_out: dict | None = None):
         self.tensors = {k: v.float() for k, v in tensors.items()}
         self.thresholds = {k: float(thresholds[k]) for k in ("chroma", "imagenet_distance", "unusual")}
         if unusual_score not in UNUSUAL_SCORES:
@@ -87,6 +87,7 @@ class OODDetector:
         self.unusual_score = unusual_score
         self.unusual_share = unusual_share
         self.check = check
+        self.held_out = held_out or {}  # the card's ood.out_of_source: the flag's error rates on held-out sources
 
     def feature_distance(self, pooled) -> np.ndarray:
         t = self.tensors
@@ -123,6 +124,14 @@ class OODDetector:
         return np.where(kinds == "clinical_photo", "clinical_photo",
                         np.where(generic | (kinds == "not_skin"), "not_skin", np.where(unusual, "unusual", "in")))
 
+    def held_out_text(self) -> str:
+        """What the unusual flag meant at clinics the model was not trained on ('' without those figures)."""
+        flagged, rest = self.held_out.get("error_rate_flagged"), self.held_out.get("error_rate_rest")
+        if flagged is None or rest is None:
+            return ""
+        return (f"At clinics the model was not trained on, the top prediction for images flagged so was wrong "
+                f"{flagged:.0%} of the time, against {rest:.0%} for the others.")
+
     def assess(self, scores: dict[str, np.ndarray]) -> OODAssessment:
         """One image's level (scores of a batch of one) and the sentence the screens show."""
         level = str(self.levels(scores)[0])
@@ -138,6 +147,6 @@ class OODDetector:
                 why = "its appearance is far from every dermoscopy image the model was trained on"
             return OODAssessment(level, score, NOT_SKIN_TEXT.format(why=why))
         if level == "unusual":
-            return OODAssessment(level, score, UNUSUAL_TEXT.format(what=UNUSUAL_SCORES[self.unusual_score],
-                                                                   share=f"{1 - self.unusual_share:.0%}"))
+            text = UNUSUAL_TEXT.format(what=UNUSUAL_SCORES[self.unusual_score], share=f"{1 - self.unusual_share:.0%}")
+            return OODAssessment(level, score, " ".join(filter(None, (text, self.held_out_text()))))
         return OODAssessment(level, score, "")

@@ -31,6 +31,8 @@ class UncertaintyLevels:
     score: str = "entropy"
     cuts: tuple[float, float] = (0.2, 0.5)          # low < cuts[0] <= moderate < cuts[1] <= high
     error_rates: dict = field(default_factory=dict)  # level -> top-1 error rate on validation
+    out_of_source: dict = field(default_factory=dict)  # level -> (error rate, [lowest, highest] per source) on
+                                                       # sources the levels were fitted without (train.out_of_source)
 
     def level(self, value: float) -> str:
         return LEVELS[int(np.searchsorted(self.cuts, value, side="right"))]
@@ -39,6 +41,11 @@ class UncertaintyLevels:
         return np.array(LEVELS)[np.searchsorted(self.cuts, np.asarray(values), side="right")]
 
     def sentence(self, level: str) -> str:
+        """The level with its measured error rate: out of source where the card has it, else on validation."""
+        if level in self.out_of_source:
+            rate, (low, high) = self.out_of_source[level]
+            return (f"Uncertainty {level}. On images from clinics the model was not trained on, the top prediction at "
+                    f"this level was wrong {rate:.0%} of the time ({low:.0%}-{high:.0%} across the held-out sources).")
         rate = self.error_rates.get(level)
         measured = "" if rate is None else (f" On validation images, the top prediction at this level was wrong "
                                             f"{rate:.0%} of the time.")
@@ -52,5 +59,8 @@ class UncertaintyLevels:
         entry = card.get("uncertainty") or {}
         if not entry:
             return cls()
+        ranges = entry.get("out_of_source_error_range", {})
+        held_out = {k: (float(v), tuple(ranges[k])) for k, v in entry.get("out_of_source_error_rates", {}).items()
+                    if k in ranges}
         return cls(score=str(entry["score"]), cuts=tuple(float(c) for c in entry["cuts"]),
-                   error_rates={k: float(v) for k, v in entry.get("error_rates", {}).items()})
+                   error_rates={k: float(v) for k, v in entry.get("error_rates", {}).items()}, out_of_source=held_out)

@@ -1,0 +1,44 @@
+"""Acquisition source of each image: the clinic, dermatoscope and era it comes from.
+
+HAM10000 was assembled from four sources (its metadata's `dataset` column) and ISIC 2017 is a fifth, many-clinic
+source. Class mixes and devices differ by source, so training without one source and testing on it is the closest
+the data comes to "a clinic the model has never seen" (train.out_of_source).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+SOURCE_NAMES = {
+    "vidir_molemax": "Vienna, MoleMax HD (mostly nevi)",
+    "vidir_modern": "Vienna, modern dermatoscopes",
+    "rosendahl": "Queensland practice (most akiec and bcc)",
+    "vienna_dias": "Vienna, older DermLite / DIAS",
+    "isic2017": "ISIC 2017 archive (many clinics)",
+}
+HAM_METADATA = Path("ham10000") / "HAM10000_metadata.csv"
+
+
+def acquisition_sources(manifest: pd.DataFrame, data_dir: str | os.PathLike) -> pd.Series:
+    """The acquisition source of every manifest row: HAM10000's `dataset` value (read from DATA_DIR's metadata CSV),
+    'isic2017' for ISIC 2017 rows, the manifest's own `source` otherwise. Raises ValueError when a HAM10000 row has
+    no source in the metadata (an old metadata file without the `dataset` column)."""
+    out = manifest["source"].astype(str).copy()
+    ham = manifest["source"] == "ham10000"
+    if ham.any():
+        metadata = pd.read_csv(Path(data_dir) / HAM_METADATA, usecols=lambda c: c in ("image_id", "dataset"))
+        if "dataset" not in metadata.columns:
+            raise ValueError(f"{Path(data_dir) / HAM_METADATA} has no `dataset` column (acquisition source)")
+        by_image = metadata.drop_duplicates("image_id").set_index("image_id")["dataset"]
+        found = manifest.loc[ham, "image_id"].map(by_image)
+        if found.isna().any():
+            missing = manifest.loc[ham, "image_id"][found.isna()].iloc[0]
+            raise ValueError(f"HAM10000 image {missing} has no acquisition source in {HAM_METADATA}")
+        out[ham] = found.astype(str)
+    return out
+
+
+def describe(source: str) -> str:
+    return f"{source} ({SOURCE_NAMES[source]})" if source in SOURCE_NAMES else source

@@ -1,0 +1,159 @@
+"""The triage verdict, conformal prediction sets, skin tone, acquisition sources and the source-robust rule fits."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.acquisition import SOURCE_NAMES, acquisition_sources
+from core.classes import CLASS_CODES, CLASS_INDEX
+from core.conformal import PredictionSets
+from core.skin_tone import ita_degrees, ita_group
+from core.triage import TriageRule
+from train.fit_source_robust import conformal_quantile, low_uncertainty_cut, referral_threshold
+
+DATA_DIR = Path(os.environ.get("DATA_DIR", "../shared/data"))
+
+
+def probs_with(**values) -> np.ndarray:
+    p = np.zeros(len(CLASS_CODES))
+    for code, v in values.items():
+        p[CLASS_INDEX[code]] = v
+    rest = [i for i, c in enumerate(CLASS_CODES) if c not in values]
+    p[rest] = (1 - p.sum()) / len(rest)
+    return p
+
+
+RULE = TriageRule({"mel": 0.02, "bcc": 0.05, "akiec": 0.05},
+                  out_of_source={"refer": {"melanoma_sensitivity": 0.88, "malignant_sensitivity": 0.9,
+                                           "benign_specificity": 0.6},
+                                 "review": {"malignant_share": 0.2, "error_rate": 0.4},
+                                 "no_referral": {"malignant_share": 0.03}})
+
+
+def test_precedence_refused_beats_everything():
+    v = RULE.verdict(probs_with(mel=0.9), "high", "clinical_photo", "This looks like a clinical (camera) photo.")
+    assert v.level == "not_assessed" and "camera" in v.text
+
+
+def test_a_malignant_top_class_is_referred_even_when_melanoma_is_low():
+    """The old screen showed 'akiec 86.6 %' beside 'below the referral threshold': now a BCC / AKIEC refers too."""
+    v = RULE.verdict(probs_with(akiec=0.866, mel=0.001), "low", "in")
+    assert v.level == "refer" and v.firing == ("akiec",)
+    assert "86.6%" in v.text and "88% of melanomas" in v.text
+
+
+def test_refer_wins_over_uncertainty_and_unusual():
+    v = RULE.verdict(probs_with(mel=0.3), "high", "unusual")
+    assert v.level == "refer"
+
+
+def test_doubt_gives_review_not_reassurance():
+    v = RULE.verdict(probs_with(nv=0.95, mel=0.001, bcc=0.001, akiec=0.001), "low", "unusual")
+    assert v.level == "review" and "unlike the training images" in v.text
+    v = RULE.verdict(probs_with(nv=0.95, mel=0.001, bcc=0.001, akiec=0.001), "moderate", "in",
+                     quality_problems=("the image is out of focus",))
+    assert v.level == "review" and "out of focus" in v.text and "moderate" in v.text
+
+
+def test_no_referral_says_what_it_missed_out_of_source():
+    v = RULE.verdict(probs_with(nv=0.97, mel=0.001, bcc=0.001, akiec=0.001), "low", "in")
+    assert v.level == "no_referral" and "3.0% of the images" in v.text and "does not rule" in v.text
+
+
+def test_session_threshold_replaces_melanomas_only():
+    p = probs_with(mel=0.1, bcc=0.001, akiec=0.001)
+    assert RULE.verdict(p, "low", "in").level == "refer"
+    assert RULE.verdict(p, "low", "in", mel_threshold=0.5).level == "no_referral"
+
+
+def test_vectorised_levels_agree_with_single_verdicts():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(len(CLASS_CODES)) * 0.3, size=200)
+    unc = rng.choice(["low", "moderate", "high"], 200)
+    ood = rng.choice(["in", "unusual", "not_skin"], 200)
+    levels = RULE.levels(probs, unc, ood)
+    assert list(levels) == [RULE.verdict(p, u, o).level for p, u, o in zip(probs, unc, ood)]
+
+
+def test_rule_validates_and_round_trips():
+    with pytest.raises(ValueError):
+        TriageRule({"nv": 0.1})
+    with pytest.raises(ValueError):
+        TriageRule({"mel": 1.5})
+    assert TriageRule.from_card({"triage": RULE.to_card()}) == RULE
+    old = TriageRule.from_card({"referral": {"threshold": 0.023}})  # a card from before the triage entry
+    assert old.thresholds == {"mel": 0.023}
+
+
+def test_prediction_sets_hold_the_top_class_and_everything_above_the_cut():
+    sets = PredictionSets(0.8, 0.9)
+    p = probs_with(nv=0.6, mel=0.25, bkl=0.1)
+    assert sets.classes(p) == ["nv", "mel"]
+    assert PredictionSets(0.0, 0.9).classes(p) == ["nv"]  # q = 0: the top class alone
+    with pytest.raises(ValueError):
+        PredictionSets(1.2)
+
+
+def test_conformal_quantile_covers_every_source():
+    rng = np.random.default_rng(1)
+    p_true = np.r_[rng.uniform(0.5, 1, 200), rng.uniform(0.0, 1, 200)]  # the second source is harder
+    sources = np.array(["easy"] * 200 + ["hard"] * 200)
+    q = conformal_quantile(p_true, sources, 0.9)
+    for s in ("easy", "hard"):
+        assert ((1 - p_true[sources == s]) <= q).mean() >= 0.9
+
+
+def test_referral_threshold_holds_in_each_source_and_ignores_tiny_ones():
+    rng = np.random.default_rng(2)
+    score = np.r_[rng.uniform(0.2, 1, 100), rng.uniform(0, 1, 100), [0.0] * 3]
+    positive = np.ones(203, bool)
+    sources = np.array(["a"] * 100 + ["b"] * 100 + ["tiny"] * 3)
+    t = referral_threshold(score, positive, sources, 0.9)["threshold"]
+    for s in ("a", "b"):
+        assert (score[sources == s] >= t).mean() >= 0.9
+    assert t > 0  # the 3-case source does not drag the threshold to 0
+
+
+def test_low_cut_keeps_every_source_under_its_error_bound():
+    rng = np.random.default_rng(3)
+    score = rng.uniform(0, 1, 600)
+    sources = np.array(["a", "b"] * 300)
+    errors = rng.uniform(0, 1, 600) < np.where(sources == "a", score, score * 0.5)
+    cut = low_uncertainty_cut(score, errors, sources, 0.1)
+    for s in ("a", "b"):
+        chosen = (sources == s) & (score < cut)
+        assert errors[chosen].mean() <= 0.1
+    assert ((sources == "b") & (score < cut)).sum() > 0
+
+
+def test_skin_tone_orders_light_and_dark_skin():
+    lesion = np.zeros((120, 160), np.uint8)
+    lesion[40:80, 60:100] = 255
+    light = np.full((120, 160, 3), (235, 200, 180), np.uint8)
+    dark = np.full((120, 160, 3), (95, 60, 40), np.uint8)
+    a_light, a_dark = ita_degrees(light, lesion), ita_degrees(dark, lesion)
+    assert a_light > 41 > 10 > a_dark
+    assert ita_group(a_light) in ("very light", "light") and ita_group(a_dark) in ("brown", "dark")
+    assert ita_group(float("nan")) == "unknown"
+    all_lesion = np.full((120, 160), 255, np.uint8)
+    assert math.isnan(ita_degrees(light, all_lesion))
+
+
+def test_acquisition_sources_of_the_real_data():
+    from core.datasets import load_manifest
+
+    manifest = load_manifest(DATA_DIR)
+    sources = acquisition_sources(manifest, DATA_DIR)
+    assert set(sources) == set(SOURCE_NAMES)
+    ham = manifest["source"] == "ham10000"
+    assert (sources[~ham] == "isic2017").all()
+    assert sources[ham].value_counts()["vidir_molemax"] == 3954
+    broken = manifest[ham].head(3).assign(image_id="ISIC_nonexistent")
+    with pytest.raises(ValueError, match="no acquisition source"):
+        acquisition_sources(pd.concat([manifest[ham].head(2), broken]), DATA_DIR)
