@@ -1,0 +1,22 @@
+#!/bin/sh
+# The container's entry point: check the deployment's secrets, then start the dashboard as `bash run.sh app` does
+# (python -m ui.serve: the model starts loading before the server). The Streamlit settings are deploy/config.toml,
+# copied to .streamlit/config.toml in the image. `entrypoint.sh check` checks the secrets and exits.
+#   LESIONLENS_SECRETS  the secrets.toml ([auth], [lesionlens]); default /run/secrets/lesionlens (a compose secret).
+#                       Missing: sign-in off (one local user): only for a machine nobody else can reach.
+set -eu
+cd "$(dirname "$0")/.."
+SECRETS="${LESIONLENS_SECRETS:-/run/secrets/lesionlens}"
+PYTHON="${PYTHON:-python}"
+check_only=0
+if [ "${1:-}" = "check" ]; then check_only=1; shift; fi
+
+if [ -f "$SECRETS" ]; then
+    "$PYTHON" -m core.access "$SECRETS" || {
+        echo "[lesionlens] fix $SECRETS (template: .streamlit/secrets.toml.example)" >&2; exit 1; }
+    set -- --secrets.files "$SECRETS" "$@"
+else
+    echo "[lesionlens] no secrets file at $SECRETS: sign-in is OFF (anyone who reaches the port gets in)" >&2
+fi
+[ "$check_only" = 1 ] && exit 0
+exec "$PYTHON" -m ui.serve "$@"
