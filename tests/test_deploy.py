@@ -73,6 +73,9 @@ def test_the_dockerfile_copies_what_the_app_imports_and_runs_it_non_root_with_a_
     local = {p.name for p in REPO.iterdir() if p.is_dir() and (p / "__init__.py").exists() or p.suffix == ".py"}
     needed = {name for f in app_files for name in _imported_top_level(f)} & {n.removesuffix(".py") for n in local}
     assert needed <= copied | {"streamlit_app"}, f"imported but not copied: {needed - copied}"
+    pages = [node.value for node in ast.walk(ast.parse((REPO / "streamlit_app.py").read_text()))
+             if isinstance(node, ast.Constant) and str(node.value).startswith("app_pages/")]
+    assert pages and all(page.split("/")[0] in copied for page in pages), "the pages are not copied"
     assert {"weights", "deploy/config.toml"} <= copied                    # weights baked in, the hardened config
     run = " ".join(args for op, args in steps if op == "RUN")
     assert "--index-url https://download.pytorch.org/whl/cpu" in run     # CPU torch wheels
