@@ -12,6 +12,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui.analyzers import pool
+from ui.auth import is_admin, sign_in_gate
 from ui.data_folder import data_dir_sidebar
 
 PAGES = [  # (file, title, icon, URL path)
@@ -22,15 +23,18 @@ PAGES = [  # (file, title, icon, URL path)
     ("app_pages/batch.py", "Batch", ":material/stacks:", "Batch"),
     ("app_pages/compare.py", "Compare follow-up", ":material/compare:", "Compare"),
     ("app_pages/evaluate.py", "Evaluate your data", ":material/fact_check:", "Evaluate"),
+    ("app_pages/audit.py", "Audit", ":material/history:", "Audit"),
 ]
+ADMIN_PAGES = {"app_pages/audit.py"}  # listed for admins only (ui.auth.is_admin)
 
 
 def main() -> None:
     pool()  # the model loads in the background from the first request on, while the first page renders
     st.set_page_config(page_title="LesionLens", page_icon=":material/biotech:", layout="wide")
+    sign_in_gate()  # with [auth] in secrets.toml: nothing below runs until an allowed user is signed in
     data_dir_sidebar()
     pages = [st.Page(path, title=title, icon=icon, url_path=url or None, default=not url)
-             for path, title, icon, url in PAGES]
+             for path, title, icon, url in PAGES if path not in ADMIN_PAGES or is_admin()]
     st.navigation(pages).run()
     with st.sidebar:
         st.caption("Decision support only — not a diagnosis.")

@@ -11,6 +11,7 @@ from core.classes import CLASS_CODES, MALIGNANT_CODES
 from core.intake import FILE_EXTENSIONS, SUPPORTED_TEXT, ImageRejected, load_image
 from core.patient_context import SEXES, SITES, ContextError, PatientContext
 from ui.analyzers import ModelUnavailable, pool
+from ui.audit_log import record_analysis, record_report_download
 from ui.data_folder import SOURCE_LABELS, available_sources, current_data_dir
 from ui.datasets import manifest, read_image_path, test_split
 from ui.figures import probability_figure
@@ -268,7 +269,8 @@ def report_ui(rgb, r, name: str, key: tuple, mask, mask_kind: str, measurements:
             return
         st.session_state["pdf"] = prepared
     pdf_slot.download_button("PDF report", prepared[1], file_name=f"{stem}_lesionlens.pdf", mime="application/pdf",
-                             key="dl_pdf", type="primary", icon=":material/picture_as_pdf:")
+                             key="dl_pdf", type="primary", icon=":material/picture_as_pdf:",
+                             on_click=record_report_download, args=(key[0], r))
 
 
 def result_ui(rgb, r, name: str, example: dict | None, mm_per_pixel: float | None, key: tuple,
@@ -344,6 +346,7 @@ def analyze_page() -> None:
         except Exception as exc:
             area.error(f"Analysis failed: {exc}")
             return
+        record_analysis(data, result)
         area = area.container()
     with area:
         result_ui(rgb, result, name, example, mm_per_pixel, key, context)

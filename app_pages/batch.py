@@ -12,6 +12,7 @@ from core.classes import CLASS_CODES
 from core.intake import FILE_EXTENSIONS
 from core.ood import REFUSED_LEVELS
 from ui.analyzers import ModelUnavailable, pool
+from ui.audit_log import record_batch
 from ui.batch_table import analyse_all
 from ui.data_folder import available_sources, current_data_dir
 from ui.datasets import test_split
@@ -182,6 +183,7 @@ def batch_page() -> None:
             st.error(str(exc))
             return
         st.session_state["batch_result"] = (run_ui(items, contexts), session_threshold())
+        record_batch(items, *st.session_state["batch_result"])
     result = st.session_state.get("batch_result")
     if result is not None and len(result[0]):
         results_ui(*result)

@@ -9,6 +9,7 @@ import streamlit as st
 
 from core.referral import BELOW_TEXT, REFER_TEXT, validation_sources_text
 from ui.analyzers import ModelUnavailable, pool, weights_dir
+from ui.audit_log import record_threshold_change
 from ui.data_folder import available_sources, current_data_dir
 from ui.datasets import dataset_cam, manifest, read_image_path
 from ui.figures import (pr_figure, referral_roc_figure, reliability_figure, risk_coverage_figure, roc_figure,
@@ -115,10 +116,12 @@ def cell_images_ui(true: str, pred: str, model: str, test_set: str) -> int:
 def _threshold_changed() -> None:
     value = float(st.session_state[THRESHOLD_WIDGET])
     set_session_threshold(None if value == rule().threshold else value)
+    record_threshold_change()
 
 
 def _threshold_reset() -> None:
     set_session_threshold(None)
+    record_threshold_change()
 
 
 def threshold_ui() -> float:

@@ -85,13 +85,13 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def record_of_result(action: str, user: str, data: bytes, result, model_version: str, referral: bool | None,
+def record_of_result(action: str, user: str, image_sha256: str, result, model_version: str, referral: bool | None,
                      threshold: float | None) -> AuditRecord:
-    """The record of a core.inference.AnalysisResult of the image file `data` (no class, probabilities or referral
-    for an image refused as not dermoscopy: none were shown)."""
+    """The record of a core.inference.AnalysisResult of the image file with this SHA-256 (no class, probabilities or
+    referral for an image refused as not dermoscopy: none were shown)."""
     shown = bool(getattr(result, "diagnosis_shown", True))
     return AuditRecord(
-        user=user, action=action, image_sha256=sha256_of(data), model_version=model_version,
+        user=user, action=action, image_sha256=image_sha256, model_version=model_version,
         top_class=result.label if shown else "", probabilities=dict(result.probs) if shown else {},
         referral=referral if shown else None, uncertainty_level=result.uncertainty_level if shown else "",
         ood_level=result.ood_level, threshold=threshold)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from ui.auth import is_admin
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_LABELS = {"ham10000": "HAM10000", "isic2017": "ISIC 2017"}
 DATA_DIR_KEY = "data_dir"            # the value every page reads (plain session state, survives page switches)
@@ -50,9 +52,13 @@ def available_sources(data_dir: Path) -> list[str]:
 
 
 def data_dir_sidebar() -> Path | None:
-    """The sidebar box for the data folder (rendered once by the entry point, its value shared by every page)."""
-    if DATA_DIR_KEY not in st.session_state:
+    """The sidebar box for the data folder (rendered once by the entry point, its value shared by every page); with
+    sign-in on, only admins see it (the others get the server's folder)."""
+    admin = is_admin()
+    if DATA_DIR_KEY not in st.session_state or not admin:
         st.session_state[DATA_DIR_KEY] = default_data_dir()
+    if not admin:
+        return current_data_dir()
     st.session_state[DATA_DIR_WIDGET] = st.session_state[DATA_DIR_KEY]
 
     def _changed() -> None:
