@@ -23,6 +23,7 @@ PAGES = [  # (file, title, icon, URL path)
     ("app_pages/batch.py", "Batch", ":material/stacks:", "Batch"),
     ("app_pages/compare.py", "Compare follow-up", ":material/compare:", "Compare"),
     ("app_pages/evaluate.py", "Evaluate your data", ":material/fact_check:", "Evaluate"),
+    ("app_pages/pacs.py", "PACS", ":material/lan:", "PACS"),
     ("app_pages/audit.py", "Audit", ":material/history:", "Audit"),
 ]
 ADMIN_PAGES = {"app_pages/audit.py"}  # listed for admins only (ui.auth.is_admin)

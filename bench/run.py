@@ -28,6 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny counts (smoke test, CI): numbers are not stable")
     parser.add_argument("--skip-browser", action="store_true", help="no app cold start (streamlit + chromium)")
     parser.add_argument("--skip-train", action="store_true", help="no training-step timing")
+    parser.add_argument("--pacs", action="store_true", help="also the PACS round trip (bench/pacs.py: a local Orthanc, "
+                        "DICOM read time, a study of 10 images analysed and stored back)")
     parser.add_argument("--weights", default=str(REPO / "weights"))
     parser.add_argument("--out", default=str(RESULTS), help="folder for <timestamp>.json and latest.json")
     args = parser.parse_args(argv)
@@ -83,6 +85,10 @@ def run(args: argparse.Namespace) -> dict:
         _section(results, "cold_start", lambda: cold_start(
             root, sorted((root / "ham10000" / "fullres" / "images").glob("*.jpg"))[0], weights,
             log_path=Path(args.out) / "streamlit_server.log"))
+    if args.pacs:
+        from bench.pacs import pacs_round_trip
+
+        _section(results, "pacs", lambda: pacs_round_trip(root, 2 if args.quick else 10))
     results["machine_after"] = {"loadavg": machine()["loadavg"]}
     results["targets"] = targets(results)
     return results
@@ -94,6 +100,8 @@ TARGETS = {  # issue 6, on this 2-core CPU
     "classifier_images_per_s": (">=", 60.0, "mask-CN batch throughput"),
     "cold_start_s": ("<=", 5.0, "server start -> first analysis rendered with the model loaded"),
     "train_epoch_s": ("<=", 300.0, "slowest stage's epoch over the 7,009 HAM10000 train images (extrapolated)"),
+    "pacs_study_s": ("<=", 5.0, "PACS: a study of 10 images retrieved, analysed and stored back (issue 26)"),
+    "dicom_read_added_ms": ("<=", 20.0, "PACS: what reading DICOM adds to an analysis, median per image (issue 26)"),
 }
 
 
@@ -116,6 +124,8 @@ def targets(results: dict) -> dict:
         "classifier_images_per_s": get("throughput", "mask_cn", "images_per_s"),
         "cold_start_s": get("cold_start", "first_analysis_s"),
         "train_epoch_s": max(epochs) if epochs else None,
+        "pacs_study_s": get("pacs", "study", "total_s"),
+        "dicom_read_added_ms": get("pacs", "dicom_read_added", "p50_ms"),
     }
     out = {}
     for key, (op, limit, what) in TARGETS.items():
@@ -230,6 +240,13 @@ def table(results: dict) -> str:
         if "pipeline_batch" in u:
             lines.append(f"   pipeline batch: {u['pipeline_batch']['achieved_gflops']:.2f} GFLOP/s = "
                          f"{100 * u['pipeline_batch']['share_of_peak']:.1f}% of peak")
+    if results.get("pacs") is not None and not err("pacs"):
+        p = results["pacs"]
+        lines.append(f"\nPACS round trip ({p['images']} images, local Orthanc): DICOM read p50 "
+                     f"{p['dicom_read']['p50_ms']:.1f} ms vs JPEG decode {p['jpeg_decode']['p50_ms']:.1f} ms (adds "
+                     f"{p['dicom_read_added']['p50_ms']:.1f} ms); study retrieve {p['study']['retrieve_s']:.2f} s + "
+                     f"analyse {p['study']['analyse_s']:.2f} s + store {p['study']['store_s']:.2f} s = "
+                     f"{p['study']['total_s']:.2f} s ({p['study']['objects_stored']} objects stored)")
     lines.append("\n7. Targets (issue 6)" + ("  — QUICK run: counts too small to judge" if results["quick"] else ""))
     for key, t in (results.get("targets") or targets(results)).items():
         state = "n/a" if t["met"] is None else ("MET" if t["met"] else "MISSED")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -30,17 +32,29 @@ ORTHANC = "Orthanc"
 INSTALL_HINT = "apt-get install -y orthanc orthanc-dicomweb"
 
 
+def free_port() -> int:
+    """A TCP port free on localhost right now (for a test server)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class Orthanc:
     """An Orthanc process on localhost:port with its own temporary storage; stop() ends it and removes the storage."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, users: dict[str, str] | None = None):
+        """users: user name -> password; with users, Orthanc refuses requests without one of them (HTTP 401)."""
         binary = shutil.which(ORTHANC) or (f"/usr/sbin/{ORTHANC}" if os.path.exists(f"/usr/sbin/{ORTHANC}") else "")
         if not binary:
             raise RuntimeError(f"Orthanc is not installed; install it with: {INSTALL_HINT}")
         self.port = port
         self.storage = Path(tempfile.mkdtemp(prefix="lesionlens-orthanc-"))
-        config = CONFIG_TEMPLATE.read_text().replace("@HTTP_PORT@", str(port)).replace("@STORAGE@", str(self.storage))
-        (self.storage / "orthanc.json").write_text(config)
+        config = json.loads(CONFIG_TEMPLATE.read_text().replace("@HTTP_PORT@", str(port))
+                            .replace("@STORAGE@", str(self.storage)))
+        if users:
+            config.update(AuthenticationEnabled=True, RegisteredUsers=users)
+        self._probe_auth = next(iter(users.items())) if users else None
+        (self.storage / "orthanc.json").write_text(json.dumps(config, indent=1))
         self._log = open(self.storage / "orthanc.log", "wb")
         self.process = subprocess.Popen([binary, str(self.storage / "orthanc.json")], stdout=self._log,
                                         stderr=subprocess.STDOUT)
@@ -58,7 +72,7 @@ class Orthanc:
                 self.stop()
                 raise RuntimeError(f"Orthanc exited at start (port {self.port} taken?):\n{log}")
             try:
-                if requests.get(f"{self.url}/studies", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/studies", timeout=1, auth=self._probe_auth).status_code == 200:
                     return
             except requests.exceptions.ConnectionError:
                 pass

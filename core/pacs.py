@@ -5,6 +5,7 @@
     instances = pacs.dermoscopy_instances(study_uid)  # photographic instances only
     data = pacs.retrieve(study_uid, series_uid, sop_uid)   # Part 10 bytes, for core.dicom_input.read_dicom
     pacs.store([data, ...])                          # STOW-RS
+    pacs.store_new([data, ...], study_uid)           # STOW-RS of what the study does not hold yet
 
 The server address and credentials never live in the code. Every failure a user can meet is a PacsError whose text
 is a sentence: server unreachable, authentication refused, a study without dermoscopy images, a store the server
@@ -157,6 +158,22 @@ class Pacs:
             reasons = sorted({str(_value(f, "00081197")) for f in failed})
             raise PacsError(f"The PACS rejected {len(failed)} of {len(objects)} objects "
                             f"(failure reason {', '.join(reasons)})")
+
+    def store_new(self, objects: list[bytes], study_uid: str) -> StoreOutcome:
+        """STOW-RS into the study of the objects it does not hold yet (by SOP Instance UID): a retry of the same
+        results (core.dicom_results: deterministic UIDs) stores nothing twice."""
+        held = {i.sop_uid for i in self.instances(study_uid)}
+        uids = [str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID) for data in objects]
+        new = [data for data, uid in zip(objects, uids) if uid not in held]
+        if new:
+            self.store(new, study_uid)
+        return StoreOutcome(stored=len(new), already=len(objects) - len(new))
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    stored: int    # objects sent and accepted
+    already: int   # objects the study already held (an earlier store of the same results)
 
 
 def _reason(response) -> str:

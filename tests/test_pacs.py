@@ -3,33 +3,35 @@
 If Orthanc is not installed the fixture fails (bash run.sh test installs it). 20 HAM10000 JPEGs wrapped as DICOM
 with made-up patients (10 studies) are stored by STOW-RS, found by QIDO-RS (patient ID, date, modality), listed,
 retrieved by WADO-RS: the retrieved pixels equal the JPEG's decode, the patient context equals what was written,
-and the Analyzer gives the retrieved image the same mask as the JPEG. Errors are sentences: an unreachable server,
-a study without dermoscopy, a store the server rejects (with its reason); storing the same object twice keeps one.
+and the Analyzer gives the retrieved image the same mask as the JPEG. A study's images analysed as the PACS page
+does (ui.pacs_results) and stored back come back as written: the SEG's pixels are the app's mask, the Encapsulated
+PDF's bytes the app's PDF, the SR's probabilities the app's, each object passes dciodvfy; storing the same analysis
+again stores nothing. Errors are sentences: an unreachable server, refused credentials, a study without dermoscopy,
+a store the server rejects (with its reason); storing the same object twice keeps one.
 """
 from __future__ import annotations
 
-import socket
+import io
 
+import highdicom as hd
 import numpy as np
+import pydicom
 import pytest
+from test_dicom_results import dciodvfy_errors
 
-from core.demo_pacs import Orthanc, demo_objects
+from core.classes import CLASS_CODES
+from core.demo_pacs import Orthanc, demo_objects, free_port
 from core.dicom_input import read_dicom
+from core.dicom_results import PROBABILITY
 from core.intake import load_image
 from core.pacs import Pacs, PacsError
 
 COUNT = 20
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    orthanc = Orthanc(_free_port())  # raises (test error, not a skip) when Orthanc is missing
+    orthanc = Orthanc(free_port())  # raises (test error, not a skip) when Orthanc is missing
     yield orthanc
     orthanc.stop()
 
@@ -100,10 +102,65 @@ def test_study_without_dermoscopy_is_said(stored):
 
 def test_unreachable_server_is_said():
     with pytest.raises(PacsError, match="cannot be reached"):
-        Pacs(f"http://127.0.0.1:{_free_port()}/dicom-web").search_studies()
+        Pacs(f"http://127.0.0.1:{free_port()}/dicom-web").search_studies()
 
 
 def test_no_url_is_said(monkeypatch):
     monkeypatch.delenv("LESIONLENS_PACS_URL", raising=False)
     with pytest.raises(PacsError, match="LESIONLENS_PACS_URL"):
         Pacs("")
+
+
+def _stored_object(pacs: Pacs, study_uid: str, data: bytes) -> bytes:
+    """What the PACS holds (WADO-RS) under the SOP Instance UID of `data`."""
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return pacs.retrieve(study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+
+
+def test_results_stored_back_read_back_as_written(stored, tmp_path):
+    from ui.pacs_results import analyse, retrieve, store_results
+    pacs, objects = stored
+    patient = objects[2][0]
+    study = patient.study_uid
+    images = [retrieve(pacs, i) for i in pacs.dermoscopy_instances(study)]
+    assert all((i.image.context.age, i.image.context.sex, i.image.context.site) ==
+               (patient.age, patient.sex, patient.site) for i in images)
+    analysed = [analyse(image) for image in images]
+    assert all(a.result.diagnosis_shown for a in analysed)  # HAM10000 dermoscopy: PDF + SEG + SR each
+    outcome = store_results(pacs, study, analysed)
+    assert (outcome.stored, outcome.already) == (6, 0)
+    assert len(pacs.instances(study)) == 2 + 6
+    for item in analysed:
+        pdf_object, seg_object, sr_object = (_stored_object(pacs, study, data) for data in item.objects)
+        pdf = pydicom.dcmread(io.BytesIO(pdf_object))
+        assert pdf.EncapsulatedDocument[:pdf.EncapsulatedDocumentLength] == item.pdf
+        seg = hd.seg.segread(io.BytesIO(seg_object))
+        pixels = seg.get_pixels_by_source_instance([item.source.instance.sop_uid], combine_segments=True)[0]
+        assert np.array_equal(pixels > 0, item.result.mask > 0)
+        report = hd.sr.MeasurementReport.from_sequence([hd.sr.srread(io.BytesIO(sr_object))])
+        values = {m.name: m.value for m in report.get_image_measurement_groups()[0].get_measurements()}
+        for code in CLASS_CODES:
+            assert values[hd.sr.CodedConcept.from_code(PROBABILITY[code])] == pytest.approx(item.result.probs[code],
+                                                                                            abs=1e-6)
+        source = item.source.instance.sop_uid
+        for data in (pdf_object, seg_object, sr_object):
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            sex = {"male": "M", "female": "F"}.get(patient.sex, "")
+            assert (ds.StudyInstanceUID, ds.PatientID, ds.PatientSex) == (study, patient.patient_id, sex)
+            assert source in str(ds)  # each references its source instance
+            assert dciodvfy_errors(data, tmp_path) == []
+    again = store_results(pacs, study, [analyse(image) for image in images])  # a retry: a new analysis, new PDF
+    assert (again.stored, again.already) == (0, 6)
+    assert len(pacs.instances(study)) == 2 + 6
+
+
+def test_refused_credentials_are_said(data_dir):
+    orthanc = Orthanc(free_port(), users={"clinic": "right-password"})
+    try:
+        assert Pacs(orthanc.url, "clinic", "right-password").search_studies() == []
+        with pytest.raises(PacsError, match="refused the credentials"):
+            Pacs(orthanc.url, "clinic", "wrong-password").search_studies()
+        with pytest.raises(PacsError, match="refused the credentials"):
+            Pacs(orthanc.url).store([demo_objects(data_dir, 1)[0][1]])
+    finally:
+        orthanc.stop()
