@@ -11,6 +11,7 @@ from core.classes import MALIGNANT_CODES
 from core.dicom_results import DicomResultError
 from core.pacs import Pacs, PacsError, Study
 from ui.analyzers import ModelUnavailable
+from ui.audit_log import record_pacs_store, record_result
 from ui.formatting import DISCLAIMER, class_label
 from ui.images import mask_overlay
 from ui.pacs_results import analyse, retrieve, store_results
@@ -44,8 +45,12 @@ def search_ui(pacs: Pacs) -> None:
         st.session_state.pop("pacs_studies", None)
 
 
+def date_text(date: str) -> str:
+    return f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 else "no date"
+
+
 def study_label(study: Study, identifiers: bool) -> str:
-    date = f"{study.date[:4]}-{study.date[4:6]}-{study.date[6:]}" if len(study.date) == 8 else "no date"
+    date = date_text(study.date)
     who = f"{study.patient_id} · " if identifiers else ""
     what = study.description or "/".join(study.modalities) or "study"
     return f"{who}{date} · {what} · {study.instances} instance(s)"
@@ -56,7 +61,7 @@ def study_ui(studies: list[Study], identifiers: bool) -> Study | None:
     if not studies:
         st.info("No study matches this search.")
         return None
-    rows = [{**({"Patient ID": s.patient_id} if identifiers else {}), "Date": s.date,
+    rows = [{**({"Patient ID": s.patient_id} if identifiers else {}), "Date": date_text(s.date),
              "Modalities": ", ".join(s.modalities), "Description": s.description, "Instances": s.instances}
             for s in studies]
     st.dataframe(rows, hide_index=True, key="pacs_study_table")
@@ -151,7 +156,8 @@ def results_ui(pacs: Pacs, study: Study) -> None:
         result_ui(item, column)
         column.download_button("PDF report", item.pdf, file_name=f"image{item.source.instance.number}_lesionlens.pdf",
                                mime="application/pdf", key=f"pacs_pdf_{item.source.instance.sop_uid}",
-                               icon=":material/picture_as_pdf:")
+                               icon=":material/picture_as_pdf:", on_click=record_result,
+                               args=("report_download", item.source.data, item.result))
     objects = sum(len(item.objects) for item in analysed)
     st.caption(f"Storing sends {objects} DICOM object(s) into this study: per image the PDF report (Encapsulated "
                "PDF) and, for dermoscopy images, the lesion mask (Segmentation) and the findings (Structured Report), "
@@ -165,6 +171,7 @@ def results_ui(pacs: Pacs, study: Study) -> None:
         st.error(str(exc), icon=":material/cloud_off:")
         return
     if outcome.stored:
+        record_pacs_store([(item.source.data, item.result) for item in analysed])
         already = f"; {outcome.already} were already there" if outcome.already else ""
         st.success(f"Stored {outcome.stored} object(s) in the study{already}.", icon=":material/cloud_done:")
     else:
