@@ -133,6 +133,7 @@ def header_ui(r, name: str, example: dict | None) -> None:
         return
     if r.ood_level == "unusual":
         box.warning(f"**Unusual image.** {r.ood_reason}", icon=":material/warning:")
+    quality_ui(box, r)
     top_code, top_p = r.top3[0]
     with diagnosis_container(box, r, "diagnosis"):
         c1, c2, c3 = st.columns([4, 2, 2])
@@ -152,9 +153,16 @@ def header_ui(r, name: str, example: dict | None) -> None:
                         f"image): **{class_label(example['dx'])}** — {agrees}")
 
 
+def quality_ui(parent, r) -> None:
+    """Which image-quality check fired (core.image_quality), in one sentence; the diagnosis below is greyed."""
+    if r.quality:
+        parent.warning(f"**Image quality.** {r.quality_text}", icon=":material/photo_camera:")
+
+
 def diagnosis_container(parent, r, key: str):
-    """A container for diagnosis content: greyed out (GREYED_CSS) when the image is unusual."""
-    if r.ood_level != "unusual":
+    """A container for diagnosis content: greyed out (GREYED_CSS) when the image is unusual or an image-quality
+    check fired."""
+    if not r.greyed:
         return parent.container(key=key)
     parent.html(GREYED_CSS)
     return parent.container(key=f"unusual_{key}")

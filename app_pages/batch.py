@@ -29,7 +29,9 @@ def status_of(row) -> str:
         return f"✗ {row.error}"
     return {"clinical_photo": "⚠ clinical (camera) photo: no diagnosis",
             "not_skin": "⚠ not a skin image: no diagnosis",
-            "unusual": "⚠ unusual image: diagnosis less reliable"}.get(row.ood_level, "✓ analysed")
+            "unusual": "⚠ unusual image: diagnosis less reliable"}.get(
+        row.ood_level, f"⚠ image quality ({row.quality.replace('|', ', ').replace('_', ' ')}): diagnosis less reliable"
+        if row.quality else "✓ analysed")
 
 
 def summary_ui(table: pd.DataFrame, threshold: float | None) -> None:

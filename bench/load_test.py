@@ -31,9 +31,17 @@ printed. Only loopback traffic; chromium runs with background networking, compon
 
 Threads mode needs no browser: N Python threads borrow from the app's own pool of Analyzer replicas
 (ui.analyzers.AnalyzerPool, as the Streamlit sessions do) and call analyze() on real images for --duration seconds
-(every other call with cam=True); each result is compared with a sequential run on the same image (probabilities
-within 1e-5, masks identical, CAM within 1e-5) to check thread safety. --replicas and --torch-threads default to the
+(every other call with cam=True), each followed by its audit record as the app writes it (core.audit: SHA-256 of
+the image file + one row as user<N>@clinic.example, timed apart as "audit write"; the records are counted at the
+end); each result is compared with a sequential run on the same image (probabilities within 1e-5, masks identical,
+CAM within 1e-5) to check thread safety. --replicas and --torch-threads default to the
 app's settings.
+
+Audit and sign-in (browser mode): the server's audit trail goes to a fresh SQLite file (or `--audit-url`); at the end
+every user's "analysis" records are counted against the analyses its session completed: "lost" must be 0 (possibly
+cached repeats write no record, so they must be 0 for an exact count). `--signin` adds a local OpenID Connect provider
+(oidc-provider-mock, in a thread) and a secrets.toml pointing the server at it (`--secrets.files`, allow-list
+`clinic.example`); each session first signs in as its own user (user<N>@clinic.example) through the provider's form.
 
 Run it with `nice -n 19` while anything else needs the CPU; child processes (server, chromium) inherit it.
 """
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -50,6 +59,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
@@ -195,15 +205,16 @@ def environment() -> dict:
 
 class StreamlitServer:
     def __init__(self, port: int, data_dir: Path | None, log_path: Path, torch_threads: int | None = None,
-                 replicas: int | None = None):
+                 replicas: int | None = None, extra_args: tuple[str, ...] = (), extra_env: dict | None = None):
         self.port, self.data_dir, self.log_path = port, data_dir, log_path
         self.torch_threads, self.replicas = torch_threads, replicas
+        self.extra_args, self.extra_env = list(extra_args), dict(extra_env or {})
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
         self._log = None
 
     def start(self, timeout: float = 120.0) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         if self.data_dir is not None:
             env["DATA_DIR"] = str(self.data_dir)
         if self.torch_threads is not None:  # ui.analyzers reads both when it loads the replicas
@@ -212,7 +223,7 @@ class StreamlitServer:
             env["LESIONLENS_ANALYZERS"] = str(self.replicas)
         cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"),
                "--server.headless", "true", "--server.port", str(self.port), "--server.address", "127.0.0.1",
-               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", *self.extra_args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -276,6 +287,19 @@ def _error(records: list, session: int, image: str, kind: str, message: str, sta
                     "at_s": round(time.monotonic() - started, 2)})
 
 
+def signin_user(session: int | str) -> str:
+    return f"user{session}@clinic.example"
+
+
+async def _sign_in(page, url: str, email: str, timeout_ms: float) -> None:
+    """Sign in through the identity provider's form (--signin); the session cookie then serves every reload."""
+    await page.goto(url, wait_until="domcontentloaded", timeout=timeout_ms)
+    await page.get_by_role("button", name="Sign in").click(timeout=timeout_ms)
+    await page.get_by_placeholder("sub").fill(email, timeout=timeout_ms)
+    await page.get_by_role("button", name="Authorize").click(timeout=timeout_ms)
+    await page.get_by_text("Signed in as").first.wait_for(timeout=timeout_ms)
+
+
 async def _open_analyze(page, url: str, timeout_ms: float) -> None:
     await page.goto(url + "/Analyze", wait_until="domcontentloaded", timeout=timeout_ms)
     try:
@@ -324,6 +348,8 @@ async def _session(index: int, browser, url: str, images: list[Path], n_sessions
     iteration = 0
     rng = random.Random(index)
     try:
+        if args.signin:
+            await _sign_in(page, url, signin_user(index), args.timeout * 1000)
         await _open_analyze(page, url, args.timeout * 1000)
         while time.monotonic() < stop_at and iteration < args.max_per_session:
             image = images[(index + iteration * n_sessions) % len(images)]
@@ -345,10 +371,12 @@ async def _session(index: int, browser, url: str, images: list[Path], n_sessions
         await context.close()
 
 
-async def _warm_up(browser, url: str, image: Path, timeout_s: float) -> dict:
+async def _warm_up(browser, url: str, image: Path, timeout_s: float, signin: bool) -> dict:
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await context.new_page()
     try:
+        if signin:
+            await _sign_in(page, url, signin_user("warmup"), timeout_s * 1000)
         await _open_analyze(page, url, timeout_s * 1000)
         return await _analyse_once(page, image, timeout_s)
     finally:
@@ -366,7 +394,7 @@ async def _drive_browsers(url: str, images: list[Path], args, server_pid: int) -
             warm = None
             if not args.no_warmup:
                 print(f"warm-up: one analysis to load the model ({images[-1].name})", flush=True)
-                warm = await _warm_up(browser, url, images[-1], max(args.timeout, 240))
+                warm = await _warm_up(browser, url, images[-1], max(args.timeout, 240), args.signin)
                 print(f"warm-up: {warm}", flush=True)
             # Memory is sampled from here: after the warm-up, so the model load is not mistaken for growth.
             sampler = RssSampler(server_pid, args.sample_every).start()
@@ -384,20 +412,72 @@ async def _drive_browsers(url: str, images: list[Path], args, server_pid: int) -
     return {"warm_up": warm, "analyses": analyses, "errors": errors, "elapsed_s": elapsed, "memory": memory}
 
 
+SIGNIN_SECRETS = """
+[auth]
+redirect_uri = "{app}/oauth2callback"
+cookie_secret = "load-test-cookie-secret-0123456789abcdef"
+client_id = "lesionlens-load-test"
+client_secret = "any-secret-the-mock-accepts"
+server_metadata_url = "{idp}/.well-known/openid-configuration"
+
+[lesionlens]
+allowed_domains = ["clinic.example"]
+"""
+
+
+@contextlib.contextmanager
+def signin_setup(args, port: int, folder: Path):
+    """The server's extra flags and environment: its own audit store; with --signin the identity provider (a thread)
+    and the secrets.toml pointing at it."""
+    if not args.signin:
+        yield (), {"LESIONLENS_AUDIT_URL": args.audit_url}
+        return
+    from oidc_provider_mock import User, run_server_in_thread
+
+    users = [User(sub=signin_user(i), claims={"email": signin_user(i), "name": f"User {i}"})
+             for i in [*range(args.sessions), "warmup"]]
+    with run_server_in_thread(user_claims=users) as idp:
+        secrets = folder / "secrets.toml"
+        secrets.write_text(SIGNIN_SECRETS.format(app=f"http://127.0.0.1:{port}",
+                                                 idp=f"http://localhost:{idp.server_port}"))
+        yield ("--secrets.files", str(secrets)), {"LESIONLENS_AUDIT_URL": args.audit_url}
+
+
+def audit_check(url: str, sessions: list, warm_up: dict | None, signin: bool) -> dict:
+    """Each user's "analysis" records in the audit trail against the analyses its session (or thread) completed,
+    one entry per analysis in `sessions` (without sign-in every browser session is the user "local")."""
+    from core.audit import LOCAL_USER, AuditLog
+
+    def user(session) -> str:
+        return signin_user(session) if signin else LOCAL_USER
+
+    found = _count(r["user"] for r in AuditLog(url).query(actions=["analysis"]))
+    expected = _count(user(session) for session in sessions)
+    if warm_up and "error" not in warm_up:
+        expected[user("warmup")] = expected.get(user("warmup"), 0) + 1
+    lost = sum(max(0, n - found.get(user, 0)) for user, n in expected.items())
+    return {"url": url, "records": sum(found.values()), "expected": sum(expected.values()), "lost": lost,
+            "extra": sum(max(0, n - expected.get(user, 0)) for user, n in found.items())}
+
+
 def run_browser(args, images: list[Path]) -> dict:
     if not Path(CHROMIUM).is_file():
         raise SystemExit(f"{CHROMIUM} not found (apt-get install -y chromium)")
     port = args.port or free_port()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    server = StreamlitServer(port, args.data_dir, RESULTS_DIR / f"server_{stamp}.log", args.torch_threads, args.replicas)
-    print(f"starting streamlit on 127.0.0.1:{port} (log {server.log_path.relative_to(REPO)})", flush=True)
-    t_start = time.monotonic()
-    server.start()
-    print(f"healthy after {time.monotonic() - t_start:.1f} s; pid {server.proc.pid}", flush=True)
-    try:
-        driven = asyncio.run(_drive_browsers(server.url, images, args, server.proc.pid))
-    finally:
-        code = server.stop()
+    folder = Path(tempfile.mkdtemp(prefix="lesionlens-load-"))
+    args.audit_url = args.audit_url or f"sqlite:///{folder / 'audit.sqlite'}"
+    with signin_setup(args, port, folder) as (extra_args, extra_env):
+        server = StreamlitServer(port, args.data_dir, RESULTS_DIR / f"server_{stamp}.log", args.torch_threads,
+                                 args.replicas, extra_args, extra_env)
+        print(f"starting streamlit on 127.0.0.1:{port} (log {server.log_path.relative_to(REPO)})", flush=True)
+        t_start = time.monotonic()
+        server.start()
+        print(f"healthy after {time.monotonic() - t_start:.1f} s; pid {server.proc.pid}", flush=True)
+        try:
+            driven = asyncio.run(_drive_browsers(server.url, images, args, server.proc.pid))
+        finally:
+            code = server.stop()
     memory = driven["memory"]
     done = driven["analyses"]
     times_result = [a["time_to_result_s"] for a in done]
@@ -415,6 +495,7 @@ def run_browser(args, images: list[Path]) -> dict:
         "analyses_per_min": 60.0 * len(done) / span if span > 0 else None,
         "elapsed_s": driven["elapsed_s"], "maybe_cached": sum(bool(a["maybe_cached"]) for a in done),
         "server_rss": memory, "server_log": scan_server_log(server.log_path), "note": TIME_TO_RESULT_NOTE,
+        "audit": audit_check(args.audit_url, [a["session"] for a in done], driven["warm_up"], args.signin),
         "per_analysis": done,
     }
 
@@ -468,7 +549,9 @@ def _compare(result, reference, tol: float) -> str | None:
 
 
 def run_threads(args, images: list[Path]) -> dict:
+    from core.audit import AuditLog, record_of_result, sha256_of
     from core.intake import load_image_file
+    from core.predict import model_version
     from ui.analyzers import AnalyzerPool
 
     pool_images = images[: args.unique_images]
@@ -479,6 +562,9 @@ def run_threads(args, images: list[Path]) -> dict:
     if pool.finish_loading() < replicas:
         print(f"only {pool.loaded} of {replicas} replicas could be loaded", flush=True)
     rgbs = [load_image_file(p) for p in pool_images]
+    files = [p.read_bytes() for p in pool_images]
+    args.audit_url = args.audit_url or f"sqlite:///{Path(tempfile.mkdtemp(prefix='lesionlens-load-')) / 'audit.sqlite'}"
+    trail = AuditLog(args.audit_url)
     print(f"sequential reference on {len(pool_images)} images (cam on and off)", flush=True)
     reference = {}
     seq_times = []
@@ -509,6 +595,11 @@ def run_threads(args, images: list[Path]) -> dict:
             try:
                 with pool.borrow() as analyzer:
                     result = analyzer.analyze(rgbs[k], cam=cam)
+                    version = model_version(analyzer)
+                t_audit = time.perf_counter()  # what the app's audit hook does after each analysis
+                trail.append(record_of_result("analysis", signin_user(index), sha256_of(files[k]), result, version,
+                                              result.refer, result.referral_threshold))
+                t_audit = time.perf_counter() - t_audit
             except Exception as exc:  # noqa: BLE001
                 with lock:
                     _error(errors, index, pool_images[k].name, "exception", f"{type(exc).__name__}: {exc}", started)
@@ -517,7 +608,7 @@ def run_threads(args, images: list[Path]) -> dict:
             problem = _compare(result, reference[(k, cam)], args.tolerance)
             with lock:
                 records.append({"thread": index, "image": pool_images[k].name, "cam": cam, "latency_s": latency,
-                                "analysis_s": result.timings.get("total"),
+                                "analysis_s": result.timings.get("total"), "audit_write_s": t_audit,
                                 "finished_s": time.monotonic() - started})
                 if problem:
                     mismatches.append({"thread": index, "image": pool_images[k].name, "cam": cam, "problem": problem})
@@ -542,6 +633,8 @@ def run_threads(args, images: list[Path]) -> dict:
         "latency_s": summarise(latencies),
         "analysis_s": summarise([r["analysis_s"] for r in records if r["analysis_s"] is not None]),
         "sequential_latency_s": summarise(seq_times),
+        "audit_write_s": summarise([r["audit_write_s"] for r in records]),
+        "audit": audit_check(args.audit_url, [r["thread"] for r in records], None, True),
         "analyses_per_min": 60.0 * len(records) / span if span > 0 else None,
         "elapsed_s": elapsed, "process_rss": memory,
         "note": ("threads mode: 'latency' = wall time of one analyze() call in a thread (incl. waiting for a free "
@@ -584,8 +677,14 @@ def print_table(report: dict) -> None:
             s = r[key]
             rows.append((f"{label} p50 / p95 / max", f"{_fmt(s['p50'])} / {_fmt(s['p95'])} / {_fmt(s['max'])}"))
         rows.append(("mismatches vs sequential", str(r["mismatches_vs_sequential"])))
+        s = r["audit_write_s"]
+        rows.append(("audit write (SHA-256 + record) p50 / p95", f"{_fmt(s['p50'] and s['p50'] * 1e3, 'ms')} / "
+                                                                 f"{_fmt(s['p95'] and s['p95'] * 1e3, 'ms')}"))
         rows.append(("thread safe", str(r["thread_safe"])))
         mem = r["process_rss"]
+    audit = r["audit"]
+    rows.append((f"audit{' (sign-in on)' if report['config']['signin'] else ''}: records / expected / lost",
+                 f"{audit['records']} / {audit['expected']} / {audit['lost']} (extra {audit['extra']})"))
     if mem.get("samples"):
         rows.append(("RSS start / end / max", f"{mem['start_mib']:.0f} / {mem['end_mib']:.0f} / "
                                               f"{mem['max_mib']:.0f} MiB"))
@@ -632,6 +731,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--replicas", type=int, default=None,
                         help="Analyzer replicas serving the sessions (default: the app's, one per core): browser mode "
                              "sets LESIONLENS_ANALYZERS for the server")
+    parser.add_argument("--signin", action="store_true",
+                        help="browser mode: sign-in on (a local OpenID Connect provider), each session its own user; "
+                             "the audit trail's records are checked against the analyses")
+    parser.add_argument("--audit-url", default="", help="the audit store the server (browser mode) or the threads "
+                        "write to (default: a fresh SQLite file)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/load_<ts>.json)")
     args = parser.parse_args(argv)
     if args.sessions < 1 or args.duration <= 0 or args.timeout <= 0 or args.max_per_session < 1:
@@ -657,7 +761,8 @@ def main(argv=None) -> int:
     path.write_text(json.dumps(report, indent=1, default=str))
     print_table(report)
     failed = (result["total_errors"] or (result["mode"] == "threads" and not result["thread_safe"])
-              or (result["mode"] == "browser" and result["server_log"].get("suspicious_lines")))
+              or (result["mode"] == "browser" and result["server_log"].get("suspicious_lines"))
+              or (result.get("audit") or {}).get("lost"))
     return 1 if failed else 0
 
 

@@ -11,6 +11,8 @@ the screens say comes from rules in the model card, fitted on validation data by
 - uncertainty in words: core.uncertainty (low / moderate / high, each with its measured error rate);
 - out-of-distribution: core.ood with the trained dermoscopy check (clinical_photo / not_skin: no diagnosis is shown;
   unusual: the diagnosis is shown greyed);
+- image quality: core.image_quality (the card's checks, e.g. out of focus, lesion cut by the border: the diagnosis is
+  shown greyed with one sentence; not run on a refused image);
 - similar confirmed cases: core.retrieval (nearest reference cases in mask-CN's feature space).
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ from core.decision_rule import DecisionRule
 from core.mbdcnn import mbdcnn_forward
 from core.models import create_model
 from core.dermoscopy_check import DermoscopyCheck
+from core.image_quality import CHECK_KINDS, QualityChecks
 from core.ood import REFUSED_LEVELS, OODAssessment, OODDetector, chroma, imagenet_backbone
 from core.patient_context import PatientContext
 from core.preprocess import Box, Preprocessing, mask_to_image, network_box, network_image
@@ -73,6 +76,8 @@ class AnalysisResult:
     context_used: bool = False       # the probabilities include the card's patient-context shift
     triage: Verdict | None = None    # the one verdict at the top of the result (core.triage, card thresholds)
     prediction_set: list[str] = field(default_factory=list)  # conformal set (core.conformal), most probable first
+    quality: tuple[str, ...] = ()    # the image-quality checks that fired (core.image_quality.CHECK_KINDS names)
+    quality_text: str = ""           # one sentence saying which ("" when none fired)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -84,6 +89,11 @@ class AnalysisResult:
         """False for an image that is not dermoscopy (a clinical photo, not skin): no class, probability, referral,
         CAM, similar case or measurement may be shown for it."""
         return self.ood_level not in REFUSED_LEVELS
+
+    @property
+    def greyed(self) -> bool:
+        """The diagnosis is shown greyed: an unusual image, or an image-quality check fired."""
+        return self.ood_level == "unusual" or bool(self.quality)
 
     @property
     def referral_text(self) -> str:
@@ -112,6 +122,7 @@ class Analyzer:
         self.referral = ReferralRule.from_card(card)
         self.triage = TriageRule.from_card(card)
         self.prediction_sets = PredictionSets.from_card(card)
+        self.quality_checks = QualityChecks.from_card(card)
         self.uncertainty = UncertaintyLevels.from_card(card)
         self.seg_views = FLIP_VIEWS if int((card.get("segmentation_tta") or {}).get("views", 1)) == 4 else (0,)
         # One analysis at a time per Analyzer: CAM hooks are per-model state (serve several users with replicas).
@@ -193,6 +204,9 @@ class Analyzer:
         level = self.uncertainty.level(score)
         mel_score = float(self.referral.score_of(probs))
         lap("rules")
+        quality = self.quality_checks.assess(rgb, mask, box) if ood.level not in REFUSED_LEVELS else None
+        fired = quality.fired if quality is not None else ()
+        lap("quality")
         result = AnalysisResult(
             mask=mask, coarse_mask=coarse_mask, probs={c: float(p) for c, p in zip(CLASS_CODES, probs)},
             label=CLASS_CODES[int(probs.argmax())], mel_score=mel_score, refer=mel_score >= self.referral.threshold,
@@ -200,8 +214,10 @@ class Analyzer:
             uncertainty_text=self.uncertainty.sentence(level), ood_level=ood.level, ood_score=ood.score,
             ood_reason=ood.reason, measurements=_measure(mask, rgb, mm_per_pixel), similar=similar,
             context_used=shift is not None, timings=timings,
-            triage=self.triage.verdict(probs, level, ood.level, ood.reason),
-            prediction_set=self.prediction_sets.classes(probs) if self.prediction_sets is not None else [])
+            triage=self.triage.verdict(probs, level, ood.level, ood.reason,
+                                       tuple(CHECK_KINDS[name].phrase for name in fired)),
+            prediction_set=self.prediction_sets.classes(probs) if self.prediction_sets is not None else [],
+            quality=fired, quality_text=quality.sentence if quality is not None else "")
         lap("measurements")
         if cam:
             result.cam_class = cam_class or result.label

@@ -5,7 +5,8 @@
 PATHs are image files or folders (the formats of core.intake.FILE_EXTENSIONS; folders are not recursed). Writes
 OUT_DIR/predictions.csv and OUT_DIR/masks/<image>.png (0/255, the input image's size). Columns: image, pred,
 p_<class>..., mel_score, refer (yes / no at the model card's referral threshold), uncertainty_level (low /
-moderate / high), ood_level (in / unusual / clinical_photo / not_skin), ood_reason, model_version, error. An image that is not
+moderate / high), ood_level (in / unusual / clinical_photo / not_skin), ood_reason, quality (the image-quality checks
+that fired, core.image_quality names joined by '|'), model_version, error. An image that is not
 dermoscopy (a clinical photo, not skin) gets no diagnosis: empty pred, probabilities, mel_score and refer. A file that cannot be read gets its
 error row and the rest go on. --metadata: a CSV with columns image (file name, with or without extension) and any of
 age, sex, site (core.patient_context); the values are checked, copied into the output rows and passed to the analysis
@@ -30,7 +31,7 @@ from core.patient_context import ContextError, PatientContext, read_context_csv
 
 IMAGE_SUFFIXES = {f".{extension}" for extension in FILE_EXTENSIONS}
 COLUMNS = ["image", "age", "sex", "site", "pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer", "uncertainty_level", "ood_level",
-           "ood_reason", "model_version", "error"]
+           "ood_reason", "quality", "model_version", "error"]
 DIAGNOSIS_COLUMNS = ("pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer")
 
 
@@ -48,7 +49,7 @@ def result_row(result, version: str, refer: bool | None = None) -> dict:
     row = {"pred": result.label, **{f"p_{c}": f"{p:.5f}" for c, p in result.probs.items()},
            "mel_score": f"{result.mel_score:.5f}", "refer": "yes" if refer else "no",
            "uncertainty_level": result.uncertainty_level, "ood_level": result.ood_level,
-           "ood_reason": result.ood_reason, "model_version": version}
+           "ood_reason": result.ood_reason, "quality": "|".join(result.quality), "model_version": version}
     if not result.diagnosis_shown:
         row.update({column: "" for column in DIAGNOSIS_COLUMNS})
         row["uncertainty_level"] = ""

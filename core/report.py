@@ -257,6 +257,7 @@ def build_pdf_report(
     ood_reason: str = "",
     uncertainty_text: str = "",
     referral: Mapping | None = None,
+    quality_text: str = "",
     similar_cases: Sequence[Sequence] = (),
     patient_context: Sequence[tuple[str, str]] = (),
     context_note: str = "",
@@ -274,7 +275,8 @@ def build_pdf_report(
     or similar case); for unusual the reason is printed as a warning above the diagnosis. ``uncertainty_text``: the
     uncertainty level in words with its measured error rate. ``referral``: ``text`` (the rule's sentence), ``numbers``
     (the melanoma score and the threshold applied) and ``threshold_note`` (whose threshold it is: the model card's or
-    the session's).
+    the session's). ``quality_text``: the image-quality checks that fired, in one sentence (core.image_quality),
+    printed as a warning.
     ``similar_cases``: rows (image id, diagnosis, how it was confirmed, similarity), nearest first.
     ``patient_context``: (field, value) rows, with ``context_note`` saying whether the model used them.
     ``measurements`` is ``core.lesion_measurements.measure_lesion`` output, ``model_info`` has ``version``, ``created``
@@ -292,7 +294,7 @@ def build_pdf_report(
         if cam_rgb is not None:
             panels.append((cam_caption, cam_rgb))
         _images(pdf, panels)
-        _diagnosis(pdf, probs, str(label), ood_level, ood_reason, uncertainty_text, referral)
+        _diagnosis(pdf, probs, str(label), ood_level, ood_reason, uncertainty_text, referral, quality_text)
         _heading(pdf, "Lesion measurements")
         _kv_table(pdf, describe_measurements(measurements))
         if len(similar_cases):
@@ -325,14 +327,18 @@ def _warning(pdf: FPDF, text: str) -> None:
 
 
 def _diagnosis(pdf: FPDF, probs: Mapping[str, float], label: str, ood_level: str, ood_reason: str,
-               uncertainty_text: str, referral: Mapping | None) -> None:
-    """The classification block: unusual-image warning, top class, referral, uncertainty, probability table."""
+               uncertainty_text: str, referral: Mapping | None, quality_text: str = "") -> None:
+    """The classification block: unusual-image and image-quality warnings, top class, referral, uncertainty,
+    probability table."""
     cls = CLASS_BY_CODE.get(label)
     top_p = float(probs.get(label, 0.0) or 0.0)
     _heading(pdf, "Classification")
     if ood_level == "unusual":
         _warning(pdf, "Unusual image: " + (ood_reason or "it is unlike the training images; the diagnosis is less "
                                                          "reliable than the validation figures suggest."))
+        pdf.ln(1)
+    if quality_text:
+        _warning(pdf, "Image quality: " + quality_text)
         pdf.ln(1)
     pdf.set_fill_color(*_HIGHLIGHT)
     pdf.set_font("Helvetica", "B", 11)

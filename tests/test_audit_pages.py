@@ -9,6 +9,7 @@ import json
 
 import pytest
 from apptest_support import page, upload
+from test_pacs_page import server  # noqa: F401  (the real Orthanc fixture)
 
 from core.audit import AuditLog, sha256_of
 from core.classes import CLASS_CODES
@@ -139,3 +140,30 @@ def test_an_audit_hook_adds_at_most_5_ms(app, data_dir, trail):
           f"p95 {sorted(seconds)[47] * 1e3:.2f} ms")
     assert median <= 0.005
     assert len(trail.query()) == 51
+
+
+def test_a_pacs_store_and_its_pdf_download_write_one_record_per_image(data_dir, trail, monkeypatch, server):
+    """Against a real Orthanc (tests/test_pacs_page.py's server): storing a study's results writes one pacs_store
+    record per image (the DICOM file's SHA-256), storing again stores and records nothing, a PDF download one record."""
+    from apptest_support import start_app
+    from test_pacs_page import _search
+
+    orthanc, objects = server
+    monkeypatch.setenv("LESIONLENS_PACS_URL", orthanc.url)
+    at = _search(page(start_app(data_dir), "app_pages/pacs.py"), objects[0][0].patient_id)
+    at.button(key="pacs_analyse").click().run()
+    _, analysed = at.session_state["pacs_analysed"]
+    at.button(key="pacs_store").click().run()
+    assert not at.exception, at.exception
+    rows = trail.query()
+    assert sorted(r["image_sha256"] for r in rows) == sorted(sha256_of(item.source.data) for item in analysed)
+    for row in rows:
+        [item] = [i for i in analysed if sha256_of(i.source.data) == row["image_sha256"]]
+        assert row["action"] == "pacs_store" and row["user"] == "local" and row["ood_level"] == item.result.ood_level
+        assert row["top_class"] == (item.result.label if item.result.diagnosis_shown else "")
+    at.button(key="pacs_store").click().run()  # already there: nothing stored, nothing recorded
+    assert len(trail.query()) == len(analysed)
+    item = analysed[0]
+    at.download_button(key=f"pacs_pdf_{item.source.instance.sop_uid}").click().run()
+    [row] = trail.query(actions=["report_download"])
+    assert row["image_sha256"] == sha256_of(item.source.data)

@@ -26,7 +26,7 @@ def build_report(rgb: np.ndarray, result, mask: np.ndarray | None, measurements:
     return build_pdf_report(
         image_rgb=rgb, overlay_rgb=None if mask is None else mask_overlay(rgb, mask), cam_rgb=cam_image, cam_caption=cam_caption,
         probs=result.probs, label=result.label, ood_level=result.ood_level, ood_reason=result.ood_reason,
-        uncertainty_text=result.uncertainty_text,
+        uncertainty_text=result.uncertainty_text, quality_text=result.quality_text,
         referral={"text": referral.text, "numbers": referral.numbers, "threshold_note": referral.threshold_note},
         similar_cases=similar, patient_context=context.rows() if given else [],
         context_note=context_use_text(card) if given else "", measurements=measurements,
