@@ -22,7 +22,7 @@ import pytest
 from core.classes import CLASS_CODES
 
 EXPECTED_COLUMNS = ["image", "age", "sex", "site", "pred", "p_akiec", "p_bcc", "p_bkl", "p_df", "p_mel", "p_nv", "p_vasc",
-                    "mel_score", "refer", "uncertainty_level", "ood_level", "ood_reason", "model_version", "error"]
+                    "mel_score", "refer", "uncertainty_level", "ood_level", "ood_reason", "quality", "model_version", "error"]
 
 
 @pytest.fixture(scope="module")

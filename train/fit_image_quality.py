@@ -1,0 +1,225 @@
+"""Fit the image-quality checks (core.image_quality) and write them into the model card's `image_quality` entry.
+
+    python -m train.fit_image_quality --data-dir ../shared/data --weights weights
+
+1. The shipped Analyzer analyses every validation and test image of the project's lesion-grouped split (HAM10000 +
+   ISIC 2017); each image's quality measures (on the image and the lesion mask the Analyzer segmented), its top class
+   and OOD level are cached in runs/image_quality/measures.csv (--max-new splits this step over several runs).
+   Images the OOD check refuses (clinical_photo / not_skin) get no analysis and take no part.
+2. Threshold per check, from validation only (HAM10000 val + the ISIC 2017 val part): the TAIL_SHARES quantile of
+   the measure on the check's side whose flagged images have the largest top-1 error excess over the rest.
+3. Consequence, on the test split: the top-1 error of the images a check flags against the rest, with bootstrap 95 %
+   CIs grouped by lesion, for the shipped model's predictions and, where runs/oos/predictions.csv exists, for the
+   leave-one-source-out model's (`pred_loso`: a model that never saw the image's acquisition source: the held-out
+   source figure). A check is kept only if the lower CI bound of the held-out error excess is above 0; the card's
+   `thresholds` lists the kept checks (the Analyzer applies only those), `checks` every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from core.image_quality import CHECK_KINDS, MEASURES, QualityCheck, QualityChecks
+from core.metrics import bootstrap_interval
+from core.ood import REFUSED_LEVELS
+from core.weights_io import read_model_card
+
+TAIL_SHARES = (0.02, 0.05, 0.1)   # candidate shares of validation images a check may flag
+# Out of focus: the data hold almost no truly out-of-focus dermoscopy (their least sharp images are mostly smooth
+# MoleMax nevi, which the model gets right more often than the rest), so the check's threshold is the lowest tail share
+# and its consequence is also measured on BLUR_IMAGES test images blurred by BLUR_SHARE x their width (sigma 3 px at
+# 200x150, 9 px at 600x450: clearly out of focus; docs/quality.md has half of it too).
+BLUR_SHARE = 0.015
+BLUR_IMAGES = 400
+MEASURES_CSV = Path("runs/image_quality/measures.csv")
+BLURRED_NAME = f"blurred_{BLUR_SHARE}.csv"  # next to --cache
+OOS_CSV = Path("runs/oos/predictions.csv")
+SAVE_EVERY = 200
+
+
+def evaluation_images(data_dir: Path) -> pd.DataFrame:
+    from core.datasets import load_manifest
+    from core.splits import assign_splits
+
+    manifest = assign_splits(load_manifest(data_dir))
+    return manifest[manifest["split"].isin(["val", "test"])].reset_index(drop=True)
+
+
+def analyse(images: pd.DataFrame, weights: Path, cache: Path, max_new: int | None, blur: float = 0.0) -> pd.DataFrame:
+    """Per image: split, label, lesion, the shipped model's top class, OOD level and every quality measure (cached);
+    with `blur`, of the image blurred by cv2.GaussianBlur with sigma = blur x its width."""
+    from core.image_quality import measure_all
+    from core.inference import Analyzer
+    from core.intake import load_image
+
+    done = pd.read_csv(cache) if cache.exists() else pd.DataFrame(columns=["image_id"])
+    todo = images[~images["image_id"].isin(done["image_id"])]
+    if max_new is not None:
+        todo = todo.head(max_new)
+    if len(todo):
+        analyzer = Analyzer.load(weights)
+        rows, started = [], time.time()
+        for i, image in enumerate(todo.itertuples(index=False)):
+            rgb = load_image(Path(image.image_path).read_bytes())
+            if blur:
+                rgb = cv2.GaussianBlur(rgb, (0, 0), blur * rgb.shape[1])
+            result = analyzer.analyze(rgb)
+            _, _, box = analyzer.network_images(rgb)
+            rows.append({"image_id": image.image_id, "split": image.split, "source": image.source, "label": image.dx,
+                         "lesion_id": image.lesion_id if isinstance(image.lesion_id, str) else image.image_id,
+                         "pred_shipped": result.label, "ood_level": result.ood_level,
+                         **measure_all(rgb, result.mask, box)})
+            if len(rows) % SAVE_EVERY == 0 or i == len(todo) - 1:
+                done = pd.concat([done, pd.DataFrame(rows)], ignore_index=True) if len(done) else pd.DataFrame(rows)
+                rows = []
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                done.to_csv(cache, index=False)
+                print(f"analysed {i + 1}/{len(todo)} ({(i + 1) / (time.time() - started):.1f} img/s)", flush=True)
+    return done
+
+
+def error_excess(flagged: np.ndarray, wrong: np.ndarray, groups) -> dict:
+    """Top-1 error of flagged images and of the rest, and the excess (flagged - rest), with grouped bootstrap CIs."""
+    def rate(rows, idx):
+        chosen = idx[rows[idx]]
+        return float(wrong[chosen].mean()) if len(chosen) else None
+
+    def excess(idx):
+        a, b = rate(flagged, idx), rate(~flagged, idx)
+        return None if a is None or b is None else a - b
+
+    everything = np.arange(len(wrong))
+    figures = {"n": int(len(wrong)), "flagged": int(flagged.sum()), "flagged_share": float(flagged.mean())}
+    for name, statistic in (("error_flagged", lambda idx: rate(flagged, idx)),
+                            ("error_rest", lambda idx: rate(~flagged, idx)), ("error_excess", excess)):
+        value = statistic(everything)
+        figures[name] = value
+        figures[f"{name}_ci95"] = (list(bootstrap_interval(statistic, len(wrong), np.asarray(groups)))
+                                   if value is not None else [None, None])
+    return figures
+
+
+def wrong(frame: pd.DataFrame, predictions: str) -> np.ndarray:
+    return (frame[predictions] != frame["label"]).to_numpy()
+
+
+def fit_check(name: str, val: pd.DataFrame) -> tuple[float, float, dict]:
+    """(threshold, tail share, per-share validation figures): the share whose flagged images err most in excess
+    (out of focus: the lowest share, see BLUR_SHARE)."""
+    kind = CHECK_KINDS[name]
+    values = val[kind.measure].to_numpy()
+    errors = wrong(val, "pred_shipped")
+    tried = {}
+    for share in TAIL_SHARES:
+        threshold = float(np.quantile(values, share if kind.side == "below" else 1 - share))
+        flagged = np.array([QualityCheck(name, threshold).fires({kind.measure: v}) for v in values])
+        excess = errors[flagged].mean() - errors[~flagged].mean() if 0 < flagged.sum() < len(flagged) else -np.inf
+        tried[str(share)] = {"threshold": threshold, "flagged_share": float(flagged.mean()), "error_excess": float(excess)}
+    best = TAIL_SHARES[0] if name == "out_of_focus" else max(TAIL_SHARES, key=lambda s: tried[str(s)]["error_excess"])
+    return tried[str(best)]["threshold"], best, tried
+
+
+def cost_ms(data_dir: Path, checks: QualityChecks) -> dict:
+    """Milliseconds QualityChecks.assess takes per image (median, 95th percentile) on HAM10000's full-resolution
+    600x450 originals with their reference masks (the field-of-view box is the Analyzer's, computed anyway)."""
+    from core.intake import load_image
+    from core.preprocess import field_of_view_box
+
+    folder = data_dir / "ham10000" / "fullres"
+    times = []
+    for path in sorted((folder / "images").glob("*.jpg")):
+        rgb = load_image(path.read_bytes())
+        mask = cv2.imread(str(folder / "masks" / f"{path.stem}_segmentation.png"), cv2.IMREAD_GRAYSCALE)
+        box = field_of_view_box(rgb)
+        started = time.perf_counter()
+        checks.assess(rgb, mask, box)
+        times.append(1000 * (time.perf_counter() - started))
+    return {"images": len(times), "median": float(np.median(times)), "p95": float(np.quantile(times, 0.95)),
+            "what": "QualityChecks.assess on 600x450 HAM10000 originals (CPU)"}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--weights", type=Path, default=Path("weights"))
+    parser.add_argument("--cache", type=Path, default=MEASURES_CSV)
+    parser.add_argument("--oos", type=Path, default=OOS_CSV, help="per-image leave-one-source-out predictions")
+    parser.add_argument("--max-new", type=int, default=None, help="analyse at most this many uncached images now")
+    args = parser.parse_args(argv)
+    started = time.time()
+
+    images = evaluation_images(args.data_dir)
+    table = analyse(images, args.weights, args.cache, args.max_new)
+    blur_sample = images[images["split"] == "test"].sample(BLUR_IMAGES, random_state=0)
+    blurred = (analyse(blur_sample, args.weights, args.cache.with_name(BLURRED_NAME), args.max_new, BLUR_SHARE)
+               if len(table) == len(images) else None)
+    if blurred is None or len(blurred) < BLUR_IMAGES:
+        print(f"{len(table)}/{len(images)} images and {0 if blurred is None else len(blurred)}/{BLUR_IMAGES} blurred "
+              "ones analysed; run again to continue", file=sys.stderr)
+        return {}
+    table = table[~table["ood_level"].isin(REFUSED_LEVELS)].reset_index(drop=True)
+    held_out = "pred_shipped"
+    if args.oos.exists():
+        oos = pd.read_csv(args.oos, usecols=["image_id", "pred_loso"])
+        table = table.merge(oos, on="image_id", how="left")
+        if table.loc[table["split"] == "test", "pred_loso"].notna().all():
+            held_out = "pred_loso"
+    val, test = table[table["split"] == "val"], table[table["split"] == "test"]
+
+    checks, thresholds = {}, {}
+    for name, kind in CHECK_KINDS.items():
+        threshold, share, tried = fit_check(name, val)
+        fires = lambda frame: np.array([QualityCheck(name, threshold).fires({kind.measure: v})  # noqa: E731
+                                        for v in frame[kind.measure]])
+        entry = {"measure": kind.measure, "side": kind.side, "threshold": threshold, "tail_share": share,
+                 "tried": tried, "validation": error_excess(fires(val), wrong(val, "pred_shipped"), val["lesion_id"])}
+        for predictions in dict.fromkeys(["pred_shipped", held_out]):
+            entry[f"test_{predictions}"] = error_excess(fires(test), wrong(test, predictions), test["lesion_id"])
+        evidence = [entry[f"test_{held_out}"]]
+        if name == "out_of_focus":
+            # the sampled test images as they are and blurred: the check's flag against the model's errors
+            both = pd.concat([table[table["image_id"].isin(blurred["image_id"])], blurred], ignore_index=True)
+            both = both[~both["ood_level"].isin(REFUSED_LEVELS)]
+            entry["test_blurred_pred_shipped"] = error_excess(fires(both), wrong(both, "pred_shipped"), both["lesion_id"])
+            pairs = blurred.merge(table, on="image_id", suffixes=("", "_original"))
+            entry["blur_paired"] = {
+                "images": int(len(pairs)), "error_original": float((pairs["pred_shipped_original"] != pairs["label"]).mean()),
+                "error_blurred": float(wrong(pairs, "pred_shipped").mean()),
+                "top_class_changed": float((pairs["pred_shipped"] != pairs["pred_shipped_original"]).mean())}
+            evidence.append(entry["test_blurred_pred_shipped"])
+        entry["kept"] = any(e["error_excess_ci95"][0] is not None and e["error_excess_ci95"][0] > 0 for e in evidence)
+        checks[name] = entry
+        if entry["kept"]:
+            thresholds[name] = threshold
+        print(f"{name}: threshold {threshold:.4g} ({share:.0%} of val); " + "; ".join(
+            f"flagged {e['flagged']}/{e['n']}: error {e['error_flagged']:.3f} vs rest {e['error_rest']:.3f}, excess CI "
+            f"[{e['error_excess_ci95'][0]:.3f}, {e['error_excess_ci95'][1]:.3f}]" for e in evidence)
+            + f" -> {'kept' if entry['kept'] else 'dropped'}", flush=True)
+
+    cost = cost_ms(args.data_dir, QualityChecks([QualityCheck(n, t) for n, t in thresholds.items()]))
+    print(f"cost per image: median {cost['median']:.2f} ms, p95 {cost['p95']:.2f} ms", flush=True)
+    card = read_model_card(args.weights)
+    card["image_quality"] = {
+        "thresholds": thresholds, "checks": checks, "held_out_predictions": held_out, "cost_ms": cost,
+        "n_images": {"validation": int(len(val)), "test": int(len(test))},
+        "measures": {name: f.__doc__.split(":")[0].strip() if f.__doc__ else name for name, f in MEASURES.items()},
+        "method": ("measures on the field of view at core.image_quality.WORKING_SIZE; threshold: the validation "
+                   f"quantile among tail shares {list(TAIL_SHARES)} with the largest top-1 error excess of flagged "
+                   "images (out of focus: the lowest share); consequence: test-split error of flagged images vs the "
+                   f"rest with lesion-grouped bootstrap 95 % CIs ({held_out}; out of focus also on {BLUR_IMAGES} test "
+                   f"images with and without a Gaussian blur of sigma {BLUR_SHARE} x width); kept only if the excess "
+                   "CI's lower bound is above 0"),
+        "seconds": round(time.time() - started, 1)}
+    (args.weights / "model_card.json").write_text(json.dumps(card, indent=1))
+    return card["image_quality"]
+
+
+if __name__ == "__main__":
+    main()
