@@ -9,6 +9,7 @@ core.intake.load_image on the same JPEG's bytes (`jpeg_decode`); `dicom_read_add
 whole: QIDO list of the study's dermoscopy instances, WADO-RS retrieve + read of each, the analysis, PDF report and
 DICOM results of each (ui.pacs_results.analyse, one after the other as the page does) and one STOW-RS of every
 result object (ui.pacs_results.store_results). The model is loaded and warmed on one image before the clock starts.
+`targets`: issue 26's, study_s <= 5 s (10 images) and dicom_read_added_ms <= 20 ms.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import json
 import time
 
 from bench.common import data_dir, summary
+
+TARGETS = {"study_s": 5.0, "dicom_read_added_ms": 20.0}  # issue 26 (study_s: for 10 images), on this 2-core CPU
 
 
 def pacs_round_trip(root, images: int = 10) -> dict:
@@ -59,11 +62,15 @@ def pacs_round_trip(root, images: int = 10) -> dict:
         total_s = time.perf_counter() - start
     finally:
         server.stop()
-    return {"images": images, "dicom_read": summary(read), "jpeg_decode": summary(decode),
-            "dicom_read_added": summary(added),
-            "study": {"total_s": total_s, "retrieve_s": retrieve_s, "analyse_s": analyse_s,
-                      "store_s": total_s - retrieve_s - analyse_s, "objects_stored": outcome.stored,
-                      "model": pool().version}}
+    out = {"images": images, "dicom_read": summary(read), "jpeg_decode": summary(decode),
+           "dicom_read_added": summary(added),
+           "study": {"total_s": total_s, "retrieve_s": retrieve_s, "analyse_s": analyse_s,
+                     "store_s": total_s - retrieve_s - analyse_s, "objects_stored": outcome.stored,
+                     "model": pool().version}}
+    values = {"study_s": total_s, "dicom_read_added_ms": out["dicom_read_added"]["p50_ms"]}
+    out["targets"] = {key: {"value": values[key], "target": f"<= {limit:g}", "met": values[key] <= limit}
+                      for key, limit in TARGETS.items()}
+    return out
 
 
 def main(argv=None) -> int:
