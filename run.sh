@@ -3,6 +3,7 @@
 #   bash run.sh app                 start the dashboard (PORT env, default 8501) on the weights in weights/
 #   bash run.sh test [pytest args]  run the test suite (DATA_DIR defaults to ../shared/data)
 #   bash run.sh pacs [--port N]     a demo PACS (Orthanc, DICOMweb on localhost:8042) with made-up dermoscopy studies
+#   bash run.sh batch INPUT --out OUT [--ray ADDRESS|auto] [--workers N] [--labels CSV]   archive analysis to Parquet
 #   bash run.sh MODULE [args...]    run `python -m MODULE args...` in the project environment,
 #                                   e.g. bash run.sh train.splits --data-dir ../shared/data --out splits.csv
 # The first run creates .venv/ and installs requirements.txt (the runtime; `test` also requirements-dev.txt, the
@@ -16,7 +17,7 @@ VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 
 usage() {
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 ensure_venv() {
@@ -96,6 +97,10 @@ case "$cmd" in
         ensure_orthanc
         export DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
         exec "$PY" -m core.demo_pacs "$@"
+        ;;
+    batch)
+        ensure_venv
+        exec "$PY" -m core.batch_engine "$@"
         ;;
     test)
         ensure_venv requirements-dev.txt

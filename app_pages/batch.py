@@ -13,6 +13,7 @@ from core.intake import FILE_EXTENSIONS
 from core.ood import REFUSED_LEVELS
 from ui.analyzers import ModelUnavailable, pool
 from ui.audit_log import record_batch
+from ui.batch_result_view import batch_result_ui
 from ui.batch_table import analyse_all
 from ui.data_folder import available_sources, current_data_dir
 from ui.datasets import test_split
@@ -178,6 +179,10 @@ def batch_page() -> None:
                      disabled=contexts is None):
             items = [(f.name, f.getvalue, "") for f in uploads[:MAX_FILES]]
     items = items or examples_ui(current_data_dir())
+    with st.expander("Open an archive result (`run.sh batch` Parquet output)", icon=":material/folder_open:"):
+        opened = batch_result_ui()  # ui.batch_result_view: its rows as this table, nothing re-analysed
+    if opened is not None:
+        st.session_state["batch_result"] = (opened, None)
     if items and contexts is not None:
         try:
             pool().wait()

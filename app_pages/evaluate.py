@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from ui.analyzers import ModelUnavailable, pool
+from ui.batch_result_view import evaluation_result_ui
 from ui.data_folder import resolve_data_dir
 from ui.datasets import read_image_path
 from ui.figures import reliability_figure, roc_figure
@@ -157,6 +158,11 @@ def evaluate_page() -> None:
     st.markdown("Run the shipped model on your own labelled dermoscopic images and get its figures with 95% "
                 f"confidence intervals. The folder may be {LAYOUTS}. Nothing is written to it.")
     start_ui()
+    with st.expander("Or open an archive result (`run.sh batch` Parquet output) with its labels",
+                     icon=":material/folder_open:"):
+        opened = evaluation_result_ui()  # ui.batch_result_view: the same report, nothing re-analysed
+    if opened is not None:
+        st.session_state[RUN] = opened
     run = st.session_state.get(RUN)
     if run is None:
         return

@@ -28,6 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny counts (smoke test, CI): numbers are not stable")
     parser.add_argument("--skip-browser", action="store_true", help="no app cold start (streamlit + chromium)")
     parser.add_argument("--skip-train", action="store_true", help="no training-step timing")
+    parser.add_argument("--batch-engine", action="store_true", help="also section 8, the archive batch engine "
+                        "(bench/batch_engine.py: local vs Ray, a local 2-node Ray cluster; several minutes)")
     parser.add_argument("--pacs", action="store_true", help="also the PACS round trip (bench/pacs.py: a local Orthanc, "
                         "DICOM read time, a study of 10 images analysed and stored back)")
     parser.add_argument("--weights", default=str(REPO / "weights"))
@@ -85,6 +87,10 @@ def run(args: argparse.Namespace) -> dict:
         _section(results, "cold_start", lambda: cold_start(
             root, sorted((root / "ham10000" / "fullres" / "images").glob("*.jpg"))[0], weights,
             log_path=Path(args.out) / "streamlit_server.log"))
+    if args.batch_engine:
+        from bench.batch_engine import bench as batch_engine_bench
+
+        _section(results, "batch_engine", lambda: batch_engine_bench(*((8, 0, 4, 4) if args.quick else (300, 2000, 32))))
     if args.pacs:
         from bench.pacs import pacs_round_trip
 

@@ -24,7 +24,7 @@ import cv2
 from tqdm import tqdm
 
 from core.classes import CLASS_CODES
-from core.inference import DEFAULT_WEIGHTS_DIR, Analyzer
+from core.inference import DEFAULT_WEIGHTS_DIR, AnalysisResult, Analyzer
 from core.dicom_input import is_dicom, read_dicom
 from core.intake import FILE_EXTENSIONS, ImageRejected, load_image_file
 from core.patient_context import ContextError, PatientContext, read_context_csv
@@ -67,7 +67,9 @@ def collect_paths(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path, context: PatientContext = PatientContext()) -> dict:
+def analyse_file(analyzer: Analyzer, path: Path, context: PatientContext = PatientContext()) -> tuple[dict, AnalysisResult | None]:
+    """One file's CSV row and its analysis (None when the file was rejected or the analysis failed: the row's error
+    says why). Shared by this CLI and the archive batch engine (core.batch_shards)."""
     row = blank_row(path.stem, context)
     try:
         rgb = load_image_file(path)
@@ -77,12 +79,18 @@ def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path, context: Patient
         result = analyzer.analyze(rgb, context=context)
     except ImageRejected as exc:
         row["error"] = str(exc)
-        return row
+        return row, None
     except Exception as exc:  # one bad file must never stop the batch
         row["error"] = f"analysis failed: {exc}"
-        return row
+        return row, None
     row.update(result_row(result, model_version(analyzer)))
-    cv2.imwrite(str(mask_dir / f"{path.stem}.png"), result.mask)
+    return row, result
+
+
+def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path, context: PatientContext = PatientContext()) -> dict:
+    row, result = analyse_file(analyzer, path, context)
+    if result is not None:
+        cv2.imwrite(str(mask_dir / f"{path.stem}.png"), result.mask)
     return row
 
 
@@ -97,8 +105,13 @@ def dicom_context(path: Path) -> PatientContext:
 
 def model_version(analyzer: Analyzer) -> str:
     """The card's version and the first 12 hex digits of mask-CN's sha256: which weights made a row."""
-    sha = analyzer.card.get("files", {}).get("mask_cn.safetensors", {}).get("sha256", "")
-    return f"{analyzer.version} ({sha[:12]})"
+    return card_version(analyzer.card)
+
+
+def card_version(card: dict) -> str:
+    """model_version from the model card alone (no networks loaded)."""
+    sha = card.get("files", {}).get("mask_cn.safetensors", {}).get("sha256", "")
+    return f"{card.get('version', 'unversioned')} ({sha[:12]})"
 
 
 def main(argv=None) -> int:
