@@ -11,6 +11,7 @@ import streamlit as st
 from core.classes import CLASS_CODES
 from core.intake import FILE_EXTENSIONS
 from core.ood import REFUSED_LEVELS
+from core.triage import HEADLINES
 from ui.analyzers import ModelUnavailable, pool
 from ui.audit_log import record_batch
 from ui.batch_result_view import batch_result_ui
@@ -43,7 +44,10 @@ def summary_ui(table: pd.DataFrame, threshold: float | None) -> None:
     c3.metric("Rejected / failed", int((~ok).sum()))
     c4.metric("Not dermoscopy (no diagnosis)", int(table["ood_level"].isin(REFUSED_LEVELS).sum()),
               help="Clinical (camera) photos and images that are not skin: no diagnosis.")
-    c5.metric("Referred (melanoma rule)", int((table["refer"] == "yes").sum()))
+    c5.metric("Refer (triage)", int((table["triage"] == "refer").sum()),
+              help="Images whose verdict is Refer: a malignant class reaches its referral threshold. "
+                   f"Melanoma alone: {int((table['refer'] == 'yes').sum())}; expert review advised: "
+                   f"{int((table['triage'] == 'review').sum())}.")
     card_threshold = rule().threshold
     used = (f"your session's threshold {threshold:.3f}; the model card's is {card_threshold:.3f}"
             if threshold is not None else f"the model card's threshold {card_threshold:.3f}")
@@ -70,6 +74,7 @@ def results_ui(table: pd.DataFrame, threshold: float | None) -> None:
         **({c: table[c].replace("", None) for c in ("age", "sex", "site")} if has_context else {}),
         "prediction": [class_label_marked(p) if p else None for p in table["pred"]],
         "probability": [100 * float(row[f"p_{row['pred']}"]) if row["pred"] else None for _, row in table.iterrows()],
+        "triage": [HEADLINES.get(v) for v in table["triage"]],
         "refer": table["refer"].replace("", None), "mel_score": pd.to_numeric(table["mel_score"], errors="coerce"),
         "uncertainty_text": table["uncertainty_text"],
         "ood": [OOD_WORDS.get(level) for level in table["ood_level"]], "ood_reason": table["ood_reason"].replace("", None),
@@ -85,8 +90,11 @@ def results_ui(table: pd.DataFrame, threshold: float | None) -> None:
         "site": st.column_config.TextColumn("Site"),
         "prediction": st.column_config.TextColumn("Prediction", help="▲ = malignant class"),
         "probability": st.column_config.ProgressColumn("Probability", min_value=0.0, max_value=100.0, format="%.1f%%"),
-        "refer": st.column_config.TextColumn("Refer", help="yes: melanoma score above the referral threshold: "
-                                             "consider dermoscopic follow-up or excision"),
+        "triage": st.column_config.TextColumn("Verdict", help="The triage verdict (the more severe first): Refer (a "
+                                              "malignant class reaches its threshold), Expert review (uncertain or "
+                                              "unusual), No referral indicated, Not assessed (not dermoscopy)"),
+        "refer": st.column_config.TextColumn("Melanoma rule", help="yes: melanoma score above the referral "
+                                             "threshold: consider dermoscopic follow-up or excision"),
         "mel_score": st.column_config.NumberColumn("Melanoma score", format="%.3f"),
         "uncertainty_text": st.column_config.TextColumn("Uncertainty", width="large"),
         "ood": st.column_config.TextColumn("Out of distribution"),

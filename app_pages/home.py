@@ -11,6 +11,7 @@ from ui.data_folder import SOURCE_LABELS
 from ui.formatting import DISCLAIMER, HEADLINE_SOURCES, headline_format, headline_label, short_name
 from ui.metric_views import ci_metric
 from ui.model_files import classification_of, model_card
+from ui.out_of_source import held_out_summary_ui
 
 
 def metrics_ui(card: dict) -> None:
@@ -96,6 +97,7 @@ def home_page() -> None:
                 "Train one (see README) to enable analysis.")
     else:
         metrics_ui(card)
+        held_out_summary_ui(card)
         training_data_ui(card)
     st.caption(f"Compute: {device_text()}")
 

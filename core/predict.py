@@ -4,7 +4,9 @@
 
 PATHs are image files or folders (the formats of core.intake.FILE_EXTENSIONS; folders are not recursed). Writes
 OUT_DIR/predictions.csv and OUT_DIR/masks/<image>.png (0/255, the input image's size). Columns: image, pred,
-p_<class>..., mel_score, refer (yes / no at the model card's referral threshold), uncertainty_level (low /
+p_<class>..., mel_score, refer (yes / no at the model card's melanoma referral threshold), triage (the verdict of
+core.triage: not_assessed / refer / review / no_referral), prediction_set (the conformal set, classes joined by
+'|'), uncertainty_level (low /
 moderate / high), ood_level (in / unusual / clinical_photo / not_skin), ood_reason, quality (the image-quality checks
 that fired, core.image_quality names joined by '|'), model_version, error. An image that is not
 dermoscopy (a clinical photo, not skin) gets no diagnosis: empty pred, probabilities, mel_score and refer. A file that cannot be read gets its
@@ -30,9 +32,9 @@ from core.intake import FILE_EXTENSIONS, ImageRejected, load_image_file
 from core.patient_context import ContextError, PatientContext, read_context_csv
 
 IMAGE_SUFFIXES = {f".{extension}" for extension in FILE_EXTENSIONS}
-COLUMNS = ["image", "age", "sex", "site", "pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer", "uncertainty_level", "ood_level",
-           "ood_reason", "quality", "model_version", "error"]
-DIAGNOSIS_COLUMNS = ("pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer")
+COLUMNS = ["image", "age", "sex", "site", "pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer", "triage", "prediction_set",
+           "uncertainty_level", "ood_level", "ood_reason", "quality", "model_version", "error"]
+DIAGNOSIS_COLUMNS = ("pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer", "prediction_set")
 
 
 def blank_row(image: str, context: PatientContext = PatientContext()) -> dict:
@@ -42,12 +44,15 @@ def blank_row(image: str, context: PatientContext = PatientContext()) -> dict:
         "site": context.site or ""}
 
 
-def result_row(result, version: str, refer: bool | None = None) -> dict:
+def result_row(result, version: str, refer: bool | None = None, triage: str | None = None) -> dict:
     """The CSV fields of one analysis (shared by this CLI and the Batch page); no diagnosis for non-dermoscopy.
-    `refer`: the referral decision at a session's own threshold (the Batch page); default: the card's (result.refer)."""
+    `refer`, `triage`: the melanoma referral and the verdict at a session's own threshold (the Batch page); default:
+    the card's (result.refer, result.triage)."""
     refer = result.refer if refer is None else refer
+    triage = (result.triage.level if result.triage is not None else "") if triage is None else triage
     row = {"pred": result.label, **{f"p_{c}": f"{p:.5f}" for c, p in result.probs.items()},
-           "mel_score": f"{result.mel_score:.5f}", "refer": "yes" if refer else "no",
+           "mel_score": f"{result.mel_score:.5f}", "refer": "yes" if refer else "no", "triage": triage,
+           "prediction_set": "|".join(result.prediction_set),
            "uncertainty_level": result.uncertainty_level, "ood_level": result.ood_level,
            "ood_reason": result.ood_reason, "quality": "|".join(result.quality), "model_version": version}
     if not result.diagnosis_shown:

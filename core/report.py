@@ -257,6 +257,7 @@ def build_pdf_report(
     ood_reason: str = "",
     uncertainty_text: str = "",
     referral: Mapping | None = None,
+    verdict: str = "",
     quality_text: str = "",
     similar_cases: Sequence[Sequence] = (),
     patient_context: Sequence[tuple[str, str]] = (),
@@ -275,8 +276,8 @@ def build_pdf_report(
     or similar case); for unusual the reason is printed as a warning above the diagnosis. ``uncertainty_text``: the
     uncertainty level in words with its measured error rate. ``referral``: ``text`` (the rule's sentence), ``numbers``
     (the melanoma score and the threshold applied) and ``threshold_note`` (whose threshold it is: the model card's or
-    the session's). ``quality_text``: the image-quality checks that fired, in one sentence (core.image_quality),
-    printed as a warning.
+    the session's). ``verdict``: the triage verdict in words (core.triage.Verdict.text), printed first.
+    ``quality_text``: the image-quality checks that fired, in one sentence (core.image_quality), printed as a warning.
     ``similar_cases``: rows (image id, diagnosis, how it was confirmed, similarity), nearest first.
     ``patient_context``: (field, value) rows, with ``context_note`` saying whether the model used them.
     ``measurements`` is ``core.lesion_measurements.measure_lesion`` output, ``model_info`` has ``version``, ``created``
@@ -294,7 +295,7 @@ def build_pdf_report(
         if cam_rgb is not None:
             panels.append((cam_caption, cam_rgb))
         _images(pdf, panels)
-        _diagnosis(pdf, probs, str(label), ood_level, ood_reason, uncertainty_text, referral, quality_text)
+        _diagnosis(pdf, probs, str(label), ood_level, ood_reason, uncertainty_text, referral, verdict, quality_text)
         _heading(pdf, "Lesion measurements")
         _kv_table(pdf, describe_measurements(measurements))
         if len(similar_cases):
@@ -327,12 +328,17 @@ def _warning(pdf: FPDF, text: str) -> None:
 
 
 def _diagnosis(pdf: FPDF, probs: Mapping[str, float], label: str, ood_level: str, ood_reason: str,
-               uncertainty_text: str, referral: Mapping | None, quality_text: str = "") -> None:
-    """The classification block: unusual-image and image-quality warnings, top class, referral, uncertainty,
-    probability table."""
+               uncertainty_text: str, referral: Mapping | None, verdict: str = "", quality_text: str = "") -> None:
+    """The classification block: triage verdict, unusual-image and image-quality warnings, top class, referral,
+    uncertainty, probability table."""
     cls = CLASS_BY_CODE.get(label)
     top_p = float(probs.get(label, 0.0) or 0.0)
     _heading(pdf, "Classification")
+    if verdict:
+        pdf.set_font("Helvetica", "B", 10)
+        pdf.multi_cell(0, 5.5, ascii_safe(f"Triage: {verdict}"), border=1, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.set_font("Helvetica", "", 9)
+        pdf.ln(1)
     if ood_level == "unusual":
         _warning(pdf, "Unusual image: " + (ood_reason or "it is unlike the training images; the diagnosis is less "
                                                          "reliable than the validation figures suggest."))

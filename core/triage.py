@@ -38,10 +38,14 @@ class Verdict:
     firing: tuple[str, ...] = ()  # malignant classes at or above their referral threshold
 
     @property
+    def because(self) -> str:
+        """The reasons as sentences."""
+        return " ".join(r if r.endswith(".") else r + "." for r in self.reasons)
+
+    @property
     def text(self) -> str:
         """One paragraph: headline, reasons, evidence."""
-        body = " ".join(r if r.endswith(".") else r + "." for r in self.reasons)
-        return " ".join(part for part in (f"{self.headline}.", body, self.evidence) if part)
+        return " ".join(part for part in (f"{self.headline}.", self.because, self.evidence) if part)
 
 
 @dataclass(frozen=True)

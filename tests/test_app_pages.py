@@ -16,21 +16,24 @@ from apptest_support import (APP, TIMEOUT, WEIGHTS, captions, dataframe, figure,
 from streamlit.testing.v1 import AppTest
 
 from core.classes import CLASS_BY_CODE, CLASS_CODES, CLASSES
-from core.referral import BELOW_TEXT, REFER_TEXT
+from core.triage import HEADLINES
 
 CLASS_NAMES = [c.name for c in CLASSES]
 
-def referral_shown(at: AppTest) -> tuple[bool, str]:
-    """(refers, the alert's text) of the one melanoma referral alert on the page."""
-    shown = [a.value for a in list(at.error) + list(at.info) if REFER_TEXT in a.value or BELOW_TEXT in a.value]
+VERDICT_STARTS = tuple(f"**{h}.**" for h in HEADLINES.values())
+
+
+def verdict_shown(at: AppTest) -> str:
+    """The text of the one triage verdict alert on the page (core.triage: refer / review / no referral)."""
+    shown = [a.value for a in list(at.error) + list(at.warning) + list(at.info) if a.value.startswith(VERDICT_STARTS)]
     assert len(shown) == 1, shown
-    return REFER_TEXT in shown[0], shown[0]
+    return shown[0]
 
 
 def check_analysis(at: AppTest, true_code: str | None = None) -> str:
     """The analysis block: predicted label heading, probability, referral, uncertainty in words, the 7-bar chart,
     measurements, similar cases; returns the predicted code."""
-    assert not [e.value for e in at.error if REFER_TEXT not in e.value], [e.value for e in at.error]
+    assert not [e.value for e in at.error if not e.value.startswith(VERDICT_STARTS)], [e.value for e in at.error]
     headings = [m.value for m in at.markdown if m.value.startswith("### ")]
     assert headings, "no prediction heading"
     match = re.match(r"### (.+) \((\w+)\)$", headings[0])
@@ -44,8 +47,8 @@ def check_analysis(at: AppTest, true_code: str | None = None) -> str:
     assert shown["Uncertainty"] in ("low", "moderate", "high")
     sentence = [c.value for c in at.caption if c.value.startswith(f"Uncertainty {shown['Uncertainty']}.")]
     assert sentence and "of the time" in sentence[0], sentence
-    # the referral rule's sentence with the score and the card's threshold
-    _, text = referral_shown(at)
+    # one verdict on top, with the melanoma score and the card's threshold
+    text = verdict_shown(at)
     assert re.search(r"Melanoma score [\d.]+; referral threshold [\d.]+ \(the model card's threshold", text), text
     # no benign badge anywhere
     assert "benign class" not in texts(at).lower() and "blue-badge" not in texts(at)

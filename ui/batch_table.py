@@ -9,7 +9,7 @@ import pandas as pd
 
 from ui.analyzers import pool
 from ui.images import thumbnail_data_uri
-from ui.referral import referral_of
+from ui.referral import referral_of, verdict_of
 
 MEASUREMENT_COLUMNS = ["area_px", "max_diameter_px", "asymmetry", "border_irregularity", "colours"]
 
@@ -35,7 +35,7 @@ def analyse_one(data: bytes, name: str, true_dx: str = "", context=None) -> dict
     except Exception as exc:  # a model failure on one image must not end the batch
         row["error"] = f"analysis failed: {exc}"
         return row
-    row.update(result_row(r, version, referral_of(r).refer))
+    row.update(result_row(r, version, referral_of(r).refer, verdict_of(r).level))
     if r.diagnosis_shown:
         m = r.measurements or {}
         row.update({"uncertainty_text": r.uncertainty_text, **{k: m.get(k) for k in MEASUREMENT_COLUMNS[:-1]},

@@ -128,6 +128,15 @@ def measurement_table(measurements: dict) -> pd.DataFrame:
     return pd.DataFrame(describe_measurements(measurements), columns=["Measurement", "Value"])
 
 
+def prediction_set_text(codes: list[str], card: dict | None) -> str:
+    """'90% prediction set: Melanocytic nevus, Melanoma. At clinics ... held the true diagnosis 89% of the time.'"""
+    entry = (card or {}).get("conformal") or {}
+    coverage, held = entry.get("coverage", 0.9), (entry.get("out_of_source") or {}).get("coverage")
+    measured = ("" if held is None else f" At clinics the model was not trained on, such sets held the true diagnosis "
+                                        f"{held:.0%} of the time.")
+    return f"{coverage:.0%} prediction set: {', '.join(class_name(c) for c in codes)}.{measured}"
+
+
 def cam_caption(method: str, class_code: str, masked: bool) -> str:
     """What made a CAM image: 'Grad-CAM · target Melanoma (mel) · lesion mask applied'."""
     mask = "lesion mask applied (map kept inside it)" if masked else "lesion mask not applied"

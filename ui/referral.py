@@ -1,6 +1,7 @@
 """The melanoma referral as every screen shows it: the model card's rule (core.referral) at the card's threshold, or
-at the session's own threshold chosen on the Model performance page. Analyze, Batch and the PDF read the threshold
-here, so they always agree with each other and say whose threshold it is."""
+at the session's own threshold chosen on the Model performance page; and the triage verdict (core.triage) built on it.
+Analyze, Batch and the PDF read the threshold and the verdict here, so they always agree with each other and say
+whose threshold it is."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ import streamlit as st
 
 from core.classes import CLASS_CODES
 from core.referral import BELOW_TEXT, REFER_TEXT, ReferralRule
+from core.triage import TriageRule, Verdict
 from ui.model_files import model_card
 
 SESSION_THRESHOLD = "referral_threshold"  # plain session state: survives page switches; None / absent = the card's
@@ -67,6 +69,17 @@ def referral_of(result, threshold: float | None = None) -> Referral:
         return Referral(bool(result.refer), result.mel_score, result.referral_threshold, result.referral_threshold)
     refer = bool(rule().refer([result.probs[c] for c in CLASS_CODES], threshold))
     return Referral(refer, result.mel_score, float(threshold), result.referral_threshold)
+
+
+def verdict_of(result) -> Verdict:
+    """The triage verdict of a core.inference.AnalysisResult with the session's melanoma threshold (the card's
+    verdict, result.triage, when the session has none)."""
+    threshold = session_threshold()
+    if (threshold is None or threshold == result.referral_threshold) and result.triage is not None:
+        return result.triage
+    return TriageRule.from_card(model_card() or {}).verdict(
+        [result.probs[c] for c in CLASS_CODES], result.uncertainty_level, result.ood_level, result.ood_reason,
+        mel_threshold=threshold)
 
 
 def operating_points(table, test_sets: dict[str, str], sources: dict[str, str], threshold: float) -> dict[str, dict]:

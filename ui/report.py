@@ -7,7 +7,7 @@ import numpy as np
 from ui.formatting import class_label, context_use_text
 from ui.images import mask_overlay
 from ui.model_files import headline_metrics, model_card
-from ui.referral import referral_of
+from ui.referral import referral_of, verdict_of
 
 
 def build_report(rgb: np.ndarray, result, mask: np.ndarray | None, measurements: dict, cam_image: np.ndarray | None,
@@ -26,8 +26,9 @@ def build_report(rgb: np.ndarray, result, mask: np.ndarray | None, measurements:
     return build_pdf_report(
         image_rgb=rgb, overlay_rgb=None if mask is None else mask_overlay(rgb, mask), cam_rgb=cam_image, cam_caption=cam_caption,
         probs=result.probs, label=result.label, ood_level=result.ood_level, ood_reason=result.ood_reason,
-        uncertainty_text=result.uncertainty_text, quality_text=result.quality_text,
+        uncertainty_text=result.uncertainty_text,
         referral={"text": referral.text, "numbers": referral.numbers, "threshold_note": referral.threshold_note},
+        verdict=verdict_of(result).text if result.diagnosis_shown else "", quality_text=result.quality_text,
         similar_cases=similar, patient_context=context.rows() if given else [],
         context_note=context_use_text(card) if given else "", measurements=measurements,
         model_info={"version": card.get("version", "unknown"), "created": card.get("created", "unknown"),
