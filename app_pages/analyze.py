@@ -16,10 +16,10 @@ from ui.data_folder import SOURCE_LABELS, available_sources, current_data_dir
 from ui.datasets import manifest, read_image_path, test_split
 from ui.figures import probability_figure
 from ui.formatting import (DISCLAIMER, GREYED_CSS, cam_caption, class_label, class_name, context_use_text,
-                           measurement_table)
+                           measurement_table, prediction_set_text)
 from ui.images import cam_overlay, digest, mask_overlay, png_bytes
 from ui.model_files import model_card
-from ui.referral import referral_of
+from ui.referral import referral_of, verdict_of
 from ui.report import build_report
 from ui.session_cache import cached, remember
 
@@ -112,25 +112,31 @@ def context_ui() -> PatientContext | None:
             return None
 
 
-def referral_ui(r) -> None:
-    """The melanoma referral rule's sentence, the score and the threshold applied (the session's or the card's)."""
-    referral = referral_of(r)
-    text = f"**{referral.text}**  \n{referral.numbers} ({referral.threshold_note})."
-    if referral.refer:
-        st.error(text, icon=":material/priority_high:")
-    else:
-        st.info(text, icon=":material/info:")
+VERDICT_ALERTS = {"refer": ("error", ":material/priority_high:"), "review": ("warning", ":material/help:"),
+                  "no_referral": ("info", ":material/info:")}
+
+
+def verdict_ui(parent, r) -> None:
+    """The one triage statement at the top of the result (core.triage: referral rules, uncertainty, unusual flag,
+    the more severe first) with what it did at clinics the model was not trained on, and the melanoma score against
+    the threshold applied (the session's or the card's)."""
+    verdict, referral = verdict_of(r), referral_of(r)
+    kind, icon = VERDICT_ALERTS[verdict.level]
+    body = verdict.because + (f"  \n{verdict.evidence}" if verdict.evidence else "")
+    getattr(parent, kind)(f"**{verdict.headline}.** {body}  \n{referral.numbers} ({referral.threshold_note}).",
+                          icon=icon)
 
 
 def header_ui(r, name: str, example: dict | None) -> None:
-    """No diagnosis for an image that is not dermoscopy (only the reason); otherwise the top class, its probability,
-    the referral, the uncertainty in words and the true label of a dataset example, greyed with a warning when the
-    image is unusual."""
+    """No diagnosis for an image that is not dermoscopy (only the reason); otherwise the triage verdict first, then
+    its details: the top class, its probability, the uncertainty in words, the prediction set and the true label of
+    a dataset example, greyed with the unusual-image warning when the image is unusual."""
     box = st.container(border=True)
     box.markdown(f"**Result for `{name}`**")
     if not r.diagnosis_shown:
         box.error(f"**No diagnosis.** {r.ood_reason}", icon=":material/block:")
         return
+    verdict_ui(box, r)
     if r.ood_level == "unusual":
         box.warning(f"**Unusual image.** {r.ood_reason}", icon=":material/warning:")
     quality_ui(box, r)
@@ -142,9 +148,11 @@ def header_ui(r, name: str, example: dict | None) -> None:
             c1.markdown(":red-badge[▲ malignant class]")
         c2.metric("Probability", f"{top_p:.1%}")
         c3.metric("Uncertainty", r.uncertainty_level, help="From the disagreement of the test-time views or the "
-                  "probabilities (the model card's uncertainty score), cut into three levels on validation images.")
-        referral_ui(r)
+                  "probabilities (the model card's uncertainty score), cut into three levels that hold in every "
+                  "source they were fitted on; the error rate quoted is measured on sources they were fitted without.")
         st.caption(r.uncertainty_text)
+        if r.prediction_set:
+            st.caption(prediction_set_text(r.prediction_set, model_card()))
         if r.context_used:
             st.caption("The probabilities include the patient context entered above (age, sex, site).")
         if example is not None:

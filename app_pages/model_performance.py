@@ -20,6 +20,7 @@ from ui.images import cam_overlay
 from ui.metric_views import cell_gallery, ci_metric, confusion_ui, per_class_ui
 from ui.model_files import (TEST_SET_SOURCES, TEST_SETS, classification_of, model_card, predictions_of,
                             test_predictions, test_set_metrics)
+from ui.out_of_source import out_of_source_ui
 from ui.referral import operating_points, rule, session_threshold, set_session_threshold
 
 DRILL_DOWN_CAM = "Grad-CAM"
@@ -323,7 +324,8 @@ def performance_page() -> None:
     headline_ui(card, test_set, model)
     m = classification_of(card, test_set, model)
     tabs = st.tabs(["Per class", "Confusion matrix", "ROC & PR", "Melanoma referral", "Uncertainty", "Calibration",
-                    "Out of distribution", "Similar cases", "Segmentation", "Models & ablation", "Training"])
+                    "Out of distribution", "Similar cases", "Segmentation", "Models & ablation", "Training",
+                    "Out of source"])
     with tabs[0]:
         per_class_ui(m, "per_class_table")
     with tabs[1]:
@@ -350,6 +352,8 @@ def performance_page() -> None:
         models_ui(card, test_set)
     with tabs[10]:
         training_ui(card)
+    with tabs[11]:
+        out_of_source_ui(card)
 
 
 performance_page()
