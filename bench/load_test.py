@@ -254,13 +254,15 @@ class StreamlitServer:
 
 # ---------------------------------------------------------------- browser mode
 
-# Resolves to {kind: "result"} once the header of the analysis of `name` is rendered, or to an error.
+# Resolves to {kind: "result"} once the header of the analysis of `name` is rendered, or to an error. Red boxes with
+# the priority_high icon are a result (the "Refer" verdict), not an error.
 JS_RESULT = r"""
 (name) => {
   const main = document.querySelector('[data-testid="stMain"]') || document.body;
   const exc = main.querySelector('[data-testid="stException"]');
   if (exc) return {kind: 'exception', text: exc.innerText.slice(0, 600)};
-  const err = main.querySelector('[data-testid="stAlertContentError"]');
+  const err = [...main.querySelectorAll('[data-testid="stAlertContentError"]')]
+      .find(e => !e.innerText.includes('priority_high'));
   if (err) return {kind: 'error', text: err.innerText.slice(0, 600)};
   if (main.innerText.includes('Result for ' + name)) return {kind: 'result'};
   return null;
@@ -274,7 +276,7 @@ JS_IDLE = r"""
   if (status && /Running/i.test(status.innerText)) return null;
   const main = document.querySelector('[data-testid="stMain"]') || document.body;
   const errors = [...main.querySelectorAll('[data-testid="stException"], [data-testid="stAlertContentError"]')]
-      .map(e => e.innerText.slice(0, 600));
+      .filter(e => !e.innerText.includes('priority_high')).map(e => e.innerText.slice(0, 600));
   const m = main.innerText.match(/analysis (\d+(?:\.\d+)?) s/);
   if (!m && !errors.length) return null;
   return {analysis_s: m ? parseFloat(m[1]) : null, errors: errors};
