@@ -167,3 +167,20 @@ def test_a_pacs_store_and_its_pdf_download_write_one_record_per_image(data_dir, 
     at.download_button(key=f"pacs_pdf_{item.source.instance.sop_uid}").click().run()
     [row] = trail.query(actions=["report_download"])
     assert row["image_sha256"] == sha256_of(item.source.data)
+
+
+def test_no_result_is_shown_when_the_audit_trail_cannot_be_written(app, data_dir, monkeypatch):
+    from ui.audit_log import UNAVAILABLE
+
+    monkeypatch.setenv("LESIONLENS_AUDIT_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")  # nothing listens
+    refused = UNAVAILABLE.split("(")[0]
+    image = _images(data_dir, 1)[0]
+    at = page(app, ANALYZE)
+    upload(at, "upload", (image.name, image.read_bytes(), "image/jpeg"))
+    assert any(e.value.startswith(refused) for e in at.error), [e.value for e in at.error]
+    assert not [m for m in at.markdown if "Result for" in m.value] and not at.get("download_button")
+    assert not at.session_state["result_cache"]  # no later rerun shows the unrecorded result
+    at = page(at, BATCH)
+    upload(at, "batch_upload", [(image.name, image.read_bytes(), "image/jpeg")])
+    at.button(key="batch_run").click().run()
+    assert any(e.value.startswith(refused) for e in at.error) and "batch_result" not in at.session_state

@@ -21,6 +21,8 @@ from ui.model_files import model_card
 from ui.referral import referral_of, rule, session_threshold
 
 SHOWN_IMAGES = "audit_image_sha256"  # session state: the Analyze cache key (ui.images.digest) -> the image's SHA-256
+UNAVAILABLE = ("The audit trail cannot be written ({}), so no result is shown: every result must be recorded. Tell "
+               "the LesionLens administrator.")
 
 
 def audit_url() -> str:
@@ -52,6 +54,24 @@ def model_version() -> str:
     return f"{card.get('version', 'unknown')} ({sha[:12]})"
 
 
+def _write(batch: list[AuditRecord], forget: tuple[str, object] | None = None) -> None:
+    """Append the records; when the store fails, the error in words and the run stops (nothing unrecorded is shown),
+    and `forget` = (session state key, entry or None) drops the page's kept result so no later rerun shows it."""
+    try:
+        audit_log().append_many(batch)
+    except Exception as exc:  # SQLAlchemy / driver errors: a store that is down, full or refusing
+        if forget is not None:
+            key, entry = forget
+            if entry is None:
+                st.session_state.pop(key, None)
+            else:
+                cache = st.session_state.get(key, {})
+                for cached in [k for k in cache if k[0] == entry]:
+                    del cache[cached]
+        st.error(UNAVAILABLE.format(type(exc).__name__), icon=":material/error:")
+        st.stop()
+
+
 def _record(action: str, image_sha256: str, result) -> AuditRecord:
     referral = referral_of(result)
     return record_of_result(action, current_user(), image_sha256, result, model_version(), referral.refer,
@@ -61,20 +81,19 @@ def _record(action: str, image_sha256: str, result) -> AuditRecord:
 def record_analysis(data: bytes, result) -> None:
     """Analyze: one record for a new analysis of the image file `data`."""
     sha = sha256_of(data)
-    audit_log().append(_record("analysis", sha, result))
+    _write([_record("analysis", sha, result)], forget=("result_cache", digest(data)))
     st.session_state.setdefault(SHOWN_IMAGES, {})[digest(data)] = sha
 
 
 def record_result(action: str, data: bytes, result) -> None:
     """One record of an analysis of the image file `data` (e.g. the PACS page's PDF download button: on_click)."""
-    audit_log().append(_record(action, sha256_of(data), result))
+    _write([_record(action, sha256_of(data), result)])
 
 
 def record_report_download(image_digest: str, result) -> None:
     """Analyze's PDF download button (on_click): one record for the report of the analysed image (`image_digest`:
     the page's cache key, ui.images.digest)."""
-    audit_log().append(_record("report_download", st.session_state.get(SHOWN_IMAGES, {}).get(image_digest, ""),
-                               result))
+    _write([_record("report_download", st.session_state.get(SHOWN_IMAGES, {}).get(image_digest, ""), result)])
 
 
 def record_batch(items: list, table: pd.DataFrame, threshold: float | None) -> None:
@@ -91,20 +110,20 @@ def record_batch(items: list, table: pd.DataFrame, threshold: float | None) -> N
             top_class=row["pred"], probabilities={c: float(row[f"p_{c}"]) for c in CLASS_CODES} if diagnosed else {},
             referral=(row["refer"] == "yes") if diagnosed else None, uncertainty_level=row["uncertainty_level"],
             ood_level=row["ood_level"], threshold=applied))
-    audit_log().append_many(batch)
+    _write(batch, forget=("batch_result", None))
 
 
 def record_threshold_change() -> None:
     """Model performance: one record of the session's new referral threshold (the card's when reset)."""
     threshold = session_threshold()
-    audit_log().append(AuditRecord(user=current_user(), action="threshold_change", model_version=model_version(),
-                                   threshold=rule().threshold if threshold is None else threshold))
+    _write([AuditRecord(user=current_user(), action="threshold_change", model_version=model_version(),
+                        threshold=rule().threshold if threshold is None else threshold)])
 
 
 def record_pacs_store(stored: list[tuple[bytes, object]]) -> None:
     """PACS: one record per image whose results were stored into the PACS ((the DICOM file, its analysis) pairs), in
     one transaction."""
-    audit_log().append_many([_record("pacs_store", sha256_of(data), result) for data, result in stored])
+    _write([_record("pacs_store", sha256_of(data), result) for data, result in stored])
 
 
 def probabilities_text(value: str) -> str:
