@@ -40,6 +40,7 @@ from bench.common import REPO, data_dir, machine
 RESULTS = Path(__file__).resolve().parent / "results"
 RAY = Path(sys.executable).with_name("ray")
 OBJECT_STORE = 150 * 2**20
+ADDRESS_FILE = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
 N_FULLRES = 186  # every 600x450 image of ham10000/fullres
 
 
@@ -105,6 +106,8 @@ def stop_nodes(nodes: list[subprocess.Popen]) -> None:
             os.killpg(node.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    # `ray start` records the head's address here; a later plain ray.init() would try to join the stopped cluster
+    ADDRESS_FILE.unlink(missing_ok=True)
 
 
 def _wait_cpus(ray, n: int, timeout: float = 120) -> None:
@@ -144,8 +147,8 @@ def ray_inprocess(images: Path, out: Path, shard_size: int) -> dict:
 
     from core.batch_engine import RAY_RUNTIME_ENV
 
-    ray.init(num_cpus=2, object_store_memory=OBJECT_STORE, include_dashboard=False, runtime_env=RAY_RUNTIME_ENV,
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=2, object_store_memory=OBJECT_STORE, include_dashboard=False,
+             runtime_env=RAY_RUNTIME_ENV, log_to_driver=False)
     try:
         return timed_run(images, out, shard_size, ray_address="local", workers=2)
     finally:
@@ -158,7 +161,8 @@ def bench(n_images: int, n_long: int, shard_size: int, n_fullres: int = N_FULLRE
                "images": n_images, "long_images": n_long, "fullres_images": n_fullres, "shard_size": shard_size}
     with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
         work = Path(tmp)
-        images = image_list(root, n_images, work)
+        images = image_list(root, n_images, work) if n_images else None
+        throughput = n_images > 0  # --images 0: the memory run only
         for name, step in (
                 ("local_1", lambda: timed_run(images, work / "local1", shard_size, workers=1)),
                 ("local_2", lambda: timed_run(images, work / "local2", shard_size, workers=2)),
@@ -168,6 +172,8 @@ def bench(n_images: int, n_long: int, shard_size: int, n_fullres: int = N_FULLRE
                                                       work / "fullres", shard_size, workers=2)),
                 ("long", lambda: timed_run(image_list(root, n_long, work), work / "long", shard_size, workers=2)
                  if n_long else None)):
+            if name != "long" and not throughput:
+                continue
             print(f"[bench.batch_engine] {name} ...", file=sys.stderr, flush=True)
             result = step()
             if name == "ray_cluster":
@@ -175,7 +181,8 @@ def bench(n_images: int, n_long: int, shard_size: int, n_fullres: int = N_FULLRE
             elif result is not None:
                 results[name] = result
     results["machine_after"] = {"loadavg": machine()["loadavg"]}
-    results["estimate_1e6"] = estimate(results)
+    if throughput:
+        results["estimate_1e6"] = estimate(results)
     return results
 
 
@@ -202,16 +209,18 @@ def table(results: dict) -> str:
         for pid, m in results["long"]["memory_mib"].items():
             lines.append(f"long run ({results['long']['images']} images) worker {pid}: RSS after first shard "
                          f"{m['rss_mib_first']:.0f} MiB, after last {m['rss_mib_last']:.0f} MiB, peak {m['peak_rss_mib']:.0f} MiB")
-    e = results["estimate_1e6"]
-    lines.append(f"10^6 images at {e['per_core_images_per_s']:.2f} images/s per core: {e['core_hours']:.0f} core-hours ("
-                 + ", ".join(f"{h:g} h on {c} cores" for c, h in e["hours_on"].items()) + ")")
+    e = results.get("estimate_1e6")
+    if e:
+        lines.append(f"10^6 images at {e['per_core_images_per_s']:.2f} images/s per core: {e['core_hours']:.0f} core-hours ("
+                     + ", ".join(f"{h:g} h on {c} cores" for c, h in e["hours_on"].items()) + ")")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.batch_engine", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=300, help="images per throughput configuration")
+    parser.add_argument("--images", type=int, default=300, help="images per throughput configuration (0: only the "
+                        "memory run)")
     parser.add_argument("--long", type=int, default=2000, help="images of the memory run (0: skip it)")
     parser.add_argument("--fullres", type=int, default=N_FULLRES, help="full-resolution images of the estimate's run")
     parser.add_argument("--shard-size", type=int, default=32)

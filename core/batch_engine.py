@@ -138,7 +138,7 @@ class ShardActor:
 
     def __call__(self, batch: dict) -> dict:
         reports = [asdict(_run_shard(text, self.out_dir)) for text in batch["shard"]]
-        return {key: [r[key] for r in reports] for key in reports[0]} if reports else {}
+        return {key: [r[key] for r in reports] for key in ShardReport.__dataclass_fields__}
 
 
 def run_ray(shards: list[Shard], out_dir: Path, weights_dir, address: str, workers: int | None) -> list[ShardReport]:
@@ -152,7 +152,7 @@ def run_ray(shards: list[Shard], out_dir: Path, weights_dir, address: str, worke
             raise BatchInputError(f"no Ray cluster at {address!r} ({exc}); start one with `ray start --head`") from None
     size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     dataset = ray.data.from_items([{"shard": s.to_json()} for s in shards], override_num_blocks=len(shards))
-    results = dataset.map_batches(ShardActor, batch_size=1, concurrency=size, num_cpus=1,
+    results = dataset.map_batches(ShardActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size), num_cpus=1,
                                   fn_constructor_kwargs={"weights_dir": str(weights_dir), "out_dir": str(out_dir)})
     return [ShardReport(**{k: row[k] for k in ShardReport.__dataclass_fields__}) for row in results.take_all()]
 

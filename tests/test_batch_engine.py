@@ -114,7 +114,7 @@ def test_rerun_of_a_finished_run_does_nothing(local_result, folder, labels):
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=80 * 2**20, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, object_store_memory=80 * 2**20, include_dashboard=False,
              runtime_env=batch_engine.RAY_RUNTIME_ENV, log_to_driver=False)
     yield ray
     ray.shutdown()
