@@ -208,10 +208,12 @@ def table(results: dict) -> str:
     if results.get("long"):
         for pid, m in results["long"]["memory_mib"].items():
             lines.append(f"long run ({results['long']['images']} images) worker {pid}: RSS after first shard "
-                         f"{m['rss_mib_first']:.0f} MiB, after last {m['rss_mib_last']:.0f} MiB, peak {m['peak_rss_mib']:.0f} MiB")
+                         f"{m['rss_mib_first']:.0f} MiB, after last {m['rss_mib_last']:.0f} MiB, "
+                         f"peak {m['peak_rss_mib']:.0f} MiB")
     e = results.get("estimate_1e6")
     if e:
-        lines.append(f"10^6 images at {e['per_core_images_per_s']:.2f} images/s per core: {e['core_hours']:.0f} core-hours ("
+        lines.append(f"10^6 images at {e['per_core_images_per_s']:.2f} images/s per core: "
+                     f"{e['core_hours']:.0f} core-hours ("
                      + ", ".join(f"{h:g} h on {c} cores" for c, h in e["hours_on"].items()) + ")")
     return "\n".join(lines)
 

@@ -36,7 +36,8 @@ TEMP_PREFIX = ".tmp-"
 MEASUREMENT_COLUMNS = ("area_px", "perimeter_px", "max_diameter_px", "asymmetry", "border_irregularity", "n_colours",
                        "colours", "lesion_fraction")
 EXTRA_FIELDS = [pa.field("source", pa.string()), pa.field("path", pa.string()), pa.field("sha256", pa.string()),
-                pa.field("mask_rle", pa.string()), pa.field("mask_height", pa.int32()), pa.field("mask_width", pa.int32()),
+                pa.field("mask_rle", pa.string()), pa.field("mask_height", pa.int32()),
+                pa.field("mask_width", pa.int32()),
                 pa.field("area_px", pa.int64()), pa.field("perimeter_px", pa.float64()),
                 pa.field("max_diameter_px", pa.float64()), pa.field("asymmetry", pa.float64()),
                 pa.field("border_irregularity", pa.float64()), pa.field("n_colours", pa.int32()),
@@ -100,7 +101,8 @@ def model_fingerprint(weights_dir: str | os.PathLike) -> str:
     return hashlib.sha256((Path(weights_dir) / "model_card.json").read_bytes()).hexdigest()
 
 
-def plan_shards(sources: list[str], paths: list[str], hashes: list[str], fingerprint: str, shard_size: int) -> list[Shard]:
+def plan_shards(sources: list[str], paths: list[str], hashes: list[str], fingerprint: str,
+                shard_size: int) -> list[Shard]:
     """Consecutive runs of `shard_size` images (in the given order) with their keys."""
     if shard_size < 1:
         raise ValueError("shard size must be at least 1")
