@@ -17,8 +17,8 @@ from ui.formatting import DISCLAIMER, class_label
 from ui.images import digest
 from ui.model_files import model_card
 from core.classes import CLASS_CODES
-from core.followup import (BAND_FILE, BASELINE_COLOUR, BEYOND, FOLLOWUP_COLOUR, TABLE_COLUMNS, compare_images,
-                           contours, load_band, table_text)
+from core.followup import (BAND_FILE, BASELINE_COLOUR, BEYOND, FOLLOWUP_COLOUR, TABLE_COLUMNS,
+                           UNINFORMATIVE_PROBABILITY_BAND, compare_images, contours, load_band, table_text)
 
 ROLES = ("Baseline", "Follow-up")
 
@@ -128,8 +128,8 @@ def status_ui(comparison, band, band_text: str) -> None:
     if registration.registered:
         st.success(registration.describe(), icon=":material/join_inner:")
     else:
-        st.warning(f"**Registration fell back to the lesion masks.** {registration.describe()}",
-                   icon=":material/warning:")
+        st.warning(f"**These may not be the same lesion.** {registration.describe()} Two photographs of one lesion "
+                   "almost always register, so no change is reported.", icon=":material/warning:")
     if comparison.size_note:
         st.info(f"Size changes are not assessed: {comparison.size_note}.", icon=":material/straighten:")
     if band is None:
@@ -163,10 +163,8 @@ def images_ui(comparison, images) -> None:
 
 
 def table_ui(comparison, band, mm_per_pixel: float | None) -> None:
-    beyond = comparison.beyond_noise()
-    if band is not None:
-        names = ", ".join(c.measure.label for c in beyond)
-        st.markdown(f"**{len(beyond)} change(s) beyond the measurement noise**" + (f": {names}" if beyond else ""))
+    if band is not None or comparison.lesion_doubt:
+        st.markdown(f"**{comparison.verdict()}**")
     table = pd.DataFrame(table_text(comparison.changes, mm_per_pixel), columns=list(TABLE_COLUMNS))
     flagged = [c.status == BEYOND for c in comparison.changes]
     styled = table.style.apply(lambda row: ["background-color: #FFE0B2; font-weight: 600" if flagged[row.name]
@@ -175,7 +173,9 @@ def table_ui(comparison, band, mm_per_pixel: float | None) -> None:
     how = ("with the registration scale" if comparison.registration.registered
            else "assuming both images show the same field of view")
     st.caption(f"Follow-up minus baseline. Sizes are in baseline pixels (the follow-up converted {how}) and as a "
-               "percentage of the baseline; pp = percentage points."
+               "percentage of the baseline; pp = percentage points. A probability whose no-change band is wider than "
+               f"±{100 * UNINFORMATIVE_PROBABILITY_BAND:.0f} pp cannot show a change (two photographs of one lesion "
+               "differ by that much one time in twenty): its row says so."
                + ("" if mm_per_pixel else " Enter the baseline field of view in the sidebar for millimetres."))
 
 

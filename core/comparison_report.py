@@ -83,11 +83,9 @@ def build_comparison_pdf(*, panels: list[tuple[str, object]], comparison: Compar
     _heading(pdf, "Changes (follow-up minus baseline, sizes in baseline pixels)")
     _paragraph(pdf, ("No-change band: " if band_available else "No-change band unavailable: ") + band_text,
                warn=not band_available)
-    if band_available:
-        beyond = comparison.beyond_noise()
+    if band_available or comparison.lesion_doubt:
         pdf.set_font("Helvetica", "B", 9)
-        _paragraph(pdf, f"{len(beyond)} change(s) beyond the measurement noise"
-                   + (": " + ", ".join(c.measure.label for c in beyond) if beyond else "") + ".")
+        _paragraph(pdf, comparison.verdict(), warn=bool(comparison.lesion_doubt))
         pdf.set_font("Helvetica", "", 9)
     pdf.ln(1)
     _change_table(pdf, comparison, mm_per_pixel)
