@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.datasets import LAYOUTS_TEXT
 from ui.analyzers import ModelUnavailable, pool
 from ui.batch_result_view import evaluation_result_ui
 from ui.data_folder import resolve_data_dir
@@ -19,9 +20,6 @@ from ui.metric_views import cell_gallery, ci_metric, confusion_ui, per_class_ui
 
 RUN = "folder_run"   # session state: {folder, manifest, rows, failures, done, cancel, evaluation}
 CHUNK = 4            # images per script run: the Cancel button answers within one chunk
-LAYOUTS = ("a HAM10000-style folder (`*metadata*.csv` with lesion_id, image_id, dx + images, optional masks), an "
-           "ISIC-2017-style folder (`labels.csv` + images/, optional masks/) or one folder per class named by its code "
-           "(akiec, bcc, bkl, df, mel, nv, vasc)")
 
 
 def _cancel() -> None:
@@ -33,7 +31,7 @@ def start_ui() -> None:
     running = RUN in st.session_state and st.session_state[RUN]["evaluation"] is None
     left, right = st.columns([4, 1], vertical_alignment="bottom")
     value = left.text_input("Folder with your labelled images (on the server)", key="eval_folder",
-                            placeholder="/data/my_lesions", help=f"Any of: {LAYOUTS}.")
+                            placeholder="/data/my_lesions", help=f"Any of: {LAYOUTS_TEXT}.")
     if not right.button("Evaluate", key="eval_start", type="primary", disabled=running or not value.strip()):
         return
     from core.datasets import load_manifest
@@ -156,7 +154,7 @@ def evaluate_page() -> None:
     st.title("Evaluate your data")
     st.caption(DISCLAIMER)
     st.markdown("Run the shipped model on your own labelled dermoscopic images and get its figures with 95% "
-                f"confidence intervals. The folder may be {LAYOUTS}. Nothing is written to it.")
+                f"confidence intervals. The folder may be {LAYOUTS_TEXT}. Nothing is written to it.")
     start_ui()
     with st.expander("Or open an archive result (`run.sh batch` Parquet output) with its labels",
                      icon=":material/folder_open:"):

@@ -29,6 +29,17 @@ HAM_IMAGE_FOLDERS = ("images", "HAM10000_images_part_1", "HAM10000_images_part_2
 HAM_MASK_FOLDERS = ("masks", "HAM10000_segmentations_lesion_tschandl", "segmentations")
 ISIC_IMAGE_FOLDERS = ("images", ".")
 ISIC_MASK_FOLDERS = ("masks", "segmentations")
+#: How a lesion mask may be named after its image id (IMG.png, IMG_segmentation.png as ISIC and HAM10000 publish
+#: them, IMG_lesion.png as PH2 does, IMG_mask.png, IMG_seg.png); any image extension. Checked in this order.
+MASK_SUFFIXES = ("_segmentation", "_lesion", "_mask", "_seg")
+#: Every layout the readers accept, in words (the Evaluate page and the error of an unreadable folder show it).
+LAYOUTS_TEXT = (
+    "a HAM10000-style folder (a `*metadata*.csv` with lesion_id, image_id, dx, and the images in images/ or the "
+    "folder itself), an ISIC-2017-style folder (a `labels.csv` with image_id and a label column holding a class code "
+    "or melanoma / seborrheic_keratosis / nevus, and the images in images/ or the folder itself), or one folder per "
+    f"class named by its code ({', '.join(CLASS_CODES)}). Lesion masks are optional: a masks/ folder with one "
+    "black-and-white image per image, named after the image id (IMG.png, or IMG" + ", IMG".join(MASK_SUFFIXES)
+    + " with any image extension)")
 HAM_REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
 ISIC_LABEL_TO_DX = {
     "melanoma": "mel", "seborrheic_keratosis": "bkl", "seborrheic keratosis": "bkl", "nevus": "nv",
@@ -71,9 +82,17 @@ def _index_images(folders: list[Path]) -> dict[str, Path]:
     return found
 
 
+def mask_image_id(stem: str) -> str:
+    """The image id a mask file's stem names: the stem without its MASK_SUFFIXES entry (any case), if it has one."""
+    lower = stem.lower()
+    for suffix in MASK_SUFFIXES:
+        if lower.endswith(suffix):
+            return stem[:-len(suffix)]
+    return stem
+
+
 def _mask_index(folders: list[Path]) -> dict[str, Path]:
-    masks = _index_images(folders)
-    return {stem.removesuffix("_segmentation"): path for stem, path in masks.items()}
+    return {mask_image_id(stem): path for stem, path in _index_images(folders).items()}
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
@@ -267,26 +286,36 @@ def _isic_dx(table: pd.DataFrame, csv_path: Path) -> pd.Series:
 
 
 def read_class_folders(root: str | os.PathLike) -> pd.DataFrame:
-    """A plain layout: ROOT/<class code>/<image files>. Every image is its own lesion."""
+    """A plain layout: ROOT/<class code>/<image files> (+ optional ROOT/masks/). Every image is its own lesion."""
     root = Path(root)
     _require_dir(root, "data")
     rows = []
-    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                        and p.name not in ISIC_MASK_FOLDERS)
     if not subfolders:
-        raise DatasetError(
-            f"{root}: no dataset found (expected ham10000/ and/or isic2017/, a HAM10000_metadata.csv, "
-            f"a labels.csv, or one folder per class: {', '.join(CLASS_CODES)})"
-        )
+        raise DatasetError(f"{root}: no dataset found. Expected ham10000/ and/or isic2017/, or {LAYOUTS_TEXT}")
+    if any(p.name.lower() in ("images", "image", "imgs") for p in subfolders):
+        raise DatasetError(f"{root}: an images/ folder needs its labels: add a labels.csv or a *metadata*.csv next "
+                           f"to it, or sort the images into one folder per class. Expected {LAYOUTS_TEXT}")
     unknown = [p.name for p in subfolders if p.name.lower() not in CLASS_CODES]
     if unknown:
-        raise DatasetError(f"{root}: folder(s) {', '.join(unknown)} are not class codes ({', '.join(CLASS_CODES)})")
+        raise DatasetError(f"{root}: folder(s) {', '.join(unknown)} are not class codes. Expected {LAYOUTS_TEXT}")
+    masks = _mask_index([root / f for f in ISIC_MASK_FOLDERS])
     seen: dict[str, Path] = {}
     for folder in subfolders:
-        for stem, path in sorted(_index_images([folder]).items()):
+        files = _index_images([folder])
+        # a mask kept next to its image (IMG_lesion.png beside IMG.jpg) is that image's mask, not an image
+        beside = {mask_image_id(stem): path for stem, path in files.items() if mask_image_id(stem) in files
+                  and mask_image_id(stem) != stem}
+        masks.update({image_id: path for image_id, path in beside.items() if image_id not in masks})
+        for stem, path in sorted(files.items()):
+            if mask_image_id(stem) in beside and mask_image_id(stem) != stem:
+                continue
             if stem in seen:
                 raise DatasetError(f"{path}: image id {stem!r} also appears as {seen[stem]}")
             seen[stem] = path
-            rows.append({"image_id": stem, "image_path": str(path), "dx": folder.name.lower(), "lesion_id": stem})
+            rows.append({"image_id": stem, "image_path": str(path), "mask_path": str(masks.get(stem, "")),
+                         "dx": folder.name.lower(), "lesion_id": stem})
     if not rows:
         raise DatasetError(f"{root}: no images found in class folders ({', '.join(p.name for p in subfolders)})")
     table = pd.DataFrame(rows)

@@ -142,6 +142,46 @@ def test_class_folder_layout(tmp_path, tiny_ham_factory):
     assert sorted(manifest["dx"]) == sorted(CLASS_CODES)
 
 
+def test_masks_named_in_the_common_public_ways_are_found(tmp_path, tiny_ham_factory):
+    """IMG.png, IMG_segmentation.png (ISIC, HAM10000), IMG_lesion.png (PH2), IMG_mask.png, IMG_seg.png; in masks/ of an
+    ISIC-style folder, in masks/ of a class-folder layout, or beside the image in its class folder."""
+    ham = tiny_ham_factory(tmp_path / "src", per_class=1, layout="flat")
+    sources = sorted((ham / "images").glob("*.jpg"))[:6]
+    suffixes = ("", "_segmentation", "_lesion", "_Mask", "_seg")
+    isic = tmp_path / "isic"
+    (isic / "images").mkdir(parents=True)
+    (isic / "masks").mkdir()
+    for src, suffix in zip(sources, suffixes):
+        (isic / "images" / src.name).write_bytes(src.read_bytes())
+        (isic / "masks" / f"{src.stem}{suffix}.png").write_bytes(b"mask")
+    (isic / "images" / sources[5].name).write_bytes(sources[5].read_bytes())  # this one has no mask
+    (isic / "labels.csv").write_text("image_id,label\n" + "".join(f"{s.stem},nv\n" for s in sources))
+    manifest = load_manifest(isic).set_index("image_id")
+    for src, suffix in zip(sources, suffixes):
+        assert manifest.loc[src.stem, "mask_path"] == str(isic / "masks" / f"{src.stem}{suffix}.png")
+    assert manifest.loc[sources[5].stem, "mask_path"] == ""
+
+    folders = tmp_path / "folders"
+    (folders / "mel").mkdir(parents=True)
+    (folders / "masks").mkdir()
+    for src in sources[:2]:
+        (folders / "mel" / src.name).write_bytes(src.read_bytes())
+    (folders / "masks" / f"{sources[0].stem}_lesion.bmp").write_bytes(b"mask")
+    (folders / "mel" / f"{sources[1].stem}_lesion.png").write_bytes(b"mask")  # beside its image: not an image
+    manifest = load_manifest(folders).set_index("image_id")
+    assert sorted(manifest.index) == sorted(s.stem for s in sources[:2])
+    assert manifest.loc[sources[0].stem, "mask_path"] == str(folders / "masks" / f"{sources[0].stem}_lesion.bmp")
+    assert manifest.loc[sources[1].stem, "mask_path"] == str(folders / "mel" / f"{sources[1].stem}_lesion.png")
+
+
+def test_an_images_and_masks_folder_without_labels_is_told_the_layouts(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    message = _raises(load_manifest, tmp_path, match_all=(str(tmp_path), "needs its labels", "labels.csv",
+                                                          "one folder per class", "_lesion"))
+    assert "not class codes" not in message
+
+
 # ---------------------------------------------------------------- error paths
 def _raises(func, *args, match_all: tuple[str, ...]) -> str:
     with pytest.raises(DatasetError) as info:
