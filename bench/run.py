@@ -100,8 +100,9 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
-TARGETS = {  # issue 6, on this 2-core CPU
-    "analysis_cam_p50_ms": ("<=", 150.0, "full analysis with Grad-CAM, median (decode + analyze(cam=True))"),
+TARGETS = {  # issues 6 and 25, on this 2-core CPU (the 8-user load test's p95 <= 0.6 s: python -m bench.load_test)
+    "analysis_cam_p50_ms": ("<=", 60.0, "full analysis with Grad-CAM and the shipped TTA, median (decode + "
+                            "analyze(cam=True))"),
     "reference_ratio": (">=", 5.0, "reference stack p50 / ours p50, same input sizes"),
     "classifier_images_per_s": (">=", 60.0, "mask-CN batch throughput"),
     "cold_start_s": ("<=", 5.0, "server start -> first analysis rendered with the model loaded"),
@@ -110,7 +111,7 @@ TARGETS = {  # issue 6, on this 2-core CPU
 
 
 def targets(results: dict) -> dict:
-    """Each issue-6 target: the measured value (None where its section was skipped or failed) and whether it is met."""
+    """Each target: the measured value (None where its section was skipped or failed) and whether it is met."""
     def get(*keys):
         value = results
         for key in keys:

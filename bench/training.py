@@ -1,6 +1,6 @@
 """4. Training throughput: images/s of one training step of each stage, on real images, through train.train's code.
 
-    python -m bench.training [--steps 20] [--batch 32] [--freeze-blocks 0] [--amp none|bf16] [--threads 0]
+    python -m bench.training [--steps 20] [--batch 32] [--freeze-blocks 0] [--amp auto|none|bf16] [--threads 0]
                              [--stages coarse_sn,mask_cn,enhanced_sn,classifier] [--image-size HxW]
 
 A step is exactly the loop body of train/train.py: stage.batch (memory-mapped uint8 cache -> batched augmentation
@@ -25,7 +25,7 @@ HAM_TRAIN_IMAGES = 7009
 
 def step_throughput(stage_name: str, data_dir, steps: int = 20, warmup: int = 2, batch: int = 32, **overrides) -> dict:
     from train.stages import STAGES as STAGE_CLASSES, CoarseSNStage
-    from train.train import CONFIG, autocast_for, build_model, set_train_mode, split_tables
+    from train.train import CONFIG, autocast_for, build_model, resolve_amp, set_train_mode, split_tables
     from train.schedule import EMA
 
     cfg = dict(CONFIG, stage=stage_name, data_dir=str(data_dir), out_dir="", batch_size=batch, **overrides)
@@ -44,7 +44,7 @@ def step_throughput(stage_name: str, data_dir, steps: int = 20, warmup: int = 2,
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"],
                                   weight_decay=cfg["weight_decay"])
     ema = EMA(model, cfg["ema"]) if cfg["ema"] > 0 else None
-    autocast, _ = autocast_for(cfg, torch.device("cpu"))
+    autocast, _ = autocast_for(cfg, torch.device("cpu"), stage)
     generator = torch.Generator().manual_seed(0)
     set_train_mode(model, cfg["freeze_blocks"])
 
@@ -68,7 +68,7 @@ def step_throughput(stage_name: str, data_dir, steps: int = 20, warmup: int = 2,
     timed = [step(i) for i in range(steps)]
     total, data = np.array([t for t, _ in timed]), np.array([d for _, d in timed])
     return {"stage": stage_name, "input_size": f"{stage.size[0]}x{stage.size[1]}", "batch": batch, "timed_steps": steps,
-            "freeze_blocks": cfg["freeze_blocks"], "amp": cfg["amp"], "ema": cfg["ema"],
+            "freeze_blocks": cfg["freeze_blocks"], "amp": resolve_amp(cfg, torch.device("cpu"), stage), "ema": cfg["ema"],
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "step_mean_s": float(total.mean()), "step_median_s": float(np.median(total)),
             "data_ms": float(np.median(data) * 1000), "images_per_s": batch / float(np.median(total)),
@@ -107,7 +107,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--freeze-blocks", type=int, default=0)
-    parser.add_argument("--amp", default="none", choices=("none", "bf16"))
+    parser.add_argument("--amp", default="auto", choices=("auto", "none", "bf16"),
+                        help="auto: train.train's default (bf16 for the segmenters on a CPU with AMX)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--image-size", default="", help="HxW for every stage (default: each stage's own)")
     args = parser.parse_args(argv)
@@ -115,11 +116,12 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     out = training_epochs(args.data_dir, steps=args.steps, stages=args.stages.split(","), batch=args.batch,
                           freeze_blocks=args.freeze_blocks, amp=args.amp, image_size=args.image_size)
-    print(f"{'stage':<12} {'input':>8} {'img/s':>7} {'step s':>7} {'data ms':>8}  (freeze {args.freeze_blocks}, amp "
-          f"{args.amp}, batch {args.batch}, torch threads {torch.get_num_threads()})")
+    print(f"{'stage':<12} {'input':>8} {'amp':>5} {'img/s':>7} {'step s':>7} {'data ms':>8}  (freeze {args.freeze_blocks}, "
+          f"--amp {args.amp}, batch {args.batch}, torch threads {torch.get_num_threads()})")
     for stage in args.stages.split(","):
         s = out[stage]
-        print(f"{stage:<12} {s['input_size']:>8} {s['images_per_s']:>7.1f} {s['step_median_s']:>7.3f} {s['data_ms']:>8.1f}")
+        print(f"{stage:<12} {s['input_size']:>8} {s['amp']:>5} {s['images_per_s']:>7.1f} {s['step_median_s']:>7.3f} "
+              f"{s['data_ms']:>8.1f}")
     print(json.dumps(out))
     return out
 

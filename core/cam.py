@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import threading
 import weakref
-from functools import partial
 from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import torch
-import tqdm as _tqdm
 import pytorch_grad_cam.score_cam as _score_cam
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
@@ -90,8 +88,20 @@ def distinct_class_cams(linear_head: bool = True) -> list[str]:
 #: Masked inputs per forward pass in Score-CAM (one pass per channel of the target layer; small = low memory).
 SCORE_CAM_BATCH_SIZE = 8
 
-# Score-CAM draws a tqdm progress bar per call on the server's stderr; silence it (affects only that module).
-_score_cam.tqdm = SimpleNamespace(tqdm=partial(_tqdm.tqdm, disable=True))
+_progress = threading.local()  # this thread's Score-CAM progress callback (compute_cam's `progress`)
+
+
+def _channel_batches(batches, **_):
+    """Score-CAM's loop over batches of masked inputs, in place of its tqdm bar on the server's stderr: reports the
+    share done to the calling thread's `progress` callback instead."""
+    report = getattr(_progress, "callback", None)
+    for done, batch in enumerate(batches):
+        if report is not None:
+            report(done / len(batches))
+        yield batch
+
+
+_score_cam.tqdm = SimpleNamespace(tqdm=_channel_batches)  # affects only pytorch-grad-cam's score_cam module
 
 _registry_guard = threading.Lock()
 _model_locks: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -121,13 +131,15 @@ def compute_cam(
     class_index: int,
     method: str = "Grad-CAM",
     output_size: tuple[int, int] | None = None,
+    progress=None,
 ) -> np.ndarray:
     """Class activation map of ``class_index`` for one image.
 
     ``input_tensor`` is 1 x C x H x W (any C: the mask-guided classifier takes RGB + mask, C = 4), already
     normalised the way ``model`` expects.  ``target_layers`` are modules of ``model`` (usually the last conv
     block).  Returns an H x W float32 array in [0, 1] at the input resolution, or at ``output_size`` = (H, W)
-    when given (cv2 INTER_LINEAR).  Works whether or not the caller is inside ``torch.no_grad`` /
+    when given (cv2 INTER_LINEAR).  ``progress(share)`` is called with the share done while Score-CAM (one
+    forward pass per batch of feature channels, seconds to minutes) runs.  Works whether or not the caller is inside ``torch.no_grad`` /
     ``inference_mode`` and whether or not the model's parameters require gradients.  The model is put in
     eval mode (as pytorch-grad-cam does) and its parameter gradients are cleared afterwards.
     """
@@ -149,12 +161,14 @@ def compute_cam(
         device = next(model.parameters()).device
         x = input_tensor.detach().clone().to(device).requires_grad_(True)
         result = None
+        _progress.callback = progress
         try:
             with cam_cls(model=model, target_layers=list(target_layers)) as cam:
                 if cam_cls is ScoreCAM:
                     cam.batch_size = SCORE_CAM_BATCH_SIZE
                 result = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])
         finally:
+            _progress.callback = None
             model.zero_grad(set_to_none=True)
     if result is None:
         # pytorch-grad-cam's __exit__ swallows IndexError (e.g. a bad class index) - don't return garbage.

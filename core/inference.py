@@ -18,6 +18,7 @@ the screens say comes from rules in the model card, fitted on validation data by
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from core.dermoscopy_check import DermoscopyCheck
 from core.image_quality import CHECK_KINDS, QualityChecks
 from core.ood import REFUSED_LEVELS, OODAssessment, OODDetector, chroma, imagenet_backbone
 from core.patient_context import PatientContext
+from core.precision import name_of as precision_name, resolve as resolve_precision
 from core.preprocess import Box, Preprocessing, mask_to_image, network_box, network_image
 from core.referral import BELOW_TEXT, REFER_TEXT, ReferralRule
 from core.retrieval import CaseIndex
@@ -112,6 +114,7 @@ class Analyzer:
         self.cases = cases
         self.device = device
         self.version = str(card.get("version", "unversioned"))
+        self.precision = precision_name(getattr(self.mask_cn, "compute_dtype", torch.float32))  # core.precision
         self.preprocessing = Preprocessing.from_card(card.get("preprocessing"), "segmenter")
         self.classifier_preprocessing = Preprocessing.from_card(card.get("preprocessing"), "classifier")
         sizes = card.get("input_size", {})
@@ -133,10 +136,13 @@ class Analyzer:
 
     # ------------------------------------------------------------ loading
     @classmethod
-    def load(cls, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, device: str | None = None) -> "Analyzer":
+    def load(cls, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, device: str | None = None,
+             precision: str | None = None) -> "Analyzer":
+        """precision: core.precision.CHOICES; default LESIONLENS_PRECISION or "auto" (bf16 on a CPU with AMX)."""
         weights_dir = Path(weights_dir)
         card = read_model_card(weights_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = resolve_precision(precision or os.environ.get("LESIONLENS_PRECISION", "auto"), device)
         backbone = card.get("backbone", "efficientnet_lite0")
         networks = {}
         for arch, file_name in NETWORK_FILES.items():
@@ -148,7 +154,7 @@ class Analyzer:
                 raise WeightsIntegrityError(f"{weights_dir / file_name}: does not fit the {arch} architecture ({exc})") from exc
             # Inference only: BN folded into the convs, and no parameter needs a gradient (a CAM's backward pass
             # then computes only the activation gradients it uses, not a weight gradient for every layer).
-            model = fold_batchnorm(model.eval()).requires_grad_(False)
+            model = fold_batchnorm(model.eval()).requires_grad_(False).cast_for_inference(dtype)
             networks[arch] = model.to(device).to(memory_format=torch.channels_last)
         ood = None
         if OOD_FILE in card.get("files", {}):
@@ -245,7 +251,7 @@ class Analyzer:
         return float(probability_scores(probs[None], view_probs)[name][0])
 
     def _cam(self, x4: torch.Tensor, class_maps: torch.Tensor | None, class_index: int, method: str,
-             size: tuple[int, int], box: Box) -> np.ndarray:
+             size: tuple[int, int], box: Box, progress=None) -> np.ndarray:
         """The CAM over the network's input (the field-of-view crop), placed onto the whole image (0 outside)."""
         from core.cam import LINEAR_HEAD_CAMS, cam_from_class_maps, compute_cam  # grad-cam only when a CAM is asked for
 
@@ -255,7 +261,7 @@ class Analyzer:
         else:
             with torch.enable_grad():
                 heat = compute_cam(self.mask_cn, x4.clone(), [self.mask_cn.target_layer], class_index, method,
-                                   output_size=crop)
+                                   output_size=crop, progress=progress)
         return heat if crop == tuple(size) else mask_to_image(heat, box, size)
 
     def network_images(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, Box]:
@@ -265,8 +271,9 @@ class Analyzer:
         return (network_image(rgb, self.segmenter_size, self.preprocessing, box),
                 network_image(rgb, self.classifier_size, self.classifier_preprocessing, box), box)
 
-    def cam_for(self, rgb: np.ndarray, class_code: str, method: str = "Grad-CAM") -> np.ndarray:
-        """A CAM for any class and method without re-running the whole analysis."""
+    def cam_for(self, rgb: np.ndarray, class_code: str, method: str = "Grad-CAM", progress=None) -> np.ndarray:
+        """A CAM for any class and method without re-running the whole analysis; `progress(share done)` is called
+        while a slow method (Score-CAM) runs."""
         from core.cam import LINEAR_HEAD_CAMS
 
         rgb = _check_rgb(rgb)
@@ -285,7 +292,7 @@ class Analyzer:
                 x4, class_maps = out["x4"], out["class_maps"]
                 self._last = (key, x4, class_maps)
             return self._cam(x4, class_maps if method in LINEAR_HEAD_CAMS else None, class_index, method,
-                             rgb.shape[:2], box)
+                             rgb.shape[:2], box, progress)
 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -144,7 +144,7 @@ def test_targets_follow_the_measurements(quick_results):
     t = results["targets"]
     assert set(t) == {"analysis_cam_p50_ms", "reference_ratio", "classifier_images_per_s", "cold_start_s", "train_epoch_s"}
     assert t["analysis_cam_p50_ms"]["value"] == results["latency"]["full_cam"]["p50_ms"]
-    assert t["analysis_cam_p50_ms"]["met"] == (results["latency"]["full_cam"]["p50_ms"] <= 150)
+    assert t["analysis_cam_p50_ms"]["met"] == (results["latency"]["full_cam"]["p50_ms"] <= 60)
     assert t["classifier_images_per_s"]["value"] == results["throughput"]["mask_cn"]["images_per_s"]
     assert t["cold_start_s"]["value"] is None and t["cold_start_s"]["met"] is None  # skipped
     # the verdict is computed, not stored: a fabricated slow analysis misses the target

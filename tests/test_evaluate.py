@@ -98,7 +98,7 @@ def test_enhanced_sn_gets_the_map_its_training_computed(tiny_card, ham_split):
     from train.stages import load_upstream
 
     weights, _ = tiny_card
-    analyzer = Analyzer.load(weights)
+    analyzer = Analyzer.load(weights, precision="fp32")  # the hand-off itself; bf16's agreement: test_precision.py
     analyzer.seg_views = (0,)
     captured = []
     hook = analyzer.enhanced_sn.register_forward_pre_hook(lambda module, args: captured.append(args[1].clone()))

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from core.datasets import SOURCES, load_manifest
+from core.precision import cpu_has_amx
 from core.splits import apply_split_file, assign_splits
 from core.weights_io import save_weights
 from train.checkpoint import load_state, restore_rng, rng_state, save_state
@@ -79,7 +80,7 @@ CONFIG = dict(
     # runtime
     seed=42,
     device="auto",               # auto | cpu | cuda
-    amp="auto",                  # auto (bf16 on CUDA, off on CPU) | none | bf16 | fp16 (CUDA)
+    amp="auto",                  # auto (bf16 on CUDA; on a CPU with AMX for the stages where it pays) | none | bf16 | fp16
     threads=0,                   # torch threads (0 = torch's default)
     max_minutes=0.0,             # save and stop cleanly after this many minutes (resume with --resume true)
     max_train_batches=0,         # >0: cut each epoch short (tests, smoke runs)
@@ -134,10 +135,20 @@ def setup_runtime(cfg: dict) -> Runtime:
     return Runtime(device=device)
 
 
-def autocast_for(cfg: dict, device: torch.device):
+def resolve_amp(cfg: dict, device: torch.device, stage=None) -> str:
+    """The autocast a run uses. `auto`: bf16 on CUDA; on a CPU with AMX (core.precision.cpu_has_amx) bf16 for the
+    stages whose class says it pays there (segmenters: dense U-Net convolutions; not the depthwise-bound
+    classifiers: `python -m bench.training --amp auto` vs `--amp none`), else none."""
     amp = cfg["amp"]
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "none"
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if getattr(stage, "cpu_bf16_pays", False) and cpu_has_amx() else "none"
+
+
+def autocast_for(cfg: dict, device: torch.device, stage=None):
+    amp = resolve_amp(cfg, device, stage)
     if amp == "none":
         return nullcontext(), None
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
@@ -219,7 +230,7 @@ def main(argv=None) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"],
                                   weight_decay=cfg["weight_decay"])
     ema = EMA(model, cfg["ema"]) if cfg["ema"] > 0 else None
-    autocast, scaler = autocast_for(cfg, rt.device)
+    autocast, scaler = autocast_for(cfg, rt.device, stage)
     repeats = train.repeats if train.repeats is not None else np.ones(len(train), int)
     batch = cfg["batch_size"]
     n_batches = int(repeats.sum()) // (batch * rt.world)

@@ -54,8 +54,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs-cls", type=int, default=25)
     parser.add_argument("--epochs-enhanced", type=int, default=3)
     parser.add_argument("--lr-enhanced", type=float, default=3e-4)
-    parser.add_argument("--seg-amp", default="auto", help="autocast of the segmenters (bf16 is ~1.6x faster on "
-                                                          "CPUs with AVX512-BF16; auto = bf16 on CUDA only)")
+    parser.add_argument("--seg-amp", default="auto", help="autocast of the segmenters (auto = train.train's "
+                                                          "default: bf16 on CUDA and on a CPU with AMX)")
     parser.add_argument("--cls-freeze", type=int, default=0, help="frozen early stages of the classifiers")
     parser.add_argument("--mask-cn-validation-coarse-sn", default="",
                         help="coarse-SN weights for mask-CN's validation masks (default: RUNS/coarse_sn)")

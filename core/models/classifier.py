@@ -13,6 +13,13 @@ from core.classes import NUM_CLASSES
 from core.models.pretrained import PretrainedUnavailable, load_imagenet
 
 
+class _Float32(nn.Module):
+    """Hands a reduced-precision backbone's features on as float32 (head, CAMs and CAM activations stay fp32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float()
+
+
 class LesionClassifier(nn.Module):
     def __init__(self, backbone: str = "efficientnet_lite0", in_chans: int = 3, pretrained: str | None = "package",
                  num_classes: int = NUM_CLASSES, drop_rate: float = 0.2):
@@ -23,6 +30,18 @@ class LesionClassifier(nn.Module):
                                      num_classes=num_classes, drop_rate=drop_rate)
         if pretrained == "package":
             load_imagenet(self.net, backbone, skip_suffixes=("classifier.weight", "classifier.bias"))
+        self.compute_dtype = torch.float32
+
+    def cast_for_inference(self, dtype: torch.dtype) -> "LesionClassifier":
+        """Run the backbone in `dtype` (core.precision: bf16 on a CPU with AMX). Inputs are cast on the way in; the
+        last feature layer (the CAM target layer) hands float32 on, so the logits, the CAMs and every CAM method's
+        activations and gradients are float32. For inference only (after fold_batchnorm)."""
+        if dtype != self.compute_dtype:
+            self.net.to(dtype)
+            self.net.get_classifier().float()
+            self.net.bn2 = nn.Sequential(self.net.bn2, _Float32())
+            self.compute_dtype = dtype
+        return self
 
     @property
     def target_layer(self) -> nn.Module:
@@ -30,10 +49,10 @@ class LesionClassifier(nn.Module):
         return self.net.bn2 if hasattr(self.net, "bn2") else list(self.net.children())[-3]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x.to(self.compute_dtype))
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.net.forward_features(x)
+        features = self.net.forward_features(x.to(self.compute_dtype))
         return self.net.forward_head(features), features
 
     def class_activation_maps(self, features: torch.Tensor) -> torch.Tensor:

@@ -27,9 +27,17 @@ class CoarseSN(nn.Module):
     def __init__(self, backbone: str = "efficientnet_lite0", pretrained: str | None = "package"):
         super().__init__()
         self.unet = _unet(backbone, pretrained)
+        self.compute_dtype = torch.float32
+
+    def cast_for_inference(self, dtype: torch.dtype) -> "CoarseSN":
+        """Compute in `dtype` (core.precision: bf16 on a CPU with AMX); inputs are cast on the way in, the lesion
+        logits come out as float32. For inference only."""
+        self.compute_dtype = dtype
+        return self.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.unet.segmentation_head(self.unet.decoder(self.unet.encoder(x)))
+        x = x.to(self.compute_dtype)
+        return self.unet.segmentation_head(self.unet.decoder(self.unet.encoder(x))).float()
 
 
 class ELayer(nn.Module):
@@ -53,6 +61,7 @@ class EnhancedSN(CoarseSN):
         self.e_layers = nn.ModuleList(ELayer(c) for c in self.unet.encoder.out_channels[1:])
 
     def forward(self, x: torch.Tensor, localisation: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x, localisation = x.to(self.compute_dtype), localisation.to(self.compute_dtype)
         features = self.unet.encoder(x)
         fused = [features[0]] + [layer(f, localisation) for layer, f in zip(self.e_layers, features[1:])]
-        return self.unet.segmentation_head(self.unet.decoder(fused))
+        return self.unet.segmentation_head(self.unet.decoder(fused)).float()

@@ -1,0 +1,64 @@
+"""bf16 inference and training defaults (core.precision): `auto` picks bf16 only on a CPU with AMX, and a bf16 Analyzer
+agrees with the fp32 one on real validation images within bench.precision.TOLERANCE (probabilities, top class,
+referral, masks), CAM methods included."""
+import numpy as np
+import pytest
+import torch
+
+from bench.precision import TOLERANCE, compare, validation_rows, violations
+from core import precision
+from core.inference import Analyzer
+from train.stages import STAGES
+from train.train import CONFIG, resolve_amp
+
+
+def test_auto_is_bf16_only_on_a_cpu_with_amx(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
+    assert precision.resolve("auto") == torch.bfloat16 and precision.resolve("auto", "cuda") == torch.float32
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+    assert precision.resolve("auto") == torch.float32
+    assert precision.resolve("bf16") == torch.bfloat16 and precision.resolve("fp32") == torch.float32
+    with pytest.raises(ValueError, match="auto, fp32, bf16"):
+        precision.resolve("fp16")
+
+
+def test_training_autocast_default_is_bf16_for_the_segmenters_on_amx(monkeypatch):
+    import train.train as train_module
+
+    cpu = torch.device("cpu")
+    cfg = dict(CONFIG)
+    monkeypatch.setattr(train_module, "cpu_has_amx", lambda: True)
+    assert {name: resolve_amp(cfg, cpu, cls) for name, cls in STAGES.items()} == {
+        "coarse_sn": "bf16", "enhanced_sn": "bf16", "mask_cn": "none", "classifier": "none"}
+    assert resolve_amp(dict(cfg, amp="none"), cpu, STAGES["coarse_sn"]) == "none"
+    assert resolve_amp(cfg, torch.device("cuda"), STAGES["mask_cn"]) == "bf16"
+    monkeypatch.setattr(train_module, "cpu_has_amx", lambda: False)
+    assert resolve_amp(cfg, cpu, STAGES["coarse_sn"]) == "none"
+
+
+@pytest.fixture(scope="module")
+def analyzers(repo_root):
+    return {p: Analyzer.load(repo_root / "weights", device="cpu", precision=p) for p in ("fp32", "bf16")}
+
+
+def test_bf16_agrees_with_fp32_on_validation_images(analyzers, data_dir):
+    assert analyzers["bf16"].precision == "bf16" and analyzers["fp32"].precision == "fp32"
+    assert analyzers["bf16"].mask_cn.net.conv_stem.weight.dtype == torch.bfloat16
+    assert analyzers["bf16"].coarse_sn.unet.encoder.model.conv_stem.weight.dtype == torch.bfloat16
+    agreement = compare(analyzers, validation_rows(16))
+    assert violations(agreement) == [], (violations(agreement), agreement, TOLERANCE)
+    assert agreement["max_probability_difference"]["max"] > 0  # really two precisions
+
+
+def test_every_cam_method_runs_on_a_bf16_analyzer(analyzers, data_dir):
+    from core.cam import distinct_class_cams
+    from core.intake import load_image_file
+
+    rgb = load_image_file(validation_rows(1)["image_path"].iloc[0])
+    for method in distinct_class_cams(linear_head=True):
+        if method == "Score-CAM":
+            continue  # one forward per channel (1,280): minutes on 2 cores; same code path as Grad-CAM++ here
+        maps = {p: a.cam_for(rgb, "mel", method) for p, a in analyzers.items()}
+        for heat in maps.values():
+            assert heat.shape == rgb.shape[:2] and heat.dtype == np.float32 and 0 <= heat.min() <= heat.max() <= 1
+        assert np.corrcoef(maps["fp32"].ravel(), maps["bf16"].ravel())[0, 1] > 0.9, method
