@@ -15,8 +15,8 @@ from ui.audit_log import record_analysis, record_report_download
 from ui.data_folder import SOURCE_LABELS, available_sources, current_data_dir
 from ui.datasets import manifest, read_image_path, test_split
 from ui.figures import probability_figure
-from ui.formatting import (DISCLAIMER, GREYED_CSS, cam_caption, class_label, class_name, context_use_text,
-                           measurement_table, prediction_set_text)
+from ui.formatting import (DISCLAIMER, GREYED_CSS, cam_caption, cam_scale_note, class_label, class_name,
+                           context_use_text, measurement_table, prediction_set_text)
 from ui.images import cam_overlay, digest, mask_overlay, png_bytes
 from ui.model_files import model_card
 from ui.referral import referral_of, verdict_of
@@ -157,8 +157,10 @@ def header_ui(r, name: str, example: dict | None) -> None:
             st.caption("The probabilities include the patient context entered above (age, sex, site).")
         if example is not None:
             agrees = ":green[prediction agrees]" if example["dx"] == top_code else ":red[prediction differs]"
-            st.markdown(f"True label ({SOURCE_LABELS.get(example['source'], example['source'])}, held-out test "
-                        f"image): **{class_label(example['dx'])}** — {agrees}")
+            seen = {"test": "held-out test image", "val": "validation image, not trained on",
+                    "train": "training image: the model has seen it"}.get(example.get("split", "test"), "dataset image")
+            st.markdown(f"True label ({SOURCE_LABELS.get(example['source'], example['source'])}, {seen}): "
+                        f"**{class_label(example['dx'])}** — {agrees}")
 
 
 def quality_ui(parent, r) -> None:
@@ -188,9 +190,9 @@ def segmentation_ui(rgb, r, controls, view):
     return which, mask
 
 
-def _cam(rgb, code: str, method: str):
+def _cam(rgb, code: str, method: str, progress=None):
     with pool().borrow() as analyzer:
-        return analyzer.cam_for(rgb, code, method)
+        return analyzer.cam_for(rgb, code, method, progress)
 
 
 def cam_ui(rgb, r, mask, key: str, controls, view):
@@ -210,12 +212,21 @@ def cam_ui(rgb, r, mask, key: str, controls, view):
     caption = cam_caption(method, code, masked)
     try:
         with view, st.spinner(f"Computing {method}…"):
-            cam = remember("cam_cache", (key, code, method), lambda: _cam(rgb, code, method))
+            bar = view.progress(0.0, text=f"{method}: one forward pass per batch of feature channels…") \
+                if method == "Score-CAM" else None
+            cam = remember("cam_cache", (key, code, method), lambda: _cam(
+                rgb, code, method, None if bar is None else lambda share: bar.progress(share, text=(
+                    f"{method}: {share:.0%} of the feature channels"))))
+            if bar is not None:
+                bar.empty()
     except Exception as exc:
         view.error(f"{method} failed: {exc}")
         return None, caption
     image = cam_overlay(rgb, cam, mask if masked else None)
     view.image(image, width="stretch", caption=f"{caption} (red = most influential)")
+    note = cam_scale_note(code, r.probs[code])
+    if note:
+        view.caption(note)
     return image, caption
 
 

@@ -20,7 +20,7 @@ from ui.data_folder import available_sources, current_data_dir
 from ui.datasets import test_split
 from ui.formatting import DISCLAIMER, OOD_WORDS, class_label_marked, context_use_text
 from ui.model_files import model_card
-from ui.referral import rule, session_threshold
+from ui.referral import rule, session_threshold, threshold_text
 
 MAX_FILES = 200
 PROB_COLUMNS = [f"p_{c}" for c in CLASS_CODES]
@@ -42,15 +42,16 @@ def summary_ui(table: pd.DataFrame, threshold: float | None) -> None:
     c1.metric("Images", len(table))
     c2.metric("Analysed", int(ok.sum()))
     c3.metric("Rejected / failed", int((~ok).sum()))
-    c4.metric("Not dermoscopy (no diagnosis)", int(table["ood_level"].isin(REFUSED_LEVELS).sum()),
+    c4.metric("Not dermoscopy", int(table["ood_level"].isin(REFUSED_LEVELS).sum()),
               help="Clinical (camera) photos and images that are not skin: no diagnosis.")
     c5.metric("Refer (triage)", int((table["triage"] == "refer").sum()),
               help="Images whose verdict is Refer: a malignant class reaches its referral threshold. "
                    f"Melanoma alone: {int((table['refer'] == 'yes').sum())}; expert review advised: "
                    f"{int((table['triage'] == 'review').sum())}.")
     card_threshold = rule().threshold
-    used = (f"your session's threshold {threshold:.3f}; the model card's is {card_threshold:.3f}"
-            if threshold is not None else f"the model card's threshold {card_threshold:.3f}")
+    used = (f"your session's threshold {threshold_text(threshold)}; the model card's is "
+            f"{threshold_text(card_threshold)}" if threshold is not None
+            else f"the model card's threshold {threshold_text(card_threshold)}")
     st.caption(f"Referral: melanoma score at or above {used}. Change it on Model performance → Melanoma referral.")
     if threshold != session_threshold():
         st.warning("The session's referral threshold changed after this batch was analysed: analyse it again to apply "
@@ -121,7 +122,7 @@ def csv_bytes(table: pd.DataFrame, threshold: float | None) -> bytes:
     dataset examples."""
     from core.predict import COLUMNS
 
-    out = table[COLUMNS].assign(referral_threshold=f"{rule().threshold if threshold is None else threshold:.5f}")
+    out = table[COLUMNS].assign(referral_threshold=threshold_text(rule().threshold if threshold is None else threshold))
     if table["true_dx"].notna().any():
         out["true_dx"] = table["true_dx"]
     return out.to_csv(index=False).encode("utf-8")

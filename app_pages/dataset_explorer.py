@@ -123,7 +123,18 @@ def gallery_filters_ui(table: pd.DataFrame) -> pd.DataFrame:
     return table[keep]
 
 
-def gallery_ui(table: pd.DataFrame) -> int:
+def send_to_analyze(row, data_dir) -> None:
+    """Put a gallery image into the Analyze page's dataset-example input (its session state) and open that page."""
+    sources = tuple(available_sources(data_dir))
+    splits = split_manifest(str(data_dir), sources).set_index(["source", "image_id"])["split"]
+    st.session_state.update({
+        "input_mode": "Dataset example", "example_source": row.source, "example_class": row.dx,
+        "example": {"path": row.image_path, "image_id": row.image_id, "dx": row.dx, "source": row.source,
+                    "split": splits.get((row.source, row.image_id), "")}})
+    st.switch_page("app_pages/analyze.py")
+
+
+def gallery_ui(table: pd.DataFrame, data_dir) -> int:
     """A grid of filtered images; returns how many it showed."""
     st.subheader("Gallery")
     subset = gallery_filters_ui(table)
@@ -151,6 +162,9 @@ def gallery_ui(table: pd.DataFrame) -> int:
         details = [row.sex, "" if pd.isna(row.age) else f"{int(row.age)} y", row.localization]
         meta = " · ".join(d for d in details if d) or SOURCE_LABELS.get(row.source, row.source)
         col.image(rgb, width="stretch", caption=f"{class_name(row.dx)} — {row.image_id} · {meta}")
+        if col.button("Analyze", key=f"g_analyze_{row.source}_{row.image_id}", icon=":material/biotech:",
+                      help="Open this image on the Analyze page"):
+            send_to_analyze(row, data_dir)
     return len(picked)
 
 
@@ -180,7 +194,7 @@ def explorer_page() -> None:
         table = table[table["source"] == source]
     overview_ui(table)
     split_box = charts_ui(table)
-    gallery_ui(table)
+    gallery_ui(table, data_dir)
     split_chart_ui(split_box, data_dir, tuple(sources), source)  # last: the split takes a few seconds
 
 

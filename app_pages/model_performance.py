@@ -14,8 +14,8 @@ from ui.data_folder import available_sources, current_data_dir
 from ui.datasets import dataset_cam, manifest, read_image_path
 from ui.figures import (pr_figure, referral_roc_figure, reliability_figure, risk_coverage_figure, roc_figure,
                         segmentation_histograms, training_curves_figure)
-from ui.formatting import (MODEL_LABELS, OOD_RESULT_LABELS, SEG_VARIANT_LABELS, cam_caption, ci_text,
-                           class_name, context_use_text, decimals, paired_difference_label, pct)
+from ui.formatting import (MODEL_LABELS, OOD_RESULT_LABELS, SEG_VARIANT_LABELS, WRAPPED_TABS_CSS, cam_caption,
+                           ci_text, class_name, context_use_text, decimals, paired_difference_label, pct)
 from ui.images import cam_overlay
 from ui.metric_views import cell_gallery, ci_metric, confusion_ui, per_class_ui
 from ui.model_files import (TEST_SET_SOURCES, TEST_SETS, classification_of, model_card, predictions_of,
@@ -45,8 +45,8 @@ def selection_ui(card: dict) -> tuple[str, str] | None:
     test_set = left.segmented_control("Test set", sets, default=sets[0], format_func=TEST_SETS.get,
                                       key="perf_test_set", required=True)
     models = [k for k in MODEL_LABELS if k in test_set_metrics(card, test_set)["classification"]]
-    model = right.segmented_control("Classifier", models, default=models[0], format_func=MODEL_LABELS.get,
-                                    key="perf_model", required=True)
+    # a dropdown: five long names never fit one row of buttons at laptop widths
+    model = right.selectbox("Classifier", models, format_func=MODEL_LABELS.get, key="perf_model")
     return test_set, model if model in models else models[0]
 
 
@@ -280,7 +280,7 @@ def models_ui(card: dict, test_set: str) -> None:
     context = card.get("patient_context") or {}
     if context.get("validation_criterion"):
         criterion = context["validation_criterion"]
-        st.markdown("**Patient context** (age, sex, anatomical site): " + context_use_text(card))
+        st.markdown("**Patient context** (age, sex, anatomical site): " + context_use_text(card, where=""))
         loss, ece = context.get("validation_log_loss") or {}, context.get("validation_ece") or {}
         st.dataframe(pd.DataFrame([{"Inputs": "image only", "Validation criterion": decimals(criterion.get("image_only")),
                                     "Validation log-loss": decimals(loss.get("image_only")),
@@ -323,6 +323,7 @@ def performance_page() -> None:
     st.caption(f"Model {card.get('version', '?')} · {card.get('data', {}).get('test', TEST_SETS[test_set])}")
     headline_ui(card, test_set, model)
     m = classification_of(card, test_set, model)
+    st.markdown(WRAPPED_TABS_CSS, unsafe_allow_html=True)  # twelve tabs: a second row instead of a scrolled bar
     tabs = st.tabs(["Per class", "Confusion matrix", "ROC & PR", "Melanoma referral", "Uncertainty", "Calibration",
                     "Out of distribution", "Similar cases", "Segmentation", "Models & ablation", "Training",
                     "Out of source"])

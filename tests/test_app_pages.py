@@ -220,6 +220,20 @@ def test_dataset_explorer_counts(app):
     assert metrics(at)["Images"] == "2,150"
 
 
+def test_dataset_explorer_sends_a_gallery_image_to_analyze(app, ham_split):
+    at = page(app, "app_pages/dataset_explorer.py")
+    buttons = [b for b in at.button if str(b.key).startswith("g_analyze_")]
+    assert len(buttons) == len(at.image) >= 12  # one per gallery image
+    buttons[0].click().run()
+    assert not at.exception, at.exception
+    example = at.session_state["example"]
+    row = ham_split.set_index("image_id").loc[example["image_id"]]
+    assert (example["dx"], example["split"], at.session_state["input_mode"]) == (row["dx"], row["split"], "Dataset example")
+    seen = {"test": "held-out test image", "val": "validation image", "train": "training image"}[row["split"]]
+    check_analysis(at, true_code=row["dx"])
+    assert seen in texts(at)
+
+
 def test_dataset_explorer_isic_charts_and_metadata_note(app, isic_manifest, data_dir):
     """ISIC 2017: the class chart has a bar for each of its classes with the real counts (no empty category), the
     split chart only train/val/test, and the page says its labels give no age, sex or site (labels.csv has none)."""
@@ -391,7 +405,7 @@ def test_model_performance_without_predictions_of_the_selected_model(tmp_path, m
     weights, card = _card_with(weights_card, tmp_path, "mask_cn_single_view")
     shutil.copy(WEIGHTS / "test_predictions.csv", weights / "test_predictions.csv")
     at = _app_on(weights, monkeypatch, data_dir)
-    at.segmented_control(key="perf_model").set_value("mask_cn_single_view").run()
+    at.selectbox(key="perf_model").set_value("mask_cn_single_view").run()
     assert not at.exception, at.exception
     flipped = card["metrics"]["ham10000_test"]["classification"]["mask_cn_single_view"]["confusion_matrix"]
     at.toggle(key="cm_norm").set_value(False).run()
@@ -415,7 +429,7 @@ def test_model_performance_reads_the_selected_models_predictions(tmp_path, monke
         table[f"classifier_p_{code}"] = probs[:, j]
     weights, _ = _card_with(weights_card, tmp_path, "classifier", table)
     at = _app_on(weights, monkeypatch, data_dir)
-    at.segmented_control(key="perf_model").set_value("classifier").run()
+    at.selectbox(key="perf_model").set_value("classifier").run()
     at.segmented_control(key="perf_test_set").set_value("isic2017_test").run()
     at.selectbox(key="cm_true").set_value("nv").run()
     at.selectbox(key="cm_pred").set_value("bkl").run()

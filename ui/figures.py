@@ -203,7 +203,8 @@ def training_curves_figure(curves: dict) -> go.Figure:
                                          line=dict(color=STAGE_COLOURS.get(stage)), legendgroup=stage,
                                          showlegend=col == 1), row=1, col=col)
     fig.update_xaxes(title="Epoch")
-    fig.update_layout(height=380, legend=BOTTOM_LEGEND)
+    # one legend entry per stage, to the right (below the plots it covered the "Epoch" axis titles)
+    fig.update_layout(height=400, legend=dict(orientation="v", x=1.02, y=1, yanchor="top", title="Stage"))
     return fig
 
 

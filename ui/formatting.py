@@ -104,14 +104,15 @@ def headline_format(key: str):
     return pct if "accuracy" in key else decimals
 
 
-def context_use_text(card: dict | None) -> str:
-    """Whether the shipped model uses patient context, with the card's validation comparison."""
+def context_use_text(card: dict | None, where: str = "; see Model performance") -> str:
+    """Whether the shipped model uses patient context, with the card's validation comparison; `where` points to the
+    details ("" on the Model performance page itself)."""
     context = (card or {}).get("patient_context") or {}
     gain = context.get("gain")
     low, high = (context.get("gain_ci95") or [None, None])[:2]
     measured = ("" if gain is None or low is None else
                 f" (on validation, adding age, sex and site changed the criterion by {gain:+.3f}, 95% CI "
-                f"{low:+.3f} to {high:+.3f}; see Model performance)")
+                f"{low:+.3f} to {high:+.3f}{where})")
     if context.get("shipped"):
         return f"The shipped model uses the patient context together with the image{measured}."
     ece = (context.get("validation_ece") or {}).get("image_and_context")
@@ -137,6 +138,20 @@ def prediction_set_text(codes: list[str], card: dict | None) -> str:
     return f"{coverage:.0%} prediction set: {', '.join(class_name(c) for c in codes)}.{measured}"
 
 
+#: Below this probability a class's CAM gets a note: every map is scaled to its own maximum, so it looks as hot as the
+#: top class's even when the model gives the class almost no weight.
+CAM_NOTE_BELOW = 0.10
+
+
+def cam_scale_note(class_code: str, probability: float) -> str:
+    """What a CAM of an unlikely class means ("" for a class at CAM_NOTE_BELOW or more)."""
+    if probability >= CAM_NOTE_BELOW:
+        return ""
+    return (f"{class_name(class_code)} has a probability of only {pct(probability)}. The map is scaled to its own "
+            f"maximum, so red marks where the model found the most evidence for {class_name(class_code)}, however "
+            "little that is; it does not mean this class is likely.")
+
+
 def cam_caption(method: str, class_code: str, masked: bool) -> str:
     """What made a CAM image: 'Grad-CAM · target Melanoma (mel) · lesion mask applied'."""
     mask = "lesion mask applied (map kept inside it)" if masked else "lesion mask not applied"
@@ -146,3 +161,5 @@ def cam_caption(method: str, class_code: str, masked: bool) -> str:
 # Diagnosis content of an unusual image is shown greyed: the pages put it into containers whose key starts with
 # "unusual" (Streamlit gives a keyed container the CSS class st-key-<key>).
 GREYED_CSS = "<style>[class*='st-key-unusual'] {opacity: 0.45; filter: grayscale(0.8);}</style>"
+# A tab bar wider than the page wraps onto a second row instead of hiding tabs behind a scroll (Model performance).
+WRAPPED_TABS_CSS = "<style>[data-baseweb='tab-list'] {flex-wrap: wrap; row-gap: 0.25rem;}</style>"

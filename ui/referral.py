@@ -42,8 +42,14 @@ class Referral:
     def threshold_note(self) -> str:
         """Whose threshold it is: "your session's threshold 0.300; the model card's is 0.021" or "the model card's"."""
         if self.session:
-            return f"your session's threshold {self.threshold:.3f}; the model card's is {self.card_threshold:.3f}"
+            return (f"your session's threshold {threshold_text(self.threshold)}; the model card's is "
+                    f"{threshold_text(self.card_threshold)}")
         return "the model card's threshold, chosen on validation images"
+
+
+def threshold_text(threshold: float) -> str:
+    """A referral threshold as every surface writes it (screens, PDF, Batch CSV): three decimals."""
+    return f"{threshold:.3f}"
 
 
 def rule() -> ReferralRule:
