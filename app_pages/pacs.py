@@ -15,7 +15,7 @@ from ui.audit_log import record_pacs_store, record_result
 from ui.formatting import DISCLAIMER, class_label
 from ui.images import mask_overlay
 from ui.pacs_results import analyse, retrieve, store_results
-from ui.referral import referral_of
+from ui.referral import referral_of, verdict_of
 from ui.session_cache import remember
 
 MODALITIES = {"DMS": "DMS (dermoscopy)", "XC": "XC (external camera photography)", "": "any modality"}
@@ -136,9 +136,10 @@ def result_ui(item, column) -> None:
     column.image(mask_overlay(item.source.rgb, r.mask), width="stretch", caption=f"{name} · lesion mask")
     top, p = r.top3[0]
     mark = " ▲" if top in MALIGNANT_CODES else ""
+    verdict, referral = verdict_of(r), referral_of(r)
+    alert = {"refer": column.error, "review": column.warning}.get(verdict.level, column.info)
+    alert(f"**{verdict.headline}.** {verdict.because} {referral.numbers}.")
     column.markdown(f"**{class_label(top)}**{mark} · {p:.1%} · uncertainty {r.uncertainty_level}")
-    referral = referral_of(r)
-    (column.error if referral.refer else column.info)(f"{referral.text} {referral.numbers}.")
     if r.ood_level == "unusual":
         column.warning(f"Unusual image. {r.ood_reason}")
 

@@ -16,7 +16,9 @@ SCORES = {
 }
 REFER_TEXT = "Melanoma score above the referral threshold: consider dermoscopic follow-up or excision."
 BELOW_TEXT = "Melanoma score below the referral threshold."
-VALIDATION_SOURCES = {"ham10000": "HAM10000 val", "isic2017": "the held-out part of ISIC 2017 train"}
+VALIDATION_SOURCES = {"ham10000": "HAM10000 val", "isic2017": "ISIC 2017 (validation part of its train set)",
+                      "vidir_molemax": "HAM10000 vidir_molemax val", "vidir_modern": "HAM10000 vidir_modern val",
+                      "rosendahl": "HAM10000 rosendahl val", "vienna_dias": "HAM10000 vienna_dias val"}
 
 
 def melanoma_score(probs, kind: str) -> np.ndarray:
@@ -59,8 +61,11 @@ class ReferralRule:
 def validation_sources_text(entry: dict) -> str:
     """' in each validation source (HAM10000 val: 166 melanomas, ...)' when the card's referral entry was fitted per
     validation source (train.fit_rules.fit_referral); '' for a card without that fit."""
-    counts = (entry.get("fit") or {}).get("validation_melanomas_per_source")
+    fit = entry.get("fit") or {}
+    counts = fit.get("validation_melanomas_per_source")
     if not counts:
         return ""
-    return " in each validation source (" + ", ".join(f"{VALIDATION_SOURCES.get(s, s)}: {n} melanomas"
-                                                       for s, n in counts.items()) + ")"
+    binding = fit.get("min_melanomas_to_bind")
+    which = f"each validation source with at least {binding} melanomas" if binding else "each validation source"
+    return f" in {which} (" + ", ".join(f"{VALIDATION_SOURCES.get(s, s)}: {n} melanomas"
+                                        for s, n in counts.items()) + ")"

@@ -44,8 +44,11 @@ class UncertaintyLevels:
         """The level with its measured error rate: out of source where the card has it, else on validation."""
         if level in self.out_of_source:
             rate, (low, high) = self.out_of_source[level]
+            spread = (f"{low:.0%} on each held-out source" if f"{low:.0%}" == f"{high:.0%}" else
+                      f"{low:.0%}-{high:.0%} across the held-out sources")
+            spread += " with enough images at this level"
             return (f"Uncertainty {level}. On images from clinics the model was not trained on, the top prediction at "
-                    f"this level was wrong {rate:.0%} of the time ({low:.0%}-{high:.0%} across the held-out sources).")
+                    f"this level was wrong {rate:.0%} of the time ({spread}).")
         rate = self.error_rates.get(level)
         measured = "" if rate is None else (f" On validation images, the top prediction at this level was wrong "
                                             f"{rate:.0%} of the time.")

@@ -90,7 +90,12 @@ def test_home_shows_model_summary(app, weights_card):
     assert weights_card["version"] in text
     shown = [(m.label, m.value, m.proto.delta) for m in app.metric]
     headline = {k: v for k, v in weights_card["headline"].items() if v}
-    assert len(shown) == len(headline)
+    held_out = ("Melanomas referred", "'Low uncertainty' wrong", "'Unusual' flag: error ratio",
+                "90% prediction sets held the truth")  # the out-of-source figures (ui.out_of_source)
+    assert len(shown) == len(headline) + len(held_out) and [m[0] for m in shown[-4:]] == list(held_out)
+    pooled = weights_card["out_of_source"]["rules_pooled"]
+    assert shown[-4][1] == f"{pooled['refer']['melanoma_sensitivity']['value']:.0%}"
+    assert shown[-3][1] == f"{pooled['uncertainty']['low']['error_rate']:.0%}"
     entry = headline["ham10000_balanced_accuracy"]
     low, high = entry["ci95"]
     assert ("Balanced accuracy", f"{entry['value']:.1%}", f"95% CI {low:.1%} to {high:.1%}") in shown
@@ -343,10 +348,20 @@ def test_model_performance(app, weights_card, test_set, source):
         assert (row.Sensitivity, row.Specificity) == _sensitivity_specificity(part, "mel_score", threshold)
     # the rule's sentence says the threshold holds the target sensitivity in each validation source, with its melanomas
     rule_text = next(m.value for m in at.markdown if m.value.startswith("**Rule:**"))
-    counts = weights_card["referral"]["fit"]["validation_melanomas_per_source"]
-    assert "in each validation source" in rule_text
-    assert all(f"{name}: {n} melanomas" in rule_text
-               for name, n in zip(("HAM10000 val", "the held-out part of ISIC 2017 train"), counts.values()))
+    from core.referral import VALIDATION_SOURCES
+
+    fit = weights_card["referral"]["fit"]
+    assert f"in each validation source with at least {fit['min_melanomas_to_bind']} melanomas" in rule_text
+    assert all(f"{VALIDATION_SOURCES[name]}: {n} melanomas" in rule_text
+               for name, n in fit["validation_melanomas_per_source"].items())
+    # the Out of source tab: each held-out source and the pooled row the screens quote, from the card
+    oos = weights_card["out_of_source"]
+    rules = dataframe(at, "Low: share")
+    assert list(rules["Held-out source"]) == [*oos["sources"], "pooled"]
+    pooled = oos["rules_pooled"]["refer"]["melanoma_sensitivity"]
+    assert rules["Melanomas referred"].iloc[-1].startswith(f"{pooled['value']:.0%}")
+    shipped = dataframe(at, "Classes")
+    assert len(shipped) == len(oos["shipped_per_source"])
     assert not at.exception, at.exception
 
 

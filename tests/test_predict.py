@@ -22,7 +22,7 @@ import pytest
 from core.classes import CLASS_CODES
 
 EXPECTED_COLUMNS = ["image", "age", "sex", "site", "pred", "p_akiec", "p_bcc", "p_bkl", "p_df", "p_mel", "p_nv", "p_vasc",
-                    "mel_score", "refer", "uncertainty_level", "ood_level", "ood_reason", "quality", "model_version", "error"]
+                    "mel_score", "refer", "triage", "prediction_set", "uncertainty_level", "ood_level", "ood_reason", "quality", "model_version", "error"]
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,9 @@ def test_progress_bar_on_stderr(run):
 def test_a_photograph_that_is_not_dermoscopy_gets_no_diagnosis(run, image):
     row = {r["image"]: r for r in run["rows"]}[image]
     assert row["ood_level"] in ("clinical_photo", "not_skin") and row["ood_reason"].startswith("This ")
-    assert row["pred"] == row["mel_score"] == row["refer"] == "" and all(row[f"p_{c}"] == "" for c in CLASS_CODES)
-    assert row["error"] == ""
+    assert row["pred"] == row["mel_score"] == row["refer"] == row["prediction_set"] == ""
+    assert all(row[f"p_{c}"] == "" for c in CLASS_CODES)
+    assert row["triage"] == "not_assessed" and row["error"] == ""
 
 
 def test_a_clinical_photo_is_marked_as_one(run):
@@ -142,6 +143,7 @@ def test_rows_and_masks_are_the_analyzers_results(run, repo_root):
         np.testing.assert_allclose(probs, [r.probs[c] for c in CLASS_CODES], atol=1e-4, err_msg=name)
         assert (row["ood_level"], row["uncertainty_level"]) == (r.ood_level, r.uncertainty_level), name
         assert row["refer"] == ("yes" if r.mel_score >= analyzer.referral.threshold else "no"), name
+        assert row["triage"] == r.triage.level and row["prediction_set"] == "|".join(r.prediction_set), name
         assert float(row["mel_score"]) == pytest.approx(r.mel_score, abs=1e-5), name
         assert np.array_equal(mask, r.mask), name
     assert shapes == {(450, 600), (150, 200), (137, 191)}

@@ -15,8 +15,8 @@ are its validation and test split images, which no network was trained on. The c
 4. fits the shipped rules the same way on every source's validation images and writes them into the model card
    (`triage`, `referral`, `uncertainty`, `ood`, `conformal`) together with their out-of-source figures, which the
    screens quote, and the `out_of_source` section (per source, per recipe, per skin-tone group, similar cases);
-5. rewrites the rule columns of weights/test_predictions.csv (refer, uncertainty_level, ood_level, triage) and
-   writes runs/oos/predictions.csv (every evaluation image: shipped and leave-one-source-out predictions).
+5. rewrites the rule columns of weights/test_predictions.csv (refer, uncertainty_level, ood_level, triage) and the
+   card's test-set figures of those rules, and writes runs/oos/predictions.csv (every evaluation image: shipped and leave-one-source-out predictions).
 Network outputs come from train.network_outputs (cached by content), as in train.evaluate.
 """
 from __future__ import annotations
@@ -48,18 +48,21 @@ from core.tta import ALL_VIEWS
 from core.uncertainty import LEVELS, UncertaintyLevels, probability_scores
 from core.weights_io import MODEL_CARD_NAME, read_model_card
 from train import fit_rules
-from train.evaluate import read_tables
-from train.fit_source_robust import class_referral_thresholds, conformal_quantile, low_uncertainty_cut
+from train.evaluate import read_tables, referral_report, uncertainty_report
+from train.fit_source_robust import MIN_POSITIVES, class_referral_thresholds, conformal_quantile, low_uncertainty_cut
 from train.network_outputs import load_network, split_outputs
 from train.source_heads import RECIPES, fit_recipe, softmax
 
-REFERRAL_TARGETS = (0.90, 0.95)          # per-source sensitivity targets tried for the triage thresholds
-LOW_ERROR_TARGETS = (0.03, 0.05, 0.08)   # per-source error bounds tried for the "low" uncertainty cut
+REFERRAL_TARGETS = (0.80, 0.85, 0.90, 0.95)  # sensitivity targets tried for the triage thresholds
+REFERRAL_FITS = ("every_source", "pooled")  # the target holds in every fitting source, or on their pooled images
+LOW_ERROR_TARGETS = (0.03, 0.05, 0.08)   # error bounds tried for the "low" uncertainty cut
+LOW_FITS = ("every_source", "pooled")     # the bound holds in every fitting source, or on their pooled images
+MIN_LOW_IMAGES = 20                      # a held-out source's "low" error counts for the choice from this many images on
 UNCERTAINTY_SCORES = ("tta_disagreement", "max_probability", "entropy")
 UNUSUAL_CANDIDATES = ("feature_distance", "imagenet_distance", "case_distance")
 CONFORMAL_COVERAGE = 0.9
 HELD_OUT_LOW_MAX_ERROR = 0.10            # the issue's bound on "low" at a new clinic; settings are chosen against it
-MIN_REFERRAL_SPECIFICITY = 0.60
+MIN_HELD_OUT_SENSITIVITY = 0.85          # the issue's bound on melanoma referral at a new clinic
 KNN_K = 10
 NEIGHBOURS = 8
 
@@ -124,8 +127,10 @@ def classification_figures(labels, probs, groups) -> dict:
             "macro_auc": _macro_auc(labels, probs)}
 
 
-def rule_figures(labels, probs, groups, verdicts, unc_levels, unusual, sets) -> dict:
-    """The reliability statements' figures on a set of images judged by rules fitted without them."""
+def rule_figures(labels, probs, groups, held: dict) -> dict:
+    """The reliability statements' figures on a set of images judged by rules fitted without them (`held`: the
+    per-image outputs of RuleFit.apply: verdicts, unc, unusual, sets, mel_refer)."""
+    verdicts, unc_levels, unusual, sets = held["verdicts"], held["unc"], held["unusual"], held["sets"]
     wrong = probs.argmax(1) != labels
     mel = labels == CLASS_INDEX["mel"]
     malignant = np.isin(labels, [CLASS_INDEX[c] for c in MALIGNANT_CODES])
@@ -141,7 +146,7 @@ def rule_figures(labels, probs, groups, verdicts, unc_levels, unusual, sets) -> 
         out[level] = {"share": float(chosen.mean()),
                       "malignant_share": float(malignant[chosen].mean()) if chosen.any() else None,
                       "error_rate": float(wrong[chosen].mean()) if chosen.any() else None}
-    out["uncertainty"] = {lvl: {"share": float((unc_levels == lvl).mean()),
+    out["uncertainty"] = {lvl: {"share": float((unc_levels == lvl).mean()), "images": int((unc_levels == lvl).sum()),
                                 "error_rate": float(wrong[unc_levels == lvl].mean()) if (unc_levels == lvl).any() else None}
                           for lvl in LEVELS}
     out["uncertainty"]["low"]["error_rate_ci95"] = _ci(lambda i: wrong[i][low[i]].mean() if low[i].any() else None,
@@ -153,8 +158,14 @@ def rule_figures(labels, probs, groups, verdicts, unc_levels, unusual, sets) -> 
                       "error_ratio": (float(wrong[unusual].mean() / rest_error) if unusual.any() and rest_error else None)}
     covered = sets[np.arange(len(labels)), labels]
     out["conformal"] = {"coverage": float(covered.mean()), "mean_set_size": float(sets.sum(1).mean())}
-    out["referral_mel_rule"] = {"sensitivity": float(refer[mel].mean()) if mel.any() else None}
+    mel_rule = held["mel_refer"]
+    out["referral_mel_rule"] = {"sensitivity": float(mel_rule[mel].mean()) if mel.any() else None,
+                                "specificity": float((~mel_rule[~mel]).mean()) if (~mel).any() else None}
     return out
+
+
+def _rows(held: dict, rows: np.ndarray) -> dict:
+    return {k: v[rows] for k, v in held.items()}
 
 
 # ---------------------------------------------------------------- rules fitted on some sources, applied to others
@@ -165,12 +176,17 @@ class RuleFit:
         labels, sources, probs = d["labels"][fit], d["acquisition"][fit], d["probs"][fit]
         errors = probs.argmax(1) != labels
         self.setting = setting
-        self.triage = TriageRule(class_referral_thresholds(probs, labels, sources, MALIGNANT_CODES,
+        binding = sources if setting["referral_fit"] == "every_source" else np.full(len(sources), "pooled")
+        self.triage = TriageRule(class_referral_thresholds(probs, labels, binding, MALIGNANT_CODES,
                                                            setting["referral_target"]), setting["referral_target"])
         score = d["uncertainty"][setting["uncertainty_score"]][fit]
-        low_cut = low_uncertainty_cut(score, errors, sources, setting["low_max_error"])
+        low_cut = low_uncertainty_cut(score, errors, sources if setting["low_fit"] == "every_source" else
+                                      np.full(len(sources), "pooled"), setting["low_max_error"])
         high_cut = max(float(np.quantile(score, 1 - fit_rules.HIGH_SHARE)), low_cut)
-        self.levels = UncertaintyLevels(setting["uncertainty_score"], (low_cut, high_cut))
+        assigned = UncertaintyLevels(setting["uncertainty_score"], (low_cut, high_cut)).levels(score)
+        self.levels = UncertaintyLevels(setting["uncertainty_score"], (low_cut, high_cut),
+                                        {lvl: float(errors[assigned == lvl].mean()) for lvl in LEVELS
+                                         if (assigned == lvl).any()})
         self.unusual_values = unusual
         self.unusual_threshold = float(np.quantile(unusual[setting["unusual_score"]][fit], fit_rules.OOD_UNUSUAL_QUANTILE))
         p_true = probs[np.arange(len(labels)), labels]
@@ -182,14 +198,14 @@ class RuleFit:
         unusual = self.unusual_values[self.setting["unusual_score"]][rows] > self.unusual_threshold
         ood_levels = np.where(unusual, "unusual", "in")
         return {"verdicts": self.triage.levels(probs, unc, ood_levels), "unc": unc, "unusual": unusual,
-                "sets": self.sets.members(probs)}
+                "sets": self.sets.members(probs), "mel_refer": probs[:, CLASS_INDEX["mel"]] >= self.triage.thresholds["mel"]}
 
 
 def held_out_predictions(d: dict, setting: dict, sources: list[str], unusual_without) -> dict:
     """Each evaluation image judged by rules fitted without its source: arrays over all evaluation rows."""
     n = len(d["labels"])
     out = {"verdicts": np.empty(n, dtype=object), "unc": np.empty(n, dtype=object), "unusual": np.zeros(n, bool),
-           "sets": np.zeros((n, NUM_CLASSES), bool)}
+           "sets": np.zeros((n, NUM_CLASSES), bool), "mel_refer": np.zeros(n, bool)}
     for source in sources:
         fit = d["is_val"] & (d["acquisition"] != source)
         rows = d["acquisition"] == source
@@ -200,54 +216,64 @@ def held_out_predictions(d: dict, setting: dict, sources: list[str], unusual_wit
 
 
 def choose_setting(d: dict, sources: list[str], unusual_without) -> tuple[dict, list[dict]]:
-    """Try each setting on held-out sources; keep the one the issue's criteria favour: every held-out source's
-    melanoma sensitivity >= the first target it reaches at specificity >= MIN_REFERRAL_SPECIFICITY; then the "low"
-    level's worst held-out error <= HELD_OUT_LOW_MAX_ERROR with the largest worst-source coverage; then the unusual
-    score with the largest pooled error ratio."""
+    """Try each setting on held-out sources; keep the one the issue's criteria favour: per way of fitting the referral
+    thresholds (REFERRAL_FITS), the smallest target whose melanoma sensitivity reaches MIN_HELD_OUT_SENSITIVITY on
+    every held-out source, and of those the most specific;
+    then the uncertainty score, error bound and fit whose "low" level errs <= HELD_OUT_LOW_MAX_ERROR pooled and on
+    every held-out source with >= MIN_LOW_IMAGES low images, with the largest pooled share; then the unusual score
+    with the largest pooled error ratio."""
     trials = []
-    base = {"referral_target": REFERRAL_TARGETS[0], "low_max_error": LOW_ERROR_TARGETS[-1],
-            "uncertainty_score": UNCERTAINTY_SCORES[0], "unusual_score": UNUSUAL_CANDIDATES[0]}
+    base = {"referral_target": REFERRAL_TARGETS[0], "referral_fit": REFERRAL_FITS[0],
+            "low_max_error": LOW_ERROR_TARGETS[-1],
+            "low_fit": LOW_FITS[0], "uncertainty_score": UNCERTAINTY_SCORES[0],
+            "unusual_score": UNUSUAL_CANDIDATES[0]}
 
     def per_source(setting):
         held = held_out_predictions(d, setting, sources, unusual_without)
         rows = {}
         for s in sources:
             r = d["acquisition"] == s
-            rows[s] = rule_figures(d["labels"][r], d["probs"][r], d["groups"][r], held["verdicts"][r], held["unc"][r],
-                                   held["unusual"][r], held["sets"][r])
-        pooled = rule_figures(d["labels"], d["probs"], d["groups"], held["verdicts"], held["unc"], held["unusual"],
-                              held["sets"])
+            rows[s] = rule_figures(d["labels"][r], d["probs"][r], d["groups"][r], _rows(held, r))
+        pooled = rule_figures(d["labels"], d["probs"], d["groups"], held)
         return held, rows, pooled
 
     chosen = dict(base)
-    # referral target: the smallest one whose worst held-out melanoma sensitivity reaches 0.85
-    for target in REFERRAL_TARGETS:
-        setting = {**chosen, "referral_target": target}
-        _, rows, pooled = per_source(setting)
-        worst = min(r["refer"]["melanoma_sensitivity"]["value"] for r in rows.values()
-                    if r["refer"]["melanoma_sensitivity"]["value"] is not None)
-        trials.append({"setting": setting, "worst_melanoma_sensitivity": worst,
-                       "pooled_benign_specificity": pooled["refer"]["benign_specificity"]})
-        chosen = setting
-        if worst >= 0.85:
-            break
-    # uncertainty score and per-source error bound
+    # referral: per way of fitting, the smallest target whose worst held-out melanoma sensitivity reaches the bound;
+    # of those, the most specific (pooled benign specificity); none reaching it: the most sensitive tried
+    reached, tried = [], []
+    for fit in REFERRAL_FITS:
+        for target in REFERRAL_TARGETS:
+            setting = {**chosen, "referral_target": target, "referral_fit": fit}
+            _, rows, pooled = per_source(setting)
+            worst = min(r["refer"]["melanoma_sensitivity"]["value"] for r in rows.values()
+                        if r["refer"]["melanoma_sensitivity"]["value"] is not None)
+            specificity = pooled["refer"]["benign_specificity"]
+            trials.append({"setting": setting, "worst_melanoma_sensitivity": worst,
+                           "pooled_benign_specificity": specificity})
+            tried.append((worst, specificity, setting))
+            if worst >= MIN_HELD_OUT_SENSITIVITY:
+                reached.append((specificity, worst, setting))
+                break
+    chosen = max(reached, key=lambda t: t[:2])[2] if reached else max(tried, key=lambda t: t[:2])[2]
+    # uncertainty score, error bound and how the bound is fitted
     best = None
     for score in UNCERTAINTY_SCORES:
         for bound in LOW_ERROR_TARGETS:
-            setting = {**chosen, "uncertainty_score": score, "low_max_error": bound}
-            _, rows, pooled = per_source(setting)
-            errors = [r["uncertainty"]["low"]["error_rate"] for r in rows.values()
-                      if r["uncertainty"]["low"]["error_rate"] is not None]
-            shares = [r["uncertainty"]["low"]["share"] for r in rows.values()]
-            entry = {"setting": setting, "worst_low_error": max(errors) if errors else None,
-                     "worst_low_share": min(shares), "pooled_low_error": pooled["uncertainty"]["low"]["error_rate"],
-                     "pooled_low_share": pooled["uncertainty"]["low"]["share"]}
-            trials.append(entry)
-            ok = entry["worst_low_error"] is not None and entry["worst_low_error"] <= HELD_OUT_LOW_MAX_ERROR
-            key = (ok, entry["worst_low_share"] if ok else -(entry["worst_low_error"] or 1))
-            if best is None or key > best[0]:
-                best = (key, setting)
+            for fit in LOW_FITS:
+                setting = {**chosen, "uncertainty_score": score, "low_max_error": bound, "low_fit": fit}
+                _, rows, pooled = per_source(setting)
+                errors = [r["uncertainty"]["low"]["error_rate"] for r in rows.values()
+                          if r["uncertainty"]["low"]["images"] >= MIN_LOW_IMAGES]
+                low = pooled["uncertainty"]["low"]
+                entry = {"setting": setting, "worst_low_error": max(errors) if errors else None,
+                         "pooled_low_error": low["error_rate"], "pooled_low_share": low["share"],
+                         "low_share_per_source": {s: r["uncertainty"]["low"]["share"] for s, r in rows.items()}}
+                trials.append(entry)
+                ok = (low["error_rate"] is not None and low["error_rate"] <= HELD_OUT_LOW_MAX_ERROR
+                      and all(e <= HELD_OUT_LOW_MAX_ERROR for e in errors))
+                key = (ok, low["share"] if ok else -(low["error_rate"] or 1))
+                if best is None or key > best[0]:
+                    best = (key, setting)
     chosen = best[1]
     ratios = {}
     for name in UNUSUAL_CANDIDATES:
@@ -361,10 +387,9 @@ def main(argv=None) -> dict:
     # 3. rules, leave one source out (settings chosen on these held-out figures)
     setting, trials = choose_setting(d, sources, unusual_without)
     held = held_out_predictions(d, setting, sources, unusual_without)
-    rules_per_source = {s: rule_figures(labels[r], probs[r], d["groups"][r], held["verdicts"][r], held["unc"][r],
-                                        held["unusual"][r], held["sets"][r]) for s in sources
+    rules_per_source = {s: rule_figures(labels[r], probs[r], d["groups"][r], _rows(held, r)) for s in sources
                         for r in [d["acquisition"] == s]}
-    rules_pooled = rule_figures(labels, probs, d["groups"], held["verdicts"], held["unc"], held["unusual"], held["sets"])
+    rules_pooled = rule_figures(labels, probs, d["groups"], held)
     # 4. the shipped rules: fitted on every source's validation images
     final = RuleFit(d, d["is_val"], setting, unusual_without(None))
     # skin tone and similar cases
@@ -377,8 +402,7 @@ def main(argv=None) -> dict:
         entry = {"images_evaluation": int(r.sum()), "images_training": int((train_ita == g).sum())}
         if r.sum() >= 20:
             entry.update(classification_figures(labels[r], probs[r], d["groups"][r]))
-            entry["held_out_rules"] = rule_figures(labels[r], probs[r], d["groups"][r], held["verdicts"][r],
-                                                   held["unc"][r], held["unusual"][r], held["sets"][r])
+            entry["held_out_rules"] = rule_figures(labels[r], probs[r], d["groups"][r], _rows(held, r))
         skin["per_group"][g] = entry
     similar = similar_case_agreement(d, sources)
 
@@ -387,7 +411,7 @@ def main(argv=None) -> dict:
     write_card(weights, card, final, setting, trials, per_source, recipes, rules_per_source, rules_pooled, skin,
                similar, val_melanomas, time.time() - started)
     write_predictions(args, evaluation, d, heads, held, groups_ita, ita)
-    rewrite_test_predictions(weights, evaluation, d, final)
+    refresh_test_figures(weights, evaluation, d, final)
     print_summary(read_model_card(weights))
     return read_model_card(weights)
 
@@ -405,23 +429,25 @@ def write_card(weights, card, final, setting, trials, per_source, recipes, rules
     mel = ReferralRule("mel", final.triage.thresholds["mel"], setting["referral_target"])
     card["referral"] = {**mel.to_card(), "score_meaning": "probability of melanoma",
                         "fit": {"rule": f"largest threshold with melanoma sensitivity >= {setting['referral_target']} "
-                                        f"in every source's validation images (train.out_of_source)",
-                                "validation_melanomas_per_source": val_melanomas},
+                                        + ("in every source's" if setting["referral_fit"] == "every_source" else
+                                           "on the pooled") + " validation images (train.out_of_source)",
+                                "validation_melanomas_per_source": val_melanomas,
+                                "min_melanomas_to_bind": MIN_POSITIVES if setting["referral_fit"] == "every_source"
+                                else None},
                         "out_of_source": {"melanoma_sensitivity": pooled["refer"]["melanoma_sensitivity"],
                                           "benign_specificity": pooled["refer"]["benign_specificity"]}}
     levels = final.levels
     held_rates = {lvl: pooled["uncertainty"][lvl]["error_rate"] for lvl in LEVELS}
-    card["uncertainty"] = {**UncertaintyLevels(levels.score, levels.cuts, {}).to_card(),
+    card["uncertainty"] = {**levels.to_card(),
                            "out_of_source_error_rates": {k: v for k, v in held_rates.items() if v is not None},
                            "out_of_source_shares": {lvl: pooled["uncertainty"][lvl]["share"] for lvl in LEVELS},
                            "out_of_source_error_range": {
-                               lvl: [min(r["uncertainty"][lvl]["error_rate"] for r in rules_per_source.values()
-                                         if r["uncertainty"][lvl]["error_rate"] is not None),
-                                     max(r["uncertainty"][lvl]["error_rate"] for r in rules_per_source.values()
-                                         if r["uncertainty"][lvl]["error_rate"] is not None)] for lvl in LEVELS},
+                               lvl: _error_range(rules_per_source, lvl) for lvl in LEVELS},
                            "fit": {"rule": f"{levels.score}; low = the largest share whose top prediction errs <= "
-                                           f"{setting['low_max_error']:.0%} in every source's validation images, high = "
-                                           f"the {fit_rules.HIGH_SHARE:.0%} most uncertain validation images"}}
+                                           f"{setting['low_max_error']:.0%} "
+                                           + ("in every source's" if setting["low_fit"] == "every_source" else "on the")
+                                           + f" validation images, high = the {fit_rules.HIGH_SHARE:.0%} most "
+                                             "uncertain validation images; validation error rates in error_rates"}}
     card["ood"] = {**card["ood"], "unusual_score": setting["unusual_score"],
                    "thresholds": {**card["ood"]["thresholds"], "unusual": final.unusual_threshold},
                    "out_of_source": pooled["unusual"]}
@@ -431,7 +457,8 @@ def write_card(weights, card, final, setting, trials, per_source, recipes, rules
     card["out_of_source"] = {
         "protocol": ("leave one source out over the acquisition sources (HAM10000's four `dataset` values and ISIC "
                      "2017); evaluation images = each source's validation + test split images. Rules: fitted on the "
-                     "other sources' validation images (the worst source binds), scored on the held-out source, "
+                     "other sources' validation images (referral thresholds and conformal quantile: the worst source binds), "
+                     "scored on the held-out source, "
                      "the OOD model refitted without it. Classifier recipes: heads on frozen features fitted on the "
                      "other sources' training images (mask-CN's backbone saw every source's training images: "
                      "optimistic; the ImageNet backbone saw none)."),
@@ -441,6 +468,16 @@ def write_card(weights, card, final, setting, trials, per_source, recipes, rules
         "rules_per_source": rules_per_source, "rules_pooled": rules_pooled,
         "skin_tone": skin, "similar_cases": similar, "seconds": round(seconds, 1)}
     (weights / MODEL_CARD_NAME).write_text(json.dumps(card, indent=1, default=_json_default))
+
+
+def _error_range(rules_per_source: dict, level: str) -> list[float]:
+    """[lowest, highest] error rate of a level over the held-out sources with >= MIN_LOW_IMAGES images at it (all
+    sources with any when none has that many)."""
+    rates = [r["uncertainty"][level]["error_rate"] for r in rules_per_source.values()
+             if r["uncertainty"][level]["images"] >= MIN_LOW_IMAGES]
+    rates = rates or [r["uncertainty"][level]["error_rate"] for r in rules_per_source.values()
+                      if r["uncertainty"][level]["error_rate"] is not None]
+    return [min(rates), max(rates)]
 
 
 def _json_default(value):
@@ -464,8 +501,10 @@ def write_predictions(args, evaluation, d, heads, held, groups_ita, ita) -> None
     rows.to_csv(out / "predictions.csv", index=False)
 
 
-def rewrite_test_predictions(weights, evaluation, d, final) -> None:
-    """The rule columns of test_predictions.csv under the new shipped rules (probabilities unchanged)."""
+def refresh_test_figures(weights, evaluation, d, final) -> None:
+    """Under the new shipped rules (probabilities unchanged): the rule columns of test_predictions.csv (refer, triage,
+    uncertainty, ood_level) and the card's test-set referral, uncertainty and unusual-flag figures, so that every page
+    that reads them describes the rules the app applies."""
     path = weights / "test_predictions.csv"
     table = pd.read_csv(path, keep_default_na=False)
     index = {image_id: i for i, image_id in enumerate(evaluation["image_id"])}
@@ -477,9 +516,27 @@ def rewrite_test_predictions(weights, evaluation, d, final) -> None:
     unc_score = d["uncertainty"][final.levels.score][rows]
     table["uncertainty_score"] = unc_score.round(5)
     table["uncertainty_level"] = final.levels.levels(unc_score)
-    table["refer"] = np.where(d["probs"][rows, CLASS_INDEX["mel"]] >= final.triage.thresholds["mel"], "yes", "no")
+    table["refer"] = np.where(applied["mel_refer"], "yes", "no")
     table["triage"] = final.triage.levels(d["probs"][rows], table["uncertainty_level"], table["ood_level"])
     table.to_csv(path, index=False)
+
+    card = read_model_card(weights)
+    referral = ReferralRule.from_card(card)
+    for name, source in (("ham10000_test", "ham10000"), ("isic2017_test", "isic2017")):
+        chosen = np.flatnonzero((evaluation["split"] == "test") & (evaluation["source"] == source))
+        if not len(chosen) or name not in card.get("metrics", {}):
+            continue
+        part, probs = evaluation.iloc[chosen], d["probs"][chosen]
+        score = d["uncertainty"][final.levels.score][chosen]
+        card["metrics"][name]["referral"] = referral_report(part, probs, referral)
+        card["metrics"][name]["uncertainty"] = uncertainty_report(part, probs, score, final.levels)
+        unusual = final.apply(d, chosen)["unusual"]
+        wrong = probs.argmax(1) != d["labels"][chosen]
+        card["ood"]["results"][name].update(
+            unusual_share=float(unusual.mean()),
+            error_rate_unusual=float(wrong[unusual].mean()) if unusual.any() else None,
+            error_rate_in=float(wrong[~unusual].mean()) if (~unusual).any() else None)
+    (weights / MODEL_CARD_NAME).write_text(json.dumps(card, indent=1, default=_json_default))
 
 
 def print_summary(card: dict) -> None:

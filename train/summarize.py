@@ -106,6 +106,47 @@ def training_table(card: dict) -> str:
     return _table(["stage", "epochs", "CPU minutes", "best validation score"], rows)
 
 
+def _share(value) -> str:
+    if isinstance(value, dict) and "value" in value:
+        low, high = value.get("ci95") or (None, None)
+        return "—" if value["value"] is None else (
+            f"{value['value']:.0%} [{low:.0%}, {high:.0%}]" if low is not None else f"{value['value']:.0%}")
+    return "—" if value is None else f"{value:.0%}"
+
+
+def out_of_source_tables(card: dict) -> str:
+    """train.out_of_source's figures: the shipped classifier per acquisition source, the reliability statements on
+    sources they were fitted without, the classifier recipes left one source out, and skin tone."""
+    oos = card.get("out_of_source")
+    if not oos:
+        return "The card has no out-of-source figures (run `bash run.sh train.out_of_source`).\n"
+    shipped = _table(["source", "images", "melanomas", "classes", "melanoma AUC", "balanced acc.", "macro AUC"],
+                     [[s, f["n"], f["melanomas"], f["classes_present"], f["melanoma_auc"], f["balanced_accuracy"],
+                       f["macro_auc"]] for s, f in oos["shipped_per_source"].items()])
+    rules = _table(["held-out source", "melanomas referred", "malignant referred", "benign not referred",
+                    "'low': share", "'low': wrong", "unusual: error ratio", "90 % set coverage", "set size"],
+                   [[s, _share(f["refer"]["melanoma_sensitivity"]), _share(f["refer"]["malignant_sensitivity"]),
+                     _share(f["refer"]["benign_specificity"]), _share(f["uncertainty"]["low"]["share"]),
+                     _share(f["uncertainty"]["low"]["error_rate"]),
+                     "—" if f["unusual"]["error_ratio"] is None else f"x{f['unusual']['error_ratio']:.2f}",
+                     _share(f["conformal"]["coverage"]), f["conformal"]["mean_set_size"]]
+                    for s, f in {**oos["rules_per_source"], "pooled": oos["rules_pooled"]}.items()])
+    sources = list(oos["sources"])
+    recipes = _table(["recipe (melanoma AUC / balanced acc. on the held-out source)", *sources],
+                     [[name, *[f"{per[s]['melanoma_auc']['value']:.2f} / {per[s]['balanced_accuracy']['value']:.2f}"
+                               if s in per and per[s]["melanoma_auc"]["value"] is not None else "—" for s in sources]]
+                      for name, per in oos["recipes_held_out"].items()])
+    groups = (oos.get("skin_tone") or {}).get("per_group") or {}
+    skin = _table(["ITA group", "evaluation images", "training images", "balanced acc.", "melanoma AUC"],
+                  [[g, e["images_evaluation"], e["images_training"], e.get("balanced_accuracy", "too few"),
+                    e.get("melanoma_auc", "too few")] for g, e in groups.items()])
+    return (f"{oos['protocol']}\n\nThe shipped classifier per source (validation + test images)\n\n{shipped}\n\n"
+            f"Reliability statements on the source they were fitted without (the screens quote the pooled row; "
+            f"settings chosen on these figures: {oos['setting']})\n\n{rules}\n\n"
+            f"Classifier recipes, leave one source out (heads on frozen features)\n\n{recipes}\n\n"
+            f"By skin tone (individual typology angle of the skin around the lesion)\n\n{skin}\n")
+
+
 def headline_table(card: dict) -> str:
     """README's one table: the shipped analysis on both test sets (nothing was chosen on them)."""
     rows = []
@@ -134,6 +175,8 @@ def results_page(card: dict) -> str:
           f"target {referral['target_sensitivity']:.2f}{validation_sources_text(referral)})\n\n" + referral_table(card) + "\n")
     add(f"Uncertainty levels ({card['uncertainty']['score']})\n\n" + uncertainty_table(card) + "\n")
     add("Out-of-distribution\n\n" + ood_table(card) + "\n")
+    add("Out of source: each acquisition source held out in turn ([out_of_source.md](out_of_source.md))\n\n"
+        + out_of_source_tables(card))
     add("Similar cases\n\n" + retrieval_table(card) + "\n")
     add("Training (CPU)\n\n" + training_table(card) + "\n")
     add(f"Decision rule: {rule['views']} TTA view(s), temperature {rule['temperature']:.3f}, logit adjustment tau "
