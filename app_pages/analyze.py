@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.classes import CLASS_CODES, MALIGNANT_CODES
+from core.dicom_input import is_dicom, read_dicom
 from core.intake import FILE_EXTENSIONS, SUPPORTED_TEXT, ImageRejected, load_image
 from core.patient_context import SEXES, SITES, ContextError, PatientContext
 from ui.analyzers import ModelUnavailable, pool
@@ -233,7 +234,8 @@ def cam_ui(rgb, r, mask, key: str, controls, view):
 def similar_cases_ui(r) -> None:
     """The nearest reference cases, nearest first: thumbnails when the data folder holds them, else a table."""
     st.markdown("**Similar cases** — confirmed reference images nearest to this one in the classifier's feature "
-                "space (nearest first)")
+                "space (nearest first). They are found by the same features that make the diagnosis, so they tend to "
+                "share it: they illustrate the prediction, they do not confirm it.")
     if r.similar is None or r.similar.empty:
         st.caption("The shipped model has no similar-case index.")
         return
@@ -335,6 +337,17 @@ def result_ui(rgb, r, name: str, example: dict | None, mm_per_pixel: float | Non
     report_ui(rgb, r, name, key, mask, mask_kind, measurements, cam_image, cam_label, context)
 
 
+def dicom_ui(data: bytes, name: str):
+    """A DICOM upload: (the RGB frame to analyse, its index, the DicomImage with the tags' patient context); a
+    multi-frame object gets a frame selector. Raises DicomRejected (an ImageRejected) with the reason in words."""
+    image = read_dicom(data, name)
+    frame = 0
+    if len(image.frames) > 1:
+        frame = st.selectbox(f"{name} holds {len(image.frames)} images: which one to analyse",
+                             range(len(image.frames)), format_func=lambda i: f"frame {i + 1}", key="dicom_frame")
+    return image.frames[frame], frame, image
+
+
 def _analyse(rgb, mm_per_pixel, context):
     with pool().borrow() as analyzer:
         return analyzer.analyze(rgb, mm_per_pixel=mm_per_pixel, context=context)
@@ -349,16 +362,20 @@ def analyze_page() -> None:
     if data is None:
         return
     try:
-        rgb = load_image(data, name)
+        rgb, frame, tags = dicom_ui(data, name) if is_dicom(data) else (load_image(data, name), 0, None)
     except ImageRejected as exc:
         st.error(f"Cannot analyse **{name}**: {exc}")
         return
+    if tags is not None and context is not None and not context.given and tags.context.given:
+        context = tags.context
+        st.caption("Patient context from the DICOM tags: " + "; ".join(f"{k.lower()} {v}" for k, v in context.rows())
+                   + ". " + " ".join(tags.notes) + " Enter it above to change it.")
     mm_per_pixel = None
     if fov:
         from core.lesion_measurements import mm_per_pixel_from_fov
 
         mm_per_pixel = mm_per_pixel_from_fov(fov, rgb.shape[1])
-    key = (digest(data), mm_per_pixel, context)
+    key = (digest(data), frame, mm_per_pixel, context)
     result = cached("result_cache", key)
     if result is not None:
         area = st.container()

@@ -1,5 +1,6 @@
 """The model card's rules as the screens apply them (AppTest on the real app, the shipped weights and real images):
-one melanoma referral rule on Analyze, Batch, the predict CLI's CSV and the PDF, also at a session's own threshold;
+one triage verdict (built on the melanoma referral rule) on Analyze, Batch, the predict CLI's CSV and the PDF, also at a
+session's own threshold;
 no diagnosis for an image that is not dermoscopy; an unusual image's diagnosis greyed with its warning; similar cases
 with and without the data folder; patient context (validated, recorded in the PDF and the Batch CSV)."""
 from __future__ import annotations
@@ -13,6 +14,7 @@ from apptest_support import alerts, captions, dataframe, keyed_block, metrics, p
 from test_report import pdf_text
 
 from core.referral import BELOW_TEXT, REFER_TEXT
+from core.triage import HEADLINES, TriageRule
 
 ANALYZE, BATCH, PERFORMANCE = "app_pages/analyze.py", "app_pages/batch.py", "app_pages/model_performance.py"
 
@@ -32,8 +34,11 @@ def _image(data_dir, index: int = 0):
     return sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[index]
 
 
-def _referral_alert(at) -> str:
-    shown = [a for a in alerts(at) if REFER_TEXT in a or BELOW_TEXT in a]
+VERDICT_STARTS = tuple(f"**{h}.**" for h in HEADLINES.values())
+
+
+def _verdict_alert(at) -> str:
+    shown = [a for a in alerts(at) if a.startswith(VERDICT_STARTS)]
     assert len(shown) == 1, alerts(at)
     return shown[0]
 
@@ -70,47 +75,58 @@ def _analyzer_result(path):
         return analyzer.analyze(load_image_file(path))
 
 
-# ---------------------------------------------------------------- one referral rule everywhere
-def test_referral_agrees_on_every_surface_and_follows_the_session_threshold(app, data_dir, tmp_path, pdfs, downloads):
+# ---------------------------------------------------------------- one verdict everywhere
+def test_verdict_agrees_on_every_surface_and_follows_the_session_threshold(app, data_dir, tmp_path, pdfs, downloads):
+    from core.classes import CLASS_CODES
     from core.predict import predict_one
     from ui.analyzers import pool
+    from ui.model_files import model_card
 
     image = _image(data_dir, 1)
     card_threshold = _analyzer_result(image).referral_threshold
     with pool().borrow() as analyzer:  # the predict CLI's row for the same file
         cli = predict_one(analyzer, image, tmp_path)
-    refers = cli["refer"] == "yes"
+    refers, verdict = cli["refer"] == "yes", cli["triage"]
     score = float(cli["mel_score"])
+    assert verdict in ("refer", "review", "no_referral")
 
-    def check(at, refer: bool, note: str) -> None:
-        shown = _referral_alert(at)
-        assert (REFER_TEXT if refer else BELOW_TEXT) in shown and note in shown, shown
+    def check(at, refer: bool, level: str, note: str) -> None:
+        shown = _verdict_alert(at)
+        assert shown.startswith(f"**{HEADLINES[level]}.**") and note in shown, shown
         text = pdf_text(pdfs[-1])
+        assert f"Triage: {HEADLINES[level]}." in text, text
         assert f"Melanoma referral: {REFER_TEXT if refer else BELOW_TEXT}" in text, text
         assert note in text
 
     at = _analyze(app, image.name, image.read_bytes())
-    check(at, refers, "the model card's threshold")
+    check(at, refers, verdict, "the model card's threshold")
     at = _batch(at, [(image.name, image.read_bytes(), "image/jpeg")])
-    assert list(dataframe(at, "thumbnail")["refer"]) == [cli["refer"]]
+    table = dataframe(at, "thumbnail")
+    assert list(table["refer"]) == [cli["refer"]] and list(table["triage"]) == [HEADLINES[verdict]]
     (row,) = _csv_rows(downloads["lesionlens_batch.csv"])
-    assert row["refer"] == cli["refer"] and row["mel_score"] == cli["mel_score"]
-    assert float(row["referral_threshold"]) == pytest.approx(card_threshold, abs=1e-5)
+    assert row["refer"] == cli["refer"] and row["mel_score"] == cli["mel_score"] and row["triage"] == verdict
+    assert row["referral_threshold"] == f"{card_threshold:.3f}"  # as the screens write it (ui.referral.threshold_text)
 
-    # a session threshold on the other side of this image's score flips every surface, and each says so
+    # a session threshold on the other side of this image's melanoma score flips the melanoma rule on every surface;
+    # the verdict follows it (it changes unless another malignant class or doubt decides it), and each says so
     at = page(at, PERFORMANCE)
     options = [float(o) for o in at.select_slider(key="referral_slider").options if "model card" not in o]
     threshold = min(o for o in options if o > score) if refers else max(o for o in options if o <= score)
     at.select_slider(key="referral_slider").set_value(threshold).run()
     assert not at.exception, at.exception
+    probs = [float(cli[f"p_{c}"]) for c in CLASS_CODES]
+    flipped = TriageRule.from_card(model_card()).verdict(probs, cli["uncertainty_level"], cli["ood_level"],
+                                                         mel_threshold=threshold).level
     note = f"your session's threshold {threshold:.3f}; the model card's is {card_threshold:.3f}"
     at = _analyze(at, image.name, image.read_bytes())
-    check(at, not refers, note)
+    check(at, not refers, flipped, note)
     at = _batch(at, [(image.name, image.read_bytes(), "image/jpeg")])
-    assert list(dataframe(at, "thumbnail")["refer"]) == ["no" if refers else "yes"]
+    table = dataframe(at, "thumbnail")
+    assert list(table["refer"]) == ["no" if refers else "yes"] and list(table["triage"]) == [HEADLINES[flipped]]
     assert any(note in c for c in texts(at).splitlines())
     (row,) = _csv_rows(downloads["lesionlens_batch.csv"])
     assert row["refer"] == ("no" if refers else "yes") and float(row["referral_threshold"]) == threshold
+    assert row["triage"] == flipped
 
 
 # ---------------------------------------------------------------- out of distribution
@@ -119,7 +135,7 @@ def _no_diagnosis(at, reason: str) -> None:
     assert any(e.value.startswith("**No diagnosis.**") and reason in e.value for e in at.error), alerts(at)
     assert not [m.value for m in at.markdown if m.value.startswith("### ")]
     assert not at.get("plotly_chart") and not at.metric and "Probability" not in texts(at)
-    assert not any(REFER_TEXT in a or BELOW_TEXT in a for a in alerts(at))
+    assert not any(a.startswith(VERDICT_STARTS) for a in alerts(at))
     assert "Similar cases" not in texts(at) and "Class activation map" not in texts(at)
     assert not [t for t in at.table] and len(at.image) == 1  # the upload itself, no overlay or CAM
     assert [b.proto.label for b in at.get("download_button")] == ["PDF report"]
@@ -142,7 +158,7 @@ def test_a_real_photograph_gets_no_diagnosis(app, pdfs, downloads):
     table = dataframe(at, "thumbnail")
     assert table["status"].iloc[0] == "⚠ not a skin image: no diagnosis" and table["prediction"].isna().iloc[0]
     assert table["refer"].isna().iloc[0] and table["ood"].iloc[0] == "⚠ not skin"
-    assert metrics(at)["Not dermoscopy (no diagnosis)"] == "1"
+    assert metrics(at)["Not dermoscopy"] == "1"
     (row,) = _csv_rows(downloads["lesionlens_batch.csv"])
     assert row["pred"] == "" and row["refer"] == "" and row["p_mel"] == "" and row["ood_level"] == "not_skin"
     assert row["ood_reason"].startswith("This does not look like an image of skin") and row["model_version"]
@@ -281,3 +297,39 @@ def test_patient_context_csv_on_batch(app, data_dir, downloads):
     from core.predict import COLUMNS
 
     assert list(rows[0]) == [*COLUMNS, "referral_threshold"]
+
+
+def test_a_dicom_upload_brings_the_patient_context_of_its_tags(app, data_dir, pdfs, downloads):
+    """Analyze and Batch read age, sex and site from a DICOM's tags when none is entered (as core.predict does);
+    a two-frame object gets a frame selector; what the user enters wins over the tags; no identifier is shown."""
+    import pydicom
+
+    from core.dicom_input import MadeUpPatient, wrap_jpeg
+
+    image = _image(data_dir)
+    data = wrap_jpeg(image.read_bytes(), MadeUpPatient("DCM-7", name="Doe^Jane", age=61, sex="male", site="back"))
+    at = _analyze(app, "lesion.dcm", data)
+    notes = [c.value for c in at.caption]
+    assert any(c.startswith("Patient context from the DICOM tags: age 61 years; sex male; anatomical site back")
+               for c in notes), notes
+    text = pdf_text(pdfs[-1])
+    assert "Age 61 years" in text and "Sex male" in text and "Anatomical site back" in text
+    assert "Doe" not in texts(at) and "DCM-7" not in texts(at) and "Doe" not in text
+    at.text_input(key="context_age").set_value("30").run()  # the user's entry replaces the tags
+    at.button(key="pdf_prepare").click().run()
+    assert "Age 30 years" in pdf_text(pdfs[-1]) and not any(c.value.startswith("Patient context from the DICOM")
+                                                             for c in at.caption)
+    at.text_input(key="context_age").set_value("").run()
+
+    ds = pydicom.dcmread(io.BytesIO(data))  # two frames: the selector offers both
+    ds.PixelData = pydicom.encaps.encapsulate(list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)) * 2)
+    ds.NumberOfFrames = 2
+    two = io.BytesIO()
+    ds.save_as(two, enforce_file_format=True)
+    at = _analyze(at, "two.dcm", two.getvalue(), pdf=False)
+    assert list(at.selectbox(key="dicom_frame").options) == ["frame 1", "frame 2"]
+    assert [m.value for m in at.markdown if m.value.startswith("### ")], "the analysis stopped"
+
+    at = _batch(at, [("lesion.dcm", data, "application/dicom")])
+    (row,) = _csv_rows(downloads["lesionlens_batch.csv"])
+    assert (row["age"], row["sex"], row["site"]) == ("61", "male", "back") and row["pred"] and not row["error"]

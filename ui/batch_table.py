@@ -16,15 +16,23 @@ MEASUREMENT_COLUMNS = ["area_px", "max_diameter_px", "asymmetry", "border_irregu
 
 def analyse_one(data: bytes, name: str, true_dx: str = "", context=None) -> dict:
     """One row of the batch table; any problem becomes the row's error (the batch never stops). The referral uses the
-    session's threshold when one is set; `context`: the file's core.patient_context.PatientContext."""
+    session's threshold when one is set; `context`: the file's core.patient_context.PatientContext (the CSV's; a DICOM
+    file without one gets the context of its tags, as in core.predict)."""
+    from core.dicom_input import is_dicom, read_dicom
     from core.intake import ImageRejected, load_image
     from core.patient_context import PatientContext
     from core.predict import blank_row, model_version, result_row
 
+    context = context or PatientContext()
     row = {"thumbnail": None, "file": name, "true_dx": true_dx or None, "uncertainty_text": None,
-           **{m: None for m in MEASUREMENT_COLUMNS}, **blank_row(Path(name).stem, context or PatientContext())}
+           **{m: None for m in MEASUREMENT_COLUMNS}, **blank_row(Path(name).stem, context)}
     try:
-        rgb = load_image(data, name)
+        if is_dicom(data):  # the first frame, and the patient context of the tags unless the CSV gives one
+            image = read_dicom(data, name)
+            rgb, context = image.frames[0], context if context.given else image.context
+            row.update(blank_row(Path(name).stem, context))
+        else:
+            rgb = load_image(data, name)
         row["thumbnail"] = thumbnail_data_uri(rgb)
         with pool().borrow() as analyzer:
             r = analyzer.analyze(rgb, context=context)
