@@ -28,6 +28,23 @@ def _resolve_data_dir() -> Path:
     return path.resolve()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def audit_store(tmp_path_factory):
+    """Every analysis the tests run (AppTest pages, app servers started as subprocesses) is audited into a throwaway
+    SQLite file, never into the user's own store (~/.local/share/lesionlens/audit.sqlite); tests that need their own
+    store set LESIONLENS_AUDIT_URL themselves."""
+    from core.audit import URL_ENV
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('audit') / 'audit.sqlite'}"
+    previous = os.environ.get(URL_ENV)
+    os.environ[URL_ENV] = url
+    yield url
+    if previous is None:
+        os.environ.pop(URL_ENV, None)
+    else:
+        os.environ[URL_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

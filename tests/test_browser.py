@@ -25,6 +25,7 @@ from apptest_support import class_folder
 
 from bench.server import stop_process, streamlit_healthy
 from core.classes import CLASS_CODES, CLASSES
+from core.triage import HEADLINES
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -190,6 +191,7 @@ def _tour(page, server, data_dir, tmp_path) -> None:
     _idle(page)
     page.get_by_text("not a diagnosis").first.wait_for()
     page.get_by_text("Shipped model").first.wait_for()
+    page.get_by_text("At clinics the model was not trained on").first.wait_for()  # the held-out figures (#23)
     _no_exception(page)
     _shot(page, "home")
 
@@ -205,6 +207,8 @@ def _tour(page, server, data_dir, tmp_path) -> None:
     page.locator("[data-testid='stPlotlyChart']").first.wait_for()
     page.get_by_text("Maximum diameter (Feret)").first.wait_for()
     page.get_by_text("referral threshold").first.wait_for()
+    alerts = page.locator("[data-testid='stAlert']").all_inner_texts()
+    assert any(a.strip().startswith(tuple(f"{h}." for h in HEADLINES.values())) for a in alerts), alerts  # verdict
     page.get_by_text("Similar cases").first.wait_for()
     _no_exception(page)
     page.get_by_role("button", name="Prepare PDF report").click()
@@ -255,6 +259,11 @@ def _tour(page, server, data_dir, tmp_path) -> None:
         _idle(page)
         _no_exception(page)
         _shot(page, "model_performance_" + tab.split()[0].lower(), doc=tab == "Uncertainty")
+    page.get_by_role("tab", name="Out of source").click()
+    page.get_by_text("Reliability statements on sources they were fitted without").first.wait_for()
+    _idle(page)
+    _no_exception(page)
+    _shot(page, "model_performance_out_of_source")
 
     # Batch: two good images and one broken file; the broken one becomes an error row
     _goto(page, "Batch")
