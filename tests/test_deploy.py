@@ -68,8 +68,7 @@ def test_the_dockerfile_copies_what_the_app_imports_and_runs_it_non_root_with_a_
     for source in copied:
         assert (REPO / source).exists(), f"COPY {source}: not in the repository"
     # every repository package the app's modules import is in the image
-    app_files = [REPO / "streamlit_app.py", *(REPO / d / f for d in ("core", "ui", "app_pages")
-                                              for f in os.listdir(REPO / d) if f.endswith(".py"))]
+    app_files = [REPO / "streamlit_app.py", *(f for d in ("core", "ui", "app_pages") for f in (REPO / d).rglob("*.py"))]
     local = {p.name for p in REPO.iterdir() if p.is_dir() and (p / "__init__.py").exists() or p.suffix == ".py"}
     needed = {name for f in app_files for name in _imported_top_level(f)} & {n.removesuffix(".py") for n in local}
     assert needed <= copied | {"streamlit_app"}, f"imported but not copied: {needed - copied}"
