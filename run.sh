@@ -96,11 +96,11 @@ case "$cmd" in
         ensure_venv
         ensure_orthanc
         export DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
-        exec "$PY" -m core.demo_pacs "$@"
+        exec "$PY" -m core.io.demo_pacs "$@"
         ;;
     batch)
         ensure_venv
-        exec "$PY" -m core.batch_engine "$@"
+        exec "$PY" -m core.batch.batch_engine "$@"
         ;;
     test)
         ensure_venv requirements-dev.txt

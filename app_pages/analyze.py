@@ -7,10 +7,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.classes import CLASS_CODES, MALIGNANT_CODES
-from core.dicom_input import is_dicom, read_dicom
-from core.intake import FILE_EXTENSIONS, SUPPORTED_TEXT, ImageRejected, load_image
-from core.patient_context import SEXES, SITES, ContextError, PatientContext
+from core.data.classes import CLASS_CODES, MALIGNANT_CODES
+from core.io.dicom_input import is_dicom, read_dicom
+from core.io.intake import FILE_EXTENSIONS, SUPPORTED_TEXT, ImageRejected, load_image
+from core.data.patient_context import SEXES, SITES, ContextError, PatientContext
 from ui.analyzers import ModelUnavailable, pool
 from ui.audit_log import record_analysis, record_report_download
 from ui.data_folder import SOURCE_LABELS, available_sources, current_data_dir
@@ -95,7 +95,7 @@ def scale_ui() -> float | None:
 
 
 def context_ui() -> PatientContext | None:
-    """Optional age, sex and anatomical site, checked by core.patient_context; None (with the error shown) when a
+    """Optional age, sex and anatomical site, checked by core.data.patient_context; None (with the error shown) when a
     value is invalid. The analysis goes on either way; the values go into the PDF report and into the analysis
     (where the model card's context head is in use)."""
     with st.expander("Patient context (optional)", icon=":material/person:"):
@@ -118,7 +118,7 @@ VERDICT_ALERTS = {"refer": ("error", ":material/priority_high:"), "review": ("wa
 
 
 def verdict_ui(parent, r) -> None:
-    """The one triage statement at the top of the result (core.triage: referral rules, uncertainty, unusual flag,
+    """The one triage statement at the top of the result (core.decisions.triage: referral rules, uncertainty, unusual flag,
     the more severe first) with what it did at clinics the model was not trained on, and the melanoma score against
     the threshold applied (the session's or the card's)."""
     verdict, referral = verdict_of(r), referral_of(r)
@@ -165,7 +165,7 @@ def header_ui(r, name: str, example: dict | None) -> None:
 
 
 def quality_ui(parent, r) -> None:
-    """Which image-quality check fired (core.image_quality), in one sentence; the diagnosis below is greyed."""
+    """Which image-quality check fired (core.decisions.image_quality), in one sentence; the diagnosis below is greyed."""
     if r.quality:
         parent.warning(f"**Image quality.** {r.quality_text}", icon=":material/photo_camera:")
 
@@ -198,7 +198,7 @@ def _cam(rgb, code: str, method: str, progress=None):
 
 def cam_ui(rgb, r, mask, key: str, controls, view):
     """CAM controls in `controls`, the labelled map in `view`; returns (overlay image or None, its caption)."""
-    from core.cam import distinct_class_cams
+    from core.analysis.cam import distinct_class_cams
 
     controls.markdown("**Class activation map**")
     method = controls.selectbox("Method", distinct_class_cams(linear_head=True), key="cam_method", help=CAM_HELP)
@@ -320,7 +320,7 @@ def result_ui(rgb, r, name: str, example: dict | None, mm_per_pixel: float | Non
     cam_image, cam_label = cam_ui(rgb, r, mask, key[0], controls[2], views[2])
     measurements = r.measurements
     if mask_kind == "coarse":
-        from core.lesion_measurements import measure_lesion
+        from core.lesion.lesion_measurements import measure_lesion
 
         measurements = measure_lesion(mask, rgb, mm_per_pixel)
     left, right = st.columns([3, 2])
@@ -372,7 +372,7 @@ def analyze_page() -> None:
                    + ". " + " ".join(tags.notes) + " Enter it above to change it.")
     mm_per_pixel = None
     if fov:
-        from core.lesion_measurements import mm_per_pixel_from_fov
+        from core.lesion.lesion_measurements import mm_per_pixel_from_fov
 
         mm_per_pixel = mm_per_pixel_from_fov(fov, rgb.shape[1])
     key = (digest(data), frame, mm_per_pixel, context)

@@ -1,4 +1,4 @@
-"""Audit: the audit trail's records (core.audit), newest first, filtered by user, date and action, exported as CSV.
+"""Audit: the audit trail's records (core.security.audit), newest first, filtered by user, date and action, exported as CSV.
 Listed in the navigation for admins only (ui.auth.is_admin); read-only: the trail has no edit or delete path."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import date, datetime, time, timedelta, timezone
 import pandas as pd
 import streamlit as st
 
-from core.audit import ACTIONS, to_csv
+from core.security.audit import ACTIONS, to_csv
 from ui.audit_log import audit_log, probabilities_text
 from ui.auth import is_admin
 
@@ -21,7 +21,7 @@ def _utc_start(day: date) -> datetime:
 
 
 def filters_ui(users: list[str]) -> dict:
-    """The user, date range (UTC days, both included) and action filters as core.audit.AuditLog.query arguments."""
+    """The user, date range (UTC days, both included) and action filters as core.security.audit.AuditLog.query arguments."""
     c1, c2, c3 = st.columns([2, 2, 3])
     user = c1.selectbox("User", ["", *users], key="audit_user", format_func=lambda u: u or "everyone")
     today = datetime.now(timezone.utc).date()

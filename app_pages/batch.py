@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.classes import CLASS_CODES
-from core.intake import FILE_EXTENSIONS
-from core.ood import REFUSED_LEVELS
-from core.triage import HEADLINES
+from core.data.classes import CLASS_CODES
+from core.io.intake import FILE_EXTENSIONS
+from core.decisions.ood import REFUSED_LEVELS
+from core.decisions.triage import HEADLINES
 from ui.analyzers import ModelUnavailable, pool
 from ui.audit_log import record_batch
 from ui.batch_result_view import batch_result_ui
@@ -118,9 +118,9 @@ def results_ui(table: pd.DataFrame, threshold: float | None) -> None:
 
 
 def csv_bytes(table: pd.DataFrame, threshold: float | None) -> bytes:
-    """The predict CLI's columns (core.predict.COLUMNS), the referral threshold applied, and the true label of
+    """The predict CLI's columns (core.analysis.predict.COLUMNS), the referral threshold applied, and the true label of
     dataset examples."""
-    from core.predict import COLUMNS
+    from core.analysis.predict import COLUMNS
 
     out = table[COLUMNS].assign(referral_threshold=threshold_text(rule().threshold if threshold is None else threshold))
     if table["true_dx"].notna().any():
@@ -131,7 +131,7 @@ def csv_bytes(table: pd.DataFrame, threshold: float | None) -> bytes:
 def context_ui() -> dict | None:
     """The optional metadata CSV (image, age, sex, site) -> {image name without extension: PatientContext}; None when
     it is invalid (the error, naming the row, is shown)."""
-    from core.patient_context import ContextError, parse_context_csv
+    from core.data.patient_context import ContextError, parse_context_csv
 
     upload = st.file_uploader("Patient context (optional CSV: image, age, sex, site)", type=["csv"],
                               key="batch_metadata", help="One row per image file (name with or without "

@@ -9,16 +9,16 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.intake import FILE_EXTENSIONS
+from core.io.intake import FILE_EXTENSIONS
 from ui.analyzers import ModelUnavailable, pool, weights_dir
 from ui.data_folder import current_data_dir
 from ui.datasets import split_manifest
 from ui.formatting import DISCLAIMER, class_label
 from ui.images import digest
 from ui.model_files import model_card
-from core.classes import CLASS_CODES
-from core.followup import (BAND_FILE, BASELINE_COLOUR, BEYOND, FOLLOWUP_COLOUR, TABLE_COLUMNS,
-                           UNINFORMATIVE_PROBABILITY_BAND, compare_images, contours, load_band, table_text)
+from core.data.classes import CLASS_CODES
+from core.analysis.followup import (BAND_FILE, BASELINE_COLOUR, BEYOND, FOLLOWUP_COLOUR, TABLE_COLUMNS,
+                                    UNINFORMATIVE_PROBABILITY_BAND, compare_images, contours, load_band, table_text)
 
 ROLES = ("Baseline", "Follow-up")
 
@@ -180,7 +180,7 @@ def table_ui(comparison, band, mm_per_pixel: float | None) -> None:
 
 
 def report_ui(comparison, images, band, band_text: str, mm_per_pixel: float | None) -> None:
-    from core.comparison_report import build_comparison_pdf
+    from core.reports.comparison_report import build_comparison_pdf
 
     note = st.text_input("Note for the PDF report (optional)", key="compare_note", max_chars=500,
                          placeholder="e.g. interval between the images; no patient identifiers")
@@ -203,7 +203,7 @@ def compare_page() -> None:
     given = input_ui(current_data_dir())
     if given is None:
         return
-    from core.intake import ImageRejected, load_image
+    from core.io.intake import ImageRejected, load_image
 
     images = []
     for role, (data, name) in zip(ROLES, given):
@@ -226,7 +226,7 @@ def compare_page() -> None:
         return
     mm_per_pixel = None
     if fov:
-        from core.lesion_measurements import mm_per_pixel_from_fov
+        from core.lesion.lesion_measurements import mm_per_pixel_from_fov
 
         mm_per_pixel = mm_per_pixel_from_fov(fov, images[0][0].shape[1])
     status_ui(comparison, band, band_text)

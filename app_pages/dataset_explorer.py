@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.classes import CLASS_CODES
+from core.data.classes import CLASS_CODES
 from ui.data_folder import SOURCE_LABELS, available_sources, current_data_dir
 from ui.datasets import manifest, read_image_path, read_mask_path, split_manifest
 from ui.figures import (age_figure, class_counts_figure, dx_type_figure, sex_figure, site_figure,

@@ -1,5 +1,5 @@
-"""Evaluate your data: the shipped model on a researcher's own labelled folder (any layout core.datasets reads), with
-the figures `python -m train.evaluate --data-dir DIR --report OUT` writes (core.folder_evaluation).
+"""Evaluate your data: the shipped model on a researcher's own labelled folder (any layout core.data.datasets reads), with
+the figures `python -m train.evaluate --data-dir DIR --report OUT` writes (core.analysis.folder_evaluation).
 
 The images are analysed a few per script run (the partial state lives in st.session_state and the page reruns until
 done), so the progress bar moves and the Cancel button answers between chunks; a cancelled run is reported with the
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.datasets import LAYOUTS_TEXT
+from core.data.datasets import LAYOUTS_TEXT
 from ui.analyzers import ModelUnavailable, pool
 from ui.batch_result_view import evaluation_result_ui
 from ui.data_folder import resolve_data_dir
@@ -34,7 +34,7 @@ def start_ui() -> None:
                             placeholder="/data/my_lesions", help=f"Any of: {LAYOUTS_TEXT}.")
     if not right.button("Evaluate", key="eval_start", type="primary", disabled=running or not value.strip()):
         return
-    from core.datasets import load_manifest
+    from core.data.datasets import load_manifest
 
     folder = resolve_data_dir(value)
     if folder is None:
@@ -42,7 +42,7 @@ def start_ui() -> None:
         return
     try:
         table = load_manifest(folder)
-    except (ValueError, OSError) as exc:  # core.datasets.DatasetError names the file and row
+    except (ValueError, OSError) as exc:  # core.data.datasets.DatasetError names the file and row
         st.error(f"Cannot read the folder: {exc}")
         return
     st.session_state[RUN] = {"folder": str(folder), "manifest": table, "rows": [], "failures": [], "done": 0,
@@ -51,7 +51,7 @@ def start_ui() -> None:
 
 def progress_ui(run: dict) -> None:
     """One chunk of images, then a rerun (until done or cancelled)."""
-    from core.folder_evaluation import assemble, predict_rows
+    from core.analysis.folder_evaluation import assemble, predict_rows
 
     total = len(run["manifest"])
     st.progress(run["done"] / total, text=f"Evaluating `{run['folder']}`: {run['done']} of {total} images")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.classes import CLASSES
-from core.dataset_summary import images_per_source
+from core.data.classes import CLASSES
+from core.data.dataset_summary import images_per_source
 from ui.analyzers import device_text, weights_dir
 from ui.data_folder import SOURCE_LABELS
 from ui.formatting import DISCLAIMER, HEADLINE_SOURCES, headline_format, headline_label, short_name
@@ -77,16 +77,16 @@ def training_data_ui(card: dict) -> None:
 def home_page() -> None:
     st.title("LesionLens")
     st.markdown("Dermoscopic skin-lesion analysis for **dermatologists and skin-imaging researchers**: lesion "
-                "segmentation, 7-class diagnosis probabilities (HAM10000 classes), a melanoma referral rule, "
-                "uncertainty in words, an out-of-distribution check, class-activation maps, similar confirmed cases "
+                "segmentation, 7-class diagnosis probabilities (HAM10000 classes), one triage verdict (refer / review / "
+                "no referral), uncertainty in words, an out-of-distribution check, class-activation maps, similar confirmed cases "
                 "and ABCD-style measurements.")
     st.warning(DISCLAIMER, icon=":material/medical_information:")
     st.markdown(
-        "- **Analyze** — one image: mask, probabilities, melanoma referral, uncertainty, class activation map, "
+        "- **Analyze** — one image: triage verdict, mask, probabilities, uncertainty, class activation map, "
         "measurements, similar cases, patient context, PDF report.\n"
         "- **Dataset explorer** — HAM10000 / ISIC 2017 distributions and an image gallery.\n"
         "- **Model performance** — both test sets with 95% CIs: confusion matrix, ROC/PR, referral threshold, "
-        "uncertainty, calibration, out-of-distribution, similar cases, ablations.\n"
+        "uncertainty, calibration, out-of-distribution, out of source (a new clinic), similar cases, ablations.\n"
         "- **Batch** — many images at once (optional patient-context CSV), results as CSV.\n"
         "- **Compare follow-up** — a baseline and a follow-up image of one lesion.\n"
         "- **Evaluate your data** — the shipped model on your own labelled folder, with CIs."

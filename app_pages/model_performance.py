@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.referral import BELOW_TEXT, REFER_TEXT, validation_sources_text
+from core.decisions.referral import BELOW_TEXT, REFER_TEXT, validation_sources_text
 from ui.analyzers import ModelUnavailable, pool, weights_dir
 from ui.audit_log import record_threshold_change
 from ui.data_folder import available_sources, current_data_dir

@@ -1,15 +1,15 @@
 """PACS: search the image archive (DICOMweb QIDO-RS), retrieve a study's dermoscopy images (WADO-RS), analyse them
 with the patient context of their tags, and store the PDF report, the lesion mask and the findings back into the
-study (STOW-RS). The server comes from .streamlit/secrets.toml [pacs] or LESIONLENS_PACS_URL (core.pacs)."""
+study (STOW-RS). The server comes from .streamlit/secrets.toml [pacs] or LESIONLENS_PACS_URL (core.io.pacs)."""
 from __future__ import annotations
 
 import re
 
 import streamlit as st
 
-from core.classes import MALIGNANT_CODES
-from core.dicom_results import DicomResultError
-from core.pacs import Pacs, PacsError, Study
+from core.data.classes import MALIGNANT_CODES
+from core.io.dicom_results import DicomResultError
+from core.io.pacs import Pacs, PacsError, Study
 from ui.analyzers import ModelUnavailable
 from ui.audit_log import record_pacs_store, record_result
 from ui.formatting import DISCLAIMER, class_label

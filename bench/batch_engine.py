@@ -1,10 +1,10 @@
-"""8. Archive batch engine (core.batch_engine): throughput per worker of the local and Ray Data back-ends, the 1 -> 2
+"""8. Archive batch engine (core.batch.batch_engine): throughput per worker of the local and Ray Data back-ends, the 1 -> 2
 worker scaling on a local Ray cluster, and memory over a longer run.
 
     nice -n 19 .venv/bin/python -m bench.batch_engine [--images 300] [--long 2000] [--shard-size 32]
 
 Input: a CSV list of the first N HAM10000 images of DATA_DIR (ham10000/images; nothing is copied). Every
-configuration analyses the same list into a fresh output folder with the full analysis (core.batch_shards):
+configuration analyses the same list into a fresh output folder with the full analysis (core.batch.batch_shards):
 - `local_1`, `local_2`: the local back-end with 1 and 2 worker processes;
 - `ray_inprocess_2`: Ray Data on `ray.init(num_cpus=2)` (an actor pool of 2);
 - `ray_cluster_1`, `ray_cluster_2`: a Ray cluster the bench starts with `ray start --head --num-cpus 1 --block`,
@@ -66,7 +66,7 @@ def figures(summary: dict, seconds: float) -> dict:
 
 
 def timed_run(images: Path, out: Path, shard_size: int, **kwargs) -> dict:
-    from core.batch_engine import run
+    from core.batch.batch_engine import run
 
     start = time.perf_counter()
     summary = run(images, out, shard_size=shard_size, **kwargs)
@@ -121,7 +121,7 @@ def _wait_cpus(ray, n: int, timeout: float = 120) -> None:
 def cluster_scaling(images: Path, work: Path, shard_size: int) -> dict:
     import ray
 
-    from core.batch_engine import RAY_RUNTIME_ENV
+    from core.batch.batch_engine import RAY_RUNTIME_ENV
 
     port = _free_port()
     address = f"127.0.0.1:{port}"
@@ -145,7 +145,7 @@ def cluster_scaling(images: Path, work: Path, shard_size: int) -> dict:
 def ray_inprocess(images: Path, out: Path, shard_size: int) -> dict:
     import ray
 
-    from core.batch_engine import RAY_RUNTIME_ENV
+    from core.batch.batch_engine import RAY_RUNTIME_ENV
 
     ray.init(address="local", num_cpus=2, object_store_memory=OBJECT_STORE, include_dashboard=False,
              runtime_env=RAY_RUNTIME_ENV, log_to_driver=False)

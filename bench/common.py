@@ -36,7 +36,7 @@ def fullres_images(root: Path, n: int) -> list[tuple[str, bytes]]:
 
 def small_images(root: Path, n: int, size: tuple[int, int], preprocessing) -> np.ndarray:
     """(n, H, W, 3) uint8: the first n ham10000/images (200x150) as network inputs of size (H, W)."""
-    from core.preprocess import network_image
+    from core.imaging.preprocess import network_image
 
     paths = sorted((root / "ham10000" / "images").glob("*.jpg"))[:n]
     if len(paths) < n:
@@ -48,11 +48,11 @@ def load_analyzer(weights_dir: Path, module=None):
     """(Analyzer, note). Analyzer.load as shipped; while weights/ has no model card yet, the same networks are
     built from the safetensors files without the sha256 check (random weights for a missing file), so the
     timings stay meaningful (speed does not depend on the weight values). The OOD detector needs the card.
-    `module`: an alternative core.inference module (bench.experiments.ab_patch loads a patched copy)."""
-    from core.weights_io import WeightsIntegrityError
+    `module`: an alternative core.analysis.inference module (bench.experiments.ab_patch loads a patched copy)."""
+    from core.io.weights_io import WeightsIntegrityError
 
     if module is None:
-        import core.inference as module
+        import core.analysis.inference as module
     NETWORK_FILES, Analyzer = module.NETWORK_FILES, module.Analyzer
 
     try:

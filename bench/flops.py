@@ -27,8 +27,8 @@ def count_flops(fn) -> int:
 
 
 def sample_inputs(analyzer, rgb: np.ndarray):
-    from core.mbdcnn import localisation_class, localisation_map, mask_cn_input
-    from core.tensors import normalize_batch
+    from core.models.mbdcnn import localisation_class, localisation_map, mask_cn_input
+    from core.imaging.tensors import normalize_batch
 
     seg_u8, cls_u8, _ = analyzer.network_images(rgb)
     with torch.no_grad():
@@ -42,8 +42,8 @@ def sample_inputs(analyzer, rgb: np.ndarray):
 
 def network_flops(analyzer, rgb: np.ndarray) -> dict:
     """FLOPs (2 x multiply-adds, as FlopCounterMode counts) for one image through each network, and for the
-    Grad-CAM call (core.cam.compute_cam: mask-CN forward + backward to the input)."""
-    from core.cam import compute_cam
+    Grad-CAM call (core.analysis.cam.compute_cam: mask-CN forward + backward to the input)."""
+    from core.analysis.cam import compute_cam
 
     seg_x, x4, loc, top = sample_inputs(analyzer, rgb)
     with torch.no_grad():

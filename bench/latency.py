@@ -24,7 +24,7 @@ def _analysis(analyzer, rgb, mode: str, cam_method: str):
 
 def analysis_latency(analyzer, images: list[tuple[str, bytes]], warm: list[tuple[str, bytes]] = (),
                      cam_method: str = "Grad-CAM") -> dict:
-    """For each image: decode (core.intake.load_image on the bytes), then three ways of analysing it:
+    """For each image: decode (core.io.intake.load_image on the bytes), then three ways of analysing it:
 
     - no_cam: analyze(rgb)
     - cam:    analyze(rgb, cam=True)
@@ -32,7 +32,7 @@ def analysis_latency(analyzer, images: list[tuple[str, bytes]], warm: list[tuple
 
     The order of the three rotates from image to image, so drift in machine load hits all alike. `full_*` = decode
     + the wall time of the calls (what a user waits for once the upload has arrived)."""
-    from core.intake import load_image
+    from core.io.intake import load_image
 
     for name, data in warm:  # warm-up images, not timed
         rgb = load_image(data, name)

@@ -31,7 +31,7 @@ printed. Only loopback traffic; chromium runs with background networking, compon
 
 Threads mode needs no browser: N Python threads borrow from the app's own pool of Analyzer replicas
 (ui.analyzers.AnalyzerPool, as the Streamlit sessions do) and call analyze() on real images for --duration seconds
-(every other call with cam=True), each followed by its audit record as the app writes it (core.audit: SHA-256 of
+(every other call with cam=True), each followed by its audit record as the app writes it (core.security.audit: SHA-256 of
 the image file + one row as user<N>@clinic.example, timed apart as "audit write"; the records are counted at the
 end); each result is compared with a sequential run on the same image (probabilities within 1e-5, masks identical,
 CAM within 1e-5) to check thread safety. --replicas and --torch-threads default to the
@@ -448,7 +448,7 @@ def signin_setup(args, port: int, folder: Path):
 def audit_check(url: str, sessions: list, warm_up: dict | None, signin: bool) -> dict:
     """Each user's "analysis" records in the audit trail against the analyses its session (or thread) completed,
     one entry per analysis in `sessions` (without sign-in every browser session is the user "local")."""
-    from core.audit import LOCAL_USER, AuditLog
+    from core.security.audit import LOCAL_USER, AuditLog
 
     def user(session) -> str:
         return signin_user(session) if signin else LOCAL_USER
@@ -551,9 +551,9 @@ def _compare(result, reference, tol: float) -> str | None:
 
 
 def run_threads(args, images: list[Path]) -> dict:
-    from core.audit import AuditLog, record_of_result, sha256_of
-    from core.intake import load_image_file
-    from core.predict import model_version
+    from core.security.audit import AuditLog, record_of_result, sha256_of
+    from core.io.intake import load_image_file
+    from core.analysis.predict import model_version
     from ui.analyzers import AnalyzerPool
 
     pool_images = images[: args.unique_images]

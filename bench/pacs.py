@@ -2,9 +2,9 @@
 
     nice -n 19 .venv/bin/python -m bench.pacs [--images 10]      # alone; prints JSON (`python -m bench --pacs` runs it too)
 
-A local Orthanc (core.demo_pacs, free port, temporary storage) receives N HAM10000 600x450 JPEGs wrapped as DICOM
-in one made-up study. `dicom_read`: core.dicom_input.read_dicom on each object's bytes, next to
-core.intake.load_image on the same JPEG's bytes (`jpeg_decode`); `dicom_read_added` = the per-image difference
+A local Orthanc (core.io.demo_pacs, free port, temporary storage) receives N HAM10000 600x450 JPEGs wrapped as DICOM
+in one made-up study. `dicom_read`: core.io.dicom_input.read_dicom on each object's bytes, next to
+core.io.intake.load_image on the same JPEG's bytes (`jpeg_decode`); `dicom_read_added` = the per-image difference
 (what reading DICOM adds to an analysis). `study`: what the PACS page does once the study is chosen, timed as a
 whole: QIDO list of the study's dermoscopy instances, WADO-RS retrieve + read of each, the analysis, PDF report and
 DICOM results of each (ui.pacs_results.analyse, one after the other as the page does) and one STOW-RS of every
@@ -23,10 +23,10 @@ TARGETS = {"study_s": 5.0, "dicom_read_added_ms": 20.0}  # issue 26 (study_s: fo
 
 
 def pacs_round_trip(root, images: int = 10) -> dict:
-    from core.demo_pacs import Orthanc, demo_objects, free_port
-    from core.dicom_input import read_dicom
-    from core.intake import load_image
-    from core.pacs import Pacs
+    from core.io.demo_pacs import Orthanc, demo_objects, free_port
+    from core.io.dicom_input import read_dicom
+    from core.io.intake import load_image
+    from core.io.pacs import Pacs
     from ui.analyzers import pool
     from ui.pacs_results import analyse, retrieve, store_results
 

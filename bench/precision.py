@@ -2,7 +2,7 @@
 
     python -m bench.precision [--n-images 200] [--threads 1]
 
-Two Analyzers on the shipped weights, one per precision (core.precision), analyse the same HAM10000 validation
+Two Analyzers on the shipped weights, one per precision (core.models.precision), analyse the same HAM10000 validation
 images with a mask (the seed-42 lesion-grouped split; never test): per image the largest difference of any class probability,
 the melanoma score, top class, referral, uncertainty level and OOD level, and the enhanced-SN mask Dice between the
 two precisions and of each against the ground-truth mask. Then the same images timed with both, interleaved.
@@ -42,8 +42,8 @@ def violations(agreement: dict) -> list[str]:
 
 
 def validation_rows(n: int):
-    from core.datasets import load_manifest
-    from core.splits import assign_splits
+    from core.data.datasets import load_manifest
+    from core.data.splits import assign_splits
 
     split = assign_splits(load_manifest(data_dir(), sources=("ham10000",)), seed=42)
     val = split[(split["split"] == "val") & (split["mask_path"] != "")]
@@ -60,7 +60,7 @@ def compare(analyzers: dict, rows) -> dict:
     """Per-image agreement of the bf16 Analyzer with the fp32 one (keys of `analyzers`: 'fp32', 'bf16')."""
     import cv2
 
-    from core.intake import load_image_file
+    from core.io.intake import load_image_file
 
     out = {k: [] for k in ("max_probability_difference", "mel_score_difference", "mask_dice_between_precisions",
                            "dice_fp32", "dice_bf16")}
@@ -92,7 +92,7 @@ def compare(analyzers: dict, rows) -> dict:
 
 def speed(analyzers: dict, n: int = 20, reps: int = 1) -> dict:
     """Analysis with Grad-CAM of 600x450 images (bench.common.fullres_images), per precision, interleaved."""
-    from core.intake import load_image
+    from core.io.intake import load_image
 
     images = [load_image(data, name) for name, data in fullres_images(data_dir(), n)]
     for analyzer in analyzers.values():
@@ -117,7 +117,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from core.inference import Analyzer
+    from core.analysis.inference import Analyzer
 
     analyzers = {p: Analyzer.load(args.weights, device="cpu", precision=p) for p in ("fp32", "bf16")}
     rows = validation_rows(args.n_images)

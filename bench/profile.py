@@ -23,7 +23,7 @@ def main(argv=None) -> None:
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--weights", default=str(REPO / "weights"))
     args = parser.parse_args(argv)
-    from core.intake import load_image
+    from core.io.intake import load_image
 
     analyzer, note = load_analyzer(Path(args.weights))
     images = [load_image(data, name) for name, data in fullres_images(data_dir(), args.warmup + args.n_images)]

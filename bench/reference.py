@@ -2,7 +2,7 @@
 
 smp DeepLabV3+ (ResNet-50 encoder, encoder_weights=None) for the mask, timm resnet50 (pretrained=False) for the
 7 classes, pytorch-grad-cam GradCAM on layer4 for the heat map. Random weights (speed does not depend on them),
-default (NCHW) memory format and eval mode, the same preprocessing as ours (core.tensors.image_to_batch).
+default (NCHW) memory format and eval mode, the same preprocessing as ours (core.imaging.tensors.image_to_batch).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class ReferenceStack:
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        from core.tensors import image_to_batch
+        from core.imaging.tensors import image_to_batch
 
         h, w = rgb.shape[:2]
         with torch.inference_mode():
@@ -47,7 +47,7 @@ class ReferenceStack:
 
     def flops(self, rgb: np.ndarray) -> dict:
         from bench.flops import count_flops
-        from core.tensors import image_to_batch
+        from core.imaging.tensors import image_to_batch
 
         seg_x = image_to_batch(rgb, self.seg_size).contiguous()
         cls_x = image_to_batch(rgb, self.cls_size).contiguous()

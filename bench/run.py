@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> dict:
     from bench.latency import analysis_latency
     from bench.reference import compare
     from bench.throughput import batch_throughput
-    from core.intake import load_image
+    from core.io.intake import load_image
 
     root = data_dir()
     weights = Path(args.weights)

@@ -20,8 +20,8 @@ def _best_rate(fn, batch: int, reps: int) -> tuple[float, float, list[float]]:
 
 
 def batch_throughput(analyzer, root, batch: int = 32, reps: int = 3) -> dict:
-    from core.mbdcnn import localisation_class, localisation_map, mask_cn_input
-    from core.tensors import normalize_batch
+    from core.models.mbdcnn import localisation_class, localisation_map, mask_cn_input
+    from core.imaging.tensors import normalize_batch
 
     cls_u8 = torch.from_numpy(small_images(root, batch, analyzer.classifier_size, analyzer.classifier_preprocessing))
     seg_u8 = torch.from_numpy(small_images(root, batch, analyzer.segmenter_size, analyzer.preprocessing))

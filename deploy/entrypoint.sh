@@ -12,7 +12,7 @@ check_only=0
 if [ "${1:-}" = "check" ]; then check_only=1; shift; fi
 
 if [ -f "$SECRETS" ]; then
-    "$PYTHON" -m core.access "$SECRETS" || {
+    "$PYTHON" -m core.security.access "$SECRETS" || {
         echo "[lesionlens] fix $SECRETS (template: .streamlit/secrets.toml.example)" >&2; exit 1; }
     set -- --secrets.files "$SECRETS" "$@"
 else

@@ -33,7 +33,7 @@ def audit_store(tmp_path_factory):
     """Every analysis the tests run (AppTest pages, app servers started as subprocesses) is audited into a throwaway
     SQLite file, never into the user's own store (~/.local/share/lesionlens/audit.sqlite); tests that need their own
     store set LESIONLENS_AUDIT_URL themselves."""
-    from core.audit import URL_ENV
+    from core.security.audit import URL_ENV
 
     url = f"sqlite:///{tmp_path_factory.mktemp('audit') / 'audit.sqlite'}"
     previous = os.environ.get(URL_ENV)
@@ -65,7 +65,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def ham_manifest(data_dir):
     """load_manifest of HAM10000 only (10,015 rows), read once per session; do not modify it in tests."""
-    from core.datasets import load_manifest
+    from core.data.datasets import load_manifest
 
     return load_manifest(data_dir, sources=("ham10000",))
 
@@ -73,14 +73,14 @@ def ham_manifest(data_dir):
 @pytest.fixture(scope="session")
 def ham_split(ham_manifest):
     """ham_manifest with the seed-42 grouped split (what `python -m train.splits` writes); read-only."""
-    from core.splits import assign_splits
+    from core.data.splits import assign_splits
 
     return assign_splits(ham_manifest, seed=42)
 
 
 @pytest.fixture(scope="session")
 def isic_manifest(data_dir):
-    from core.datasets import load_manifest
+    from core.data.datasets import load_manifest
 
     return load_manifest(data_dir, sources=("isic2017",))
 
@@ -94,7 +94,7 @@ def write_tiny_ham(root: Path, per_class: int = 4, images_per_lesion: int = 1, l
     import cv2
     import numpy as np
 
-    from core.classes import CLASS_CODES
+    from core.data.classes import CLASS_CODES
 
     root.mkdir(parents=True, exist_ok=True)
     if layout == "official":
@@ -157,7 +157,7 @@ def tiny_runs(tmp_path_factory, data_dir):
 def weights_card():
     """The model card of the weights the dashboard serves (LESIONLENS_WEIGHTS or weights/)."""
     from apptest_support import WEIGHTS
-    from core.weights_io import read_model_card
+    from core.io.weights_io import read_model_card
 
     if not (WEIGHTS / "model_card.json").is_file():
         pytest.fail(f"{WEIGHTS / 'model_card.json'} is missing: the dashboard tests need the shipped weights "

@@ -15,8 +15,8 @@ from apptest_support import (APP, TIMEOUT, WEIGHTS, captions, dataframe, figure,
                              texts, upload, values)
 from streamlit.testing.v1 import AppTest
 
-from core.classes import CLASS_BY_CODE, CLASS_CODES, CLASSES
-from core.triage import HEADLINES
+from core.data.classes import CLASS_BY_CODE, CLASS_CODES, CLASSES
+from core.decisions.triage import HEADLINES
 
 CLASS_NAMES = [c.name for c in CLASSES]
 
@@ -24,7 +24,7 @@ VERDICT_STARTS = tuple(f"**{h}.**" for h in HEADLINES.values())
 
 
 def verdict_shown(at: AppTest) -> str:
-    """The text of the one triage verdict alert on the page (core.triage: refer / review / no referral)."""
+    """The text of the one triage verdict alert on the page (core.decisions.triage: refer / review / no referral)."""
     shown = [a.value for a in list(at.error) + list(at.warning) + list(at.info) if a.value.startswith(VERDICT_STARTS)]
     assert len(shown) == 1, shown
     return shown[0]
@@ -66,7 +66,7 @@ def check_analysis(at: AppTest, true_code: str | None = None) -> str:
     ticks = " ".join(spec["layout"]["yaxis"]["ticktext"])
     assert all(name in ticks for name in CLASS_NAMES), ticks
     assert ticks.count("malignant") == 3
-    # measurements table in core.lesion_measurements' wording
+    # measurements table in core.lesion.lesion_measurements' wording
     table = dataframe(at, "Measurement")
     found = dict(zip(table["Measurement"], table["Value"]))
     assert list(found) == ["Area", "Maximum diameter (Feret)", "Perimeter", "Mirror asymmetry", "Border irregularity",
@@ -109,8 +109,8 @@ def test_home_shows_model_summary(app, weights_card):
 def test_home_counts_split_images_per_source(app, weights_card, data_dir):
     """Images per split and source (not HAM10000 and ISIC 2017 added up): the model card's counts, which are those of
     the data it was trained on."""
-    from core.datasets import load_manifest
-    from core.splits import assign_splits
+    from core.data.datasets import load_manifest
+    from core.data.splits import assign_splits
 
     table = dataframe(app, "test")
     assert list(table.index) == ["HAM10000", "ISIC 2017"]
@@ -132,8 +132,8 @@ def test_analyze_dataset_example(app, weights_card, data_dir):
     assert not at.exception, at.exception
     check_analysis(at, true_code="mel")
     # examples are held-out test images (three random picks)
-    from core.datasets import load_manifest
-    from core.splits import assign_splits
+    from core.data.datasets import load_manifest
+    from core.data.splits import assign_splits
 
     split = assign_splits(load_manifest(data_dir), seed=42).set_index("image_id")["split"]
     picked = [at.session_state["example"]]
@@ -143,7 +143,7 @@ def test_analyze_dataset_example(app, weights_card, data_dir):
     assert {e["dx"] for e in picked} == {"mel"} and {split[e["image_id"]] for e in picked} == {"test"}, picked
     check_analysis(at, true_code="mel")
     # the CAM controls offer the methods that differ on mask-CN and every class; each CAM image says what made it
-    from core.cam import distinct_class_cams
+    from core.analysis.cam import distinct_class_cams
 
     assert list(at.selectbox(key="cam_method").options) == distinct_class_cams(linear_head=True)
     assert len(at.selectbox(key="cam_target").options) == 8
@@ -164,11 +164,11 @@ def test_analyze_dataset_example(app, weights_card, data_dir):
 
 
 def test_analyze_upload_real_and_bad_file(app, data_dir, monkeypatch):
-    import core.report
+    import core.reports.report
 
     built = []
-    real_build = core.report.build_pdf_report
-    monkeypatch.setattr(core.report, "build_pdf_report", lambda **kw: built.append(kw) or real_build(**kw))
+    real_build = core.reports.report.build_pdf_report
+    monkeypatch.setattr(core.reports.report, "build_pdf_report", lambda **kw: built.append(kw) or real_build(**kw))
     at = page(app, "app_pages/analyze.py")
     image = sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[0]
     at.file_uploader(key="upload").set_value(("lesion.jpg", b"this is not an image", "image/jpeg")).run()
@@ -193,12 +193,12 @@ def test_analyze_upload_real_and_bad_file(app, data_dir, monkeypatch):
 
 
 def test_analyze_accepts_every_format_core_intake_reads(app, data_dir):
-    """The file picker lists exactly core.intake's formats; a GIF (which core.intake reads) is analysed."""
+    """The file picker lists exactly core.io.intake's formats; a GIF (which core.io.intake reads) is analysed."""
     import io
 
     from PIL import Image
 
-    from core.intake import FILE_EXTENSIONS
+    from core.io.intake import FILE_EXTENSIONS
 
     at = page(app, "app_pages/analyze.py")
     assert list(at.file_uploader(key="upload").proto.type) == [f".{e}" for e in FILE_EXTENSIONS]
@@ -348,7 +348,7 @@ def test_model_performance(app, weights_card, test_set, source):
         assert (row.Sensitivity, row.Specificity) == _sensitivity_specificity(part, "mel_score", threshold)
     # the rule's sentence says the threshold holds the target sensitivity in each validation source, with its melanomas
     rule_text = next(m.value for m in at.markdown if m.value.startswith("**Rule:**"))
-    from core.referral import VALIDATION_SOURCES
+    from core.decisions.referral import VALIDATION_SOURCES
 
     fit = weights_card["referral"]["fit"]
     assert f"in each validation source with at least {fit['min_melanomas_to_bind']} melanomas" in rule_text

@@ -13,8 +13,8 @@ import pytest
 from apptest_support import alerts, captions, dataframe, keyed_block, metrics, page, texts, upload
 from test_report import pdf_text
 
-from core.referral import BELOW_TEXT, REFER_TEXT
-from core.triage import HEADLINES, TriageRule
+from core.decisions.referral import BELOW_TEXT, REFER_TEXT
+from core.decisions.triage import HEADLINES, TriageRule
 
 ANALYZE, BATCH, PERFORMANCE = "app_pages/analyze.py", "app_pages/batch.py", "app_pages/model_performance.py"
 
@@ -22,11 +22,11 @@ ANALYZE, BATCH, PERFORMANCE = "app_pages/analyze.py", "app_pages/batch.py", "app
 @pytest.fixture
 def pdfs(monkeypatch):
     """Every PDF the app builds in the test (bytes), in order."""
-    import core.report
+    import core.reports.report
 
     built = []
-    real = core.report.build_pdf_report
-    monkeypatch.setattr(core.report, "build_pdf_report", lambda **kw: built.append(real(**kw)) or built[-1])
+    real = core.reports.report.build_pdf_report
+    monkeypatch.setattr(core.reports.report, "build_pdf_report", lambda **kw: built.append(real(**kw)) or built[-1])
     return built
 
 
@@ -68,7 +68,7 @@ def _csv_rows(data: bytes) -> list[dict]:
 
 
 def _analyzer_result(path):
-    from core.intake import load_image_file
+    from core.io.intake import load_image_file
     from ui.analyzers import pool
 
     with pool().borrow() as analyzer:
@@ -77,8 +77,8 @@ def _analyzer_result(path):
 
 # ---------------------------------------------------------------- one verdict everywhere
 def test_verdict_agrees_on_every_surface_and_follows_the_session_threshold(app, data_dir, tmp_path, pdfs, downloads):
-    from core.classes import CLASS_CODES
-    from core.predict import predict_one
+    from core.data.classes import CLASS_CODES
+    from core.analysis.predict import predict_one
     from ui.analyzers import pool
     from ui.model_files import model_card
 
@@ -167,7 +167,7 @@ def test_a_real_photograph_gets_no_diagnosis(app, pdfs, downloads):
 def test_a_clinical_camera_photo_gets_no_diagnosis(app, clinical_photo, pdfs, downloads):
     """A real DermNet photograph from a category the dermoscopy check never saw, with its watermark, on Analyze, in
     the PDF and on Batch: the clinical-photo sentence and nothing of a diagnosis."""
-    from core.ood import CLINICAL_PHOTO_TEXT
+    from core.decisions.ood import CLINICAL_PHOTO_TEXT
 
     data = clinical_photo.read_bytes()
     at = _analyze(app, clinical_photo.name, data)
@@ -186,7 +186,7 @@ def test_a_clinical_camera_photo_gets_no_diagnosis(app, clinical_photo, pdfs, do
 @pytest.fixture
 def ood_level(monkeypatch):
     """Make every analysis report the given OOD level (the detector itself is tested in test_inference)."""
-    from core.inference import Analyzer
+    from core.analysis.inference import Analyzer
 
     chosen = {}
     real = Analyzer.analyze
@@ -294,17 +294,17 @@ def test_patient_context_csv_on_batch(app, data_dir, downloads):
     assert list(table["age"].fillna("")) == ["40", ""] and list(table["sex"].fillna("")) == ["female", ""]
     rows = _csv_rows(downloads["lesionlens_batch.csv"])
     assert [(r["age"], r["sex"], r["site"]) for r in rows] == [("40", "female", "back"), ("", "", "")]
-    from core.predict import COLUMNS
+    from core.analysis.predict import COLUMNS
 
     assert list(rows[0]) == [*COLUMNS, "referral_threshold"]
 
 
 def test_a_dicom_upload_brings_the_patient_context_of_its_tags(app, data_dir, pdfs, downloads):
-    """Analyze and Batch read age, sex and site from a DICOM's tags when none is entered (as core.predict does);
+    """Analyze and Batch read age, sex and site from a DICOM's tags when none is entered (as core.analysis.predict does);
     a two-frame object gets a frame selector; what the user enters wins over the tags; no identifier is shown."""
     import pydicom
 
-    from core.dicom_input import MadeUpPatient, wrap_jpeg
+    from core.io.dicom_input import MadeUpPatient, wrap_jpeg
 
     image = _image(data_dir)
     data = wrap_jpeg(image.read_bytes(), MadeUpPatient("DCM-7", name="Doe^Jane", age=61, sex="male", site="back"))

@@ -1,4 +1,4 @@
-"""The audit trail (core.audit) on both stores it supports: an SQLite file and a real PostgreSQL server (Debian's
+"""The audit trail (core.security.audit) on both stores it supports: an SQLite file and a real PostgreSQL server (Debian's
 package, started here by tests/postgres_server.py). Records round-trip with every field, filters select, the
 database itself refuses UPDATE / DELETE, and one record is written in <= 5 ms."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from postgres_server import postgres_server
 from sqlalchemy import delete, text, update
 
-from core.audit import ACTIONS, AuditLog, AuditRecord, records, sha256_of, to_csv
+from core.security.audit import ACTIONS, AuditLog, AuditRecord, records, sha256_of, to_csv
 
 WRITE_BUDGET_S = 0.005
 PROBS = {"mel": 0.61, "nv": 0.3, "bcc": 0.09}

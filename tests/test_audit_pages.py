@@ -11,8 +11,8 @@ import pytest
 from apptest_support import page, upload
 from test_pacs_page import server  # noqa: F401  (the real Orthanc fixture)
 
-from core.audit import AuditLog, sha256_of
-from core.classes import CLASS_CODES
+from core.security.audit import AuditLog, sha256_of
+from core.data.classes import CLASS_CODES
 
 ANALYZE, BATCH, PERFORMANCE, AUDIT = ("app_pages/analyze.py", "app_pages/batch.py", "app_pages/model_performance.py",
                                       "app_pages/audit.py")
@@ -31,7 +31,7 @@ def _images(data_dir, n: int):
 
 
 def _analyzed(path):
-    from core.intake import load_image_file
+    from core.io.intake import load_image_file
     from ui.analyzers import pool
 
     with pool().borrow() as analyzer:
@@ -39,7 +39,7 @@ def _analyzed(path):
 
 
 def _check_result_fields(row: dict, path, threshold: float) -> None:
-    from core.predict import model_version
+    from core.analysis.predict import model_version
 
     r, analyzer = _analyzed(path)
     assert row["user"] == "local"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.preprocess import Preprocessing
+from core.imaging.preprocess import Preprocessing
 from train.augment import (AugmentConfig, affine_theta, augment_batch, colour_jitter, cutmix, perturb_masks,
                            random_theta, warp)
 from train.cache import load_arrays

@@ -1,4 +1,4 @@
-"""The archive batch engine (core.batch_engine) on 40 real HAM10000 images and two hostile files: the local back-end
+"""The archive batch engine (core.batch.batch_engine) on 40 real HAM10000 images and two hostile files: the local back-end
 writes predict's columns plus the mask RLE and measurements; Ray Data (a local 2-CPU Ray) writes exactly the same
 rows; a run killed after its first shard resumes and gives each row once; a finished run does nothing when rerun;
 the Batch and Evaluate pages open the Parquet result."""
@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from apptest_support import WEIGHTS, dataframe, metrics, page
 
-from core import batch_engine
-from core.batch_results import evaluation_of, read_labels, read_result
-from core.mask_rle import decode_mask, encode_mask
-from core.predict import COLUMNS
+from core.batch import batch_engine
+from core.batch.batch_results import evaluation_of, read_labels, read_result
+from core.lesion.mask_rle import decode_mask, encode_mask
+from core.analysis.predict import COLUMNS
 
 N_REAL = 40
 SHARD_SIZE = 7   # 42 files -> 6 shards
@@ -76,8 +76,8 @@ def test_local_run_rows_errors_and_summary(local_result, folder):
 
 
 def test_rows_are_the_predict_clis_and_the_masks_decode(local_result, folder, tmp_path):
-    """The Parquet rows hold core.predict's CSV row and its mask (RLE) for the same image."""
-    from core import predict
+    """The Parquet rows hold core.analysis.predict's CSV row and its mask (RLE) for the same image."""
+    from core.analysis import predict
 
     out, _ = local_result
     picked = sorted((folder / "a").glob("*.jpg"))[:3]
@@ -131,7 +131,7 @@ def test_ray_back_end_writes_the_same_rows(local_ray, local_result, folder, tmp_
 
 def test_a_killed_run_resumes_and_gives_each_row_once(folder, tmp_path, repo_root):
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
-    process = subprocess.Popen([sys.executable, "-m", "core.batch_engine", str(folder), "--out", str(tmp_path),
+    process = subprocess.Popen([sys.executable, "-m", "core.batch.batch_engine", str(folder), "--out", str(tmp_path),
                                 "--workers", "1", "--shard-size", str(SHARD_SIZE), "--weights", str(WEIGHTS)],
                                cwd=repo_root, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)

@@ -1,4 +1,4 @@
-"""core.cam: every CAM method localises hand-built class evidence; overlays."""
+"""core.analysis.cam: every CAM method localises hand-built class evidence; overlays."""
 from __future__ import annotations
 
 import threading
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.cam import CAM_METHODS, compute_cam, overlay_heatmap, overlay_mask
+from core.analysis.cam import CAM_METHODS, compute_cam, overlay_heatmap, overlay_mask
 
 SIZE = 64
 SQUARE = 14
@@ -212,7 +212,7 @@ def test_overlay_mask():
 def test_class_map_shortcut_equals_pytorch_grad_cam(method):
     """mask-CN's GAP + linear head makes these methods equal its class activation maps: the Analyzer's shortcut
     (no second forward, no backward) must give pytorch-grad-cam's map."""
-    from core.cam import LINEAR_HEAD_CAMS, cam_from_class_maps
+    from core.analysis.cam import LINEAR_HEAD_CAMS, cam_from_class_maps
     from core.models import create_model
 
     assert method in LINEAR_HEAD_CAMS

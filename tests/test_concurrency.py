@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from core.inference import Analyzer
-from core.intake import load_image_file
+from core.analysis.inference import Analyzer
+from core.io.intake import load_image_file
 
 N_THREADS = 4
 PER_THREAD = 3

@@ -1,4 +1,4 @@
-"""core.datasets, core.splits and core.dataset_summary on the real HAM10000 / ISIC 2017 folders, and its error paths on synthetic folders."""
+"""core.data.datasets, core.data.splits and core.data.dataset_summary on the real HAM10000 / ISIC 2017 folders, and its error paths on synthetic folders."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.classes import CLASS_CODES
-from core.datasets import MANIFEST_COLUMNS, DatasetError, data_dir_from_env, load_manifest, read_class_folders, read_ham10000, read_isic2017
-from core.splits import apply_split_file, assign_splits, read_split_file
-from core.dataset_summary import dataset_summary
+from core.data.classes import CLASS_CODES
+from core.data.datasets import (MANIFEST_COLUMNS, DatasetError, data_dir_from_env, load_manifest, read_class_folders,
+                                read_ham10000, read_isic2017)
+from core.data.splits import apply_split_file, assign_splits, read_split_file
+from core.data.dataset_summary import dataset_summary
 
 HAM_COUNTS = {"akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705, "vasc": 142}
 ISIC_TRAIN = {"mel": 374, "bkl": 254, "nv": 1372}
@@ -79,9 +80,9 @@ def test_dataset_summary_is_json_ready_and_counts_per_split(ham_split):
 def test_images_per_source_of_every_split(data_dir, ham_split):
     """Per-source split counts: from the summary's own source counts, and the same from a summary written before
     they existed (ISIC 2017 told apart by its dx_type), both equal to counting the manifest."""
-    from core.dataset_summary import images_per_source
-    from core.datasets import load_manifest
-    from core.splits import assign_splits
+    from core.data.dataset_summary import images_per_source
+    from core.data.datasets import load_manifest
+    from core.data.splits import assign_splits
 
     both = assign_splits(load_manifest(data_dir), seed=42)
     summary = dataset_summary(both)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.access import check_secrets
+from core.security.access import check_secrets
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD_SECRETS = """
@@ -133,7 +133,7 @@ def test_the_secrets_template_is_valid_once_filled_in():
     assert "[auth]" not in tomllib.loads(template)  # as shipped: sign-in off (the local app stays as it was)
     settings = tomllib.loads(re.sub(r"(?m)^#(?=\S)", "", template))
     assert set(settings) == {"DATA_DIR", "auth", "lesionlens", "pacs"}
-    assert settings["pacs"]["url"].endswith("/dicom-web")  # core.pacs.Pacs.from_config reads url, user, password
+    assert settings["pacs"]["url"].endswith("/dicom-web")  # core.io.pacs.Pacs.from_config reads url, user, password
     assert "[auth] cookie_secret is still the template's placeholder" in check_secrets(settings)
     settings["auth"].update(cookie_secret="f" * 64, client_id="lesionlens", client_secret="s3cret")
     assert check_secrets(settings) == []

@@ -1,10 +1,10 @@
-"""DICOM intake (core.dicom_input via core.intake.load_image, and core.predict): real HAM10000 JPEGs wrapped as
+"""DICOM intake (core.io.dicom_input via core.io.intake.load_image, and core.analysis.predict): real HAM10000 JPEGs wrapped as
 DICOM Dermoscopic Photography images with made-up patients.
 
 Checked: the pixels equal the JPEG's own decode (JPEG baseline, and uncompressed RGB / YBR_FULL re-encodings); the
 patient context read back equals what was written (PatientAge, or birth date + study date; sex; site from the
 anatomic region code or BodyPartExamined; unmapped site -> empty with a note); every frame of a multi-frame object;
-identifiers only on request; core.predict fills age / sex / site from the tags and gives a damaged DICOM an error
+identifiers only on request; core.analysis.predict fills age / sex / site from the tags and gives a damaged DICOM an error
 row; hostile files (truncated, wrong transfer syntax, 0x0, a CT, a DICOMDIR, a PDF, huge declared sizes,
 monochrome) raise ImageRejected with a sentence, never another exception.
 """
@@ -18,9 +18,9 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from core.dicom_input import DicomRejected, MadeUpPatient, read_dicom, wrap_jpeg
-from core.intake import ImageRejected, load_image
-from core.patient_context import PatientContext
+from core.io.dicom_input import DicomRejected, MadeUpPatient, read_dicom, wrap_jpeg
+from core.io.intake import ImageRejected, load_image
+from core.data.patient_context import PatientContext
 
 PATIENT = MadeUpPatient("TEST-1", name="Test^Made^Up", age=45, sex="female", site="lower extremity")
 
@@ -167,7 +167,7 @@ def test_truncated_dicoms_are_rejected(dicom, cut):
 
 
 def test_predict_fills_context_from_tags(tmp_path, dicom, repo_root):
-    from core.predict import main
+    from core.analysis.predict import main
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "lesion.dcm").write_bytes(dicom)
     (tmp_path / "in" / "broken.dcm").write_bytes(dicom[:3000])

@@ -1,4 +1,4 @@
-"""core.dicom_results on a real dermoscopy image wrapped as DICOM: each object passes dciodvfy (dicom3tools) without
+"""core.io.dicom_results on a real dermoscopy image wrapped as DICOM: each object passes dciodvfy (dicom3tools) without
 errors; the Encapsulated PDF holds the PDF byte for byte, the Segmentation the mask pixel for pixel at the source's
 size, the SR the findings (read back with highdicom's own SR parser); UIDs depend only on source, model version,
 kind (and threshold); the constructors refuse what they cannot build. No server needed (tests/test_pacs.py stores
@@ -15,11 +15,11 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from core.classes import CLASS_CODES
-from core.dicom_input import MadeUpPatient, wrap_jpeg
-from core.dicom_results import (MOST_PROBABLE, PROBABILITY, REFERRAL, REFERRAL_THRESHOLD, REFERRAL_VALUES, UNCERTAINTY,
-                                UNCERTAINTY_VALUES, DicomResultError, Findings, encapsulated_pdf, findings_report,
-                                lesion_segmentation, part10_bytes, result_objects, source_header)
+from core.data.classes import CLASS_CODES
+from core.io.dicom_input import MadeUpPatient, wrap_jpeg
+from core.io.dicom_results import (MOST_PROBABLE, PROBABILITY, REFERRAL, REFERRAL_THRESHOLD, REFERRAL_VALUES,
+                                   UNCERTAINTY, UNCERTAINTY_VALUES, DicomResultError, Findings, encapsulated_pdf,
+                                   findings_report, lesion_segmentation, part10_bytes, result_objects, source_header)
 
 PROBS = dict(zip(CLASS_CODES, (0.02, 0.03, 0.10, 0.01, 0.30, 0.50, 0.04)))
 FINDINGS = Findings(PROBS, "nv", 0.3125, True, 0.0215, "moderate", "in", "test-1")

@@ -1,5 +1,5 @@
 """train.evaluate end to end on tiny trained runs: the card's rules are fitted, the files verify, the Analyzer
-applies the same rules, and the folder report gives the numbers core.folder_evaluation gives."""
+applies the same rules, and the folder report gives the numbers core.analysis.folder_evaluation gives."""
 import json
 import shutil
 
@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.classes import CLASS_CODES
-from core.inference import Analyzer
-from core.intake import load_image_file
-from core.weights_io import sha256_of
+from core.data.classes import CLASS_CODES
+from core.analysis.inference import Analyzer
+from core.io.intake import load_image_file
+from core.io.weights_io import sha256_of
 from train import evaluate
 
 
@@ -71,8 +71,8 @@ def test_the_analyzer_applies_the_same_rules(tiny_card, ham_split):
 def test_folder_report_gives_the_numbers_of_core_folder_evaluation(tiny_card, ham_split, tmp_path):
     """A researcher's folder (one folder per class, one unreadable file): the CLI report and the function behind
     the dashboard page agree, and the bad file is a failure row, not a crash."""
-    from core.datasets import load_manifest
-    from core.folder_evaluation import evaluate_folder
+    from core.data.datasets import load_manifest
+    from core.analysis.folder_evaluation import evaluate_folder
 
     weights, _ = tiny_card
     folder = tmp_path / "mine"
@@ -93,8 +93,8 @@ def test_folder_report_gives_the_numbers_of_core_folder_evaluation(tiny_card, ha
 
 def test_enhanced_sn_gets_the_map_its_training_computed(tiny_card, ham_split):
     """The localisation map the Analyzer feeds enhanced-SN is the one train.stages computed for enhanced-SN's
-    training (core.mbdcnn.run_chain on the same network inputs, with the shipped networks), without flip TTA."""
-    from core.mbdcnn import run_chain
+    training (core.models.mbdcnn.run_chain on the same network inputs, with the shipped networks), without flip TTA."""
+    from core.models.mbdcnn import run_chain
     from train.stages import load_upstream
 
     weights, _ = tiny_card

@@ -108,7 +108,7 @@ def test_cancel_reports_the_images_done(app, folder, monkeypatch):
     it), then presses Cancel: the two chunks done are reported, marked cancelled."""
     from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
-    from core.inference import Analyzer
+    from core.analysis.inference import Analyzer
 
     calls = []
     real = Analyzer.analyze

@@ -1,4 +1,4 @@
-"""Lesion follow-up (core.followup, core.comparison_report, train.followup_noise, the Compare page) on real
+"""Lesion follow-up (core.analysis.followup, core.reports.comparison_report, train.followup_noise, the Compare page) on real
 HAM10000 images and the shipped weights."""
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from core.comparison_report import COMPARISON_TITLE, build_comparison_pdf
-from core.followup import (BAND_FILE, BASELINE_COLOUR, BEYOND, FOLLOWUP_COLOUR, LESION_MASKS, MEASURES, NO_LESION,
-                           NOT_ASSESSED, NOT_COMPARED, TABLE_COLUMNS, UNINFORMATIVE, UNINFORMATIVE_PROBABILITY_BAND,
-                           WITHIN, compare_images, contours, load_band, register, table_text, touches_edge,
-                           weights_fingerprint)
-from core.inference import Analyzer
-from core.intake import load_image, load_image_file
-from core.weights_io import read_model_card
+from core.reports.comparison_report import COMPARISON_TITLE, build_comparison_pdf
+from core.analysis.followup import (BAND_FILE, BASELINE_COLOUR, BEYOND, FOLLOWUP_COLOUR, LESION_MASKS, MEASURES,
+                                    NO_LESION, NOT_ASSESSED, NOT_COMPARED, TABLE_COLUMNS, UNINFORMATIVE,
+                                    UNINFORMATIVE_PROBABILITY_BAND, WITHIN, compare_images, contours, load_band,
+                                    register, table_text, touches_edge, weights_fingerprint)
+from core.analysis.inference import Analyzer
+from core.io.intake import load_image, load_image_file
+from core.io.weights_io import read_model_card
 from test_report import pdf_text
 from tests.test_privacy import assert_no_disk_writes
 from tests.test_privacy_analysis import CONTROL_NOTE, EXIF_TEXT, FILE_NAME, _found, _pdf_texts, upload  # noqa: F401

@@ -1,10 +1,10 @@
-"""Image-quality checks (core.image_quality) on real dermoscopy images.
+"""Image-quality checks (core.decisions.image_quality) on real dermoscopy images.
 
 The shipped card keeps only the checks whose flagged images were misclassified more often on held-out data
 (train.fit_image_quality). The surfaces are tested with a weights folder whose card ships the out-of-focus check at its
 fitted threshold (the same networks, symlinked), whether or not the shipped card keeps it: a sharp image passes, the
 same image blurred (cv2.GaussianBlur) is flagged "out of focus" on every surface (Analyzer, Analyze page, PDF, Batch
-table and CSV, core.predict) with its diagnosis still shown, greyed; a refused clinical photo gets no quality verdict
+table and CSV, core.analysis.predict) with its diagnosis still shown, greyed; a refused clinical photo gets no quality verdict
 (no analysis at all)."""
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from test_app_rules import pdfs  # noqa: F401 (fixture)
 from test_report import pdf_text
 
 from train.fit_image_quality import BLUR_SHARE
-from core.image_quality import (CHECK_KINDS, QualityCheck, QualityChecks, WORKING_SIZE, border_share, lesion_share,
-                                quality_sentence, sharpness, working_view)
+from core.decisions.image_quality import (CHECK_KINDS, QualityCheck, QualityChecks, WORKING_SIZE, border_share,
+                                          lesion_share, quality_sentence, sharpness, working_view)
 
 ANALYZE, BATCH = "app_pages/analyze.py", "app_pages/batch.py"
 
@@ -58,7 +58,7 @@ def out_of_focus_weights(tmp_path_factory, repo_root):
 
 @pytest.fixture(scope="module")
 def analyzer(out_of_focus_weights):
-    from core.inference import Analyzer
+    from core.analysis.inference import Analyzer
 
     return Analyzer.load(out_of_focus_weights)
 
@@ -73,7 +73,7 @@ def app_with_out_of_focus(monkeypatch, out_of_focus_weights, data_dir):
 
 
 def _analyse(analyzer, path):
-    from core.intake import load_image_file
+    from core.io.intake import load_image_file
 
     return analyzer.analyze(load_image_file(path))
 
@@ -127,7 +127,7 @@ def test_a_refused_image_gets_no_quality_verdict(analyzer, clinical_photo):
 
 
 def test_core_predict_lists_the_checks_that_fired(analyzer, sharp_path, blurred_png, tmp_path):
-    from core.predict import predict_one
+    from core.analysis.predict import predict_one
 
     assert predict_one(analyzer, sharp_path, tmp_path)["quality"] == ""
     row = predict_one(analyzer, blurred_png, tmp_path)

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from core.classes import CLASS_CODES
-from core.inference import Analyzer
-from core.weights_io import WeightsIntegrityError
+from core.data.classes import CLASS_CODES
+from core.analysis.inference import Analyzer
+from core.io.weights_io import WeightsIntegrityError
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_result_contract_on_a_real_image(analyzer, fullres):
     assert r.label == max(r.probs, key=r.probs.get)
     assert r.cam.shape == rgb.shape[:2] and 0 <= r.cam.min() and r.cam.max() <= 1
     assert r.uncertainty_level in ("low", "moderate", "high") and r.uncertainty_text.startswith("Uncertainty ")
-    # the measured area is the largest 8-connected component of the mask with its holes filled (core.lesion_measurements)
+    # the measured area is the largest 8-connected component of the mask with its holes filled (core.lesion.lesion_measurements)
     labels, n = ndimage.label(r.mask > 0, structure=np.ones((3, 3)))
     assert n >= 1
     largest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
@@ -93,7 +93,7 @@ def test_live_quality_matches_the_model_cards_predictions(analyzer, ham_split, r
     Dice at most 0.03 lower) than the shipped model's own test predictions on the same images
     (weights/test_predictions.csv, written by the evaluation): the app's preprocessing and decision rule are those the
     model was evaluated with. The expected figures come from the CSV, so new weights need no edit here."""
-    from core.intake import load_image_file
+    from core.io.intake import load_image_file
 
     card = pd.read_csv(repo_root / "weights" / "test_predictions.csv").set_index("image_id")
     rows = ham_split.set_index("image_id")
@@ -127,8 +127,8 @@ def test_non_dermoscopic_images_are_flagged(analyzer):
 
 def test_a_clinical_photo_is_refused_as_one(analyzer, clinical_photo):
     """A held-out DermNet photograph, whole (with its watermark) and with the watermark corner cropped away."""
-    from core.intake import load_image
-    from core.ood import CLINICAL_PHOTO_TEXT
+    from core.io.intake import load_image
+    from core.decisions.ood import CLINICAL_PHOTO_TEXT
 
     rgb = load_image(clinical_photo.read_bytes())
     for image in (rgb, rgb[: int(rgb.shape[0] * 0.72)]):
@@ -149,10 +149,10 @@ def test_cam_for_any_class(analyzer, fullres):
 
 
 def test_offered_cam_methods_differ_on_mask_cn(analyzer, fullres):
-    """The CAM methods the Analyze page offers for mask-CN (core.cam.distinct_class_cams) give clearly different,
+    """The CAM methods the Analyze page offers for mask-CN (core.analysis.cam.distinct_class_cams) give clearly different,
     class-specific maps on a real image; each method left out repeats an offered one or ignores the target class.
     Score-CAM (one forward pass per channel, ~10 s on CPU) is perturbation-based and is not recomputed here."""
-    from core.cam import CAM_METHODS, distinct_class_cams
+    from core.analysis.cam import CAM_METHODS, distinct_class_cams
 
     rgb = _rgb(fullres[0][0])
     offered = distinct_class_cams(linear_head=True)
@@ -194,7 +194,7 @@ def test_similar_cases_share_the_diagnosis_far_above_chance(analyzer, ham_split)
     cases the Analyzer returns carry the query's diagnosis far more often than chance. With the same number of
     queries per class, chance precision@8 is 1/7 whatever the reference set's class mix; the shipped model scores
     about 0.67 here."""
-    from core.intake import load_image_file
+    from core.io.intake import load_image_file
 
     rows = ham_split.set_index("image_id")
     precision = [float((analyzer.analyze(load_image_file(rows.loc[image_id, "image_path"])).similar["dx"] == code).mean())

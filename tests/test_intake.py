@@ -1,4 +1,4 @@
-"""core.intake.load_image against a battery of hostile and unusual inputs, all generated here (no files committed),
+"""core.io.intake.load_image against a battery of hostile and unusual inputs, all generated here (no files committed),
 plus a fuzz test over mutated real JPEG/PNG bytes. Any warning escaping load_image fails the test."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageCms, ImageFile
 
-from core.intake import ImageRejected, load_image, load_image_file
+from core.io.intake import ImageRejected, load_image, load_image_file
 
 pytestmark = pytest.mark.filterwarnings("error")
 

@@ -1,4 +1,4 @@
-"""core.lesion_measurements: geometry and colour descriptors on drawn shapes and on a real HAM10000 lesion."""
+"""core.lesion.lesion_measurements: geometry and colour descriptors on drawn shapes and on a real HAM10000 lesion."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from core.lesion_measurements import REFERENCE_COLOURS, measure_lesion, mm_per_pixel_from_fov
+from core.lesion.lesion_measurements import REFERENCE_COLOURS, measure_lesion, mm_per_pixel_from_fov
 
 REPO = Path(__file__).resolve().parents[1]
 

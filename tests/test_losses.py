@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.losses import class_weights, dice_loss, hybrid_loss, mixed_cross_entropy, rank_loss
+from core.models.losses import class_weights, dice_loss, hybrid_loss, mixed_cross_entropy, rank_loss
 
 
 def _target():

@@ -1,4 +1,4 @@
-"""core.metrics against scikit-learn and against synthetic sets with known answers."""
+"""core.analysis.metrics against scikit-learn and against synthetic sets with known answers."""
 from __future__ import annotations
 
 import json
@@ -17,8 +17,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from core.classes import CLASS_CODES
-from core.metrics import (
+from core.data.classes import CLASS_CODES
+from core.analysis.metrics import (
     MAX_CURVE_POINTS,
     calibration,
     classification_metrics,
@@ -254,7 +254,7 @@ def test_sensitivity_specificity():
 def test_logit_adjustment_recovers_rare_class_recall():
     """A classifier biased towards the majority class: the tau fitted on held-out logits raises balanced accuracy,
     and tau = 0 leaves the decisions unchanged."""
-    from core.metrics import fit_logit_adjustment, logit_adjustment
+    from core.analysis.metrics import fit_logit_adjustment, logit_adjustment
 
     rng = np.random.default_rng(0)
     y = np.array([0] * 900 + [1] * 100)

@@ -4,8 +4,8 @@ import torch
 
 from core.models import create_model
 from core.models.pretrained import PretrainedUnavailable, map_by_order, packaged_imagenet_tensors
-from core.mbdcnn import localisation_map, mask_cn_input
-from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE
+from core.models.mbdcnn import localisation_map, mask_cn_input
+from core.imaging.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.classes import NUM_CLASSES
-from core.uncertainty import UncertaintyLevels, probability_scores
+from core.data.classes import NUM_CLASSES
+from core.decisions.uncertainty import UncertaintyLevels, probability_scores
 from train.out_of_source import held_out_predictions
 from train.source_heads import LinearHead, sample_weights, softmax
 

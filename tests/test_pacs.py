@@ -1,4 +1,4 @@
-"""core.pacs against a real Orthanc (core.demo_pacs.Orthanc, Debian's orthanc + orthanc-dicomweb) on a free port.
+"""core.io.pacs against a real Orthanc (core.io.demo_pacs.Orthanc, Debian's orthanc + orthanc-dicomweb) on a free port.
 
 If Orthanc is not installed the fixture fails (bash run.sh test installs it). 20 HAM10000 JPEGs wrapped as DICOM
 with made-up patients (10 studies) are stored by STOW-RS, found by QIDO-RS (patient ID, date, modality), listed,
@@ -19,12 +19,12 @@ import pydicom
 import pytest
 from test_dicom_results import dciodvfy_errors
 
-from core.classes import CLASS_CODES
-from core.demo_pacs import Orthanc, demo_objects, free_port
-from core.dicom_input import read_dicom
-from core.dicom_results import PROBABILITY
-from core.intake import load_image
-from core.pacs import Pacs, PacsError
+from core.data.classes import CLASS_CODES
+from core.io.demo_pacs import Orthanc, demo_objects, free_port
+from core.io.dicom_input import read_dicom
+from core.io.dicom_results import PROBABILITY
+from core.io.intake import load_image
+from core.io.pacs import Pacs, PacsError
 
 COUNT = 20
 
@@ -69,7 +69,7 @@ def test_retrieve_gives_the_written_pixels_and_context(stored, data_dir):
 
 
 def test_analysis_of_the_retrieved_image_equals_the_jpeg_analysis(stored, data_dir, repo_root):
-    from core.inference import Analyzer
+    from core.analysis.inference import Analyzer
     pacs, objects = stored
     patient, data = objects[0]
     jpeg = sorted((data_dir / "ham10000" / "fullres" / "images").glob("ISIC_*.jpg"))[0].read_bytes()

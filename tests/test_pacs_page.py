@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from apptest_support import alerts, dataframe, page, start_app, texts
 
-from core.demo_pacs import Orthanc, demo_objects, free_port
-from core.pacs import Pacs
+from core.io.demo_pacs import Orthanc, demo_objects, free_port
+from core.io.pacs import Pacs
 
 
 @pytest.fixture(scope="module")

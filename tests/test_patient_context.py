@@ -1,15 +1,15 @@
-"""Patient context (age, sex, site): one validation for the Analyze form, Batch, core.predict and the PDF; the
-context head (core.context_head, fitted by train.fit_context) and how the Analyzer applies it."""
+"""Patient context (age, sex, site): one validation for the Analyze form, Batch, core.analysis.predict and the PDF; the
+context head (core.decisions.context_head, fitted by train.fit_context) and how the Analyzer applies it."""
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from core.classes import CLASS_CODES, class_index
-from core.context_head import ContextHead
-from core.decision_rule import DecisionRule
-from core.patient_context import ENCODING, SITES, ContextError, PatientContext, read_context_csv
+from core.data.classes import CLASS_CODES, class_index
+from core.decisions.context_head import ContextHead
+from core.decisions.decision_rule import DecisionRule
+from core.data.patient_context import ENCODING, SITES, ContextError, PatientContext, read_context_csv
 
 
 def test_missing_fields_are_allowed_and_values_are_normalised():
@@ -84,8 +84,8 @@ def test_fitted_head_predicts_held_out_diagnoses_from_real_context(ham_split):
 def test_analyzer_applies_a_shipped_context_head_only_to_given_context(repo_root, tmp_path, data_dir):
     """A card whose context head is in use: a given context moves the probabilities (and says so), an empty one
     gives exactly the image-only analysis. With the shipped card the result says whether context was used."""
-    from core.inference import Analyzer
-    from core.intake import load_image_file
+    from core.analysis.inference import Analyzer
+    from core.io.intake import load_image_file
 
     weights = tmp_path / "weights"
     shutil.copytree(repo_root / "weights", weights)

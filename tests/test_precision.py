@@ -1,4 +1,4 @@
-"""bf16 inference and training defaults (core.precision): `auto` picks bf16 only on a CPU with AMX, and a bf16 Analyzer
+"""bf16 inference and training defaults (core.models.precision): `auto` picks bf16 only on a CPU with AMX, and a bf16 Analyzer
 agrees with the fp32 one on real validation images within bench.precision.TOLERANCE (probabilities, top class,
 referral, masks), CAM methods included."""
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from bench.precision import TOLERANCE, compare, validation_rows, violations
-from core import precision
-from core.inference import Analyzer
+from core.models import precision
+from core.analysis.inference import Analyzer
 from train.stages import STAGES
 from train.train import CONFIG, resolve_amp
 
@@ -51,8 +51,8 @@ def test_bf16_agrees_with_fp32_on_validation_images(analyzers, data_dir):
 
 
 def test_every_cam_method_runs_on_a_bf16_analyzer(analyzers, data_dir):
-    from core.cam import distinct_class_cams
-    from core.intake import load_image_file
+    from core.analysis.cam import distinct_class_cams
+    from core.io.intake import load_image_file
 
     rgb = load_image_file(validation_rows(1)["image_path"].iloc[0])
     for method in distinct_class_cams(linear_head=True):

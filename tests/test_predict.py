@@ -1,4 +1,4 @@
-"""The predict CLI contract (issue 3), run as users run it: `python -m core.predict PATH... --out OUT_DIR
+"""The predict CLI contract (issue 3), run as users run it: `python -m core.analysis.predict PATH... --out OUT_DIR
 [--weights DIR]` in a child process.
 
 PATHs mix a folder and single files; inputs are real HAM10000 images of three different sizes (a 600x450
@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from core.classes import CLASS_CODES
+from core.data.classes import CLASS_CODES
 
 EXPECTED_COLUMNS = ["image", "age", "sex", "site", "pred", "p_akiec", "p_bcc", "p_bkl", "p_df", "p_mel", "p_nv", "p_vasc",
                     "mel_score", "refer", "triage", "prediction_set", "uncertainty_level", "ood_level", "ood_reason", "quality", "model_version", "error"]
@@ -52,7 +52,7 @@ def run(tmp_path_factory, data_dir, repo_root, clinical_photo):
     out = root / "out"
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
     proc = subprocess.run(
-        [sys.executable, "-m", "core.predict", str(folder), str(small), str(missing), "--out", str(out),
+        [sys.executable, "-m", "core.analysis.predict", str(folder), str(small), str(missing), "--out", str(out),
          "--weights", str(repo_root / "weights"), "--metadata", str(metadata)],
         cwd=root, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -101,7 +101,7 @@ def test_a_photograph_that_is_not_dermoscopy_gets_no_diagnosis(run, image):
 
 
 def test_a_clinical_photo_is_marked_as_one(run):
-    from core.ood import CLINICAL_PHOTO_TEXT
+    from core.decisions.ood import CLINICAL_PHOTO_TEXT
 
     row = {r["image"]: r for r in run["rows"]}["clinical_photo"]
     assert row["ood_level"] == "clinical_photo" and row["ood_reason"] == CLINICAL_PHOTO_TEXT
@@ -113,15 +113,15 @@ def test_metadata_is_validated_and_copied(run, tmp_path, repo_root):
     assert (rows["crop_odd"]["age"], rows["crop_odd"]["sex"], rows["crop_odd"]["site"]) == ("", "", "")  # missing fields
     bad = tmp_path / "bad.csv"
     bad.write_text("image,age,sex,site\nx.jpg,212,female,back\n")
-    proc = subprocess.run([sys.executable, "-m", "core.predict", str(run["inputs"]["crop_odd"]), "--out", str(tmp_path / "o"),
+    proc = subprocess.run([sys.executable, "-m", "core.analysis.predict", str(run["inputs"]["crop_odd"]), "--out", str(tmp_path / "o"),
                            "--metadata", str(bad)], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "row 2 (x): age 212 is outside 0-120 years" in proc.stderr
 
 
 def test_rows_and_masks_are_the_analyzers_results(run, repo_root):
-    from core.inference import Analyzer
-    from core.intake import load_image_file
-    from core.patient_context import read_context_csv
+    from core.analysis.inference import Analyzer
+    from core.io.intake import load_image_file
+    from core.data.patient_context import read_context_csv
 
     analyzer = Analyzer.load(repo_root / "weights")
     contexts = read_context_csv(run["metadata"])

@@ -1,11 +1,11 @@
-"""core.preprocess: colour constancy (and field-of-view cropping) on real HAM10000 / ISIC 2017 images."""
+"""core.imaging.preprocess: colour constancy (and field-of-view cropping) on real HAM10000 / ISIC 2017 images."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from core.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, network_image, shades_of_gray
+from core.imaging.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, network_image, shades_of_gray
 
 
 def _rgb(path) -> np.ndarray:

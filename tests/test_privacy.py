@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.intake import ImageRejected, load_image, load_image_file
+from core.io.intake import ImageRejected, load_image, load_image_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IGNORED_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis"}
@@ -214,7 +214,7 @@ def _exif_uploads() -> list[bytes]:
 
 
 def test_upload_metadata_never_reaches_the_logs(caplog):
-    """Pillow's DEBUG records print EXIF tag values; core.intake caps the PIL logger so that even a root logger at
+    """Pillow's DEBUG records print EXIF tag values; core.io.intake caps the PIL logger so that even a root logger at
     DEBUG never receives them. Control: with PIL opened up to DEBUG on purpose, the same loads do log the text."""
     import logging
 

@@ -26,10 +26,10 @@ from datetime import datetime, timezone
 import pytest
 from PIL import ExifTags, Image
 
-from core.cam import overlay_heatmap, overlay_mask
-from core.inference import Analyzer
-from core.intake import ImageRejected, load_image
-from core.report import build_pdf_report
+from core.analysis.cam import overlay_heatmap, overlay_mask
+from core.analysis.inference import Analyzer
+from core.io.intake import ImageRejected, load_image
+from core.reports.report import build_pdf_report
 from tests.test_privacy import assert_no_disk_writes
 
 FILE_NAME = "Doe_Jane_DOB-1961-07-04_MRN-884213_left-shoulder.jpg"
@@ -211,7 +211,7 @@ def test_logs_never_contain_image_data(analyzer, upload, capfd):
     root.setLevel(logging.DEBUG)
     for lg in logging.Logger.manager.loggerDict.values():  # open every already-created logger up to DEBUG...
         if isinstance(lg, logging.Logger) and lg.level > logging.DEBUG and lg.name != "PIL":
-            lg.setLevel(logging.DEBUG)  # ...except what core.intake deliberately caps (see core/intake.py)
+            lg.setLevel(logging.DEBUG)  # ...except what core.io.intake deliberately caps (see core/io/intake.py)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")  # any warning would be printed to stderr and captured below

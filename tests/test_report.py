@@ -1,4 +1,4 @@
-"""core.report: PDF content, privacy (no EXIF, no file names) and determinism."""
+"""core.reports.report: PDF content, privacy (no EXIF, no file names) and determinism."""
 from __future__ import annotations
 
 import io
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.classes import CLASS_CODES
-from core.lesion_measurements import describe_measurements, measure_lesion
-from core.referral import BELOW_TEXT, REFER_TEXT
-from core.report import DISCLAIMER, REPORT_TITLE, ascii_safe, build_pdf_report
+from core.data.classes import CLASS_CODES
+from core.lesion.lesion_measurements import describe_measurements, measure_lesion
+from core.decisions.referral import BELOW_TEXT, REFER_TEXT
+from core.reports.report import DISCLAIMER, REPORT_TITLE, ascii_safe, build_pdf_report
 
 WHEN = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
 SECRET_NAME = "jane_doe_1961-04-02_IMG_4711.jpg"
@@ -149,7 +149,7 @@ def test_pdf_basics_and_content():
     assert "Uncertainty moderate. On validation images, the top prediction at this level was wrong 23% of the time." in text
     assert "ISIC_0024306 Melanoma (mel) histopathology 0.93" in text and "ISIC 2017 challenge label 0.91" in text
     assert "benign" not in text.lower().replace("benign keratosis", "")
-    # every measurement row in the shared wording (core.lesion_measurements.describe_measurements), with mm values
+    # every measurement row in the shared wording (core.lesion.lesion_measurements.describe_measurements), with mm values
     rgb, mask = lesion_image()
     measurements = measure_lesion(mask, rgb, mm_per_pixel=0.05)
     for key, value in describe_measurements(measurements):

@@ -4,15 +4,15 @@ import pandas as pd
 import pytest
 import torch
 
-from core.classes import CLASS_INDEX, NUM_CLASSES
-from core.decision_rule import DecisionRule
-from core.mbdcnn import mbdcnn_forward
+from core.data.classes import CLASS_INDEX, NUM_CLASSES
+from core.decisions.decision_rule import DecisionRule
+from core.models.mbdcnn import mbdcnn_forward
 from core.models import create_model
-from core.ood import OODDetector
-from core.referral import ReferralRule, melanoma_score
-from core.retrieval import CaseIndex
-from core.tta import ALL_VIEWS, FLIP_VIEWS, unview, view, views_for
-from core.uncertainty import UncertaintyLevels, probability_scores
+from core.decisions.ood import OODDetector
+from core.decisions.referral import ReferralRule, melanoma_score
+from core.lesion.retrieval import CaseIndex
+from core.imaging.tta import ALL_VIEWS, FLIP_VIEWS, unview, view, views_for
+from core.decisions.uncertainty import UncertaintyLevels, probability_scores
 from train import fit_rules
 
 

@@ -3,14 +3,14 @@ started by bench.load_test's StreamlitServer with a secrets.toml pointing at it 
 chromium driven by playwright through the provider's sign-in form. Before sign-in no page shows anything but the
 sign-in screen; after it the sidebar says who is signed in and an analysis is audited as that user; a user outside
 the allow-list gets the refusal sentence; only admins see the Audit page and the data-folder field; sign-out returns
-to the sign-in screen. The allow-list and admin rules (core.access) are checked directly first."""
+to the sign-in screen. The allow-list and admin rules (core.security.access) are checked directly first."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from core.access import REFUSED_TEXT, AccessPolicy
+from core.security.access import REFUSED_TEXT, AccessPolicy
 from ui.auth import SIGN_IN_TEXT
 
 CHROMIUM = "/usr/bin/chromium"
@@ -147,7 +147,7 @@ def test_no_page_renders_before_sign_in(signed_app, browser):
 
 
 def test_staff_sign_in_shows_who_audits_as_them_and_signs_out(signed_app, browser, data_dir, folder):
-    from core.audit import AuditLog, sha256_of
+    from core.security.audit import AuditLog, sha256_of
 
     page = _sign_in(browser, signed_app, STAFF["email"])
     sidebar = page.locator('[data-testid="stSidebar"]')

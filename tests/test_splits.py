@@ -1,4 +1,4 @@
-"""Leak-free, stratified, deterministic splits (core.datasets.assign_splits) and the `train.splits` CLI."""
+"""Leak-free, stratified, deterministic splits (core.data.datasets.assign_splits) and the `train.splits` CLI."""
 from __future__ import annotations
 
 import subprocess
@@ -7,9 +7,9 @@ import sys
 import pandas as pd
 import pytest
 
-from core.classes import CLASS_CODES
-from core.datasets import SPLITS, load_manifest
-from core.splits import HAM_DUPLICATE_PAIRS, apply_split_file, assign_splits, lesion_leaks
+from core.data.classes import CLASS_CODES
+from core.data.datasets import SPLITS, load_manifest
+from core.data.splits import HAM_DUPLICATE_PAIRS, apply_split_file, assign_splits, lesion_leaks
 from train import splits as splits_cli
 
 

@@ -1,7 +1,7 @@
 """The README headline table and docs/results.md are the model card's figures, as train.summarize writes them."""
 from pathlib import Path
 
-from core.weights_io import read_model_card
+from core.io.weights_io import read_model_card
 from train import summarize
 
 ROOT = Path(__file__).resolve().parent.parent

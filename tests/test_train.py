@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.losses import hybrid_loss
-from core.mbdcnn import coarse_probabilities
+from core.models.losses import hybrid_loss
+from core.models.mbdcnn import coarse_probabilities
 from core.models import create_model
-from core.preprocess import Preprocessing
-from core.tensors import normalize_batch
-from core.weights_io import weights_metadata
+from core.imaging.preprocess import Preprocessing
+from core.imaging.tensors import normalize_batch
+from core.io.weights_io import weights_metadata
 from train import train as train_stage
 from train.cache import load_arrays
 from train.checkpoint import save_state
@@ -54,7 +54,7 @@ def test_each_stage_writes_checkpoint_history_and_metadata(tiny_runs):
         assert 0.0 <= history[0]["score"] <= 1.0
         meta = weights_metadata(runs / stage / "best.safetensors")
         assert meta["arch"] == stage and meta["input_size"] == sizes[stage]
-        # the JPEG step is the classifiers' only (core.preprocess.Preprocessing.jpeg_quality)
+        # the JPEG step is the classifiers' only (core.imaging.preprocess.Preprocessing.jpeg_quality)
         assert json.loads(meta["preprocessing"]) == {"colour_constancy": True, "crop_field_of_view": True,
                                                      "jpeg_quality": 75 if stage == "mask_cn" else 0}
     seg = json.loads((runs / "coarse_sn" / "history.json").read_text())["history"][0]

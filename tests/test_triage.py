@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.acquisition import SOURCE_NAMES, acquisition_sources
-from core.classes import CLASS_CODES, CLASS_INDEX
-from core.conformal import PredictionSets
-from core.skin_tone import ita_degrees, ita_group
-from core.triage import TriageRule
+from core.data.acquisition import SOURCE_NAMES, acquisition_sources
+from core.data.classes import CLASS_CODES, CLASS_INDEX
+from core.decisions.conformal import PredictionSets
+from core.lesion.skin_tone import ita_degrees, ita_group
+from core.decisions.triage import TriageRule
 from train.fit_source_robust import conformal_quantile, low_uncertainty_cut, referral_threshold
 
 DATA_DIR = Path(os.environ.get("DATA_DIR", "../shared/data"))
@@ -146,7 +146,7 @@ def test_skin_tone_orders_light_and_dark_skin():
 
 
 def test_acquisition_sources_of_the_real_data():
-    from core.datasets import load_manifest
+    from core.data.datasets import load_manifest
 
     manifest = load_manifest(DATA_DIR)
     sources = acquisition_sources(manifest, DATA_DIR)

@@ -1,4 +1,4 @@
-"""core.weights_io: weights load only from safetensors files whose sha256 matches the model card; no pickle anywhere
+"""core.io.weights_io: weights load only from safetensors files whose sha256 matches the model card; no pickle anywhere
 in core/."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.weights_io import (MODEL_CARD_NAME, WeightsIntegrityError, load_verified, read_model_card, save_weights,
-                             sha256_of)
+from core.io.weights_io import (MODEL_CARD_NAME, WeightsIntegrityError, load_verified, read_model_card, save_weights,
+                                sha256_of)
 
 CORE = Path(__file__).resolve().parent.parent / "core"
 
@@ -221,7 +221,7 @@ def test_allowed_safe_load_still_needs_weights_only(tmp_path):
 def test_analyzer_load_never_calls_torch_load(monkeypatch, repo_root):
     """The app path loads the shipped weights only from safetensors; the one torch.load it reaches is the packaged
     ImageNet backbone of the OOD check (core.models.pretrained), and only with weights_only=True (no code unpickled)."""
-    from core.inference import Analyzer
+    from core.analysis.inference import Analyzer
 
     real_load = torch.load
 
@@ -263,7 +263,7 @@ def test_tampered_shipped_weights_refuse_to_run_with_a_clear_message(shipped_cop
     """One flipped bit in any shipped file (networks and OOD statistics): Analyzer.load refuses, naming the file."""
     from safetensors.torch import load_file
 
-    from core.inference import Analyzer
+    from core.analysis.inference import Analyzer
 
     for name in SHIPPED_FILES:
         path = shipped_copy / name
@@ -280,7 +280,7 @@ def test_tampered_shipped_weights_refuse_to_run_with_a_clear_message(shipped_cop
 
 def test_swapped_weight_files_are_refused(shipped_copy):
     """A valid weight file of the right format put in place of another (replaced, not corrupted)."""
-    from core.inference import Analyzer
+    from core.analysis.inference import Analyzer
 
     a, b = shipped_copy / "coarse_sn.safetensors", shipped_copy / "enhanced_sn.safetensors"
     data_a, data_b = a.read_bytes(), b.read_bytes()

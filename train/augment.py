@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from core.preprocess import IMAGENET_MEAN
+from core.imaging.preprocess import IMAGENET_MEAN
 
 # RGB -> YIQ (NTSC); a hue shift is a rotation of the (I, Q) chroma plane.
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -133,7 +133,7 @@ def cutmix(tensors: list[torch.Tensor], p: float, generator: torch.Generator
     share is uniform (the paper's Beta(1, 1)), its centre uniform, its sides clipped at the border.
 
     Returns the tensors, each image's partner (the index its box came from) and the share of its own pixels it
-    keeps (1 where it got no box): the loss mixes the two labels by that share (core.losses.mixed_cross_entropy)."""
+    keeps (1 where it got no box): the loss mixes the two labels by that share (core.models.losses.mixed_cross_entropy)."""
     b, _, h, w = tensors[0].shape
     partner = torch.randperm(b, generator=generator)
     chosen = torch.rand(b, generator=generator) < p

@@ -1,7 +1,7 @@
 """Decode every image (and mask) of a split once, into memory-mapped uint8 arrays on disk.
 
 A CPU epoch re-reads the same ~10k small images; decoded once, a batch is a slice of a memory map and an epoch is
-pure compute. Images go through core.preprocess.network_image (field-of-view crop, area resize, colour constancy),
+pure compute. Images go through core.imaging.preprocess.network_image (field-of-view crop, area resize, colour constancy),
 masks through the same crop and resize, so what training sees is exactly what inference computes.
 
 Arrays live under .cache/lesionlens/, one .npy per (data folder, image list, size, preprocessing, kind); a change
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from core.preprocess import Preprocessing, network_box, network_image, network_mask
+from core.imaging.preprocess import Preprocessing, network_box, network_image, network_mask
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "lesionlens"
 CACHE_FORMAT = 2  # bump when the decoding itself changes

@@ -20,7 +20,7 @@ Outputs of the networks are cached by content (.cache/lesionlens/outputs), so re
 rules costs seconds.
 
 With --report, nothing is trained or exported: the shipped model (WEIGHTS) is run on every labelled image of
-DATA_DIR (any layout core.datasets reads) through core.folder_evaluation, the code behind the dashboard's
+DATA_DIR (any layout core.data.datasets reads) through core.analysis.folder_evaluation, the code behind the dashboard's
 "Evaluate your data" page, and OUT/ gets report.json, predictions.csv, failures.csv and report.html.
 """
 from __future__ import annotations
@@ -37,20 +37,20 @@ import torch
 from safetensors.torch import load_file
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from core.classes import CLASS_CODES, CLASS_INDEX, CLASSES, NUM_CLASSES, class_index
-from core.dataset_summary import dataset_summary
-from core.datasets import load_manifest
-from core.decision_rule import DecisionRule
-from core.inference import NETWORK_FILES, OOD_FILE
-from core.metrics import bootstrap_interval, calibration, classification_metrics, risk_coverage
-from core.ood import REFUSED_LEVELS, OODDetector
-from core.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from core.referral import SCORES as REFERRAL_SCORES
-from core.retrieval import CaseIndex
-from core.tta import ALL_VIEWS
-from core.splits import apply_split_file, assign_splits
-from core.uncertainty import LEVELS, probability_scores
-from core.weights_io import MODEL_CARD_NAME, save_weights, sha256_of
+from core.data.classes import CLASS_CODES, CLASS_INDEX, CLASSES, NUM_CLASSES, class_index
+from core.data.dataset_summary import dataset_summary
+from core.data.datasets import load_manifest
+from core.decisions.decision_rule import DecisionRule
+from core.analysis.inference import NETWORK_FILES, OOD_FILE
+from core.analysis.metrics import bootstrap_interval, calibration, classification_metrics, risk_coverage
+from core.decisions.ood import REFUSED_LEVELS, OODDetector
+from core.imaging.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from core.decisions.referral import SCORES as REFERRAL_SCORES
+from core.lesion.retrieval import CaseIndex
+from core.imaging.tta import ALL_VIEWS
+from core.data.splits import apply_split_file, assign_splits
+from core.decisions.uncertainty import LEVELS, probability_scores
+from core.io.weights_io import MODEL_CARD_NAME, save_weights, sha256_of
 from train import fit_rules
 from train.fit_context import context_report, table_contexts
 from train.network_outputs import image_outputs, load_network, split_outputs
@@ -88,7 +88,7 @@ def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
 # ---------------------------------------------------------------- export
 def export_weights(runs: Path, weights: Path) -> dict:
     """fp16 copies of the three shipped networks (metadata kept); returns {file: {sha256, bytes}}."""
-    from core.weights_io import weights_metadata
+    from core.io.weights_io import weights_metadata
 
     files = {}
     weights.mkdir(parents=True, exist_ok=True)
@@ -422,8 +422,8 @@ def main(argv=None) -> dict:
 def folder_report(data_dir: Path, weights: Path, out: Path) -> dict:
     from tqdm import tqdm
 
-    from core.folder_evaluation import evaluate_folder
-    from core.inference import Analyzer
+    from core.analysis.folder_evaluation import evaluate_folder
+    from core.analysis.inference import Analyzer
 
     manifest = load_manifest(data_dir)
     analyzer = Analyzer.load(weights)

@@ -1,4 +1,4 @@
-"""Patient context (age, sex, anatomical site): fit the context head of core.context_head on validation, and decide
+"""Patient context (age, sex, anatomical site): fit the context head of core.decisions.context_head on validation, and decide
 on validation whether the shipped model uses it.
 
 The head shifts the tempered logits of the decision rule by W (context - no context); the image logits stay fixed, so
@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.classes import class_index
-from core.context_head import NO_CONTEXT, ContextHead
-from core.decision_rule import DecisionRule
-from core.metrics import bootstrap_interval, calibration
-from core.patient_context import PatientContext
+from core.data.classes import class_index
+from core.decisions.context_head import NO_CONTEXT, ContextHead
+from core.decisions.decision_rule import DecisionRule
+from core.analysis.metrics import bootstrap_interval, calibration
+from core.data.patient_context import PatientContext
 from train.fit_rules import MAX_VALIDATION_ECE, criterion
 
 DROP_P = 0.3

@@ -1,4 +1,4 @@
-"""Fit the dermoscopy check (core.dermoscopy_check) and write it into the shipped weights and model card.
+"""Fit the dermoscopy check (core.decisions.dermoscopy_check) and write it into the shipped weights and model card.
 
     python -m train.fit_dermoscopy_check --data-dir ../shared/data --weights weights
 
@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.dermoscopy_check import KINDS, DermoscopyCheck
-from core.metrics import bootstrap_interval
-from core.weights_io import read_model_card, save_weights
+from core.decisions.dermoscopy_check import KINDS, DermoscopyCheck
+from core.analysis.metrics import bootstrap_interval
+from core.io.weights_io import read_model_card, save_weights
 
 # ---------------------------------------------------------------- config (CLI overrides below)
 SEED = 0
@@ -53,8 +53,8 @@ PIGMENTED = re.compile(r"melanom|naev|nevus|nevi|lentig|seborrh|pigment|mole|fre
 
 
 def dermoscopy_samples(data_dir: Path) -> pd.DataFrame:
-    from core.datasets import load_manifest
-    from core.splits import assign_splits
+    from core.data.datasets import load_manifest
+    from core.data.splits import assign_splits
 
     manifest = assign_splits(load_manifest(data_dir))
     manifest = manifest[manifest["split"] != ""]
@@ -108,9 +108,9 @@ def crop_view(rgb: np.ndarray, crop: str, key: str) -> np.ndarray:
 
 def features(samples: pd.DataFrame, photos: dict[str, np.ndarray], weights: Path, cache: Path) -> np.ndarray:
     """ImageNet features of every sample's view, made into the classifier input by the shipped Analyzer."""
-    from core.inference import Analyzer
-    from core.intake import load_image
-    from core.tensors import normalize_batch
+    from core.analysis.inference import Analyzer
+    from core.io.intake import load_image
+    from core.imaging.tensors import normalize_batch
 
     done: dict[str, np.ndarray] = {}
     if cache.exists():

@@ -1,4 +1,4 @@
-"""Fit the image-quality checks (core.image_quality) and write them into the model card's `image_quality` entry.
+"""Fit the image-quality checks (core.decisions.image_quality) and write them into the model card's `image_quality` entry.
 
     python -m train.fit_image_quality --data-dir ../shared/data --weights weights
 
@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from core.image_quality import CHECK_KINDS, MEASURES, QualityCheck, QualityChecks
-from core.metrics import bootstrap_interval
-from core.ood import REFUSED_LEVELS
-from core.weights_io import read_model_card
+from core.decisions.image_quality import CHECK_KINDS, MEASURES, QualityCheck, QualityChecks
+from core.analysis.metrics import bootstrap_interval
+from core.decisions.ood import REFUSED_LEVELS
+from core.io.weights_io import read_model_card
 
 TAIL_SHARES = (0.02, 0.05, 0.1)   # candidate shares of validation images a check may flag
 # Out of focus: the data hold almost no truly out-of-focus dermoscopy (their least sharp images are mostly smooth
@@ -45,8 +45,8 @@ SAVE_EVERY = 200
 
 
 def evaluation_images(data_dir: Path) -> pd.DataFrame:
-    from core.datasets import load_manifest
-    from core.splits import assign_splits
+    from core.data.datasets import load_manifest
+    from core.data.splits import assign_splits
 
     manifest = assign_splits(load_manifest(data_dir))
     return manifest[manifest["split"].isin(["val", "test"])].reset_index(drop=True)
@@ -55,9 +55,9 @@ def evaluation_images(data_dir: Path) -> pd.DataFrame:
 def analyse(images: pd.DataFrame, weights: Path, cache: Path, max_new: int | None, blur: float = 0.0) -> pd.DataFrame:
     """Per image: split, label, lesion, the shipped model's top class, OOD level and every quality measure (cached);
     with `blur`, of the image blurred by cv2.GaussianBlur with sigma = blur x its width."""
-    from core.image_quality import measure_all
-    from core.inference import Analyzer
-    from core.intake import load_image
+    from core.decisions.image_quality import measure_all
+    from core.analysis.inference import Analyzer
+    from core.io.intake import load_image
 
     done = pd.read_csv(cache) if cache.exists() else pd.DataFrame(columns=["image_id"])
     todo = images[~images["image_id"].isin(done["image_id"])]
@@ -129,8 +129,8 @@ def fit_check(name: str, val: pd.DataFrame) -> tuple[float, float, dict]:
 def cost_ms(data_dir: Path, checks: QualityChecks) -> dict:
     """Milliseconds QualityChecks.assess takes per image (median, 95th percentile) on HAM10000's full-resolution
     600x450 originals with their reference masks (the field-of-view box is the Analyzer's, computed anyway)."""
-    from core.intake import load_image
-    from core.preprocess import field_of_view_box
+    from core.io.intake import load_image
+    from core.imaging.preprocess import field_of_view_box
 
     folder = data_dir / "ham10000" / "fullres"
     times = []
@@ -210,7 +210,7 @@ def main(argv=None) -> dict:
         "thresholds": thresholds, "checks": checks, "held_out_predictions": held_out, "cost_ms": cost,
         "n_images": {"validation": int(len(val)), "test": int(len(test))},
         "measures": {name: f.__doc__.split(":")[0].strip() if f.__doc__ else name for name, f in MEASURES.items()},
-        "method": ("measures on the field of view at core.image_quality.WORKING_SIZE; threshold: the validation "
+        "method": ("measures on the field of view at core.decisions.image_quality.WORKING_SIZE; threshold: the validation "
                    f"quantile among tail shares {list(TAIL_SHARES)} with the largest top-1 error excess of flagged "
                    "images (out of focus: the lowest share); consequence: test-split error of flagged images vs the "
                    f"rest with lesion-grouped bootstrap 95 % CIs ({held_out}; out of focus also on {BLUR_IMAGES} test "

@@ -13,12 +13,12 @@ from scipy.optimize import minimize_scalar
 from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 
-from core.classes import CLASS_INDEX, NUM_CLASSES
-from core.decision_rule import DecisionRule
-from core.metrics import calibration, logit_adjustment, risk_coverage
-from core.ood import UNUSUAL_SCORES, OODDetector
-from core.referral import SCORES as REFERRAL_SCORES, ReferralRule, melanoma_score
-from core.uncertainty import LEVELS, UncertaintyLevels
+from core.data.classes import CLASS_INDEX, NUM_CLASSES
+from core.decisions.decision_rule import DecisionRule
+from core.analysis.metrics import calibration, logit_adjustment, risk_coverage
+from core.decisions.ood import UNUSUAL_SCORES, OODDetector
+from core.decisions.referral import SCORES as REFERRAL_SCORES, ReferralRule, melanoma_score
+from core.decisions.uncertainty import LEVELS, UncertaintyLevels
 from train.stages import classification_scores
 
 VIEW_CHOICES = (1, 4, 8)

@@ -2,8 +2,8 @@
 a chance to hold at a clinic none of the data comes from. train.out_of_source fits each one without a source and
 measures it on that source (leave one source out), then fits the shipped rule on all sources.
 
-Every function takes per-image arrays and `sources` (the acquisition source of each image, core.acquisition) and
-returns plain numbers; applying them is core's job (core.triage, core.uncertainty, core.ood, core.conformal).
+Every function takes per-image arrays and `sources` (the acquisition source of each image, core.data.acquisition) and
+returns plain numbers; applying them is core's job (core.decisions.triage, core.decisions.uncertainty, core.decisions.ood, core.decisions.conformal).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from core.classes import CLASS_INDEX
+from core.data.classes import CLASS_INDEX
 
 MIN_POSITIVES = 10       # a source binds a class's referral threshold only with at least this many cases of the class
 MIN_IMAGES = 50          # a source binds the uncertainty cut / conformal quantile only with at least this many images

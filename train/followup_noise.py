@@ -6,7 +6,7 @@ HAM10000 photographs many lesions more than once (same lesion_id, usually minute
 framing): differences between two such images are what the pipeline reports when nothing has changed. For up to
 --max-pairs lesions of the TRAIN and VALIDATION splits (never test; one randomly chosen pair of distinct images per
 lesion, in random order, seeded), both 200x150 images are analysed with the shipped Analyzer and compared exactly as
-the Compare page does (core.followup.compare_images). The JSON holds, per measurement, quantiles of |change| and the
+the Compare page does (core.analysis.followup.compare_images). The JSON holds, per measurement, quantiles of |change| and the
 band (the --quantile one), the number of pairs, how many registered by feature matching (size changes only count
 for registered pairs whose lesion lies inside both images, as on the page) and the weights (version and a digest of
 the weight files) it was computed with.
@@ -24,11 +24,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.datasets import DatasetError, load_manifest
-from core.followup import BAND_QUANTILE, MIN_INLIERS, SCALE_RANGE, compare_images, noise_band, weights_fingerprint
-from core.inference import Analyzer
-from core.intake import load_image_file
-from core.splits import apply_split_file, assign_splits
+from core.data.datasets import DatasetError, load_manifest
+from core.analysis.followup import (BAND_QUANTILE, MIN_INLIERS, SCALE_RANGE, compare_images, noise_band,
+                                    weights_fingerprint)
+from core.analysis.inference import Analyzer
+from core.io.intake import load_image_file
+from core.data.splits import apply_split_file, assign_splits
 
 
 NOISE_SPLITS = ("train", "val")  # never test: the test split stays unseen

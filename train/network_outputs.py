@@ -3,7 +3,7 @@
 For every image: mask-CN's logits under each of the 8 dihedral views (the decision rule picks how many to average),
 view 0's pooled features, the chroma and ImageNet features of the OOD check, the image-only classifier's logits
 (when it was trained), and, for splits with reference masks, per-image Dice / Jaccard of every segmenter at the reference
-mask's own resolution (plain and with flip test-time augmentation). The forward pass is core.mbdcnn.mbdcnn_forward,
+mask's own resolution (plain and with flip test-time augmentation). The forward pass is core.models.mbdcnn.mbdcnn_forward,
 the Analyzer's own.
 """
 from __future__ import annotations
@@ -20,14 +20,14 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from core.mbdcnn import mbdcnn_forward
-from core.metrics import dice, jaccard
+from core.models.mbdcnn import mbdcnn_forward
+from core.analysis.metrics import dice, jaccard
 from core.models import create_model
-from core.ood import chroma, imagenet_backbone
-from core.preprocess import Preprocessing, mask_to_image, network_box
-from core.tensors import normalize_batch
-from core.tta import ALL_VIEWS, FLIP_VIEWS, view
-from core.weights_io import sha256_of, weights_metadata
+from core.decisions.ood import chroma, imagenet_backbone
+from core.imaging.preprocess import Preprocessing, mask_to_image, network_box
+from core.imaging.tensors import normalize_batch
+from core.imaging.tta import ALL_VIEWS, FLIP_VIEWS, view
+from core.io.weights_io import sha256_of, weights_metadata
 from train.cache import load_arrays
 from train.stages import parse_size
 
@@ -135,7 +135,7 @@ def split_outputs(nets: dict[str, Network], table: pd.DataFrame, segmentation: b
 def image_outputs(nets: dict[str, Network], images: list[np.ndarray]) -> dict:
     """logits (8 views), pooled features, chroma and ImageNet features of in-memory RGB images of any size, made into
     network inputs exactly as the Analyzer makes them (non-dermoscopy photographs, synthetic images, resolution)."""
-    from core.preprocess import network_image
+    from core.imaging.preprocess import network_image
 
     coarse, mask_cn, enhanced = nets["coarse_sn"], nets["mask_cn"], nets["enhanced_sn"]
     generic = imagenet_backbone()

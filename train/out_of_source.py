@@ -2,7 +2,7 @@
 
     python -m train.out_of_source --data-dir ../shared/data --weights weights
 
-HAM10000 holds four acquisition sources and ISIC 2017 is a fifth (core.acquisition). A source's *evaluation images*
+HAM10000 holds four acquisition sources and ISIC 2017 is a fifth (core.data.acquisition). A source's *evaluation images*
 are its validation and test split images, which no network was trained on. The command
 
 1. reports the shipped model's figures per source (classification, referral, triage, uncertainty, unusual flag);
@@ -33,20 +33,20 @@ import torch
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
-from core.acquisition import SOURCE_NAMES, acquisition_sources
-from core.classes import CLASS_CODES, CLASS_INDEX, MALIGNANT_CODES, NUM_CLASSES
-from core.conformal import PredictionSets
-from core.decision_rule import DecisionRule
-from core.inference import NETWORK_FILES, OOD_FILE
-from core.metrics import bootstrap_interval
-from core.ood import OODDetector
-from core.referral import ReferralRule
-from core.retrieval import CaseIndex
-from core.skin_tone import ITA_GROUPS, ita_degrees, ita_group
-from core.triage import TriageRule
-from core.tta import ALL_VIEWS
-from core.uncertainty import LEVELS, UncertaintyLevels, probability_scores
-from core.weights_io import MODEL_CARD_NAME, read_model_card
+from core.data.acquisition import SOURCE_NAMES, acquisition_sources
+from core.data.classes import CLASS_CODES, CLASS_INDEX, MALIGNANT_CODES, NUM_CLASSES
+from core.decisions.conformal import PredictionSets
+from core.decisions.decision_rule import DecisionRule
+from core.analysis.inference import NETWORK_FILES, OOD_FILE
+from core.analysis.metrics import bootstrap_interval
+from core.decisions.ood import OODDetector
+from core.decisions.referral import ReferralRule
+from core.lesion.retrieval import CaseIndex
+from core.lesion.skin_tone import ITA_GROUPS, ita_degrees, ita_group
+from core.decisions.triage import TriageRule
+from core.imaging.tta import ALL_VIEWS
+from core.decisions.uncertainty import LEVELS, UncertaintyLevels, probability_scores
+from core.io.weights_io import MODEL_CARD_NAME, read_model_card
 from train import fit_rules
 from train.evaluate import read_tables, referral_report, uncertainty_report
 from train.fit_source_robust import MIN_POSITIVES, class_referral_thresholds, conformal_quantile, low_uncertainty_cut

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.classes import NUM_CLASSES
+from core.data.classes import NUM_CLASSES
 
 L2_GRID = (1e-4, 1e-3, 1e-2)
 RECIPES = {

@@ -4,7 +4,7 @@
 
 The file has one row per image: image_id,source,split. HAM10000 (and plain class folders) are split by
 lesion (byte-identical duplicates kept together), stratified by diagnosis, about 70/15/15; ISIC 2017 keeps
-its official train/val split. Read it back with core.datasets.apply_split_file.
+its official train/val split. Read it back with core.data.datasets.apply_split_file.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.classes import CLASS_CODES
-from core.datasets import SOURCES, SPLITS, DatasetError, load_manifest
-from core.splits import assign_splits, lesion_leaks
+from core.data.classes import CLASS_CODES
+from core.data.datasets import SOURCES, SPLITS, DatasetError, load_manifest
+from core.data.splits import assign_splits, lesion_leaks
 
 
 def split_table(manifest: pd.DataFrame) -> str:

@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from core.classes import CLASS_CODES, NUM_CLASSES, class_index
-from core.losses import class_weights, hybrid_loss, mixed_cross_entropy
-from core.mbdcnn import coarse_probabilities, mask_cn_input, run_chain
+from core.data.classes import CLASS_CODES, NUM_CLASSES, class_index
+from core.models.losses import class_weights, hybrid_loss, mixed_cross_entropy
+from core.models.mbdcnn import coarse_probabilities, mask_cn_input, run_chain
 from core.models import create_model
-from core.preprocess import Preprocessing
-from core.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, normalize_batch, normalize_pixels, pixels
-from core.weights_io import weights_metadata
+from core.imaging.preprocess import Preprocessing
+from core.imaging.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, normalize_batch, normalize_pixels, pixels
+from core.io.weights_io import weights_metadata
 from train.augment import AugmentConfig, augment_batch, cutmix, perturb_masks
 from train.cache import load_arrays
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from core.referral import validation_sources_text
-from core.weights_io import read_model_card
+from core.decisions.referral import validation_sources_text
+from core.io.weights_io import read_model_card
 
 TEST_SETS = {"ham10000_test": "HAM10000 test", "isic2017_test": "ISIC 2017 val (official)"}
 MODELS = {"classifier": "image-only classifier", "mask_cn_single_view": "mask-CN, no TTA",

@@ -29,10 +29,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from core.datasets import SOURCES, load_manifest
-from core.precision import cpu_has_amx
-from core.splits import apply_split_file, assign_splits
-from core.weights_io import save_weights
+from core.data.datasets import SOURCES, load_manifest
+from core.models.precision import cpu_has_amx
+from core.data.splits import apply_split_file, assign_splits
+from core.io.weights_io import save_weights
 from train.checkpoint import load_state, restore_rng, rng_state, save_state
 from train.schedule import EMA, learning_rate
 from train.stages import STAGES
@@ -53,7 +53,7 @@ CONFIG = dict(
     image_size="",               # HxW; default 150x200 for classifiers, 192x256 for segmenters
     colour_constancy=True,       # Shades of Gray (p=6) on every input
     crop_field_of_view=True,     # crop a dermatoscope's dark surround before resizing
-    jpeg_quality=75,             # classifiers: re-encode each resized input as JPEG (core.preprocess; 0 = off)
+    jpeg_quality=75,             # classifiers: re-encode each resized input as JPEG (core.imaging.preprocess; 0 = off)
     freeze_blocks=0,             # freeze stem + first N stages (0 = train everything)
     zero_localisation=False,     # enhanced_sn control: feed all-zero localisation maps
     # optimisation
@@ -136,7 +136,7 @@ def setup_runtime(cfg: dict) -> Runtime:
 
 
 def resolve_amp(cfg: dict, device: torch.device, stage=None) -> str:
-    """The autocast a run uses. `auto`: bf16 on CUDA; on a CPU with AMX (core.precision.cpu_has_amx) bf16 for the
+    """The autocast a run uses. `auto`: bf16 on CUDA; on a CPU with AMX (core.models.precision.cpu_has_amx) bf16 for the
     stages whose class says it pays there (segmenters: dense U-Net convolutions; not the depthwise-bound
     classifiers: `python -m bench.training --amp auto` vs `--amp none`), else none."""
     amp = cfg["amp"]

@@ -4,7 +4,7 @@ Streamlit runs each session's script in its own thread. One shared Analyzer woul
 so `AnalyzerPool` holds several replicas (default: one per core, each computing with one torch thread) and lends a
 free one to each analysis: two sessions analyse on two cores at once. The replicas load in the background, the
 first one first, as soon as the entry point calls `pool()`, so a user who uploads right after the server
-started waits only for what is left of one load. core/inference.py's API is used as is; no Streamlit here (the
+started waits only for what is left of one load. core/analysis/inference.py's API is used as is; no Streamlit here (the
 load test drives the same pool from plain threads).
 
 Environment: LESIONLENS_ANALYZERS (replicas, default os.cpu_count()), LESIONLENS_TORCH_THREADS (torch threads, default
@@ -40,7 +40,7 @@ def card_stamp(directory: Path) -> float:
 
 
 class AnalyzerPool:
-    """`size` replicas of core.inference.Analyzer for one weights folder, lent out one analysis at a time."""
+    """`size` replicas of core.analysis.inference.Analyzer for one weights folder, lent out one analysis at a time."""
 
     def __init__(self, directory: Path, size: int, torch_threads: int):
         self.directory = Path(directory)
@@ -57,7 +57,7 @@ class AnalyzerPool:
         try:
             import torch  # imported here, in the background: the first page renders without waiting for torch
 
-            from core.inference import Analyzer
+            from core.analysis.inference import Analyzer
 
             if torch_threads > 0:
                 torch.set_num_threads(torch_threads)
@@ -69,7 +69,7 @@ class AnalyzerPool:
                 self._first.set()
                 # What the page needs right after the first analysis (overlays, CAMs): imported now, while that
                 # analysis computes without the GIL, instead of after it.
-                import core.cam  # noqa: F401
+                import core.analysis.cam  # noqa: F401
                 if analyzer.device != "cpu":  # one GPU: replicas would only queue on it
                     break
         except Exception as exc:  # WeightsIntegrityError, missing files, import problems: told to every borrower

@@ -1,8 +1,8 @@
-"""The pages' one-line hooks into the audit trail (core.audit): each writes exactly one record per action, as the
+"""The pages' one-line hooks into the audit trail (core.security.audit): each writes exactly one record per action, as the
 signed-in user (ui.auth; "local" without sign-in), with the model version and the referral threshold applied.
 
 Where the records go: LESIONLENS_AUDIT_URL (any SQLAlchemy URL), else `audit_url` in the `[lesionlens]` section of
-.streamlit/secrets.toml, else the SQLite file core.audit.default_url() names (~/.local/share/lesionlens/audit.sqlite).
+.streamlit/secrets.toml, else the SQLite file core.security.audit.default_url() names (~/.local/share/lesionlens/audit.sqlite).
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import os
 import pandas as pd
 import streamlit as st
 
-from core.audit import URL_ENV, AuditLog, AuditRecord, default_url, record_of_result, sha256_of
-from core.classes import CLASS_CODES
+from core.security.audit import URL_ENV, AuditLog, AuditRecord, default_url, record_of_result, sha256_of
+from core.data.classes import CLASS_CODES
 from ui.auth import current_user
 from ui.images import digest
 from ui.model_files import model_card
@@ -48,7 +48,7 @@ def audit_log() -> AuditLog:
 
 
 def model_version() -> str:
-    """The card's version and mask-CN's sha256 prefix (core.predict.model_version's format)."""
+    """The card's version and mask-CN's sha256 prefix (core.analysis.predict.model_version's format)."""
     card = model_card() or {}
     sha = card.get("files", {}).get("mask_cn.safetensors", {}).get("sha256", "")
     return f"{card.get('version', 'unknown')} ({sha[:12]})"

@@ -2,15 +2,15 @@
 
 Off by default: without an `[auth]` section in .streamlit/secrets.toml the app serves one local user ("local", the
 admin) as before. With it, the entry point calls `sign_in_gate()` before the navigation, so no page renders until the
-identity provider has signed the user in and core.access's allow-list (the `[lesionlens]` section) lets them in; the
+identity provider has signed the user in and core.security.access's allow-list (the `[lesionlens]` section) lets them in; the
 sidebar then shows who is signed in and a sign-out button. See docs/deploy.md and .streamlit/secrets.toml.example.
 """
 from __future__ import annotations
 
 import streamlit as st
 
-from core.access import REFUSED_TEXT, AccessPolicy
-from core.audit import LOCAL_USER
+from core.security.access import REFUSED_TEXT, AccessPolicy
+from core.security.audit import LOCAL_USER
 
 SIGN_IN_TEXT = "LesionLens is for the department's staff: sign in with your clinic account to continue."
 

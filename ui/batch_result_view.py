@@ -1,4 +1,4 @@
-"""Opening a `run.sh batch` result (Parquet, core.batch_results) on the Batch and Evaluate pages: the path and labels
+"""Opening a `run.sh batch` result (Parquet, core.batch.batch_results) on the Batch and Evaluate pages: the path and labels
 inputs, and the result's rows in the shape each page already shows (nothing is re-analysed)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.batch_results import LabelsError, ResultError, evaluation_of, labels_beside, read_labels, read_result
+from core.batch.batch_results import LabelsError, ResultError, evaluation_of, labels_beside, read_labels, read_result
 from ui.data_folder import resolve_data_dir
 
 MAX_TABLE_ROWS = 5000  # the Batch page's table (thumbnails aside, a row per image); summary.json covers all
@@ -56,7 +56,7 @@ def batch_result_ui() -> pd.DataFrame | None:
 
 def evaluation_result_ui() -> dict | None:
     """The Evaluate page's block: its run state (a finished evaluation of the result's labelled rows, through
-    core.folder_evaluation) once a result with labels is opened; None otherwise."""
+    core.analysis.folder_evaluation) once a result with labels is opened; None otherwise."""
     opened = open_result_ui("eval")
     if opened is None:
         return None

@@ -1,4 +1,4 @@
-"""The Batch page's rows: each file's core.predict CSV fields (the predict CLI's columns, result_row), plus what the
+"""The Batch page's rows: each file's core.analysis.predict CSV fields (the predict CLI's columns, result_row), plus what the
 table shows besides (thumbnail, true label of a dataset example, uncertainty in words, measurements)."""
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ MEASUREMENT_COLUMNS = ["area_px", "max_diameter_px", "asymmetry", "border_irregu
 
 def analyse_one(data: bytes, name: str, true_dx: str = "", context=None) -> dict:
     """One row of the batch table; any problem becomes the row's error (the batch never stops). The referral uses the
-    session's threshold when one is set; `context`: the file's core.patient_context.PatientContext (the CSV's; a DICOM
-    file without one gets the context of its tags, as in core.predict)."""
-    from core.dicom_input import is_dicom, read_dicom
-    from core.intake import ImageRejected, load_image
-    from core.patient_context import PatientContext
-    from core.predict import blank_row, model_version, result_row
+    session's threshold when one is set; `context`: the file's core.data.patient_context.PatientContext (the CSV's; a DICOM
+    file without one gets the context of its tags, as in core.analysis.predict)."""
+    from core.io.dicom_input import is_dicom, read_dicom
+    from core.io.intake import ImageRejected, load_image
+    from core.data.patient_context import PatientContext
+    from core.analysis.predict import blank_row, model_version, result_row
 
     context = context or PatientContext()
     row = {"thumbnail": None, "file": name, "true_dx": true_dx or None, "uncertainty_text": None,

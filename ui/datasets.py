@@ -17,8 +17,8 @@ SPLIT_SEED = 42  # what training uses by default (train/splits.py)
 
 @st.cache_data(show_spinner="Reading the dataset…", max_entries=4)
 def manifest(data_dir: str, sources: tuple[str, ...]) -> pd.DataFrame:
-    """core.datasets.load_manifest of `sources` in `data_dir` (no split; see split_manifest)."""
-    from core.datasets import load_manifest
+    """core.data.datasets.load_manifest of `sources` in `data_dir` (no split; see split_manifest)."""
+    from core.data.datasets import load_manifest
 
     return load_manifest(data_dir, sources=sources)
 
@@ -26,8 +26,8 @@ def manifest(data_dir: str, sources: tuple[str, ...]) -> pd.DataFrame:
 @st.cache_data(show_spinner="Computing the lesion-grouped split…", max_entries=4)
 def split_manifest(data_dir: str, sources: tuple[str, ...]) -> pd.DataFrame:
     """The manifest with the training split: the split file the model card names if it exists, else
-    core.splits.assign_splits with seed 42."""
-    from core.splits import apply_split_file, assign_splits
+    core.data.splits.assign_splits with seed 42."""
+    from core.data.splits import apply_split_file, assign_splits
 
     table = manifest(data_dir, sources)
     split = (model_card() or {}).get("split") or {}
@@ -44,8 +44,8 @@ def test_split(data_dir: Path, sources: tuple[str, ...]) -> pd.DataFrame:
 
 
 def read_image_path(path: str | os.PathLike) -> np.ndarray:
-    """A dataset image through the same intake path as uploads (raises core.intake.ImageRejected)."""
-    from core.intake import load_image
+    """A dataset image through the same intake path as uploads (raises core.io.intake.ImageRejected)."""
+    from core.io.intake import load_image
 
     return load_image(Path(path).read_bytes(), Path(path).name)
 

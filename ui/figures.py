@@ -8,7 +8,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.classes import CLASS_CODES, CLASSES, MALIGNANT_CODES
+from core.data.classes import CLASS_CODES, CLASSES, MALIGNANT_CODES
 from ui.formatting import (MALIGNANT_MARK, SEG_LABELS, SHORT_NAME_COLOURS, class_colour, class_label, class_name,
                            short_name)
 
@@ -172,7 +172,7 @@ def reliability_figure(calibration: dict) -> go.Figure:
 
 def segmentation_histograms(seg: dict) -> go.Figure:
     """Per-image Dice and Jaccard of both segmenters on the test split (Jaccard from Dice when not stored)."""
-    from core.metrics import jaccard_from_dice
+    from core.analysis.metrics import jaccard_from_dice
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Dice per test image", "Jaccard per test image"))
     for key, label in SEG_LABELS.items():

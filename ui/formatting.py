@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from core.classes import CLASS_BY_CODE, CLASSES, MALIGNANT_CODES
+from core.data.classes import CLASS_BY_CODE, CLASSES, MALIGNANT_CODES
 
 MALIGNANT_MARK = "▲"
 MODEL_LABELS = {"mask_cn": "mask-CN (shipped)", "mask_cn_single_view": "mask-CN, one view (no TTA)",
@@ -123,8 +123,8 @@ def context_use_text(card: dict | None, where: str = "; see Model performance") 
 
 
 def measurement_table(measurements: dict) -> pd.DataFrame:
-    """core.lesion_measurements.describe_measurements as a two-column table (the PDF prints the same rows)."""
-    from core.lesion_measurements import describe_measurements
+    """core.lesion.lesion_measurements.describe_measurements as a two-column table (the PDF prints the same rows)."""
+    from core.lesion.lesion_measurements import describe_measurements
 
     return pd.DataFrame(describe_measurements(measurements), columns=["Measurement", "Value"])
 

@@ -42,14 +42,14 @@ def digest(data: bytes) -> str:
 
 def mask_overlay(rgb: np.ndarray, mask: np.ndarray, opacity: float = 0.3) -> np.ndarray:
     """The lesion mask as contour + translucent fill over the image."""
-    from core.cam import overlay_mask
+    from core.analysis.cam import overlay_mask
 
     return overlay_mask(rgb, mask, color=MASK_COLOUR, alpha=opacity, contour=True)
 
 
 def cam_overlay(rgb: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """The CAM as a heat map over the image; with `mask` (same size as the image), only inside the lesion mask."""
-    from core.cam import overlay_heatmap
+    from core.analysis.cam import overlay_heatmap
 
     heat = overlay_heatmap(rgb, cam, alpha=CAM_OPACITY)
     return heat if mask is None else np.where(mask[:, :, None] > 0, heat, rgb)

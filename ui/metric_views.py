@@ -1,13 +1,13 @@
 """Views of classification metrics that Model performance (the model card's test sets), Evaluate your data (a
 researcher's folder) and Home share: a figure with its CI, the per-class table, the clickable confusion matrix and the images of a chosen cell.
-`m` is a core.metrics.classification_metrics dict (per_class, confusion_matrix, roc, pr, ...)."""
+`m` is a core.analysis.metrics.classification_metrics dict (per_class, confusion_matrix, roc, pr, ...)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.classes import CLASS_CODES, CLASSES
+from core.data.classes import CLASS_CODES, CLASSES
 from ui.figures import confusion_figure, selected_cell
 from ui.formatting import ci_range, class_label, class_name
 

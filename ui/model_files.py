@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.classes import CLASS_CODES
+from core.data.classes import CLASS_CODES
 from ui.analyzers import card_stamp, weights_dir
 from ui.formatting import ci_text, decimals, headline_label
 
@@ -23,7 +23,7 @@ TEST_SET_SOURCES = {"ham10000_test": "ham10000", "isic2017_test": "isic2017"}  #
 
 @st.cache_data(show_spinner=False)
 def _read_card(directory: str, _stamp: float) -> dict:
-    from core.weights_io import read_model_card
+    from core.io.weights_io import read_model_card
 
     return read_model_card(directory)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.acquisition import SOURCE_NAMES
+from core.data.acquisition import SOURCE_NAMES
 from ui.formatting import ci_text
 
 RECIPE_NAMES = {
@@ -56,6 +56,9 @@ def held_out_summary_ui(card: dict) -> None:
                    f"{_pct(unusual['error_rate_rest'])}.")
     c4.metric("90% prediction sets held the truth", _pct(pooled["conformal"]["coverage"]),
               help=f"Mean set size {pooled['conformal']['mean_set_size']:.1f} classes.")
+    st.caption(f"'Low uncertainty' is given to only {_pct(low['share'])} of images: fitted so that it stays right on "
+               "sources the model was not trained on, it is rare, because at a new clinic the model cannot tell which "
+               "of its confident answers to trust. Most results are therefore 'refer' or 'review'.")
     skin = light_skin_share(card)
     if skin is not None:
         light, darker, total = skin
@@ -70,7 +73,7 @@ def out_of_source_ui(card: dict) -> None:
     if not oos:
         st.info("The model card has no out-of-source figures: run `bash run.sh train.out_of_source`.")
         return
-    st.markdown(oos["protocol"])
+    st.markdown(oos["protocol"][:1].upper() + oos["protocol"][1:])
     st.markdown("**The shipped model per source** (each source's validation + test images, never trained on)")
     st.dataframe(pd.DataFrame([
         {"Source": f"{s} ({SOURCE_NAMES.get(s, s)})", "Images": f["n"], "Melanomas": f["melanomas"],
@@ -92,7 +95,7 @@ def out_of_source_ui(card: dict) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="oos_rules", column_config={
         "Unusual: error ratio": st.column_config.NumberColumn(format="×%.2f"),
         "Set size": st.column_config.NumberColumn(format="%.2f")})
-    st.caption(f"Settings chosen on these held-out figures: {oos['setting']}.")
+    st.caption(f"Settings chosen on these held-out figures: {setting_text(oos['setting'])}.")
     st.markdown("**Classifier recipes, leave one source out** (heads on frozen features fitted without the source: "
                 "melanoma AUC / balanced accuracy on it)")
     st.dataframe(pd.DataFrame([
@@ -109,6 +112,15 @@ def out_of_source_ui(card: dict) -> None:
                     f"(the classifier's own: its neighbours mostly agree with its prediction, so they are not "
                     f"independent evidence) and {ci_text(pooled['imagenet_features'], _pct)} in the ImageNet "
                     f"features (independent of the classifier).")
+
+
+def setting_text(setting: dict) -> str:
+    """train.out_of_source's chosen setting in words."""
+    where = {"every_source": "in every fitting source", "pooled": "on the pooled validation images"}
+    return (f"referral thresholds for {setting['referral_target']:.0%} sensitivity "
+            f"{where[setting.get('referral_fit', 'every_source')]}; 'low' uncertainty by "
+            f"{setting['uncertainty_score'].replace('_', ' ')} with <= {setting['low_max_error']:.0%} error "
+            f"{where[setting['low_fit']]}; unusual images by {setting['unusual_score'].replace('_', ' ')}")
 
 
 def skin_ui(oos: dict) -> None:

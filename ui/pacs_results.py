@@ -1,6 +1,6 @@
 """The PACS page's work, outside its layout: retrieve a study's dermoscopy images (WADO-RS), analyse them with the
 app's Analyzer pool and the patient context of their tags, build their results as DICOM (the Analyze page's PDF,
-the lesion mask, the findings: core.dicom_results) and store them back into the study (STOW-RS).
+the lesion mask, the findings: core.io.dicom_results) and store them back into the study (STOW-RS).
 
 Everything stays in memory (the session state): nothing retrieved is written to disk. `store_results` is the one
 place where results leave the app.
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.dicom_input import DicomImage, read_dicom
-from core.dicom_results import Findings, result_objects, source_header
-from core.intake import ImageRejected
-from core.pacs import Instance, Pacs, StoreOutcome
+from core.io.dicom_input import DicomImage, read_dicom
+from core.io.dicom_results import Findings, result_objects, source_header
+from core.io.intake import ImageRejected
+from core.io.pacs import Instance, Pacs, StoreOutcome
 from ui.analyzers import pool
 from ui.referral import referral_of
 from ui.report import build_report
@@ -22,7 +22,7 @@ from ui.report import build_report
 
 @dataclass(frozen=True)
 class PacsImage:
-    """One retrieved instance: its Part 10 bytes (memory only) and what core.dicom_input read from them, or the
+    """One retrieved instance: its Part 10 bytes (memory only) and what core.io.dicom_input read from them, or the
     sentence saying why it cannot be analysed."""
     instance: Instance
     data: bytes
@@ -38,7 +38,7 @@ class PacsImage:
 class AnalysedImage:
     """An analysis of a PacsImage and its results as the PACS will hold them."""
     source: PacsImage
-    result: object        # core.inference.AnalysisResult
+    result: object        # core.analysis.inference.AnalysisResult
     pdf: bytes            # the PDF report (ui.report.build_report), stored byte for byte
     objects: list[bytes]  # Part 10: Encapsulated PDF, and for dermoscopy the SEG and the SR
 

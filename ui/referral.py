@@ -1,5 +1,5 @@
-"""The melanoma referral as every screen shows it: the model card's rule (core.referral) at the card's threshold, or
-at the session's own threshold chosen on the Model performance page; and the triage verdict (core.triage) built on it.
+"""The melanoma referral as every screen shows it: the model card's rule (core.decisions.referral) at the card's threshold, or
+at the session's own threshold chosen on the Model performance page; and the triage verdict (core.decisions.triage) built on it.
 Analyze, Batch and the PDF read the threshold and the verdict here, so they always agree with each other and say
 whose threshold it is."""
 from __future__ import annotations
@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from core.classes import CLASS_CODES
-from core.referral import BELOW_TEXT, REFER_TEXT, ReferralRule
-from core.triage import TriageRule, Verdict
+from core.data.classes import CLASS_CODES
+from core.decisions.referral import BELOW_TEXT, REFER_TEXT, ReferralRule
+from core.decisions.triage import TriageRule, Verdict
 from ui.model_files import model_card
 
 SESSION_THRESHOLD = "referral_threshold"  # plain session state: survives page switches; None / absent = the card's
@@ -69,7 +69,7 @@ def set_session_threshold(value: float | None) -> None:
 
 
 def referral_of(result, threshold: float | None = None) -> Referral:
-    """The referral of a core.inference.AnalysisResult at `threshold` (default: the session's, else the card's)."""
+    """The referral of a core.analysis.inference.AnalysisResult at `threshold` (default: the session's, else the card's)."""
     threshold = session_threshold() if threshold is None else threshold
     if threshold is None or threshold == result.referral_threshold:
         return Referral(bool(result.refer), result.mel_score, result.referral_threshold, result.referral_threshold)
@@ -78,7 +78,7 @@ def referral_of(result, threshold: float | None = None) -> Referral:
 
 
 def verdict_of(result) -> Verdict:
-    """The triage verdict of a core.inference.AnalysisResult with the session's melanoma threshold (the card's
+    """The triage verdict of a core.analysis.inference.AnalysisResult with the session's melanoma threshold (the card's
     verdict, result.triage, when the session has none)."""
     threshold = session_threshold()
     if (threshold is None or threshold == result.referral_threshold) and result.triage is not None:
@@ -93,7 +93,7 @@ def operating_points(table, test_sets: dict[str, str], sources: dict[str, str], 
     share referred at `threshold`, and the ROC curve of the melanoma score (Model performance, referral tab)."""
     from sklearn.metrics import roc_curve
 
-    from core.metrics import sensitivity_specificity_at
+    from core.analysis.metrics import sensitivity_specificity_at
 
     points = {}
     for test_set, label in test_sets.items():

@@ -1,4 +1,4 @@
-"""The PDF report of one analysis as the Analyze page offers it (core.report.build_pdf_report with the images,
+"""The PDF report of one analysis as the Analyze page offers it (core.reports.report.build_pdf_report with the images,
 captions, referral threshold and patient context the page shows)."""
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from ui.referral import referral_of, verdict_of
 
 def build_report(rgb: np.ndarray, result, mask: np.ndarray | None, measurements: dict, cam_image: np.ndarray | None,
                  cam_caption: str, note: str = "", context=None) -> bytes:
-    """PDF bytes for one core.inference.AnalysisResult: `mask` = the mask shown (None: not dermoscopy), `cam_image` = the CAM overlay shown
-    (or None) with its caption, `context` = the core.patient_context.PatientContext entered (or None). The referral
+    """PDF bytes for one core.analysis.inference.AnalysisResult: `mask` = the mask shown (None: not dermoscopy), `cam_image` = the CAM overlay shown
+    (or None) with its caption, `context` = the core.data.patient_context.PatientContext entered (or None). The referral
     uses the session's threshold when one is set, and the PDF says which."""
-    from core.report import build_pdf_report
+    from core.reports.report import build_pdf_report
 
     card = model_card() or {}
     referral = referral_of(result)

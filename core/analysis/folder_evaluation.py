@@ -1,0 +1,129 @@
+"""Evaluate the shipped model on a researcher's own labelled images (any layout core.data.datasets reads).
+
+Every image goes through core.io.intake and Analyzer.analyze exactly as in the app; one bad file becomes a failure row
+and the run goes on; `should_stop` is polled between images (a cancelled run reports what it has). The report:
+per-class table, balanced accuracy and macro AUC with bootstrap 95 % CIs (images of one lesion resampled together),
+confusion matrix, ROC curves, reliability diagram, the melanoma referral's sensitivity / specificity, Dice / Jaccard
+where masks exist, and one prediction row per image. Used by the "Evaluate your data" page and by
+`python -m train.evaluate --data-dir DIR --report OUT/`, so both give the same numbers.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from core.data.classes import CLASS_CODES, CLASS_INDEX, class_index
+from core.io.intake import ImageRejected, load_image_file
+from core.analysis.metrics import bootstrap_interval, calibration, classification_metrics, dice, jaccard
+from core.decisions.ood import REFUSED_LEVELS
+
+
+@dataclass
+class FolderEvaluation:
+    predictions: pd.DataFrame                 # one row per image: image_id, dx, pred, p_*, mel_score, refer, levels, dice
+    failures: list[tuple[str, str]] = field(default_factory=list)   # (image_id, message)
+    cancelled: bool = False
+    summary: dict = field(default_factory=dict)  # the report (JSON-ready)
+
+
+def _interval(statistic, n: int, groups) -> dict:
+    value = statistic(np.arange(n))
+    low, high = bootstrap_interval(statistic, n, groups)
+    return {"value": None if value is None else float(value), "ci95": [low, high]}
+
+
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
+
+
+def _macro_auc(y: np.ndarray, probs: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    aucs = [roc_auc_score(y == c, probs[:, c]) for c in range(probs.shape[1]) if 0 < (y == c).sum() < len(y)]
+    return float(np.mean(aucs)) if aucs else None
+
+
+def summarise(predictions: pd.DataFrame) -> dict:
+    """The report figures from prediction rows (rows without a diagnosis, i.e. not dermoscopy, are counted apart)."""
+    diagnosed = predictions[predictions["pred"] != ""]
+    out = {"n_images": int(len(predictions)), "n_not_dermoscopy": int(predictions["ood_level"].isin(REFUSED_LEVELS).sum())}
+    if diagnosed.empty:
+        return out
+    y = np.array([class_index(d) for d in diagnosed["dx"]])
+    probs = diagnosed[[f"p_{c}" for c in CLASS_CODES]].to_numpy(dtype=float)
+    groups = diagnosed["lesion_id"].to_numpy()
+    metrics = classification_metrics(y, probs, CLASS_CODES)
+    metrics["calibration"] = calibration(probs, y)
+    metrics["ci"] = {"balanced_accuracy": _interval(lambda i: _balanced_accuracy(y[i], probs[i].argmax(1)), len(y), groups),
+                     "macro_auc": _interval(lambda i: _macro_auc(y[i], probs[i]), len(y), groups)}
+    is_mel = y == CLASS_INDEX["mel"]
+    refer = (diagnosed["refer"] == "yes").to_numpy()
+    out["classification"] = metrics
+    out["referral"] = {"n_melanoma": int(is_mel.sum()),
+                       "sensitivity": float(refer[is_mel].mean()) if is_mel.any() else None,
+                       "specificity": float((~refer[~is_mel]).mean()) if (~is_mel).any() else None}
+    with_masks = predictions[predictions["dice"].notna()]
+    if len(with_masks):
+        d, j = with_masks["dice"].to_numpy(float), with_masks["jaccard"].to_numpy(float)
+        g = with_masks["lesion_id"].to_numpy()
+        out["segmentation"] = {"n": int(len(d)), "dice": _interval(lambda i: d[i].mean(), len(d), g),
+                               "jaccard": _interval(lambda i: j[i].mean(), len(j), g)}
+    return out
+
+
+PREDICTION_COLUMNS = ["image_id", "lesion_id", "dx", "pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer",
+                      "uncertainty_level", "ood_level", "dice", "jaccard"]
+
+
+def evaluate_folder(analyzer, manifest: pd.DataFrame, on_progress: Callable[[int, int], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> FolderEvaluation:
+    """Analyse every manifest row (core.data.datasets.load_manifest of the folder) and summarise."""
+    return assemble(*predict_rows(analyzer, manifest, on_progress, should_stop), analyzer.version)
+
+
+def predict_rows(analyzer, manifest: pd.DataFrame, on_progress: Callable[[int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> tuple[list[dict], list[tuple[str, str]], bool]:
+    """(prediction rows, failures, cancelled) of the manifest's images; the dashboard calls it a chunk at a time.
+    on_progress(done, total) follows every image, failed ones included."""
+    rows, failures = [], []
+    for n, record in enumerate(manifest.itertuples(index=False), start=1):
+        if should_stop is not None and should_stop():
+            return rows, failures, True
+        try:
+            rows.append(_prediction_row(analyzer, record))
+        except ImageRejected as exc:
+            failures.append((record.image_id, str(exc)))
+        except Exception as exc:  # one bad file never stops the run
+            failures.append((record.image_id, f"analysis failed: {exc}"))
+        if on_progress is not None:
+            on_progress(n, len(manifest))
+    return rows, failures, False
+
+
+def _prediction_row(analyzer, record) -> dict:
+    result = analyzer.analyze(load_image_file(record.image_path))
+    row = {"image_id": record.image_id, "lesion_id": record.lesion_id or record.image_id, "dx": record.dx,
+           "pred": result.label if result.diagnosis_shown else "",
+           **{f"p_{c}": result.probs[c] if result.diagnosis_shown else np.nan for c in CLASS_CODES},
+           "mel_score": result.mel_score, "refer": ("yes" if result.refer else "no") if result.diagnosis_shown else "",
+           "uncertainty_level": result.uncertainty_level, "ood_level": result.ood_level, "dice": np.nan,
+           "jaccard": np.nan}
+    if record.mask_path:
+        truth = cv2.imread(record.mask_path, cv2.IMREAD_GRAYSCALE)
+        if truth is not None:
+            if truth.shape != result.mask.shape:
+                truth = cv2.resize(truth, (result.mask.shape[1], result.mask.shape[0]), interpolation=cv2.INTER_NEAREST)
+            row["dice"], row["jaccard"] = dice(result.mask, truth), jaccard(result.mask, truth)
+    return row
+
+
+def assemble(rows: list[dict], failures: list[tuple[str, str]], cancelled: bool, model_version: str) -> FolderEvaluation:
+    """The evaluation of prediction rows (all of a folder's, or those done before a cancel) with its summary."""
+    predictions = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    summary = {**summarise(predictions), "n_failed": len(failures), "cancelled": cancelled,
+               "model_version": model_version}
+    return FolderEvaluation(predictions, list(failures), cancelled, summary)

@@ -1,0 +1,372 @@
+"""Analyzer: the one inference entry point (app, batch page, predict CLI, benchmarks).
+
+    a = Analyzer.load("weights")
+    r = a.analyze(rgb)                  # rgb: HxWx3 uint8, any size
+
+Pipeline (MB-DCNN, core.models.mbdcnn.mbdcnn_forward): coarse-SN -> mask-CN on image + coarse mask (under the card's
+test-time-augmentation views) -> localisation map from mask-CN's CAM -> enhanced-SN -> refined mask. Everything
+the screens say comes from rules in the model card, fitted on validation data by train.evaluate:
+- probabilities: core.decisions.decision_rule (TTA views, logit offsets, temperature);
+- the melanoma referral: core.decisions.referral (one threshold on a melanoma score);
+- uncertainty in words: core.decisions.uncertainty (low / moderate / high, each with its measured error rate);
+- out-of-distribution: core.decisions.ood with the trained dermoscopy check (clinical_photo / not_skin: no diagnosis is shown;
+  unusual: the diagnosis is shown greyed);
+- image quality: core.decisions.image_quality (the card's checks, e.g. out of focus, lesion cut by the border: the diagnosis is
+  shown greyed with one sentence; not run on a refused image);
+- similar confirmed cases: core.lesion.retrieval (nearest reference cases in mask-CN's feature space).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.data.classes import CLASS_CODES
+from core.decisions.conformal import PredictionSets
+from core.decisions.context_head import ContextHead
+from core.decisions.decision_rule import DecisionRule
+from core.models.mbdcnn import mbdcnn_forward
+from core.models import create_model
+from core.decisions.dermoscopy_check import DermoscopyCheck
+from core.decisions.image_quality import CHECK_KINDS, QualityChecks
+from core.decisions.ood import REFUSED_LEVELS, OODAssessment, OODDetector, chroma, imagenet_backbone
+from core.data.patient_context import PatientContext
+from core.models.precision import name_of as precision_name, resolve as resolve_precision
+from core.imaging.preprocess import Box, Preprocessing, mask_to_image, network_box, network_image
+from core.decisions.referral import BELOW_TEXT, REFER_TEXT, ReferralRule
+from core.lesion.retrieval import CaseIndex
+from core.imaging.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, normalize_batch
+from core.decisions.triage import TriageRule, Verdict
+from core.imaging.tta import FLIP_VIEWS
+from core.decisions.uncertainty import UncertaintyLevels, probability_scores
+from core.io.weights_io import WeightsIntegrityError, load_verified, read_model_card
+
+NETWORK_FILES = {"coarse_sn": "coarse_sn.safetensors", "mask_cn": "mask_cn.safetensors", "enhanced_sn": "enhanced_sn.safetensors"}
+OOD_FILE = "ood.safetensors"
+CHECK_FILE = "dermoscopy_check.safetensors"
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+SIMILAR_CASES = 8
+KNN_K = 10
+
+
+@dataclass
+class AnalysisResult:
+    mask: np.ndarray                 # HxW uint8 0/255, enhanced-SN, input size
+    coarse_mask: np.ndarray          # HxW uint8 0/255, coarse-SN
+    probs: dict[str, float]          # the decision rule's probabilities (sum to 1)
+    label: str                       # top class
+    mel_score: float                 # the referral rule's melanoma score
+    refer: bool                      # mel_score >= the card's referral threshold
+    referral_threshold: float
+    uncertainty_score: float
+    uncertainty_level: str           # low | moderate | high
+    uncertainty_text: str            # the level with its measured validation error rate
+    ood_level: str                   # in | unusual | clinical_photo | not_skin
+    ood_score: float                 # the distance the "unusual" level thresholds (card: ood.unusual_score)
+    ood_reason: str                  # one sentence ("" when in distribution)
+    measurements: dict
+    similar: pd.DataFrame | None = None   # nearest reference cases (core.lesion.retrieval), nearest first
+    cam: np.ndarray | None = None    # HxW float32 [0, 1] for cam_class
+    cam_class: str | None = None
+    context_used: bool = False       # the probabilities include the card's patient-context shift
+    triage: Verdict | None = None    # the one verdict at the top of the result (core.decisions.triage, card thresholds)
+    prediction_set: list[str] = field(default_factory=list)  # conformal set (core.decisions.conformal), most probable first
+    quality: tuple[str, ...] = ()    # the image-quality checks that fired (core.decisions.image_quality.CHECK_KINDS names)
+    quality_text: str = ""           # one sentence saying which ("" when none fired)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def top3(self) -> list[tuple[str, float]]:
+        return sorted(self.probs.items(), key=lambda kv: kv[1], reverse=True)[:3]
+
+    @property
+    def diagnosis_shown(self) -> bool:
+        """False for an image that is not dermoscopy (a clinical photo, not skin): no class, probability, referral,
+        CAM, similar case or measurement may be shown for it."""
+        return self.ood_level not in REFUSED_LEVELS
+
+    @property
+    def greyed(self) -> bool:
+        """The diagnosis is shown greyed: an unusual image, or an image-quality check fired."""
+        return self.ood_level == "unusual" or bool(self.quality)
+
+    @property
+    def referral_text(self) -> str:
+        return REFER_TEXT if self.refer else BELOW_TEXT
+
+
+class Analyzer:
+    def __init__(self, networks: dict[str, torch.nn.Module], card: dict, ood: OODDetector | None,
+                 cases: CaseIndex | None = None, device: str = "cpu"):
+        self.coarse_sn = networks["coarse_sn"]
+        self.mask_cn = networks["mask_cn"]
+        self.enhanced_sn = networks["enhanced_sn"]
+        self.imagenet = networks.get("imagenet")  # generic ImageNet features for the not-dermoscopy check
+        self.card = card
+        self.ood_detector = ood
+        self.cases = cases
+        self.device = device
+        self.version = str(card.get("version", "unversioned"))
+        self.precision = precision_name(getattr(self.mask_cn, "compute_dtype", torch.float32))  # core.models.precision
+        self.preprocessing = Preprocessing.from_card(card.get("preprocessing"), "segmenter")
+        self.classifier_preprocessing = Preprocessing.from_card(card.get("preprocessing"), "classifier")
+        sizes = card.get("input_size", {})
+        self.classifier_size = _size(sizes.get("classifier"), CLASSIFIER_SIZE)
+        self.segmenter_size = _size(sizes.get("segmenter"), SEGMENTER_SIZE)
+        self.rule = DecisionRule.from_card(card)
+        self.context_head = ContextHead.from_card(card)  # None unless validation showed a gain (the card says)
+        self.referral = ReferralRule.from_card(card)
+        self.triage = TriageRule.from_card(card)
+        self.prediction_sets = PredictionSets.from_card(card)
+        self.quality_checks = QualityChecks.from_card(card)
+        self.uncertainty = UncertaintyLevels.from_card(card)
+        self.seg_views = FLIP_VIEWS if int((card.get("segmentation_tta") or {}).get("views", 1)) == 4 else (0,)
+        # One analysis at a time per Analyzer: CAM hooks are per-model state (serve several users with replicas).
+        self._lock = threading.Lock()
+        # (input key, mask-CN input, class activation maps) of the latest analysis: cam_for() on the same image (what
+        # the Analyze page does right after analyze()) reuses them instead of re-running coarse-SN and mask-CN.
+        self._last: tuple[bytes, torch.Tensor, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, device: str | None = None,
+             precision: str | None = None) -> "Analyzer":
+        """precision: core.models.precision.CHOICES; default LESIONLENS_PRECISION or "auto" (bf16 on a CPU with AMX)."""
+        weights_dir = Path(weights_dir)
+        card = read_model_card(weights_dir)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = resolve_precision(precision or os.environ.get("LESIONLENS_PRECISION", "auto"), device)
+        backbone = card.get("backbone", "efficientnet_lite0")
+        networks = {}
+        for arch, file_name in NETWORK_FILES.items():
+            model = create_model(arch, backbone, pretrained=None)
+            state = load_verified(weights_dir, file_name, card)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:
+                raise WeightsIntegrityError(f"{weights_dir / file_name}: does not fit the {arch} architecture ({exc})") from exc
+            # Inference only: BN folded into the convs, and no parameter needs a gradient (a CAM's backward pass
+            # then computes only the activation gradients it uses, not a weight gradient for every layer).
+            model = fold_batchnorm(model.eval()).requires_grad_(False).cast_for_inference(dtype)
+            networks[arch] = model.to(device).to(memory_format=torch.channels_last)
+        ood = None
+        if OOD_FILE in card.get("files", {}):
+            check = None
+            if CHECK_FILE in card["files"]:
+                check = DermoscopyCheck.from_tensors(load_verified(weights_dir, CHECK_FILE, card),
+                                                     card["dermoscopy_check"]["threshold"])
+            ood = OODDetector(load_verified(weights_dir, OOD_FILE, card), card["ood"]["thresholds"],
+                              card["ood"]["unusual_score"], float(card["ood"]["unusual_share"]), check,
+                              card["ood"].get("out_of_source"))
+            networks["imagenet"] = fold_batchnorm(imagenet_backbone()).to(device)
+        return cls(networks, card, ood, CaseIndex.load(weights_dir, card), device)
+
+    # ------------------------------------------------------------ analysis
+    def analyze(self, rgb: np.ndarray, cam: bool = False, cam_method: str = "Grad-CAM", cam_class: str | None = None,
+                mm_per_pixel: float | None = None, context: PatientContext | None = None) -> AnalysisResult:
+        """context: the patient's age / sex / site; it changes the probabilities only when the model card's context
+        head is in use (result.context_used says whether it did)."""
+        rgb = _check_rgb(rgb)
+        shift = None
+        if self.context_head is not None and context is not None and context.given:
+            shift = self.context_head.shift([context])
+        with self._lock:
+            return self._analyze(rgb, cam, cam_method, cam_class, mm_per_pixel, shift)
+
+    def _analyze(self, rgb, cam, cam_method, cam_class, mm_per_pixel, shift) -> AnalysisResult:
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] = now - clock
+            clock = now
+
+        height, width = rgb.shape[:2]
+        seg_small, cls_small, box = self.network_images(rgb)
+        seg_x = normalize_batch(torch.from_numpy(seg_small)[None]).to(self.device)
+        cls_x = normalize_batch(torch.from_numpy(cls_small)[None]).to(self.device)
+        lap("preprocess")
+        with torch.inference_mode():
+            out = mbdcnn_forward(self.coarse_sn, self.mask_cn, self.enhanced_sn, seg_x, cls_x, self.rule.view_ids,
+                                 self.seg_views)
+        self._last = (_input_key(seg_small, cls_small), out["x4"], out["class_maps"])
+        lap("networks")
+        logits = out["logits"].cpu().numpy()
+        probs = self.rule.probabilities(logits, shift)[0]
+        mask = _to_input_mask(out["enhanced"], box, height, width)
+        coarse_mask = _to_input_mask(out["coarse"], box, height, width)
+        ood = self._ood(out["pooled"], cls_x, cls_small)
+        similar = self.cases.nearest(out["pooled"], SIMILAR_CASES) if self.cases is not None else None
+        score = self._uncertainty_score(logits, probs, out["pooled"], shift)
+        level = self.uncertainty.level(score)
+        mel_score = float(self.referral.score_of(probs))
+        lap("rules")
+        quality = self.quality_checks.assess(rgb, mask, box) if ood.level not in REFUSED_LEVELS else None
+        fired = quality.fired if quality is not None else ()
+        lap("quality")
+        result = AnalysisResult(
+            mask=mask, coarse_mask=coarse_mask, probs={c: float(p) for c, p in zip(CLASS_CODES, probs)},
+            label=CLASS_CODES[int(probs.argmax())], mel_score=mel_score, refer=mel_score >= self.referral.threshold,
+            referral_threshold=self.referral.threshold, uncertainty_score=score, uncertainty_level=level,
+            uncertainty_text=self.uncertainty.sentence(level), ood_level=ood.level, ood_score=ood.score,
+            ood_reason=ood.reason, measurements=_measure(mask, rgb, mm_per_pixel), similar=similar,
+            context_used=shift is not None, timings=timings,
+            triage=self.triage.verdict(probs, level, ood.level, ood.reason,
+                                       tuple(CHECK_KINDS[name].phrase for name in fired)),
+            prediction_set=self.prediction_sets.classes(probs) if self.prediction_sets is not None else [],
+            quality=fired, quality_text=quality.sentence if quality is not None else "")
+        lap("measurements")
+        if cam:
+            result.cam_class = cam_class or result.label
+            result.cam = self._cam(out["x4"], out["class_maps"], CLASS_CODES.index(result.cam_class), cam_method,
+                                   (height, width), box)
+            lap("cam")
+        timings["total"] = sum(timings.values())
+        return result
+
+    def _ood(self, pooled: torch.Tensor, cls_x: torch.Tensor, cls_small: np.ndarray) -> OODAssessment:
+        if self.ood_detector is None:
+            return OODAssessment("in", 0.0, "")
+        with torch.inference_mode():
+            generic = self.imagenet(cls_x).float().cpu()
+        case_distance = self.cases.knn_distance(pooled, KNN_K) if self.cases is not None else None
+        return self.ood_detector.assess(self.ood_detector.scores(pooled.cpu(), generic, [chroma(cls_small)], case_distance))
+
+    def _uncertainty_score(self, logits: np.ndarray, probs: np.ndarray, pooled: torch.Tensor, shift) -> float:
+        """The card's uncertainty score for one image (see core.decisions.uncertainty)."""
+        name = self.uncertainty.score
+        if name == "knn_distance":
+            return float(self.cases.knn_distance(pooled, KNN_K)[0])
+        single = DecisionRule(1, self.rule.temperature, self.rule.logit_offsets)
+        view_probs = np.stack([single.probabilities(v[None], shift) for v in logits]) if len(logits) > 1 else None
+        return float(probability_scores(probs[None], view_probs)[name][0])
+
+    def _cam(self, x4: torch.Tensor, class_maps: torch.Tensor | None, class_index: int, method: str,
+             size: tuple[int, int], box: Box, progress=None) -> np.ndarray:
+        """The CAM over the network's input (the field-of-view crop), placed onto the whole image (0 outside)."""
+        from core.analysis.cam import (LINEAR_HEAD_CAMS, cam_from_class_maps, compute_cam)  # grad-cam only when a CAM is asked for
+
+        crop = (box[1] - box[0], box[3] - box[2])
+        if method in LINEAR_HEAD_CAMS and class_maps is not None:
+            heat = cam_from_class_maps(class_maps, class_index, tuple(x4.shape[-2:]), crop)
+        else:
+            with torch.enable_grad():
+                heat = compute_cam(self.mask_cn, x4.clone(), [self.mask_cn.target_layer], class_index, method,
+                                   output_size=crop, progress=progress)
+        return heat if crop == tuple(size) else mask_to_image(heat, box, size)
+
+    def network_images(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, Box]:
+        """The segmenters' and the classifier's uint8 inputs (core.imaging.preprocess.network_image, as in training) and
+        the field-of-view box they were cut from."""
+        box = network_box(rgb, self.preprocessing)
+        return (network_image(rgb, self.segmenter_size, self.preprocessing, box),
+                network_image(rgb, self.classifier_size, self.classifier_preprocessing, box), box)
+
+    def cam_for(self, rgb: np.ndarray, class_code: str, method: str = "Grad-CAM", progress=None) -> np.ndarray:
+        """A CAM for any class and method without re-running the whole analysis; `progress(share done)` is called
+        while a slow method (Score-CAM) runs."""
+        from core.analysis.cam import LINEAR_HEAD_CAMS
+
+        rgb = _check_rgb(rgb)
+        class_index = CLASS_CODES.index(class_code)
+        with self._lock:
+            seg_u8, cls_u8, box = self.network_images(rgb)
+            key = _input_key(seg_u8, cls_u8)
+            if self._last is not None and self._last[0] == key:
+                _, x4, class_maps = self._last
+            else:
+                with torch.inference_mode():
+                    out = mbdcnn_forward(self.coarse_sn, self.mask_cn, self.enhanced_sn,
+                                         normalize_batch(torch.from_numpy(seg_u8)[None]).to(self.device),
+                                         normalize_batch(torch.from_numpy(cls_u8)[None]).to(self.device), (0,),
+                                         self.seg_views, with_enhanced=False)
+                x4, class_maps = out["x4"], out["class_maps"]
+                self._last = (key, x4, class_maps)
+            return self._cam(x4, class_maps if method in LINEAR_HEAD_CAMS else None, class_index, method,
+                             rgb.shape[:2], box, progress)
+
+
+def _check_rgb(rgb: np.ndarray) -> np.ndarray:
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError("expected an HxWx3 uint8 RGB array (use core.io.intake.load_image for files)")
+    if min(rgb.shape[:2]) < 8:
+        raise ValueError(f"image too small to analyse: {rgb.shape[1]}x{rgb.shape[0]}")
+    return np.ascontiguousarray(rgb)
+
+
+def _input_key(seg_u8: np.ndarray, cls_u8: np.ndarray) -> bytes:
+    """Identifies what the networks see (the two resized images), so a cached result is reused only for them."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.ascontiguousarray(seg_u8).data)
+    digest.update(np.ascontiguousarray(cls_u8).data)
+    return digest.digest()
+
+
+def _to_input_mask(probs: torch.Tensor, box: Box, height: int, width: int) -> np.ndarray:
+    full = mask_to_image(probs[0, 0].float().cpu().numpy(), box, (height, width))
+    return np.where(full > 0.5, 255, 0).astype(np.uint8)
+
+
+def _size(entry: dict | None, default: tuple[int, int]) -> tuple[int, int]:
+    return (int(entry["height"]), int(entry["width"])) if entry else default
+
+
+def _measure(mask: np.ndarray, rgb: np.ndarray, mm_per_pixel: float | None) -> dict:
+    from core.lesion.lesion_measurements import measure_lesion
+
+    return measure_lesion(mask, rgb, mm_per_pixel)
+
+
+# ---------------------------------------------------------------- conv + BatchNorm folding (inference only)
+def _fold_into(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> None:
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.weight = torch.nn.Parameter(conv.weight.detach() * scale.view(-1, 1, 1, 1), requires_grad=False)
+    conv.bias = torch.nn.Parameter((bias - bn.running_mean) * scale + bn.bias.detach(), requires_grad=False)
+
+
+def _after_bn(bn: torch.nn.Module) -> torch.nn.Module:
+    """What is left of a folded BN: timm's BatchNormAct2d keeps its activation, a plain BN becomes identity."""
+    parts = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None))
+             if m is not None and not isinstance(m, torch.nn.Identity)]
+    return torch.nn.Sequential(*parts) if parts else torch.nn.Identity()
+
+
+# (conv, bn) attribute pairs of timm's EfficientNet stem/head and blocks; smp's Conv2dReLU and the E-layers are
+# nn.Sequential(conv, bn, relu) and are found as adjacent children.
+_CONV_BN_PAIRS = {"conv_pwl": (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),   # InvertedResidual
+                  "conv_dw": (("conv_dw", "bn1"), ("conv_pw", "bn2")),                         # DepthwiseSeparable
+                  None: (("conv_stem", "bn1"), ("conv_head", "bn2"))}
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold every eval-mode BatchNorm that directly follows a convolution into that convolution's weights and bias
+    (y = gamma * (Wx + b - mean) / sqrt(var + eps) + beta is again a convolution), removing one full pass over
+    each activation map per layer. Only for a model in eval mode that will not be trained again."""
+    if model.training:
+        raise ValueError("fold_batchnorm is for eval-mode models only")
+    for module in list(model.modules()):
+        children = dict(module.named_children())
+        if isinstance(module, torch.nn.Sequential):
+            names = list(children)
+            pairs = [(a, b) for a, b in zip(names, names[1:])]
+        else:
+            key = "conv_pwl" if "conv_pwl" in children else "conv_dw" if "conv_dw" in children and "conv_pw" in children else None
+            pairs = _CONV_BN_PAIRS[key]
+        for conv_name, bn_name in pairs:
+            conv, bn = children.get(conv_name), children.get(bn_name)
+            if (isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) and bn.track_running_stats
+                    and bn.running_mean is not None and bn.affine and conv.out_channels == bn.num_features):
+                _fold_into(conv, bn)
+                setattr(module, bn_name, _after_bn(bn))
+                children[bn_name] = getattr(module, bn_name)
+    return model

@@ -1,0 +1,153 @@
+"""Batch prediction from the command line.
+
+    python -m core.analysis.predict PATH... --out OUT_DIR [--weights DIR] [--metadata FILE.csv]
+
+PATHs are image files or folders (the formats of core.io.intake.FILE_EXTENSIONS; folders are not recursed). Writes
+OUT_DIR/predictions.csv and OUT_DIR/masks/<image>.png (0/255, the input image's size). Columns: image, pred,
+p_<class>..., mel_score, refer (yes / no at the model card's melanoma referral threshold), triage (the verdict of
+core.decisions.triage: not_assessed / refer / review / no_referral), prediction_set (the conformal set, classes joined by
+'|'), uncertainty_level (low /
+moderate / high), ood_level (in / unusual / clinical_photo / not_skin), ood_reason, quality (the image-quality checks
+that fired, core.decisions.image_quality names joined by '|'), model_version, error. An image that is not
+dermoscopy (a clinical photo, not skin) gets no diagnosis: empty pred, probabilities, mel_score and refer. A file that cannot be read gets its
+error row and the rest go on. --metadata: a CSV with columns image (file name, with or without extension) and any of
+age, sex, site (core.data.patient_context); the values are checked, copied into the output rows and passed to the analysis
+(they change the probabilities only when the model card's context head is in use: its patient-context comparison).
+DICOM files (.dcm) without a --metadata row take age, sex and site from their tags (core.io.dicom_input).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from core.data.classes import CLASS_CODES
+from core.analysis.inference import DEFAULT_WEIGHTS_DIR, AnalysisResult, Analyzer
+from core.io.dicom_input import is_dicom, read_dicom
+from core.io.intake import FILE_EXTENSIONS, ImageRejected, load_image_file
+from core.data.patient_context import ContextError, PatientContext, read_context_csv
+
+IMAGE_SUFFIXES = {f".{extension}" for extension in FILE_EXTENSIONS}
+COLUMNS = ["image", "age", "sex", "site", "pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer", "triage", "prediction_set",
+           "uncertainty_level", "ood_level", "ood_reason", "quality", "model_version", "error"]
+DIAGNOSIS_COLUMNS = ("pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer", "prediction_set")
+
+
+def blank_row(image: str, context: PatientContext = PatientContext()) -> dict:
+    """A CSV row with every column empty but the image name and its patient context (shared with the Batch page)."""
+    return {column: "" for column in COLUMNS} | {
+        "image": image, "age": "" if context.age is None else f"{context.age:g}", "sex": context.sex or "",
+        "site": context.site or ""}
+
+
+def result_row(result, version: str, refer: bool | None = None, triage: str | None = None) -> dict:
+    """The CSV fields of one analysis (shared by this CLI and the Batch page); no diagnosis for non-dermoscopy.
+    `refer`, `triage`: the melanoma referral and the verdict at a session's own threshold (the Batch page); default:
+    the card's (result.refer, result.triage)."""
+    refer = result.refer if refer is None else refer
+    triage = (result.triage.level if result.triage is not None else "") if triage is None else triage
+    row = {"pred": result.label, **{f"p_{c}": f"{p:.5f}" for c, p in result.probs.items()},
+           "mel_score": f"{result.mel_score:.5f}", "refer": "yes" if refer else "no", "triage": triage,
+           "prediction_set": "|".join(result.prediction_set),
+           "uncertainty_level": result.uncertainty_level, "ood_level": result.ood_level,
+           "ood_reason": result.ood_reason, "quality": "|".join(result.quality), "model_version": version}
+    if not result.diagnosis_shown:
+        row.update({column: "" for column in DIAGNOSIS_COLUMNS})
+        row["uncertainty_level"] = ""
+    return row
+
+
+def collect_paths(inputs: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            paths.append(path)  # a missing or odd file still gets its own error row
+    return paths
+
+
+def analyse_file(analyzer: Analyzer, path: Path, context: PatientContext = PatientContext()) -> tuple[dict, AnalysisResult | None]:
+    """One file's CSV row and its analysis (None when the file was rejected or the analysis failed: the row's error
+    says why). Shared by this CLI and the archive batch engine (core.batch.batch_shards)."""
+    row = blank_row(path.stem, context)
+    try:
+        rgb = load_image_file(path)
+        if not context.given:
+            context = dicom_context(path)
+            row = blank_row(path.stem, context)
+        result = analyzer.analyze(rgb, context=context)
+    except ImageRejected as exc:
+        row["error"] = str(exc)
+        return row, None
+    except Exception as exc:  # one bad file must never stop the batch
+        row["error"] = f"analysis failed: {exc}"
+        return row, None
+    row.update(result_row(result, model_version(analyzer)))
+    return row, result
+
+
+def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path, context: PatientContext = PatientContext()) -> dict:
+    row, result = analyse_file(analyzer, path, context)
+    if result is not None:
+        cv2.imwrite(str(mask_dir / f"{path.stem}.png"), result.mask)
+    return row
+
+
+def dicom_context(path: Path) -> PatientContext:
+    """The patient context in a DICOM file's tags (age, sex, site; core.io.dicom_input); empty for other formats."""
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    if not is_dicom(head):
+        return PatientContext()
+    return read_dicom(path.read_bytes(), path.name).context
+
+
+def model_version(analyzer: Analyzer) -> str:
+    """The card's version and the first 12 hex digits of mask-CN's sha256: which weights made a row."""
+    return card_version(analyzer.card)
+
+
+def card_version(card: dict) -> str:
+    """model_version from the model card alone (no networks loaded)."""
+    sha = card.get("files", {}).get("mask_cn.safetensors", {}).get("sha256", "")
+    return f"{card.get('version', 'unversioned')} ({sha[:12]})"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", help="image files or folders")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS_DIR))
+    parser.add_argument("--metadata", default="", help="CSV: image, age, sex, site (each optional but image)")
+    args = parser.parse_args(argv)
+    try:
+        contexts = read_context_csv(args.metadata) if args.metadata else {}
+    except ContextError as exc:
+        parser.error(str(exc))
+
+    paths = collect_paths(args.paths)
+    if not paths:
+        parser.error("no image files found in the given paths")
+    out = Path(args.out)
+    mask_dir = out / "masks"
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    analyzer = Analyzer.load(args.weights)
+    rows = [predict_one(analyzer, p, mask_dir, contexts.get(p.stem, PatientContext()))
+            for p in tqdm(paths, desc="analysing", unit="image", file=sys.stderr)]
+    with open(out / "predictions.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    failed = sum(1 for r in rows if r["error"])
+    print(f"{len(rows) - failed} analysed, {failed} failed -> {out / 'predictions.csv'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

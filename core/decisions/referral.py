@@ -1,0 +1,71 @@
+"""The one melanoma referral rule: a threshold on a melanoma score, chosen on validation data for a target
+sensitivity (triage), stored in the model card and applied by the Analyzer, Batch, the predict CLI, the PDF and the
+Model performance page alike."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.data.classes import CLASS_INDEX, MALIGNANT_CODES
+
+SCORES = {
+    "mel": "probability of melanoma",
+    "malignant": "probability of a malignant class (melanoma + basal cell carcinoma + actinic keratosis / "
+                 "intraepithelial carcinoma)",
+}
+REFER_TEXT = "Melanoma score above the referral threshold: consider dermoscopic follow-up or excision."
+BELOW_TEXT = "Melanoma score below the referral threshold."
+VALIDATION_SOURCES = {"ham10000": "HAM10000 val", "isic2017": "ISIC 2017 (validation part of its train set)",
+                      "vidir_molemax": "HAM10000 vidir_molemax val", "vidir_modern": "HAM10000 vidir_modern val",
+                      "rosendahl": "HAM10000 rosendahl val", "vienna_dias": "HAM10000 vienna_dias val"}
+
+
+def melanoma_score(probs, kind: str) -> np.ndarray:
+    """(N, C) or (C,) class probabilities -> the score the referral threshold applies to."""
+    p = np.asarray(probs, dtype=np.float64)
+    if kind == "mel":
+        return p[..., CLASS_INDEX["mel"]]
+    if kind == "malignant":
+        return p[..., [CLASS_INDEX[c] for c in MALIGNANT_CODES]].sum(-1)
+    raise ValueError(f"unknown melanoma score {kind!r}; choose {', '.join(SCORES)}")
+
+
+@dataclass(frozen=True)
+class ReferralRule:
+    score: str = "mel"
+    threshold: float = 0.5
+    target_sensitivity: float = 0.9
+
+    def score_of(self, probs) -> np.ndarray:
+        return melanoma_score(probs, self.score)
+
+    def refer(self, probs, threshold: float | None = None) -> np.ndarray:
+        """True where the score reaches the threshold (the card's, or a session's own)."""
+        return self.score_of(probs) >= (self.threshold if threshold is None else threshold)
+
+    def describe(self, threshold: float | None = None) -> str:
+        t = self.threshold if threshold is None else threshold
+        return f"{SCORES[self.score]} >= {t:.3f}"
+
+    def to_card(self) -> dict:
+        return {"score": self.score, "threshold": self.threshold, "target_sensitivity": self.target_sensitivity}
+
+    @classmethod
+    def from_card(cls, card: dict) -> "ReferralRule":
+        entry = card.get("referral") or {}
+        return cls(score=str(entry.get("score", "mel")), threshold=float(entry.get("threshold", 0.5)),
+                   target_sensitivity=float(entry.get("target_sensitivity", 0.9)))
+
+
+def validation_sources_text(entry: dict) -> str:
+    """' in each validation source (HAM10000 val: 166 melanomas, ...)' when the card's referral entry was fitted per
+    validation source (train.fit_rules.fit_referral); '' for a card without that fit."""
+    fit = entry.get("fit") or {}
+    counts = fit.get("validation_melanomas_per_source")
+    if not counts:
+        return ""
+    binding = fit.get("min_melanomas_to_bind")
+    which = f"each validation source with at least {binding} melanomas" if binding else "each validation source"
+    return f" in {which} (" + ", ".join(f"{VALIDATION_SOURCES.get(s, s)}: {n} melanomas"
+                                        for s, n in counts.items()) + ")"

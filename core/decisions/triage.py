@@ -1,0 +1,140 @@
+"""One triage verdict at the top of every result: the referral rules, the uncertainty level, the unusual-image flag
+and the image-quality checks combined in a fixed order of precedence (the more severe wins), as triage devices do.
+
+1. not_assessed  the input is not dermoscopy (clinical photo, not skin): no diagnosis at all.
+2. refer         a malignant class (melanoma, basal cell carcinoma, actinic keratosis / intraepithelial carcinoma)
+                 reaches its referral threshold. Each class has its own threshold on its own probability, fitted by
+                 train.out_of_source for a target sensitivity in every source it was fitted on.
+3. review        no referral threshold is reached, but the result cannot be relied on: uncertainty moderate or high,
+                 an unusual image, or an image-quality check fired. "Not reassuring", not "benign".
+4. no_referral   below every referral threshold, uncertainty low, typical image, no quality problem.
+
+Every verdict quotes what the rule did at clinics the model was not trained on (held-out sources: the card's
+`triage.out_of_source`), so the sentence states its own reliability.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.data.classes import CLASS_BY_CODE, CLASS_INDEX, MALIGNANT_CODES
+
+VERDICTS = ("not_assessed", "refer", "review", "no_referral")
+HEADLINES = {
+    "not_assessed": "Not assessed",
+    "refer": "Refer",
+    "review": "Expert review advised",
+    "no_referral": "No referral indicated",
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    level: str                  # one of VERDICTS
+    headline: str
+    reasons: tuple[str, ...]    # why, most important first
+    evidence: str               # what this verdict did at clinics the model was not trained on ("" when unknown)
+    firing: tuple[str, ...] = ()  # malignant classes at or above their referral threshold
+
+    @property
+    def because(self) -> str:
+        """The reasons as sentences."""
+        return " ".join(r if r.endswith(".") else r + "." for r in self.reasons)
+
+    @property
+    def text(self) -> str:
+        """One paragraph: headline, reasons, evidence."""
+        return " ".join(part for part in (f"{self.headline}.", self.because, self.evidence) if part)
+
+
+@dataclass(frozen=True)
+class TriageRule:
+    thresholds: dict[str, float]                      # malignant class code -> probability threshold
+    target_sensitivity: float = 0.9
+    out_of_source: dict = field(default_factory=dict)  # figures of each verdict on held-out sources (the card's)
+
+    def __post_init__(self):
+        unknown = set(self.thresholds) - set(MALIGNANT_CODES)
+        if unknown:
+            raise ValueError(f"triage thresholds for non-malignant classes {sorted(unknown)}")
+        bad = {c: t for c, t in self.thresholds.items() if not 0 <= t <= 1}
+        if bad:
+            raise ValueError(f"triage thresholds must be probabilities in [0, 1]: {bad}")
+
+    def firing(self, probs, mel_threshold: float | None = None) -> tuple[str, ...]:
+        """The malignant classes whose probability reaches their threshold ((C,) probabilities; `mel_threshold`
+        replaces melanoma's, e.g. a session's own)."""
+        p = np.asarray(probs, dtype=np.float64)
+        limits = dict(self.thresholds)
+        if mel_threshold is not None:
+            limits["mel"] = float(mel_threshold)
+        return tuple(c for c in MALIGNANT_CODES if c in limits and p[CLASS_INDEX[c]] >= limits[c])
+
+    def levels(self, probs: np.ndarray, uncertainty_levels, ood_levels, quality_flags=None) -> np.ndarray:
+        """Vectorised verdict levels for (N, C) probabilities and per-image uncertainty / OOD levels (strings) and
+        optional per-image booleans 'a quality check fired'."""
+        p = np.asarray(probs, dtype=np.float64)
+        refer = np.zeros(len(p), dtype=bool)
+        for code, t in self.thresholds.items():
+            refer |= p[:, CLASS_INDEX[code]] >= t
+        refused = np.isin(np.asarray(ood_levels), ("clinical_photo", "not_skin"))
+        doubtful = (np.asarray(uncertainty_levels) != "low") | (np.asarray(ood_levels) == "unusual")
+        if quality_flags is not None:
+            doubtful |= np.asarray(quality_flags, dtype=bool)
+        return np.where(refused, "not_assessed", np.where(refer, "refer", np.where(doubtful, "review", "no_referral")))
+
+    def verdict(self, probs, uncertainty_level: str, ood_level: str, ood_reason: str = "",
+                quality_problems: tuple[str, ...] = (), mel_threshold: float | None = None) -> Verdict:
+        """The verdict for one image ((C,) probabilities in CLASS_CODES order)."""
+        if ood_level in ("clinical_photo", "not_skin"):
+            return Verdict("not_assessed", HEADLINES["not_assessed"], (ood_reason or "The image is not dermoscopy",), "")
+        firing = self.firing(probs, mel_threshold)
+        p = np.asarray(probs, dtype=np.float64)
+        if firing:
+            limits = {**self.thresholds, **({"mel": mel_threshold} if mel_threshold is not None else {})}
+            reasons = tuple(f"{CLASS_BY_CODE[c].name} {p[CLASS_INDEX[c]]:.1%} reaches its referral threshold "
+                            f"({limits[c]:.1%}): consider dermoscopic follow-up, biopsy or excision" for c in firing)
+            return Verdict("refer", HEADLINES["refer"], reasons, self.evidence("refer"), firing)
+        doubts = []
+        if uncertainty_level != "low":
+            doubts.append(f"the model's uncertainty is {uncertainty_level}")
+        if ood_level == "unusual":
+            doubts.append("the image is unlike the training images")
+        doubts.extend(quality_problems)
+        if doubts:
+            reasons = ("No malignant class reaches its referral threshold, but " + "; ".join(doubts)
+                       + ": the result is not reassuring",)
+            return Verdict("review", HEADLINES["review"], reasons, self.evidence("review"))
+        return Verdict("no_referral", HEADLINES["no_referral"],
+                       ("Every malignant class is below its referral threshold, uncertainty is low and the image is "
+                        "typical of the training data",), self.evidence("no_referral"))
+
+    def evidence(self, level: str) -> str:
+        """What this verdict did on held-out sources, in words ('' when the card has no such figures)."""
+        figures = (self.out_of_source or {}).get(level)
+        if not figures:
+            return ""
+        if level == "refer":
+            return (f"At clinics the model was not trained on, this rule referred {figures['melanoma_sensitivity']:.0%} "
+                    f"of melanomas and {figures['malignant_sensitivity']:.0%} of all malignant lesions, and "
+                    f"{1 - figures['benign_specificity']:.0%} of benign lesions.")
+        if level == "review":
+            return (f"At clinics the model was not trained on, {figures['malignant_share']:.0%} of the images sent to "
+                    f"review were malignant and the top prediction was wrong {figures['error_rate']:.0%} of the time.")
+        return (f"At clinics the model was not trained on, {figures['malignant_share']:.1%} of the images given this "
+                f"verdict were malignant: it does not rule malignancy out.")
+
+    def to_card(self) -> dict:
+        return {"thresholds": dict(self.thresholds), "target_sensitivity": self.target_sensitivity,
+                "out_of_source": self.out_of_source}
+
+    @classmethod
+    def from_card(cls, card: dict) -> "TriageRule":
+        """The card's triage entry; a card without one triages on its melanoma referral threshold alone."""
+        entry = card.get("triage")
+        if not entry:
+            referral = card.get("referral") or {}
+            return cls({"mel": float(referral.get("threshold", 0.5))}, float(referral.get("target_sensitivity", 0.9)))
+        return cls({c: float(t) for c, t in entry["thresholds"].items()}, float(entry.get("target_sensitivity", 0.9)),
+                   entry.get("out_of_source") or {})
