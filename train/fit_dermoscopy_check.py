@@ -159,7 +159,7 @@ def refused_share(kinds: np.ndarray, groups: np.ndarray) -> dict:
 
 
 def main(argv=None) -> dict:
-    from train.evaluate import real_photographs
+    from train.ood_probes import real_photographs
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))

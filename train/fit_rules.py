@@ -1,5 +1,6 @@
 """Everything the model card decides on validation data: the decision rule (test-time-augmentation views, logit
-adjustment, temperature), the melanoma referral threshold, the uncertainty levels and the OOD thresholds.
+adjustment, temperature), the melanoma referral threshold, the uncertainty levels, the OOD thresholds and the PCA
+size of the similar-cases index.
 
 Validation = HAM10000 val + the held-out part of ISIC 2017 train; nothing here ever sees a test split.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy.optimize import minimize_scalar
 from sklearn.covariance import LedoitWolf
@@ -19,6 +21,8 @@ from core.analysis.metrics import calibration, logit_adjustment, risk_coverage
 from core.decisions.ood import UNUSUAL_SCORES, OODDetector
 from core.decisions.referral import SCORES as REFERRAL_SCORES, ReferralRule, melanoma_score
 from core.decisions.uncertainty import LEVELS, UncertaintyLevels
+from core.lesion.retrieval import CaseIndex
+from train.evaluation_reports import labels_of, retrieval_scores
 from train.stages import classification_scores
 
 VIEW_CHOICES = (1, 4, 8)
@@ -35,6 +39,7 @@ OOD_IMAGENET_QUANTILE = 0.999   # "not dermoscopy": ImageNet distance above 99.9
 OOD_CHROMA_FACTOR = 0.5         # ... or chroma below half the 0.1 % quantile of validation images
 OOD_PROJECTION_DIMS = 512
 OOD_REFERENCE_IMAGES = 3000
+INDEX_DIMS = (32, 64, 128)      # PCA sizes tried for the similar-cases index
 
 
 def criterion(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> float:
@@ -189,3 +194,18 @@ def fit_ood_thresholds(detector_tensors: dict[str, torch.Tensor], val_scores_of,
                   "imagenet_distance": float(np.quantile(scores["imagenet_distance"], OOD_IMAGENET_QUANTILE)),
                   "unusual": float(np.quantile(scores[unusual], OOD_UNUSUAL_QUANTILE))}
     return thresholds, unusual, {"validation_error_auroc": aurocs}
+
+
+def fit_case_index(outputs: dict, tables: dict) -> tuple[CaseIndex, dict]:
+    """PCA size chosen on validation queries against a train-only index (precision@k of the diagnosis); the
+    shipped index holds train + val."""
+    y_train, y_val = labels_of(tables["train"]), labels_of(tables["val"])
+    scores = {}
+    for dims in INDEX_DIMS:
+        index = CaseIndex.fit(outputs["train"]["pooled"], tables["train"], dims)
+        scores[dims] = retrieval_scores(index, outputs["val"]["pooled"], y_val, y_train)["precision_at_k"]
+    best = max(scores.values())
+    dims = min(d for d in INDEX_DIMS if scores[d] >= best - 0.005)
+    reference = pd.concat([tables["train"], tables["val"]], ignore_index=True)
+    pooled = np.concatenate([outputs["train"]["pooled"], outputs["val"]["pooled"]])
+    return CaseIndex.fit(pooled, reference, dims), {"dims": dims, "validation_precision_at_k_by_dims": scores}

@@ -48,7 +48,8 @@ from core.imaging.tta import ALL_VIEWS
 from core.decisions.uncertainty import LEVELS, UncertaintyLevels, probability_scores
 from core.io.weights_io import MODEL_CARD_NAME, read_model_card
 from train import fit_rules
-from train.evaluate import read_tables, referral_report, uncertainty_report
+from train.evaluate import read_tables
+from train.evaluation_reports import referral_report, uncertainty_report
 from train.fit_source_robust import MIN_POSITIVES, class_referral_thresholds, conformal_quantile, low_uncertainty_cut
 from train.network_outputs import load_network, split_outputs
 from train.source_heads import RECIPES, fit_recipe, softmax
