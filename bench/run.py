@@ -207,7 +207,7 @@ def table(results: dict) -> str:
                      f"{_fmt(cs.get('first_analysis_s'), ' s', 2)} (upload->result {_fmt(cs.get('upload_to_result_s'), ' s', 2)})")
         if cs.get("note"):
             lines.append(f"   {cs['note']}")
-    lines.append("\n4. Training epoch (EXTRAPOLATED from timed steps)   step s   img/s   epoch s (train imgs)  epoch s @7,009")
+    lines.append("\n4. Training epoch (EXTRAPOLATED from timed steps)   step s   img/s  epoch s @7,009")
     tr = results.get("training")
     if tr is None:
         lines.append("   skipped (--skip-train)")
@@ -216,7 +216,7 @@ def table(results: dict) -> str:
             if stage in tr:
                 s = tr[stage]
                 lines.append(f"   {stage:<49}{s['step_mean_s']:>6.2f} {s['images_per_s']:>7.1f} "
-                             f"{s['epoch_s_extrapolated']:>8.0f} ({s['train_images']:>5})  {s['epoch_s_extrapolated_ham_train_7009']:>8.0f}")
+                             f"{s['epoch_s_extrapolated_ham_train_7009']:>14.0f}")
         lines.append(f"   {tr['note']}")
         card = tr.get("model_card_epoch_seconds")
         if card:
