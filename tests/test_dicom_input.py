@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 
+import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -171,9 +172,22 @@ def test_predict_fills_context_from_tags(tmp_path, dicom, repo_root):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "lesion.dcm").write_bytes(dicom)
     (tmp_path / "in" / "broken.dcm").write_bytes(dicom[:3000])
+    two = pydicom.dcmread(io.BytesIO(dicom))  # a two-frame object: frame 2 is frame 1 mirrored
+    first = load_image(dicom)
+    two.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    two.PhotometricInterpretation, two.PlanarConfiguration = "RGB", 0
+    two.PixelData = np.ascontiguousarray(np.stack([first, first[:, ::-1]])).tobytes()
+    two["PixelData"].VR = "OB"
+    two.NumberOfFrames = 2
+    two.save_as(tmp_path / "in" / "two.dcm", enforce_file_format=True)
     assert main([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--weights", str(repo_root / "weights")]) == 0
     with open(tmp_path / "out" / "predictions.csv", newline="") as handle:
         rows = {row["image"]: row for row in csv.DictReader(handle)}
+    # one row and one mask per frame, each the analysis of that frame, with the tags' context
+    assert "two" not in rows and rows["two_frame1"]["p_nv"] == rows["lesion"]["p_nv"]
+    assert rows["two_frame2"]["age"] == "45" and not rows["two_frame2"]["error"]
+    masks = [cv2.imread(str(tmp_path / "out" / "masks" / f"two_frame{k}.png"), cv2.IMREAD_GRAYSCALE) for k in (1, 2)]
+    assert masks[0] is not None and masks[1] is not None and not np.array_equal(masks[0], masks[1])
     assert (rows["lesion"]["age"], rows["lesion"]["sex"], rows["lesion"]["site"]) == ("45", "female", "lower extremity")
     assert rows["lesion"]["error"] == "" and rows["lesion"]["model_version"]
     assert rows["broken"]["error"] and rows["broken"]["pred"] == ""

@@ -13,7 +13,8 @@ dermoscopy (a clinical photo, not skin) gets no diagnosis: empty pred, probabili
 error row and the rest go on. --metadata: a CSV with columns image (file name, with or without extension) and any of
 age, sex, site (core.data.patient_context); the values are checked, copied into the output rows and passed to the analysis
 (they change the probabilities only when the model card's context head is in use: its patient-context comparison).
-DICOM files (.dcm) without a --metadata row take age, sex and site from their tags (core.io.dicom_input).
+DICOM files (.dcm) without a --metadata row take age, sex and site from their tags (core.io.dicom_input); a
+multi-frame DICOM gives one row (and mask) per frame, named <file name>_frame<k>.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from tqdm import tqdm
 
 from core.data.classes import CLASS_CODES
 from core.analysis.inference import DEFAULT_WEIGHTS_DIR, AnalysisResult, Analyzer
-from core.io.dicom_input import is_dicom, read_dicom
-from core.io.intake import FILE_EXTENSIONS, ImageRejected, load_image_file
+from core.io.dicom_input import frame_count, is_dicom, read_dicom
+from core.io.intake import FILE_EXTENSIONS, MAX_BYTES, ImageRejected, load_image_file
 from core.data.patient_context import ContextError, PatientContext, read_context_csv
 
 IMAGE_SUFFIXES = {f".{extension}" for extension in FILE_EXTENSIONS}
@@ -74,22 +75,45 @@ def collect_paths(inputs: list[str]) -> list[Path]:
 
 def analyse_file(analyzer: Analyzer, path: Path, context: PatientContext = PatientContext()) -> tuple[dict, AnalysisResult | None]:
     """One file's CSV row and its analysis (None when the file was rejected or the analysis failed: the row's error
-    says why). Shared by this CLI and the archive batch engine (core.batch.batch_shards)."""
-    row = blank_row(path.stem, context)
+    says why); a multi-frame DICOM: its first frame (analyse_frames gives every frame). Shared by this CLI and the
+    archive batch engine (core.batch.batch_shards)."""
     try:
         rgb = load_image_file(path)
         if not context.given:
             context = dicom_context(path)
-            row = blank_row(path.stem, context)
-        result = analyzer.analyze(rgb, context=context)
     except ImageRejected as exc:
-        row["error"] = str(exc)
-        return row, None
+        return blank_row(path.stem, context) | {"error": str(exc)}, None
     except Exception as exc:  # one bad file must never stop the batch
+        return blank_row(path.stem, context) | {"error": f"analysis failed: {exc}"}, None
+    return analyse_image(analyzer, rgb, path.stem, context)
+
+
+def analyse_image(analyzer: Analyzer, rgb, name: str, context: PatientContext) -> tuple[dict, AnalysisResult | None]:
+    """The CSV row named `name` and the analysis of one decoded image."""
+    row = blank_row(name, context)
+    try:
+        result = analyzer.analyze(rgb, context=context)
+    except Exception as exc:  # one bad image must never stop the batch
         row["error"] = f"analysis failed: {exc}"
         return row, None
     row.update(result_row(result, model_version(analyzer)))
     return row, result
+
+
+def analyse_frames(analyzer: Analyzer, path: Path, context: PatientContext = PatientContext()) -> list[tuple[dict, AnalysisResult | None]]:
+    """Every frame of a multi-frame DICOM file as its own row, named <stem>_frame<k> (k from 1), read once; any
+    other file: its one row (analyse_file)."""
+    if frame_count(path) == 1:
+        return [analyse_file(analyzer, path, context)]
+    try:
+        with open(path, "rb") as handle:
+            image = read_dicom(handle.read(MAX_BYTES + 1), path.name)
+    except ImageRejected as exc:
+        return [(blank_row(path.stem, context) | {"error": str(exc)}, None)]
+    except OSError as exc:
+        return [(blank_row(path.stem, context) | {"error": f"Cannot read the file ({exc})"}, None)]
+    context = context if context.given else image.context
+    return [analyse_image(analyzer, rgb, f"{path.stem}_frame{k}", context) for k, rgb in enumerate(image.frames, 1)]
 
 
 def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path, context: PatientContext = PatientContext()) -> dict:
@@ -97,6 +121,16 @@ def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path, context: Patient
     if result is not None:
         cv2.imwrite(str(mask_dir / f"{path.stem}.png"), result.mask)
     return row
+
+
+def predict_file(analyzer: Analyzer, path: Path, mask_dir: Path, context: PatientContext = PatientContext()) -> list[dict]:
+    """The rows of one file (one per frame of a multi-frame DICOM), each analysed image's mask written beside."""
+    rows = []
+    for row, result in analyse_frames(analyzer, path, context):
+        if result is not None:
+            cv2.imwrite(str(mask_dir / f"{row['image']}.png"), result.mask)
+        rows.append(row)
+    return rows
 
 
 def dicom_context(path: Path) -> PatientContext:
@@ -138,8 +172,8 @@ def main(argv=None) -> int:
     mask_dir = out / "masks"
     mask_dir.mkdir(parents=True, exist_ok=True)
     analyzer = Analyzer.load(args.weights)
-    rows = [predict_one(analyzer, p, mask_dir, contexts.get(p.stem, PatientContext()))
-            for p in tqdm(paths, desc="analysing", unit="image", file=sys.stderr)]
+    rows = [row for p in tqdm(paths, desc="analysing", unit="file", file=sys.stderr)
+            for row in predict_file(analyzer, p, mask_dir, contexts.get(p.stem, PatientContext()))]
     with open(out / "predictions.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
