@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from core.data.classes import CLASS_CODES
 from core.analysis.inference import DEFAULT_WEIGHTS_DIR, AnalysisResult, Analyzer
-from core.io.dicom_input import frame_count, is_dicom, read_dicom
+from core.io.dicom_input import file_header, read_dicom
 from core.io.intake import FILE_EXTENSIONS, MAX_BYTES, ImageRejected, load_image_file
 from core.data.patient_context import ContextError, PatientContext, read_context_csv
 
@@ -80,7 +80,7 @@ def analyse_file(analyzer: Analyzer, path: Path, context: PatientContext = Patie
     try:
         rgb = load_image_file(path)
         if not context.given:
-            context = dicom_context(path)
+            context = file_header(path)[1]  # a DICOM's tags (header only: the pixels were decoded above)
     except ImageRejected as exc:
         return blank_row(path.stem, context) | {"error": str(exc)}, None
     except Exception as exc:  # one bad file must never stop the batch
@@ -103,7 +103,7 @@ def analyse_image(analyzer: Analyzer, rgb, name: str, context: PatientContext) -
 def analyse_frames(analyzer: Analyzer, path: Path, context: PatientContext = PatientContext()) -> list[tuple[dict, AnalysisResult | None]]:
     """Every frame of a multi-frame DICOM file as its own row, named <stem>_frame<k> (k from 1), read once; any
     other file: its one row (analyse_file)."""
-    if frame_count(path) == 1:
+    if file_header(path)[0] == 1:
         return [analyse_file(analyzer, path, context)]
     try:
         with open(path, "rb") as handle:
@@ -131,15 +131,6 @@ def predict_file(analyzer: Analyzer, path: Path, mask_dir: Path, context: Patien
             cv2.imwrite(str(mask_dir / f"{row['image']}.png"), result.mask)
         rows.append(row)
     return rows
-
-
-def dicom_context(path: Path) -> PatientContext:
-    """The patient context in a DICOM file's tags (age, sex, site; core.io.dicom_input); empty for other formats."""
-    with open(path, "rb") as handle:
-        head = handle.read(132)
-    if not is_dicom(head):
-        return PatientContext()
-    return read_dicom(path.read_bytes(), path.name).context
 
 
 def model_version(analyzer: Analyzer) -> str:

@@ -108,21 +108,22 @@ def is_dicom(data: bytes) -> bool:
     return data[PREAMBLE_OFFSET:PREAMBLE_OFFSET + 4] == b"DICM"
 
 
-def frame_count(path, max_pixels: int = MAX_PIXELS) -> int:
-    """How many images a DICOM file holds, from its header (NumberOfFrames); 1 for any other file, for a header that
-    cannot be read and for one whose frames exceed max_pixels in all (read_dicom then rejects the file in words)."""
+def file_header(path, max_pixels: int = MAX_PIXELS) -> tuple[int, PatientContext]:
+    """(how many images, the patient context of the tags) of a file, from its DICOM header alone (no pixel data is
+    read or decoded): (1, empty) for any other file, for a header that cannot be read, and a count of 1 for frames
+    exceeding max_pixels in all (read_dicom then rejects the file in words)."""
     try:
         with open(path, "rb") as handle:
             if not is_dicom(handle.read(PREAMBLE_OFFSET + 4)):
-                return 1
+                return 1, PatientContext()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         pixels = frames * int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
-        return frames if 1 < frames and pixels <= max_pixels else 1
+        return (frames if 1 < frames and pixels <= max_pixels else 1), _context(ds)[0]
     except Exception:  # noqa: BLE001 - the analysis reads the file again and says what is wrong with it
-        return 1
+        return 1, PatientContext()
 
 
 def read_dicom(data: bytes, name: str = "", *, include_identifiers: bool = False, max_bytes: int = MAX_BYTES,
