@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--freeze-blocks", type=int, default=0)
     parser.add_argument("--amp", default="auto", choices=("auto", "none", "bf16"),
-                        help="auto: train.train's default (bf16 for the segmenters on a CPU with AMX)")
+                        help="auto: train.train's default (bf16 for the segmenters on a CPU with AMX or AVX512-BF16)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--image-size", default="", help="HxW for every stage (default: each stage's own)")
     args = parser.parse_args(argv)

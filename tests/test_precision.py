@@ -1,4 +1,4 @@
-"""bf16 inference and training defaults (core.models.precision): `auto` picks bf16 only on a CPU with AMX, and a bf16 Analyzer
+"""bf16 inference and training defaults (core.models.precision): `auto` picks bf16 only on a CPU with bf16 hardware (AMX or AVX512-BF16), and a bf16 Analyzer
 agrees with the fp32 one on real validation images within bench.precision.TOLERANCE (probabilities, top class,
 referral, masks), CAM methods included."""
 import numpy as np
@@ -12,27 +12,35 @@ from train.stages import STAGES
 from train.train import CONFIG, resolve_amp
 
 
-def test_auto_is_bf16_only_on_a_cpu_with_amx(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
+def test_auto_is_bf16_only_on_a_cpu_with_bf16_hardware(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     assert precision.resolve("auto") == torch.bfloat16 and precision.resolve("auto", "cuda") == torch.float32
-    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     assert precision.resolve("auto") == torch.float32
     assert precision.resolve("bf16") == torch.bfloat16 and precision.resolve("fp32") == torch.float32
     with pytest.raises(ValueError, match="auto, fp32, bf16"):
         precision.resolve("fp16")
 
 
-def test_training_autocast_default_is_bf16_for_the_segmenters_on_amx(monkeypatch):
+@pytest.mark.parametrize("flags, expected", [({"avx2", "avx512f"}, False), ({"avx512f", "avx512_bf16"}, True),
+                                             ({"amx_tile", "amx_bf16"}, True)])
+def test_bf16_hardware_is_read_from_the_cpu_flags(monkeypatch, flags, expected):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert precision.cpu_has_bf16.__wrapped__() is expected
+
+
+def test_training_autocast_default_is_bf16_for_the_segmenters_on_bf16_hardware(monkeypatch):
     import train.train as train_module
 
     cpu = torch.device("cpu")
     cfg = dict(CONFIG)
-    monkeypatch.setattr(train_module, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)
     assert {name: resolve_amp(cfg, cpu, cls) for name, cls in STAGES.items()} == {
         "coarse_sn": "bf16", "enhanced_sn": "bf16", "mask_cn": "none", "classifier": "none"}
     assert resolve_amp(dict(cfg, amp="none"), cpu, STAGES["coarse_sn"]) == "none"
     assert resolve_amp(cfg, torch.device("cuda"), STAGES["mask_cn"]) == "bf16"
-    monkeypatch.setattr(train_module, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
     assert resolve_amp(cfg, cpu, STAGES["coarse_sn"]) == "none"
 
 

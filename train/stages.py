@@ -80,7 +80,7 @@ class Stage:
     arch = ""
     default_size = (0, 0)
     classifies = False
-    cpu_bf16_pays = False   # train.train's amp=auto uses bf16 autocast for this stage on a CPU with AMX
+    cpu_bf16_pays = False   # train.train's amp=auto uses bf16 autocast for this stage on a CPU with bf16 hardware
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
@@ -139,7 +139,7 @@ def dice_and_jaccard(logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.T
 class CoarseSNStage(Stage):
     arch = "coarse_sn"
     default_size = SEGMENTER_SIZE
-    cpu_bf16_pays = True    # a U-Net's dense decoder convolutions: bf16 pays on AMX (bench.training)
+    cpu_bf16_pays = True    # a U-Net's dense decoder convolutions: bf16 pays on AMX and AVX512-BF16 (bench.training)
 
     def wants_masks(self, training: bool) -> bool:
         return True

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from core.data.datasets import SOURCES, load_manifest
-from core.models.precision import cpu_has_amx
+from core.models.precision import cpu_has_bf16
 from core.data.splits import apply_split_file, assign_splits
 from core.io.weights_io import save_weights
 from train.checkpoint import load_state, restore_rng, rng_state, save_state
@@ -80,7 +80,7 @@ CONFIG = dict(
     # runtime
     seed=42,
     device="auto",               # auto | cpu | cuda
-    amp="auto",                  # auto (bf16 on CUDA; on a CPU with AMX for the stages where it pays) | none | bf16 | fp16
+    amp="auto",                  # auto (bf16 on CUDA; on a CPU with bf16 hardware for the stages where it pays) | none | bf16 | fp16
     threads=0,                   # torch threads (0 = torch's default)
     max_minutes=0.0,             # save and stop cleanly after this many minutes (resume with --resume true)
     max_train_batches=0,         # >0: cut each epoch short (tests, smoke runs)
@@ -136,15 +136,16 @@ def setup_runtime(cfg: dict) -> Runtime:
 
 
 def resolve_amp(cfg: dict, device: torch.device, stage=None) -> str:
-    """The autocast a run uses. `auto`: bf16 on CUDA; on a CPU with AMX (core.models.precision.cpu_has_amx) bf16 for the
-    stages whose class says it pays there (segmenters: dense U-Net convolutions; not the depthwise-bound
-    classifiers: `python -m bench.training --amp auto` vs `--amp none`), else none."""
+    """The autocast a run uses. `auto`: bf16 on CUDA; on a CPU with bf16 hardware (AMX or AVX512-BF16:
+    core.models.precision.cpu_has_bf16) bf16 for the stages whose class says it pays there (segmenters: dense U-Net
+    convolutions; not the depthwise-bound classifiers: `python -m bench.training --amp auto` vs `--amp none`), else
+    none."""
     amp = cfg["amp"]
     if amp != "auto":
         return amp
     if device.type == "cuda":
         return "bf16"
-    return "bf16" if getattr(stage, "cpu_bf16_pays", False) and cpu_has_amx() else "none"
+    return "bf16" if getattr(stage, "cpu_bf16_pays", False) and cpu_has_bf16() else "none"
 
 
 def autocast_for(cfg: dict, device: torch.device, stage=None):

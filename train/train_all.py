@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs-enhanced", type=int, default=3)
     parser.add_argument("--lr-enhanced", type=float, default=3e-4)
     parser.add_argument("--seg-amp", default="auto", help="autocast of the segmenters (auto = train.train's "
-                                                          "default: bf16 on CUDA and on a CPU with AMX)")
+                                                          "default: bf16 on CUDA and on a CPU with AMX or AVX512-BF16)")
     parser.add_argument("--cls-freeze", type=int, default=0, help="frozen early stages of the classifiers")
     parser.add_argument("--mask-cn-validation-coarse-sn", default="",
                         help="coarse-SN weights for mask-CN's validation masks (default: RUNS/coarse_sn)")

@@ -33,7 +33,7 @@ class LesionClassifier(nn.Module):
         self.compute_dtype = torch.float32
 
     def cast_for_inference(self, dtype: torch.dtype) -> "LesionClassifier":
-        """Run the backbone in `dtype` (core.models.precision: bf16 on a CPU with AMX). Inputs are cast on the way in; the
+        """Run the backbone in `dtype` (core.models.precision: bf16 on a CPU with bf16 hardware). Inputs are cast on the way in; the
         last feature layer (the CAM target layer) hands float32 on, so the logits, the CAMs and every CAM method's
         activations and gradients are float32. For inference only (after fold_batchnorm)."""
         if dtype != self.compute_dtype:
