@@ -44,10 +44,11 @@ def small_images(root: Path, n: int, size: tuple[int, int], preprocessing) -> np
     return np.stack([network_image(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), size, preprocessing) for p in paths])
 
 
-def load_analyzer(weights_dir: Path, module=None):
-    """(Analyzer, note). Analyzer.load as shipped; while weights/ has no model card yet, the same networks are
-    built from the safetensors files without the sha256 check (random weights for a missing file), so the
-    timings stay meaningful (speed does not depend on the weight values). The OOD detector needs the card.
+def load_analyzer(weights_dir: Path, module=None, pack: bool = True):
+    """(Analyzer, note). Analyzer.load as shipped (pack: see Analyzer.__init__); while weights/ has no model card yet,
+    the same networks are built from the safetensors files without the sha256 check (random weights for a missing
+    file), so the timings stay meaningful (speed does not depend on the weight values). The OOD detector needs the
+    card.
     `module`: an alternative core.analysis.inference module (bench.experiments.ab_patch loads a patched copy)."""
     from core.io.weights_io import WeightsIntegrityError
 
@@ -56,7 +57,7 @@ def load_analyzer(weights_dir: Path, module=None):
     NETWORK_FILES, Analyzer = module.NETWORK_FILES, module.Analyzer
 
     try:
-        analyzer = Analyzer.load(weights_dir, device="cpu")
+        analyzer = Analyzer.load(weights_dir, device="cpu", pack=pack)
         return analyzer, f"Analyzer.load (verified, model card version {analyzer.version})"
     except WeightsIntegrityError as exc:
         reason = str(exc)
@@ -74,7 +75,7 @@ def load_analyzer(weights_dir: Path, module=None):
         else:
             sources.append(f"{arch}=random")
         networks[arch] = model.eval().to(memory_format=torch.channels_last)
-    analyzer = Analyzer(networks, {"version": "no-card"}, None, "cpu")
+    analyzer = Analyzer(networks, {"version": "no-card"}, None, "cpu", pack=pack)
     return analyzer, f"fallback (no usable model card: {reason}); unverified {', '.join(sources)}; no OOD detector"
 
 

@@ -1,7 +1,10 @@
 """Where one full analysis spends its time: torch.profiler over Analyzer.analyze(rgb, cam=True) with the shipped
 test-time augmentation, on real 600x450 HAM10000 images (after warm-up), top operators by self CPU time.
 
-    python -m bench.profile [--n-images 10] [--top 10] [--weights weights]
+    python -m bench.profile [--n-images 10] [--top 10] [--weights weights] [--no-pack]
+
+LESIONLENS_PRECISION=fp32 / bf16 overrides the precision core.models.precision picks; --no-pack keeps plain
+convolution modules (core.models.cpu_inference not applied): together, the analysis as it ran before either.
 """
 from __future__ import annotations
 
@@ -22,10 +25,11 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--weights", default=str(REPO / "weights"))
+    parser.add_argument("--no-pack", action="store_true", help="plain convolution modules (no oneDNN packing)")
     args = parser.parse_args(argv)
     from core.io.intake import load_image
 
-    analyzer, note = load_analyzer(Path(args.weights))
+    analyzer, note = load_analyzer(Path(args.weights), pack=not args.no_pack)
     images = [load_image(data, name) for name, data in fullres_images(data_dir(), args.warmup + args.n_images)]
     for rgb in images[:args.warmup]:
         analyzer.analyze(rgb, cam=True)
@@ -37,7 +41,8 @@ def main(argv=None) -> None:
                 analyzer.analyze(rgb, cam=True)
             walls.append(time.perf_counter() - start)
     print(f"{note}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, precision {getattr(analyzer, 'precision', 'fp32')}")
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, precision {analyzer.precision}, "
+          f"{'plain' if args.no_pack else 'packed'} convolutions")
     print(f"{args.n_images} analyses under the profiler: wall per analysis {summary(walls)}")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=40))
 

@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> dict:
     _section(results, "latency", lambda: analysis_latency(analyzer, timed_images, warm=warm))
     _section(results, "throughput", lambda: batch_throughput(analyzer, root, batch=args.batch, reps=args.reps))
     _section(results, "matmul_peak", lambda: flops_mod.matmul_peak(1024 if args.quick else 2048, 3 if args.quick else 7))
-    _section(results, "flops", lambda: flops_mod.network_flops(analyzer, rgbs[0]))
+    # FLOPs are counted on plain modules (FlopCounterMode does not see oneDNN's packed convolutions)
+    _section(results, "flops", lambda: flops_mod.network_flops(load_analyzer(weights, pack=False)[0], rgbs[0]))
     _section(results, "reference", lambda: compare(analyzer, rgbs, iterations=args.ref_iters))
     _section(results, "utilisation", lambda: _utilisation(results))
     if not args.skip_train:

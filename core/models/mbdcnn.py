@@ -74,7 +74,7 @@ def run_chain(coarse_sn, mask_cn, seg_u8, cls_u8, batch_size: int = 64, device: 
     return {"coarse": torch.cat(coarse), "logits": torch.cat(logits), "localisation": torch.cat(maps)}
 
 
-def _view_groups(views: tuple[int, ...]) -> list[tuple[int, ...]]:
+def view_groups(views: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Views batched together: those that keep the image's shape, and the transposed ones."""
     return [g for g in (tuple(k for k in views if k < 4), tuple(k for k in views if k >= 4)) if g]
 
@@ -82,7 +82,7 @@ def _view_groups(views: tuple[int, ...]) -> list[tuple[int, ...]]:
 def _segment(network, seg_x: torch.Tensor, views: tuple[int, ...], extra: torch.Tensor | None = None) -> torch.Tensor:
     """Lesion probabilities (B,1,H,W) averaged over `views` (each mapped back onto the input grid)."""
     total = 0
-    for group in _view_groups(views):
+    for group in view_groups(views):
         x = torch.cat([view(seg_x, k) for k in group])
         args = (x,) if extra is None else (x, torch.cat([view(extra, k) for k in group]))
         probs = torch.sigmoid(network(*args).float()).split(seg_x.shape[0])
@@ -106,7 +106,7 @@ def mbdcnn_forward(coarse_sn, mask_cn, enhanced_sn, seg_x: torch.Tensor, cls_x: 
     channel = F.interpolate(coarse, size=cls_x.shape[-2:], mode="bilinear", align_corners=False)
     b = cls_x.shape[0]
     logits_by_view: dict[int, torch.Tensor] = {}
-    for group in _view_groups(cls_views):
+    for group in view_groups(cls_views):
         x4 = mask_cn_input(torch.cat([view(cls_x, k) for k in group]), torch.cat([view(channel, k) for k in group]))
         if group[0] == 0:
             logits, features = mask_cn.forward_with_features(x4)
