@@ -41,10 +41,10 @@ def step_throughput(stage_name: str, data_dir, steps: int = 20, warmup: int = 2,
     stage.prepare(arrays)
     torch.manual_seed(0)
     model = build_model(cfg, stage)
+    autocast, _ = autocast_for(cfg, torch.device("cpu"), stage, model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"],
                                   weight_decay=cfg["weight_decay"])
     ema = EMA(model, cfg["ema"]) if cfg["ema"] > 0 else None
-    autocast, _ = autocast_for(cfg, torch.device("cpu"), stage)
     generator = torch.Generator().manual_seed(0)
     set_train_mode(model, cfg["freeze_blocks"])
 

@@ -44,6 +44,41 @@ def test_training_autocast_default_is_bf16_for_the_segmenters_on_bf16_hardware(m
     assert resolve_amp(cfg, cpu, STAGES["coarse_sn"]) == "none"
 
 
+def test_bf16_training_keeps_the_depthwise_convolutions_in_fp32(monkeypatch, data_dir):
+    """Under the default CPU bf16 autocast the depthwise convolutions compute in float32 (faster there:
+    train.autocast_policy), every other convolution in bf16; the parameters and state_dict keys do not change."""
+    import train.train as train_module
+    from train.autocast_policy import is_depthwise
+    from train.train import autocast_for, build_model
+
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)
+    cfg = dict(CONFIG, stage="coarse_sn", data_dir=str(data_dir), pretrained=None)
+    stage = STAGES["coarse_sn"](cfg)
+    model = build_model(cfg, stage)
+    keys = list(model.state_dict())
+    autocast, _ = autocast_for(cfg, torch.device("cpu"), stage, model)
+    out_dtypes = {}
+
+    def record(conv, args, out) -> None:
+        out_dtypes[conv] = out.dtype
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(record)
+    with autocast:
+        model(torch.randn(2, 3, 64, 96).contiguous(memory_format=torch.channels_last))
+    depthwise = {m: d for m, d in out_dtypes.items() if m.groups > 1 and m.groups == m.in_channels}
+    others = {m: d for m, d in out_dtypes.items() if m not in depthwise}
+    assert len(depthwise) >= 10 and set(depthwise.values()) == {torch.float32}
+    assert others and set(others.values()) == {torch.bfloat16}
+    assert not any(is_depthwise(m) for m in model.modules())  # all converted, and only those
+    assert list(model.state_dict()) == keys
+    # a CPU run without autocast leaves the model as it is
+    plain = build_model(cfg, stage)
+    autocast_for(dict(cfg, amp="none"), torch.device("cpu"), stage, plain)
+    assert sum(is_depthwise(m) for m in plain.modules()) == len(depthwise)
+
+
 @pytest.fixture(scope="module")
 def analyzers(repo_root):
     return {p: Analyzer.load(repo_root / "weights", device="cpu", precision=p) for p in ("fp32", "bf16")}

@@ -139,7 +139,7 @@ def dice_and_jaccard(logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.T
 class CoarseSNStage(Stage):
     arch = "coarse_sn"
     default_size = SEGMENTER_SIZE
-    cpu_bf16_pays = True    # a U-Net's dense decoder convolutions: bf16 pays on AMX and AVX512-BF16 (bench.training)
+    cpu_bf16_pays = True    # dense U-Net convolutions: bf16 pays (bench.training); depthwise stay fp32 (train.autocast_policy)
 
     def wants_masks(self, training: bool) -> bool:
         return True

@@ -33,6 +33,7 @@ from core.data.datasets import SOURCES, load_manifest
 from core.models.precision import cpu_has_bf16
 from core.data.splits import apply_split_file, assign_splits
 from core.io.weights_io import save_weights
+from train.autocast_policy import keep_depthwise_in_fp32
 from train.checkpoint import load_state, restore_rng, rng_state, save_state
 from train.schedule import EMA, learning_rate
 from train.stages import STAGES
@@ -148,10 +149,14 @@ def resolve_amp(cfg: dict, device: torch.device, stage=None) -> str:
     return "bf16" if getattr(stage, "cpu_bf16_pays", False) and cpu_has_bf16() else "none"
 
 
-def autocast_for(cfg: dict, device: torch.device, stage=None):
+def autocast_for(cfg: dict, device: torch.device, stage=None, model: torch.nn.Module | None = None):
+    """(autocast context, grad scaler) of a run. Under a CPU bf16 autocast the model's depthwise convolutions are
+    made to stay float32, where they are faster (train.autocast_policy); in place, before the EMA copy is taken."""
     amp = resolve_amp(cfg, device, stage)
     if amp == "none":
         return nullcontext(), None
+    if amp == "bf16" and device.type == "cpu" and model is not None:
+        keep_depthwise_in_fp32(model)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     return torch.autocast(device.type, dtype=dtype), scaler
@@ -227,11 +232,11 @@ def main(argv=None) -> dict:
     val = {source: stage.load(table, training=False) for source, table in val_tables.items()}
 
     model = build_model(cfg, stage).to(rt.device)
+    autocast, scaler = autocast_for(cfg, rt.device, stage, model)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if rt.world > 1 else model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"],
                                   weight_decay=cfg["weight_decay"])
     ema = EMA(model, cfg["ema"]) if cfg["ema"] > 0 else None
-    autocast, scaler = autocast_for(cfg, rt.device, stage)
     repeats = train.repeats if train.repeats is not None else np.ones(len(train), int)
     batch = cfg["batch_size"]
     n_batches = int(repeats.sum()) // (batch * rt.world)
