@@ -170,7 +170,8 @@ def run_ui(items: list, contexts: dict) -> pd.DataFrame:
     progress = st.progress(0.0, text="Starting…")
     table = analyse_all(items, contexts, lambda i, name: progress.progress(
         i / len(items), text=f"Analysing {name} ({i + 1}/{len(items)})"))
-    progress.progress(1.0, text=f"Done: {len(items)} image(s)")
+    progress.progress(1.0, text=f"Done: {len(items)} file(s), {len(table)} image(s)" if len(table) != len(items)
+                      else f"Done: {len(items)} image(s)")
     return table
 
 

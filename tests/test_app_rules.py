@@ -301,7 +301,8 @@ def test_patient_context_csv_on_batch(app, data_dir, downloads):
 
 def test_a_dicom_upload_brings_the_patient_context_of_its_tags(app, data_dir, pdfs, downloads):
     """Analyze and Batch read age, sex and site from a DICOM's tags when none is entered (as core.analysis.predict does);
-    a two-frame object gets a frame selector; what the user enters wins over the tags; no identifier is shown."""
+    a two-frame object gets a frame selector on Analyze and a row per frame on Batch; what the user enters wins over
+    the tags; no identifier is shown."""
     import pydicom
 
     from core.io.dicom_input import MadeUpPatient, wrap_jpeg
@@ -333,3 +334,7 @@ def test_a_dicom_upload_brings_the_patient_context_of_its_tags(app, data_dir, pd
     at = _batch(at, [("lesion.dcm", data, "application/dicom")])
     (row,) = _csv_rows(downloads["lesionlens_batch.csv"])
     assert (row["age"], row["sex"], row["site"]) == ("61", "male", "back") and row["pred"] and not row["error"]
+    at = _batch(at, [("two.dcm", two.getvalue(), "application/dicom")])  # one row per frame, named as the CLI names them
+    rows = _csv_rows(downloads["lesionlens_batch.csv"])
+    assert [r["image"] for r in rows] == ["two_frame1", "two_frame2"]
+    assert all(r["pred"] and not r["error"] and r["age"] == "61" for r in rows)
