@@ -90,6 +90,33 @@ def test_rows_are_the_predict_clis_and_the_masks_decode(local_result, folder, tm
         assert np.array_equal(decode_mask(row["mask_rle"], row["mask_height"], row["mask_width"]), written)
 
 
+def test_a_multi_frame_dicom_gives_a_row_per_frame(tmp_path, data_dir):
+    """Each frame of a multi-frame DICOM is an image: rows <stem>_frame<k> with the file as their source, the same
+    rows as the predict CLI writes for that file."""
+    import io
+
+    import pydicom
+
+    from core.analysis import predict
+    from core.io.dicom_input import MadeUpPatient, wrap_jpeg
+
+    jpeg = sorted((data_dir / "ham10000" / "images").glob("*.jpg"))[0].read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(wrap_jpeg(jpeg, MadeUpPatient("DCM-1", name="Doe^Jane", age=50, sex="female",
+                                                                     site="back"))))
+    frame = list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData, ds.NumberOfFrames = pydicom.encaps.encapsulate(frame * 2), 2
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds.save_as(folder / "two.dcm", enforce_file_format=True)
+    summary = batch_engine.run(folder, tmp_path / "out", WEIGHTS, workers=1, shard_size=4)
+    rows = read_result(tmp_path / "out").sort_values("image").reset_index(drop=True)
+    assert list(rows["image"]) == ["two_frame1", "two_frame2"] and set(rows["source"]) == {"two.dcm"}
+    assert (rows["error"] == "").all() and rows["mask_rle"].notna().all() and summary["n_images"] == 2
+    assert predict.main([str(folder / "two.dcm"), "--out", str(tmp_path / "cli"), "--weights", str(WEIGHTS)]) == 0
+    csv_rows = pd.read_csv(tmp_path / "cli" / "predictions.csv", dtype=str, keep_default_na=False)
+    pd.testing.assert_frame_equal(rows[COLUMNS], csv_rows[COLUMNS])
+
+
 def test_mask_rle_round_trip():
     rng = np.random.default_rng(1)
     masks = [np.zeros((5, 4), np.uint8), np.full((3, 3), 255, np.uint8),

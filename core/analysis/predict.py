@@ -75,8 +75,8 @@ def collect_paths(inputs: list[str]) -> list[Path]:
 
 def analyse_file(analyzer: Analyzer, path: Path, context: PatientContext = PatientContext()) -> tuple[dict, AnalysisResult | None]:
     """One file's CSV row and its analysis (None when the file was rejected or the analysis failed: the row's error
-    says why); a multi-frame DICOM: its first frame (analyse_frames gives every frame). Shared by this CLI and the
-    archive batch engine (core.batch.batch_shards)."""
+    says why); a multi-frame DICOM: its first frame (analyse_frames, which the archive batch engine uses, gives every
+    frame)."""
     try:
         rgb = load_image_file(path)
         if not context.given:

@@ -122,7 +122,7 @@ def run_local(shards: list[Shard], out_dir: Path, weights_dir, workers: int) -> 
         futures = [pool.submit(_run_shard, s.to_json(), str(out_dir)) for s in shards]
         for future in as_completed(futures):
             reports.append(future.result())
-            bar.update(reports[-1].n_images)
+            bar.update(reports[-1].n_files)
             bar.set_postfix(errors=sum(r.n_errors for r in reports))
     bar.close()
     return reports

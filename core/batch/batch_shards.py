@@ -9,8 +9,9 @@ A shard is a run of consecutive images of the sorted input list. Its key is the 
 temporary name and renamed into place, so a file under its final name is always complete: a killed run leaves at most
 temporaries (removed on the next start), and a restarted run skips every shard whose file exists.
 
-One row per image: every core.analysis.predict CSV column (the same strings as predictions.csv), then `source` (the image's
-name in the input: its path relative to the input folder, or as listed), `path` (where it was read), `sha256`, the
+One row per image (each frame of a multi-frame DICOM is an image: `image` `<stem>_frame<k>`, as the predict CLI
+names it): every core.analysis.predict CSV column (the same strings as predictions.csv), then `source` (the image's
+file name in the input: its path relative to the input folder, or as listed), `path` (where it was read), `sha256`, the
 enhanced-SN mask as run-length encoding (`mask_rle`, core.lesion.mask_rle, with `mask_height` / `mask_width`) and the lesion
 measurements (core.lesion.lesion_measurements; empty for an image that got no diagnosis). A file that cannot be read or
 analysed is one row with its `error` and empty analysis columns.
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.lesion.mask_rle import encode_mask
-from core.analysis.predict import COLUMNS, analyse_file
+from core.analysis.predict import COLUMNS, analyse_frames
 
 SHARD_DIR = "shards"
 TEMP_PREFIX = ".tmp-"
@@ -76,7 +77,8 @@ class Shard:
 class ShardReport:
     """What analysing one shard took (the summary's throughput and the per-worker memory figures)."""
     key: str
-    n_images: int
+    n_files: int
+    n_images: int         # rows written: a multi-frame DICOM gives one per frame
     n_errors: int
     seconds: float
     pid: int
@@ -116,9 +118,13 @@ def plan_shards(sources: list[str], paths: list[str], hashes: list[str], fingerp
     return shards
 
 
-def image_row(analyzer, source: str, path: str, sha256: str) -> dict:
-    """The Parquet row of one image (the module docstring lists the columns); never raises for a bad file."""
-    row, result = analyse_file(analyzer, Path(path))
+def file_rows(analyzer, source: str, path: str, sha256: str) -> list[dict]:
+    """The Parquet rows of one file: one per image, i.e. per frame of a multi-frame DICOM (the module docstring lists
+    the columns); never raises for a bad file."""
+    return [_image_row(row, result, source, path, sha256) for row, result in analyse_frames(analyzer, Path(path))]
+
+
+def _image_row(row: dict, result, source: str, path: str, sha256: str) -> dict:
     row.update({"source": source, "path": path, "sha256": sha256, "mask_rle": None, "mask_height": None,
                 "mask_width": None, **{m: None for m in MEASUREMENT_COLUMNS}})
     if result is None:
@@ -139,13 +145,14 @@ def shard_path(out_dir: str | os.PathLike, shard: Shard) -> Path:
 def analyse_shard(analyzer, shard: Shard, out_dir: str | os.PathLike) -> ShardReport:
     """Analyse every image of the shard and write its Parquet file atomically (temporary file, then rename)."""
     start = time.perf_counter()
-    rows = [image_row(analyzer, s, p, h) for s, p, h in zip(shard.sources, shard.paths, shard.sha256)]
+    rows = [row for s, p, h in zip(shard.sources, shard.paths, shard.sha256) for row in file_rows(analyzer, s, p, h)]
     target = shard_path(out_dir, shard)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f"{TEMP_PREFIX}{os.getpid()}-{shard.file_name}")
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), temporary)
     os.replace(temporary, target)
-    return ShardReport(shard.key, len(rows), sum(1 for r in rows if r["error"]), time.perf_counter() - start,
+    return ShardReport(shard.key, len(shard.sources), len(rows), sum(1 for r in rows if r["error"]),
+                       time.perf_counter() - start,
                        os.getpid(), _rss_mib("VmRSS"), _rss_mib("VmHWM"))
 
 
