@@ -20,6 +20,7 @@ def file_rows(data: bytes, name: str, true_dx: str = "", context=None) -> list[d
     <stem>_frame<k>, as core.analysis.predict names them). Any problem becomes a row's error (the batch never stops).
     `context`: the file's core.data.patient_context.PatientContext (the CSV's; a DICOM file without one gets the
     context of its tags, as in core.analysis.predict)."""
+    from core.analysis.predict import frame_image_name
     from core.data.patient_context import PatientContext
     from core.io.dicom_input import is_dicom, read_dicom
     from core.io.intake import ImageRejected, load_image
@@ -37,7 +38,7 @@ def file_rows(data: bytes, name: str, true_dx: str = "", context=None) -> list[d
         return [_blank_row(name, stem, true_dx, context) | {"error": f"analysis failed: {exc}"}]
     if len(frames) == 1:
         return [_analysed_row(frames[0], name, stem, true_dx, context)]
-    return [_analysed_row(rgb, f"{name} · frame {k}", f"{stem}_frame{k}", true_dx, context)
+    return [_analysed_row(rgb, f"{name} · frame {k}", frame_image_name(stem, k), true_dx, context)
             for k, rgb in enumerate(frames, 1)]
 
 

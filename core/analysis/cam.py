@@ -23,6 +23,8 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from core.imaging.preprocess import as_rgb_u8
+
 __all__ = ["CAM_METHODS", "CLASS_AGNOSTIC_CAMS", "LINEAR_HEAD_CAMS", "LINEAR_HEAD_NEAR_DUPLICATES", "SignedEigenCAM",
            "SCORE_CAM_BATCH_SIZE", "cam_from_class_maps", "compute_cam", "distinct_class_cams", "model_lock",
            "overlay_heatmap", "overlay_mask"]
@@ -196,24 +198,9 @@ def _to_unit_range(heat: np.ndarray, output_size: tuple[int, int] | None) -> np.
     return np.clip(heat, 0.0, 1.0).astype(np.float32)
 
 
-def _as_rgb_u8(rgb: np.ndarray) -> np.ndarray:
-    img = np.asarray(rgb)
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError(f"expected an H x W x 3 RGB image, got shape {img.shape}")
-    img = img[:, :, :3]
-    if img.dtype != np.uint8:
-        arr = img.astype(np.float32)
-        if arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        img = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(img)
-
-
 def overlay_heatmap(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
     """Blend a JET-coloured ``cam`` (H x W in [0, 1], resized to the image if needed) over ``rgb``."""
-    img = _as_rgb_u8(rgb)
+    img = as_rgb_u8(rgb)
     heat = np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0)
     if heat.ndim != 2:
         raise ValueError(f"cam must be H x W, got shape {heat.shape}")
@@ -234,7 +221,7 @@ def overlay_mask(
     contour: bool = True,
 ) -> np.ndarray:
     """Translucent ``color`` fill of ``mask`` over ``rgb`` plus (optionally) a 2-px contour line in ``color``."""
-    img = _as_rgb_u8(rgb)
+    img = as_rgb_u8(rgb)
     m = np.asarray(mask)
     if m.ndim == 3:
         m = m[:, :, 0]

@@ -100,6 +100,11 @@ def analyse_image(analyzer: Analyzer, rgb, name: str, context: PatientContext) -
     return row, result
 
 
+def frame_image_name(stem: str, k: int) -> str:
+    """The image name of frame k (from 1) of a multi-frame file: every surface (CLI, Batch page, archive engine)."""
+    return f"{stem}_frame{k}"
+
+
 def analyse_frames(analyzer: Analyzer, path: Path, context: PatientContext = PatientContext()) -> list[tuple[dict, AnalysisResult | None]]:
     """Every frame of a multi-frame DICOM file as its own row, named <stem>_frame<k> (k from 1), read once; any
     other file: its one row (analyse_file)."""
@@ -113,7 +118,7 @@ def analyse_frames(analyzer: Analyzer, path: Path, context: PatientContext = Pat
     except OSError as exc:
         return [(blank_row(path.stem, context) | {"error": f"Cannot read the file ({exc})"}, None)]
     context = context if context.given else image.context
-    return [analyse_image(analyzer, rgb, f"{path.stem}_frame{k}", context) for k, rgb in enumerate(image.frames, 1)]
+    return [analyse_image(analyzer, rgb, frame_image_name(path.stem, k), context) for k, rgb in enumerate(image.frames, 1)]
 
 
 def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path, context: PatientContext = PatientContext()) -> dict:

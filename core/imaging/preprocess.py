@@ -32,6 +32,23 @@ def _check_rgb(rgb: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+def as_rgb_u8(image: np.ndarray) -> np.ndarray:
+    """Any displayable image array -> a contiguous HxWx3 uint8 RGB copy-or-view: grey is repeated over 3 channels, an
+    alpha channel dropped, floats in [0, 1] (or [0, 255]) rounded into 0..255. ValueError for other shapes."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"expected an H x W x 3 RGB image, got shape {img.shape}")
+    img = img[:, :, :3]
+    if img.dtype != np.uint8:
+        values = img.astype(np.float64)
+        if values.size and values.max() <= 1.0:
+            values = values * 255.0
+        img = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img)
+
+
 def shades_of_gray(rgb: np.ndarray, p: int = 6) -> np.ndarray:
     """Shades-of-Gray colour constancy.
 

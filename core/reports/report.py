@@ -25,6 +25,7 @@ from fpdf.enums import XPos, YPos
 from PIL import Image
 
 from core.data.classes import CLASS_BY_CODE, CLASSES
+from core.imaging.preprocess import as_rgb_u8
 from core.lesion.lesion_measurements import describe_measurements
 from core.decisions.ood import REFUSED_LEVELS
 
@@ -71,18 +72,8 @@ def _png(image) -> tuple[io.BytesIO, int, int]:
     """Re-encode an RGB array (or PIL image) as a bare PNG in memory; returns (buffer, width, height)."""
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"expected an H x W x 3 image, got shape {arr.shape}")
-    arr = arr[:, :, :3]
-    if arr.dtype != np.uint8:
-        f = arr.astype(np.float64)
-        if f.size and f.max() <= 1.0:
-            f = f * 255.0
-        arr = np.clip(np.rint(f), 0, 255).astype(np.uint8)
-    fresh = Image.fromarray(np.ascontiguousarray(arr), mode="RGB")  # a new image: no info / exif / icc
+    arr = as_rgb_u8(image)
+    fresh = Image.fromarray(arr, mode="RGB")  # a new image: no info / exif / icc
     buf = io.BytesIO()
     fresh.save(buf, format="PNG", optimize=False, compress_level=0)  # fpdf re-compresses: level 6 only costs time
     buf.seek(0)
