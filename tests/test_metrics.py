@@ -20,17 +20,65 @@ from sklearn.metrics import (
 from core.data.classes import CLASS_CODES
 from core.analysis.metrics import (
     MAX_CURVE_POINTS,
+    balanced_accuracy,
+    binary_auc,
+    bootstrap_interval,
     calibration,
     classification_metrics,
     dice,
     fit_temperature,
     jaccard,
+    macro_auc,
     segmentation_metrics,
     sensitivity_specificity_at,
     softmax_with_temperature,
 )
 
 K = len(CLASS_CODES)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rank_auc_and_balanced_accuracy_equal_sklearns(seed):
+    rng = np.random.default_rng(seed)
+    truth = rng.random(300) < 0.2
+    score = np.round(rng.random(300) + 0.3 * truth, 1)   # rounded: many ties, which count half
+    assert binary_auc(truth, score) == pytest.approx(roc_auc_score(truth, score), abs=1e-12)
+    y, p, _ = random_set(seed=seed)
+    present = [c for c in range(K) if 0 < (y == c).sum() < len(y)]
+    assert macro_auc(y, p) == pytest.approx(np.mean([roc_auc_score(y == c, p[:, c]) for c in present]), abs=1e-12)
+    pred = p.argmax(1)
+    pred[:50] = 6                                         # a predicted-only class must not count
+    y[y == 6] = 5
+    assert balanced_accuracy(y, pred) == pytest.approx(balanced_accuracy_score(y, pred), abs=1e-12)
+
+
+def test_bootstrap_resamples_whole_lesions():
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 40, 120).astype(str)            # 40 lesions, 1-8 images each
+    values = rng.random(120)
+    size_of = {g: (groups == g).sum() for g in np.unique(groups)}
+    drawn = []
+
+    def mean_of_whole_lesions(i):
+        picked, counts = np.unique(groups[i], return_counts=True)
+        # a lesion drawn k times brings all its images k times
+        assert all(c % size_of[g] == 0 for g, c in zip(picked, counts))
+        drawn.append(len(picked))
+        return values[i].mean()
+
+    low, high = bootstrap_interval(mean_of_whole_lesions, 120, groups, resamples=200)
+    assert low < values.mean() < high
+    assert 20 < np.mean(drawn) < 30                            # ~63 % of 40 distinct lesions per resample
+    # without groups, rows are drawn one by one, with replacement
+    low_rows, high_rows = bootstrap_interval(lambda i: values[i].mean(), 120, resamples=200)
+    assert low_rows < values.mean() < high_rows
+    assert bootstrap_interval(lambda i: None, 10) == (None, None)
+
+
+def test_rank_auc_is_undefined_with_one_class():
+    assert binary_auc(np.zeros(5, bool), np.arange(5)) is None
+    assert binary_auc(np.ones(5, bool), np.arange(5)) is None
+    assert macro_auc(np.zeros(5, int), np.full((5, K), 1 / K)) is None
 
 
 def random_set(n: int = 600, seed: int = 0):

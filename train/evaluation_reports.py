@@ -1,7 +1,7 @@
 """The figures measured on a test set: classification, melanoma referral, uncertainty levels, segmentation (with the
 E-layer ablation controls), OOD rates, similar-cases retrieval and resolution consistency, the headline ones with
-bootstrap 95 % confidence intervals that resample lesions (with_ci). Functions from tables, network outputs and
-fitted rules to the dicts the model card holds (train.evaluate, train.out_of_source); nothing here fits or writes.
+bootstrap 95 % confidence intervals that resample lesions (core.analysis.metrics.value_with_ci). Functions from
+tables, network outputs and fitted rules to the dicts the model card holds (train.evaluate, train.out_of_source); nothing here fits or writes.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from core.analysis.metrics import bootstrap_interval, calibration, classification_metrics, risk_coverage
+from core.analysis.metrics import (balanced_accuracy, binary_auc, calibration, classification_metrics, macro_auc,
+                                   risk_coverage, value_with_ci)
 from core.data.classes import CLASS_CODES, CLASS_INDEX, NUM_CLASSES, class_index
 from core.decisions.decision_rule import DecisionRule
 from core.decisions.ood import REFUSED_LEVELS, OODDetector
@@ -27,28 +27,6 @@ KNN_K = 10
 
 
 # ---------------------------------------------------------------- small helpers
-def with_ci(statistic, n: int, groups=None) -> dict:
-    value = statistic(np.arange(n))
-    low, high = bootstrap_interval(statistic, n, groups)
-    return {"value": None if value is None else float(value), "ci95": [low, high]}
-
-
-def auc_or_none(truth: np.ndarray, score: np.ndarray) -> float | None:
-    return float(roc_auc_score(truth, score)) if 0 < truth.sum() < len(truth) else None
-
-
-def balanced_accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
-    present = np.unique(labels)
-    pred = probs.argmax(1)
-    return float(np.mean([(pred[labels == c] == c).mean() for c in present]))
-
-
-def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
-    aucs = [auc_or_none(labels == c, probs[:, c]) for c in range(NUM_CLASSES)]
-    aucs = [a for a in aucs if a is not None]
-    return float(np.mean(aucs)) if aucs else None
-
-
 def labels_of(table: pd.DataFrame) -> np.ndarray:
     return np.array([class_index(d) for d in table["dx"]])
 
@@ -61,12 +39,12 @@ def classification_report(table: pd.DataFrame, probs: np.ndarray, raw_probs: np.
     groups = table["lesion_id"].to_numpy()
     metrics = classification_metrics(y, probs, CLASS_CODES)
     metrics["calibration"] = {"before": calibration(raw_probs, y), "after": calibration(probs, y)}
-    ci = {"balanced_accuracy": with_ci(lambda i: balanced_accuracy(y[i], probs[i]), len(y), groups),
-          "macro_auc": with_ci(lambda i: macro_auc(y[i], probs[i]), len(y), groups)}
+    ci = {"balanced_accuracy": value_with_ci(lambda i: balanced_accuracy(y[i], probs[i].argmax(1)), len(y), groups),
+          "macro_auc": value_with_ci(lambda i: macro_auc(y[i], probs[i]), len(y), groups)}
     for code in ("mel", "bkl", "nv"):
         k = CLASS_INDEX[code]
         if 0 < (y == k).sum() < len(y):
-            ci[f"auc_{code}"] = with_ci(lambda i, k=k: auc_or_none(y[i] == k, probs[i, k]), len(y), groups)
+            ci[f"auc_{code}"] = value_with_ci(lambda i, k=k: binary_auc(y[i] == k, probs[i, k]), len(y), groups)
     metrics["ci"] = ci
     return metrics
 
@@ -78,10 +56,11 @@ def referral_report(table: pd.DataFrame, probs: np.ndarray, rule) -> dict:
     score = rule.score_of(probs)
     refer = score >= rule.threshold
     return {"n_melanoma": int(is_mel.sum()), "n_other": int((~is_mel).sum()), "referred_share": float(refer.mean()),
-            "sensitivity": with_ci(lambda i: refer[i][is_mel[i]].mean() if is_mel[i].any() else None, len(y), groups),
-            "specificity": with_ci(lambda i: (~refer[i][~is_mel[i]]).mean() if (~is_mel[i]).any() else None, len(y),
-                                   groups),
-            "auc": with_ci(lambda i: auc_or_none(is_mel[i], score[i]), len(y), groups)}
+            "sensitivity": value_with_ci(lambda i: refer[i][is_mel[i]].mean() if is_mel[i].any() else None,
+                                         len(y), groups),
+            "specificity": value_with_ci(lambda i: (~refer[i][~is_mel[i]]).mean() if (~is_mel[i]).any() else None,
+                                         len(y), groups),
+            "auc": value_with_ci(lambda i: binary_auc(is_mel[i], score[i]), len(y), groups)}
 
 
 def uncertainty_report(table: pd.DataFrame, probs: np.ndarray, score: np.ndarray, levels) -> dict:
@@ -93,7 +72,7 @@ def uncertainty_report(table: pd.DataFrame, probs: np.ndarray, score: np.ndarray
     for level in LEVELS:
         chosen = assigned == level
         out["levels"][level] = {"share": float(chosen.mean()), "n": int(chosen.sum()),
-                                "error_rate": with_ci(lambda i, c=chosen: errors[i][c[i]].mean() if c[i].any()
+                                "error_rate": value_with_ci(lambda i, c=chosen: errors[i][c[i]].mean() if c[i].any()
                                                       else None,
                                                       len(y), groups)}
     return out
@@ -108,7 +87,7 @@ def segmentation_report(table: pd.DataFrame, outputs: dict) -> dict:
         dice_, jac = outputs[key][:, 0].astype(float), outputs[key][:, 1].astype(float)
         thresholded = np.where(jac >= 0.65, jac, 0.0)
         out[key[4:]] = {"n": len(dice_), "dice_per_image": [round(float(d), 4) for d in dice_],
-                        **{name: with_ci(lambda i, v=v: v[i].mean(), len(v), groups)
+                        **{name: value_with_ci(lambda i, v=v: v[i].mean(), len(v), groups)
                            for name, v in (("dice", dice_), ("jaccard", jac),
                                            ("jaccard_thresholded_065", thresholded))}}
     shipped = outputs.get("seg_enhanced_sn")
@@ -116,7 +95,7 @@ def segmentation_report(table: pd.DataFrame, outputs: dict) -> dict:
     for other in ("coarse_sn", *CONTROLS):
         if shipped is not None and f"seg_{other}" in outputs:
             diff = shipped[:, 1].astype(float) - outputs[f"seg_{other}"][:, 1].astype(float)
-            out["paired_differences"][f"enhanced_sn - {other} (Jaccard)"] = with_ci(lambda i: diff[i].mean(),
+            out["paired_differences"][f"enhanced_sn - {other} (Jaccard)"] = value_with_ci(lambda i: diff[i].mean(),
                                                                                     len(diff), groups)
     return out
 
@@ -173,4 +152,4 @@ def retrieval_scores(index: CaseIndex, pooled: np.ndarray, y_query: np.ndarray, 
     for j in range(RETRIEVAL_K):
         np.add.at(votes, (np.arange(len(y_query)), neighbour_labels[:, j]), top.values[:, j].numpy())
     return {"precision_at_k": float((neighbour_labels == y_query[:, None]).mean()),
-            "knn_vote_balanced_accuracy": float(balanced_accuracy_score(y_query, votes.argmax(1))), "k": RETRIEVAL_K}
+            "knn_vote_balanced_accuracy": float(balanced_accuracy(y_query, votes.argmax(1))), "k": RETRIEVAL_K}

@@ -17,7 +17,7 @@ from sklearn.decomposition import PCA
 
 from core.data.classes import CLASS_INDEX, NUM_CLASSES
 from core.decisions.decision_rule import DecisionRule
-from core.analysis.metrics import calibration, logit_adjustment, risk_coverage
+from core.analysis.metrics import binary_auc, calibration, logit_adjustment, risk_coverage
 from core.decisions.ood import UNUSUAL_SCORES, OODDetector
 from core.decisions.referral import SCORES as REFERRAL_SCORES, ReferralRule, melanoma_score
 from core.decisions.uncertainty import LEVELS, UncertaintyLevels
@@ -184,11 +184,9 @@ def fit_ood_thresholds(detector_tensors: dict[str, torch.Tensor], val_scores_of,
     """Thresholds from validation scores (`val_scores_of(detector)` -> dict of score arrays): chroma below half its
     0.1 % quantile, ImageNet distance above its OOD_IMAGENET_QUANTILE quantile (not dermoscopy); for unusual, the
     distance with the highest validation AUROC for wrong predictions, above its OOD_UNUSUAL_QUANTILE quantile."""
-    from sklearn.metrics import roc_auc_score
-
     probe = OODDetector(detector_tensors, {"chroma": 0, "imagenet_distance": 0, "unusual": 0}, "feature_distance")
     scores = val_scores_of(probe)
-    aurocs = {name: float(roc_auc_score(errors, scores[name])) for name in UNUSUAL_SCORES if name in scores}
+    aurocs = {name: binary_auc(errors, scores[name]) for name in UNUSUAL_SCORES if name in scores}
     unusual = max(aurocs, key=aurocs.get)
     thresholds = {"chroma": float(OOD_CHROMA_FACTOR * np.quantile(scores["chroma"], 0.001)),
                   "imagenet_distance": float(np.quantile(scores["imagenet_distance"], OOD_IMAGENET_QUANTILE)),

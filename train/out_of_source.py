@@ -31,14 +31,13 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
-from sklearn.metrics import roc_auc_score
 
 from core.data.acquisition import SOURCE_NAMES, acquisition_sources
 from core.data.classes import CLASS_CODES, CLASS_INDEX, MALIGNANT_CODES, NUM_CLASSES
 from core.decisions.conformal import PredictionSets
 from core.decisions.decision_rule import DecisionRule
 from core.analysis.inference import NETWORK_FILES, OOD_FILE
-from core.analysis.metrics import bootstrap_interval
+from core.analysis.metrics import balanced_accuracy, binary_auc, macro_auc, value_with_ci
 from core.decisions.ood import OODDetector
 from core.decisions.referral import ReferralRule
 from core.lesion.retrieval import CaseIndex
@@ -98,34 +97,15 @@ def skin_tones(table: pd.DataFrame) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- figures
-def _ci(statistic, n: int, groups) -> dict:
-    value = statistic(np.arange(n))
-    low, high = bootstrap_interval(statistic, n, groups, resamples=500)
-    return {"value": None if value is None else float(value), "ci95": [low, high]}
-
-
-def _auc(truth, score):
-    return float(roc_auc_score(truth, score)) if 0 < truth.sum() < len(truth) else None
-
-
-def _balanced_accuracy(labels, pred):
-    present = np.unique(labels)
-    return float(np.mean([(pred[labels == c] == c).mean() for c in present]))
-
-
-def _macro_auc(labels, probs):
-    aucs = [_auc(labels == c, probs[:, c]) for c in np.unique(labels)]
-    aucs = [a for a in aucs if a is not None]
-    return float(np.mean(aucs)) if aucs else None
-
-
 def classification_figures(labels, probs, groups) -> dict:
     mel = labels == CLASS_INDEX["mel"]
     return {"n": int(len(labels)), "classes_present": int(len(np.unique(labels))), "melanomas": int(mel.sum()),
             "class_counts": {c: int((labels == i).sum()) for i, c in enumerate(CLASS_CODES)},
-            "melanoma_auc": _ci(lambda i: _auc(mel[i], probs[i, CLASS_INDEX["mel"]]), len(labels), groups),
-            "balanced_accuracy": _ci(lambda i: _balanced_accuracy(labels[i], probs[i].argmax(1)), len(labels), groups),
-            "macro_auc": _macro_auc(labels, probs)}
+            "melanoma_auc": value_with_ci(lambda i: binary_auc(mel[i], probs[i, CLASS_INDEX["mel"]]), len(labels),
+                                          groups),
+            "balanced_accuracy": value_with_ci(lambda i: balanced_accuracy(labels[i], probs[i].argmax(1)),
+                                               len(labels), groups),
+            "macro_auc": macro_auc(labels, probs)}
 
 
 def rule_figures(labels, probs, groups, held: dict) -> dict:
@@ -137,7 +117,7 @@ def rule_figures(labels, probs, groups, held: dict) -> dict:
     malignant = np.isin(labels, [CLASS_INDEX[c] for c in MALIGNANT_CODES])
     refer = verdicts == "refer"
     low = unc_levels == "low"
-    out = {"refer": {"melanoma_sensitivity": _ci(lambda i: refer[i][mel[i]].mean() if mel[i].any() else None,
+    out = {"refer": {"melanoma_sensitivity": value_with_ci(lambda i: refer[i][mel[i]].mean() if mel[i].any() else None,
                                                  len(labels), groups),
                      "malignant_sensitivity": float(refer[malignant].mean()) if malignant.any() else None,
                      "benign_specificity": float((~refer[~malignant]).mean()) if (~malignant).any() else None,
@@ -150,8 +130,8 @@ def rule_figures(labels, probs, groups, held: dict) -> dict:
     out["uncertainty"] = {lvl: {"share": float((unc_levels == lvl).mean()), "images": int((unc_levels == lvl).sum()),
                                 "error_rate": float(wrong[unc_levels == lvl].mean()) if (unc_levels == lvl).any() else None}
                           for lvl in LEVELS}
-    out["uncertainty"]["low"]["error_rate_ci95"] = _ci(lambda i: wrong[i][low[i]].mean() if low[i].any() else None,
-                                                       len(labels), groups)["ci95"]
+    out["uncertainty"]["low"]["error_rate_ci95"] = value_with_ci(
+        lambda i: wrong[i][low[i]].mean() if low[i].any() else None, len(labels), groups)["ci95"]
     rest_error = wrong[~unusual].mean() if (~unusual).any() else None
     out["unusual"] = {"share": float(unusual.mean()),
                       "error_rate_flagged": float(wrong[unusual].mean()) if unusual.any() else None,
@@ -289,7 +269,7 @@ def choose_setting(d: dict, sources: list[str], unusual_without) -> tuple[dict, 
 # ---------------------------------------------------------------- classifier heads, leave one source out
 def criterion(probs, labels, sources) -> float:
     """Mean over sources of the balanced accuracy (each source counts once, whatever its size)."""
-    return float(np.mean([_balanced_accuracy(labels[sources == s], probs[sources == s].argmax(1))
+    return float(np.mean([balanced_accuracy(labels[sources == s], probs[sources == s].argmax(1))
                           for s in np.unique(sources)]))
 
 
@@ -327,7 +307,7 @@ def similar_case_agreement(d: dict, sources: list[str]) -> dict:
             top = torch.topk(q @ r.T, NEIGHBOURS, dim=1).indices.numpy()
             hits[name][rows] = (d["train_labels"][ref][top] == d["labels"][rows][:, None]).mean(1)
         result[source] = {name: float(h[rows].mean()) for name, h in hits.items()}
-    result["pooled"] = {name: _ci(lambda i, h=h: h[i].mean(), len(h), d["groups"]) for name, h in hits.items()}
+    result["pooled"] = {name: value_with_ci(lambda i, h=h: h[i].mean(), len(h), d["groups"]) for name, h in hits.items()}
     return result
 
 

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
+from core.analysis.metrics import balanced_accuracy, binary_auc
 from core.data.classes import CLASS_CODES, NUM_CLASSES, class_index
 from core.models.losses import class_weights, hybrid_loss, mixed_cross_entropy
 from core.models.mbdcnn import coarse_probabilities, mask_cn_input, run_chain
@@ -212,8 +212,8 @@ class EnhancedSNStage(CoarseSNStage):
 def classification_scores(labels: np.ndarray, probs: np.ndarray) -> dict:
     """Balanced accuracy and AUCs of the classes present (one-vs-rest)."""
     present = [k for k in range(NUM_CLASSES) if 0 < (labels == k).sum() < len(labels)]
-    aucs = {CLASS_CODES[k]: float(roc_auc_score(labels == k, probs[:, k])) for k in present}
-    return {"balanced_accuracy": float(balanced_accuracy_score(labels, probs.argmax(1))), "auc": aucs,
+    aucs = {CLASS_CODES[k]: binary_auc(labels == k, probs[:, k]) for k in present}
+    return {"balanced_accuracy": balanced_accuracy(labels, probs.argmax(1)), "auc": aucs,
             "macro_auc": float(np.mean(list(aucs.values()))) if aucs else float("nan")}
 
 

@@ -18,7 +18,8 @@ import pandas as pd
 
 from core.data.classes import CLASS_CODES, CLASS_INDEX, class_index
 from core.io.intake import ImageRejected, load_image_file
-from core.analysis.metrics import bootstrap_interval, calibration, classification_metrics, dice, jaccard
+from core.analysis.metrics import (balanced_accuracy, calibration, classification_metrics, dice, jaccard, macro_auc,
+                                   value_with_ci)
 from core.decisions.ood import REFUSED_LEVELS
 
 
@@ -28,23 +29,6 @@ class FolderEvaluation:
     failures: list[tuple[str, str]] = field(default_factory=list)   # (image_id, message)
     cancelled: bool = False
     summary: dict = field(default_factory=dict)  # the report (JSON-ready)
-
-
-def _interval(statistic, n: int, groups) -> dict:
-    value = statistic(np.arange(n))
-    low, high = bootstrap_interval(statistic, n, groups)
-    return {"value": None if value is None else float(value), "ci95": [low, high]}
-
-
-def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
-
-
-def _macro_auc(y: np.ndarray, probs: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    aucs = [roc_auc_score(y == c, probs[:, c]) for c in range(probs.shape[1]) if 0 < (y == c).sum() < len(y)]
-    return float(np.mean(aucs)) if aucs else None
 
 
 def summarise(predictions: pd.DataFrame) -> dict:
@@ -58,8 +42,9 @@ def summarise(predictions: pd.DataFrame) -> dict:
     groups = diagnosed["lesion_id"].to_numpy()
     metrics = classification_metrics(y, probs, CLASS_CODES)
     metrics["calibration"] = calibration(probs, y)
-    metrics["ci"] = {"balanced_accuracy": _interval(lambda i: _balanced_accuracy(y[i], probs[i].argmax(1)), len(y), groups),
-                     "macro_auc": _interval(lambda i: _macro_auc(y[i], probs[i]), len(y), groups)}
+    metrics["ci"] = {"balanced_accuracy": value_with_ci(lambda i: balanced_accuracy(y[i], probs[i].argmax(1)), len(y),
+                                                        groups),
+                     "macro_auc": value_with_ci(lambda i: macro_auc(y[i], probs[i]), len(y), groups)}
     is_mel = y == CLASS_INDEX["mel"]
     refer = (diagnosed["refer"] == "yes").to_numpy()
     out["classification"] = metrics
@@ -70,8 +55,8 @@ def summarise(predictions: pd.DataFrame) -> dict:
     if len(with_masks):
         d, j = with_masks["dice"].to_numpy(float), with_masks["jaccard"].to_numpy(float)
         g = with_masks["lesion_id"].to_numpy()
-        out["segmentation"] = {"n": int(len(d)), "dice": _interval(lambda i: d[i].mean(), len(d), g),
-                               "jaccard": _interval(lambda i: j[i].mean(), len(j), g)}
+        out["segmentation"] = {"n": int(len(d)), "dice": value_with_ci(lambda i: d[i].mean(), len(d), g),
+                               "jaccard": value_with_ci(lambda i: j[i].mean(), len(j), g)}
     return out
 
 
