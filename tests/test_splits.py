@@ -4,12 +4,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from core.data.classes import CLASS_CODES
 from core.data.datasets import SPLITS, load_manifest
-from core.data.splits import HAM_DUPLICATE_PAIRS, apply_split_file, assign_splits, lesion_leaks
+from core.data.splits import (HAM_DUPLICATE_PAIRS, apply_split_file, assign_splits, lesion_leaks,
+                              stratified_group_folds)
 from train import splits as splits_cli
 
 
@@ -61,6 +63,40 @@ def test_isic2017_official_validation_is_test_and_a_stratified_part_of_train_is_
     for code in ("mel", "bkl", "nv"):
         assert abs(share[code] - overall[code]) < 0.01, code
     assert (assign_splits(isic_manifest, seed=42)["split"] == split["split"]).all()
+
+
+def test_folds_are_scikit_learns_stratified_group_kfold():
+    """The vectorised fold assignment gives scikit-learn's folds, ties (np.isclose) included: small random sets with
+    few classes and many equal group profiles."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    rng = np.random.default_rng(0)
+    compared = 0
+    for trial in range(60):
+        n, k = int(rng.integers(20, 300)), int(rng.integers(2, 6))
+        y, groups = rng.integers(0, k, n), rng.integers(0, max(3, n // int(rng.integers(1, 4))), n)
+        n_folds = int(min(rng.integers(3, 10), len(np.unique(groups)), np.bincount(y).max()))
+        expected = np.empty(n, dtype=int)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=trial)
+            for fold, (_, held) in enumerate(splitter.split(np.zeros(n), y, groups)):
+                expected[held] = fold
+        assert (stratified_group_folds(y, groups, n_folds, trial) == expected).all(), trial
+        compared += 1
+    assert compared == 60
+
+
+def test_the_shipped_models_test_images_are_still_the_test_split(ham_split):
+    """weights/test_predictions.csv lists the HAM10000 test images the shipped model was evaluated on: the split
+    code must still put exactly those images, and only those, in test."""
+    from apptest_support import WEIGHTS
+
+    shipped = pd.read_csv(WEIGHTS / "test_predictions.csv", usecols=["image_id", "source"])
+    shipped = set(shipped.loc[shipped["source"] == "ham10000", "image_id"])
+    assert shipped == set(ham_split.loc[ham_split["split"] == "test", "image_id"])
 
 
 def test_same_seed_same_split_other_seed_other_split(ham_manifest):

@@ -115,9 +115,9 @@ def build_card(args, manifest, files, nets, rule, rule_fit, referral, referral_f
                  "segmentation": "HAM10000 masks (Tschandl et al. 2020) + ISIC 2017 train masks",
                  "validation": "HAM10000 val + 15 % of ISIC 2017 train (every choice)",
                  "test": "HAM10000 lesion-grouped test split; ISIC 2017 official validation set (other clinics)"},
-        "split": {"method": "HAM10000 grouped by lesion_id, stratified by dx (StratifiedGroupKFold, 20 folds: 3 test, "
-                            "3 val, 14 train), seed 42; ISIC 2017: official validation = test, stratified 15 % of "
-                            "official train = val", "file": args.split_file or None},
+        "split": {"method": "HAM10000 grouped by lesion_id, stratified by dx (StratifiedGroupKFold's algorithm, "
+                            "20 folds: 3 test, 3 val, 14 train), seed 42; ISIC 2017: official validation = test, "
+                            "stratified 15 % of official train = val", "file": args.split_file or None},
         "dataset_summary": dataset_summary(manifest),
         "files": files,
         "decision_rule": {**rule.to_card(), "fit": rule_fit},
