@@ -42,8 +42,8 @@ def sample_inputs(analyzer, rgb: np.ndarray):
 
 def network_flops(analyzer, rgb: np.ndarray) -> dict:
     """FLOPs (2 x multiply-adds, as FlopCounterMode counts) for one image through each network, and for the
-    Grad-CAM call (core.analysis.cam.compute_cam: mask-CN forward + backward to the input)."""
-    from core.analysis.cam import compute_cam
+    Grad-CAM call (core.analysis.gradient_cam.compute_cam: mask-CN forward + backward to the input)."""
+    from core.analysis.gradient_cam import compute_cam
 
     seg_x, x4, loc, top = sample_inputs(analyzer, rgb)
     with torch.no_grad():

@@ -1,6 +1,8 @@
-"""core.analysis.cam: every CAM method localises hand-built class evidence; overlays."""
+"""core.analysis.cam and core.analysis.gradient_cam: every CAM method localises hand-built class evidence; overlays."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -8,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.analysis.cam import CAM_METHODS, compute_cam, overlay_heatmap, overlay_mask
+from core.analysis.cam import overlay_heatmap, overlay_mask
+from core.analysis.gradient_cam import CAM_METHODS, compute_cam
 
 SIZE = 64
 SQUARE = 14
@@ -228,3 +231,16 @@ def test_class_map_shortcut_equals_pytorch_grad_cam(method):
         assert shortcut.shape == expected.shape
         assert float(np.abs(shortcut - expected).max()) < 1e-4
 
+
+
+def test_an_analysis_with_grad_cam_does_not_import_pytorch_grad_cam(repo_root):
+    """pytorch-grad-cam (with SciPy, scikit-learn, torchvision transforms: 1.8 s) is imported only for a method that
+    needs it: the Analyzer, a Grad-CAM from mask-CN's class maps and the page's overlays do without, so a cold start
+    does not wait for it."""
+    code = ("import sys\n"
+            "import core.analysis.inference, core.analysis.cam, ui.images\n"
+            "assert 'pytorch_grad_cam' not in sys.modules, 'pytorch_grad_cam imported'\n"
+            "import core.analysis.gradient_cam\n"
+            "assert 'pytorch_grad_cam' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -152,7 +152,8 @@ def test_offered_cam_methods_differ_on_mask_cn(analyzer, fullres):
     """The CAM methods the Analyze page offers for mask-CN (core.analysis.cam.distinct_class_cams) give clearly different,
     class-specific maps on a real image; each method left out repeats an offered one or ignores the target class.
     Score-CAM (one forward pass per channel, ~10 s on CPU) is perturbation-based and is not recomputed here."""
-    from core.analysis.cam import CAM_METHODS, distinct_class_cams
+    from core.analysis.cam import distinct_class_cams
+    from core.analysis.gradient_cam import CAM_METHODS
 
     rgb = _rgb(fullres[0][0])
     offered = distinct_class_cams(linear_head=True)

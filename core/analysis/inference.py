@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.analysis.cam import LINEAR_HEAD_CAMS, cam_from_class_maps
 from core.data.classes import CLASS_CODES
 from core.decisions.conformal import PredictionSets
 from core.decisions.context_head import ContextHead
@@ -284,12 +285,12 @@ class Analyzer:
     def _cam(self, x4: torch.Tensor, class_maps: torch.Tensor | None, class_index: int, method: str,
              size: tuple[int, int], box: Box, progress=None) -> np.ndarray:
         """The CAM over the network's input (the field-of-view crop), placed onto the whole image (0 outside)."""
-        from core.analysis.cam import (LINEAR_HEAD_CAMS, cam_from_class_maps, compute_cam)  # grad-cam only when a CAM is asked for
-
         crop = (box[1] - box[0], box[3] - box[2])
         if method in LINEAR_HEAD_CAMS and class_maps is not None:
             heat = cam_from_class_maps(class_maps, class_index, tuple(x4.shape[-2:]), crop)
         else:
+            from core.analysis.gradient_cam import compute_cam  # pytorch-grad-cam: only when such a method is asked for
+
             with torch.enable_grad():
                 heat = compute_cam(self.mask_cn, x4.clone(), [self.mask_cn.target_layer], class_index, method,
                                    output_size=crop, progress=progress)
@@ -305,8 +306,6 @@ class Analyzer:
     def cam_for(self, rgb: np.ndarray, class_code: str, method: str = "Grad-CAM", progress=None) -> np.ndarray:
         """A CAM for any class and method without re-running the whole analysis; `progress(share done)` is called
         while a slow method (Score-CAM) runs."""
-        from core.analysis.cam import LINEAR_HEAD_CAMS
-
         rgb = _check_rgb(rgb)
         class_index = CLASS_CODES.index(class_code)
         with self._lock:
