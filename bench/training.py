@@ -91,6 +91,11 @@ def card_epoch_seconds(weights_dir) -> dict | None:
 
 def training_epochs(data_dir, steps: int = 20, stages=STAGES, batch: int = 32, weights_dir=None, **overrides) -> dict:
     out = {stage: step_throughput(stage, data_dir, steps=steps, batch=batch, **overrides) for stage in stages}
+    if "coarse_sn" in stages and overrides.get("amp", "auto") == "auto":
+        # issue 25: the training default (bf16 where the CPU has it) against fp32, same stage, same run
+        fp32 = step_throughput("coarse_sn", data_dir, steps=steps, batch=batch, **{**overrides, "amp": "none"})
+        out["coarse_sn_fp32"] = fp32
+        out["coarse_sn_speedup_vs_fp32"] = fp32["step_median_s"] / out["coarse_sn"]["step_median_s"]
     if weights_dir is not None:
         out["model_card_epoch_seconds"] = card_epoch_seconds(weights_dir)
     out["note"] = (f"median of {steps} timed train steps (train.train's loop body, real cached images); epoch seconds "

@@ -142,7 +142,8 @@ def test_table_renders(quick_results):
 def test_targets_follow_the_measurements(quick_results):
     results = quick_results[1]
     t = results["targets"]
-    assert set(t) == {"analysis_cam_p50_ms", "reference_ratio", "classifier_images_per_s", "cold_start_s", "train_epoch_s"}
+    assert set(t) == {"analysis_cam_p50_ms", "reference_ratio", "classifier_images_per_s", "cold_start_s", "train_epoch_s",
+                      "train_speedup_vs_fp32"}
     assert t["analysis_cam_p50_ms"]["value"] == results["latency"]["full_cam"]["p50_ms"]
     assert t["analysis_cam_p50_ms"]["met"] == (results["latency"]["full_cam"]["p50_ms"] <= 60)
     assert t["classifier_images_per_s"]["value"] == results["throughput"]["mask_cn"]["images_per_s"]
@@ -152,9 +153,11 @@ def test_targets_follow_the_measurements(quick_results):
     slow["latency"]["full_cam"]["p50_ms"] = 151.0
     slow["training"] = {s: {"epoch_s_extrapolated_ham_train_7009": v}
                         for s, v in (("coarse_sn", 10.0), ("mask_cn", 301.0))}
+    slow["training"]["coarse_sn_speedup_vs_fp32"] = 1.5
     verdict = bench_run.targets(slow)
     assert verdict["analysis_cam_p50_ms"]["met"] is False
     assert verdict["train_epoch_s"]["value"] == 301.0 and verdict["train_epoch_s"]["met"] is False
+    assert verdict["train_speedup_vs_fp32"]["value"] == 1.5 and verdict["train_speedup_vs_fp32"]["met"] is False
 
 
 def test_backward_flops_respect_groups():
