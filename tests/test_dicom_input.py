@@ -20,7 +20,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from core.io.dicom_input import DicomRejected, MadeUpPatient, read_dicom, wrap_jpeg
-from core.io.intake import ImageRejected, load_image
+from core.io.intake import ImageRejected, load_frames, load_image
 from core.data.patient_context import PatientContext
 
 PATIENT = MadeUpPatient("TEST-1", name="Test^Made^Up", age=45, sex="female", site="lower extremity")
@@ -87,6 +87,18 @@ def test_multi_frame_gives_every_frame(jpeg, dicom):
     rgb = load_image(jpeg)
     image = read_dicom(_uncompressed(dicom, rgb, "RGB", frames=3))
     assert len(image.frames) == 3 and all(np.array_equal(f, rgb) for f in image.frames)
+
+
+def test_load_frames_gives_a_files_images_and_its_tags_context(jpeg, dicom):
+    """The one 'every image of a file' entry of the Batch page and the predict CLI."""
+    rgb = load_image(jpeg)
+    frames, context = load_frames(_uncompressed(dicom, rgb, "RGB", frames=2), "two.dcm")
+    assert len(frames) == 2 and all(np.array_equal(f, rgb) for f in frames)
+    assert context == read_dicom(dicom).context and context.given
+    frames, context = load_frames(jpeg, "plain.jpg")
+    assert len(frames) == 1 and np.array_equal(frames[0], rgb) and context == PatientContext()
+    with pytest.raises(ImageRejected):
+        load_frames(b"", "empty.dcm")
 
 
 def test_age_from_birth_and_study_date_and_code_only_site(dicom):

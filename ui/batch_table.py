@@ -22,16 +22,12 @@ def file_rows(data: bytes, name: str, true_dx: str = "", context=None) -> list[d
     context of its tags, as in core.analysis.predict)."""
     from core.analysis.predict import frame_image_name
     from core.data.patient_context import PatientContext
-    from core.io.dicom_input import is_dicom, read_dicom
-    from core.io.intake import ImageRejected, load_image
+    from core.io.intake import ImageRejected, load_frames
 
     context, stem = context or PatientContext(), Path(name).stem
     try:
-        if is_dicom(data):
-            image = read_dicom(data, name)
-            frames, context = image.frames, context if context.given else image.context
-        else:
-            frames = [load_image(data, name)]
+        frames, tags = load_frames(data, name)
+        context = context if context.given else tags
     except ImageRejected as exc:
         return [_blank_row(name, stem, true_dx, context) | {"error": str(exc)}]
     except Exception as exc:  # a file no reader expected must not end the batch

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from core.data.classes import CLASS_CODES
 from core.analysis.inference import DEFAULT_WEIGHTS_DIR, AnalysisResult, Analyzer
-from core.io.dicom_input import file_header, read_dicom
-from core.io.intake import FILE_EXTENSIONS, MAX_BYTES, ImageRejected, load_image_file
+from core.io.dicom_input import file_header
+from core.io.intake import FILE_EXTENSIONS, MAX_BYTES, ImageRejected, load_frames, load_image_file
 from core.data.patient_context import ContextError, PatientContext, read_context_csv
 
 IMAGE_SUFFIXES = {f".{extension}" for extension in FILE_EXTENSIONS}
@@ -112,13 +112,13 @@ def analyse_frames(analyzer: Analyzer, path: Path, context: PatientContext = Pat
         return [analyse_file(analyzer, path, context)]
     try:
         with open(path, "rb") as handle:
-            image = read_dicom(handle.read(MAX_BYTES + 1), path.name)
+            frames, tags = load_frames(handle.read(MAX_BYTES + 1), path.name)
     except ImageRejected as exc:
         return [(blank_row(path.stem, context) | {"error": str(exc)}, None)]
     except OSError as exc:
         return [(blank_row(path.stem, context) | {"error": f"Cannot read the file ({exc})"}, None)]
-    context = context if context.given else image.context
-    return [analyse_image(analyzer, rgb, frame_image_name(path.stem, k), context) for k, rgb in enumerate(image.frames, 1)]
+    context = context if context.given else tags
+    return [analyse_image(analyzer, rgb, frame_image_name(path.stem, k), context) for k, rgb in enumerate(frames, 1)]
 
 
 def predict_one(analyzer: Analyzer, path: Path, mask_dir: Path, context: PatientContext = PatientContext()) -> dict:

@@ -22,7 +22,7 @@ Used by the dashboard upload, the batch page and the predict CLI. Rules:
   logger is capped at INFO when this module is imported, whatever the root logger's level.
 
 DICOM files (the 'DICM' signature at offset 128) go to core.io.dicom_input, which applies the same limits and returns
-the first frame here (read_dicom gives every frame and the patient context from the tags).
+the first frame to load_image; load_frames gives every frame of a file and the patient context of its tags.
 
 Pillow's global Image.MAX_IMAGE_PIXELS is left alone (other code shares it); its DecompressionBombWarning/Error are
 caught here, and our own, lower max_pixels check runs first on the header size.
@@ -226,6 +226,19 @@ def load_image(data: bytes, name: str = "", *, max_bytes: int = MAX_BYTES, max_p
                                 "too_many_pixels", name) from None
         except Exception as exc:  # noqa: BLE001 - anything from a decoder means the file cannot be used
             raise ImageRejected("The image file is damaged or truncated", "damaged", name) from exc
+
+
+def load_frames(data: bytes, name: str = ""):
+    """Every image a file holds, with the patient context of its tags: a DICOM's frames and tag context
+    (core.io.dicom_input.read_dicom), any other file's one image (load_image) and an empty context. Returns
+    (frames, core.data.patient_context.PatientContext); raises ImageRejected as load_image does."""
+    data = _as_bytes(data)
+    if data[128:132] == b"DICM":
+        from core.io.dicom_input import read_dicom
+        image = read_dicom(data, name)
+        return image.frames, image.context
+    from core.data.patient_context import PatientContext
+    return [load_image(data, name)], PatientContext()
 
 
 def _decode(data: bytes, name: str, max_pixels: int, min_side: int) -> np.ndarray:

@@ -30,8 +30,8 @@ class CoarseSN(nn.Module):
         self.compute_dtype = torch.float32
 
     def cast_for_inference(self, dtype: torch.dtype) -> "CoarseSN":
-        """Compute in `dtype` (core.models.precision: bf16 on a CPU with bf16 hardware); inputs are cast on the way in, the lesion
-        logits come out as float32. For inference only."""
+        """Compute in `dtype` (core.models.precision: bf16 on a CPU with bf16 hardware); inputs are cast on the way in,
+        the lesion logits come out as float32. For inference only."""
         self.compute_dtype = dtype
         return self.to(dtype)
 
