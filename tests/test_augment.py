@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from core.imaging.preprocess import Preprocessing
-from train.augment import (AugmentConfig, affine_theta, augment_batch, colour_jitter, cutmix, perturb_masks,
-                           random_theta, warp)
+from train.augment import (DERMATOSCOPE_ARTEFACTS, AugmentConfig, affine_theta, augment_batch, colour_jitter, cutmix,
+                           dermatoscope_artefacts, hairs, ink_marks, perturb_masks, random_theta, vignette, warp)
 from train.cache import load_arrays
 from train.schedule import EMA, learning_rate
 from train.stages import STAGES
@@ -78,6 +78,30 @@ def test_photometric_jitter_acts_on_raw_pixels(real_batch):
     assert unclipped.float().mean() > 0.9
     assert torch.allclose((hued * luma).sum(1)[unclipped.all(1)], (x * luma).sum(1)[unclipped.all(1)], atol=2e-3)  # hue keeps luma
     assert (hued - x).abs().mean() > 0.005
+
+
+def test_dermatoscope_artefacts_change_images_as_named_and_off_means_untouched(real_batch):
+    images, _ = real_batch
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    assert dermatoscope_artefacts(images, 0.0, generator) is images
+    assert torch.equal(generator.get_state(), state)  # off draws nothing: older runs resume exactly
+    for artefact in DERMATOSCOPE_ARTEFACTS:
+        out = artefact(images.clone(), torch.Generator().manual_seed(1)).clamp(0, 1)
+        assert out.shape == images.shape and not torch.allclose(out, images, atol=1e-3), artefact.__name__
+    dark = vignette(images, torch.Generator().manual_seed(2))
+    corners, centre = dark[:, :, :5, :5], dark[:, :, 70:80, 95:105]
+    assert (corners <= images[:, :, :5, :5] + 1e-6).all() and corners.mean() < 0.5 * images[:, :, :5, :5].mean()
+    assert torch.allclose(centre, images[:, :, 70:80, 95:105])   # the lesion in the middle is left alone
+    for strokes, darker in ((hairs, True), (ink_marks, False)):
+        out = strokes(images, torch.Generator().manual_seed(3))
+        changed = (out - images).abs().amax(1) > 0.05
+        assert 0.0005 < changed.float().mean() < 0.35, strokes.__name__   # thin lines, not a wash over the image
+        if darker:
+            assert (out.mean(1)[changed] < images.mean(1)[changed]).float().mean() > 0.9
+    mixed = dermatoscope_artefacts(images.repeat(8, 1, 1, 1), 0.3, torch.Generator().manual_seed(4))
+    untouched = (mixed == images.repeat(8, 1, 1, 1)).flatten(1).all(1)
+    assert 0 < untouched.sum() < len(untouched) and mixed.min() >= 0 and mixed.max() <= 1
 
 
 def test_cutmix_pastes_one_box_from_the_partner_into_the_image_and_its_mask_and_reports_the_kept_share(real_batch):

@@ -1,4 +1,4 @@
-"""core.data.datasets, core.data.splits and core.data.dataset_summary on the real HAM10000 / ISIC 2017 folders, and its error paths on synthetic folders."""
+"""core.data.datasets, core.data.splits and core.data.dataset_summary on the real HAM10000 / ISIC 2017 / acral folders, and its error paths on synthetic folders."""
 from __future__ import annotations
 
 import json
@@ -10,12 +10,13 @@ import pytest
 from core.data.classes import CLASS_CODES
 from core.data.datasets import (MANIFEST_COLUMNS, DatasetError, data_dir_from_env, load_manifest, read_class_folders,
                                 read_ham10000, read_isic2017)
-from core.data.splits import apply_split_file, assign_splits, read_split_file
+from core.data.splits import apply_split_file, assign_splits, lesion_leaks, read_split_file
 from core.data.dataset_summary import dataset_summary
 
 HAM_COUNTS = {"akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705, "vasc": 142}
 ISIC_TRAIN = {"mel": 374, "bkl": 254, "nv": 1372}
 ISIC_VAL = {"mel": 30, "bkl": 42, "nv": 78}
+ACRAL_LABELLED = 1_603
 
 
 # ---------------------------------------------------------------- real data
@@ -51,14 +52,29 @@ def test_isic2017_manifest_keeps_official_split_and_counts(isic_manifest):
     assert (isic_manifest["lesion_id"] == isic_manifest["image_id"]).all()
 
 
-def test_full_manifest_combines_both_sources_without_id_clashes(data_dir, ham_manifest):
+def test_full_manifest_combines_every_source_without_id_clashes(data_dir, ham_manifest):
     full = load_manifest(data_dir)
-    assert len(full) == 10_015 + 2_150
-    assert full.groupby("source").size().to_dict() == {"ham10000": 10_015, "isic2017": 2_150}
-    assert full["image_id"].is_unique  # the README: the two datasets share no ids
+    assert full.groupby("source").size().to_dict() == {"ham10000": 10_015, "isic2017": 2_150, "acral": ACRAL_LABELLED}
+    assert full["image_id"].is_unique  # the README: the datasets share no ids
     # pointing straight at a dataset folder gives the same rows
     direct = load_manifest(data_dir / "ham10000")
     pd.testing.assert_frame_equal(direct, ham_manifest)
+
+
+def test_acral_is_read_with_its_labelled_rows_grouped_and_split_by_group(data_dir):
+    acral = load_manifest(data_dir, ("acral",))
+    # 1,672 images, of which 69 the archive calls only "benign" (no class code): those are left out
+    assert len(acral) == ACRAL_LABELLED
+    assert acral["dx"].value_counts().to_dict() == {"nv": 1_309, "mel": 291, "bkl": 3}
+    assert (acral["mask_path"] == "").all() and (acral["source"] == "acral").all()
+    labels = pd.read_csv(data_dir / "acral" / "labels.csv", dtype=str).set_index("image_id")
+    assert (acral["lesion_id"].to_numpy() == labels.loc[acral["image_id"], "group_id"].to_numpy()).all()
+    split = assign_splits(acral, seed=42)
+    assert not lesion_leaks(split)
+    shares = split["split"].value_counts(normalize=True)
+    assert 0.6 < shares["train"] < 0.8 and 0.1 < shares["val"] < 0.2 and 0.1 < shares["test"] < 0.2
+    for part in ("train", "val", "test"):  # melanomas in every split
+        assert (split.loc[split["split"] == part, "dx"] == "mel").sum() >= 30
 
 
 def test_dataset_summary_is_json_ready_and_counts_per_split(ham_split):
@@ -84,7 +100,7 @@ def test_images_per_source_of_every_split(data_dir, ham_split):
     from core.data.datasets import load_manifest
     from core.data.splits import assign_splits
 
-    both = assign_splits(load_manifest(data_dir), seed=42)
+    both = assign_splits(load_manifest(data_dir, ("ham10000", "isic2017")), seed=42)  # the sources of old summaries
     summary = dataset_summary(both)
     old_style = json.loads(json.dumps(summary))
     for part in [old_style["all"], *old_style["splits"].values()]:

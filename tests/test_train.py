@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -118,6 +119,30 @@ def test_mask_cn_validates_on_coarse_sn_output_and_trains_on_perturbed_truth(tin
         ious = [(got & t).sum() / (got | t).sum() for t in (want, want[::-1], want[:, ::-1], want[::-1, ::-1])]
         assert 0.4 < max(ious), ious
     assert any(not np.array_equal(got, want) for got, want in zip(channel, truth))
+
+
+def test_mask_cn_trains_images_without_a_drawn_mask_on_coarse_sn_s_mask(tiny_runs, data_dir):
+    """The acral images have no reference mask: in training their "truth" is coarse-SN's thresholded output (as
+    validation feeds it), while images with a drawn mask keep theirs; each source appears as often as asked."""
+    from train.stages import source_repeats
+
+    runs, _ = tiny_runs
+    cfg = train_stage.parse_args(["--stage", "mask_cn", "--data-dir", str(data_dir), "--image-size", "75x100",
+                                  "--sources", "ham10000,acral", "--source-repeats", "acral=3",
+                                  "--coarse-sn", str(runs / "coarse_sn" / "best.safetensors"), *TINY])
+    stage = MaskCNStage(cfg)
+    train_table, val_tables = train_stage.split_tables(cfg)
+    assert set(val_tables) == {"ham10000", "acral"} and set(train_table["source"]) == {"ham10000", "acral"}
+    table = pd.concat([train_table[train_table["source"] == s].head(3) for s in ("ham10000", "acral")],
+                      ignore_index=True)
+    train = stage.load(table, training=True)
+    assert train.repeats.tolist() == [1, 1, 1, 3, 3, 3]
+    coarse = stage.coarse_output(table.iloc[3:]).float()
+    expected = torch.nn.functional.interpolate(coarse, size=(75, 100), mode="bilinear", align_corners=False)[:, 0] > 0.5
+    assert np.array_equal(train.masks[3:].astype(bool), expected.numpy())
+    reference = stage.load(table.iloc[:3], training=True).masks
+    assert np.array_equal(train.masks[:3], reference)
+    assert source_repeats(np.array(["isic2017", "acral", "x"]), "isic2017=2, acral=4") .tolist() == [2, 4, 1]
 
 
 def test_mask_cn_cutmix_moves_the_mask_channel_with_the_image_and_mixes_the_labels(tiny_runs, data_dir):

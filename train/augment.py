@@ -9,6 +9,7 @@ Photometric changes act on raw pixels in [0, 1] (before ImageNet normalisation).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ class AugmentConfig:
     lowres_p: float = 0.2                            # share of images seen at a lower resolution (area down, up)
     cutout_p: float = 0.0                            # share of images with one rectangle set to the mean colour
     cutout_size: float = 0.3                         # its side, as a share of the image side (at most)
+    dermatoscope_p: float = 0.0                      # each dermatoscope artefact's share of images (independently)
 
 
 def _uniform(b: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -125,6 +127,107 @@ def cutout(x: torch.Tensor, p: float, size: float, generator: torch.Generator) -
     return torch.where(box.unsqueeze(1).to(x.device), mean, x)
 
 
+# ---------------------------------------------------------------- dermatoscope artefacts (raw pixels in [0, 1])
+# What differs between clinics' dermatoscopes and hands (the ISIC 2019-2020 winners' augmentations and the
+# domain-generalisation studies on dermoscopy): the dark rim of the field of view, the light's colour temperature,
+# focus, the camera's tone curve, hairs over the lesion and surgical-marker ink on the skin. Each artefact acts on a
+# share p of the images, independently of the others, so most images keep their own look.
+_INK = torch.tensor([[0.35, 0.2, 0.55], [0.15, 0.25, 0.6], [0.1, 0.1, 0.1]])   # violet / blue marker, black pen
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    return torch.stack([xs, ys], -1)   # (H,W,2) pixel centres, x first
+
+
+def vignette(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A darkened rim: a circle (radius 0.7-1.05 of the half-diagonal, soft edge) outside which the image fades to
+    near black, as the round field of view of a contact dermatoscope leaves it in the corners."""
+    b, _, h, w = x.shape
+    centre = torch.tensor([w / 2, h / 2])
+    r = ((_grid(h, w) - centre).norm(dim=-1) / centre.norm()).unsqueeze(0)          # corner = 1
+    radius = _uniform(b, 0.7, 1.05, generator).view(b, 1, 1)
+    soft = _uniform(b, 0.03, 0.2, generator).view(b, 1, 1)
+    keep = ((radius - r) / soft).clamp(0, 1)
+    dark = _uniform(b, 0.0, 0.15, generator).view(b, 1, 1)
+    return x * (keep + (1 - keep) * dark).unsqueeze(1).to(x)
+
+
+def colour_temperature(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Warmer or cooler light: red and blue gains moved in opposite directions by up to 15 %."""
+    t = _uniform(x.shape[0], -0.15, 0.15, generator)
+    gains = torch.stack([1 + t, torch.ones_like(t), 1 - t], 1).view(-1, 3, 1, 1).to(x)
+    return (x * gains).clamp(0, 1)
+
+
+def defocus(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A blur of about sigma 0.6-1.5 px (two box-filter passes, one width per call): a lens slightly out of focus."""
+    sigma = float(_uniform(1, 0.6, 1.5, generator))
+    width = max(3, 2 * round((3 * sigma ** 2 + 1) ** 0.5 / 2) + 1)   # two passes of this width ~ Gaussian(sigma)
+    for _ in range(2):
+        x = F.avg_pool2d(x, (1, width), 1, (0, width // 2), count_include_pad=False)
+        x = F.avg_pool2d(x, (width, 1), 1, (width // 2, 0), count_include_pad=False)
+    return x
+
+
+def gamma(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Another camera tone curve: x ** g, g in [0.7, 1.4]."""
+    g = torch.exp(_uniform(x.shape[0], math.log(0.7), math.log(1.4), generator)).view(-1, 1, 1, 1).to(x)
+    return x.clamp(min=1e-4) ** g
+
+
+def strokes(x: torch.Tensor, generator: torch.Generator, count: tuple[int, int], width: tuple[float, float],
+            colours: torch.Tensor, opacity: tuple[float, float]) -> torch.Tensor:
+    """Straight strokes painted over each image: `count` of them, each `width` px wide (anti-aliased), in one of
+    `colours` (darkened or lightened up to 30 %) at `opacity`. Hairs are many thin dark ones, ink marks a few
+    broad coloured ones."""
+    b, _, h, w = x.shape
+    grid = _grid(h, w).view(1, -1, 2)
+    out = x.clone()
+    for i in range(b):  # per image: its own number of strokes
+        n = int(torch.randint(count[0], count[1] + 1, (1,), generator=generator))
+        start = torch.rand(n, 2, generator=generator) * torch.tensor([w, h])
+        angle = torch.rand(n, generator=generator) * math.pi
+        length = _uniform(n, 0.2, 0.9, generator) * max(h, w)
+        end = start + length.unsqueeze(1) * torch.stack([torch.cos(angle), torch.sin(angle)], 1)
+        seg = (end - start).unsqueeze(1)                                         # (n,1,2)
+        along = (((grid - start.unsqueeze(1)) * seg).sum(-1) / (seg ** 2).sum(-1)).clamp(0, 1)
+        distance = (grid - (start.unsqueeze(1) + along.unsqueeze(-1) * seg)).norm(dim=-1)   # (n,HW)
+        half = _uniform(n, *width, generator).unsqueeze(1) / 2
+        cover = ((half + 0.5 - distance).clamp(0, 1) * _uniform(n, *opacity, generator).unsqueeze(1))
+        colour = colours[torch.randint(len(colours), (n,), generator=generator)] \
+            * _uniform(n, 0.7, 1.3, generator).unsqueeze(1)                     # (n,3)
+        covered = 1 - torch.prod(1 - cover, 0)                                  # (HW,) where any stroke lies
+        paint = colour.clamp(0, 1).T @ cover / cover.sum(0).clamp(min=1e-6)      # (3,HW) where strokes cross
+        out[i] = (out[i].reshape(3, -1) * (1 - covered) + paint.to(x) * covered).view(3, h, w)
+    return out
+
+
+def hairs(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return strokes(x, generator, (3, 12), (0.6, 1.6), torch.tensor([[0.12, 0.08, 0.05], [0.05, 0.05, 0.05]]),
+                   (0.7, 1.0))
+
+
+def ink_marks(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return strokes(x, generator, (1, 2), (2.0, 5.0), _INK, (0.5, 0.9))
+
+
+DERMATOSCOPE_ARTEFACTS = (vignette, colour_temperature, defocus, gamma, hairs, ink_marks)
+
+
+def dermatoscope_artefacts(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Each artefact of DERMATOSCOPE_ARTEFACTS on an independent share p of the batch (raw pixels in [0, 1])."""
+    if p <= 0:
+        return x
+    x = x.clone()
+    for artefact in DERMATOSCOPE_ARTEFACTS:
+        chosen = torch.rand(x.shape[0], generator=generator) < p
+        if chosen.any():
+            x[chosen] = artefact(x[chosen], generator).clamp(0, 1)
+    return x
+
+
 # ---------------------------------------------------------------- CutMix (classifiers)
 def cutmix(tensors: list[torch.Tensor], p: float, generator: torch.Generator
            ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -181,6 +284,7 @@ def augment_batch(images: torch.Tensor, spatial: list[torch.Tensor | None], cfg:
     """images (B,3,H,W) raw in [0,1] and spatial tensors (B,C,h,w) covering the same field of view ->
     augmented images (raw, [0,1]) and the spatial tensors warped identically (bilinear; threshold masks after)."""
     images = colour_jitter(images, cfg, generator)
+    images = dermatoscope_artefacts(images, cfg.dermatoscope_p, generator)
     images = lower_resolution(images, cfg.lowres_p, generator)
     if float(torch.rand(1, generator=generator)) < cfg.transpose_p:
         images = images.transpose(-1, -2)

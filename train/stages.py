@@ -8,7 +8,8 @@ The training loop (train/train.py) knows nothing about stages; it asks a stage f
 
 - coarse-SN: image -> lesion mask (Dice + rank loss).
 - mask-CN: image + a lesion-mask channel -> 7 classes. In training the channel is the ground-truth mask perturbed
-  the way a coarse segmenter errs (train.augment.perturb_masks: erosion / dilation, soft edges, sometimes empty):
+  the way a coarse segmenter errs (train.augment.perturb_masks: erosion / dilation, soft edges, sometimes empty;
+  coarse-SN's mask stands in for the truth on images that have none):
   coarse-SN's output on its own training images is cleaner than on new images, and perturbed truth needs no
   coarse-SN run, so mask-CN does not wait for coarse-SN. Validation uses coarse-SN's real output (--coarse-sn).
 - enhanced-SN: image + mask-CN's localisation map -> lesion mask (warm start from coarse-SN).
@@ -43,7 +44,7 @@ class Arrays:
     """One split as a stage reads it."""
     images: np.ndarray                 # (N,H,W,3) uint8 at the stage's input size (a memory map)
     labels: torch.Tensor               # (N,) class indices
-    sources: np.ndarray                # (N,) "ham10000" / "isic2017" / "folder"
+    sources: np.ndarray                # (N,) "ham10000" / "isic2017" / "acral" / "folder"
     masks: np.ndarray | None = None    # (N,H,W) {0,1} uint8 lesion masks
     aux: torch.Tensor | None = None    # (N,1,h,w): coarse-SN probabilities (mask-CN val) or localisation maps
     repeats: np.ndarray | None = None  # (N,) times each image appears in one training epoch
@@ -55,6 +56,12 @@ class Arrays:
 def parse_size(text: str) -> tuple[int, int]:
     h, w = (int(v) for v in text.lower().split("x"))
     return h, w
+
+
+def source_repeats(sources: np.ndarray, spec: str) -> np.ndarray:
+    """Times each training image appears per epoch, from "source=n,..." (sources not named: once)."""
+    times = {name.strip(): int(n) for name, n in (part.split("=") for part in spec.split(",") if part.strip())}
+    return np.array([times.get(s, 1) for s in sources], dtype=int)
 
 
 def upstream_images(table: pd.DataFrame, meta: dict, use_cache: bool) -> np.ndarray:
@@ -90,7 +97,8 @@ class Stage:
         self.augment = AugmentConfig(
             crop_scale=(cfg["crop_scale_min"], cfg["crop_scale_max"]), rotate_degrees=cfg["rotate_degrees"],
             brightness=cfg["colour_jitter"], contrast=cfg["colour_jitter"], saturation=cfg["colour_jitter"],
-            hue=cfg["hue_jitter"], lowres_p=cfg["lowres_p"], cutout_p=cfg["cutout_p"] if self.classifies else 0.0)
+            hue=cfg["hue_jitter"], lowres_p=cfg["lowres_p"], cutout_p=cfg["cutout_p"] if self.classifies else 0.0,
+            dermatoscope_p=cfg["dermatoscope_p"])
         self.device = torch.device("cpu")
         self.class_weights: torch.Tensor | None = None
 
@@ -110,7 +118,7 @@ class Stage:
     def load(self, table: pd.DataFrame, training: bool) -> Arrays:
         images, masks = load_arrays(table, self.size, self.preprocessing, self.wants_masks(training), self.cfg["use_cache"])
         sources = table["source"].to_numpy()
-        repeats = np.where(sources == "isic2017", self.cfg["isic_repeats"], 1) if training else None
+        repeats = source_repeats(sources, self.cfg["source_repeats"]) if training else None
         return Arrays(images, torch.tensor([class_index(d) for d in table["dx"]]), sources, masks, None, repeats)
 
     def _pixels(self, arrays: Arrays, idx: np.ndarray) -> torch.Tensor:
@@ -279,11 +287,24 @@ class MaskCNStage(ClassifierStage):
     def load(self, table: pd.DataFrame, training: bool) -> Arrays:
         arrays = super().load(table, training)
         if not training:  # validation sees coarse-SN's real output, as inference does
-            coarse_sn, meta = load_upstream("coarse_sn", self.cfg["coarse_sn"])
-            seg_u8 = upstream_images(table, meta, self.cfg["use_cache"])
-            arrays.aux = torch.cat([coarse_probabilities(coarse_sn, normalize_batch(torch.from_numpy(
-                np.array(seg_u8[s:s + VAL_BATCH])))).half() for s in range(0, len(table), VAL_BATCH)])
+            arrays.aux = self.coarse_output(table)
+        elif (table["mask_path"] == "").any():
+            # Images without a drawn mask (the acral source) get coarse-SN's mask as their "truth", which the
+            # perturbation then degrades like any other; nothing else would tell mask-CN where their lesion is.
+            missing = np.flatnonzero((table["mask_path"] == "").to_numpy())
+            coarse = F.interpolate(self.coarse_output(table.iloc[missing]).float(), size=self.size, mode="bilinear",
+                                   align_corners=False)
+            masks = np.array(arrays.masks)
+            masks[missing] = (coarse[:, 0] > 0.5).numpy().astype(np.uint8)
+            arrays.masks = masks
         return arrays
+
+    def coarse_output(self, table: pd.DataFrame) -> torch.Tensor:
+        """coarse-SN's probabilities (N,1,h,w) float16 for a table's images, as inference computes them."""
+        coarse_sn, meta = load_upstream("coarse_sn", self.cfg["coarse_sn"])
+        seg_u8 = upstream_images(table, meta, self.cfg["use_cache"])
+        return torch.cat([coarse_probabilities(coarse_sn, normalize_batch(torch.from_numpy(
+            np.array(seg_u8[s:s + VAL_BATCH])))).half() for s in range(0, len(table), VAL_BATCH)])
 
     def batch(self, arrays: Arrays, idx: np.ndarray, generator: torch.Generator | None):
         x, labels = self._pixels(arrays, idx), arrays.labels[idx]

@@ -41,7 +41,8 @@ from train.stages import STAGES
 CONFIG = dict(
     stage="classifier",          # coarse_sn | mask_cn | enhanced_sn | classifier
     data_dir=os.environ.get("DATA_DIR", "../shared/data"),
-    sources="ham10000,isic2017",  # datasets to train on (each source's val split is validated separately)
+    sources="ham10000,isic2017",  # datasets to train on (each source's val split is validated separately): any of
+                                 # ham10000, isic2017, acral
     split_file="",               # a train.splits CSV; empty = the deterministic default split (split_seed)
     split_seed=42,
     out_dir="",                  # default runs/<stage>
@@ -71,13 +72,16 @@ CONFIG = dict(
     # losses and sampling
     class_weight_power=0.5,      # CE weights = inverse class frequency ** power
     label_smoothing=0.05,
-    isic_repeats=2,              # ISIC 2017 images appear this often per epoch (both sources count)
+    source_repeats="isic2017=2,acral=2",  # times a source's images appear per epoch (the rest: once); the small
+                                 # sources count more, so that no clinic's look is drowned by HAM10000's
     rank_lambda=0.05, rank_k=30, rank_margin=0.3,
     # augmentation
     crop_scale_min=0.5,
     crop_scale_max=1.0,          # > 1 adds zoom-out: lesions shown smaller in the frame than in the data (segmenters)
     rotate_degrees=30.0, colour_jitter=0.2, hue_jitter=0.04, lowres_p=0.2, cutout_p=0.5,
     cutmix_p=0.0,                # classifiers: share of images given another image's box (CutMix), labels mixed by area
+    dermatoscope_p=0.0,          # share of images given a dermatoscope artefact each (vignette, colour temperature,
+                                 # defocus, gamma, hairs, ink marks: train.augment.dermatoscope_artefacts)
     # runtime
     seed=42,
     device="auto",               # auto | cpu | cuda
@@ -168,7 +172,7 @@ def split_tables(cfg: dict) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     sources = tuple(s for s in cfg["sources"].split(",") if s)
     manifest = load_manifest(cfg["data_dir"], sources=tuple(s for s in sources if s in SOURCES) or SOURCES)
     manifest = apply_split_file(manifest, cfg["split_file"]) if cfg["split_file"] else assign_splits(manifest, cfg["split_seed"])
-    if cfg["stage"] in ("coarse_sn", "enhanced_sn", "mask_cn"):
+    if cfg["stage"] in ("coarse_sn", "enhanced_sn"):
         manifest = manifest[manifest["mask_path"] != ""]
     train = manifest[manifest["split"] == "train"].reset_index(drop=True)
     if cfg["max_train_images"]:

@@ -1,7 +1,7 @@
 """Acquisition source of each image: the clinic, dermatoscope and era it comes from.
 
-HAM10000 was assembled from four sources (its metadata's `dataset` column) and ISIC 2017 is a fifth, many-clinic
-source. Class mixes and devices differ by source, so training without one source and testing on it is the closest
+HAM10000 was assembled from four sources (its metadata's `dataset` column), ISIC 2017 is a fifth, many-clinic
+source, and the acral images (palms, soles, nails; other clinics and a body site HAM10000 hardly has) a sixth. Class mixes and devices differ by source, so training without one source and testing on it is the closest
 the data comes to "a clinic the model has never seen" (train.out_of_source).
 """
 from __future__ import annotations
@@ -17,13 +17,14 @@ SOURCE_NAMES = {
     "rosendahl": "Queensland practice (most akiec and bcc)",
     "vienna_dias": "Vienna, older DermLite / DIAS",
     "isic2017": "ISIC 2017 archive (many clinics)",
+    "acral": "ISIC Archive acral: palms, soles, nails (five contributors)",
 }
 HAM_METADATA = Path("ham10000") / "HAM10000_metadata.csv"
 
 
 def acquisition_sources(manifest: pd.DataFrame, data_dir: str | os.PathLike) -> pd.Series:
     """The acquisition source of every manifest row: HAM10000's `dataset` value (read from DATA_DIR's metadata CSV),
-    'isic2017' for ISIC 2017 rows, the manifest's own `source` otherwise. Raises ValueError when a HAM10000 row has
+    the manifest's own `source` otherwise ('isic2017', 'acral'). Raises ValueError when a HAM10000 row has
     no source in the metadata (an old metadata file without the `dataset` column)."""
     out = manifest["source"].astype(str).copy()
     ham = manifest["source"] == "ham10000"

@@ -1,7 +1,7 @@
 """Dataset readers: turn a dataset folder into one manifest table.
 
 Manifest columns (MANIFEST_COLUMNS): image_id, image_path, mask_path ("" when absent), dx (class code),
-source (ham10000 / isic2017 / folder), lesion_id, age, sex, localization, dx_type, split ("" until split).
+source (ham10000 / isic2017 / acral / folder), lesion_id (the unit a split keeps together), age, sex, localization, dx_type, split ("" until split).
 
 Every problem with a dataset (missing folder or CSV, missing column, unknown label, missing image file,
 duplicate id) raises DatasetError whose message names the file and, where there is one,
@@ -23,11 +23,12 @@ MANIFEST_COLUMNS = [
 ]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
-SOURCES = ("ham10000", "isic2017")
+SOURCES = ("ham10000", "isic2017", "acral")
 ISIC_DX_TYPE = "isic2017"  # dx_type of every ISIC 2017 row (the challenge labels give no confirmation method)
 HAM_IMAGE_FOLDERS = ("images", "HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_images", ".")
 HAM_MASK_FOLDERS = ("masks", "HAM10000_segmentations_lesion_tschandl", "segmentations")
 ISIC_IMAGE_FOLDERS = ("images", ".")
+ACRAL_REQUIRED_COLUMNS = ("image_id", "dx", "group_id")
 ISIC_MASK_FOLDERS = ("masks", "segmentations")
 #: How a lesion mask may be named after its image id (IMG.png, IMG_segmentation.png as ISIC and HAM10000 publish
 #: them, IMG_lesion.png as PH2 does, IMG_mask.png, IMG_seg.png); any image extension. Checked in this order.
@@ -252,6 +253,33 @@ def read_isic2017(root: str | os.PathLike) -> pd.DataFrame:
     return _finish(table)
 
 
+def read_acral(root: str | os.PathLike) -> pd.DataFrame:
+    """ISIC Archive acral dermoscopy (palms, soles, nails): labels.csv with image_id, dx (a class code; empty where
+    the archive says only "benign", which no class code names, so those rows are left out) and group_id (one
+    lesion or patient: the unit a split keeps together); images in images/. No lesion masks."""
+    root = Path(root)
+    _require_dir(root, "acral")
+    csv_path = root / "labels.csv"
+    table = _read_csv(csv_path, ACRAL_REQUIRED_COLUMNS)
+    _check_ids(table, csv_path)
+    table["dx"] = table["dx"].fillna("").astype(str).str.lower()
+    table = table[table["dx"] != ""].reset_index(drop=True)
+    _check_labels(table, "dx", csv_path)
+    images = _index_images([root / f for f in ISIC_IMAGE_FOLDERS])
+    if not images:
+        raise DatasetError(f"{root}: no images found (looked in {root / 'images'} and {root})")
+    looked_in = ", ".join(str(root / f) for f in ISIC_IMAGE_FOLDERS if (root / f).is_dir())
+    table = _attach_files(table, images, {}, csv_path, looked_in)
+    table["source"] = "acral"
+    group = table["group_id"].fillna("").astype(str)
+    table["lesion_id"] = group.where(group != "", table["image_id"])
+    for column, given in (("age", "age_approx"), ("localization", "site"), ("dx_type", "diagnosis_confirm_type")):
+        if given in table.columns:
+            table[column] = table[given]
+    table["split"] = ""
+    return _finish(table)
+
+
 def _isic_dx(table: pd.DataFrame, csv_path: Path) -> pd.Series:
     if "label" in table.columns:
         labels = table["label"].fillna("").astype(str).str.strip().str.lower()
@@ -326,8 +354,8 @@ def read_class_folders(root: str | os.PathLike) -> pd.DataFrame:
 def load_manifest(data_dir: str | os.PathLike, sources: tuple[str, ...] = SOURCES) -> pd.DataFrame:
     """Read every dataset found under data_dir into one manifest.
 
-    data_dir may be a parent holding ham10000/ and isic2017/, a HAM10000 folder, an ISIC 2017 folder,
-    or a one-folder-per-class layout. `sources` limits which of ham10000 / isic2017 are read from a parent.
+    data_dir may be a parent holding ham10000/, isic2017/ and acral/, a HAM10000 folder, an ISIC 2017 folder,
+    or a one-folder-per-class layout. `sources` limits which of SOURCES are read from a parent.
     """
     if isinstance(sources, str):
         sources = (sources,)
@@ -343,7 +371,7 @@ def load_manifest(data_dir: str | os.PathLike, sources: tuple[str, ...] = SOURCE
             raise DatasetError(
                 f"{root}: holds {', '.join(present)} but none of the requested source(s) {', '.join(sources)}"
             )
-        readers = {"ham10000": read_ham10000, "isic2017": read_isic2017}
+        readers = {"ham10000": read_ham10000, "isic2017": read_isic2017, "acral": read_acral}
         parts = [readers[s](root / s) for s in wanted]
         return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     if list(root.glob("*metadata*.csv")):

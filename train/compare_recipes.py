@@ -1,0 +1,139 @@
+"""Compare training recipes on an acquisition source none of them was trained on: the held-out criterion.
+
+    python -m train.compare_recipes --data-dir ../shared/data --held-out acral --splits train,val,test \
+        --member base=runs/mcn_A_base/best.safetensors --member derm=runs/mcn_B_derm/best.safetensors
+
+Each member is a mask-CN weight file; coarse-SN (and enhanced-SN, unused here) come from --weights. Every member is
+run over the held-out source's images with the shipped 8 test-time views (softmax averaged), and scored on what the
+verdict rests on: melanoma AUC, the AUC of "any malignant class" (mel + bcc + akiec), balanced accuracy over the
+classes present, and the share of benign lesions below the P(melanoma) that catches 90 % of the melanomas (a point of
+the ROC curve, like the AUC a property of the ranking: no rule is fitted on the held-out images). Every figure has a bootstrap 95 % CI that resamples
+whole lesions; each member's difference to the first member is bootstrapped on the same draws (a paired CI), so a
+lever counts only where that interval excludes 0. Writes --out (JSON) and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from core.analysis.metrics import balanced_accuracy, binary_auc, value_with_ci
+from core.data.acquisition import acquisition_sources
+from core.data.classes import CLASS_CODES
+from core.data.datasets import SOURCES, load_manifest
+from core.data.splits import assign_splits
+from core.imaging.tta import ALL_VIEWS
+from train.network_outputs import load_network, split_outputs
+
+MALIGNANT = [CLASS_CODES.index(c) for c in ("akiec", "bcc", "mel")]
+MEL = CLASS_CODES.index("mel")
+
+
+def member_probabilities(logits: np.ndarray) -> np.ndarray:
+    """(views, N, K) logits -> (N, K): the softmax averaged over the test-time views."""
+    z = logits - logits.max(-1, keepdims=True)
+    p = np.exp(z)
+    return (p / p.sum(-1, keepdims=True)).mean(0)
+
+
+def specificity_at_sensitivity(is_positive: np.ndarray, score: np.ndarray, is_negative: np.ndarray,
+                               sensitivity: float = 0.9) -> float | None:
+    """Share of negatives scored below the highest threshold that still calls `sensitivity` of the positives."""
+    if not is_positive.any() or not is_negative.any():
+        return None
+    threshold = np.quantile(score[is_positive], 1 - sensitivity, method="lower")
+    return float((score[is_negative] < threshold).mean())
+
+
+def statistics(labels: np.ndarray, probs: np.ndarray) -> dict:
+    """name -> statistic(rows) for one member's probabilities."""
+    malignant = np.isin(labels, MALIGNANT)
+    is_mel = labels == MEL
+    return {
+        "melanoma_auc": lambda rows: binary_auc(is_mel[rows], probs[rows, MEL]),
+        "malignant_auc": lambda rows: binary_auc(malignant[rows], probs[rows][:, MALIGNANT].sum(1)),
+        "balanced_accuracy": lambda rows: balanced_accuracy(labels[rows], probs[rows].argmax(1)),
+        "benign_specificity_at_90_melanoma_sensitivity": lambda rows: specificity_at_sensitivity(
+            is_mel[rows], probs[rows, MEL], ~malignant[rows]),
+    }
+
+
+def compare(labels: np.ndarray, groups: np.ndarray, probs: dict[str, np.ndarray], resamples: int = 1000) -> dict:
+    """Every member's figures with CIs and, for the second member on, the paired difference to the first."""
+    names = list(probs)
+    stats = {name: statistics(labels, p) for name, p in probs.items()}
+    n = len(labels)
+    out = {}
+    for name in names:
+        row = {key: value_with_ci(f, n, groups, resamples) for key, f in stats[name].items()}
+        if name != names[0]:
+            def difference(f, g):
+                return lambda rows: None if f(rows) is None or g(rows) is None else f(rows) - g(rows)
+            row["difference_to_" + names[0]] = {key: value_with_ci(difference(f, stats[names[0]][key]), n, groups,
+                                                                   resamples) for key, f in stats[name].items()}
+        out[name] = row
+    return out
+
+
+def _fmt(entry: dict) -> str:
+    if entry["value"] is None:
+        return "-"
+    low, high = entry["ci95"]
+    return f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]" if low is not None else f"{entry['value']:.3f}"
+
+
+def table(result: dict) -> str:
+    keys = ["melanoma_auc", "malignant_auc", "balanced_accuracy", "benign_specificity_at_90_melanoma_sensitivity"]
+    lines = ["| member | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, row in result.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(row[k]) for k in keys) + " |")
+        for diff_name, diff in ((k, v) for k, v in row.items() if k.startswith("difference_to_")):
+            lines.append(f"| {name} - {diff_name[len('difference_to_'):]} | "
+                         + " | ".join(_fmt(diff[k]) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--weights", type=Path, default=Path("weights"), help="where coarse-SN and enhanced-SN are")
+    parser.add_argument("--held-out", required=True, help="acquisition source(s), comma-separated, e.g. acral")
+    parser.add_argument("--splits", default="val,test", help="which of the held-out source's splits to score "
+                        "(train too when no member trained on the source)")
+    parser.add_argument("--member", action="append", required=True, help="NAME=mask-CN weight file (first = baseline)")
+    parser.add_argument("--split-seed", type=int, default=42)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    held_out = [s for s in args.held_out.split(",") if s]
+    manifest = assign_splits(load_manifest(args.data_dir, SOURCES), args.split_seed)
+    manifest["acquisition"] = acquisition_sources(manifest, args.data_dir)
+    rows = manifest[manifest["acquisition"].isin(held_out) & manifest["split"].isin(args.splits.split(","))]
+    rows = rows.reset_index(drop=True)
+    if rows.empty:
+        sys.exit(f"no images of {held_out} in splits {args.splits}")
+    base = {"coarse_sn": load_network(args.weights / "coarse_sn.safetensors"),
+            "enhanced_sn": load_network(args.weights / "enhanced_sn.safetensors")}
+    probs = {}
+    for spec in args.member:
+        name, path = spec.split("=", 1)
+        outputs = split_outputs({**base, "mask_cn": load_network(Path(path))}, rows, segmentation=False, views=ALL_VIEWS)
+        probs[name] = member_probabilities(outputs["logits"])
+    labels = np.array([CLASS_CODES.index(d) for d in rows["dx"]])
+    result = compare(labels, rows["lesion_id"].to_numpy(), probs)
+    summary = {"held_out": held_out, "splits": args.splits, "n_images": len(rows),
+               "n_melanomas": int((labels == MEL).sum()), "members": dict(s.split("=", 1) for s in args.member),
+               "results": result}
+    print(f"held out: {', '.join(held_out)} ({args.splits}): {len(rows)} images, {summary['n_melanomas']} melanomas")
+    print(table(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
