@@ -134,7 +134,7 @@ class Analyzer:
         self.quality_checks = QualityChecks.from_card(card)
         self.uncertainty = UncertaintyLevels.from_card(card)
         self.seg_views = FLIP_VIEWS if int((card.get("segmentation_tta") or {}).get("views", 1)) == 4 else (0,)
-        if pack and can_pack(device):
+        if pack and can_pack(device, getattr(self.mask_cn, "compute_dtype", torch.float32)):
             self._pack_convolutions()
         # One analysis at a time per Analyzer: CAM hooks are per-model state (serve several users with replicas).
         self._lock = threading.Lock()
