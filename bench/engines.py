@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -88,6 +89,11 @@ def analysis_speed(analyzers: dict, n_images: int, reps: int) -> dict:
     return {name: summary(w) for name, w in walls.items()}
 
 
+def _progress(section: str, result: dict) -> None:
+    """Each section to stderr as soon as it is measured (a long run cut short keeps what it had)."""
+    print(json.dumps({section: result[section]}), file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.engines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,7 +116,9 @@ def main(argv=None) -> None:
             analyzers[f"{engine} {p}"] = Analyzer.load(args.weights, device="cpu", precision=p, engine=engine)
     result = {"cpu": describe(), "threads": args.threads, "loadavg_before": open("/proc/loadavg").read().split()[:3]}
     result["networks"] = network_speed(analyzers, args.reps)
+    _progress("networks", result)
     result["analysis_with_cam_600x450"] = analysis_speed(analyzers, 5, max(1, args.reps // 5))
+    _progress("analysis_with_cam_600x450", result)
     if args.n_images:
         rows = validation_rows(args.n_images)
         result["agreement"] = {}
@@ -122,6 +130,7 @@ def main(argv=None) -> None:
             result["agreement"][name] = {"vs": f"torch {precision}", **agreement,
                                          "violations": violations(agreement, TOLERANCE if precision == "fp32"
                                                                   else BF16_TOLERANCE)}
+            _progress("agreement", result)
     result["loadavg_after"] = open("/proc/loadavg").read().split()[:3]
     print(json.dumps(result, indent=1))
 
