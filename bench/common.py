@@ -152,7 +152,9 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    from core.models.cpu_support import describe
+
+    return {"cpu": cpu, "cpu_isa": describe(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "nice": os.nice(0),
             "loadavg": [round(x, 2) for x in load], "cuda": torch.cuda.is_available()}
 

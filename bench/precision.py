@@ -25,20 +25,20 @@ TOLERANCE = {"max_probability_difference": 0.08, "mean_probability_difference": 
              "same_refer_share": 0.9, "min_mask_dice_between_precisions": 0.95, "dice_vs_truth_mean_difference": 0.01}
 
 
-def violations(agreement: dict) -> list[str]:
-    """The TOLERANCE entries an agreement (compare()) breaks, in words ([] when bf16 agrees with fp32)."""
+def violations(agreement: dict, tolerance: dict = TOLERANCE) -> list[str]:
+    """The tolerance entries an agreement (compare()) breaks, in words ([] when bf16 agrees with fp32)."""
     checks = {
         "max_probability_difference": agreement["max_probability_difference"]["max"],
         "mean_probability_difference": agreement["max_probability_difference"]["mean"],
         "same_label_share": agreement["same_share"]["label"],
         "same_refer_share": agreement["same_share"]["refer"],
         "min_mask_dice_between_precisions": agreement["mask_dice_between_precisions"]["min"],
-        "dice_vs_truth_mean_difference": abs(agreement["dice_vs_truth_mean"]["fp32"] - agreement["dice_vs_truth_mean"]["bf16"]),
+        "dice_vs_truth_mean_difference": abs(float(np.subtract(*agreement["dice_vs_truth_mean"].values()))),
     }
     at_least = {"same_label_share", "same_refer_share", "min_mask_dice_between_precisions"}
-    return [f"{key} {value:.4f} (tolerance {'>=' if key in at_least else '<='} {TOLERANCE[key]})"
+    return [f"{key} {value:.4g} (tolerance {'>=' if key in at_least else '<='} {tolerance[key]})"
             for key, value in checks.items()
-            if (value < TOLERANCE[key] if key in at_least else value > TOLERANCE[key])]
+            if (value < tolerance[key] if key in at_least else value > tolerance[key])]
 
 
 def validation_rows(n: int):
@@ -57,23 +57,25 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(analyzers: dict, rows) -> dict:
-    """Per-image agreement of the bf16 Analyzer with the fp32 one (keys of `analyzers`: 'fp32', 'bf16')."""
+    """Per-image agreement of two Analyzers, the reference first (e.g. {'fp32': ..., 'bf16': ...}, or torch against
+    an inference engine: bench.engines)."""
     import cv2
 
     from core.io.intake import load_image_file
 
-    out = {k: [] for k in ("max_probability_difference", "mel_score_difference", "mask_dice_between_precisions",
-                           "dice_fp32", "dice_bf16")}
+    (first, reference), (second, candidate) = analyzers.items()
+    out = {k: [] for k in ("max_probability_difference", "mel_score_difference", "mask_dice_between_precisions")}
+    dice = {first: [], second: []}
     same = {k: 0 for k in ("label", "refer", "uncertainty_level", "ood_level")}
     for _, row in rows.iterrows():
         rgb = load_image_file(row["image_path"])
         truth = cv2.imread(row["mask_path"], cv2.IMREAD_GRAYSCALE)
-        a, b = (analyzers[p].analyze(rgb) for p in ("fp32", "bf16"))
+        a, b = reference.analyze(rgb), candidate.analyze(rgb)
         out["max_probability_difference"].append(max(abs(a.probs[c] - b.probs[c]) for c in a.probs))
         out["mel_score_difference"].append(abs(a.mel_score - b.mel_score))
         out["mask_dice_between_precisions"].append(_dice(a.mask, b.mask))
-        out["dice_fp32"].append(_dice(a.mask, truth))
-        out["dice_bf16"].append(_dice(b.mask, truth))
+        dice[first].append(_dice(a.mask, truth))
+        dice[second].append(_dice(b.mask, truth))
         for key in same:
             same[key] += getattr(a, key) == getattr(b, key)
     n = len(rows)
@@ -85,7 +87,7 @@ def compare(analyzers: dict, rows) -> dict:
         "mel_score_difference_max": max(out["mel_score_difference"]),
         "mask_dice_between_precisions": {"min": min(out["mask_dice_between_precisions"]),
                                          "mean": float(np.mean(out["mask_dice_between_precisions"]))},
-        "dice_vs_truth_mean": {"fp32": float(np.mean(out["dice_fp32"])), "bf16": float(np.mean(out["dice_bf16"]))},
+        "dice_vs_truth_mean": {name: float(np.mean(values)) for name, values in dice.items()},
         "same_share": {key: value / n for key, value in same.items()},
     }
 
@@ -119,7 +121,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     from core.analysis.inference import Analyzer
 
-    analyzers = {p: Analyzer.load(args.weights, device="cpu", precision=p) for p in ("fp32", "bf16")}
+    analyzers = {p: Analyzer.load(args.weights, device="cpu", precision=p, engine="torch") for p in ("fp32", "bf16")}
     rows = validation_rows(args.n_images)
     agreement = compare(analyzers, rows)
     result = {"agreement": agreement, "tolerance": TOLERANCE, "violations": violations(agreement),

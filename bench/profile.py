@@ -16,6 +16,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from bench.common import REPO, data_dir, fullres_images, load_analyzer, summary
+from core.models import cpu_support
 
 
 def main(argv=None) -> None:
@@ -41,7 +42,7 @@ def main(argv=None) -> None:
                 analyzer.analyze(rgb, cam=True)
             walls.append(time.perf_counter() - start)
     print(f"{note}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, precision {analyzer.precision}, "
+          f"{cpu_support.describe()}, precision {analyzer.precision}, "
           f"{'plain' if args.no_pack else 'packed'} convolutions")
     print(f"{args.n_images} analyses under the profiler: wall per analysis {summary(walls)}")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=40))

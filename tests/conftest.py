@@ -17,6 +17,13 @@ TINY = ["--epochs", "1", "--max-train-images", "48", "--max-val-images", "16", "
         "--use-cache", "false", "--threads", "2"]
 
 
+def pytest_report_header(config) -> str:
+    """What this CPU runs (core.models.cpu_support): the precision and engine tests test that, and say so."""
+    from core.models.cpu_support import describe
+
+    return describe()
+
+
 def _resolve_data_dir() -> Path:
     value = os.environ.get("DATA_DIR", "").strip()
     if not value:

@@ -11,7 +11,8 @@ from torch import nn
 from bench.precision import validation_rows
 from core.analysis.inference import Analyzer
 from core.io.intake import load_image_file
-from core.models.cpu_inference import PackedConv2d, pack_convolutions
+from core.models import cpu_support
+from core.models.cpu_inference import PackedConv2d, can_pack, pack_convolutions
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +70,22 @@ def test_an_analyzer_with_packed_networks_gives_the_same_analyses(analyzers):
         assert np.abs(a.cam - b.cam).max() < 1e-3
         for method in ("Grad-CAM++", "LayerCAM"):  # backward through mask-CN: on the plain copy
             assert np.abs(packed.cam_for(rgb, a.label, method) - plain.cam_for(rgb, a.label, method)).max() < 1e-3
+
+
+def test_bf16_weights_are_packed_only_where_onednn_runs_bf16(monkeypatch):
+    """oneDNN's bf16 weight reorder raises on a CPU without AVX-512; fp32 packing works everywhere. On this CPU (the
+    report header names its level) a bf16 packed convolution computes what the eager bf16 one does, or is refused."""
+    conv = nn.Conv2d(16, 32, 3, padding=1).to(torch.bfloat16)
+    x = _channels_last(1, 16, 24, 32).to(torch.bfloat16)
+    assert can_pack("cpu") and not can_pack("cuda")
+    print(cpu_support.describe())
+    if can_pack("cpu", torch.bfloat16):
+        assert cpu_support.cpu_runs_bf16()
+        with torch.inference_mode():
+            expected = conv(x).float()
+            got = PackedConv2d(conv, tuple(x.shape))(x).float()
+        assert torch.allclose(got, expected, rtol=2e-2, atol=2e-2 * float(expected.abs().max()))
+    else:
+        assert not cpu_support.cpu_runs_bf16()
+    monkeypatch.setenv(cpu_support.CAP_ENV, "avx2")
+    assert can_pack("cpu") and not can_pack("cpu", torch.bfloat16)

@@ -107,13 +107,18 @@ class AnalysisResult:
 
 class Analyzer:
     def __init__(self, networks: dict[str, torch.nn.Module], card: dict, ood: OODDetector | None,
-                 cases: CaseIndex | None = None, device: str = "cpu", pack: bool = True):
+                 cases: CaseIndex | None = None, device: str = "cpu", pack: bool = True, engine: str = "torch",
+                 engine_networks: dict | None = None):
         """pack: on a CPU, lay the convolution weights out for oneDNN with the activations fused
-        (core.models.cpu_inference; in place). False keeps plain modules (bench.flops counts their FLOPs)."""
-        self.coarse_sn = networks["coarse_sn"]
+        (core.models.cpu_inference; in place). False keeps plain modules (bench.flops counts their FLOPs).
+        engine_networks: the three networks' forward passes run by `engine` (core.analysis.onnx_engine) instead."""
+        engine_networks = engine_networks or {}
+        self.engine = engine
+        self.coarse_sn = engine_networks.get("coarse_sn", networks["coarse_sn"])
         self.mask_cn = networks["mask_cn"]  # plain modules: the CAM methods that need gradients run on it
-        self.mask_cn_forward = self.mask_cn  # what the analysis' forward passes run (packed on a CPU)
-        self.enhanced_sn = networks["enhanced_sn"]
+        # what the analysis' forward passes run (packed on a CPU, or the engine's)
+        self.mask_cn_forward = engine_networks.get("mask_cn", self.mask_cn)
+        self.enhanced_sn = engine_networks.get("enhanced_sn", networks["enhanced_sn"])
         self.imagenet = networks.get("imagenet")  # generic ImageNet features for the not-dermoscopy check
         self.card = card
         self.ood_detector = ood
@@ -134,7 +139,7 @@ class Analyzer:
         self.quality_checks = QualityChecks.from_card(card)
         self.uncertainty = UncertaintyLevels.from_card(card)
         self.seg_views = FLIP_VIEWS if int((card.get("segmentation_tta") or {}).get("views", 1)) == 4 else (0,)
-        if pack and can_pack(device):
+        if pack and can_pack(device, getattr(self.mask_cn, "compute_dtype", torch.float32)):
             self._pack_convolutions()
         # One analysis at a time per Analyzer: CAM hooks are per-model state (serve several users with replicas).
         self._lock = threading.Lock()
@@ -148,24 +153,33 @@ class Analyzer:
             return torch.zeros(shape).contiguous(memory_format=torch.channels_last)
 
         (seg_h, seg_w), (cls_h, cls_w) = self.segmenter_size, self.classifier_size
-        pack_convolutions(self.coarse_sn, example(1, 3, seg_h, seg_w))
+        if isinstance(self.coarse_sn, torch.nn.Module):  # not when an engine runs them
+            pack_convolutions(self.coarse_sn, example(1, 3, seg_h, seg_w))
         localisation = torch.zeros(1, 1, -(-cls_h // 32), -(-cls_w // 32))  # mask-CN's CAM grid
-        pack_convolutions(self.enhanced_sn, example(1, 3, seg_h, seg_w), localisation)
+        if isinstance(self.enhanced_sn, torch.nn.Module):
+            pack_convolutions(self.enhanced_sn, example(1, 3, seg_h, seg_w), localisation)
         views = len(view_groups(self.rule.view_ids)[0])
-        self.mask_cn_forward = pack_convolutions(copy.deepcopy(self.mask_cn), example(views, 4, cls_h, cls_w))
+        if self.mask_cn_forward is self.mask_cn:
+            self.mask_cn_forward = pack_convolutions(copy.deepcopy(self.mask_cn), example(views, 4, cls_h, cls_w))
         if self.imagenet is not None:
             pack_convolutions(self.imagenet, example(1, 3, cls_h, cls_w))
 
     # ------------------------------------------------------------ loading
     @classmethod
     def load(cls, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, device: str | None = None,
-             precision: str | None = None, pack: bool = True) -> "Analyzer":
+             precision: str | None = None, pack: bool = True, engine: str | None = None) -> "Analyzer":
         """precision: core.models.precision.CHOICES; default LESIONLENS_PRECISION or "auto" (bf16 on a CPU with AMX or
-        AVX512-BF16). pack: see __init__."""
+        AVX512-BF16). pack: see __init__. engine: core.analysis.onnx_engine.ENGINES; default LESIONLENS_ENGINE or
+        torch (on a GPU always torch)."""
+        from core.analysis.onnx_engine import chosen_engine
+
         weights_dir = Path(weights_dir)
         card = read_model_card(weights_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        engine = chosen_engine(engine) if device == "cpu" else "torch"
         dtype = resolve_precision(precision or os.environ.get("LESIONLENS_PRECISION", "auto"), device)
+        if engine == "onnxruntime":
+            dtype = torch.float32  # ONNX Runtime computes these graphs in fp32; the torch copies (CAMs) match it
         backbone = card.get("backbone", "efficientnet_lite0")
         networks = {}
         for arch, file_name in NETWORK_FILES.items():
@@ -189,7 +203,13 @@ class Analyzer:
                               card["ood"]["unusual_score"], float(card["ood"]["unusual_share"]), check,
                               card["ood"].get("out_of_source"))
             networks["imagenet"] = fold_batchnorm(imagenet_backbone()).to(device)
-        return cls(networks, card, ood, CaseIndex.load(weights_dir, card), device, pack)
+        engine_nets = None
+        if engine != "torch":
+            from core.analysis.onnx_engine import engine_networks
+
+            engine_nets = engine_networks(engine, weights_dir, card, networks["mask_cn"], torch.get_num_threads(),
+                                          precision_name(dtype))
+        return cls(networks, card, ood, CaseIndex.load(weights_dir, card), device, pack, engine, engine_nets)
 
     def warm_up(self) -> AnalysisResult:
         """One analysis with a CAM of a made-up brown lesion on skin, so that the first real one does not pay the

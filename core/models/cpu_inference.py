@@ -20,6 +20,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from core.models.cpu_support import cpu_runs_bf16
+
 # (conv, bn) attribute pairs of timm's EfficientNet stem/head and blocks; smp's Conv2dReLU and the E-layers are
 # nn.Sequential(conv, bn, relu) and are found as adjacent children.
 _CONV_BN_PAIRS = {"conv_pwl": (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),   # InvertedResidual
@@ -100,8 +102,12 @@ class PackedConv2d(nn.Module):
         return f"out_channels={self.out_channels}, groups={self.groups}, stride={self.stride}, post_op={self.post_op}"
 
 
-def can_pack(device: str | torch.device) -> bool:
-    return torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
+def can_pack(device: str | torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN can hold `dtype` convolution weights on `device`: a CPU, and for bf16 one that runs oneDNN's bf16
+    convolutions (core.models.cpu_support; the reorder raises on an AVX2-only CPU)."""
+    if torch.device(device).type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return dtype != torch.bfloat16 or cpu_runs_bf16()
 
 
 def _packable(conv: nn.Module) -> bool:
