@@ -254,9 +254,18 @@ def refuse_same_image(baseline_rgb: np.ndarray, followup_rgb: np.ndarray, what: 
 
 def measure_values(result) -> dict[str, float | None]:
     """Every MEASURES value of an AnalysisResult (lesion values None when no lesion was segmented)."""
-    m = result.measurements
-    values = {key: (None if m.get("empty") else float(m[source])) for key, source in _SOURCE.items()}
-    values.update({f"p_{code}": float(result.probs[code]) for code in CLASS_CODES})
+    return values_of(result.measurements, result.probs)
+
+
+def values_of(measurements, probs) -> dict[str, float | None]:
+    """Every MEASURES value from lesion measurements (core.lesion.lesion_measurements keys, e.g. a batch result
+    row; None / NaN / "empty" = no lesion) and class probabilities (code -> probability)."""
+    def number(value) -> float | None:
+        return None if value is None or value != value else float(value)  # NaN != NaN: a missing Parquet value
+
+    empty = bool(measurements.get("empty")) or number(measurements.get("area_px")) is None
+    values = {key: (None if empty else number(measurements[source])) for key, source in _SOURCE.items()}
+    values.update({f"p_{code}": float(probs[code]) for code in CLASS_CODES})
     return values
 
 
@@ -407,7 +416,7 @@ class Comparison:
         head = (f"{len(found)} change(s): " + "; ".join(found) + "." if found
                 else "No change beyond the measurement noise.")
         note = self.melanoma_note()
-        return f"{head[0].upper()}{head[1:]}" + (f" {note}" if note else "")
+        return head + (f" {note}" if note else "")
 
 
 def _size_note(registration: Registration, baseline_mask: np.ndarray, followup_mask: np.ndarray) -> str:
