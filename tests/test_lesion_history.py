@@ -6,46 +6,25 @@ image given twice."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from core.analysis.followup import (BAND_FILE, BEYOND, CHAINED, CLINICAL_ORDER, FEATURES, UNINFORMATIVE, Registration,
-                                    SameImage, compare_images, compare_results, load_band, touches_edge)
-from core.analysis.inference import Analyzer
+from core.analysis.followup import (BEYOND, CHAINED, CLINICAL_ORDER, FEATURES, UNINFORMATIVE, Registration,
+                                    SameImage, compare_images, compare_results, touches_edge)
 from core.analysis.lesion_history import (CHART_KEYS, GUIDELINE_NOTE, MEASURE_BY_KEY, VISIT_COLUMNS, Visit,
                                           chart_rows, lesion_history, visit_rows)
 from core.io.intake import load_image_file
-from core.io.weights_io import read_model_card
 from core.reports.history_report import HISTORY_TITLE, build_history_pdf
 from test_report import pdf_text
+from tests.test_followup import WEIGHTS, analyzer, band  # noqa: F401 - the shipped Analyzer and band fixtures
 from train.lesion_history_eval import enlarge, series_of
 
-REPO = Path(__file__).resolve().parent.parent
-WEIGHTS = Path(os.environ.get("LESIONLENS_WEIGHTS") or REPO / "weights")
 START = dt.date(2026, 1, 5)
 GROWTH = 1.3  # of the diameter, at the lesion's border
-
-
-@pytest.fixture(scope="module")
-def analyzer():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield Analyzer.load(WEIGHTS)
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def band():
-    found, why = load_band(WEIGHTS / BAND_FILE, read_model_card(WEIGHTS))
-    assert found is not None, why
-    return found
 
 
 def _visits(images, step_days: int = 90) -> list[Visit]:
