@@ -103,7 +103,7 @@ def pacs_ui() -> list[dict] | None:
     except PacsError as exc:
         st.info(f"{exc}. See docs/pacs.md.", icon=":material/settings:")
         return None
-    with st.form("history_pacs", border=True):
+    with st.form("history_pacs_form", border=True):
         patient = st.text_input("Patient ID", key="history_patient", placeholder="e.g. DEMO-H01")
         found = st.form_submit_button("Find the patient's lesions", type="primary", icon=":material/search:")
     if found:
