@@ -18,7 +18,9 @@ lesions never registered in the tests, 369 of 400 same-lesion HAM10000 pairs did
 change is reported at all: every row is "not compared" and the verdict says so.
 
 Changes: sizes (area, maximum diameter) are compared in baseline pixels (the follow-up value times the
-registration scale, squared for areas) and as a fraction of the baseline value; asymmetry, border irregularity,
+registration scale, squared for areas; or times the ratio of the two pixel sizes when both images carry one, e.g.
+DICOM PixelSpacing: the registration is fitted mostly on the lesion's own features, so it would take a lesion grown
+as a whole for a zoom) and as a fraction of the baseline value; asymmetry, border irregularity,
 number of colours and the class probabilities are scale-free and compared as differences. Size changes are "not
 assessed" (not compared with the band) when the images could not be registered (the follow-up values then assume
 both images show the same field of view) or when a lesion reaches the image edge (it may continue outside it).

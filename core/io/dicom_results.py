@@ -13,6 +13,10 @@ image, each a new instance in the source's study (its own series), referencing t
   referral decision, the uncertainty level and the image check (qualitative evaluations, codes of the local scheme
   99LESIONLENS) and the model version (Algorithm Identification).
 
+A lesion history (core.analysis.pacs_history) adds one more SR to the newest visit's study: the findings SR of the
+newest image with the history's visits, days, first changed visit, diameter change and a coded verdict
+(``findings_report(..., series=SeriesFindings)``; series 9704, its UID hashing every visit's image UID too).
+
 Images that are not dermoscopy (core.decisions.ood refused levels) get the PDF only: it says why there is no diagnosis, and a
 mask or findings would be one.
 

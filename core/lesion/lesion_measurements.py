@@ -314,9 +314,10 @@ def measure_lesion(mask: np.ndarray, rgb: np.ndarray | None = None, mm_per_pixel
     }
 
 
-def describe_measurements(m: dict) -> list[tuple[str, str]]:
+def describe_measurements(m: dict, score: bool = False) -> list[tuple[str, str]]:
     """``measure_lesion`` output as (name, value) rows in words: what was measured, not what it may mean. The one
-    wording of the dashboard table and the PDF report (which reduces it to ASCII)."""
+    wording of the dashboard table and the PDF report (which reduces it to ASCII). ``score``: with the dermoscopy
+    score row (the dashboard; the one-page PDF report has no room for it)."""
     if not m or m.get("empty"):
         return [("Lesion", "no lesion found in the mask: nothing to measure")]
 
@@ -333,7 +334,8 @@ def describe_measurements(m: dict) -> list[tuple[str, str]]:
                              "(mean over its two principal axes; 0 % = mirror-symmetric shape)"),
         ("Border irregularity", f"{m['border_irregularity']:.2f} (perimeter² / (4π × area); 1.00 = circle)"),
         ("Dermoscopic colours", f"{len(colours)}: {', '.join(colours)}" if colours else "none counted"),
-        *([("Dermoscopy score (partial TDS)", describe_score(m))] if m.get("dermoscopy_score") is not None else []),
+        *([("Dermoscopy score (partial TDS)", describe_score(m))]
+          if score and m.get("dermoscopy_score") is not None else []),
         ("Lesion fraction of image", f"{m['lesion_fraction']:.0%}"),
         ("Scale", f"{float(scale):.4f} mm per pixel" if scale else "not calibrated (pixel units only)"),
     ]
@@ -341,6 +343,5 @@ def describe_measurements(m: dict) -> list[tuple[str, str]]:
 
 def describe_score(m: dict) -> str:
     """The dermoscopy score with what it is computed from, in words."""
-    return (f"{m['dermoscopy_score']:.1f} = 1.3 × asymmetric axes {m['asymmetric_axes']} + 0.1 × abrupt border "
-            f"eighths {m['abrupt_border_segments']} + 0.5 × colours {max(1, m['n_colours'])}; the ABCD rule's "
-            "structures (D) are not counted, so its 4.75 / 5.45 cut-offs do not apply")
+    return (f"{m['dermoscopy_score']:.1f} = 1.3 x A {m['asymmetric_axes']} + 0.1 x B {m['abrupt_border_segments']}"
+            f" + 0.5 x C {max(1, m['n_colours'])} (structures not counted)")
