@@ -22,6 +22,7 @@ PAGES = [  # (file, title, icon, URL path)
     ("app_pages/model_performance.py", "Model performance", ":material/monitoring:", "Model_performance"),
     ("app_pages/batch.py", "Batch", ":material/stacks:", "Batch"),
     ("app_pages/compare.py", "Compare follow-up", ":material/compare:", "Compare"),
+    ("app_pages/history.py", "Lesion history", ":material/timeline:", "History"),
     ("app_pages/evaluate.py", "Evaluate your data", ":material/fact_check:", "Evaluate"),
     ("app_pages/pacs.py", "PACS", ":material/lan:", "PACS"),
     ("app_pages/audit.py", "Audit", ":material/history:", "Audit"),

@@ -10,39 +10,18 @@ import pandas as pd
 import streamlit as st
 
 from core.io.intake import FILE_EXTENSIONS
-from ui.analyzers import ModelUnavailable, pool, weights_dir
+from ui.analyzers import ModelUnavailable, pool
 from ui.data_folder import current_data_dir
-from ui.datasets import split_manifest
+from ui.followup import noise_band, repeated_lesions
 from ui.formatting import DISCLAIMER, class_label
 from ui.images import digest
 from ui.model_files import model_card
+from ui.referral import session_threshold, verdict_of
 from core.data.classes import CLASS_CODES
-from core.analysis.followup import (BAND_FILE, BASELINE_COLOUR, BEYOND, FOLLOWUP_COLOUR, TABLE_COLUMNS,
-                                    UNINFORMATIVE_PROBABILITY_BAND, compare_images, contours, load_band, table_text)
+from core.analysis.followup import (BASELINE_COLOUR, BEYOND, FOLLOWUP_COLOUR, TABLE_COLUMNS,
+                                    UNINFORMATIVE_PROBABILITY_BAND, SameImage, compare_images, contours, table_text)
 
 ROLES = ("Baseline", "Follow-up")
-
-
-# ---------------------------------------------------------------- cached loaders
-@st.cache_data(show_spinner=False)
-def _read_band(path: str, _stamp: float, weights: dict) -> tuple[dict | None, str]:
-    return load_band(path, weights)
-
-
-def noise_band() -> tuple[dict | None, str]:
-    """(band, description) or (None, why it is unavailable) for the loaded weights."""
-    path = weights_dir() / BAND_FILE
-    card = model_card() or {}
-    stamp = path.stat().st_mtime if path.is_file() else 0.0
-    return _read_band(str(path), stamp, {"version": card.get("version"), "files": card.get("files", {})})
-
-
-@st.cache_data(show_spinner="Reading the dataset…", max_entries=2)
-def repeated_lesions(data_dir: str) -> pd.DataFrame:
-    """HAM10000 images of lesions photographed more than once (with their split)."""
-    table = split_manifest(data_dir, ("ham10000",))
-    counts = table["lesion_id"].map(table["lesion_id"].value_counts())
-    return table[(table["lesion_id"] != "") & (counts > 1)]
 
 
 # ---------------------------------------------------------------- input
@@ -108,17 +87,19 @@ def fov_ui() -> float | None:
         fov = st.number_input("Baseline field of view (image width) in mm", min_value=0.0, max_value=500.0,
                               value=0.0, step=1.0, key="compare_fov_mm",
                               help="Width of the skin area the whole baseline image shows. 0 = unknown (pixels "
-                                   "only). The follow-up is measured in baseline pixels after registration.")
+                                   "only). The follow-up is measured in baseline pixels after registration. A DICOM "
+                                   "baseline with PixelSpacing gives millimetres without it.")
     return fov if fov > 0 else None
 
 
 # ---------------------------------------------------------------- results
-def comparison_for(key: tuple, images, band):
+def comparison_for(key: tuple, images, band, spacing: tuple[float | None, float | None]):
     """The comparison of the current pair, kept in this session only (the latest one)."""
     cached = st.session_state.get("compare_result")
     if cached is None or cached[0] != key:
         with st.spinner("Analysing both images and registering them…"), pool().borrow() as analyzer:
-            cached = (key, compare_images(analyzer, *(rgb for rgb, _ in images), band=band))
+            cached = (key, compare_images(analyzer, *(rgb for rgb, _ in images), band=band, verdict=verdict_of,
+                                          mm_per_pixel=spacing))
         st.session_state["compare_result"] = cached
     return cached[1]
 
@@ -131,7 +112,9 @@ def status_ui(comparison, band, band_text: str) -> None:
         st.warning(f"**These may not be the same lesion.** {registration.describe()} Two photographs of one lesion "
                    "almost always register, so no change is reported.", icon=":material/warning:")
     if comparison.size_note:
-        st.info(f"Size changes are not assessed: {comparison.size_note}.", icon=":material/straighten:")
+        st.warning(f"**Sizes are not compared:** {comparison.size_note}.", icon=":material/straighten:")
+    elif comparison.size_scale == "pixel spacing":
+        st.caption("Sizes are compared in millimetres: both images carry their pixel size (DICOM PixelSpacing).")
     if band is None:
         st.warning(f"**No-change band unavailable:** {band_text} The changes are shown without a noise assessment.",
                    icon=":material/warning:")
@@ -160,11 +143,15 @@ def images_ui(comparison, images) -> None:
         diagnosis = (f" · most likely **{class_label(result.label)}** {result.probs[result.label]:.0%}"
                      if result.diagnosis_shown else " · no diagnosis (not a dermoscopy image)")
         column.markdown(f"**{role}** `{name}` · {rgb.shape[1]} × {rgb.shape[0]} px{diagnosis}")
+        if result.diagnosis_shown:
+            verdict = verdict_of(result)
+            alert = {"refer": column.error, "review": column.warning}.get(verdict.level, column.info)
+            alert(f"**{role}: {verdict.headline}.** {verdict.because}")
 
 
 def table_ui(comparison, band, mm_per_pixel: float | None) -> None:
     if band is not None or comparison.lesion_doubt:
-        st.markdown(f"**{comparison.verdict()}**")
+        st.markdown(f"**{comparison.verdict(mm_per_pixel)}**")
     table = pd.DataFrame(table_text(comparison.changes, mm_per_pixel), columns=list(TABLE_COLUMNS))
     flagged = [c.status == BEYOND for c in comparison.changes]
     styled = table.style.apply(lambda row: ["background-color: #FFE0B2; font-weight: 600" if flagged[row.name]
@@ -203,29 +190,36 @@ def compare_page() -> None:
     given = input_ui(current_data_dir())
     if given is None:
         return
-    from core.io.intake import ImageRejected, load_image
+    from core.io.intake import ImageRejected, load_visit
 
-    images = []
+    if given[0][0] == given[1][0]:
+        st.error("The baseline and the follow-up are the same file: a follow-up needs a second photograph of the "
+                 "lesion, taken at a later visit.", icon=":material/content_copy:")
+        return
+    images, spacing = [], []
     for role, (data, name) in zip(ROLES, given):
         try:
-            images.append((load_image(data, name), name))
+            loaded = load_visit(data, name)
         except ImageRejected as exc:
             st.error(f"Cannot analyse the {role.lower()} image **{name}**: {exc}")
+            continue
+        images.append((loaded.frames[0], name))
+        spacing.append(loaded.mm_per_pixel)
     if len(images) < 2:
         return
     band, band_text = noise_band()
     try:
         pool().wait()
-        key = (*(digest(data) for data, _ in given), pool().version, band_text)
-        comparison = comparison_for(key, images, band)
-    except ModelUnavailable as exc:
+        key = (*(digest(data) for data, _ in given), pool().version, band_text, session_threshold(), *spacing)
+        comparison = comparison_for(key, images, band, tuple(spacing))
+    except (ModelUnavailable, SameImage) as exc:
         st.error(str(exc))
         return
     except Exception as exc:
         st.error(f"Comparison failed: {exc}")
         return
-    mm_per_pixel = None
-    if fov:
+    mm_per_pixel = spacing[0]
+    if fov and not mm_per_pixel:
         from core.lesion.lesion_measurements import mm_per_pixel_from_fov
 
         mm_per_pixel = mm_per_pixel_from_fov(fov, images[0][0].shape[1])

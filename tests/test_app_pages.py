@@ -70,7 +70,7 @@ def check_analysis(at: AppTest, true_code: str | None = None) -> str:
     table = dataframe(at, "Measurement")
     found = dict(zip(table["Measurement"], table["Value"]))
     assert list(found) == ["Area", "Maximum diameter (Feret)", "Perimeter", "Mirror asymmetry", "Border irregularity",
-                           "Dermoscopic colours", "Lesion fraction of image", "Scale"], list(found)
+                           "Dermoscopic colours", "Dermoscopy score (partial TDS)", "Lesion fraction of image", "Scale"], list(found)
     assert re.fullmatch(r"[\d,]+ px( · [\d,.]+ mm²)?", found["Area"]), found["Area"]
     assert re.match(r"\d+% of the lesion area does not overlap its mirror image", found["Mirror asymmetry"])
     # downloads: the mask at once; the PDF only once asked for (a button first)

@@ -204,3 +204,22 @@ def test_predict_fills_context_from_tags(tmp_path, dicom, repo_root):
     assert rows["lesion"]["error"] == "" and rows["lesion"]["model_version"]
     assert rows["broken"]["error"] and rows["broken"]["pred"] == ""
     assert "Test" not in (tmp_path / "out" / "predictions.csv").read_text()
+
+
+def test_pixel_spacing_visit_date_and_lesion_tags(data_dir):
+    """What a lesion history reads from the tags: millimetres per pixel (square PixelSpacing only), the visit date
+    and which lesion it is (site, laterality, series description)."""
+    jpeg = sorted((data_dir / "ham10000" / "images").glob("*.jpg"))[0].read_bytes()
+    patient = MadeUpPatient("P1", site="back", study_date="20250310", laterality="L", series_description="Mole A",
+                            mm_per_pixel=0.04)
+    image = read_dicom(wrap_jpeg(jpeg, patient))
+    assert image.mm_per_pixel == pytest.approx(0.04) and str(image.taken) == "2025-03-10"
+    assert image.lesion == {"site": "back", "laterality": "left", "series": "Mole A"}
+    ds = pydicom.dcmread(io.BytesIO(wrap_jpeg(jpeg, patient)))
+    ds.PixelSpacing = [0.04, 0.05]
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    skewed = read_dicom(out.getvalue())
+    assert skewed.mm_per_pixel is None and any("not square" in note for note in skewed.notes)
+    plain = read_dicom(wrap_jpeg(jpeg, MadeUpPatient("P2")))
+    assert plain.mm_per_pixel is None and plain.lesion == {}

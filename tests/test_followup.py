@@ -232,7 +232,9 @@ def _shown(at: AppTest) -> str:
 def test_compare_page_with_two_real_images(monkeypatch, data_dir, test_pairs, band):
     same, _ = test_pairs
     at = _upload(_run_page(monkeypatch, data_dir), same[0])
-    assert not at.error, [e.value for e in at.error]
+    # red boxes are only the images' own "Refer" verdicts, never a failure
+    assert all(e.value.startswith(("**Baseline: Refer.**", "**Follow-up: Refer.**")) for e in at.error), \
+        [e.value for e in at.error]
     text = _shown(at)
     assert "Registered by feature matching" in text or "These may not be the same lesion" in text
     assert ("No-change band: 95th percentile of |change| between two images of one lesion, over "

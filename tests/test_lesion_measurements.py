@@ -206,3 +206,28 @@ def test_real_ham_lesion(ham_dir):
         assert 1.0 <= d["border_irregularity"] < 10.0
         assert 1 <= d["n_colours"] <= 6 and set(d["colours"]) <= set(REFERENCE_COLOURS)
         assert 0.5 < d["max_diameter_mm"] < 20.0
+
+
+# ---------------------------------------------------------------- the partial total dermoscopy score
+def _skin_with_disc(blur: int = 0, shape: str = "disc"):
+    rgb = np.full((200, 200, 3), (215, 170, 150), np.uint8)  # light skin
+    mask = np.zeros((200, 200), np.uint8)
+    if shape == "disc":
+        cv2.circle(mask, (100, 100), 50, 255, -1)
+    else:  # a scalene triangle: mirror-asymmetric about both principal axes
+        cv2.fillPoly(mask, [np.array([[30, 40], [175, 70], [60, 170]], np.int32)], 255)
+    rgb[mask > 0] = (90, 55, 40)  # dark brown
+    if blur:
+        rgb = cv2.GaussianBlur(rgb, (0, 0), blur)
+    return rgb, mask
+
+
+def test_dermoscopy_score_counts_asymmetric_axes_abrupt_border_eighths_and_colours():
+    sharp = measure_lesion(*reversed(_skin_with_disc()))
+    assert (sharp["asymmetric_axes"], sharp["abrupt_border_segments"]) == (0, 8)
+    assert sharp["dermoscopy_score"] == pytest.approx(0.1 * 8 + 0.5 * sharp["n_colours"])
+    faded = measure_lesion(*reversed(_skin_with_disc(blur=12)))  # the pigment fades out over ~25 px
+    assert faded["abrupt_border_segments"] == 0 and faded["dermoscopy_score"] < sharp["dermoscopy_score"]
+    triangle = measure_lesion(*reversed(_skin_with_disc(shape="triangle")))
+    assert triangle["asymmetric_axes"] == 2 and triangle["dermoscopy_score"] >= 1.3 * 2 + 0.5
+    assert measure_lesion(_skin_with_disc()[1])["dermoscopy_score"] is None  # no image: no B or C

@@ -269,3 +269,25 @@ def dx_type_figure(named: pd.DataFrame) -> go.Figure:
                  category_orders=CLASS_ORDER)
     fig.update_layout(yaxis_title=None, legend_title=None, height=560)
     return fig
+
+
+def history_figure(rows: list[dict], title: str, unit: str, first_visit: int | None, height: int = 260) -> go.Figure:
+    """One measure of a lesion history over time (core.analysis.lesion_history.chart_rows): the no-change band
+    around the first visit's value as a green strip, the visits (orange beyond the band) and a dashed line at the
+    first visit beyond it."""
+    dates = [r["date"] for r in rows]
+    fig = go.Figure()
+    if rows and rows[0]["low"] is not None:
+        fig.add_hrect(y0=rows[0]["low"], y1=rows[0]["high"], fillcolor="#C8E6C9", opacity=0.6, line_width=0,
+                      layer="below")
+    from core.analysis.followup import BEYOND
+
+    colours = ["#E65100" if r["status"] == BEYOND else "#2962FF" for r in rows]
+    fig.add_trace(go.Scatter(x=dates, y=[r["value"] for r in rows], mode="lines+markers", marker=dict(
+        size=9, color=colours), line=dict(color="#2962FF"), text=[f"visit {r['visit']}: {r['status']}" for r in rows],
+        hovertemplate="%{x}<br>%{y:.3g}<br>%{text}<extra></extra>"))
+    if first_visit is not None:
+        fig.add_vline(x=dates[first_visit - 1], line_dash="dash", line_color="#E65100")
+    fig.update_layout(title=dict(text=title + (f" ({unit})" if unit else ""), font=dict(size=14)), height=height,
+                      margin=dict(l=10, r=10, t=40, b=10), showlegend=False)
+    return fig

@@ -123,10 +123,11 @@ def context_use_text(card: dict | None, where: str = "; see Model performance") 
 
 
 def measurement_table(measurements: dict) -> pd.DataFrame:
-    """core.lesion.lesion_measurements.describe_measurements as a two-column table (the PDF prints the same rows)."""
+    """core.lesion.lesion_measurements.describe_measurements as a two-column table (the PDF prints the same rows but
+    the dermoscopy score)."""
     from core.lesion.lesion_measurements import describe_measurements
 
-    return pd.DataFrame(describe_measurements(measurements), columns=["Measurement", "Value"])
+    return pd.DataFrame(describe_measurements(measurements, score=True), columns=["Measurement", "Value"])
 
 
 def prediction_set_text(codes: list[str], card: dict | None) -> str:

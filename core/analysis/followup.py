@@ -18,10 +18,17 @@ lesions never registered in the tests, 369 of 400 same-lesion HAM10000 pairs did
 change is reported at all: every row is "not compared" and the verdict says so.
 
 Changes: sizes (area, maximum diameter) are compared in baseline pixels (the follow-up value times the
-registration scale, squared for areas) and as a fraction of the baseline value; asymmetry, border irregularity,
+registration scale, squared for areas; or times the ratio of the two pixel sizes when both images carry one, e.g.
+DICOM PixelSpacing: the registration is fitted mostly on the lesion's own features, so it would take a lesion grown
+as a whole for a zoom) and as a fraction of the baseline value; asymmetry, border irregularity,
 number of colours and the class probabilities are scale-free and compared as differences. Size changes are "not
 assessed" (not compared with the band) when the images could not be registered (the follow-up values then assume
 both images show the same field of view) or when a lesion reaches the image edge (it may continue outside it).
+
+What counts as a change, most important first (``Comparison.findings``): a change of the most probable class or of
+the triage verdict (categorical: never "within noise", whatever a probability band says), then the measurements
+beyond their band in clinical order (``CLINICAL_ORDER``: melanoma probability, then size, shape and colour, then the
+other classes), never in the order of their band widths. The same image given twice is refused (``SameImage``).
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -47,6 +54,7 @@ SCALE_RANGE = (0.25, 4.0)
 VIGNETTE_GRAY = 35               # a dark region touching the border below this grey level is the dermoscope's edge
 VIGNETTE_MARGIN_PX = 15          # and this much around it (its rim is a strong, static edge) in WORK_SIDE pixels
 FEATURES = "features"
+CHAINED = "features via another image"   # two registrations composed (core.analysis.lesion_history)
 LESION_MASKS = "lesion masks"
 BASELINE_COLOUR = (0, 230, 118)  # green, the dashboard's mask colour
 FOLLOWUP_COLOUR = (41, 121, 255)  # blue
@@ -65,11 +73,18 @@ class Registration:
     method: str            # FEATURES or LESION_MASKS
     n_matches: int = 0
     n_inliers: int = 0
-    reason: str = ""       # why the feature registration was not used ("" when it was)
+    reason: str = ""       # why the feature registration was not used ("" when it was); for CHAINED: through what
 
     @property
     def registered(self) -> bool:
-        return self.method == FEATURES
+        return self.method in (FEATURES, CHAINED)
+
+    def then(self, onto: "Registration", through: str) -> "Registration":
+        """This registration (A -> B) followed by ``onto`` (B -> C): A -> C, registered when both are."""
+        first, second = np.vstack([self.matrix, [0, 0, 1]]), np.vstack([onto.matrix, [0, 0, 1]])
+        method = CHAINED if self.registered and onto.registered else LESION_MASKS
+        return Registration((second @ first)[:2], method, min(self.n_matches, onto.n_matches),
+                            min(self.n_inliers, onto.n_inliers), through)
 
     @property
     def scale(self) -> float:
@@ -84,6 +99,10 @@ class Registration:
         return float(self.matrix[0, 2]), float(self.matrix[1, 2])
 
     def describe(self) -> str:
+        if self.method == CHAINED:
+            return (f"Registered by feature matching {self.reason}: the image is scaled x{self.scale:.2f}, rotated "
+                    f"{self.rotation_deg:+.1f}° and shifted ({self.shift[0]:+.0f}, {self.shift[1]:+.0f}) px onto the "
+                    "baseline.")
         if self.registered:
             return (f"Registered by feature matching ({self.n_inliers} of {self.n_matches} matches agree): the "
                     f"follow-up is scaled x{self.scale:.2f}, rotated {self.rotation_deg:+.1f}° and shifted "
@@ -215,11 +234,40 @@ UNINFORMATIVE = "band too wide to tell"   # a probability whose band exceeds UNI
 NOT_COMPARED = "not compared"             # the pair may not show one lesion: no change is reported
 
 
+#: The order findings are stated in: what changes a clinical decision first. The melanoma probability leads (the
+#: referral is decided on it), then size (the classic follow-up signal of a melanocytic lesion), shape and colour,
+#: then the other malignant classes, then the benign ones.
+CLINICAL_ORDER = ("p_mel", "max_diameter", "area", "asymmetry", "border_irregularity", "n_colours", "p_bcc", "p_akiec",
+                  "p_nv", "p_bkl", "p_df", "p_vasc")
+#: A melanoma probability that moves this much is mentioned even when its band is too wide to call it a change.
+MELANOMA_NOTE_PP = 0.10
+
+
+class SameImage(ValueError):
+    """The baseline and the follow-up are one image; str(exc) is the sentence to show."""
+
+
+def refuse_same_image(baseline_rgb: np.ndarray, followup_rgb: np.ndarray, what: str = "baseline and follow-up") -> None:
+    """SameImage when the two images have identical pixels (the same file given twice)."""
+    if baseline_rgb.shape == followup_rgb.shape and np.array_equal(baseline_rgb, followup_rgb):
+        raise SameImage(f"The {what} are the same image: a follow-up needs a second photograph of the lesion, "
+                        "taken at a later visit.")
+
+
 def measure_values(result) -> dict[str, float | None]:
     """Every MEASURES value of an AnalysisResult (lesion values None when no lesion was segmented)."""
-    m = result.measurements
-    values = {key: (None if m.get("empty") else float(m[source])) for key, source in _SOURCE.items()}
-    values.update({f"p_{code}": float(result.probs[code]) for code in CLASS_CODES})
+    return values_of(result.measurements, result.probs)
+
+
+def values_of(measurements, probs) -> dict[str, float | None]:
+    """Every MEASURES value from lesion measurements (core.lesion.lesion_measurements keys, e.g. a batch result
+    row; None / NaN / "empty" = no lesion) and class probabilities (code -> probability)."""
+    def number(value) -> float | None:
+        return None if value is None or value != value else float(value)  # NaN != NaN: a missing Parquet value
+
+    empty = bool(measurements.get("empty")) or number(measurements.get("area_px")) is None
+    values = {key: (None if empty else number(measurements[source])) for key, source in _SOURCE.items()}
+    values.update({f"p_{code}": float(probs[code]) for code in CLASS_CODES})
     return values
 
 
@@ -278,6 +326,58 @@ def touches_edge(mask: np.ndarray) -> bool:
     return bool(x == 0 or y == 0 or x + width == mask.shape[1] or y + height == mask.shape[0])
 
 
+@dataclass(frozen=True)
+class CategoricalChange:
+    """A change of the most probable class or of the triage verdict between two analyses."""
+    what: str      # "most probable class" / "triage verdict"
+    before: str
+    after: str
+
+    def sentence(self) -> str:
+        return f"{self.what} changed from {self.before} to {self.after}"
+
+
+def _top_class(result) -> str:
+    return f"{CLASS_BY_CODE[result.label].name} {100 * result.probs[result.label]:.0f} %"
+
+
+def categorical_changes(before, after, verdict=None) -> list[CategoricalChange]:
+    """Top class and triage verdict changes between two AnalysisResults (only where both have a diagnosis).
+    ``verdict(result)`` gives a result's core.decisions.triage.Verdict (default: result.triage, the card's)."""
+    if not (before.diagnosis_shown and after.diagnosis_shown):
+        return []
+    verdict = verdict or (lambda result: result.triage)
+    found = []
+    if before.label != after.label:
+        found.append(CategoricalChange("most probable class", _top_class(before), _top_class(after)))
+    v_before, v_after = verdict(before), verdict(after)
+    if v_before is not None and v_after is not None and v_before.level != v_after.level:
+        found.append(CategoricalChange("triage verdict", v_before.headline, v_after.headline))
+    return found
+
+
+def change_sentence(change: Change, mm_per_pixel: float | None = None) -> str:
+    """'Maximum diameter +18 % (+0.92 mm), beyond the ±13 % noise' for one change."""
+    measure = change.measure
+    if measure.probability:
+        amount = (f"from {100 * change.baseline:.1f} % to {100 * change.followup:.1f} % "
+                  f"({_signed(100 * change.change, 1)} pp)")
+    elif measure.relative:
+        amount = f"{_signed(100 * change.change, 0)} %"
+        if mm_per_pixel:
+            mm = (change.followup - change.baseline) * mm_per_pixel ** measure.size_power
+            amount += f" ({_signed(mm, 1)} mm²)" if measure.size_power == 2 else f" ({_signed(mm, 2)} mm)"
+    else:
+        amount = _signed(change.change, 0 if measure.key == "n_colours" else 2)
+    name = measure.label.split(" (")[0]
+    return f"{name} {amount}, beyond the {_band(change)} noise"
+
+
+def clinical_order(changes: list[Change]) -> list[Change]:
+    rank = {key: index for index, key in enumerate(CLINICAL_ORDER)}
+    return sorted(changes, key=lambda c: rank.get(c.measure.key, len(rank)))
+
+
 @dataclass
 class Comparison:
     baseline: object                   # AnalysisResult
@@ -287,17 +387,38 @@ class Comparison:
     changes: list[Change]
     followup_mask_on_baseline: np.ndarray
     lesion_doubt: str = ""             # why the images may not show one lesion ("" when they registered)
+    categorical: list[CategoricalChange] = field(default_factory=list)  # top class / triage verdict changes
+    size_scale: str = "registration"   # how follow-up sizes were put in baseline pixels: or "pixel spacing"
 
     def beyond_noise(self) -> list[Change]:
-        return [c for c in self.changes if c.status == BEYOND]
+        """The measurements beyond their band, in clinical order."""
+        return clinical_order([c for c in self.changes if c.status == BEYOND])
 
-    def verdict(self) -> str:
-        """The one sentence the page and the PDF put above the change table."""
+    def findings(self, mm_per_pixel: float | None = None) -> list[str]:
+        """Every change as a sentence, most important first: top class and verdict, then the measurements."""
+        if self.lesion_doubt:
+            return []
+        return ([c.sentence() for c in self.categorical]
+                + [change_sentence(c, mm_per_pixel) for c in self.beyond_noise()])
+
+    def melanoma_note(self) -> str:
+        """A melanoma probability that moved by MELANOMA_NOTE_PP or more but whose band is too wide to call it a
+        change, in words ("" otherwise): the number a clinician looks for first is never left unsaid."""
+        mel = next((c for c in self.changes if c.measure.key == "p_mel"), None)
+        if self.lesion_doubt or mel is None or mel.status != UNINFORMATIVE or abs(mel.change) < MELANOMA_NOTE_PP:
+            return ""
+        return (f"P(melanoma) went from {100 * mel.baseline:.1f} % to {100 * mel.followup:.1f} %; two photographs of "
+                f"one lesion differ by up to ±{100 * mel.band:.0f} pp, so this alone does not show a change.")
+
+    def verdict(self, mm_per_pixel: float | None = None) -> str:
+        """The sentence the page and the PDF put above the change table."""
         if self.lesion_doubt:
             return f"These may not be the same lesion ({self.lesion_doubt}): no changes are reported."
-        beyond = self.beyond_noise()
-        return (f"{len(beyond)} change(s) beyond the measurement noise"
-                + (": " + ", ".join(c.measure.label for c in beyond) if beyond else "") + ".")
+        found = self.findings(mm_per_pixel)
+        head = (f"{len(found)} change(s): " + "; ".join(found) + "." if found
+                else "No change beyond the measurement noise.")
+        note = self.melanoma_note()
+        return head + (f" {note}" if note else "")
 
 
 def _size_note(registration: Registration, baseline_mask: np.ndarray, followup_mask: np.ndarray) -> str:
@@ -305,24 +426,42 @@ def _size_note(registration: Registration, baseline_mask: np.ndarray, followup_m
         return "the images could not be registered, so their relative magnification is unknown"
     cut = [name for name, mask in (("baseline", baseline_mask), ("follow-up", followup_mask)) if touches_edge(mask)]
     if cut:
-        return f"the lesion reaches the edge of the {' and the '.join(cut)} image, so part of it may be outside"
+        return f"the lesion reaches the edge of the {' and the '.join(cut)} image and may continue outside it"
     return ""
 
 
-def compare_images(analyzer, baseline_rgb: np.ndarray, followup_rgb: np.ndarray,
-                   band: dict | None = None) -> Comparison:
-    """Analyse both images with the shipped Analyzer, register the follow-up to the baseline, tabulate the changes.
-    Without a registration, follow-up sizes are converted assuming both images show the same field of view."""
-    before, after = analyzer.analyze(baseline_rgb), analyzer.analyze(followup_rgb)
-    registration = register(baseline_rgb, followup_rgb, before.mask, after.mask)
-    scale = registration.scale if registration.registered else baseline_rgb.shape[1] / followup_rgb.shape[1]
+def compare_results(before, after, baseline_rgb: np.ndarray, followup_rgb: np.ndarray, band: dict | None = None,
+                    registration: Registration | None = None, verdict=None,
+                    mm_per_pixel: tuple[float | None, float | None] = (None, None)) -> Comparison:
+    """The comparison of two analyses (AnalysisResults of the two images): registered (unless ``registration`` is
+    given), changes tabulated, categorical changes found (``verdict`` as for categorical_changes). Follow-up sizes
+    are converted to baseline pixels with the pixel sizes when both images have one (``mm_per_pixel``: baseline,
+    follow-up; e.g. DICOM PixelSpacing: a calibrated scale owes nothing to the lesion), else with the registration
+    scale, else assuming both images show the same field of view."""
+    registration = registration or register(baseline_rgb, followup_rgb, before.mask, after.mask)
+    calibrated = all(mm_per_pixel)
+    if calibrated:
+        scale = mm_per_pixel[1] / mm_per_pixel[0]
+    else:
+        scale = registration.scale if registration.registered else baseline_rgb.shape[1] / followup_rgb.shape[1]
     note = _size_note(registration, before.mask, after.mask)
     changes = change_table(measure_values(before), measure_values(after), scale, not note, band)
     doubt = "" if registration.registered else "the images could not be registered onto each other"
     if doubt:
         changes = [replace(c, status=NOT_COMPARED) if c.assessable else c for c in changes]
     return Comparison(before, after, registration, note, changes,
-                      mask_to_baseline(after.mask, registration, baseline_rgb.shape), doubt)
+                      mask_to_baseline(after.mask, registration, baseline_rgb.shape), doubt,
+                      [] if doubt else categorical_changes(before, after, verdict),
+                      "pixel spacing" if calibrated else "registration")
+
+
+def compare_images(analyzer, baseline_rgb: np.ndarray, followup_rgb: np.ndarray, band: dict | None = None,
+                   verdict=None, mm_per_pixel: tuple[float | None, float | None] = (None, None)) -> Comparison:
+    """Analyse both images with the shipped Analyzer and compare them (compare_results); SameImage when they are
+    one image."""
+    refuse_same_image(baseline_rgb, followup_rgb)
+    return compare_results(analyzer.analyze(baseline_rgb), analyzer.analyze(followup_rgb), baseline_rgb,
+                           followup_rgb, band, verdict=verdict, mm_per_pixel=mm_per_pixel)
 
 
 # ---------------------------------------------------------------- display text (page and PDF)

@@ -5,7 +5,8 @@
 The configuration is pacs/orthanc.json (HTTP on localhost only, no DICOM port, DICOMweb at /dicom-web/); storage is
 a temporary folder removed on exit. The demo studies wrap HAM10000 JPEGs from DATA_DIR as DICOM Dermoscopic
 Photography images (core.io.dicom_input.wrap_jpeg) with made-up patients DEMO-001... (age, sex and site from the
-HAM10000 metadata, so the tags carry a real patient context but no real identity).
+HAM10000 metadata, so the tags carry a real patient context but no real identity), and one made-up patient followed
+up over four studies (two lesions photographed at each visit: the History page's PACS series).
 """
 from __future__ import annotations
 
@@ -116,6 +117,37 @@ def demo_objects(data_dir: str | Path, count: int, per_study: int = 2) -> list[t
     return objects
 
 
+HISTORY_DATES = ("20250110", "20250410", "20251010", "20260410")  # short-term (3 months), then 6 and 12 months
+HISTORY_PATIENT = "DEMO-H01"
+
+
+def history_objects(data_dir: str | Path, lesions: int = 2, visits: int = len(HISTORY_DATES)) -> list[tuple[MadeUpPatient, bytes]]:
+    """A made-up patient (HISTORY_PATIENT) followed up over ``visits`` studies (HISTORY_DATES), each holding one
+    image of each of ``lesions`` HAM10000 lesions photographed at least ``visits`` times (the first such lesions by
+    lesion id; 200x150 images), the lesions told apart by site, laterality and series description."""
+    data_dir = Path(data_dir)
+    with open(data_dir / "ham10000" / "HAM10000_metadata.csv", newline="") as handle:
+        rows = sorted(csv.DictReader(handle), key=lambda r: (r["lesion_id"], r["image_id"]))
+    by_lesion: dict[str, list[dict]] = {}
+    for row in rows:
+        by_lesion.setdefault(row["lesion_id"], []).append(row)
+    chosen = [images[:visits] for images in by_lesion.values() if len(images) >= visits][:lesions]
+    if len(chosen) < lesions:
+        raise RuntimeError(f"{data_dir}: fewer than {lesions} HAM10000 lesions with {visits} images")
+    objects = []
+    for visit, date in enumerate(HISTORY_DATES[:visits]):
+        study = generate_uid()
+        for number, images in enumerate(chosen):
+            row = images[visit]
+            site = row["localization"] if row["localization"] not in ("", "unknown") else None
+            patient = MadeUpPatient(patient_id=HISTORY_PATIENT, name="Demo^Followup", age=50, sex=None,
+                                    site=site, study_uid=study, study_date=date, laterality="LR"[number % 2],
+                                    series_description=f"Lesion {'AB'[number % 2]} ({row['localization']})")
+            path = data_dir / "ham10000" / "images" / f"{row['image_id']}.jpg"
+            objects.append((patient, wrap_jpeg(path.read_bytes(), patient, instance_number=number + 1)))
+    return objects
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PACS_PORT", "8042")))
@@ -126,7 +158,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it as cleanly as Ctrl-C
     server = Orthanc(args.port)
     try:
-        objects = demo_objects(args.data_dir, args.images)
+        objects = demo_objects(args.data_dir, args.images) + history_objects(args.data_dir)
         Pacs(server.url).store([data for _, data in objects])
         print(f"Demo PACS on {server.url} with {len(objects)} dermoscopy images of "
               f"{len({p.patient_id for p, _ in objects})} made-up patients; "

@@ -101,6 +101,9 @@ class DicomImage:
     notes: list[str] = field(default_factory=list)  # sentences about what was not mapped
     uids: dict[str, str] = field(default_factory=dict)  # StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
     identifiers: dict[str, str] = field(default_factory=dict)  # only with include_identifiers=True
+    mm_per_pixel: float | None = None    # from PixelSpacing (square pixels only)
+    taken: dt.date | None = None         # the visit: StudyDate, else AcquisitionDateTime, ContentDate, SeriesDate
+    lesion: dict[str, str] = field(default_factory=dict)  # which lesion: site, laterality, series description
 
 
 def is_dicom(data: bytes) -> bool:
@@ -147,7 +150,52 @@ def read_dicom(data: bytes, name: str = "", *, include_identifiers: bool = False
     uids = {key: str(ds.get(key, "")) for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
                                                   "SOPClassUID")}
     identifiers = {key: str(ds.get(key, "")) for key in IDENTIFYING_TAGS} if include_identifiers else {}
-    return DicomImage(frames, context, notes, uids, identifiers)
+    return DicomImage(frames, context, notes, uids, identifiers, pixel_spacing_mm(ds, notes), visit_date(ds),
+                      lesion_tags(ds, context))
+
+
+#: PixelSpacing values further apart than this (relative) are not square pixels: no millimetres are derived.
+SQUARE_TOLERANCE = 0.01
+
+
+def pixel_spacing_mm(ds: Dataset, notes: list[str] | None = None) -> float | None:
+    """Millimetres per pixel from PixelSpacing (row spacing \\ column spacing, mm); None when absent, not positive or
+    not square (a note says why for the last two)."""
+    try:
+        values = [float(v) for v in (ds.get("PixelSpacing") or [])]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 2:
+        return None
+    row, column = values
+    if not (row > 0 and column > 0 and np.isfinite(row) and np.isfinite(column)):
+        if notes is not None:
+            notes.append("The PixelSpacing tag is not a positive size; sizes are in pixels.")
+        return None
+    if abs(row - column) > SQUARE_TOLERANCE * max(row, column):
+        if notes is not None:
+            notes.append(f"The pixels are not square (PixelSpacing {row:g} x {column:g} mm); sizes are in pixels.")
+        return None
+    return (row + column) / 2
+
+
+def visit_date(ds: Dataset) -> dt.date | None:
+    """The date the image was taken: StudyDate, else AcquisitionDateTime, ContentDate, SeriesDate."""
+    for key in ("StudyDate", "AcquisitionDateTime", "ContentDate", "SeriesDate"):
+        found = _date(ds.get(key, ""))
+        if found:
+            return found
+    return None
+
+
+def lesion_tags(ds: Dataset, context: PatientContext) -> dict[str, str]:
+    """What tells one lesion of a patient from another: the body site (mapped, else as written), the laterality
+    (ImageLaterality, else Laterality; "U" = unpaired / unknown is left out) and the series description."""
+    site = context.site or str(ds.get("BodyPartExamined", "")).strip().lower()
+    laterality = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).strip().upper()
+    tags = {"site": site, "laterality": {"L": "left", "R": "right", "B": "both"}.get(laterality, ""),
+            "series": str(ds.get("SeriesDescription", "")).strip()}
+    return {key: value for key, value in tags.items() if value}
 
 
 def _check_header(ds: Dataset, name: str, max_pixels: int, min_side: int) -> None:
@@ -261,6 +309,9 @@ class MadeUpPatient:
     study_uid: str = ""
     study_date: str = "20260101"
     accession: str = ""
+    laterality: str = "U"                 # ImageLaterality: L / R / U
+    series_description: str = ""
+    mm_per_pixel: float | None = None     # written as PixelSpacing
 
 
 def wrap_jpeg(jpeg: bytes, patient: MadeUpPatient, *, series_uid: str = "", sop_uid: str = "",
@@ -304,7 +355,11 @@ def wrap_jpeg(jpeg: bytes, patient: MadeUpPatient, *, series_uid: str = "", sop_
     ds.LossyImageCompression = "01"
     ds.LossyImageCompressionMethod = "ISO_10918_1"
     ds.AcquisitionContextSequence = []
-    ds.ImageLaterality = "U"
+    ds.ImageLaterality = patient.laterality
+    if patient.series_description:
+        ds.SeriesDescription = patient.series_description
+    if patient.mm_per_pixel:
+        ds.PixelSpacing = [f"{patient.mm_per_pixel:.6g}"] * 2
     ds.BurnedInAnnotation = "NO"
     ds.RecognizableVisualFeatures = "NO"
     if patient.site in SITE_WRITE:

@@ -13,6 +13,10 @@ image, each a new instance in the source's study (its own series), referencing t
   referral decision, the uncertainty level and the image check (qualitative evaluations, codes of the local scheme
   99LESIONLENS) and the model version (Algorithm Identification).
 
+A lesion history (core.analysis.pacs_history) adds one more SR to the newest visit's study: the findings SR of the
+newest image with the history's visits, days, first changed visit, diameter change and a coded verdict
+(``findings_report(..., series=SeriesFindings)``; series 9704, its UID hashing every visit's image UID too).
+
 Images that are not dermoscopy (core.decisions.ood refused levels) get the PDF only: it says why there is no diagnosis, and a
 mask or findings would be one.
 
@@ -46,6 +50,7 @@ KINDS = {  # kind -> (series number, series description, modality)
     "report": (9701, "LesionLens report (PDF)", "DOC"),
     "mask": (9702, "LesionLens lesion mask", "SEG"),
     "findings": (9703, "LesionLens findings", "SR"),
+    "history": (9704, "LesionLens lesion history", "SR"),
 }
 IMAGE_CHECKS = ("in", "unusual")  # core.decisions.ood levels that still get a diagnosis
 NO_UNITS = codes.UCUM.NoUnits
@@ -68,6 +73,16 @@ UNCERTAINTY_VALUES = {level: _code(level.upper(), f"{level.capitalize()} uncerta
 IMAGE_CHECK = _code("IMAGE-CHECK", "Image check")
 IMAGE_CHECK_VALUES = {"in": _code("TYPICAL", "Typical dermoscopy image"),
                       "unusual": _code("UNUSUAL", "Unusual image: interpret with care")}
+
+
+VISITS = _code("VISITS", "Visits in the lesion history")
+DAYS = _code("DAYS", "Days since the first visit")
+DIAMETER_CHANGE = _code("DIAMETER-CHANGE", "Maximum diameter change since the first visit")
+SERIES_VERDICT = _code("SERIES-VERDICT", "Lesion history verdict")
+SERIES_VERDICT_VALUES = {"stable": _code("STABLE", "No change beyond the measurement noise"),
+                         "changed": _code("CHANGED", "Changed beyond the measurement noise"),
+                         "not_compared": _code("NOT-COMPARED", "Not compared: may not be the same lesion")}
+FIRST_CHANGE = _code("FIRST-CHANGE-VISIT", "Visit of the first change")
 
 
 class DicomResultError(ValueError):
@@ -217,10 +232,29 @@ def lesion_segmentation(source: Dataset, mask: np.ndarray, model_version: str) -
     return seg
 
 
-def findings_report(source: Dataset, findings: Findings) -> hd.sr.ComprehensiveSR:
-    """The findings as a Comprehensive SR (TID 1500 Measurement Report) referencing the source image."""
+@dataclass(frozen=True)
+class SeriesFindings:
+    """What the lesion-history SR adds to the newest visit's findings."""
+    visits: int
+    days: int
+    verdict: str                       # a SERIES_VERDICT_VALUES key
+    first_change_visit: int | None     # 1 = the first visit; None when stable or not compared
+    diameter_change: float | None      # newest vs first visit, relative (0.18 = +18 %); None when not assessed
+    visit_uids: tuple[str, ...]        # SOP Instance UIDs of every visit's image, oldest first
+
+    def __post_init__(self):
+        if self.verdict not in SERIES_VERDICT_VALUES:
+            raise DicomResultError(f"series verdict {self.verdict!r} is not one of {', '.join(SERIES_VERDICT_VALUES)}")
+        if self.visits < 2 or len(self.visit_uids) != self.visits:
+            raise DicomResultError("a lesion history needs two or more visits, each with its image's UID")
+
+
+def findings_report(source: Dataset, findings: Findings, series: SeriesFindings | None = None) -> hd.sr.ComprehensiveSR:
+    """The findings as a Comprehensive SR (TID 1500 Measurement Report) referencing the source image; with
+    ``series``, the lesion-history SR of the newest visit (its own series and UID: the visits' UIDs are part of it)."""
     version = findings.model_version
-    number, description, _ = KINDS["findings"]
+    kind = "findings" if series is None else "history"
+    number, description, _ = KINDS[kind]
     algorithm = hd.sr.AlgorithmIdentification(name=MANUFACTURER, version=version)
     measurements = [hd.sr.Measurement(name=PROBABILITY[c], value=findings.probabilities[c], unit=NO_UNITS)
                     for c in CLASS_CODES]
@@ -230,6 +264,18 @@ def findings_report(source: Dataset, findings: Findings) -> hd.sr.ComprehensiveS
                    hd.sr.QualitativeEvaluation(REFERRAL, REFERRAL_VALUES[findings.refer]),
                    hd.sr.QualitativeEvaluation(UNCERTAINTY, UNCERTAINTY_VALUES[findings.uncertainty_level]),
                    hd.sr.QualitativeEvaluation(IMAGE_CHECK, IMAGE_CHECK_VALUES[findings.image_check])]
+    sop_uid = instance_uid(source, "findings", version, findings.referral_threshold)
+    if series is not None:
+        measurements += [hd.sr.Measurement(name=VISITS, value=series.visits, unit=NO_UNITS),
+                         hd.sr.Measurement(name=DAYS, value=series.days, unit=codes.UCUM.Day)]
+        if series.first_change_visit is not None:
+            measurements.append(hd.sr.Measurement(name=FIRST_CHANGE, value=series.first_change_visit, unit=NO_UNITS))
+        if series.diameter_change is not None:
+            measurements.append(hd.sr.Measurement(name=DIAMETER_CHANGE, value=100 * series.diameter_change,
+                                                  unit=codes.UCUM.Percent))
+        evaluations.append(hd.sr.QualitativeEvaluation(SERIES_VERDICT, SERIES_VERDICT_VALUES[series.verdict]))
+        sop_uid = result_uid(source.SOPInstanceUID, version, kind, f"{findings.referral_threshold:.6f}",
+                             *series.visit_uids)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=result_uid(source.SOPInstanceUID, "lesion"),
                                                      identifier="Lesion"),
@@ -243,8 +289,8 @@ def findings_report(source: Dataset, findings: Findings) -> hd.sr.ComprehensiveS
     report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=observer),
                                      procedure_reported=codes.SCT.ImagingProcedure, imaging_measurements=[group])
     sr = hd.sr.ComprehensiveSR(
-        evidence=[source], content=report[0], series_instance_uid=series_uid(source, "findings", version),
-        series_number=number, sop_instance_uid=instance_uid(source, "findings", version, findings.referral_threshold),
+        evidence=[source], content=report[0], series_instance_uid=series_uid(source, kind, version),
+        series_number=number, sop_instance_uid=sop_uid,
         instance_number=int(source.get("InstanceNumber", 1) or 1), manufacturer=MANUFACTURER,
         series_description=description, is_complete=True)
     scheme = Dataset()  # declares the local coding scheme of the concept names (SOP Common module)

@@ -306,3 +306,16 @@ def load_image_file(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES, max_
     except OSError as exc:
         raise ImageRejected(f"Cannot read the file ({exc.strerror or type(exc).__name__})", "unreadable", name) from None
     return load_image(data, name, max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side)
+
+
+def load_visit(data: bytes, name: str = ""):
+    """An image of one visit of a lesion with what its DICOM tags say about it: a core.io.dicom_input.DicomImage
+    (first frame used; .taken, .mm_per_pixel, .lesion, .context, .notes) for a DICOM file, a DicomImage-shaped record
+    with empty tags for any other image. Raises ImageRejected as load_image does."""
+    from core.io.dicom_input import DicomImage, read_dicom
+    from core.data.patient_context import PatientContext
+
+    data = _as_bytes(data)
+    if data[128:132] == b"DICM":
+        return read_dicom(data, name)
+    return DicomImage([load_image(data, name)], PatientContext())

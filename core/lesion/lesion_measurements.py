@@ -26,6 +26,18 @@ Everything is computed from a binary lesion mask (and optionally the RGB image) 
   ``REFERENCE_COLOURS`` below.  They assume a roughly white-balanced image; apply colour constancy
   (core.imaging.preprocess.shades_of_gray) first for best results.
 
+* **dermoscopy score** - a partial total dermoscopy score (TDS) of the ABCD rule of dermatoscopy (Stolz et al.
+  1994: TDS = 1.3 A + 0.1 B + 0.5 C + 0.5 D) from the measurements above; D (differential structures: network,
+  dots, globules, streaks, structureless areas) is not measured, so the score is 1.3 A + 0.1 B + 0.5 C (0.5 to 8.9)
+  and the rule's 4.75 / 5.45 cut-offs, which include D, do not apply to it. A (0-2) = the principal axes whose mirror
+  non-overlap exceeds ``ASYMMETRIC_AXIS`` (shape only; the rule also counts colour and structure asymmetry); B (0-8)
+  = the eighths of the border (45° sectors around the centroid) where the lightness changes abruptly: the step of
+  CIE L* across a narrow band of the border (``BORDER_NARROW`` of the diameter each side) is at least
+  ``ABRUPT_RATIO`` of the step across a band four times wider, with that wide step at least ``MIN_BORDER_STEP_L``
+  (a gradual fade spreads the change over the wide band; 5 % because the mask's own uncertainty and the image's blur
+  spread even a sharp edge over a few pixels); C (1-6) = the number of dermoscopic colours (at least 1).
+  Its melanoma AUC on the test sets is in docs/followup.md (``python -m train.dermoscopy_score_auc``).
+
 All returned values are plain Python ``int`` / ``float`` / ``str`` / ``bool`` / ``None`` (JSON-serialisable).
 """
 from __future__ import annotations
@@ -39,6 +51,7 @@ from scipy.spatial.distance import pdist
 
 __all__ = [
     "COLOUR_MIN_FRACTION",
+    "dermoscopy_score",
     "REFERENCE_COLOURS",
     "describe_measurements",
     "measure_lesion",
@@ -58,6 +71,13 @@ REFERENCE_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 #: A colour is "present" when at least this fraction of the lesion pixels is nearest to it.
 COLOUR_MIN_FRACTION = 0.05
+
+#: Dermoscopy score (see the module docstring); chosen before measuring its AUC, not fitted.
+ASYMMETRIC_AXIS = 0.10
+BORDER_NARROW = 0.05
+ABRUPT_RATIO = 0.5
+MIN_BORDER_STEP_L = 5.0
+TDS_WEIGHTS = {"A": 1.3, "B": 0.1, "C": 0.5}
 
 _SIMPLIFY_EPSILON_PX = 1.0
 _COLOUR_CHUNK = 1 << 19
@@ -109,10 +129,11 @@ def _max_feret(contour: np.ndarray) -> float:
     return float(pdist(hull).max())
 
 
-def _asymmetry(region: np.ndarray) -> float:
+def _asymmetry(region: np.ndarray) -> list[float]:
+    """The mirror non-overlap about each of the two principal axes."""
     area = int(region.sum())
     if area == 0:
-        return 0.0
+        return [0.0, 0.0]
     m = cv2.moments(region.astype(np.uint8), binaryImage=True)
     cx, cy = m["m10"] / m["m00"], m["m01"] / m["m00"]
     cov = np.array([[m["mu20"], m["mu11"]], [m["mu11"], m["mu02"]]], dtype=np.float64) / m["m00"]
@@ -132,8 +153,39 @@ def _asymmetry(region: np.ndarray) -> float:
             borderMode=cv2.BORDER_CONSTANT, borderValue=0,
         )
         overlap = int(np.count_nonzero(mirrored & u8))
-        scores.append(1.0 - overlap / area)
-    return float(np.clip(np.mean(scores), 0.0, 1.0))
+        scores.append(float(np.clip(1.0 - overlap / area, 0.0, 1.0)))
+    return scores
+
+
+def _abrupt_border_segments(rgb: np.ndarray, region: np.ndarray, diameter: float) -> int:
+    """B of the ABCD rule: the 45° border sectors with an abrupt change of lightness (module docstring)."""
+    lightness = _to_lab(np.asarray(rgb)[:, :, :3].reshape(-1, 3).astype(np.float32) / 255.0)[:, 0].reshape(region.shape)
+    u8 = region.astype(np.uint8)
+    inside = cv2.distanceTransform(u8, cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform(1 - u8, cv2.DIST_L2, 3)
+    narrow = max(1.0, BORDER_NARROW * diameter)
+    ys, xs = np.nonzero(region)
+    cy, cx = ys.mean(), xs.mean()
+    yy, xx = np.indices(region.shape)
+    sector = ((np.degrees(np.arctan2(yy - cy, xx - cx)) + 360.0) % 360.0 // 45).astype(int)
+    abrupt = 0
+    for k in range(8):
+        here = sector == k
+        steps = []
+        for width in (narrow, 4 * narrow):
+            inner, outer = here & region & (inside <= width), here & ~region & (outside <= width)
+            if not inner.any() or not outer.any():
+                break
+            steps.append(float(lightness[outer].mean() - lightness[inner].mean()))
+        if len(steps) == 2 and steps[1] >= MIN_BORDER_STEP_L and steps[0] >= ABRUPT_RATIO * steps[1]:
+            abrupt += 1
+    return abrupt
+
+
+def dermoscopy_score(asymmetric_axes: int, abrupt_border_segments: int, n_colours: int) -> float:
+    """The partial total dermoscopy score 1.3 A + 0.1 B + 0.5 C (C at least 1; no D: see the module docstring)."""
+    return round(TDS_WEIGHTS["A"] * asymmetric_axes + TDS_WEIGHTS["B"] * abrupt_border_segments
+                 + TDS_WEIGHTS["C"] * max(1, n_colours), 2)
 
 
 def _to_lab(unit_rgb: np.ndarray) -> np.ndarray:
@@ -190,6 +242,9 @@ def _empty_result(shape: tuple[int, int]) -> dict:
         "max_diameter_px": 0.0,
         "max_diameter_mm": None,
         "asymmetry": 0.0,
+        "asymmetric_axes": 0,
+        "abrupt_border_segments": None,
+        "dermoscopy_score": None,
         "border_irregularity": 0.0,
         "n_colours": 0,
         "colours": [],
@@ -232,6 +287,9 @@ def measure_lesion(mask: np.ndarray, rgb: np.ndarray | None = None, mm_per_pixel
     m = cv2.moments(region.astype(np.uint8), binaryImage=True)
     centroid = [float(m["m10"] / m["m00"]), float(m["m01"] / m["m00"])]
     colours = _colours(rgb, region) if rgb is not None else []
+    axes = _asymmetry(region)
+    asymmetric = sum(score > ASYMMETRIC_AXIS for score in axes)
+    abrupt = _abrupt_border_segments(rgb, region, max_d) if rgb is not None else None
     scale = mm_per_pixel
 
     return {
@@ -242,7 +300,10 @@ def measure_lesion(mask: np.ndarray, rgb: np.ndarray | None = None, mm_per_pixel
         "perimeter_mm": float(perimeter * scale) if scale else None,
         "max_diameter_px": max_d,
         "max_diameter_mm": float(max_d * scale) if scale else None,
-        "asymmetry": _asymmetry(region),
+        "asymmetry": float(np.mean(axes)),
+        "asymmetric_axes": asymmetric,
+        "abrupt_border_segments": abrupt,
+        "dermoscopy_score": None if abrupt is None else dermoscopy_score(asymmetric, abrupt, len(colours)),
         "border_irregularity": float(irregularity),
         "n_colours": len(colours),
         "colours": colours,
@@ -253,9 +314,10 @@ def measure_lesion(mask: np.ndarray, rgb: np.ndarray | None = None, mm_per_pixel
     }
 
 
-def describe_measurements(m: dict) -> list[tuple[str, str]]:
+def describe_measurements(m: dict, score: bool = False) -> list[tuple[str, str]]:
     """``measure_lesion`` output as (name, value) rows in words: what was measured, not what it may mean. The one
-    wording of the dashboard table and the PDF report (which reduces it to ASCII)."""
+    wording of the dashboard table and the PDF report (which reduces it to ASCII). ``score``: with the dermoscopy
+    score row (the dashboard; the one-page PDF report has no room for it)."""
     if not m or m.get("empty"):
         return [("Lesion", "no lesion found in the mask: nothing to measure")]
 
@@ -272,6 +334,14 @@ def describe_measurements(m: dict) -> list[tuple[str, str]]:
                              "(mean over its two principal axes; 0 % = mirror-symmetric shape)"),
         ("Border irregularity", f"{m['border_irregularity']:.2f} (perimeter² / (4π × area); 1.00 = circle)"),
         ("Dermoscopic colours", f"{len(colours)}: {', '.join(colours)}" if colours else "none counted"),
+        *([("Dermoscopy score (partial TDS)", describe_score(m))]
+          if score and m.get("dermoscopy_score") is not None else []),
         ("Lesion fraction of image", f"{m['lesion_fraction']:.0%}"),
         ("Scale", f"{float(scale):.4f} mm per pixel" if scale else "not calibrated (pixel units only)"),
     ]
+
+
+def describe_score(m: dict) -> str:
+    """The dermoscopy score with what it is computed from, in words."""
+    return (f"{m['dermoscopy_score']:.1f} = 1.3 x A {m['asymmetric_axes']} + 0.1 x B {m['abrupt_border_segments']}"
+            f" + 0.5 x C {max(1, m['n_colours'])} (structures not counted)")
