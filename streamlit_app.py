@@ -14,6 +14,7 @@ import streamlit as st
 from ui.analyzers import pool
 from ui.auth import is_admin, sign_in_gate
 from ui.data_folder import data_dir_sidebar
+from ui.model_files import card_problem
 
 PAGES = [  # (file, title, icon, URL path)
     ("app_pages/home.py", "Home", ":material/home:", ""),
@@ -33,6 +34,10 @@ def main() -> None:
     pool()  # the model loads in the background from the first request on, while the first page renders
     st.set_page_config(page_title="LesionLens", page_icon=":material/biotech:", layout="wide")
     sign_in_gate()  # with [auth] in secrets.toml: nothing below runs until an allowed user is signed in
+    problem = card_problem()
+    if problem:  # every page quotes the card's rules: none may run on a card that lacks one
+        st.error(f"LesionLens cannot start: {problem}", icon=":material/error:")
+        st.stop()
     data_dir_sidebar()
     pages = [st.Page(path, title=title, icon=icon, url_path=url or None, default=not url)
              for path, title, icon, url in PAGES if path not in ADMIN_PAGES or is_admin()]

@@ -17,6 +17,7 @@ from ui.formatting import DISCLAIMER, class_label
 from ui.images import digest
 from ui.model_files import model_card
 from core.data.classes import CLASS_CODES
+from core.decisions.model_card import ModelCard
 from core.analysis.followup import (BAND_FILE, BASELINE_COLOUR, BEYOND, FOLLOWUP_COLOUR, TABLE_COLUMNS,
                                     UNINFORMATIVE_PROBABILITY_BAND, compare_images, contours, load_band, table_text)
 
@@ -25,16 +26,16 @@ ROLES = ("Baseline", "Follow-up")
 
 # ---------------------------------------------------------------- cached loaders
 @st.cache_data(show_spinner=False)
-def _read_band(path: str, _stamp: float, weights: dict) -> tuple[dict | None, str]:
-    return load_band(path, weights)
+def _read_band(path: str, _stamp: float, model_version: str, _card: ModelCard) -> tuple[dict | None, str]:
+    return load_band(path, _card)
 
 
 def noise_band() -> tuple[dict | None, str]:
     """(band, description) or (None, why it is unavailable) for the loaded weights."""
     path = weights_dir() / BAND_FILE
-    card = model_card() or {}
+    card = model_card()
     stamp = path.stat().st_mtime if path.is_file() else 0.0
-    return _read_band(str(path), stamp, {"version": card.get("version"), "files": card.get("files", {})})
+    return _read_band(str(path), stamp, card.model_version, card)
 
 
 @st.cache_data(show_spinner="Reading the dataset…", max_entries=2)
@@ -184,13 +185,13 @@ def report_ui(comparison, images, band, band_text: str, mm_per_pixel: float | No
 
     note = st.text_input("Note for the PDF report (optional)", key="compare_note", max_chars=500,
                          placeholder="e.g. interval between the images; no patient identifiers")
-    card = model_card() or {}
+    card = model_card()
 
     def build() -> bytes:  # run when the button is pressed
         return build_comparison_pdf(
             panels=panels(comparison, images), comparison=comparison, band_available=band is not None,
             band_text=band_text, mm_per_pixel=mm_per_pixel, clinician_note=note,
-            model_info={"version": card.get("version", "unknown"), "created": card.get("created", "unknown")})
+            model_info={"version": card.version, "created": card.display("created")})
 
     st.download_button("Download comparison report (PDF)", build, file_name="lesionlens_comparison.pdf",
                        mime="application/pdf", key="compare_pdf", type="primary", icon=":material/picture_as_pdf:")

@@ -102,12 +102,14 @@ def test_measures_follow_what_they_name():
     assert border_share(working_view(rgb, mask, (0, 450, 0, 600))) == pytest.approx((148 + 2 * 20) / (2 * 200 + 2 * 148))
 
 
-def test_a_check_is_built_only_from_what_it_knows():
+def test_a_check_is_built_only_from_what_it_knows(card_with):
     with pytest.raises(ValueError, match="unknown image-quality check"):
         QualityCheck("too_pretty", 1.0)
     with pytest.raises(ValueError, match="not a number"):
         QualityCheck("out_of_focus", float("nan"))
-    assert QualityChecks.from_card({}).checks == []
+    assert QualityChecks.from_card(card_with(image_quality={"thresholds": {}})).checks == []
+    assert [c.name for c in QualityChecks.from_card(card_with(image_quality={"thresholds": {"heavy_hair": 0.3}})).checks] \
+        == ["heavy_hair"]
     assert quality_sentence(()) == ""
     assert quality_sentence(("out_of_focus", "lesion_cut_by_border")).startswith(
         "It looks out of focus and the lesion runs off the edge of the picture:")

@@ -20,7 +20,7 @@ from core.data.classes import CLASS_CODES, CLASS_INDEX, class_index
 from core.io.intake import ImageRejected, load_image_file
 from core.analysis.metrics import (balanced_accuracy, calibration, classification_metrics, dice, jaccard, macro_auc,
                                    value_with_ci)
-from core.decisions.ood import REFUSED_LEVELS
+from core.decisions.ood_levels import REFUSED_LEVELS
 
 
 @dataclass

@@ -27,7 +27,8 @@ import cv2
 from tqdm import tqdm
 
 from core.data.classes import CLASS_CODES
-from core.analysis.inference import DEFAULT_WEIGHTS_DIR, AnalysisResult, Analyzer
+from core.analysis.inference import AnalysisResult, Analyzer
+from core.io.weights_io import DEFAULT_WEIGHTS_DIR
 from core.io.dicom_input import file_header
 from core.io.intake import FILE_EXTENSIONS, MAX_BYTES, ImageRejected, load_frames, load_image_file
 from core.data.patient_context import ContextError, PatientContext, read_context_csv
@@ -96,7 +97,7 @@ def analyse_image(analyzer: Analyzer, rgb, name: str, context: PatientContext) -
     except Exception as exc:  # one bad image must never stop the batch
         row["error"] = f"analysis failed: {exc}"
         return row, None
-    row.update(result_row(result, model_version(analyzer)))
+    row.update(result_row(result, analyzer.card.model_version))
     return row, result
 
 
@@ -136,17 +137,6 @@ def predict_file(analyzer: Analyzer, path: Path, mask_dir: Path, context: Patien
             cv2.imwrite(str(mask_dir / f"{row['image']}.png"), result.mask)
         rows.append(row)
     return rows
-
-
-def model_version(analyzer: Analyzer) -> str:
-    """The card's version and the first 12 hex digits of mask-CN's sha256: which weights made a row."""
-    return card_version(analyzer.card)
-
-
-def card_version(card: dict) -> str:
-    """model_version from the model card alone (no networks loaded)."""
-    sha = card.get("files", {}).get("mask_cn.safetensors", {}).get("sha256", "")
-    return f"{card.get('version', 'unversioned')} ({sha[:12]})"
 
 
 def main(argv=None) -> int:
