@@ -208,3 +208,20 @@ def test_ddp_two_cpu_processes_end_with_equal_weights(tmp_path, data_dir, repo_r
     torch.manual_seed(42)  # train.train seeds 42 before building the model: this is the exact initial state
     fresh = create_model("classifier", pretrained=None).state_dict()
     assert not np.allclose(fresh["net.classifier.weight"].numpy(), rank0["net.classifier.weight"].numpy())
+
+
+def test_train_all_counts_an_early_stopped_stage_as_finished(tmp_path):
+    """A stage that early stopping ended is done: re-running train_all used to resume it and train one more epoch
+    each time (its history had fewer epochs than --epochs)."""
+    from train.train_all import finished
+
+    def history(scores, patience):
+        (tmp_path / "history.json").write_text(json.dumps({"config": {"patience": patience}, "history": [
+            {"epoch": i + 1, "val_metric": s} for i, s in enumerate(scores)]}))
+
+    history([0.5, 0.7, 0.6, 0.65], patience=2)  # best at epoch 2, then 2 epochs without a better score: stopped
+    assert finished(tmp_path, ["--epochs", "10"])
+    history([0.5, 0.7, 0.6], patience=2)  # only 1 stale epoch: interrupted, not stopped
+    assert not finished(tmp_path, ["--epochs", "10"])
+    history([0.5, 0.7, 0.7, 0.6], patience=0)  # no early stopping: only all epochs finish it
+    assert not finished(tmp_path, ["--epochs", "10"]) and finished(tmp_path, ["--epochs", "4"])
