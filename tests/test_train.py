@@ -225,3 +225,14 @@ def test_train_all_counts_an_early_stopped_stage_as_finished(tmp_path):
     assert not finished(tmp_path, ["--epochs", "10"])
     history([0.5, 0.7, 0.7, 0.6], patience=0)  # no early stopping: only all epochs finish it
     assert not finished(tmp_path, ["--epochs", "10"]) and finished(tmp_path, ["--epochs", "4"])
+
+
+def test_max_minutes_is_decided_by_rank_0_for_every_rank(tmp_path, repo_root):
+    """Two ranks whose clocks disagree (rank 0 past --max-minutes, rank 1 not) both stop: each used to check its own
+    clock, so one could save and exit while the other trained on and waited forever in its next collective."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{repo_root}:{repo_root / 'tests'}"}
+    workers = [subprocess.Popen([sys.executable, str(repo_root / "tests" / "ddp_clock_support.py"), str(rank), "29547",
+                                 str(tmp_path)], cwd=repo_root, env=env) for rank in (0, 1)]
+    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    answers = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert answers == [True, True]
