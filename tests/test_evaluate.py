@@ -146,7 +146,8 @@ def test_evaluate_alone_keeps_the_other_steps_sections(tiny_calibration, tiny_ru
     rewrites the tiny card the tests above read.)"""
     weights, card, _ = tiny_calibration
     runs, _ = tiny_runs
-    evaluate.main(["--data-dir", str(data_dir), "--runs", str(runs), "--weights", str(weights), "--max-images", "3"])
+    evaluate.main(["--data-dir", str(data_dir), "--runs", str(runs), "--weights", str(weights), "--max-images", "3",
+                   "--use-cache", "false"])
     after = read_card_json(weights)
     for section in ("triage", "image_quality", "dermoscopy_check", "conformal", "out_of_source"):
         assert after[section] == card[section], section
