@@ -4,8 +4,10 @@ navigation.
 Run:  streamlit run streamlit_app.py      (DATA_DIR=../shared/data for dataset features)
 
 Streamlit runs this file for every page of every session (also when a page is opened by its URL), so the page list
-with its titles and icons is always the one below. The pages live in app_pages/ (not pages/, which Streamlit would
-serve as a second, title-less page list) and contain layout only; what they share is in ui/.
+with its titles and icons is always the one below. The pages live in app_pages/, not pages/: Streamlit ignores
+pages/ only in a run that reaches st.navigation, and the runs that stop before it (the sign-in gate, a model card the
+app refuses) would list every file of pages/ and open it by its URL, past the gate (seen in a browser with Streamlit
+1.67). They contain layout only; what they share is in ui/.
 """
 from __future__ import annotations
 
