@@ -67,7 +67,7 @@ PREDICTION_COLUMNS = ["image_id", "lesion_id", "dx", "pred", *[f"p_{c}" for c in
 def evaluate_folder(analyzer, manifest: pd.DataFrame, on_progress: Callable[[int, int], None] | None = None,
                     should_stop: Callable[[], bool] | None = None) -> FolderEvaluation:
     """Analyse every manifest row (core.data.datasets.load_manifest of the folder) and summarise."""
-    return assemble(*predict_rows(analyzer, manifest, on_progress, should_stop), analyzer.version)
+    return assemble(*predict_rows(analyzer, manifest, on_progress, should_stop), analyzer.card.model_version)
 
 
 def predict_rows(analyzer, manifest: pd.DataFrame, on_progress: Callable[[int, int], None] | None = None,
