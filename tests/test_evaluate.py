@@ -90,7 +90,7 @@ def test_the_analyzer_applies_the_same_rules(tiny_card, ham_split):
     assert analyzer.rule.views == card["decision_rule"]["views"]
     assert result.refer == (result.mel_score >= card["referral"]["threshold"])
     assert result.uncertainty_level == analyzer.uncertainty.level(result.uncertainty_score)
-    assert result.ood_level in ("in", "unusual", "not_dermoscopy")
+    assert result.ood_level in ("in", "unusual", "clinical_photo", "not_skin")
     assert len(result.similar) == 8 and result.similar["similarity"].is_monotonic_decreasing
     assert abs(sum(result.probs.values()) - 1) < 1e-5
 

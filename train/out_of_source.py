@@ -55,6 +55,7 @@ from train import fit_rules
 from train.card_io import Split, write_sections
 from train.evaluate import read_tables
 from train.evaluation_reports import referral_report, uncertainty_report
+from train.fit_image_quality import write_triage_column
 from train.fit_source_robust import MIN_POSITIVES, class_referral_thresholds, conformal_quantile, low_uncertainty_cut
 from train.network_outputs import load_network, split_outputs
 from train.source_heads import RECIPES, fit_recipe, softmax
@@ -405,15 +406,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--split-file", default="", help="default: the split of the card in WEIGHTS")
     parser.add_argument("--max-images", type=int, default=0, help=">0: at most this many images per class, source "
                                                                   "and split (tests)")
+    parser.add_argument("--measures", default="runs/image_quality", help="train.fit_image_quality's measures (for the "
+                                                                         "test predictions' triage column)")
     args = parser.parse_args(argv)
     weights = Path(args.weights)
     card = read_card_json(weights)
     sections = out_of_source(Path(args.data_dir), weights, card, Split.of_args(args.split_file, weights),
                              Path(args.out), args.max_images)
-    typed = write_sections(weights, sections)
-    from train.fit_image_quality import write_triage_column
-
-    write_triage_column(weights, typed)
+    write_triage_column(weights, write_sections(weights, sections), Path(args.measures))
     return sections
 
 
@@ -513,6 +513,7 @@ def refresh_test_figures(weights, card: dict, ood: dict, evaluation, d, final) -
     unc_score = d["uncertainty"][final.levels.score][rows]
     table["uncertainty_score"] = unc_score.round(5)
     table["uncertainty_level"] = final.levels.levels(unc_score)
+    table["mel_score"] = d["probs"][rows, CLASS_INDEX["mel"]].round(5)  # the score of the referral written below
     table["refer"] = np.where(applied["mel_refer"], "yes", "no")
     table.to_csv(path, index=False)
 
