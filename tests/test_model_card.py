@@ -65,6 +65,7 @@ def test_malformed_values_are_refused(shipped):
                                          ("referral", "threshold", "0.005", "not a float"),
                                          ("triage", "thresholds", {"nv": 0.1}, "malignant classes"),
                                          ("decision_rule", "views", 3, "views 3"),
+                                         ("patient_context", "shipped", "yes", "not a bool"),
                                          ("split", "seed", None, "neither a `seed` nor a `file`")):
         broken = json.loads(json.dumps(shipped))
         broken[section][field] = value

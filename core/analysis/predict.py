@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from core.data.classes import CLASS_CODES
 from core.analysis.inference import AnalysisResult, Analyzer
-from core.io.weights_io import DEFAULT_WEIGHTS_DIR
+from core.decisions.model_card import ModelCardError
+from core.io.weights_io import DEFAULT_WEIGHTS_DIR, WeightsIntegrityError
 from core.io.dicom_input import file_header
 from core.io.intake import FILE_EXTENSIONS, MAX_BYTES, ImageRejected, load_frames, load_image_file
 from core.data.patient_context import ContextError, PatientContext, read_context_csv
@@ -157,7 +158,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     mask_dir = out / "masks"
     mask_dir.mkdir(parents=True, exist_ok=True)
-    analyzer = Analyzer.load(args.weights)
+    try:
+        analyzer = Analyzer.load(args.weights)
+    except (ModelCardError, WeightsIntegrityError) as exc:  # a card lacking a rule, an altered weight file
+        parser.error(str(exc))
     rows = [row for p in tqdm(paths, desc="analysing", unit="file", file=sys.stderr)
             for row in predict_file(analyzer, p, mask_dir, contexts.get(p.stem, PatientContext()))]
     with open(out / "predictions.csv", "w", newline="") as handle:

@@ -62,12 +62,10 @@ class _Reader:
                 return None
             self.fail(f"its `{self.section}` section has no `{key}`")
         value = self.entry[key]
-        try:
-            if kind is float and not isinstance(value, (int, float)) or isinstance(value, bool) and kind is not bool:
-                raise TypeError
-            return kind(value)
-        except (TypeError, ValueError):
+        accepted = (int, float) if kind is float else kind  # JSON writes 1.0 as 1
+        if not isinstance(value, accepted) or (isinstance(value, bool) and kind is not bool):
             self.fail(f"`{self.section}.{key}` is {value!r}, not a {kind.__name__}")
+        return kind(value)
 
     def mapping(self, key: str, optional: bool = False) -> dict:
         value = self.entry.get(key)
