@@ -33,7 +33,10 @@ class Split:
         split_file); the stages must agree, or the rules would be fitted on another model's training images."""
         found = {}
         for stage in NETWORK_STAGES:
-            config = json.loads((Path(runs) / stage / "history.json").read_text())["config"]
+            path = Path(runs) / stage / "history.json"
+            config = json.loads(path.read_text())["config"]
+            if not config.get("split_file") and config.get("split_seed") is None:
+                raise ValueError(f"{path}: its config records neither split_seed nor split_file")
             found[stage] = cls(None if config.get("split_file") else int(config["split_seed"]),
                                config.get("split_file") or None)
         if len(set(found.values())) != 1:
