@@ -4,8 +4,10 @@ navigation.
 Run:  streamlit run streamlit_app.py      (DATA_DIR=../shared/data for dataset features)
 
 Streamlit runs this file for every page of every session (also when a page is opened by its URL), so the page list
-with its titles and icons is always the one below. The pages live in app_pages/ (not pages/, which Streamlit would
-serve as a second, title-less page list) and contain layout only; what they share is in ui/.
+with its titles and icons is always the one below. The pages live in app_pages/, not pages/: Streamlit ignores
+pages/ only in a run that reaches st.navigation, and the runs that stop before it (the sign-in gate, a model card the
+app refuses) would list every file of pages/ and open it by its URL, past the gate (seen in a browser with Streamlit
+1.67). They contain layout only; what they share is in ui/.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import streamlit as st
 from ui.analyzers import pool
 from ui.auth import is_admin, sign_in_gate
 from ui.data_folder import data_dir_sidebar
+from ui.model_files import card_problem
 
 PAGES = [  # (file, title, icon, URL path)
     ("app_pages/home.py", "Home", ":material/home:", ""),
@@ -34,6 +37,10 @@ def main() -> None:
     pool()  # the model loads in the background from the first request on, while the first page renders
     st.set_page_config(page_title="LesionLens", page_icon=":material/biotech:", layout="wide")
     sign_in_gate()  # with [auth] in secrets.toml: nothing below runs until an allowed user is signed in
+    problem = card_problem()
+    if problem:  # every page quotes the card's rules: none may run on a card that lacks one
+        st.error(f"LesionLens cannot start: {problem}", icon=":material/error:")
+        st.stop()
     data_dir_sidebar()
     pages = [st.Page(path, title=title, icon=icon, url_path=url or None, default=not url)
              for path, title, icon, url in PAGES if path not in ADMIN_PAGES or is_admin()]

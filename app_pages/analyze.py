@@ -8,7 +8,8 @@ from pathlib import Path
 import streamlit as st
 
 from core.data.classes import CLASS_CODES, MALIGNANT_CODES
-from core.io.dicom_input import is_dicom, read_dicom
+from core.io.dicom_input import read_dicom
+from core.io.image_limits import is_dicom
 from core.io.intake import FILE_EXTENSIONS, SUPPORTED_TEXT, ImageRejected, load_image
 from core.data.patient_context import SEXES, SITES, ContextError, PatientContext
 from ui.analyzers import ModelUnavailable, pool
@@ -196,8 +197,9 @@ def _cam(rgb, code: str, method: str, progress=None):
         return analyzer.cam_for(rgb, code, method, progress)
 
 
-def cam_ui(rgb, r, mask, key: str, controls, view):
-    """CAM controls in `controls`, the labelled map in `view`; returns (overlay image or None, its caption)."""
+def cam_ui(rgb, r, mask, key: tuple, controls, view):
+    """CAM controls in `controls`, the labelled map in `view` (`key`: the file's digest and frame); returns (overlay
+    image or None, its caption)."""
     from core.analysis.cam import distinct_class_cams
 
     controls.markdown("**Class activation map**")
@@ -317,7 +319,7 @@ def result_ui(rgb, r, name: str, example: dict | None, mm_per_pixel: float | Non
     controls[0].caption(f"`{name}` · {rgb.shape[1]} × {rgb.shape[0]} px. Analysed in memory; nothing is stored.")
     views[0].image(rgb, width="stretch", caption="Original image")
     mask_kind, mask = segmentation_ui(rgb, r, controls[1], views[1])
-    cam_image, cam_label = cam_ui(rgb, r, mask, key[0], controls[2], views[2])
+    cam_image, cam_label = cam_ui(rgb, r, mask, key[:2], controls[2], views[2])  # (file, frame)
     measurements = r.measurements
     if mask_kind == "coarse":
         from core.lesion.lesion_measurements import measure_lesion

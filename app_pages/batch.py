@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.data.classes import CLASS_CODES
 from core.io.intake import FILE_EXTENSIONS
-from core.decisions.ood import REFUSED_LEVELS
+from core.decisions.ood_levels import REFUSED_LEVELS
 from core.decisions.triage import HEADLINES
 from ui.analyzers import ModelUnavailable, pool
 from ui.audit_log import record_batch

@@ -171,13 +171,13 @@ def report_ui(comparison, images, band, band_text: str, mm_per_pixel: float | No
 
     note = st.text_input("Note for the PDF report (optional)", key="compare_note", max_chars=500,
                          placeholder="e.g. interval between the images; no patient identifiers")
-    card = model_card() or {}
+    card = model_card()
 
     def build() -> bytes:  # run when the button is pressed
         return build_comparison_pdf(
             panels=panels(comparison, images), comparison=comparison, band_available=band is not None,
             band_text=band_text, mm_per_pixel=mm_per_pixel, clinician_note=note,
-            model_info={"version": card.get("version", "unknown"), "created": card.get("created", "unknown")})
+            model_info={"version": card.version, "created": card.display("created")})
 
     st.download_button("Download comparison report (PDF)", build, file_name="lesionlens_comparison.pdf",
                        mime="application/pdf", key="compare_pdf", type="primary", icon=":material/picture_as_pdf:")

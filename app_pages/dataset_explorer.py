@@ -34,7 +34,7 @@ def _without_metadata(table: pd.DataFrame) -> list[str]:
 
 # ---------------------------------------------------------------- without data: the model card's summary
 def card_summary_ui() -> None:
-    summary = (model_card() or {}).get("dataset_summary")
+    summary = model_card().display("dataset_summary")
     if not summary:
         st.info("The shipped model card has no dataset summary yet.")
         return

@@ -58,7 +58,7 @@ def progress_ui(run: dict) -> None:
     st.button("Cancel", key="eval_cancel", on_click=_cancel, icon=":material/stop:")
     try:
         with pool().borrow() as analyzer:
-            version = analyzer.version
+            version = analyzer.card.model_version
             if not run["cancel"]:
                 rows, failures, _ = predict_rows(analyzer, run["manifest"].iloc[run["done"]:run["done"] + CHUNK])
                 run["rows"] += rows

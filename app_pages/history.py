@@ -204,13 +204,12 @@ def export_ui(history, band_text: str) -> None:
 
     note = st.text_input("Note for the PDF (optional)", key="history_note", max_chars=500,
                          placeholder="e.g. reason for follow-up; no patient identifiers")
-    card = model_card() or {}
+    card = model_card()
 
     def build() -> bytes:
         return build_history_pdf(history=history, thumbnails=thumbnails(history), band_text=band_text,
                                  verdict=verdict_of, clinician_note=note,
-                                 model_info={"version": card.get("version", "unknown"),
-                                             "created": card.get("created", "unknown")})
+                                 model_info={"version": card.version, "created": card.display("created")})
 
     st.download_button("Download lesion history (PDF)", build, file_name="lesionlens_history.pdf",
                        mime="application/pdf", key="history_pdf", type="primary", icon=":material/picture_as_pdf:")

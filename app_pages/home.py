@@ -6,7 +6,8 @@ import streamlit as st
 
 from core.data.classes import CLASSES
 from core.data.dataset_summary import images_per_source
-from ui.analyzers import device_text, weights_dir
+from core.decisions.model_card import ModelCard
+from ui.analyzers import device_text
 from ui.data_folder import SOURCE_LABELS
 from ui.formatting import DISCLAIMER, HEADLINE_SOURCES, headline_format, headline_label, short_name
 from ui.metric_views import ci_metric
@@ -14,18 +15,16 @@ from ui.model_files import classification_of, model_card
 from ui.out_of_source import held_out_summary_ui
 
 
-def metrics_ui(card: dict) -> None:
+def metrics_ui(card: ModelCard) -> None:
     """Version line and the card's headline figures with their 95 % CIs, both test sets."""
-    rule = card.get("decision_rule") or {}
-    sizes = card.get("input_size")
-    if isinstance(sizes, dict):
-        sizes = ", ".join(f"{k} {v.get('width')}×{v.get('height')}" if isinstance(v, dict) else f"{k} {v}"
-                          for k, v in sizes.items())
+    rule = card.decision_rule
+    sizes = ", ".join(f"{network} {width}×{height}" for network, (height, width)
+                      in (("classifier", card.input_size.classifier), ("segmenter", card.input_size.segmenter)))
     st.subheader("Shipped model")
-    st.caption(f"Version **{card.get('version', 'unversioned')}** · created {str(card.get('created', '?'))[:19]} · "
-               f"backbone {card.get('backbone', '?')} · input {sizes or '?'} · decision rule: "
-               f"{rule.get('views', 1)} test-time view(s), temperature {float(rule.get('temperature') or 1.0):.2f}")
-    headline = {k: v for k, v in (card.get("headline") or {}).items() if v}
+    st.caption(f"Version **{card.version}** · created {str(card.display('created'))[:19]} · "
+               f"backbone {card.backbone} · input {sizes} · decision rule: "
+               f"{rule.views} test-time view(s), temperature {rule.temperature:.2f}")
+    headline = {k: v for k, v in card.display("headline").items() if v}
     for source, label in HEADLINE_SOURCES.items():
         entries = {k: v for k, v in headline.items() if k.startswith(f"{source}_")}
         if not entries:
@@ -38,9 +37,9 @@ def metrics_ui(card: dict) -> None:
                "on it).")
 
 
-def splits_ui(card: dict) -> None:
+def splits_ui(card: ModelCard) -> None:
     """Images per split and source, from the model card's dataset summary."""
-    summary = card.get("dataset_summary") or {}
+    summary = card.display("dataset_summary")
     rows = {split: images_per_source(summary, part) for split, part in summary.get("splits", {}).items()}
     if not rows:
         return
@@ -50,10 +49,10 @@ def splits_ui(card: dict) -> None:
     st.caption("HAM10000 is split by lesion, so no lesion appears in more than one of train / val / test.")
 
 
-def training_data_ui(card: dict) -> None:
+def training_data_ui(card: ModelCard) -> None:
     """Training data description, splits and the per-class test recall."""
     per_class = classification_of(card, "ham10000_test").get("per_class", {})
-    data = card.get("data")
+    data = card.display("data")
     left, right = st.columns([2, 3], gap="large")
     with left:
         st.markdown("**Training data**")
@@ -92,13 +91,9 @@ def home_page() -> None:
         "- **Evaluate your data** — the shipped model on your own labelled folder, with CIs."
     )
     card = model_card()
-    if card is None:
-        st.info(f"No model has been shipped yet: `{weights_dir() / 'model_card.json'}` is missing. "
-                "Train one (see README) to enable analysis.")
-    else:
-        metrics_ui(card)
-        held_out_summary_ui(card)
-        training_data_ui(card)
+    metrics_ui(card)
+    held_out_summary_ui(card)
+    training_data_ui(card)
     st.caption(f"Compute: {device_text()}")
 
 

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.decisions.referral import BELOW_TEXT, REFER_TEXT, validation_sources_text
-from ui.analyzers import ModelUnavailable, pool, weights_dir
+from core.decisions.model_card import ModelCard
+from core.decisions.referral import BELOW_TEXT, REFER_TEXT, SCORES as REFERRAL_SCORES, validation_sources_text
+from ui.analyzers import ModelUnavailable, pool
 from ui.audit_log import record_threshold_change
 from ui.data_folder import available_sources, current_data_dir
 from ui.datasets import dataset_cam, manifest, read_image_path
@@ -35,7 +36,7 @@ def no_predictions_ui(model: str) -> None:
 
 
 # ---------------------------------------------------------------- selection and headline
-def selection_ui(card: dict) -> tuple[str, str] | None:
+def selection_ui(card: ModelCard) -> tuple[str, str] | None:
     """The test set and the classifier; None when the card has no classification metrics."""
     sets = [k for k in TEST_SETS if test_set_metrics(card, k).get("classification")]
     if not sets:
@@ -50,7 +51,7 @@ def selection_ui(card: dict) -> tuple[str, str] | None:
     return test_set, model if model in models else models[0]
 
 
-def headline_ui(card: dict, test_set: str, model: str) -> None:
+def headline_ui(card: ModelCard, test_set: str, model: str) -> None:
     m = classification_of(card, test_set, model)
     ci, referral = m.get("ci", {}), test_set_metrics(card, test_set).get("referral", {})
     cols = st.columns(5)
@@ -140,12 +141,13 @@ def threshold_ui() -> float:
     return current
 
 
-def referral_ui(card: dict) -> None:
+def referral_ui(card: ModelCard) -> None:
     """The referral rule, the session threshold and what it does to sensitivity / specificity on each test set."""
-    shipped, entry = rule(), card.get("referral", {})
-    st.markdown(f"**Rule:** refer when the melanoma score ({entry.get('score_meaning', shipped.score)}) reaches the "
+    shipped = rule()
+    st.markdown(f"**Rule:** refer when the melanoma score ({REFERRAL_SCORES[shipped.score]}) reaches the "
                 f"threshold. The model card's threshold **{shipped.threshold:.3f}** was chosen on validation images for "
-                f"a melanoma sensitivity of at least {shipped.target_sensitivity:.0%}{validation_sources_text(entry)}. "
+                f"a melanoma sensitivity of at least {shipped.target_sensitivity:.0%}"
+                f"{validation_sources_text(card.referral.fit)}. "
                 f"Analyze, Batch and the PDF report say “{REFER_TEXT}” or “{BELOW_TEXT}”, with the score and the threshold.")
     threshold = threshold_ui()
     if threshold != shipped.threshold:
@@ -171,16 +173,16 @@ def referral_ui(card: dict) -> None:
 
 
 # ---------------------------------------------------------------- uncertainty, calibration, OOD, retrieval
-def uncertainty_ui(card: dict, test_set: str) -> None:
-    entry = card.get("uncertainty", {})
+def uncertainty_ui(card: ModelCard, test_set: str) -> None:
+    entry = card.uncertainty
     st.markdown(f"Each analysis says its uncertainty in words: **low / moderate / high**, from the "
-                f"`{entry.get('score', '?')}` score cut on validation images; the screens give each level's "
+                f"`{entry.score}` score cut on validation images; the screens give each level's "
                 "measured validation error rate. Risk-coverage: keep the most certain images first.")
     curves = {label: test_set_metrics(card, key).get("uncertainty", {}).get("risk_coverage")
               for key, label in TEST_SETS.items()}
     st.plotly_chart(risk_coverage_figure({k: v for k, v in curves.items() if v}), key="risk_coverage_chart")
     levels = test_set_metrics(card, test_set).get("uncertainty", {}).get("levels", {})
-    validation = entry.get("error_rates", {})
+    validation = entry.error_rates
     st.dataframe(pd.DataFrame([{"Level": level, "Share of images": pct(v.get("share")), "Images": v.get("n"),
                                 "Top-1 error rate (95% CI)": ci_text(v.get("error_rate"), pct),
                                 "Validation error rate": pct(validation.get(level))} for level, v in levels.items()]),
@@ -188,26 +190,26 @@ def uncertainty_ui(card: dict, test_set: str) -> None:
     st.caption(f"Levels on the {TEST_SETS[test_set]}; the validation error rate is what the screens quote.")
 
 
-def calibration_ui(card: dict, m: dict, model: str) -> None:
+def calibration_ui(card: ModelCard, m: dict, model: str) -> None:
     cal = m.get("calibration", {})
     if not cal:
         st.info("No calibration data in the model card.")
         return
     st.plotly_chart(reliability_figure(cal), key="calibration_chart")
-    rule_entry = card.get("decision_rule", {})
-    if model == "mask_cn" and rule_entry:
-        chosen = rule_entry.get("fit", {}).get("chosen", {})
-        st.caption(f"Plain softmax: one view, no temperature. Shown: the decision rule ({rule_entry.get('views')} "
+    rule_entry = card.decision_rule
+    if model == "mask_cn":
+        chosen = rule_entry.fit.get("chosen", {})
+        st.caption(f"Plain softmax: one view, no temperature. Shown: the decision rule ({rule_entry.views} "
                    f"test-time view(s), logit adjustment tau {float(chosen.get('tau', 0)):.2f}, temperature "
-                   f"T = {float(rule_entry.get('temperature', 1)):.2f}; validation ECE "
+                   f"T = {rule_entry.temperature:.2f}; validation ECE "
                    f"{decimals(chosen.get('ece'))}), fitted on validation only. Rule: "
-                   f"{rule_entry.get('fit', {}).get('rule', '—')}. Bars: accuracy per confidence bin; dots: the bin's "
+                   f"{rule_entry.fit.get('rule', '—')}. Bars: accuracy per confidence bin; dots: the bin's "
                    "mean confidence (on the diagonal when calibrated).")
 
 
-def ood_ui(card: dict) -> None:
-    ood = card.get("ood", {})
-    if not ood.get("results"):
+def ood_ui(card: ModelCard) -> None:
+    ood = card.ood
+    if not ood.results:
         st.info("No out-of-distribution results in the model card.")
         return
     st.markdown("**not dermoscopy** → no diagnosis is shown at all; **unusual** → the diagnosis is shown greyed with "
@@ -217,17 +219,17 @@ def ood_ui(card: dict) -> None:
              "Flagged unusual": pct(entry.get("unusual_share")),
              "Error rate, unusual": pct(entry.get("error_rate_unusual")),
              "Error rate, in distribution": pct(entry.get("error_rate_in"))}
-            for name, entry in ood["results"].items()]
+            for name, entry in ood.results.items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="ood_table", placeholder="—")
     accepted = [f"{OOD_RESULT_LABELS.get(name, name)}: {', '.join(entry['accepted'])}"
-                for name, entry in ood["results"].items() if entry.get("accepted")]
+                for name, entry in ood.results.items() if entry.get("accepted")]
     if accepted:
         st.caption("Not rejected (a diagnosis is shown for them): " + "; ".join(accepted))
-    st.caption(f"Method: {ood.get('method', '—')}")
+    st.caption(f"Method: {ood.method or '—'}")
 
 
-def retrieval_ui(card: dict) -> None:
-    k = card.get("retrieval", {}).get("k", "k")
+def retrieval_ui(card: ModelCard) -> None:
+    k = card.retrieval.k
     rows = [{"Queries": label, f"Precision@{k}": decimals(r.get("precision_at_k")),
              "k-NN vote balanced accuracy": pct(r.get("knn_vote_balanced_accuracy")),
              "Classifier balanced accuracy": pct(classification_of(card, key).get("balanced_accuracy"))}
@@ -236,13 +238,13 @@ def retrieval_ui(card: dict) -> None:
         st.info("No similar-case figures in the model card.")
         return
     st.markdown(f"Analyze shows the {k} reference cases nearest to an image in mask-CN's feature space "
-                f"({card.get('retrieval', {}).get('reference_set', 'the reference set')}). Precision@{k}: share of "
+                f"({card.retrieval.reference_set or 'the reference set'}). Precision@{k}: share of "
                 "them with the query's diagnosis; a majority vote of them, against the classifier itself:")
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="retrieval_table")
 
 
 # ---------------------------------------------------------------- segmentation, models, training
-def segmentation_ui(card: dict, test_set: str) -> None:
+def segmentation_ui(card: ModelCard, test_set: str) -> None:
     seg = test_set_metrics(card, test_set).get("segmentation", {})
     variants = {k: v for k, v in seg.items() if k != "paired_differences"}
     if not variants:
@@ -261,7 +263,7 @@ def segmentation_ui(card: dict, test_set: str) -> None:
     st.plotly_chart(segmentation_histograms(seg), key="dice_chart")
 
 
-def models_ui(card: dict, test_set: str) -> None:
+def models_ui(card: ModelCard, test_set: str) -> None:
     """The classification models on this test set, resolution consistency and the patient-context comparison."""
     cls = test_set_metrics(card, test_set).get("classification", {})
     rows = [{"Model": MODEL_LABELS.get(key, key), "Balanced accuracy": ci_text(m.get("ci", {}).get("balanced_accuracy")),
@@ -272,12 +274,12 @@ def models_ui(card: dict, test_set: str) -> None:
             for key, m in cls.items()]
     st.markdown(f"**Classification models on the {TEST_SETS[test_set]}** (bootstrap 95% CIs)")
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="models_table")
-    res = card.get("resolution_consistency") or {}
+    res = card.display("resolution_consistency")
     if res.get("n"):
         st.markdown(f"**Resolution consistency:** the top class changes on {pct(res.get('top_class_changed_share'))} "
                     f"of {res['n']} full-resolution HAM10000 images against their 200×150 copies (mean probability "
                     f"change {pct(res.get('mean_abs_probability_change'))}).")
-    context = card.get("patient_context") or {}
+    context = card.patient_context.entry
     if context.get("validation_criterion"):
         criterion = context["validation_criterion"]
         st.markdown("**Patient context** (age, sex, anatomical site): " + context_use_text(card, where=""))
@@ -297,14 +299,14 @@ def models_ui(card: dict, test_set: str) -> None:
             st.caption(context["method"])
 
 
-def training_ui(card: dict) -> None:
-    curves = card.get("training_curves") or {}
+def training_ui(card: ModelCard) -> None:
+    curves = card.display("training_curves")
     if curves:
         st.plotly_chart(training_curves_figure(curves), key="training_chart")
         st.caption("Validation metric: Dice for the segmenters, balanced accuracy for the classifiers.")
     else:
         st.info("The model card has no training curves.")
-    times = card.get("training_time_minutes") or {}
+    times = card.display("training_time_minutes")
     if times:
         st.dataframe(pd.DataFrame([{"Stage": stage, **t} for stage, t in times.items()]), hide_index=True,
                      key="training_table")
@@ -313,14 +315,11 @@ def training_ui(card: dict) -> None:
 def performance_page() -> None:
     st.title("Model performance")
     card = model_card()
-    if card is None:
-        st.info(f"No model card at `{weights_dir() / 'model_card.json'}` yet — train and evaluate a model first.")
-        return
     selection = selection_ui(card)
     if selection is None:
         return
     test_set, model = selection
-    st.caption(f"Model {card.get('version', '?')} · {card.get('data', {}).get('test', TEST_SETS[test_set])}")
+    st.caption(f"Model {card.version} · {card.display('data').get('test', TEST_SETS[test_set])}")
     headline_ui(card, test_set, model)
     m = classification_of(card, test_set, model)
     st.markdown(WRAPPED_TABS_CSS, unsafe_allow_html=True)  # twelve tabs: a second row instead of a scrolled bar

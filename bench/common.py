@@ -45,38 +45,13 @@ def small_images(root: Path, n: int, size: tuple[int, int], preprocessing) -> np
 
 
 def load_analyzer(weights_dir: Path, module=None, pack: bool = True):
-    """(Analyzer, note). Analyzer.load as shipped (pack: see Analyzer.__init__); while weights/ has no model card yet,
-    the same networks are built from the safetensors files without the sha256 check (random weights for a missing
-    file), so the timings stay meaningful (speed does not depend on the weight values). The OOD detector needs the
-    card.
+    """(Analyzer, note): Analyzer.load as shipped (pack: see Analyzer.__init__). Without a complete model card the app
+    refuses to start, so there is nothing to time either.
     `module`: an alternative core.analysis.inference module (bench.experiments.ab_patch loads a patched copy)."""
-    from core.io.weights_io import WeightsIntegrityError
-
     if module is None:
         import core.analysis.inference as module
-    NETWORK_FILES, Analyzer = module.NETWORK_FILES, module.Analyzer
-
-    try:
-        analyzer = Analyzer.load(weights_dir, device="cpu", pack=pack)
-        return analyzer, f"Analyzer.load (verified, model card version {analyzer.version})"
-    except WeightsIntegrityError as exc:
-        reason = str(exc)
-    from safetensors.torch import load_file
-
-    from core.models import create_model
-
-    networks, sources = {}, []
-    for arch, file_name in NETWORK_FILES.items():
-        model = create_model(arch, "efficientnet_lite0", pretrained=None)
-        path = weights_dir / file_name
-        if path.is_file():
-            model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
-            sources.append(f"{arch}=file")
-        else:
-            sources.append(f"{arch}=random")
-        networks[arch] = model.eval().to(memory_format=torch.channels_last)
-    analyzer = Analyzer(networks, {"version": "no-card"}, None, "cpu", pack=pack)
-    return analyzer, f"fallback (no usable model card: {reason}); unverified {', '.join(sources)}; no OOD detector"
+    analyzer = module.Analyzer.load(weights_dir, device="cpu", pack=pack)
+    return analyzer, f"Analyzer.load (verified, model card version {analyzer.version})"
 
 
 def percentile(values, q: float) -> float:

@@ -553,7 +553,6 @@ def _compare(result, reference, tol: float) -> str | None:
 def run_threads(args, images: list[Path]) -> dict:
     from core.security.audit import AuditLog, record_of_result, sha256_of
     from core.io.intake import load_image_file
-    from core.analysis.predict import model_version
     from ui.analyzers import AnalyzerPool
 
     pool_images = images[: args.unique_images]
@@ -597,7 +596,7 @@ def run_threads(args, images: list[Path]) -> dict:
             try:
                 with pool.borrow() as analyzer:
                     result = analyzer.analyze(rgbs[k], cam=cam)
-                    version = model_version(analyzer)
+                    version = analyzer.card.model_version
                 t_audit = time.perf_counter()  # what the app's audit hook does after each analysis
                 trail.append(record_of_result("analysis", signin_user(index), sha256_of(files[k]), result, version,
                                               result.refer, result.referral_threshold))

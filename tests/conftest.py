@@ -162,14 +162,23 @@ def tiny_runs(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope="module")
 def weights_card():
-    """The model card of the weights the dashboard serves (LESIONLENS_WEIGHTS or weights/)."""
+    """The model card of the weights the dashboard serves (LESIONLENS_WEIGHTS or weights/), as JSON data."""
     from apptest_support import WEIGHTS
-    from core.io.weights_io import read_model_card
+    from core.decisions.model_card import read_card_json
 
     if not (WEIGHTS / "model_card.json").is_file():
         pytest.fail(f"{WEIGHTS / 'model_card.json'} is missing: the dashboard tests need the shipped weights "
-                    "(train + evaluate first)", pytrace=False)
-    return read_model_card(WEIGHTS)
+                    "(train + calibrate first)", pytrace=False)
+    return read_card_json(WEIGHTS)
+
+
+@pytest.fixture(scope="session")
+def card_with():
+    """card_with(triage={...}, ...): the typed shipped model card with some sections replaced."""
+    from core.decisions.model_card import card_from_dict, read_card_json
+
+    shipped = read_card_json(Path(__file__).resolve().parent.parent / "weights")
+    return lambda **sections: card_from_dict({**shipped, **sections})
 
 
 @pytest.fixture

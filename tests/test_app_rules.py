@@ -338,3 +338,25 @@ def test_a_dicom_upload_brings_the_patient_context_of_its_tags(app, data_dir, pd
     rows = _csv_rows(downloads["lesionlens_batch.csv"])
     assert [r["image"] for r in rows] == ["two_frame1", "two_frame2"]
     assert all(r["pred"] and not r["error"] and r["age"] == "61" for r in rows)
+
+
+def test_each_frame_of_a_multi_frame_dicom_gets_its_own_cam(app, data_dir):
+    """Switching frames on Analyze shows the chosen frame's CAM: the CAM cache is keyed by the frame too (it was keyed
+    by the file alone, so the second frame showed the first frame's map)."""
+    import numpy as np
+    import pydicom
+
+    from core.io.dicom_input import MadeUpPatient, wrap_jpeg
+
+    ds = pydicom.dcmread(io.BytesIO(wrap_jpeg(_image(data_dir).read_bytes(), MadeUpPatient("DCM-8"))))
+    other = pydicom.dcmread(io.BytesIO(wrap_jpeg(_image(data_dir, 5).read_bytes(), MadeUpPatient("DCM-8"))))
+    frames = [next(pydicom.encaps.generate_frames(d.PixelData, number_of_frames=1)) for d in (ds, other)]
+    ds.PixelData, ds.NumberOfFrames = pydicom.encaps.encapsulate(frames), 2
+    two = io.BytesIO()
+    ds.save_as(two, enforce_file_format=True)
+    at = _analyze(app, "two.dcm", two.getvalue(), pdf=False)
+    at.selectbox(key="dicom_frame").set_value(1).run()
+    assert not at.exception, at.exception
+    cams = list(at.session_state["cam_cache"].values())
+    assert len(cams) == 2, "the second frame reused the first frame's CAM"
+    assert not np.allclose(cams[0], cams[1])

@@ -39,12 +39,10 @@ def _analyzed(path):
 
 
 def _check_result_fields(row: dict, path, threshold: float) -> None:
-    from core.analysis.predict import model_version
-
     r, analyzer = _analyzed(path)
     assert row["user"] == "local"
     assert row["image_sha256"] == sha256_of(path.read_bytes())
-    assert row["model_version"] == model_version(analyzer)
+    assert row["model_version"] == analyzer.card.model_version
     assert row["top_class"] == r.label and row["uncertainty_level"] == r.uncertainty_level
     assert json.loads(row["probabilities"]) == pytest.approx({c: r.probs[c] for c in CLASS_CODES}, abs=1e-5)
     assert row["ood_level"] == r.ood_level

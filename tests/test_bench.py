@@ -123,9 +123,9 @@ def test_reference_ratios_are_quotients_of_the_medians(quick_results):
         # a ResNet-50 classifier alone is ~4 GFLOPs at 224x224: far heavier than EfficientNet-Lite0
         assert part["flops"]["classifier"] > quick_results[1]["flops"]["mask_cn"], name
     assert ref["reference_224"]["flops"]["segmenter"] > ref["reference_same_size"]["flops"]["segmenter"]
-    from core.io.weights_io import read_model_card
+    from core.decisions.model_card import read_card_json
 
-    sizes = read_model_card(Path(__file__).resolve().parent.parent / "weights")["input_size"]
+    sizes = read_card_json(Path(__file__).resolve().parent.parent / "weights")["input_size"]
     assert ref["reference_same_size"]["sizes"] == {name: [sizes[name]["height"], sizes[name]["width"]]
                                                   for name in ("segmenter", "classifier")}
 

@@ -223,3 +223,24 @@ def test_pixel_spacing_visit_date_and_lesion_tags(data_dir):
     assert skewed.mm_per_pixel is None and any("not square" in note for note in skewed.notes)
     plain = read_dicom(wrap_jpeg(jpeg, MadeUpPatient("P2")))
     assert plain.mm_per_pixel is None and plain.lesion == {}
+
+
+def test_the_header_count_and_the_reader_agree_on_a_multi_frame_file(jpeg, dicom, tmp_path):
+    """file_header (what the predict CLI and the archive engine count) and read_dicom apply one size rule: with a
+    total between one frame's limit and 8x it, the header used to say one image while the reader gave every frame,
+    so only the first frame was analysed, silently."""
+    from core.io.dicom_input import file_header
+
+    rgb = load_image(jpeg)
+    data = _uncompressed(dicom, rgb, "RGB", frames=4)
+    path = tmp_path / "four.dcm"
+    path.write_bytes(data)
+    per_frame = rgb.shape[0] * rgb.shape[1]
+    for limit in (per_frame, 2 * per_frame, 4 * per_frame, 8 * per_frame):
+        count = file_header(path, max_pixels=limit)[0]
+        try:
+            frames = len(read_dicom(data, max_pixels=limit).frames)
+        except ImageRejected as exc:
+            assert exc.reason == "too_many_pixels" and count == 1, limit
+        else:
+            assert count == frames == 4, limit

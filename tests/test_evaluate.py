@@ -1,5 +1,6 @@
-"""train.evaluate end to end on tiny trained runs: the card's rules are fitted, the files verify, the Analyzer
-applies the same rules, and the folder report gives the numbers core.analysis.folder_evaluation gives."""
+"""train.calibrate end to end on tiny trained runs: every section of the card is fitted and the app's reader accepts
+it, the files verify, the Analyzer applies the same rules, a step run on its own keeps the other steps' sections, and
+the folder report gives the numbers core.analysis.folder_evaluation gives."""
 import json
 import shutil
 
@@ -11,16 +12,42 @@ from core.data.classes import CLASS_CODES
 from core.analysis.inference import Analyzer
 from core.io.intake import load_image_file
 from core.io.weights_io import sha256_of
-from train import evaluate
+from core.decisions.model_card import REQUIRED_SECTIONS, load_card, read_card_json
+from train import calibrate, evaluate
 
 
 @pytest.fixture(scope="module")
-def tiny_card(tiny_runs, data_dir, tmp_path_factory):
+def tiny_calibration(tiny_runs, data_dir, tmp_path_factory):
+    """train.calibrate on the tiny runs, everything small: (weights folder, card, its working folder)."""
     runs, _ = tiny_runs
-    weights = tmp_path_factory.mktemp("weights")
-    card = evaluate.main(["--data-dir", str(data_dir), "--runs", str(runs), "--weights", str(weights),
-                          "--max-images", "3", "--use-cache", "false"])
+    work = tmp_path_factory.mktemp("calibration")
+    weights = work / "weights"
+    calibrate.main(["--data-dir", str(data_dir), "--runs", str(runs), "--weights", str(weights), "--max-images", "3",
+                    "--use-cache", "false", "--oos-out", str(work / "oos"), "--measures", str(work / "measures"),
+                    "--dermoscopy-features", str(work / "features.npz"), "--followup-pairs", "2",
+                    "--results", str(work / "results.md")])
+    return weights, read_card_json(weights), work
+
+
+@pytest.fixture(scope="module")
+def tiny_card(tiny_calibration):
+    weights, card, _ = tiny_calibration
     return weights, card
+
+
+def test_calibrate_writes_every_section_the_app_needs(tiny_calibration, tiny_runs):
+    weights, card, work = tiny_calibration
+    typed = load_card(weights)  # the app's reader: raises on any missing section
+    assert set(REQUIRED_SECTIONS) <= set(card)
+    assert typed.split.seed == json.loads((tiny_runs[0] / "mask_cn" / "history.json").read_text())["config"]["split_seed"]
+    assert typed.referral.threshold == typed.triage.thresholds["mel"]  # the out-of-source fit supersedes evaluate's
+    assert "dermoscopy_check.safetensors" in typed.files and "out_of_source" in card
+    band = json.loads((weights / "followup_noise.json").read_text())
+    assert band["weights_version"] == typed.version and band["n_pairs"] == 2
+    assert f"Model card {typed.version}" in (work / "results.md").read_text()
+    assert not list(weights.glob(".model_card.*"))  # the atomic write left no temporary file
+    predictions = pd.read_csv(weights / "test_predictions.csv")
+    assert set(predictions["triage"]) <= {"not_assessed", "refer", "review", "no_referral"}
 
 
 def test_the_card_holds_every_rule_and_verifiable_files(tiny_card):
@@ -63,7 +90,7 @@ def test_the_analyzer_applies_the_same_rules(tiny_card, ham_split):
     assert analyzer.rule.views == card["decision_rule"]["views"]
     assert result.refer == (result.mel_score >= card["referral"]["threshold"])
     assert result.uncertainty_level == analyzer.uncertainty.level(result.uncertainty_score)
-    assert result.ood_level in ("in", "unusual", "not_dermoscopy")
+    assert result.ood_level in ("in", "unusual", "clinical_photo", "not_skin")
     assert len(result.similar) == 8 and result.similar["similarity"].is_monotonic_decreasing
     assert abs(sum(result.probs.values()) - 1) < 1e-5
 
@@ -111,3 +138,28 @@ def test_enhanced_sn_gets_the_map_its_training_computed(tiny_card, ham_split):
     chain = run_chain(coarse_sn, mask_cn, seg_u8[None], cls_u8[None])
     assert captured[0].shape == chain["localisation"].shape
     assert np.allclose(captured[0].numpy(), chain["localisation"].numpy(), atol=2e-3)
+
+
+def test_evaluate_alone_keeps_the_other_steps_sections(tiny_calibration, tiny_runs, data_dir):
+    """Re-running the documented evaluation after calibration used to write a fresh card without triage, image
+    quality and dermoscopy check: the app then triaged on melanoma alone, without a word. (Last in this file: it
+    rewrites the tiny card the tests above read.)"""
+    weights, card, _ = tiny_calibration
+    runs, _ = tiny_runs
+    evaluate.main(["--data-dir", str(data_dir), "--runs", str(runs), "--weights", str(weights), "--max-images", "3",
+                   "--use-cache", "false"])
+    after = read_card_json(weights)
+    for section in ("triage", "image_quality", "dermoscopy_check", "conformal", "out_of_source"):
+        assert after[section] == card[section], section
+    assert "dermoscopy_check.safetensors" in after["files"]
+    load_card(weights)
+
+
+def test_evaluate_alone_refuses_to_write_a_partial_card(tiny_runs, data_dir, tmp_path):
+    from core.decisions.model_card import ModelCardError
+
+    runs, _ = tiny_runs
+    with pytest.raises(ModelCardError, match="model card not found. Build it with `python -m train.calibrate"):
+        evaluate.main(["--data-dir", str(data_dir), "--runs", str(runs), "--weights", str(tmp_path), "--max-images",
+                       "2"])
+    assert not (tmp_path / "model_card.json").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -19,7 +20,7 @@ from core.analysis.followup import (BAND_FILE, BASELINE_COLOUR, BEYOND, FOLLOWUP
                                     register, table_text, touches_edge, weights_fingerprint)
 from core.analysis.inference import Analyzer
 from core.io.intake import load_image, load_image_file
-from core.io.weights_io import read_model_card
+from core.decisions.model_card import load_card
 from test_report import pdf_text
 from tests.test_privacy import assert_no_disk_writes
 from tests.test_privacy_analysis import CONTROL_NOTE, EXIF_TEXT, FILE_NAME, _found, _pdf_texts, upload  # noqa: F401
@@ -40,7 +41,7 @@ def analyzer():
 
 @pytest.fixture(scope="module")
 def band():
-    found, why = load_band(WEIGHTS / BAND_FILE, read_model_card(WEIGHTS))
+    found, why = load_band(WEIGHTS / BAND_FILE, load_card(WEIGHTS))
     assert found is not None, why
     return found
 
@@ -118,8 +119,8 @@ def test_band_file_is_for_the_shipped_weights(band, tmp_path):
     for entry in band["measurements"].values():
         assert entry["band"] == entry["quantiles"]["0.95"] >= entry["quantiles"]["0.5"] >= 0
     # another weights version, a missing and a broken file: no band, and a reason
-    card = read_model_card(WEIGHTS)
-    assert load_band(WEIGHTS / BAND_FILE, card | {"version": "another"})[0] is None
+    card = load_card(WEIGHTS)
+    assert load_band(WEIGHTS / BAND_FILE, replace(card, version="another"))[0] is None
     missing, why = load_band(tmp_path / BAND_FILE, card)
     assert missing is None and "train.followup_noise" in why
     (tmp_path / BAND_FILE).write_text("{not json")
@@ -131,8 +132,8 @@ def test_noise_cli_uses_train_and_val_only(data_dir, tmp_path, capsys):
     assert noise_main(["--data-dir", str(data_dir), "--weights", str(WEIGHTS), "--out", str(out),
                        "--max-pairs", "3"]) == 0
     written = json.loads(out.read_text())
-    card = read_model_card(WEIGHTS)
-    assert written["n_pairs"] == 3 and written["weights_version"] == card["version"]
+    card = load_card(WEIGHTS)
+    assert written["n_pairs"] == 3 and written["weights_version"] == card.version
     assert written["weights_fingerprint"] == weights_fingerprint(card)
     assert "train + validation" in written["images"]
     assert load_band(out, card)[0] is not None

@@ -102,12 +102,14 @@ def test_measures_follow_what_they_name():
     assert border_share(working_view(rgb, mask, (0, 450, 0, 600))) == pytest.approx((148 + 2 * 20) / (2 * 200 + 2 * 148))
 
 
-def test_a_check_is_built_only_from_what_it_knows():
+def test_a_check_is_built_only_from_what_it_knows(card_with):
     with pytest.raises(ValueError, match="unknown image-quality check"):
         QualityCheck("too_pretty", 1.0)
     with pytest.raises(ValueError, match="not a number"):
         QualityCheck("out_of_focus", float("nan"))
-    assert QualityChecks.from_card({}).checks == []
+    assert QualityChecks.from_card(card_with(image_quality={"thresholds": {}})).checks == []
+    assert [c.name for c in QualityChecks.from_card(card_with(image_quality={"thresholds": {"heavy_hair": 0.3}})).checks] \
+        == ["heavy_hair"]
     assert quality_sentence(()) == ""
     assert quality_sentence(("out_of_focus", "lesion_cut_by_border")).startswith(
         "It looks out of focus and the lesion runs off the edge of the picture:")
@@ -157,3 +159,34 @@ def test_analyze_page_pdf_and_batch_say_which_check_fired(app_with_out_of_focus,
     assert "out_of_focus" in rows[blurred_png.stem]["quality"].split("|") and rows[blurred_png.stem]["pred"] != ""
     assert rows[sharp_path.stem]["quality"] == ""
 
+
+
+def test_the_test_predictions_triage_column_carries_the_quality_flags(tmp_path, repo_root, card_with):
+    """weights/test_predictions.csv's `triage` is the verdict the app gives: an image a quality check flags is
+    "review", not "no referral" (train.out_of_source used to write the column without the quality flags)."""
+    import pandas as pd
+
+    from core.data.classes import CLASS_CODES
+    from core.decisions.triage import TriageRule
+    from core.decisions.image_quality import MEASURES
+    from train.fit_image_quality import MEASURES_NAME, measures_folder, write_triage_column
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shipped = pd.read_csv(repo_root / "weights" / "test_predictions.csv", keep_default_na=False, dtype={"image_id": str})
+    shipped.to_csv(weights / "test_predictions.csv", index=False)
+    card = card_with(image_quality={"thresholds": {"out_of_focus": 10.0}})
+    probs = shipped[[f"p_{c}" for c in CLASS_CODES]].to_numpy(float)
+    rule = TriageRule.from_card(card)
+    clear = rule.levels(probs, shipped["uncertainty_level"], shipped["ood_level"]) == "no_referral"
+    assert clear.sum() >= 2
+    blurred = clear & (np.cumsum(clear) % 2 == 1)  # every other clear image is out of focus
+    measures = pd.DataFrame({"image_id": shipped["image_id"], **{m: 50.0 for m in MEASURES}})
+    measures.loc[blurred, "sharpness"] = 1.0
+    folder = measures_folder(card.raw, tmp_path / "measures")
+    folder.mkdir(parents=True)
+    measures.to_csv(folder / MEASURES_NAME, index=False)
+    write_triage_column(weights, card, tmp_path / "measures")
+    triage = pd.read_csv(weights / "test_predictions.csv", keep_default_na=False)["triage"].to_numpy()
+    assert (triage[blurred] == "review").all() and (triage[clear & ~blurred] == "no_referral").all()
+    assert (triage == rule.levels(probs, shipped["uncertainty_level"], shipped["ood_level"], blurred)).all()

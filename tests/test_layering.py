@@ -95,3 +95,57 @@ def test_imports_point_down_only():
             elif own in LAYERS and LAYERS.index(dotted[1]) > LAYERS.index(own):
                 found.append(f"{name(path)}:{lineno} imports {imported}: core.{dotted[1]} is above core.{own}")
     assert not found, "imports that point up the layer order:\n" + "\n".join(found)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(CORE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """core module -> the core modules it imports (module- or function-level; `from package import module` counts as
+    the module)."""
+    known = {module_name(p) for p in modules()}
+    graph = {}
+    for path in modules():
+        edges = set()
+        for _, imported, _ in imports(path):
+            target = imported if imported in known else ".".join(imported.split(".")[:-1])
+            if target in known and target != module_name(path) and target != "core":
+                edges.add(target)
+        graph[module_name(path)] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph as [a, b, ..., a], or None (depth-first search, grey / black marking)."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_circle_among_core_modules():
+    """A module that imports another which (even lazily, inside a function) imports it back is one concept split in
+    two; put what both need in a third module below them (e.g. core.io.image_limits)."""
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_the_circle_check_finds_a_circle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None

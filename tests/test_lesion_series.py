@@ -15,7 +15,7 @@ from core.batch import batch_engine
 from core.batch.batch_results import read_result
 from core.batch.lesion_series import SeriesInputError, lesion_series, main, read_visits
 from core.io.intake import load_image_file
-from core.io.weights_io import read_model_card
+from core.decisions.model_card import load_card
 from tests.test_followup import WEIGHTS
 from train.lesion_history_eval import enlarge
 
@@ -45,7 +45,7 @@ def archive(ham_split, tmp_path_factory):
 
 def test_each_watched_lesion_becomes_a_series_that_says_when_it_changed(archive, capsys):
     out, visits_csv = archive
-    band = load_band(WEIGHTS / BAND_FILE, read_model_card(WEIGHTS))[0]
+    band = load_band(WEIGHTS / BAND_FILE, load_card(WEIGHTS))[0]
     visits = read_visits(visits_csv)
     assert len(visits) == 5  # the undated row is left out
     table = lesion_series(read_result(out), visits, band)

@@ -16,7 +16,8 @@ from bench.precision import compare, validation_rows, violations
 from core.analysis import onnx_engine
 from core.analysis.inference import Analyzer
 from core.analysis.onnx_export import ONNX_FILES, example_inputs, export_network, load_fp32_network
-from core.io.weights_io import WeightsIntegrityError, read_model_card
+from core.decisions.model_card import load_card
+from core.io.weights_io import WeightsIntegrityError
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +85,7 @@ def test_the_export_keeps_mask_cn_in_eval_mode_so_its_logits_match(repo_root, tm
 def _weights_with_onnx_files(repo_root, onnx_cache, folder):
     """A weights folder whose model card lists the ONNX files (what the card-building step writes)."""
     weights = repo_root / "weights"
-    card = read_model_card(weights)
+    card = load_card(weights)
     cached = onnx_engine.cache_folder(card)
     if not (cached / onnx_engine.CACHE_MANIFEST).is_file():
         onnx_engine.onnx_models(weights, card)
@@ -92,11 +93,12 @@ def _weights_with_onnx_files(repo_root, onnx_cache, folder):
     for path in weights.iterdir():
         (folder / path.name).symlink_to(path)
     (folder / "model_card.json").unlink()
-    card["files"].update(json.loads((cached / onnx_engine.CACHE_MANIFEST).read_text()))
-    (folder / "model_card.json").write_text(json.dumps(card))
+    raw = json.loads(json.dumps(card.raw))
+    raw["files"].update(json.loads((cached / onnx_engine.CACHE_MANIFEST).read_text()))
+    (folder / "model_card.json").write_text(json.dumps(raw))
     for file_name in ONNX_FILES.values():
         shutil.copy(cached / file_name, folder / file_name)
-    return folder, card, cached
+    return folder, load_card(folder), cached
 
 
 def test_onnx_files_are_sha256_checked_in_the_weights_folder_and_the_cache(repo_root, onnx_cache, tmp_path):
@@ -115,7 +117,7 @@ def test_onnx_files_are_sha256_checked_in_the_weights_folder_and_the_cache(repo_
     os.environ[onnx_engine.CACHE_ENV] = str(tmp_path / "cache")
     try:
         with pytest.raises(WeightsIntegrityError, match="damaged export cache"):
-            onnx_engine.onnx_models(repo_root / "weights", read_model_card(repo_root / "weights"))
+            onnx_engine.onnx_models(repo_root / "weights", load_card(repo_root / "weights"))
     finally:
         os.environ[onnx_engine.CACHE_ENV] = str(onnx_cache)
 

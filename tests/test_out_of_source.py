@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data.classes import NUM_CLASSES
+from core.decisions.model_card import card_from_dict
 from core.decisions.uncertainty import UncertaintyLevels, probability_scores
 from train.out_of_source import held_out_predictions
 from train.source_heads import LinearHead, sample_weights, softmax
@@ -71,6 +72,6 @@ def test_the_shipped_card_quotes_out_of_source_figures():
     assert set(oos["rules_per_source"]) == set(oos["sources"]) and len(oos["sources"]) == 5
     assert card["referral"]["threshold"] == card["triage"]["thresholds"]["mel"]
     assert set(card["triage"]["thresholds"]) == {"mel", "bcc", "akiec"}
-    levels = UncertaintyLevels.from_card(card)
+    levels = UncertaintyLevels.from_card(card_from_dict(card))
     assert "clinics the model was not trained on" in levels.sentence("low")
     assert f"{card['uncertainty']['out_of_source_error_rates']['low']:.0%}" in levels.sentence("low")

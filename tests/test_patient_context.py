@@ -48,15 +48,15 @@ def test_csv_rows_are_read_by_image_name_and_errors_name_the_row(tmp_path):
         read_context_csv(tmp_path / "none.csv")
 
 
-def test_context_head_shifts_nothing_without_context_and_checks_its_shape():
+def test_context_head_shifts_nothing_without_context_and_checks_its_shape(card_with):
     head = ContextHead(np.arange(len(CLASS_CODES) * len(ENCODING), dtype=float).reshape(len(CLASS_CODES), -1) / 100)
     assert np.array_equal(head.shift([PatientContext()]), np.zeros((1, len(CLASS_CODES))))
     assert np.abs(head.shift([PatientContext(70, "male", "face")])).max() > 0.1
     logits = np.random.default_rng(0).normal(size=(2, 3, len(CLASS_CODES)))
     rule = DecisionRule(views=2, temperature=0.7)
     assert np.allclose(rule.probabilities(logits, head.shift([PatientContext()] * 3)), rule.probabilities(logits))
-    assert ContextHead.from_card({"patient_context": {"shipped": False, "head": head.to_card()}}) is None
-    assert np.allclose(ContextHead.from_card({"patient_context": {"shipped": True, "head": head.to_card()}}).weights,
+    assert ContextHead.from_card(card_with(patient_context={"shipped": False, "head": head.to_card()})) is None
+    assert np.allclose(ContextHead.from_card(card_with(patient_context={"shipped": True, "head": head.to_card()})).weights,
                        head.weights)
     with pytest.raises(ValueError, match="shape"):
         ContextHead(np.zeros((len(CLASS_CODES), 3)))
@@ -94,7 +94,7 @@ def test_analyzer_applies_a_shipped_context_head_only_to_given_context(repo_root
     context = PatientContext(80, "male", "face")
     shipped = Analyzer.load(weights)
     plain = shipped.analyze(rgb)
-    assert shipped.analyze(rgb, context=context).context_used == (ContextHead.from_card(card) is not None)
+    assert shipped.analyze(rgb, context=context).context_used == (ContextHead.from_card(shipped.card) is not None)
     head = np.zeros((len(CLASS_CODES), len(ENCODING)))
     head[CLASS_CODES.index("bcc"), ENCODING.index("site face")] = 3.0  # face -> much more bcc
     card["patient_context"] = {"shipped": True, "head": ContextHead(head).to_card()}

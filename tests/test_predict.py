@@ -147,3 +147,22 @@ def test_rows_and_masks_are_the_analyzers_results(run, repo_root):
         assert float(row["mel_score"]) == pytest.approx(r.mel_score, abs=1e-5), name
         assert np.array_equal(mask, r.mask), name
     assert shapes == {(450, 600), (150, 200), (137, 191)}
+
+
+def test_the_cli_refuses_a_card_without_a_rule_in_words(tmp_path, repo_root, capsys):
+    """A model card that lacks its triage section: the CLI names it and stops (exit 2), no traceback, no rows."""
+    import json
+
+    from core.analysis.predict import main
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    card = json.loads((repo_root / "weights" / "model_card.json").read_text())
+    del card["triage"]
+    (weights / "model_card.json").write_text(json.dumps(card))
+    image = sorted((repo_root / "docs" / "screenshots").glob("*.png"))[0]
+    with pytest.raises(SystemExit) as stop:
+        main([str(image), "--out", str(tmp_path / "out"), "--weights", str(weights)])
+    assert stop.value.code == 2
+    assert "has no `triage` section" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "predictions.csv").exists()

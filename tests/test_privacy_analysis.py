@@ -87,7 +87,7 @@ def _analyse_and_report(analyzer: Analyzer, data: bytes, note: str = "") -> byte
         image_rgb=rgb, overlay_rgb=overlay_mask(rgb, r.mask), cam_rgb=overlay_heatmap(rgb, r.cam),
         probs=r.probs, label=r.label, ood_level=r.ood_level, ood_reason=r.ood_reason,
         uncertainty_text=r.uncertainty_text, measurements=r.measurements,
-        model_info={"version": analyzer.version, "created": analyzer.card.get("created", "unknown")},
+        model_info={"version": analyzer.version, "created": analyzer.card.display("created")},
         generated_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), clinician_note=note,
     )
 

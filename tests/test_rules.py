@@ -48,14 +48,14 @@ def test_tta_averaged_output_is_invariant_under_a_flip(networks):
     assert not torch.allclose(plain_a["logits"], plain_b["logits"], atol=1e-3)  # one view alone sees the flip
 
 
-def test_decision_rule_averages_view_probabilities_with_offsets_and_temperature():
+def test_decision_rule_averages_view_probabilities_with_offsets_and_temperature(card_with):
     logits = np.random.default_rng(0).normal(size=(8, 5, NUM_CLASSES))
     offsets = tuple(np.linspace(-1, 1, NUM_CLASSES))
     rule = DecisionRule(views=4, temperature=2.0, logit_offsets=offsets)
     z = (logits[:4] + np.array(offsets)) / 2.0
     expected = (np.exp(z) / np.exp(z).sum(-1, keepdims=True)).mean(0)
     assert np.allclose(rule.probabilities(logits), expected)
-    assert DecisionRule.from_card({"decision_rule": rule.to_card()}) == rule
+    assert DecisionRule.from_card(card_with(decision_rule=rule.to_card())) == rule
 
 
 def grid_row(views, tau, criterion, ece):
@@ -97,7 +97,7 @@ def test_referral_scores_and_threshold():
     probs[2, CLASS_INDEX["nv"]] = 1.0
     assert melanoma_score(probs, "mel").tolist() == pytest.approx([0.3, 0.1, 0.0])
     assert melanoma_score(probs, "malignant").tolist() == pytest.approx([0.6, 0.1, 0.0])
-    rule = ReferralRule("malignant", 0.5)
+    rule = ReferralRule("malignant", 0.5, 0.9)
     assert rule.refer(probs).tolist() == [True, False, False]
     assert rule.refer(probs, threshold=0.05).tolist() == [True, True, False]  # a session's own threshold
     with pytest.raises(ValueError, match="unknown melanoma score"):
@@ -144,7 +144,7 @@ def rule_sensitivity(rule, probs, melanomas) -> float:
     return float(rule.refer(probs[melanomas]).mean())
 
 
-def test_uncertainty_levels_are_cut_on_validation_and_carry_their_error_rates():
+def test_uncertainty_levels_are_cut_on_validation_and_carry_their_error_rates(card_with):
     rng = np.random.default_rng(2)
     score = rng.uniform(0, 1, 2000)
     errors = (rng.uniform(0, 1, 2000) < score * 0.6).astype(float)  # errors grow with the score
@@ -155,7 +155,7 @@ def test_uncertainty_levels_are_cut_on_validation_and_carry_their_error_rates():
     assert (assigned == "high").mean() == pytest.approx(fit_rules.HIGH_SHARE, abs=0.01)
     assert levels.error_rates["high"] > 3 * levels.error_rates["low"]
     assert "wrong" in levels.sentence("high") and f"{levels.error_rates['high']:.0%}" in levels.sentence("high")
-    assert UncertaintyLevels.from_card({"uncertainty": levels.to_card()}) == levels
+    assert UncertaintyLevels.from_card(card_with(uncertainty=levels.to_card())) == levels
 
 
 def test_probability_scores():

@@ -233,3 +233,31 @@ def test_ddp_two_cpu_processes_end_with_equal_weights(tmp_path, data_dir, repo_r
     torch.manual_seed(42)  # train.train seeds 42 before building the model: this is the exact initial state
     fresh = create_model("classifier", pretrained=None).state_dict()
     assert not np.allclose(fresh["net.classifier.weight"].numpy(), rank0["net.classifier.weight"].numpy())
+
+
+def test_train_all_counts_an_early_stopped_stage_as_finished(tmp_path):
+    """A stage that early stopping ended is done: re-running train_all used to resume it and train one more epoch
+    each time (its history had fewer epochs than --epochs)."""
+    from train.train_all import finished
+
+    def history(scores, patience):
+        (tmp_path / "history.json").write_text(json.dumps({"config": {"patience": patience}, "history": [
+            {"epoch": i + 1, "val_metric": s} for i, s in enumerate(scores)]}))
+
+    history([0.5, 0.7, 0.6, 0.65], patience=2)  # best at epoch 2, then 2 epochs without a better score: stopped
+    assert finished(tmp_path, ["--epochs", "10"])
+    history([0.5, 0.7, 0.6], patience=2)  # only 1 stale epoch: interrupted, not stopped
+    assert not finished(tmp_path, ["--epochs", "10"])
+    history([0.5, 0.7, 0.7, 0.6], patience=0)  # no early stopping: only all epochs finish it
+    assert not finished(tmp_path, ["--epochs", "10"]) and finished(tmp_path, ["--epochs", "4"])
+
+
+def test_max_minutes_is_decided_by_rank_0_for_every_rank(tmp_path, repo_root):
+    """Two ranks whose clocks disagree (rank 0 past --max-minutes, rank 1 not) both stop: each used to check its own
+    clock, so one could save and exit while the other trained on and waited forever in its next collective."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{repo_root}:{repo_root / 'tests'}"}
+    workers = [subprocess.Popen([sys.executable, str(repo_root / "tests" / "ddp_clock_support.py"), str(rank), "29547",
+                                 str(tmp_path)], cwd=repo_root, env=env) for rank in (0, 1)]
+    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    answers = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert answers == [True, True]

@@ -29,7 +29,7 @@ def probs_with(**values) -> np.ndarray:
     return p
 
 
-RULE = TriageRule({"mel": 0.02, "bcc": 0.05, "akiec": 0.05},
+RULE = TriageRule({"mel": 0.02, "bcc": 0.05, "akiec": 0.05}, 0.9,
                   out_of_source={"refer": {"melanoma_sensitivity": 0.88, "malignant_sensitivity": 0.9,
                                            "benign_specificity": 0.6},
                                  "review": {"malignant_share": 0.2, "error_rate": 0.4},
@@ -81,14 +81,12 @@ def test_vectorised_levels_agree_with_single_verdicts():
     assert list(levels) == [RULE.verdict(p, u, o).level for p, u, o in zip(probs, unc, ood)]
 
 
-def test_rule_validates_and_round_trips():
+def test_rule_validates_and_round_trips(card_with):
     with pytest.raises(ValueError):
-        TriageRule({"nv": 0.1})
+        TriageRule({"nv": 0.1}, 0.9)
     with pytest.raises(ValueError):
-        TriageRule({"mel": 1.5})
-    assert TriageRule.from_card({"triage": RULE.to_card()}) == RULE
-    old = TriageRule.from_card({"referral": {"threshold": 0.023}})  # a card from before the triage entry
-    assert old.thresholds == {"mel": 0.023}
+        TriageRule({"mel": 1.5}, 0.9)
+    assert TriageRule.from_card(card_with(triage=RULE.to_card())) == RULE
 
 
 def test_prediction_sets_hold_the_top_class_and_everything_above_the_cut():

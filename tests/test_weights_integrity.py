@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.io.weights_io import (MODEL_CARD_NAME, WeightsIntegrityError, load_verified, read_model_card, save_weights,
-                                sha256_of)
+from core.decisions.model_card import MODEL_CARD_NAME, ModelCard, ModelCardError, load_card, read_card_json
+from core.io.weights_io import WeightsIntegrityError, load_verified, save_weights, sha256_of
 
 CORE = Path(__file__).resolve().parent.parent / "core"
 
@@ -25,10 +25,11 @@ def small_module() -> nn.Module:
     return module.eval()
 
 
-def write_card(weights_dir: Path, files: dict) -> dict:
-    card = {"version": "test", "files": files}
+def write_card(weights_dir: Path, files: dict) -> ModelCard:
+    """The shipped card listing only `files`, written to weights_dir."""
+    card = {**read_card_json(Path(__file__).resolve().parent.parent / "weights"), "version": "test", "files": files}
     (weights_dir / MODEL_CARD_NAME).write_text(json.dumps(card))
-    return card
+    return load_card(weights_dir)
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def test_round_trip_through_the_card(saved):
     weights_dir, module, info = saved
     assert info["sha256"] == sha256_of(weights_dir / "classifier.safetensors")
     assert info["bytes"] == (weights_dir / "classifier.safetensors").stat().st_size
-    card = read_model_card(weights_dir)
+    card = load_card(weights_dir)
     state = load_verified(weights_dir, "classifier.safetensors", card)
     original = module.state_dict()
     assert set(state) == set(original)
@@ -69,17 +70,16 @@ def test_one_flipped_byte_is_refused(saved):
     data[len(data) - 5] ^= 0x01  # inside the tensor data: still a parseable safetensors file
     path.write_bytes(bytes(data))
     with pytest.raises(WeightsIntegrityError, match="sha256"):
-        load_verified(weights_dir, "classifier.safetensors", read_model_card(weights_dir))
+        load_verified(weights_dir, "classifier.safetensors", load_card(weights_dir))
 
 
 def test_file_not_in_card_is_refused(saved):
     weights_dir, module, _ = saved
     save_weights(module, weights_dir / "extra.safetensors")
     with pytest.raises(WeightsIntegrityError, match="not listed"):
-        load_verified(weights_dir, "extra.safetensors", read_model_card(weights_dir))
-    card = write_card(weights_dir, {"extra.safetensors": {"bytes": 10}})  # listed, but without a sha256
-    with pytest.raises(WeightsIntegrityError, match="not listed"):
-        load_verified(weights_dir, "extra.safetensors", card)
+        load_verified(weights_dir, "extra.safetensors", load_card(weights_dir))
+    with pytest.raises(ModelCardError, match="`files` section has no `sha256`"):  # listed, but without a sha256
+        write_card(weights_dir, {"extra.safetensors": {"bytes": 10}})
 
 
 def test_missing_file_and_missing_or_broken_card(saved, tmp_path):
@@ -89,11 +89,11 @@ def test_missing_file_and_missing_or_broken_card(saved, tmp_path):
         load_verified(weights_dir, "gone.safetensors", card)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(WeightsIntegrityError, match="model card not found"):
-        read_model_card(empty)
+    with pytest.raises(ModelCardError, match="model card not found"):
+        load_card(empty)
     (empty / MODEL_CARD_NAME).write_text("{not json")
-    with pytest.raises(WeightsIntegrityError, match="not valid JSON"):
-        read_model_card(empty)
+    with pytest.raises(ModelCardError, match="not valid JSON"):
+        load_card(empty)
 
 
 class _Payload:
@@ -116,7 +116,8 @@ def test_pickle_file_is_never_unpickled(tmp_path, monkeypatch, listed):
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append("torch.load"))
     monkeypatch.setattr(pickle, "load", lambda *a, **k: calls.append("pickle.load"))
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: calls.append("pickle.loads"))
-    card = write_card(tmp_path, {"classifier.pt": {"sha256": sha256_of(path)}} if listed else {})
+    card = write_card(tmp_path, {"classifier.pt": {"sha256": sha256_of(path), "bytes": path.stat().st_size}} if listed
+                      else {})
     refusal = "not a valid safetensors file" if listed else "not listed with a sha256 in the model card"
     with pytest.raises(WeightsIntegrityError, match=f"classifier.pt: {refusal}"):
         load_verified(tmp_path, "classifier.pt", card)
@@ -127,7 +128,7 @@ def test_pickle_file_is_never_unpickled(tmp_path, monkeypatch, listed):
 def test_torch_save_file_is_not_loaded_even_if_listed(tmp_path):
     path = tmp_path / "classifier.pt"
     torch.save(small_module().state_dict(), path)  # a genuine (zip+pickle) torch checkpoint
-    card = write_card(tmp_path, {"classifier.pt": {"sha256": sha256_of(path)}})
+    card = write_card(tmp_path, {"classifier.pt": {"sha256": sha256_of(path), "bytes": path.stat().st_size}})
     with pytest.raises(WeightsIntegrityError, match=r"classifier.pt: not a valid safetensors file \(.+\)"):
         load_verified(tmp_path, "classifier.pt", card)
 
@@ -246,7 +247,7 @@ def shipped_copy(tmp_path_factory, repo_root):
 
     copy = tmp_path_factory.mktemp("weights") / "weights"
     shutil.copytree(repo_root / "weights", copy)
-    card = read_model_card(copy)
+    card = read_card_json(copy)
     assert set(SHIPPED_FILES) <= set(card["files"]), sorted(card["files"])
     return copy
 

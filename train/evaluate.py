@@ -1,7 +1,7 @@
 """Export the trained networks to weights/ and write the model card: every choice made on validation, every figure
 measured on test, with bootstrap 95 % confidence intervals.
 
-    python -m train.evaluate --data-dir ../shared/data --runs runs --weights weights
+    python -m train.evaluate --data-dir ../shared/data --runs runs --weights weights   # one step of train.calibrate
     python -m train.evaluate --data-dir MY_FOLDER --report OUT/     # the shipped model on your own labelled images
 
 1. fp16 safetensors of coarse-SN, mask-CN and enhanced-SN (RUNS/<stage>/best.safetensors, with their metadata) go
@@ -16,8 +16,10 @@ measured on test, with bootstrap 95 % confidence intervals.
    sensitivity / specificity, uncertainty levels' error rates and risk-coverage curves, OOD rates (incl. real
    non-dermoscopy photographs: train.ood_probes), segmentation with the E-layer ablation controls, retrieval
    precision@k, resolution consistency.
-5. WEIGHTS/model_card.json, WEIGHTS/test_predictions.csv (train.model_card), WEIGHTS/ood.safetensors,
-   WEIGHTS/case_index.*.
+5. WEIGHTS/test_predictions.csv (train.model_card), WEIGHTS/ood.safetensors, WEIGHTS/case_index.*, and the card
+   sections above (`evaluate` returns them; train.calibrate merges them with the later steps' and writes the card once;
+   this command alone merges them into the card in WEIGHTS, keeping the other steps' sections).
+The split is the one the runs were trained on (their history.json configs), or --split-file.
 Outputs of the networks are cached by content (.cache/lesionlens/outputs), so re-running after a change of the
 rules costs seconds.
 
@@ -29,7 +31,6 @@ report.html.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -39,14 +40,15 @@ import pandas as pd
 from core.analysis.inference import NETWORK_FILES, OOD_FILE
 from core.data.classes import NUM_CLASSES
 from core.data.datasets import load_manifest
-from core.data.splits import apply_split_file, assign_splits
 from core.decisions.decision_rule import DecisionRule
 from core.decisions.ood import OODDetector
 from core.decisions.uncertainty import probability_scores
 from core.imaging.tta import ALL_VIEWS
-from core.io.weights_io import MODEL_CARD_NAME, save_weights, sha256_of
+from core.io.weights_io import save_weights, sha256_of
 from core.lesion.retrieval import CaseIndex
 from train import fit_rules
+from core.decisions.model_card import CALIBRATE_COMMAND, read_card_json
+from train.card_io import Split, write_sections
 from train.evaluation_reports import (CONTROLS, KNN_K, TEST_SETS, classification_report, labels_of, ood_report,
                                       ood_scores, referral_report, resolution_consistency, retrieval_scores,
                                       segmentation_report, uncertainty_report)
@@ -57,37 +59,25 @@ from train.network_outputs import image_outputs, load_network, split_outputs
 from train.ood_probes import real_photographs, synthetic_non_dermoscopic
 
 
-def read_tables(args) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
-    """The images by role (train, val, ham10000_test, isic2017_test; also train.out_of_source's) and the manifest."""
-    manifest = load_manifest(args.data_dir)
-    manifest = apply_split_file(manifest, args.split_file) if args.split_file else assign_splits(manifest, 42)
+def read_tables(data_dir, split: Split, max_images: int = 0) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """The images by role (train, val, ham10000_test, isic2017_test; also train.out_of_source's) and the manifest;
+    max_images > 0: at most that many per source, class and role (tests)."""
+    manifest = split.apply(load_manifest(data_dir))
     tables = {"train": manifest[manifest["split"] == "train"], "val": manifest[manifest["split"] == "val"],
               "ham10000_test": manifest[(manifest["split"] == "test") & (manifest["source"] == "ham10000")],
               "isic2017_test": manifest[(manifest["split"] == "test") & (manifest["source"] == "isic2017")]}
-    if args.max_images:
-        tables = {k: pd.concat([g.sample(n=min(args.max_images, len(g)), random_state=0)
+    if max_images:
+        tables = {k: pd.concat([g.sample(n=min(max_images, len(g)), random_state=0)
                                 for _, g in t.groupby(["source", "dx"])]) for k, t in tables.items()}
     return {k: t.reset_index(drop=True) for k, t in tables.items()}, manifest
 
 
-# ---------------------------------------------------------------- main
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--runs", default="runs")
-    parser.add_argument("--weights", default="weights")
-    parser.add_argument("--split-file", default="")
-    parser.add_argument("--version", default="")
-    parser.add_argument("--max-images", type=int, default=0, help=">0: at most this many images per class, source and "
-                                                                  "split (tests)")
-    parser.add_argument("--use-cache", default="true", choices=("true", "false"))
-    parser.add_argument("--report", default="", help="evaluate the shipped WEIGHTS on DATA_DIR and write OUT/ there")
-    args = parser.parse_args(argv)
-    if args.report:
-        return folder_report(Path(args.data_dir), Path(args.weights), Path(args.report))
-    runs, weights, use_cache = Path(args.runs), Path(args.weights), args.use_cache == "true"
+# ---------------------------------------------------------------- the step
+def evaluate(data_dir: Path, runs: Path, weights: Path, split: Split, version: str = "", max_images: int = 0,
+             use_cache: bool = True) -> dict:
+    """Export the networks to WEIGHTS, fit the rules on validation, measure on test; returns the card sections."""
     started = time.time()
-    tables, manifest = read_tables(args)
+    tables, manifest = read_tables(data_dir, split, max_images)
 
     files = export_weights(runs, weights)
     nets = {arch: load_network(weights / file_name) for arch, file_name in NETWORK_FILES.items()}
@@ -131,7 +121,7 @@ def main(argv=None) -> dict:
     train_index = CaseIndex.fit(outputs["train"]["pooled"], tables["train"], index_fit["dims"])
 
     def uncertainty_scores(name: str, knn_index: CaseIndex) -> dict[str, np.ndarray]:
-        view_probs = np.stack([DecisionRule(1, rule.temperature, rule.logit_offsets).probabilities(v[None])
+        view_probs = np.stack([rule.single_view().probabilities(v[None])
                                for v in outputs[name]["logits"][:max(rule.views, 1)]])
         scores = probability_scores(probs[name], view_probs if rule.views > 1 else None)
         scores["knn_distance"] = knn_index.knn_distance(outputs[name]["pooled"], KNN_K)
@@ -165,7 +155,7 @@ def main(argv=None) -> dict:
                  "segmentation": segmentation_report(table, outputs[name]),
                  "retrieval": retrieval_scores(index, outputs[name]["pooled"], y[name], labels_of(index.table))}
         entry["classification"]["mask_cn_single_view"] = classification_report(
-            table, DecisionRule(1, rule.temperature, rule.logit_offsets).probabilities(outputs[name]["logits"]),
+            table, rule.single_view().probabilities(outputs[name]["logits"]),
             plain[name])
         if baseline_rule is not None:
             entry["classification"]["classifier"] = classification_report(
@@ -187,16 +177,42 @@ def main(argv=None) -> dict:
     predictions = prediction_rows(tables, probs, referral, levels, test_scores, detector, outputs, index, baseline_rule,
                                   with_context)
     predictions.to_csv(weights / "test_predictions.csv", index=False)
-    card = build_card(args, manifest, files, nets, rule, rule_fit, referral, referral_fit, levels, uncertainty_fit,
-                      ood, index_fit, metrics, resolution_consistency(nets, Path(args.data_dir), rule, args.max_images),
-                      runs, started)
+    card = build_card(version, split, manifest, files, nets, rule, rule_fit, referral, referral_fit, levels,
+                      uncertainty_fit, ood, index_fit, metrics,
+                      resolution_consistency(nets, Path(data_dir), rule, max_images), runs, started)
     card["ensemble"] = ensemble
     card["patient_context"] = context_entry
     card["segmentation_tta"] = {"views": seg_views, "validation_dice": seg_tta, "rule": (
         f"flip TTA (4 views) of both segmenters only if it raises validation Dice by > {fit_rules.SEG_TTA_MIN_GAIN}")}
-    (weights / MODEL_CARD_NAME).write_text(json.dumps(card, indent=1))
     print_summary(card)
     return card
+
+
+# ---------------------------------------------------------------- main
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--runs", default="runs")
+    parser.add_argument("--weights", default="weights")
+    parser.add_argument("--split-file", default="", help="default: the split the runs were trained on")
+    parser.add_argument("--version", default="")
+    parser.add_argument("--max-images", type=int, default=0, help=">0: at most this many images per class, source and "
+                                                                  "split (tests)")
+    parser.add_argument("--use-cache", default="true", choices=("true", "false"))
+    parser.add_argument("--report", default="", help="evaluate the shipped WEIGHTS on DATA_DIR and write OUT/ there")
+    args = parser.parse_args(argv)
+    if args.report:
+        return folder_report(Path(args.data_dir), Path(args.weights), Path(args.report))
+    runs, weights = Path(args.runs), Path(args.weights)
+    previous = read_card_json(weights)  # alone, this step updates a calibrated card (train.calibrate builds one)
+    split = Split(None, args.split_file) if args.split_file else Split.of_runs(runs)
+    sections = evaluate(Path(args.data_dir), runs, weights, split, args.version, args.max_images,
+                        args.use_cache == "true")
+    write_sections(weights, sections)
+    kept = sorted(set(previous) - set(sections) - {"calibration_seconds"})
+    print(f"kept from the previous calibration (fitted for the networks it had): {', '.join(kept)}; "
+          f"`{CALIBRATE_COMMAND}` refits every section")
+    return sections
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from core.analysis.metrics import (balanced_accuracy, binary_auc, calibration, c
                                    risk_coverage, value_with_ci)
 from core.data.classes import CLASS_CODES, CLASS_INDEX, NUM_CLASSES, class_index
 from core.decisions.decision_rule import DecisionRule
-from core.decisions.ood import REFUSED_LEVELS, OODDetector
+from core.decisions.ood import OODDetector
+from core.decisions.ood_levels import REFUSED_LEVELS
 from core.decisions.uncertainty import LEVELS
 from core.lesion.retrieval import CaseIndex
 from train.network_outputs import image_outputs

@@ -1,6 +1,8 @@
-"""Fit the dermoscopy check (core.decisions.dermoscopy_check) and write it into the shipped weights and model card.
+"""Fit the dermoscopy check (core.decisions.dermoscopy_check): WEIGHTS/dermoscopy_check.safetensors and the model
+card's `dermoscopy_check` section (`dermoscopy_check` returns them; train.calibrate merges them with the other steps';
+this command alone merges them into the card in WEIGHTS).
 
-    python -m train.fit_dermoscopy_check --data-dir ../shared/data --weights weights
+    python -m train.fit_dermoscopy_check --data-dir ../shared/data --weights weights    # one step of train.calibrate
 
 Data, each image made into the classifier's input exactly as the Analyzer makes it, then ImageNet features:
 - dermoscopy: HAM10000 + ISIC 2017 with the project's lesion-grouped split (train / val / test), each image tagged
@@ -33,7 +35,9 @@ import torch
 
 from core.decisions.dermoscopy_check import KINDS, DermoscopyCheck
 from core.analysis.metrics import bootstrap_interval
-from core.io.weights_io import read_model_card, save_weights
+from core.decisions.model_card import read_card_json
+from core.io.weights_io import save_weights
+from train.card_io import Split, write_sections
 
 # ---------------------------------------------------------------- config (CLI overrides below)
 SEED = 0
@@ -52,11 +56,10 @@ CHECK_FILE = "dermoscopy_check.safetensors"
 PIGMENTED = re.compile(r"melanom|naev|nevus|nevi|lentig|seborrh|pigment|mole|freckle|dermatofibroma|blue", re.I)
 
 
-def dermoscopy_samples(data_dir: Path) -> pd.DataFrame:
+def dermoscopy_samples(data_dir: Path, split: Split) -> pd.DataFrame:
     from core.data.datasets import load_manifest
-    from core.data.splits import assign_splits
 
-    manifest = assign_splits(load_manifest(data_dir))
+    manifest = split.apply(load_manifest(data_dir))
     manifest = manifest[manifest["split"] != ""]
     sources = pd.read_csv(data_dir / "ham10000" / "HAM10000_metadata.csv").set_index("image_id")["dataset"]
     acquisition = manifest["image_id"].map(sources).where(manifest["source"] == "ham10000", "isic2017")
@@ -106,11 +109,13 @@ def crop_view(rgb: np.ndarray, crop: str, key: str) -> np.ndarray:
     return rgb[y:y + min(ch, top_limit), x:x + cw]
 
 
-def features(samples: pd.DataFrame, photos: dict[str, np.ndarray], weights: Path, cache: Path) -> np.ndarray:
-    """ImageNet features of every sample's view, made into the classifier input by the shipped Analyzer."""
-    from core.analysis.inference import Analyzer
-    from core.io.intake import load_image
+def features(samples: pd.DataFrame, photos: dict[str, np.ndarray], card: dict, cache: Path) -> np.ndarray:
+    """ImageNet features of every sample's view, made into the classifier input as the Analyzer makes it (the card's
+    preprocessing and input size)."""
+    from core.decisions.ood import imagenet_backbone
+    from core.imaging.preprocess import Preprocessing, network_image
     from core.imaging.tensors import normalize_batch
+    from core.io.intake import load_image
 
     done: dict[str, np.ndarray] = {}
     if cache.exists():
@@ -118,15 +123,18 @@ def features(samples: pd.DataFrame, photos: dict[str, np.ndarray], weights: Path
             done = dict(zip(stored["keys"], stored["features"]))
     todo = samples[~samples["key"].isin(done)]
     if len(todo):
-        analyzer = Analyzer.load(weights)
+        preprocessing = Preprocessing.from_card(card["preprocessing"], "classifier")
+        size = (card["input_size"]["classifier"]["height"], card["input_size"]["classifier"]["width"])
+        backbone = imagenet_backbone()
         started, images, keys = time.time(), {}, []
         for i, (key, path, crop) in enumerate(zip(todo["key"], todo["path"], todo["crop"])):
             if path not in images:
                 images = {path: photos[path] if path in photos else load_image(Path(path).read_bytes())}
-            keys.append((key, analyzer.network_images(np.ascontiguousarray(crop_view(images[path], crop, key)))[1]))
+            keys.append((key, network_image(np.ascontiguousarray(crop_view(images[path], crop, key)), size,
+                                            preprocessing)))
             if len(keys) == BATCH or i == len(todo) - 1:
                 with torch.inference_mode():
-                    out = analyzer.imagenet(normalize_batch(torch.from_numpy(np.stack([k[1] for k in keys])))).float().numpy()
+                    out = backbone(normalize_batch(torch.from_numpy(np.stack([k[1] for k in keys])))).float().numpy()
                 done.update({k: f.astype(np.float16) for (k, _), f in zip(keys, out)})
                 keys = []
                 if (i + 1) % (BATCH * 20) == 0 or i == len(todo) - 1:
@@ -159,21 +167,35 @@ def refused_share(kinds: np.ndarray, groups: np.ndarray) -> dict:
 
 
 def main(argv=None) -> dict:
-    from train.ood_probes import real_photographs
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--weights", type=Path, default=Path("weights"))
     parser.add_argument("--cache", type=Path, default=Path("runs/dermoscopy_check/features.npz"))
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--split-file", default="", help="default: the split of the card in WEIGHTS")
     args = parser.parse_args(argv)
-    started = time.time()
+    card = read_card_json(args.weights)
+    sections = dermoscopy_check(args.data_dir, args.weights, card, Split.of_args(args.split_file, args.weights),
+                                args.cache, args.seed)
+    write_sections(args.weights, sections)
+    return sections
 
+
+def dermoscopy_check(data_dir: Path, weights: Path, card: dict, split: Split, cache: Path, seed: int = SEED,
+                     max_images: int = 0) -> dict:
+    """Fit the check (on `card`'s classifier input and the model's split), save WEIGHTS/dermoscopy_check.safetensors;
+    returns the card sections {"dermoscopy_check": ..., "files": {the check's file}}. max_images > 0: at most that
+    many samples per kind, role and source (tests)."""
+    from train.ood_probes import real_photographs
+
+    started = time.time()
     names, images = real_photographs()
     photos = dict(zip(names, images))
-    samples = pd.concat([dermoscopy_samples(args.data_dir), clinical_samples(args.data_dir, args.seed),
+    samples = pd.concat([dermoscopy_samples(data_dir, split), clinical_samples(data_dir, seed),
                          photo_samples(names)], ignore_index=True)
-    x = features(samples, photos, args.weights, args.cache)
+    if max_images:
+        samples = samples.groupby(["kind", "role", "source"], sort=False).head(max_images).reset_index(drop=True)
+    x = features(samples, photos, card, cache)
     kind, role, crop = samples["kind"].to_numpy(), samples["role"].to_numpy(), samples["crop"].to_numpy()
     source, group = samples["source"].to_numpy(), samples["group"].to_numpy()
     derm_train, derm_val = role == "train", role == "val"
@@ -187,7 +209,7 @@ def main(argv=None) -> dict:
         for k in range(FOLDS):
             held = role == f"fold{k}"
             train = (derm_train | ((kind != "dermoscopy") & ~held & (role != "test"))) & trainable
-            check = fit_threshold(fit(x[train], kind[train], c, args.seed), x[derm_val], source[derm_val])
+            check = fit_threshold(fit(x[train], kind[train], c, seed), x[derm_val], source[derm_val])
             out[held] = check.kinds(check.probabilities(x[held]))
         return out
 
@@ -201,7 +223,7 @@ def main(argv=None) -> dict:
     oof = cross_fitted(best_c)
 
     train = (derm_train | ((kind != "dermoscopy") & (role != "test"))) & trainable
-    check = fit_threshold(fit(x[train], kind[train], best_c, args.seed), x[derm_val], source[derm_val])
+    check = fit_threshold(fit(x[train], kind[train], best_c, seed), x[derm_val], source[derm_val])
     shipped_kinds = check.kinds(check.probabilities(x))
 
     results: dict[str, dict] = {}
@@ -222,13 +244,11 @@ def main(argv=None) -> dict:
                     entry["as_clinical_photo_share"] = float((verdicts[chosen] == "clinical_photo").mean())
                     results[f"{name}_{view}_{what}"] = entry
 
-    path = args.weights / CHECK_FILE
+    path = weights / CHECK_FILE
     file_entry = save_weights(check.tensors(), path, half=False,
                               metadata={"what": "dermoscopy check: logistic regression on ImageNet EfficientNet-Lite0 "
                                                 "features over " + ", ".join(KINDS)})
-    card = read_model_card(args.weights)
-    card["files"][CHECK_FILE] = file_entry
-    card["dermoscopy_check"] = {
+    section = {
         "threshold": check.threshold, "kinds": list(KINDS), "c": best_c, "selection_refused_share": selection,
         "results": results, "n_training_images": {k: int((train & (kind == k)).sum()) for k in KINDS},
         "held_out_clinical_images": sorted({key.split("/")[1] for key in samples["key"][(kind == "clinical_photo") & (role == "test")]}),
@@ -239,9 +259,8 @@ def main(argv=None) -> dict:
                    "sources, ISIC 2017); clinical: DermNet, watermark corner cropped away for training, "
                    f"{FOLDS}-fold category-grouped cross-fitting for every clinical / not-skin figure"),
         "seconds": round(time.time() - started, 1)}
-    (args.weights / "model_card.json").write_text(json.dumps(card, indent=1))
     print(json.dumps({"threshold": check.threshold, "c": best_c, "results": results}, indent=1))
-    return card
+    return {"dermoscopy_check": section, "files": {CHECK_FILE: file_entry}}
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Fit the image-quality checks (core.decisions.image_quality) and write them into the model card's `image_quality` entry.
+"""Fit the image-quality checks (core.decisions.image_quality): the model card's `image_quality` section.
 
-    python -m train.fit_image_quality --data-dir ../shared/data --weights weights
+    python -m train.fit_image_quality --data-dir ../shared/data --weights weights    # one step of train.calibrate
 
-1. The shipped Analyzer analyses every validation and test image of the project's lesion-grouped split (HAM10000 +
-   ISIC 2017); each image's quality measures (on the image and the lesion mask the Analyzer segmented), its top class
-   and OOD level are cached in runs/image_quality/measures.csv (--max-new splits this step over several runs).
+1. The Analyzer of the card being built (with no quality check applied yet) analyses every validation and test image
+   of the model's split (HAM10000 + ISIC 2017); each image's quality measures (on the image and the lesion mask the
+   Analyzer segmented), its top class and OOD level are cached in runs/image_quality/<card key>/measures.csv, one
+   folder per networks-and-rules combination (--max-new splits this step over several runs).
    Images the OOD check refuses (clinical_photo / not_skin) get no analysis and take no part.
 2. Threshold per check, from validation only (HAM10000 val + the ISIC 2017 val part): the TAIL_SHARES quantile of
    the measure on the check's side whose flagged images have the largest top-1 error excess over the rest.
@@ -13,10 +14,15 @@
    leave-one-source-out model's (`pred_loso`: a model that never saw the image's acquisition source: the held-out
    source figure). A check is kept only if the lower CI bound of the held-out error excess is above 0; the card's
    `thresholds` lists the kept checks (the Analyzer applies only those), `checks` every figure.
+4. The `triage` column of WEIGHTS/test_predictions.csv, the verdict the app gives each test image, which needs these
+   checks' flags (write_triage_column).
+`image_quality` returns the section (train.calibrate merges it); this command alone merges it into the card in
+WEIGHTS.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -26,10 +32,13 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from core.data.classes import CLASS_CODES
 from core.decisions.image_quality import CHECK_KINDS, MEASURES, QualityCheck, QualityChecks
 from core.analysis.metrics import bootstrap_interval
-from core.decisions.ood import REFUSED_LEVELS
-from core.io.weights_io import read_model_card
+from core.decisions.model_card import ModelCard, card_from_dict, read_card_json
+from core.decisions.ood_levels import REFUSED_LEVELS
+from core.decisions.triage import TriageRule
+from train.card_io import Split, write_sections
 
 TAIL_SHARES = (0.02, 0.05, 0.1)   # candidate shares of validation images a check may flag
 # Out of focus: the data hold almost no truly out-of-focus dermoscopy (their least sharp images are mostly smooth
@@ -38,33 +47,50 @@ TAIL_SHARES = (0.02, 0.05, 0.1)   # candidate shares of validation images a chec
 # 200x150, 9 px at 600x450: clearly out of focus; docs/quality.md has half of it too).
 BLUR_SHARE = 0.015
 BLUR_IMAGES = 400
-MEASURES_CSV = Path("runs/image_quality/measures.csv")
-BLURRED_NAME = f"blurred_{BLUR_SHARE}.csv"  # next to --cache
+MEASURES_DIR = Path("runs/image_quality")
+MEASURES_NAME = "measures.csv"
+BLURRED_NAME = f"blurred_{BLUR_SHARE}.csv"  # next to the measures
 OOS_CSV = Path("runs/oos/predictions.csv")
 SAVE_EVERY = 200
+# what an image's measures, top class and refusal depend on: the networks and every file, the decision rule and the
+# input, the refusal thresholds (not the unusual one, which out_of_source refits)
+MEASURED_WITH = ("files", "decision_rule", "preprocessing", "input_size", "segmentation_tta", "dermoscopy_check")
 
 
-def evaluation_images(data_dir: Path) -> pd.DataFrame:
-    from core.data.datasets import load_manifest
-    from core.data.splits import assign_splits
+def measures_folder(card: dict, root: Path = MEASURES_DIR) -> Path:
+    """The cache folder of the measures taken under this card's networks and rules."""
+    used = {name: card[name] for name in MEASURED_WITH}
+    used["ood"] = {k: card["ood"]["thresholds"][k] for k in ("chroma", "imagenet_distance")}
+    return root / hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()[:12]
 
-    manifest = assign_splits(load_manifest(data_dir))
-    return manifest[manifest["split"].isin(["val", "test"])].reset_index(drop=True)
+
+def measuring_card(card: dict) -> ModelCard:
+    """The card being built, with no quality check yet (the checks are what this step fits from the measures)."""
+    return card_from_dict({**card, "image_quality": {"thresholds": {}}})
 
 
-def analyse(images: pd.DataFrame, weights: Path, cache: Path, max_new: int | None, blur: float = 0.0) -> pd.DataFrame:
-    """Per image: split, label, lesion, the shipped model's top class, OOD level and every quality measure (cached);
+def evaluation_images(data_dir: Path, split: Split, max_images: int = 0) -> pd.DataFrame:
+    """The validation and test images of the split (those of train.evaluate's tables with the same max_images)."""
+    from train.evaluate import read_tables
+
+    tables, _ = read_tables(data_dir, split, max_images)
+    return pd.concat([tables[k] for k in ("val", "ham10000_test", "isic2017_test")], ignore_index=True)
+
+
+def analyse(images: pd.DataFrame, weights: Path, card: ModelCard, cache: Path, max_new: int | None,
+            blur: float = 0.0) -> pd.DataFrame:
+    """Per image: split, label, lesion, the model's top class, OOD level and every quality measure (cached);
     with `blur`, of the image blurred by cv2.GaussianBlur with sigma = blur x its width."""
     from core.decisions.image_quality import measure_all
     from core.analysis.inference import Analyzer
     from core.io.intake import load_image
 
-    done = pd.read_csv(cache) if cache.exists() else pd.DataFrame(columns=["image_id"])
+    done = pd.read_csv(cache, dtype={"image_id": str}) if cache.exists() else pd.DataFrame(columns=["image_id"])
     todo = images[~images["image_id"].isin(done["image_id"])]
     if max_new is not None:
         todo = todo.head(max_new)
     if len(todo):
-        analyzer = Analyzer.load(weights)
+        analyzer = Analyzer.load(weights, card=card)
         rows, started = [], time.time()
         for i, image in enumerate(todo.itertuples(index=False)):
             rgb = load_image(Path(image.image_path).read_bytes())
@@ -110,6 +136,10 @@ def wrong(frame: pd.DataFrame, predictions: str) -> np.ndarray:
     return (frame[predictions] != frame["label"]).to_numpy()
 
 
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def fit_check(name: str, val: pd.DataFrame) -> tuple[float, float, dict]:
     """(threshold, tail share, per-share validation figures): the share whose flagged images err most in excess
     (out of focus: the lowest share, see BLUR_SHARE)."""
@@ -145,29 +175,28 @@ def cost_ms(data_dir: Path, checks: QualityChecks) -> dict:
             "what": "QualityChecks.assess on 600x450 HAM10000 originals (CPU)"}
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--weights", type=Path, default=Path("weights"))
-    parser.add_argument("--cache", type=Path, default=MEASURES_CSV)
-    parser.add_argument("--oos", type=Path, default=OOS_CSV, help="per-image leave-one-source-out predictions")
-    parser.add_argument("--max-new", type=int, default=None, help="analyse at most this many uncached images now")
-    args = parser.parse_args(argv)
+def image_quality(data_dir: Path, weights: Path, card: dict, split: Split, oos_csv: Path = OOS_CSV,
+                  max_images: int = 0, max_new: int | None = None, measures_root: Path = MEASURES_DIR) -> dict | None:
+    """The `image_quality` section fitted under `card` (the sections of the earlier steps), or None while images are
+    left to analyse (max_new: this call analyses at most that many; run again to continue)."""
     started = time.time()
-
-    images = evaluation_images(args.data_dir)
-    table = analyse(images, args.weights, args.cache, args.max_new)
-    blur_sample = images[images["split"] == "test"].sample(BLUR_IMAGES, random_state=0)
-    blurred = (analyse(blur_sample, args.weights, args.cache.with_name(BLURRED_NAME), args.max_new, BLUR_SHARE)
+    measuring = measuring_card(card)
+    folder = measures_folder(card, measures_root)
+    images = evaluation_images(data_dir, split, max_images)
+    table = analyse(images, weights, measuring, folder / MEASURES_NAME, max_new)
+    tests = images[images["split"] == "test"]
+    blur_images = min(BLUR_IMAGES, len(tests))
+    blur_sample = tests.sample(blur_images, random_state=0)
+    blurred = (analyse(blur_sample, weights, measuring, folder / BLURRED_NAME, max_new, BLUR_SHARE)
                if len(table) == len(images) else None)
-    if blurred is None or len(blurred) < BLUR_IMAGES:
-        print(f"{len(table)}/{len(images)} images and {0 if blurred is None else len(blurred)}/{BLUR_IMAGES} blurred "
+    if blurred is None or len(blurred) < blur_images:
+        print(f"{len(table)}/{len(images)} images and {0 if blurred is None else len(blurred)}/{blur_images} blurred "
               "ones analysed; run again to continue", file=sys.stderr)
-        return {}
+        return None
     table = table[~table["ood_level"].isin(REFUSED_LEVELS)].reset_index(drop=True)
     held_out = "pred_shipped"
-    if args.oos.exists():
-        oos = pd.read_csv(args.oos, usecols=["image_id", "pred_loso"])
+    if oos_csv.exists():
+        oos = pd.read_csv(oos_csv, usecols=["image_id", "pred_loso"], dtype={"image_id": str})
         table = table.merge(oos, on="image_id", how="left")
         if table.loc[table["split"] == "test", "pred_loso"].notna().all():
             held_out = "pred_loso"
@@ -199,14 +228,13 @@ def main(argv=None) -> dict:
         if entry["kept"]:
             thresholds[name] = threshold
         print(f"{name}: threshold {threshold:.4g} ({share:.0%} of val); " + "; ".join(
-            f"flagged {e['flagged']}/{e['n']}: error {e['error_flagged']:.3f} vs rest {e['error_rest']:.3f}, excess CI "
-            f"[{e['error_excess_ci95'][0]:.3f}, {e['error_excess_ci95'][1]:.3f}]" for e in evidence)
+            f"flagged {e['flagged']}/{e['n']}: error {_rate(e['error_flagged'])} vs rest {_rate(e['error_rest'])}, "
+            f"excess CI [{_rate(e['error_excess_ci95'][0])}, {_rate(e['error_excess_ci95'][1])}]" for e in evidence)
             + f" -> {'kept' if entry['kept'] else 'dropped'}", flush=True)
 
-    cost = cost_ms(args.data_dir, QualityChecks([QualityCheck(n, t) for n, t in thresholds.items()]))
+    cost = cost_ms(data_dir, QualityChecks([QualityCheck(n, t) for n, t in thresholds.items()]))
     print(f"cost per image: median {cost['median']:.2f} ms, p95 {cost['p95']:.2f} ms", flush=True)
-    card = read_model_card(args.weights)
-    card["image_quality"] = {
+    return {
         "thresholds": thresholds, "checks": checks, "held_out_predictions": held_out, "cost_ms": cost,
         "n_images": {"validation": int(len(val)), "test": int(len(test))},
         "measures": {name: f.__doc__.split(":")[0].strip() if f.__doc__ else name for name, f in MEASURES.items()},
@@ -217,8 +245,43 @@ def main(argv=None) -> dict:
                    f"images with and without a Gaussian blur of sigma {BLUR_SHARE} x width); kept only if the excess "
                    "CI's lower bound is above 0"),
         "seconds": round(time.time() - started, 1)}
-    (args.weights / "model_card.json").write_text(json.dumps(card, indent=1))
-    return card["image_quality"]
+
+
+def write_triage_column(weights: Path, card: ModelCard, measures_root: Path = MEASURES_DIR) -> None:
+    """The `triage` column of WEIGHTS/test_predictions.csv: each test image's verdict as the app gives it, i.e. with
+    the card's image-quality checks' flags (from the measures this step took under the card's networks and rules)."""
+    path = weights / "test_predictions.csv"
+    table = pd.read_csv(path, keep_default_na=False, dtype={"image_id": str})
+    measures_csv = measures_folder(card.raw, measures_root) / MEASURES_NAME
+    measures = (pd.read_csv(measures_csv, dtype={"image_id": str}).drop_duplicates("image_id").set_index("image_id")
+                if measures_csv.exists() else pd.DataFrame())
+    missing = sorted(set(table["image_id"]) - set(measures.index))
+    if missing:
+        raise FileNotFoundError(f"{measures_csv}: no quality measures of {len(missing)} test image(s) (e.g. "
+                                f"{missing[0]}); run `python -m train.fit_image_quality` to take them")
+    checks = QualityChecks.from_card(card).checks
+    rows = measures.loc[table["image_id"]]
+    flags = np.array([any(check.fires(m) for check in checks) for m in rows.to_dict("records")], dtype=bool)
+    probs = table[[f"p_{code}" for code in CLASS_CODES]].to_numpy(float)
+    table["triage"] = TriageRule.from_card(card).levels(probs, table["uncertainty_level"], table["ood_level"], flags)
+    table.to_csv(path, index=False)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--weights", type=Path, default=Path("weights"))
+    parser.add_argument("--split-file", default="", help="default: the split of the card in WEIGHTS")
+    parser.add_argument("--oos", type=Path, default=OOS_CSV, help="per-image leave-one-source-out predictions")
+    parser.add_argument("--max-new", type=int, default=None, help="analyse at most this many uncached images now")
+    args = parser.parse_args(argv)
+    card = read_card_json(args.weights)
+    section = image_quality(args.data_dir, args.weights, card, Split.of_args(args.split_file, args.weights), args.oos,
+                            max_new=args.max_new)
+    if section is None:
+        return {}
+    write_triage_column(args.weights, write_sections(args.weights, {"image_quality": section}))
+    return section
 
 
 if __name__ == "__main__":

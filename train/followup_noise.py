@@ -29,7 +29,7 @@ from core.analysis.followup import (BAND_QUANTILE, MIN_INLIERS, SCALE_RANGE, com
                                     weights_fingerprint)
 from core.analysis.inference import Analyzer
 from core.io.intake import load_image_file
-from core.data.splits import apply_split_file, assign_splits
+from train.card_io import Split
 
 
 NOISE_SPLITS = ("train", "val")  # never test: the test split stays unseen
@@ -65,10 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="JSON file to write")
     parser.add_argument("--max-pairs", type=int, default=400, help="lesions (pairs) to use (default 400)")
     parser.add_argument("--quantile", type=float, default=BAND_QUANTILE, help="band quantile (default 0.95)")
-    parser.add_argument("--seed", type=int, default=42, help="split and pair seed (default 42)")
+    parser.add_argument("--seed", type=int, default=42, help="pair seed (default 42)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: one image at a time is fastest on a busy 2-core machine)")
-    parser.add_argument("--split-file", default="", help="split CSV (train.splits); default: the seed-42 split")
+    parser.add_argument("--split-file", default="", help="split CSV (train.splits); default: the split of the card "
+                                                         "in WEIGHTS")
     return parser
 
 
@@ -77,16 +78,25 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.quantile < 1 or args.max_pairs < 1:
         print("error: --quantile must be in (0, 1) and --max-pairs at least 1", file=sys.stderr)
         return 2
+    command = "python -m train.followup_noise " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
-        manifest = load_manifest(args.data_dir, sources=("ham10000",))
-        manifest = (apply_split_file(manifest, args.split_file) if args.split_file
-                    else assign_splits(manifest, args.seed))
+        split = Split.of_args(args.split_file, args.weights)
+        result = noise_band_file(args.data_dir, Analyzer.load(args.weights), split, args.out, args.max_pairs,
+                                 args.quantile, args.seed, args.threads, command)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    pairs = noise_pairs(manifest, args.max_pairs, args.seed)
-    torch.set_num_threads(max(1, args.threads))
-    analyzer = Analyzer.load(args.weights)
+    for key, entry in result["measurements"].items():
+        print(f"  {key:<20} {entry['change']:<8} n={entry['n_pairs']:<4} band {entry['band']}")
+    return 0
+
+
+def noise_band_file(data_dir: Path, analyzer: Analyzer, split: Split, out: Path, max_pairs: int = 400,
+                    quantile: float = BAND_QUANTILE, seed: int = 42, threads: int = 1, command: str = "") -> dict:
+    """Measure the band with `analyzer` (its card's weights) on the model's split and write it to `out`."""
+    manifest = split.apply(load_manifest(data_dir, sources=("ham10000",)))
+    pairs = noise_pairs(manifest, max_pairs, seed)
+    torch.set_num_threads(max(1, threads))
     started = time.time()
     tables = []
     for done, (a, b) in enumerate(pairs, start=1):
@@ -97,22 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "weights_version": analyzer.version,
         "weights_fingerprint": weights_fingerprint(analyzer.card),
-        "quantile": args.quantile,
+        "quantile": quantile,
         "n_pairs": len(tables),
         "n_registered": sum(registered for registered, _ in tables),
         "images": "200x150 px images of the train + validation splits, one pair per lesion",
-        "split": f"split file {args.split_file}" if args.split_file else f"lesion-grouped, seed {args.seed}",
+        "split": split.text(),
         "registration": {"min_inliers": MIN_INLIERS, "scale_range": list(SCALE_RANGE)},
-        "command": "python -m train.followup_noise " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "measurements": noise_band([changes for _, changes in tables], args.quantile),
+        "command": command,
+        "measurements": noise_band([changes for _, changes in tables], quantile),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}: {result['n_pairs']} pairs ({result['n_registered']} registered), "
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}: {result['n_pairs']} pairs ({result['n_registered']} registered), "
           f"{time.time() - started:.0f} s")
-    for key, entry in result["measurements"].items():
-        print(f"  {key:<20} {entry['change']:<8} n={entry['n_pairs']:<4} band {entry['band']}")
-    return 0
+    return result
 
 
 if __name__ == "__main__":

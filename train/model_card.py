@@ -18,7 +18,8 @@ from core.data.dataset_summary import dataset_summary
 from core.decisions.referral import SCORES as REFERRAL_SCORES
 from core.imaging.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from core.io.weights_io import save_weights
-from train.evaluation_reports import RETRIEVAL_K, TEST_SETS, ood_scores
+from train.card_io import Split
+from train.evaluation_reports import KNN_K, RETRIEVAL_K, TEST_SETS, ood_scores
 
 
 def export_weights(runs: Path, weights: Path) -> dict:
@@ -79,8 +80,8 @@ def training_minutes(curves: dict) -> dict:
             for stage, history in curves.items() if history}
 
 
-def build_card(args, manifest, files, nets, rule, rule_fit, referral, referral_fit, levels, uncertainty_fit, ood,
-               index_fit, metrics, resolution, runs: Path, started: float) -> dict:
+def build_card(version: str, split: Split, manifest, files, nets, rule, rule_fit, referral, referral_fit, levels,
+               uncertainty_fit, ood, index_fit, metrics, resolution, runs: Path, started: float) -> dict:
     created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     mask_cn, coarse = nets["mask_cn"], nets["coarse_sn"]
     curves = training_curves(runs)
@@ -96,7 +97,7 @@ def build_card(args, manifest, files, nets, rule, rule_fit, referral, referral_f
                     ablation.append({"data": title, "model": model, "metric": metric, **entry[metric]})
     return {
         "name": "LesionLens MB-DCNN",
-        "version": args.version or f"mbdcnn-{mask_cn.meta.get('backbone', 'lite0')}-{created[:10]}",
+        "version": version or f"mbdcnn-{mask_cn.meta.get('backbone', 'lite0')}-{created[:10]}",
         "created": created,
         "architecture": "Mutual Bootstrapping DCNN (Xie et al., IEEE TMI 2020): coarse-SN (U-Net) -> mask-CN "
                         "(4-channel classifier) -> CAM localisation map -> enhanced-SN (U-Net + E-layers)",
@@ -115,16 +116,18 @@ def build_card(args, manifest, files, nets, rule, rule_fit, referral, referral_f
                  "segmentation": "HAM10000 masks (Tschandl et al. 2020) + ISIC 2017 train masks",
                  "validation": "HAM10000 val + 15 % of ISIC 2017 train (every choice)",
                  "test": "HAM10000 lesion-grouped test split; ISIC 2017 official validation set (other clinics)"},
-        "split": {"method": "HAM10000 grouped by lesion_id, stratified by dx (StratifiedGroupKFold's algorithm, "
-                            "20 folds: 3 test, 3 val, 14 train), seed 42; ISIC 2017: official validation = test, "
-                            "stratified 15 % of official train = val", "file": args.split_file or None},
+        "split": {"method": (f"the split file {split.file}" if split.file else
+                             "HAM10000 grouped by lesion_id, stratified by dx (StratifiedGroupKFold's algorithm, 20 "
+                             f"folds: 3 test, 3 val, 14 train), seed {split.seed}; ISIC 2017: official validation = "
+                             "test, stratified 15 % of official train = val"), "seed": split.seed, "file": split.file},
         "dataset_summary": dataset_summary(manifest),
         "files": files,
         "decision_rule": {**rule.to_card(), "fit": rule_fit},
         "referral": {**referral.to_card(), "score_meaning": REFERRAL_SCORES[referral.score], "fit": referral_fit},
         "uncertainty": {**levels.to_card(), "fit": uncertainty_fit},
         "ood": ood,
-        "retrieval": {"k": RETRIEVAL_K, "reference_set": "train + val (HAM10000, ISIC 2017)", **index_fit},
+        "retrieval": {"k": RETRIEVAL_K, "knn_k": KNN_K, "reference_set": "train + val (HAM10000, ISIC 2017)",
+                      **index_fit},
         "metrics": metrics,
         "ablation": ablation,
         "resolution_consistency": resolution,

@@ -12,17 +12,21 @@ are its validation and test split images, which no network was trained on. The c
    uncertainty cut, the unusual flag with an OOD model refitted without S, the conformal prediction sets) is fitted
    on the validation images of the other sources (train.fit_source_robust: the worst source binds) and applied to
    S; the settings of each rule (target, score) are chosen by these held-out figures;
-4. fits the shipped rules the same way on every source's validation images and writes them into the model card
-   (`triage`, `referral`, `uncertainty`, `ood`, `conformal`) together with their out-of-source figures, which the
-   screens quote, and the `out_of_source` section (per source, per recipe, per skin-tone group, similar cases);
-5. rewrites the rule columns of weights/test_predictions.csv (refer, uncertainty_level, ood_level, triage) and the
-   card's test-set figures of those rules, and writes runs/oos/predictions.csv (every evaluation image: shipped and leave-one-source-out predictions).
+4. fits the shipped rules the same way on every source's validation images: the card sections `triage`,
+   `referral`, `uncertainty`, `ood`, `conformal` (superseding evaluate's validation-pooled referral, uncertainty and
+   unusual threshold) with their out-of-source figures, which the screens quote, and `out_of_source` (per source,
+   per recipe, per skin-tone group, similar cases);
+5. rewrites the rule columns of weights/test_predictions.csv (refer, uncertainty_level, ood_level) and returns the
+   card's test-set figures of those rules (`metrics`), and writes runs/oos/predictions.csv (every evaluation image:
+   shipped and leave-one-source-out predictions). The `triage` column needs the image-quality flags, so the
+   image-quality step writes it (train.fit_image_quality.write_triage_column).
+`out_of_source` returns the sections (train.calibrate merges them); this command alone merges them into the card in
+WEIGHTS. The split is the card's (the shipped model's), or --split-file.
 Network outputs come from train.network_outputs (cached by content), as in train.evaluate.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -45,10 +49,13 @@ from core.lesion.skin_tone import ITA_GROUPS, ita_degrees, ita_group
 from core.decisions.triage import TriageRule
 from core.imaging.tta import ALL_VIEWS
 from core.decisions.uncertainty import LEVELS, UncertaintyLevels, probability_scores
-from core.io.weights_io import MODEL_CARD_NAME, read_model_card
+from core.decisions.model_card import read_card_json
+from core.decisions.ood_levels import REFUSED_LEVELS
 from train import fit_rules
+from train.card_io import Split, write_sections
 from train.evaluate import read_tables
 from train.evaluation_reports import referral_report, uncertainty_report
+from train.fit_image_quality import write_triage_column
 from train.fit_source_robust import MIN_POSITIVES, class_referral_thresholds, conformal_quantile, low_uncertainty_cut
 from train.network_outputs import load_network, split_outputs
 from train.source_heads import RECIPES, fit_recipe, softmax
@@ -63,15 +70,14 @@ UNUSUAL_CANDIDATES = ("feature_distance", "imagenet_distance", "case_distance")
 CONFORMAL_COVERAGE = 0.9
 HELD_OUT_LOW_MAX_ERROR = 0.10            # the issue's bound on "low" at a new clinic; settings are chosen against it
 MIN_HELD_OUT_SENSITIVITY = 0.85          # the issue's bound on melanoma referral at a new clinic
-KNN_K = 10
 NEIGHBOURS = 8
 
 
 # ---------------------------------------------------------------- data
-def evaluation_data(args) -> tuple[pd.DataFrame, dict, pd.DataFrame, dict]:
+def evaluation_data(data_dir: Path, weights: Path, split: Split, max_images: int
+                    ) -> tuple[pd.DataFrame, dict, pd.DataFrame, dict]:
     """(evaluation table, its network outputs, training table, its outputs), each table with `acquisition`."""
-    tables, _ = read_tables(args)
-    weights = Path(args.weights)
+    tables, _ = read_tables(data_dir, split, max_images)
     nets = {arch: load_network(weights / name) for arch, name in NETWORK_FILES.items()}
     parts = ("val", "ham10000_test", "isic2017_test")
     outs = [split_outputs(nets, tables[p], segmentation=False, views=ALL_VIEWS) for p in parts]
@@ -81,7 +87,7 @@ def evaluation_data(args) -> tuple[pd.DataFrame, dict, pd.DataFrame, dict]:
     train = tables["train"]
     train_out = split_outputs(nets, train, segmentation=False, views=(0,))
     for table in (evaluation, train):
-        table["acquisition"] = acquisition_sources(table, args.data_dir).to_numpy()
+        table["acquisition"] = acquisition_sources(table, data_dir).to_numpy()
         table["group"] = np.where(table["lesion_id"].fillna("") != "", table["lesion_id"].fillna(""), table["image_id"])
     return evaluation, outputs, train, train_out
 
@@ -204,9 +210,10 @@ def choose_setting(d: dict, sources: list[str], unusual_without) -> tuple[dict, 
     every held-out source with >= MIN_LOW_IMAGES low images, with the largest pooled share; then the unusual score
     with the largest pooled error ratio."""
     trials = []
+    scores = [name for name in UNCERTAINTY_SCORES if name in d["uncertainty"]]  # a one-view rule has no TTA score
     base = {"referral_target": REFERRAL_TARGETS[0], "referral_fit": REFERRAL_FITS[0],
             "low_max_error": LOW_ERROR_TARGETS[-1],
-            "low_fit": LOW_FITS[0], "uncertainty_score": UNCERTAINTY_SCORES[0],
+            "low_fit": LOW_FITS[0], "uncertainty_score": scores[0],
             "unusual_score": UNUSUAL_CANDIDATES[0]}
 
     def per_source(setting):
@@ -238,7 +245,7 @@ def choose_setting(d: dict, sources: list[str], unusual_without) -> tuple[dict, 
     chosen = max(reached, key=lambda t: t[:2])[2] if reached else max(tried, key=lambda t: t[:2])[2]
     # uncertainty score, error bound and how the bound is fitted
     best = None
-    for score in UNCERTAINTY_SCORES:
+    for score in scores:
         for bound in LOW_ERROR_TARGETS:
             for fit in LOW_FITS:
                 setting = {**chosen, "uncertainty_score": score, "low_max_error": bound, "low_fit": fit}
@@ -311,24 +318,18 @@ def similar_case_agreement(d: dict, sources: list[str]) -> dict:
     return result
 
 
-# ---------------------------------------------------------------- main
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--weights", default="weights")
-    parser.add_argument("--out", default="runs/oos", help="folder for predictions.csv (every evaluation image)")
-    parser.add_argument("--split-file", default="")
-    parser.add_argument("--max-images", type=int, default=0, help=">0: at most this many images per class, source "
-                                                                  "and split (tests)")
-    args = parser.parse_args(argv)
+# ---------------------------------------------------------------- the step
+def out_of_source(data_dir: Path, weights: Path, card: dict, split: Split, out: Path, max_images: int = 0) -> dict:
+    """The rules fitted across sources and their held-out figures, as card sections; `card`: the sections of the
+    earlier steps (the decision rule, the retrieval index size, the OOD thresholds and test figures)."""
     started = time.time()
-    weights = Path(args.weights)
-    card = read_model_card(weights)
-    evaluation, outputs, train, train_out = evaluation_data(args)
+    evaluation, outputs, train, train_out = evaluation_data(data_dir, weights, split, max_images)
     labels = np.array([CLASS_INDEX[c] for c in evaluation["dx"]])
-    rule = DecisionRule.from_card(card)
+    knn_k, index_dims = int(card["retrieval"]["knn_k"]), int(card["retrieval"]["dims"])
+    entry = card["decision_rule"]
+    rule = DecisionRule(int(entry["views"]), float(entry["temperature"]), tuple(entry["logit_offsets"]))
     probs = rule.probabilities(outputs["logits"])
-    single = DecisionRule(1, rule.temperature, rule.logit_offsets)
+    single = rule.single_view()
     view_probs = np.stack([single.probabilities(v[None]) for v in outputs["logits"][:rule.views]])
     d = {"labels": labels, "probs": probs, "groups": evaluation["group"].to_numpy(),
          "acquisition": evaluation["acquisition"].to_numpy(), "is_val": (evaluation["split"] == "val").to_numpy(),
@@ -352,10 +353,10 @@ def main(argv=None) -> dict:
             d["train_pooled"][train_keep], d["train_labels"][train_keep], d["train_imagenet"][train_keep])
         probe = OODDetector(tensors, {"chroma": 0, "imagenet_distance": 0, "unusual": 0}, "feature_distance")
         index = CaseIndex.fit(d["train_pooled"][train_keep], train[train_keep.tolist()].reset_index(drop=True),
-                              int((card.get("retrieval") or {}).get("dims", 32)))
+                              index_dims)
         scores_cache[source] = {"feature_distance": probe.feature_distance(d["pooled"]),
                                 "imagenet_distance": probe.imagenet_distance(d["imagenet"]),
-                                "case_distance": index.knn_distance(d["pooled"], KNN_K)}
+                                "case_distance": index.knn_distance(d["pooled"], knn_k)}
         return scores_cache[source]
 
     # 1. the shipped classifier per source
@@ -389,16 +390,38 @@ def main(argv=None) -> dict:
 
     val_melanomas = {s: int((d["is_val"] & (d["acquisition"] == s) & (labels == CLASS_INDEX["mel"])).sum())
                      for s in sources}
-    write_card(weights, card, final, setting, trials, per_source, recipes, rules_per_source, rules_pooled, skin,
-               similar, val_melanomas, time.time() - started)
-    write_predictions(args, evaluation, d, heads, held, groups_ita, ita)
-    refresh_test_figures(weights, evaluation, d, final)
-    print_summary(read_model_card(weights))
-    return read_model_card(weights)
+    sections = rule_sections(card, final, setting, trials, per_source, recipes, rules_per_source, rules_pooled, skin,
+                             similar, val_melanomas, time.time() - started)
+    write_predictions(out, evaluation, d, heads, held, groups_ita, ita)
+    sections["metrics"], sections["ood"] = refresh_test_figures(weights, card, sections["ood"], evaluation, d, final)
+    print_summary(sections)
+    return sections
 
 
-def write_card(weights, card, final, setting, trials, per_source, recipes, rules_per_source, rules_pooled, skin,
-               similar, val_melanomas, seconds) -> None:
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--weights", default="weights")
+    parser.add_argument("--out", default="runs/oos", help="folder for predictions.csv (every evaluation image)")
+    parser.add_argument("--split-file", default="", help="default: the split of the card in WEIGHTS")
+    parser.add_argument("--max-images", type=int, default=0, help=">0: at most this many images per class, source "
+                                                                  "and split (tests)")
+    parser.add_argument("--measures", default="runs/image_quality", help="train.fit_image_quality's measures (for the "
+                                                                         "test predictions' triage column)")
+    args = parser.parse_args(argv)
+    weights = Path(args.weights)
+    card = read_card_json(weights)
+    sections = out_of_source(Path(args.data_dir), weights, card, Split.of_args(args.split_file, weights),
+                             Path(args.out), args.max_images)
+    write_triage_column(weights, write_sections(weights, sections), Path(args.measures))
+    return sections
+
+
+def rule_sections(card, final, setting, trials, per_source, recipes, rules_per_source, rules_pooled, skin,
+                  similar, val_melanomas, seconds) -> dict:
+    """The card sections of the shipped rules (fitted on every source's validation images) with their held-out
+    figures, and the `out_of_source` section."""
+    sections = {}
     sources = list(per_source)
     pooled = rules_pooled
     final.triage = TriageRule(final.triage.thresholds, final.triage.target_sensitivity,
@@ -406,9 +429,9 @@ def write_card(weights, card, final, setting, trials, per_source, recipes, rules
                                          for k, v in pooled["refer"].items()},
                                "review": pooled["review"], "no_referral": pooled["no_referral"],
                                "sources": sources})
-    card["triage"] = final.triage.to_card()
+    sections["triage"] = final.triage.to_card()
     mel = ReferralRule("mel", final.triage.thresholds["mel"], setting["referral_target"])
-    card["referral"] = {**mel.to_card(), "score_meaning": "probability of melanoma",
+    sections["referral"] = {**mel.to_card(), "score_meaning": "probability of melanoma",
                         "fit": {"rule": f"largest threshold with melanoma sensitivity >= {setting['referral_target']} "
                                         + ("in every source's" if setting["referral_fit"] == "every_source" else
                                            "on the pooled") + " validation images (train.out_of_source)",
@@ -419,23 +442,23 @@ def write_card(weights, card, final, setting, trials, per_source, recipes, rules
                                           "benign_specificity": pooled["refer"]["benign_specificity"]}}
     levels = final.levels
     held_rates = {lvl: pooled["uncertainty"][lvl]["error_rate"] for lvl in LEVELS}
-    card["uncertainty"] = {**levels.to_card(),
+    sections["uncertainty"] = {**levels.to_card(),
                            "out_of_source_error_rates": {k: v for k, v in held_rates.items() if v is not None},
                            "out_of_source_shares": {lvl: pooled["uncertainty"][lvl]["share"] for lvl in LEVELS},
                            "out_of_source_error_range": {
-                               lvl: _error_range(rules_per_source, lvl) for lvl in LEVELS},
+                               lvl: span for lvl in LEVELS if (span := _error_range(rules_per_source, lvl))},
                            "fit": {"rule": f"{levels.score}; low = the largest share whose top prediction errs <= "
                                            f"{setting['low_max_error']:.0%} "
                                            + ("in every source's" if setting["low_fit"] == "every_source" else "on the")
                                            + f" validation images, high = the {fit_rules.HIGH_SHARE:.0%} most "
                                              "uncertain validation images; validation error rates in error_rates"}}
-    card["ood"] = {**card["ood"], "unusual_score": setting["unusual_score"],
-                   "thresholds": {**card["ood"]["thresholds"], "unusual": final.unusual_threshold},
-                   "out_of_source": pooled["unusual"]}
-    card["conformal"] = {**final.sets.to_card(), "out_of_source": pooled["conformal"],
+    sections["ood"] = {**card["ood"], "unusual_score": setting["unusual_score"],
+                       "thresholds": {**card["ood"]["thresholds"], "unusual": final.unusual_threshold},
+                       "out_of_source": pooled["unusual"]}
+    sections["conformal"] = {**final.sets.to_card(), "out_of_source": pooled["conformal"],
                          "out_of_source_coverage_per_source": {s: r["conformal"]["coverage"]
                                                                for s, r in rules_per_source.items()}}
-    card["out_of_source"] = {
+    sections["out_of_source"] = {
         "protocol": ("leave one source out over the acquisition sources (HAM10000's four `dataset` values and ISIC "
                      "2017); evaluation images = each source's validation + test split images. Rules: fitted on the "
                      "other sources' validation images (referral thresholds and conformal quantile: the worst source binds), "
@@ -448,27 +471,20 @@ def write_card(weights, card, final, setting, trials, per_source, recipes, rules
         "shipped_per_source": per_source, "recipes_held_out": recipes,
         "rules_per_source": rules_per_source, "rules_pooled": rules_pooled,
         "skin_tone": skin, "similar_cases": similar, "seconds": round(seconds, 1)}
-    (weights / MODEL_CARD_NAME).write_text(json.dumps(card, indent=1, default=_json_default))
+    return sections
 
 
-def _error_range(rules_per_source: dict, level: str) -> list[float]:
+def _error_range(rules_per_source: dict, level: str) -> list[float] | None:
     """[lowest, highest] error rate of a level over the held-out sources with >= MIN_LOW_IMAGES images at it (all
-    sources with any when none has that many)."""
+    sources with any when none has that many; None when no source has any)."""
     rates = [r["uncertainty"][level]["error_rate"] for r in rules_per_source.values()
              if r["uncertainty"][level]["images"] >= MIN_LOW_IMAGES]
     rates = rates or [r["uncertainty"][level]["error_rate"] for r in rules_per_source.values()
                       if r["uncertainty"][level]["error_rate"] is not None]
-    return [min(rates), max(rates)]
+    return [min(rates), max(rates)] if rates else None
 
 
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value)}")
-
-
-def write_predictions(args, evaluation, d, heads, held, groups_ita, ita) -> None:
-    out = Path(args.out)
+def write_predictions(out: Path, evaluation, d, heads, held, groups_ita, ita) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = evaluation[["image_id", "acquisition", "split", "dx", "lesion_id"]].rename(
         columns={"acquisition": "source", "dx": "label"})
@@ -482,42 +498,43 @@ def write_predictions(args, evaluation, d, heads, held, groups_ita, ita) -> None
     rows.to_csv(out / "predictions.csv", index=False)
 
 
-def refresh_test_figures(weights, evaluation, d, final) -> None:
-    """Under the new shipped rules (probabilities unchanged): the rule columns of test_predictions.csv (refer, triage,
-    uncertainty, ood_level) and the card's test-set referral, uncertainty and unusual-flag figures, so that every page
-    that reads them describes the rules the app applies."""
+def refresh_test_figures(weights, card: dict, ood: dict, evaluation, d, final) -> tuple[dict, dict]:
+    """Under the new shipped rules (probabilities unchanged): the rule columns of test_predictions.csv (refer,
+    uncertainty, ood_level), and the card's `metrics` and `ood` sections with the test-set referral, uncertainty and
+    unusual-flag figures of these rules, so that every page that reads them describes the rules the app applies."""
     path = weights / "test_predictions.csv"
     table = pd.read_csv(path, keep_default_na=False)
     index = {image_id: i for i, image_id in enumerate(evaluation["image_id"])}
     rows = np.array([index[i] for i in table["image_id"]])
     applied = final.apply(d, rows)
-    ood = table["ood_level"].astype(str).to_numpy()
-    refused = np.isin(ood, ("clinical_photo", "not_skin"))
-    table["ood_level"] = np.where(refused, ood, np.where(applied["unusual"], "unusual", "in"))
+    ood_levels = table["ood_level"].astype(str).to_numpy()
+    refused = np.isin(ood_levels, REFUSED_LEVELS)
+    table["ood_level"] = np.where(refused, ood_levels, np.where(applied["unusual"], "unusual", "in"))
     unc_score = d["uncertainty"][final.levels.score][rows]
     table["uncertainty_score"] = unc_score.round(5)
     table["uncertainty_level"] = final.levels.levels(unc_score)
+    table["mel_score"] = d["probs"][rows, CLASS_INDEX["mel"]].round(5)  # the score of the referral written below
     table["refer"] = np.where(applied["mel_refer"], "yes", "no")
-    table["triage"] = final.triage.levels(d["probs"][rows], table["uncertainty_level"], table["ood_level"])
     table.to_csv(path, index=False)
 
-    card = read_model_card(weights)
-    referral = ReferralRule.from_card(card)
+    referral = ReferralRule("mel", final.triage.thresholds["mel"], final.triage.target_sensitivity)
+    metrics = {name: dict(entry) for name, entry in card["metrics"].items()}
+    results = {name: dict(entry) for name, entry in ood["results"].items()}
     for name, source in (("ham10000_test", "ham10000"), ("isic2017_test", "isic2017")):
         chosen = np.flatnonzero((evaluation["split"] == "test") & (evaluation["source"] == source))
-        if not len(chosen) or name not in card.get("metrics", {}):
+        if not len(chosen) or name not in metrics:
             continue
         part, probs = evaluation.iloc[chosen], d["probs"][chosen]
         score = d["uncertainty"][final.levels.score][chosen]
-        card["metrics"][name]["referral"] = referral_report(part, probs, referral)
-        card["metrics"][name]["uncertainty"] = uncertainty_report(part, probs, score, final.levels)
+        metrics[name]["referral"] = referral_report(part, probs, referral)
+        metrics[name]["uncertainty"] = uncertainty_report(part, probs, score, final.levels)
         unusual = final.apply(d, chosen)["unusual"]
         wrong = probs.argmax(1) != d["labels"][chosen]
-        card["ood"]["results"][name].update(
+        results[name].update(
             unusual_share=float(unusual.mean()),
             error_rate_unusual=float(wrong[unusual].mean()) if unusual.any() else None,
             error_rate_in=float(wrong[~unusual].mean()) if (~unusual).any() else None)
-    (weights / MODEL_CARD_NAME).write_text(json.dumps(card, indent=1, default=_json_default))
+    return metrics, {**ood, "results": results}
 
 
 def print_summary(card: dict) -> None:

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from core.decisions.referral import validation_sources_text
-from core.io.weights_io import read_model_card
+from core.decisions.model_card import read_card_json
 
 TEST_SETS = {"ham10000_test": "HAM10000 test", "isic2017_test": "ISIC 2017 val (official)"}
 MODELS = {"classifier": "image-only classifier", "mask_cn_single_view": "mask-CN, no TTA",
@@ -172,7 +173,8 @@ def results_page(card: dict) -> str:
     add("mask-CN per class, HAM10000 test\n\n" + per_class_table(card) + "\n")
     add("Segmentation and the E-layer ablation\n\n" + segmentation_table(card) + "\n")
     add(f"Melanoma referral: {referral['score_meaning']} >= {referral['threshold']:.3f} (validation sensitivity "
-          f"target {referral['target_sensitivity']:.2f}{validation_sources_text(referral)})\n\n" + referral_table(card) + "\n")
+        f"target {referral['target_sensitivity']:.2f}{validation_sources_text(referral.get('fit') or {})})\n\n"
+        + referral_table(card) + "\n")
     add(f"Uncertainty levels ({card['uncertainty']['score']})\n\n" + uncertainty_table(card) + "\n")
     add("Out-of-distribution\n\n" + ood_table(card) + "\n")
     add("Out of source: each acquisition source held out in turn ([out_of_source.md](out_of_source.md))\n\n"
@@ -203,11 +205,16 @@ def results_page(card: dict) -> str:
 
 RESULTS_PAGE_HEADER = """# Results of the shipped models
 
-Generated from `weights/model_card.json` by `bash run.sh train.summarize --out docs/results.md` (do not edit by hand;
-run it again whenever the card changes). Test sets: the lesion-grouped HAM10000 test split and the official ISIC 2017
+Generated from `weights/model_card.json` by the last step of `python -m train.calibrate` (alone: `bash run.sh
+train.summarize --out docs/results.md`; do not edit by hand; run it again whenever the card changes). Test sets: the lesion-grouped HAM10000 test split and the official ISIC 2017
 validation set, on which nothing was chosen. What the figures mean and how they were obtained: [models.md](models.md).
 
 """
+
+
+def write_results_page(card: dict, out: Path) -> None:
+    """The results page of a card's JSON data (train.calibrate's last step)."""
+    Path(out).write_text(RESULTS_PAGE_HEADER + results_page(card), encoding="utf-8")
 
 
 def main(argv=None) -> None:
@@ -216,12 +223,11 @@ def main(argv=None) -> None:
     parser.add_argument("--out", help="write the results page (e.g. docs/results.md) instead of printing the tables")
     parser.add_argument("--headline", action="store_true", help="print only README's headline table")
     args = parser.parse_args(argv)
-    card = read_model_card(args.weights)
+    card = read_card_json(args.weights)
     if args.headline:
         print(headline_table(card))
     elif args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(RESULTS_PAGE_HEADER + results_page(card))
+        write_results_page(card, Path(args.out))
     else:
         print(results_page(card), end="")
 

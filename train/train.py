@@ -277,7 +277,7 @@ def main(argv=None) -> dict:
                    desc=f"{cfg['stage']} {epoch + 1}/{cfg['epochs']}", disable=not rt.main, smoothing=0.1)
         piece_start = time.time()
         for b in range(run["batch"], n_batches):
-            if cfg["max_minutes"] and steps_done and (time.time() - started) / 60 >= cfg["max_minutes"]:
+            if cfg["max_minutes"] and steps_done and out_of_time(started, cfg["max_minutes"], rt):
                 run["train_seconds"] += time.time() - piece_start
                 checkpoint()
                 bar.close()
@@ -334,8 +334,8 @@ def main(argv=None) -> dict:
             checkpoint()
             (out_dir / "history.json").write_text(json.dumps({"config": cfg, "history": run["history"],
                                                               "best": run["best"]}, indent=1))
-        if rt.world > 1:
-            flags = torch.tensor([run["stale"]], dtype=torch.float32)
+        if rt.world > 1:  # NCCL broadcasts device tensors only
+            flags = torch.tensor([run["stale"]], dtype=torch.float32, device=rt.device)
             dist.broadcast(flags, 0)
             run["stale"] = int(flags.item())
         if cfg["patience"] and run["stale"] >= cfg["patience"]:
@@ -349,6 +349,17 @@ def main(argv=None) -> dict:
         dist.destroy_process_group()
     return {"best": run["best"], "history": run["history"], "out_dir": str(out_dir), "finished": True,
             "stopped_early": stopped_early}
+
+
+def out_of_time(started: float, max_minutes: float, rt: Runtime) -> bool:
+    """--max-minutes reached, by rank 0's clock for every rank: ranks that decided on their own clocks could stop at
+    different batches, and the ones still training would wait forever in their next collective."""
+    late = (time.time() - started) / 60 >= max_minutes
+    if rt.world == 1:
+        return late
+    decision = torch.tensor([float(late)], device=rt.device)
+    dist.broadcast(decision, 0)
+    return bool(decision.item())
 
 
 if __name__ == "__main__":

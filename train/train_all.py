@@ -39,11 +39,19 @@ def plan(args, runs: Path) -> dict[str, list[str]]:
 
 
 def finished(out_dir: Path, epochs_flag: list[str]) -> bool:
+    """The stage ran all its epochs, or early stopping ended it (its --patience epochs without a better validation
+    score than the best; train.train would otherwise resume it and train one more epoch on every re-run)."""
     history = out_dir / "history.json"
     if not history.is_file():
         return False
+    saved = json.loads(history.read_text())
     epochs = int(epochs_flag[epochs_flag.index("--epochs") + 1])
-    return len(json.loads(history.read_text())["history"]) >= epochs
+    scores = [record["val_metric"] for record in saved["history"]]
+    if len(scores) >= epochs:
+        return True
+    patience = int(saved["config"].get("patience") or 0)
+    best = scores.index(max(scores)) if scores else 0  # train.train keeps the first epoch of the best score
+    return bool(patience and scores and len(scores) - 1 - best >= patience)
 
 
 def main(argv=None) -> dict:

@@ -19,7 +19,8 @@ from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+from core.io.weights_io import DEFAULT_WEIGHTS_DIR
+
 
 
 class ModelUnavailable(RuntimeError):

@@ -15,7 +15,6 @@ import streamlit as st
 
 from core.security.audit import URL_ENV, AuditLog, AuditRecord, default_url, record_of_result, sha256_of
 from core.data.classes import CLASS_CODES
-from ui.analyzers import card_stamp, weights_dir
 from ui.auth import current_user
 from ui.images import digest
 from ui.model_files import model_card
@@ -49,17 +48,8 @@ def audit_log() -> AuditLog:
 
 
 def model_version() -> str:
-    """The card's version and mask-CN's sha256 prefix (core.analysis.predict.model_version's format)."""
-    directory = weights_dir()
-    return _version(str(directory), card_stamp(directory))
-
-
-@functools.lru_cache(maxsize=4)
-def _version(directory: str, stamp: float) -> str:
-    """Once per card file (its stamp): reading the whole card on every record would cost more than the record."""
-    card = model_card() or {}
-    sha = card.get("files", {}).get("mask_cn.safetensors", {}).get("sha256", "")
-    return f"{card.get('version', 'unknown')} ({sha[:12]})"
+    """The card's version and mask-CN's sha256 prefix (ModelCard.model_version; the card is read once per file)."""
+    return model_card().model_version
 
 
 def _write(batch: list[AuditRecord], forget: tuple[str, object] | None = None) -> None:

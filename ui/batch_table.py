@@ -47,13 +47,13 @@ def _blank_row(file: str, image: str, true_dx: str, context) -> dict:
 
 def _analysed_row(rgb, file: str, image: str, true_dx: str, context) -> dict:
     """One image's row; the referral uses the session's threshold when one is set."""
-    from core.analysis.predict import model_version, result_row
+    from core.analysis.predict import result_row
 
     row = _blank_row(file, image, true_dx, context) | {"thumbnail": thumbnail_data_uri(rgb)}
     try:
         with pool().borrow() as analyzer:
             r = analyzer.analyze(rgb, context=context)
-            version = model_version(analyzer)
+            version = analyzer.card.model_version
     except Exception as exc:  # a model failure on one image must not end the batch
         row["error"] = f"analysis failed: {exc}"
         return row

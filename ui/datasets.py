@@ -12,7 +12,6 @@ import streamlit as st
 from ui.analyzers import pool
 from ui.model_files import model_card
 
-SPLIT_SEED = 42  # what training uses by default (train/splits.py)
 
 
 @st.cache_data(show_spinner="Reading the dataset…", max_entries=4)
@@ -25,16 +24,13 @@ def manifest(data_dir: str, sources: tuple[str, ...]) -> pd.DataFrame:
 
 @st.cache_data(show_spinner="Computing the lesion-grouped split…", max_entries=4)
 def split_manifest(data_dir: str, sources: tuple[str, ...]) -> pd.DataFrame:
-    """The manifest with the training split: the split file the model card names if it exists, else
-    core.data.splits.assign_splits with seed 42."""
+    """The manifest with the shipped model's split: the split file its model card names, else
+    core.data.splits.assign_splits with the card's seed."""
     from core.data.splits import apply_split_file, assign_splits
 
     table = manifest(data_dir, sources)
-    split = (model_card() or {}).get("split") or {}
-    split_file = split.get("file") if isinstance(split, dict) else None
-    if split_file and Path(split_file).is_file():
-        return apply_split_file(table, split_file)
-    return assign_splits(table, seed=SPLIT_SEED)
+    split = model_card().split
+    return apply_split_file(table, split.file) if split.file else assign_splits(table, seed=split.seed)
 
 
 def test_split(data_dir: Path, sources: tuple[str, ...]) -> pd.DataFrame:

@@ -6,22 +6,23 @@ import pandas as pd
 import streamlit as st
 
 from core.analysis.followup import BAND_FILE, load_band
+from core.decisions.model_card import ModelCard
 from ui.analyzers import weights_dir
 from ui.datasets import split_manifest
 from ui.model_files import model_card
 
 
 @st.cache_data(show_spinner=False)
-def _read_band(path: str, _stamp: float, weights: dict) -> tuple[dict | None, str]:
-    return load_band(path, weights)
+def _read_band(path: str, _stamp: float, model_version: str, _card: ModelCard) -> tuple[dict | None, str]:
+    return load_band(path, _card)
 
 
 def noise_band() -> tuple[dict | None, str]:
     """(band, description) or (None, why it is unavailable) for the loaded weights."""
     path = weights_dir() / BAND_FILE
-    card = model_card() or {}
+    card = model_card()
     stamp = path.stat().st_mtime if path.is_file() else 0.0
-    return _read_band(str(path), stamp, {"version": card.get("version"), "files": card.get("files", {})})
+    return _read_band(str(path), stamp, card.model_version, card)
 
 
 @st.cache_data(show_spinner="Reading the dataset…", max_entries=2)

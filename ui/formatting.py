@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from core.data.classes import CLASS_BY_CODE, CLASSES, MALIGNANT_CODES
+from core.decisions.model_card import ModelCard
 
 MALIGNANT_MARK = "▲"
 MODEL_LABELS = {"mask_cn": "mask-CN (shipped)", "mask_cn_single_view": "mask-CN, one view (no TTA)",
@@ -104,10 +105,10 @@ def headline_format(key: str):
     return pct if "accuracy" in key else decimals
 
 
-def context_use_text(card: dict | None, where: str = "; see Model performance") -> str:
+def context_use_text(card: ModelCard, where: str = "; see Model performance") -> str:
     """Whether the shipped model uses patient context, with the card's validation comparison; `where` points to the
     details ("" on the Model performance page itself)."""
-    context = (card or {}).get("patient_context") or {}
+    context = card.patient_context.entry
     gain = context.get("gain")
     low, high = (context.get("gain_ci95") or [None, None])[:2]
     measured = ("" if gain is None or low is None else
@@ -130,10 +131,9 @@ def measurement_table(measurements: dict) -> pd.DataFrame:
     return pd.DataFrame(describe_measurements(measurements, score=True), columns=["Measurement", "Value"])
 
 
-def prediction_set_text(codes: list[str], card: dict | None) -> str:
+def prediction_set_text(codes: list[str], card: ModelCard) -> str:
     """'90% prediction set: Melanocytic nevus, Melanoma. At clinics ... held the true diagnosis 89% of the time.'"""
-    entry = (card or {}).get("conformal") or {}
-    coverage, held = entry.get("coverage", 0.9), (entry.get("out_of_source") or {}).get("coverage")
+    coverage, held = card.conformal.coverage, card.conformal.out_of_source.get("coverage")
     measured = ("" if held is None else f" At clinics the model was not trained on, such sets held the true diagnosis "
                                         f"{held:.0%} of the time.")
     return f"{coverage:.0%} prediction set: {', '.join(class_name(c) for c in codes)}.{measured}"

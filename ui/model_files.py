@@ -13,26 +13,37 @@ import pandas as pd
 import streamlit as st
 
 from core.data.classes import CLASS_CODES
+from core.decisions.model_card import ModelCard, ModelCardError, load_card
 from ui.analyzers import card_stamp, weights_dir
 from ui.formatting import ci_text, decimals, headline_label
 
 SHIPPED_MODEL = "mask_cn"
+PREDICTIONS_FILE = "test_predictions.csv"  # in the weights folder, written by calibration with the card
 TEST_SETS = {"ham10000_test": "HAM10000 test", "isic2017_test": "ISIC 2017 official validation"}
 TEST_SET_SOURCES = {"ham10000_test": "ham10000", "isic2017_test": "isic2017"}  # test set -> `source` in the CSV
 
 
-@st.cache_data(show_spinner=False)
-def _read_card(directory: str, _stamp: float) -> dict:
-    from core.io.weights_io import read_model_card
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _read_card(directory: str, stamp: float) -> ModelCard:
+    """Once per card file (its modification time is in the key); a resource, not data: the card is frozen, so every
+    session shares one object instead of unpickling a copy per call."""
+    return load_card(directory)
 
-    return read_model_card(directory)
 
-
-def model_card() -> dict | None:
-    """The model card of weights_dir(), or None when there is none yet."""
+def model_card() -> ModelCard:
+    """The typed model card of weights_dir() (the entry point refuses to start when card_problem() is not None)."""
     directory = weights_dir()
-    stamp = card_stamp(directory)
-    return _read_card(str(directory), stamp) if stamp else None
+    return _read_card(str(directory), card_stamp(directory))
+
+
+def card_problem() -> str | None:
+    """Why the app cannot start on weights_dir()'s model card (missing, not JSON, lacking a section it needs: the
+    sentence names it and the command that rebuilds the card), or None."""
+    try:
+        model_card()
+    except ModelCardError as exc:
+        return str(exc)
+    return None
 
 
 @st.cache_data(show_spinner=False)
@@ -42,7 +53,7 @@ def _read_predictions(path: str, _stamp: float) -> pd.DataFrame:
 
 def test_predictions() -> pd.DataFrame | None:
     """weights/test_predictions.csv as read (every model's columns), or None when it is missing."""
-    path = weights_dir() / (model_card() or {}).get("predictions_csv", "test_predictions.csv")
+    path = weights_dir() / PREDICTIONS_FILE
     if not path.is_file():
         return None
     return _read_predictions(str(path), path.stat().st_mtime)
@@ -67,17 +78,17 @@ def predictions_of(model: str, test_set: str | None = None) -> pd.DataFrame | No
     return table[["image_id", "source", "dx", *columns]].set_axis(["image_id", "source", "dx", *standard], axis=1)
 
 
-def test_set_metrics(card: dict | None, test_set: str) -> dict:
+def test_set_metrics(card: ModelCard, test_set: str) -> dict:
     """The model card's figures for one test set (classification, referral, uncertainty, segmentation, retrieval)."""
-    return (card or {}).get("metrics", {}).get(test_set, {})
+    return card.display("metrics").get(test_set, {})
 
 
-def classification_of(card: dict | None, test_set: str, model: str = SHIPPED_MODEL) -> dict:
+def classification_of(card: ModelCard, test_set: str, model: str = SHIPPED_MODEL) -> dict:
     """`model`'s classification metrics on `test_set` ({} when absent)."""
     return test_set_metrics(card, test_set).get("classification", {}).get(model, {})
 
 
-def headline_metrics(card: dict | None) -> dict[str, str]:
+def headline_metrics(card: ModelCard) -> dict[str, str]:
     """The card's headline figures with their 95 % CIs, as text (for the PDF)."""
-    return {headline_label(key): ci_text(entry, decimals) for key, entry in (card or {}).get("headline", {}).items()
+    return {headline_label(key): ci_text(entry, decimals) for key, entry in card.display("headline").items()
             if entry}

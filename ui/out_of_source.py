@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from core.data.acquisition import SOURCE_NAMES
+from core.decisions.model_card import ModelCard
 from ui.formatting import ci_text
 
 RECIPE_NAMES = {
@@ -23,10 +24,10 @@ def _pct(value) -> str:
     return "—" if value is None else f"{value:.0%}"
 
 
-def light_skin_share(card: dict) -> tuple[float, int, int] | None:
+def light_skin_share(card: ModelCard) -> tuple[float, int, int] | None:
     """(share of evaluation images with light or very light skin, images of brown or dark skin, images with a known
     group), or None without skin-tone figures."""
-    groups = ((card.get("out_of_source") or {}).get("skin_tone") or {}).get("per_group") or {}
+    groups = (card.display("out_of_source").get("skin_tone") or {}).get("per_group") or {}
     known = {g: e["images_evaluation"] for g, e in groups.items() if g != "unknown"}
     total = sum(known.values())
     if not total:
@@ -35,10 +36,10 @@ def light_skin_share(card: dict) -> tuple[float, int, int] | None:
     return light / total, known.get("brown", 0) + known.get("dark", 0), total
 
 
-def held_out_summary_ui(card: dict) -> None:
+def held_out_summary_ui(card: ModelCard) -> None:
     """Home: what the verdict, the uncertainty levels and the unusual flag did at clinics the model was not trained
     on, and how light the data's skin is."""
-    oos = card.get("out_of_source")
+    oos = card.display("out_of_source")
     if not oos:
         return
     pooled = oos["rules_pooled"]
@@ -67,9 +68,9 @@ def held_out_summary_ui(card: dict) -> None:
                    "figures above say little about darker skin. Details: Model performance → Out of source.")
 
 
-def out_of_source_ui(card: dict) -> None:
+def out_of_source_ui(card: ModelCard) -> None:
     """Model performance: the whole out-of-source section of the card."""
-    oos = card.get("out_of_source")
+    oos = card.display("out_of_source")
     if not oos:
         st.info("The model card has no out-of-source figures: run `bash run.sh train.out_of_source`.")
         return

@@ -59,7 +59,7 @@ def analyse(image: PacsImage, note: str = "") -> AnalysedImage:
     rgb, context = image.rgb, image.image.context
     with pool().borrow() as analyzer:
         result = analyzer.analyze(rgb, context=context)
-        version = analyzer.version
+        version = analyzer.card.model_version
     shown = result.diagnosis_shown
     mask = result.mask if shown else None
     pdf = build_report(rgb, result, mask, result.measurements if shown else {}, None, "", note, context)

@@ -54,7 +54,7 @@ def threshold_text(threshold: float) -> str:
 
 def rule() -> ReferralRule:
     """The shipped model's referral rule (score and card threshold)."""
-    return ReferralRule.from_card(model_card() or {})
+    return ReferralRule.from_card(model_card())
 
 
 def session_threshold() -> float | None:
@@ -83,7 +83,7 @@ def verdict_of(result) -> Verdict:
     threshold = session_threshold()
     if (threshold is None or threshold == result.referral_threshold) and result.triage is not None:
         return result.triage
-    return TriageRule.from_card(model_card() or {}).verdict(
+    return TriageRule.from_card(model_card()).verdict(
         [result.probs[c] for c in CLASS_CODES], result.uncertainty_level, result.ood_level, result.ood_reason,
         mel_threshold=threshold)
 

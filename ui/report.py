@@ -17,7 +17,7 @@ def build_report(rgb: np.ndarray, result, mask: np.ndarray | None, measurements:
     uses the session's threshold when one is set, and the PDF says which."""
     from core.reports.report import build_pdf_report
 
-    card = model_card() or {}
+    card = model_card()
     referral = referral_of(result)
     similar = [] if result.similar is None else [
         (row.image_id, class_label(row.dx), row.confirmed_by, float(row.similarity))
@@ -31,7 +31,6 @@ def build_report(rgb: np.ndarray, result, mask: np.ndarray | None, measurements:
         verdict=verdict_of(result).text if result.diagnosis_shown else "", quality_text=result.quality_text,
         similar_cases=similar, patient_context=context.rows() if given else [],
         context_note=context_use_text(card) if given else "", measurements=measurements,
-        model_info={"version": card.get("version", "unknown"), "created": card.get("created", "unknown"),
-                    "metrics": headline_metrics(card)},
+        model_info={"version": card.version, "created": card.display("created"), "metrics": headline_metrics(card)},
         clinician_note=note,
     )

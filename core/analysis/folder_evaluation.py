@@ -20,7 +20,7 @@ from core.data.classes import CLASS_CODES, CLASS_INDEX, class_index
 from core.io.intake import ImageRejected, load_image_file
 from core.analysis.metrics import (balanced_accuracy, calibration, classification_metrics, dice, jaccard, macro_auc,
                                    value_with_ci)
-from core.decisions.ood import REFUSED_LEVELS
+from core.decisions.ood_levels import REFUSED_LEVELS
 
 
 @dataclass
@@ -67,7 +67,7 @@ PREDICTION_COLUMNS = ["image_id", "lesion_id", "dx", "pred", *[f"p_{c}" for c in
 def evaluate_folder(analyzer, manifest: pd.DataFrame, on_progress: Callable[[int, int], None] | None = None,
                     should_stop: Callable[[], bool] | None = None) -> FolderEvaluation:
     """Analyse every manifest row (core.data.datasets.load_manifest of the folder) and summarise."""
-    return assemble(*predict_rows(analyzer, manifest, on_progress, should_stop), analyzer.version)
+    return assemble(*predict_rows(analyzer, manifest, on_progress, should_stop), analyzer.card.model_version)
 
 
 def predict_rows(analyzer, manifest: pd.DataFrame, on_progress: Callable[[int, int], None] | None = None,

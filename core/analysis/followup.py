@@ -44,6 +44,7 @@ import numpy as np
 
 from core.analysis.cam import overlay_mask
 from core.data.classes import CLASS_BY_CODE, CLASS_CODES
+from core.decisions.model_card import ModelCard
 
 WORK_SIDE = 600
 ORB_FEATURES = 3000
@@ -526,14 +527,14 @@ def table_text(changes: list[Change], mm_per_pixel: float | None = None) -> list
 
 
 # ---------------------------------------------------------------- the no-change band (train.followup_noise)
-def weights_fingerprint(card: dict) -> str:
+def weights_fingerprint(card: ModelCard) -> str:
     """A short digest of the network weight files a model card lists: the band measures what the three networks
     output, so it changes with any retraining of them (a version name may not), not with a refitted OOD or
     dermoscopy check."""
     from core.analysis.inference import NETWORK_FILES
 
-    files = card.get("files", {})
-    text = "\n".join(f"{name}:{files.get(name, {}).get('sha256', '')}" for name in sorted(NETWORK_FILES.values()))
+    text = "\n".join(f"{name}:{card.files[name].sha256 if name in card.files else ''}"
+                     for name in sorted(NETWORK_FILES.values()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -560,7 +561,7 @@ def noise_band(changes: list[list[Change]], quantile: float = BAND_QUANTILE) -> 
     return out
 
 
-def load_band(path: str | Path, card: dict) -> tuple[dict | None, str]:
+def load_band(path: str | Path, card: ModelCard) -> tuple[dict | None, str]:
     """(band, description) or (None, why it is unavailable). The band must have been computed for the weights the
     model card describes (same version and weight files)."""
     path = Path(path)
@@ -572,7 +573,7 @@ def load_band(path: str | Path, card: dict) -> tuple[dict | None, str]:
         quantile, n_pairs = float(band["quantile"]), int(band["n_pairs"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return None, f"{path.name} is unreadable ({exc})"
-    version, fingerprint = card.get("version"), weights_fingerprint(card)
+    version, fingerprint = card.version, weights_fingerprint(card)
     if band.get("weights_version") != version or band.get("weights_fingerprint") != fingerprint:
         return None, (f"{path.name} was computed for weights {band.get('weights_version')} "
                       f"({band.get('weights_fingerprint')}), not the loaded {version} ({fingerprint})")

@@ -39,24 +39,23 @@ from core.models.mbdcnn import mbdcnn_forward, view_groups
 from core.models import create_model
 from core.decisions.dermoscopy_check import DermoscopyCheck
 from core.decisions.image_quality import CHECK_KINDS, QualityChecks
-from core.decisions.ood import REFUSED_LEVELS, OODAssessment, OODDetector, chroma, imagenet_backbone
+from core.decisions.ood import OODAssessment, OODDetector, chroma, imagenet_backbone
+from core.decisions.ood_levels import REFUSED_LEVELS
 from core.data.patient_context import PatientContext
 from core.models.precision import name_of as precision_name, resolve as resolve_precision
 from core.imaging.preprocess import Box, Preprocessing, mask_to_image, network_box, network_image
 from core.decisions.referral import BELOW_TEXT, REFER_TEXT, ReferralRule
 from core.lesion.retrieval import CaseIndex
-from core.imaging.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE, normalize_batch
+from core.imaging.tensors import normalize_batch
 from core.decisions.triage import TriageRule, Verdict
 from core.imaging.tta import FLIP_VIEWS
 from core.decisions.uncertainty import UncertaintyLevels, probability_scores
-from core.io.weights_io import WeightsIntegrityError, load_verified, read_model_card
+from core.decisions.model_card import ModelCard, load_card
+from core.io.weights_io import DEFAULT_WEIGHTS_DIR, WeightsIntegrityError, load_verified
 
 NETWORK_FILES = {"coarse_sn": "coarse_sn.safetensors", "mask_cn": "mask_cn.safetensors", "enhanced_sn": "enhanced_sn.safetensors"}
 OOD_FILE = "ood.safetensors"
 CHECK_FILE = "dermoscopy_check.safetensors"
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
-SIMILAR_CASES = 8
-KNN_K = 10
 
 
 @dataclass
@@ -106,7 +105,7 @@ class AnalysisResult:
 
 
 class Analyzer:
-    def __init__(self, networks: dict[str, torch.nn.Module], card: dict, ood: OODDetector | None,
+    def __init__(self, networks: dict[str, torch.nn.Module], card: ModelCard, ood: OODDetector | None,
                  cases: CaseIndex | None = None, device: str = "cpu", pack: bool = True, engine: str = "torch",
                  engine_networks: dict | None = None):
         """pack: on a CPU, lay the convolution weights out for oneDNN with the activations fused
@@ -124,13 +123,11 @@ class Analyzer:
         self.ood_detector = ood
         self.cases = cases
         self.device = device
-        self.version = str(card.get("version", "unversioned"))
+        self.version = card.version
         self.precision = precision_name(getattr(self.mask_cn, "compute_dtype", torch.float32))  # core.models.precision
-        self.preprocessing = Preprocessing.from_card(card.get("preprocessing"), "segmenter")
-        self.classifier_preprocessing = Preprocessing.from_card(card.get("preprocessing"), "classifier")
-        sizes = card.get("input_size", {})
-        self.classifier_size = _size(sizes.get("classifier"), CLASSIFIER_SIZE)
-        self.segmenter_size = _size(sizes.get("segmenter"), SEGMENTER_SIZE)
+        self.preprocessing = Preprocessing.from_card(card.preprocessing, "segmenter")
+        self.classifier_preprocessing = Preprocessing.from_card(card.preprocessing, "classifier")
+        self.classifier_size, self.segmenter_size = card.input_size.classifier, card.input_size.segmenter
         self.rule = DecisionRule.from_card(card)
         self.context_head = ContextHead.from_card(card)  # None unless validation showed a gain (the card says)
         self.referral = ReferralRule.from_card(card)
@@ -138,7 +135,8 @@ class Analyzer:
         self.prediction_sets = PredictionSets.from_card(card)
         self.quality_checks = QualityChecks.from_card(card)
         self.uncertainty = UncertaintyLevels.from_card(card)
-        self.seg_views = FLIP_VIEWS if int((card.get("segmentation_tta") or {}).get("views", 1)) == 4 else (0,)
+        self.seg_views = FLIP_VIEWS if card.segmentation_views == 4 else (0,)
+        self.similar_cases, self.knn_k = card.retrieval.k, card.retrieval.knn_k
         if pack and can_pack(device, getattr(self.mask_cn, "compute_dtype", torch.float32)):
             self._pack_convolutions()
         # One analysis at a time per Analyzer: CAM hooks are per-model state (serve several users with replicas).
@@ -167,23 +165,24 @@ class Analyzer:
     # ------------------------------------------------------------ loading
     @classmethod
     def load(cls, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, device: str | None = None,
-             precision: str | None = None, pack: bool = True, engine: str | None = None) -> "Analyzer":
+             precision: str | None = None, pack: bool = True, engine: str | None = None,
+             card: ModelCard | None = None) -> "Analyzer":
         """precision: core.models.precision.CHOICES; default LESIONLENS_PRECISION or "auto" (bf16 on a CPU with AMX or
         AVX512-BF16). pack: see __init__. engine: core.analysis.onnx_engine.ENGINES; default LESIONLENS_ENGINE or
-        torch (on a GPU always torch)."""
+        torch (on a GPU always torch). card: the folder's model card (core.decisions.model_card.load_card: a card
+        lacking a section raises ModelCardError), or one calibration is about to write."""
         from core.analysis.onnx_engine import chosen_engine
 
         weights_dir = Path(weights_dir)
-        card = read_model_card(weights_dir)
+        card = card if card is not None else load_card(weights_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         engine = chosen_engine(engine) if device == "cpu" else "torch"
         dtype = resolve_precision(precision or os.environ.get("LESIONLENS_PRECISION", "auto"), device)
         if engine == "onnxruntime":
             dtype = torch.float32  # ONNX Runtime computes these graphs in fp32; the torch copies (CAMs) match it
-        backbone = card.get("backbone", "efficientnet_lite0")
         networks = {}
         for arch, file_name in NETWORK_FILES.items():
-            model = create_model(arch, backbone, pretrained=None)
+            model = create_model(arch, card.backbone, pretrained=None)
             state = load_verified(weights_dir, file_name, card)
             try:
                 model.load_state_dict(state)
@@ -193,16 +192,9 @@ class Analyzer:
             # then computes only the activation gradients it uses, not a weight gradient for every layer).
             model = fold_batchnorm(model.eval()).requires_grad_(False).cast_for_inference(dtype)
             networks[arch] = model.to(device).to(memory_format=torch.channels_last)
-        ood = None
-        if OOD_FILE in card.get("files", {}):
-            check = None
-            if CHECK_FILE in card["files"]:
-                check = DermoscopyCheck.from_tensors(load_verified(weights_dir, CHECK_FILE, card),
-                                                     card["dermoscopy_check"]["threshold"])
-            ood = OODDetector(load_verified(weights_dir, OOD_FILE, card), card["ood"]["thresholds"],
-                              card["ood"]["unusual_score"], float(card["ood"]["unusual_share"]), check,
-                              card["ood"].get("out_of_source"))
-            networks["imagenet"] = fold_batchnorm(imagenet_backbone()).to(device)
+        check = DermoscopyCheck.from_tensors(load_verified(weights_dir, CHECK_FILE, card), card.dermoscopy_check.threshold)
+        ood = OODDetector.from_card(load_verified(weights_dir, OOD_FILE, card), card, check)
+        networks["imagenet"] = fold_batchnorm(imagenet_backbone()).to(device)
         engine_nets = None
         if engine != "torch":
             from core.analysis.onnx_engine import engine_networks
@@ -257,7 +249,7 @@ class Analyzer:
         mask = _to_input_mask(out["enhanced"], box, height, width)
         coarse_mask = _to_input_mask(out["coarse"], box, height, width)
         ood = self._ood(out["pooled"], cls_x, cls_small)
-        similar = self.cases.nearest(out["pooled"], SIMILAR_CASES) if self.cases is not None else None
+        similar = self.cases.nearest(out["pooled"], self.similar_cases) if self.cases is not None else None
         score = self._uncertainty_score(logits, probs, out["pooled"], shift)
         level = self.uncertainty.level(score)
         mel_score = float(self.referral.score_of(probs))
@@ -290,15 +282,15 @@ class Analyzer:
             return OODAssessment("in", 0.0, "")
         with torch.inference_mode():
             generic = self.imagenet(cls_x).float().cpu()
-        case_distance = self.cases.knn_distance(pooled, KNN_K) if self.cases is not None else None
+        case_distance = self.cases.knn_distance(pooled, self.knn_k) if self.cases is not None else None
         return self.ood_detector.assess(self.ood_detector.scores(pooled.cpu(), generic, [chroma(cls_small)], case_distance))
 
     def _uncertainty_score(self, logits: np.ndarray, probs: np.ndarray, pooled: torch.Tensor, shift) -> float:
         """The card's uncertainty score for one image (see core.decisions.uncertainty)."""
         name = self.uncertainty.score
         if name == "knn_distance":
-            return float(self.cases.knn_distance(pooled, KNN_K)[0])
-        single = DecisionRule(1, self.rule.temperature, self.rule.logit_offsets)
+            return float(self.cases.knn_distance(pooled, self.knn_k)[0])
+        single = self.rule.single_view()
         view_probs = np.stack([single.probabilities(v[None], shift) for v in logits]) if len(logits) > 1 else None
         return float(probability_scores(probs[None], view_probs)[name][0])
 
@@ -364,10 +356,6 @@ def _input_key(seg_u8: np.ndarray, cls_u8: np.ndarray) -> bytes:
 def _to_input_mask(probs: torch.Tensor, box: Box, height: int, width: int) -> np.ndarray:
     full = mask_to_image(probs[0, 0].float().cpu().numpy(), box, (height, width))
     return np.where(full > 0.5, 255, 0).astype(np.uint8)
-
-
-def _size(entry: dict | None, default: tuple[int, int]) -> tuple[int, int]:
-    return (int(entry["height"]), int(entry["width"])) if entry else default
 
 
 def _measure(mask: np.ndarray, rgb: np.ndarray, mm_per_pixel: float | None) -> dict:

@@ -23,6 +23,7 @@ import importlib.util
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 from core.analysis.inference import NETWORK_FILES
 from core.analysis import onnx_export
 from core.analysis.onnx_export import ONNX_FILES, SIGNATURES, export_networks
+from core.decisions.model_card import FileEntry, ModelCard
 from core.io.weights_io import WeightsIntegrityError, verified_bytes
 
 ENGINES = ("torch", "onnxruntime", "openvino")
@@ -109,7 +111,7 @@ def _openvino(model: bytes, threads: int, precision: str):
 _RUNTIMES = {"onnxruntime": _onnxruntime, "openvino": _openvino}
 
 
-def engine_networks(engine: str, weights_dir: str | Path, card: dict, mask_cn: torch.nn.Module, threads: int,
+def engine_networks(engine: str, weights_dir: str | Path, card: ModelCard, mask_cn: torch.nn.Module, threads: int,
                     precision: str = "fp32") -> dict:
     """{coarse_sn, enhanced_sn, mask_cn} run by `engine` (onnxruntime | openvino) from the weights' ONNX files;
     mask_cn: the loaded torch mask-CN (its head gives the class maps and pooled features)."""
@@ -121,11 +123,20 @@ def engine_networks(engine: str, weights_dir: str | Path, card: dict, mask_cn: t
             "mask_cn": EngineMaskCN(runs["mask_cn"], mask_cn)}
 
 
-def onnx_models(weights_dir: str | Path, card: dict) -> dict[str, bytes]:
+@dataclass(frozen=True)
+class ExportManifest:
+    """The sha256 list of an export cache folder, read as verified_bytes reads a model card's `files`."""
+    files: dict[str, FileEntry]
+
+    @classmethod
+    def read(cls, path: Path) -> "ExportManifest":
+        return cls({name: FileEntry(str(e["sha256"]), int(e["bytes"])) for name, e in json.loads(path.read_text()).items()})
+
+
+def onnx_models(weights_dir: str | Path, card: ModelCard) -> dict[str, bytes]:
     """The ONNX bytes of each network, sha256-checked: from the weights folder when the card lists them, else from
     the export cache (exported there first when missing)."""
-    listed = card.get("files", {})
-    if all(file_name in listed for file_name in ONNX_FILES.values()):
+    if all(file_name in card.files for file_name in ONNX_FILES.values()):
         return {name: verified_bytes(weights_dir, file_name, card) for name, file_name in ONNX_FILES.items()}
     folder = cache_folder(card)
     if not (folder / CACHE_MANIFEST).is_file():
@@ -133,18 +144,19 @@ def onnx_models(weights_dir: str | Path, card: dict) -> dict[str, bytes]:
                     "writes them into the weights folder: core.analysis.onnx_export.export_networks).", folder)
         entries = export_networks(weights_dir, folder)
         (folder / CACHE_MANIFEST).write_text(json.dumps(entries, indent=1))
-    cached = {"files": json.loads((folder / CACHE_MANIFEST).read_text())}
+    cached = ExportManifest.read(folder / CACHE_MANIFEST)
     try:
         return {name: verified_bytes(folder, file_name, cached) for name, file_name in ONNX_FILES.items()}
     except WeightsIntegrityError as exc:
         raise WeightsIntegrityError(f"{exc} (a damaged export cache: delete {folder} to export again)") from exc
 
 
-def cache_folder(card: dict) -> Path:
+def cache_folder(card: ModelCard) -> Path:
     """Where the networks of this card's weights are exported: one folder per set of weights (their sha256), torch
     version and export code (core.analysis.onnx_export)."""
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lesionlens" / "onnx")
     digest = hashlib.sha256(torch.__version__.encode() + Path(onnx_export.__file__).read_bytes())
     for file_name in NETWORK_FILES.values():
-        digest.update(card.get("files", {}).get(file_name, {}).get("sha256", "").encode())
+        entry = card.files.get(file_name)
+        digest.update((entry.sha256 if entry is not None else "").encode())
     return root / digest.hexdigest()[:16]

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from core.analysis.inference import NETWORK_FILES
-from core.imaging.tensors import CLASSIFIER_SIZE, SEGMENTER_SIZE
-from core.io.weights_io import load_verified, read_model_card, sha256_of
+from core.decisions.model_card import ModelCard, load_card
+from core.io.weights_io import load_verified, sha256_of
 from core.models import create_model
 from core.models.cpu_inference import fold_batchnorm
 
@@ -46,10 +46,10 @@ class _MaskCNGraph(nn.Module):
         return self.mask_cn.forward_with_features(x)
 
 
-def load_fp32_network(weights_dir: str | Path, name: str, card: dict | None = None) -> nn.Module:
+def load_fp32_network(weights_dir: str | Path, name: str, card: ModelCard | None = None) -> nn.Module:
     """One network from weights_dir (sha256-checked against the model card), eval mode, BatchNorm folded, float32."""
-    card = card if card is not None else read_model_card(Path(weights_dir))
-    model = create_model(name, card.get("backbone", "efficientnet_lite0"), pretrained=None)
+    card = card if card is not None else load_card(weights_dir)
+    model = create_model(name, card.backbone, pretrained=None)
     model.load_state_dict(load_verified(Path(weights_dir), NETWORK_FILES[name], card))
     return fold_batchnorm(model.eval()).requires_grad_(False)
 
@@ -87,10 +87,8 @@ def export_networks(weights_dir: str | Path, out_dir: str | Path) -> dict[str, d
     `files` entries for them, {file name: {sha256, bytes}}. The card-building step writes them next to the weights
     (out_dir = weights_dir) and lists these entries; core.analysis.onnx_engine then loads them sha256-checked."""
     weights_dir, out_dir = Path(weights_dir), Path(out_dir)
-    card = read_model_card(weights_dir)
-    sizes = {kind: (int(entry["height"]), int(entry["width"]))
-             for kind, entry in (card.get("input_size") or {}).items() if entry}
-    segmenter, classifier = sizes.get("segmenter", SEGMENTER_SIZE), sizes.get("classifier", CLASSIFIER_SIZE)
+    card = load_card(weights_dir)
+    segmenter, classifier = card.input_size.segmenter, card.input_size.classifier
     entries = {}
     for name in NETWORK_FILES:
         path = export_network(load_fp32_network(weights_dir, name, card), name,

@@ -27,7 +27,9 @@ import cv2
 from tqdm import tqdm
 
 from core.data.classes import CLASS_CODES
-from core.analysis.inference import DEFAULT_WEIGHTS_DIR, AnalysisResult, Analyzer
+from core.analysis.inference import AnalysisResult, Analyzer
+from core.decisions.model_card import ModelCardError
+from core.io.weights_io import DEFAULT_WEIGHTS_DIR, WeightsIntegrityError
 from core.io.dicom_input import file_header
 from core.io.intake import FILE_EXTENSIONS, MAX_BYTES, ImageRejected, load_frames, load_image_file
 from core.data.patient_context import ContextError, PatientContext, read_context_csv
@@ -96,7 +98,7 @@ def analyse_image(analyzer: Analyzer, rgb, name: str, context: PatientContext) -
     except Exception as exc:  # one bad image must never stop the batch
         row["error"] = f"analysis failed: {exc}"
         return row, None
-    row.update(result_row(result, model_version(analyzer)))
+    row.update(result_row(result, analyzer.card.model_version))
     return row, result
 
 
@@ -138,17 +140,6 @@ def predict_file(analyzer: Analyzer, path: Path, mask_dir: Path, context: Patien
     return rows
 
 
-def model_version(analyzer: Analyzer) -> str:
-    """The card's version and the first 12 hex digits of mask-CN's sha256: which weights made a row."""
-    return card_version(analyzer.card)
-
-
-def card_version(card: dict) -> str:
-    """model_version from the model card alone (no networks loaded)."""
-    sha = card.get("files", {}).get("mask_cn.safetensors", {}).get("sha256", "")
-    return f"{card.get('version', 'unversioned')} ({sha[:12]})"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="image files or folders")
@@ -167,7 +158,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     mask_dir = out / "masks"
     mask_dir.mkdir(parents=True, exist_ok=True)
-    analyzer = Analyzer.load(args.weights)
+    try:
+        analyzer = Analyzer.load(args.weights)
+    except (ModelCardError, WeightsIntegrityError) as exc:  # a card lacking a rule, an altered weight file
+        parser.error(str(exc))
     rows = [row for p in tqdm(paths, desc="analysing", unit="file", file=sys.stderr)
             for row in predict_file(analyzer, p, mask_dir, contexts.get(p.stem, PatientContext()))]
     with open(out / "predictions.csv", "w", newline="") as handle:

@@ -39,7 +39,7 @@ from pathlib import Path
 from core.batch.batch_results import LABELS, MANIFEST, LabelsError, evaluation_of, read_labels, read_result
 from core.batch.batch_shards import (Shard, ShardReport, analyse_shard, file_sha256, model_fingerprint, plan_shards,
                                      remove_temporaries, shard_path)
-from core.analysis.inference import DEFAULT_WEIGHTS_DIR
+from core.io.weights_io import DEFAULT_WEIGHTS_DIR
 from core.analysis.predict import IMAGE_SUFFIXES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,8 +77,7 @@ def list_images(input_path: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 def plan(input_path, weights_dir, shard_size: int, hash_threads: int = 8) -> tuple[list[Shard], dict]:
     """The shards of the input under these weights, and the manifest that records them."""
-    from core.analysis.predict import card_version
-    from core.io.weights_io import read_model_card
+    from core.decisions.model_card import load_card
 
     sources, paths = list_images(input_path)
     if not sources:
@@ -87,7 +86,7 @@ def plan(input_path, weights_dir, shard_size: int, hash_threads: int = 8) -> tup
         hashes = list(pool.map(file_sha256, paths))
     fingerprint = model_fingerprint(weights_dir)
     shards = plan_shards(sources, paths, hashes, fingerprint, shard_size)
-    manifest = {"input": str(input_path), "model_version": card_version(read_model_card(Path(weights_dir))),
+    manifest = {"input": str(input_path), "model_version": load_card(weights_dir).model_version,
                 "model_fingerprint": fingerprint, "shard_size": shard_size, "n_images": len(sources),
                 "shards": [{"file": s.file_name, "n_images": len(s.sources)} for s in shards]}
     return shards, manifest
@@ -186,7 +185,7 @@ def run(input_path, out_dir, weights_dir=DEFAULT_WEIGHTS_DIR, ray_address: str |
 
 def summarise_run(out_dir: Path, manifest: dict, reports: list[ShardReport], seconds: float, backend: str,
                   skipped: int) -> dict:
-    from core.decisions.ood import REFUSED_LEVELS
+    from core.decisions.ood_levels import REFUSED_LEVELS
 
     table = read_result(out_dir)
     analysed = sum(r.n_images for r in reports)

@@ -15,6 +15,7 @@ import pandas as pd
 
 from core.data.classes import CLASS_CODES
 from core.analysis.folder_evaluation import FolderEvaluation, assemble
+from core.batch.batch_shards import csv_strings
 from core.io.intake import FILE_EXTENSIONS
 
 MANIFEST = "manifest.json"   # core.batch.batch_engine writes it
@@ -30,7 +31,8 @@ class LabelsError(ValueError):
 
 
 def read_result(path: str | os.PathLike) -> pd.DataFrame:
-    """Every row of a result (a folder with manifest.json, a folder of Parquet files, or one Parquet file)."""
+    """Every row of a result (a folder with manifest.json, a folder of Parquet files, or one Parquet file), its
+    typed columns in the predict CSV's strings (core.batch.batch_shards.csv_strings: what the pages show)."""
     path = Path(path)
     if path.is_file():
         files = [path]
@@ -51,7 +53,7 @@ def read_result(path: str | os.PathLike) -> pd.DataFrame:
     missing = {"image", "pred", "error", "ood_level", "refer"} - set(table.columns)
     if missing:
         raise ResultError(f"{path}: not a batch result (no column {', '.join(sorted(missing))})")
-    return table
+    return csv_strings(table)
 
 
 def labels_beside(path: str | os.PathLike) -> Path | None:

@@ -10,7 +10,9 @@ temporary name and renamed into place, so a file under its final name is always 
 temporaries (removed on the next start), and a restarted run skips every shard whose file exists.
 
 One row per image (each frame of a multi-frame DICOM is an image: `image` `<stem>_frame<k>`, as the predict CLI
-names it): every core.analysis.predict CSV column (the same strings as predictions.csv), then `source` (the image's
+names it): every core.analysis.predict CSV column, typed (SCHEMA: age, the probabilities and mel_score as float64,
+refer as a boolean, empty values as nulls, so pandas, DuckDB or Spark compute with them as they are), `analysed_at`
+(UTC timestamp), then `source` (the image's
 file name in the input: its path relative to the input folder, or as listed), `path` (where it was read), `sha256`, the
 enhanced-SN mask as run-length encoding (`mask_rle`, core.lesion.mask_rle, with `mask_height` / `mask_width`) and the lesion
 measurements (core.lesion.lesion_measurements; empty for an image that got no diagnosis). A file that cannot be read or
@@ -18,6 +20,7 @@ analysed is one row with its `error` and empty analysis columns.
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -26,11 +29,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.lesion.mask_rle import encode_mask
 from core.analysis.predict import COLUMNS, analyse_frames
+from core.data.classes import CLASS_CODES
+from core.lesion.mask_rle import encode_mask
 
 SHARD_DIR = "shards"
 TEMP_PREFIX = ".tmp-"
@@ -43,7 +48,33 @@ EXTRA_FIELDS = [pa.field("source", pa.string()), pa.field("path", pa.string()), 
                 pa.field("max_diameter_px", pa.float64()), pa.field("asymmetry", pa.float64()),
                 pa.field("border_irregularity", pa.float64()), pa.field("n_colours", pa.int32()),
                 pa.field("colours", pa.string()), pa.field("lesion_fraction", pa.float64())]
-SCHEMA = pa.schema([pa.field(c, pa.string()) for c in COLUMNS] + EXTRA_FIELDS)
+FLOAT_COLUMNS = ("age", *(f"p_{c}" for c in CLASS_CODES), "mel_score")
+BOOL_COLUMNS = ("refer",)  # predictions.csv's yes / no
+SCHEMA = pa.schema([pa.field(c, pa.float64() if c in FLOAT_COLUMNS else pa.bool_() if c in BOOL_COLUMNS else pa.string())
+                    for c in COLUMNS] + [pa.field("analysed_at", pa.timestamp("us", tz="UTC"))] + EXTRA_FIELDS)
+
+
+def typed_row(row: dict) -> dict:
+    """A predict CSV row (strings) in SCHEMA's types: numbers as floats, yes / no as booleans, empty as null."""
+    typed = dict(row)
+    for column in FLOAT_COLUMNS:
+        typed[column] = float(row[column]) if row[column] != "" else None
+    for column in BOOL_COLUMNS:
+        typed[column] = {"yes": True, "no": False}.get(row[column])
+    return typed
+
+
+def csv_strings(table):
+    """A typed result table (pandas) back in the predict CSV's strings: what the Batch and Evaluate pages read (a
+    column already of strings, from a result written before the typed schema, stays as it is)."""
+    table = table.copy()
+    for column in FLOAT_COLUMNS:
+        if table[column].dtype.kind == "f":
+            table[column] = ["" if v != v else f"{v:g}" if column == "age" else f"{v:.5f}" for v in table[column]]
+    for column in BOOL_COLUMNS:
+        table[column] = [("yes" if v else "no") if isinstance(v, (bool, np.bool_)) else "" if v is None else v
+                         for v in table[column]]
+    return table
 
 
 @dataclass(frozen=True)
@@ -125,7 +156,8 @@ def file_rows(analyzer, source: str, path: str, sha256: str) -> list[dict]:
 
 
 def _image_row(row: dict, result, source: str, path: str, sha256: str) -> dict:
-    row.update({"source": source, "path": path, "sha256": sha256, "mask_rle": None, "mask_height": None,
+    row = typed_row(row)
+    row.update({"analysed_at": dt.datetime.now(dt.timezone.utc), "source": source, "path": path, "sha256": sha256, "mask_rle": None, "mask_height": None,
                 "mask_width": None, **{m: None for m in MEASUREMENT_COLUMNS}})
     if result is None:
         return row

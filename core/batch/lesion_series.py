@@ -30,7 +30,7 @@ from core.analysis.inference import DEFAULT_WEIGHTS_DIR
 from core.batch.batch_results import ResultError, read_result
 from core.data.classes import CLASS_BY_CODE, CLASS_CODES
 from core.decisions.triage import HEADLINES
-from core.io.weights_io import read_model_card
+from core.decisions.model_card import load_card
 from core.lesion.mask_rle import decode_mask
 
 VISIT_COLUMNS = ("patient_id", "lesion_id", "date")
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         since = pd.Timestamp(args.since).date() if args.since else None
         table = lesion_series(read_result(args.result), read_visits(args.visits),
-                              load_band(Path(args.weights) / BAND_FILE, read_model_card(args.weights))[0], since)
+                              load_band(Path(args.weights) / BAND_FILE, load_card(args.weights))[0], since)
     except (ResultError, SeriesInputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -216,3 +216,13 @@ def apply_split_file(manifest: pd.DataFrame, path: str | os.PathLike) -> pd.Data
     return merged[MANIFEST_COLUMNS].reset_index(drop=True)
 
 
+
+
+def split_by(manifest: pd.DataFrame, seed: int | None, file: str | os.PathLike | None) -> pd.DataFrame:
+    """The manifest with the split a model was trained on: its split file when it had one, else assign_splits with
+    its seed (what a model card's `split` and a run's history.json config record)."""
+    if file:
+        return apply_split_file(manifest, file)
+    if seed is None:
+        raise DatasetError("split_by: give the split's seed or its split file")
+    return assign_splits(manifest, seed)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.data.classes import CLASS_CODES
+from core.decisions.model_card import ModelCard
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,6 @@ class PredictionSets:
         return {"quantile": self.quantile, "coverage": self.coverage}
 
     @classmethod
-    def from_card(cls, card: dict) -> "PredictionSets | None":
-        entry = card.get("conformal")
-        if not entry:
-            return None
-        return cls(float(entry["quantile"]), float(entry["coverage"]), entry.get("out_of_source") or {})
+    def from_card(cls, card: ModelCard) -> "PredictionSets":
+        entry = card.conformal
+        return cls(entry.quantile, entry.coverage, entry.out_of_source)

@@ -15,6 +15,7 @@ import numpy as np
 
 from core.data.classes import NUM_CLASSES
 from core.data.patient_context import ENCODING, PatientContext
+from core.decisions.model_card import CALIBRATE_COMMAND, ModelCard, ModelCardError
 
 NO_CONTEXT = PatientContext().encoded()
 
@@ -37,11 +38,12 @@ class ContextHead:
         return {"encoding": list(ENCODING), "weights": np.round(np.asarray(self.weights), 6).tolist()}
 
     @classmethod
-    def from_card(cls, card: dict) -> "ContextHead | None":
+    def from_card(cls, card: ModelCard) -> "ContextHead | None":
         """The card's context head when the card says the model uses it (patient_context.shipped), else None."""
-        entry = (card or {}).get("patient_context") or {}
-        if not entry.get("shipped") or "head" not in entry:
+        entry = card.patient_context
+        if not entry.shipped:
             return None
-        if list(entry["head"].get("encoding", [])) != list(ENCODING):
-            raise ValueError("model card: the context head was fitted on another context encoding")
-        return cls(np.array(entry["head"]["weights"], dtype=np.float64))
+        if list(entry.head.get("encoding", [])) != list(ENCODING) or "weights" not in entry.head:
+            raise ModelCardError(f"{card.where}: the patient-context head was fitted on another context encoding "
+                                 f"than {list(ENCODING)}; rebuild the card with `{CALIBRATE_COMMAND}`.")
+        return cls(np.array(entry.head["weights"], dtype=np.float64))

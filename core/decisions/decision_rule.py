@@ -7,12 +7,13 @@ favour one) and the temperature are fitted on validation data by train.evaluate 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from core.data.classes import NUM_CLASSES
+from core.decisions.model_card import ModelCard
 from core.imaging.tta import views_for
 
 
@@ -36,14 +37,15 @@ class DecisionRule:
             tempered = tempered + torch.as_tensor(np.asarray(shift, dtype=np.float64))
         return torch.softmax(tempered, dim=-1).mean(0).numpy()
 
+    def single_view(self) -> "DecisionRule":
+        """The same rule on one view: each view's own probabilities (the TTA-disagreement uncertainty score, the
+        one-view ablation)."""
+        return replace(self, views=1)
+
     def to_card(self) -> dict:
         return {"views": self.views, "temperature": self.temperature, "logit_offsets": list(self.logit_offsets)}
 
     @classmethod
-    def from_card(cls, card: dict) -> "DecisionRule":
-        """The card's decision_rule; cards written before TTA existed have a top-level temperature and offsets."""
-        entry = card.get("decision_rule") or {}
-        return cls(views=int(entry.get("views", 1)),
-                   temperature=float(entry.get("temperature", card.get("temperature", 1.0))),
-                   logit_offsets=tuple(float(v) for v in entry.get("logit_offsets",
-                                                                   card.get("logit_offsets", [0.0] * NUM_CLASSES))))
+    def from_card(cls, card: ModelCard) -> "DecisionRule":
+        entry = card.decision_rule
+        return cls(entry.views, entry.temperature, entry.logit_offsets)

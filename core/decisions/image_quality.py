@@ -21,6 +21,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from core.decisions.model_card import ModelCard
 from core.imaging.preprocess import Box
 
 WORKING_SIZE = (150, 200)     # (height, width) every measure is taken at
@@ -148,9 +149,8 @@ class QualityChecks:
         self.checks = sorted(checks, key=lambda c: list(CHECK_KINDS).index(c.name))
 
     @classmethod
-    def from_card(cls, card: dict) -> "QualityChecks":
-        entry = card.get("image_quality") or {}
-        return cls([QualityCheck(name, float(threshold)) for name, threshold in (entry.get("thresholds") or {}).items()])
+    def from_card(cls, card: ModelCard) -> "QualityChecks":
+        return cls([QualityCheck(name, threshold) for name, threshold in card.image_quality.thresholds.items()])
 
     def assess(self, rgb: np.ndarray, mask: np.ndarray, box: Box) -> QualityVerdict:
         measures = measure_all(rgb, mask, box)

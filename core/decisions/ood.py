@@ -28,9 +28,7 @@ import numpy as np
 import torch
 
 from core.decisions.dermoscopy_check import KINDS, DermoscopyCheck
-
-OOD_LEVELS = ("in", "unusual", "clinical_photo", "not_skin")
-REFUSED_LEVELS = ("clinical_photo", "not_skin")  # no class, probability, referral, CAM or measurement is shown
+from core.decisions.model_card import ModelCard
 UNUSUAL_SCORES = {"feature_distance": "distance of mask-CN's features to the nearest training class",
                   "case_distance": "distance to the nearest reference cases",
                   "imagenet_distance": "distance of the image's appearance to the nearest training image"}
@@ -88,6 +86,13 @@ class OODDetector:
         self.unusual_share = unusual_share
         self.check = check
         self.held_out = held_out or {}  # the card's ood.out_of_source: the flag's error rates on held-out sources
+
+    @classmethod
+    def from_card(cls, tensors: dict[str, torch.Tensor], card: ModelCard,
+                  check: DermoscopyCheck | None) -> "OODDetector":
+        """The detector of the card's `ood` section over the tensors of its ood.safetensors."""
+        entry = card.ood
+        return cls(tensors, entry.thresholds, entry.unusual_score, entry.unusual_share, check, entry.out_of_source)
 
     def feature_distance(self, pooled) -> np.ndarray:
         t = self.tensors

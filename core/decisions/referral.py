@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.data.classes import CLASS_INDEX, MALIGNANT_CODES
+from core.decisions.model_card import ModelCard
 
 SCORES = {
     "mel": "probability of melanoma",
@@ -33,9 +34,9 @@ def melanoma_score(probs, kind: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ReferralRule:
-    score: str = "mel"
-    threshold: float = 0.5
-    target_sensitivity: float = 0.9
+    score: str                   # a key of SCORES
+    threshold: float
+    target_sensitivity: float
 
     def score_of(self, probs) -> np.ndarray:
         return melanoma_score(probs, self.score)
@@ -52,16 +53,14 @@ class ReferralRule:
         return {"score": self.score, "threshold": self.threshold, "target_sensitivity": self.target_sensitivity}
 
     @classmethod
-    def from_card(cls, card: dict) -> "ReferralRule":
-        entry = card.get("referral") or {}
-        return cls(score=str(entry.get("score", "mel")), threshold=float(entry.get("threshold", 0.5)),
-                   target_sensitivity=float(entry.get("target_sensitivity", 0.9)))
+    def from_card(cls, card: ModelCard) -> "ReferralRule":
+        entry = card.referral
+        return cls(entry.score, entry.threshold, entry.target_sensitivity)
 
 
-def validation_sources_text(entry: dict) -> str:
-    """' in each validation source (HAM10000 val: 166 melanomas, ...)' when the card's referral entry was fitted per
-    validation source (train.fit_rules.fit_referral); '' for a card without that fit."""
-    fit = entry.get("fit") or {}
+def validation_sources_text(fit: dict) -> str:
+    """' in each validation source (HAM10000 val: 166 melanomas, ...)' when the card's referral threshold was fitted
+    per validation source (its `referral.fit`: train.fit_rules.fit_referral); '' for a fit without that."""
     counts = fit.get("validation_melanomas_per_source")
     if not counts:
         return ""

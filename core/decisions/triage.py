@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.data.classes import CLASS_BY_CODE, CLASS_INDEX, MALIGNANT_CODES
+from core.decisions.model_card import ModelCard
+from core.decisions.ood_levels import REFUSED_LEVELS
 
 VERDICTS = ("not_assessed", "refer", "review", "no_referral")
 HEADLINES = {
@@ -51,7 +53,7 @@ class Verdict:
 @dataclass(frozen=True)
 class TriageRule:
     thresholds: dict[str, float]                      # malignant class code -> probability threshold
-    target_sensitivity: float = 0.9
+    target_sensitivity: float
     out_of_source: dict = field(default_factory=dict)  # figures of each verdict on held-out sources (the card's)
 
     def __post_init__(self):
@@ -78,7 +80,7 @@ class TriageRule:
         refer = np.zeros(len(p), dtype=bool)
         for code, t in self.thresholds.items():
             refer |= p[:, CLASS_INDEX[code]] >= t
-        refused = np.isin(np.asarray(ood_levels), ("clinical_photo", "not_skin"))
+        refused = np.isin(np.asarray(ood_levels), REFUSED_LEVELS)
         doubtful = (np.asarray(uncertainty_levels) != "low") | (np.asarray(ood_levels) == "unusual")
         if quality_flags is not None:
             doubtful |= np.asarray(quality_flags, dtype=bool)
@@ -87,7 +89,7 @@ class TriageRule:
     def verdict(self, probs, uncertainty_level: str, ood_level: str, ood_reason: str = "",
                 quality_problems: tuple[str, ...] = (), mel_threshold: float | None = None) -> Verdict:
         """The verdict for one image ((C,) probabilities in CLASS_CODES order)."""
-        if ood_level in ("clinical_photo", "not_skin"):
+        if ood_level in REFUSED_LEVELS:
             return Verdict("not_assessed", HEADLINES["not_assessed"], (ood_reason or "The image is not dermoscopy",), "")
         firing = self.firing(probs, mel_threshold)
         p = np.asarray(probs, dtype=np.float64)
@@ -130,11 +132,6 @@ class TriageRule:
                 "out_of_source": self.out_of_source}
 
     @classmethod
-    def from_card(cls, card: dict) -> "TriageRule":
-        """The card's triage entry; a card without one triages on its melanoma referral threshold alone."""
-        entry = card.get("triage")
-        if not entry:
-            referral = card.get("referral") or {}
-            return cls({"mel": float(referral.get("threshold", 0.5))}, float(referral.get("target_sensitivity", 0.9)))
-        return cls({c: float(t) for c, t in entry["thresholds"].items()}, float(entry.get("target_sensitivity", 0.9)),
-                   entry.get("out_of_source") or {})
+    def from_card(cls, card: ModelCard) -> "TriageRule":
+        entry = card.triage
+        return cls(dict(entry.thresholds), entry.target_sensitivity, entry.out_of_source)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.decisions.model_card import ModelCard
+
 LEVELS = ("low", "moderate", "high")
 SCORE_NAMES = ("max_probability", "entropy", "tta_disagreement", "knn_distance")
 
@@ -28,8 +30,8 @@ def probability_scores(probs: np.ndarray, view_probs: np.ndarray | None = None) 
 
 @dataclass(frozen=True)
 class UncertaintyLevels:
-    score: str = "entropy"
-    cuts: tuple[float, float] = (0.2, 0.5)          # low < cuts[0] <= moderate < cuts[1] <= high
+    score: str                                       # a key of SCORE_NAMES
+    cuts: tuple[float, float]                        # low < cuts[0] <= moderate < cuts[1] <= high
     error_rates: dict = field(default_factory=dict)  # level -> top-1 error rate on validation
     out_of_source: dict = field(default_factory=dict)  # level -> (error rate, [lowest, highest] per source) on
                                                        # sources the levels were fitted without (train.out_of_source)
@@ -58,12 +60,8 @@ class UncertaintyLevels:
         return {"score": self.score, "cuts": list(self.cuts), "error_rates": dict(self.error_rates)}
 
     @classmethod
-    def from_card(cls, card: dict) -> "UncertaintyLevels":
-        entry = card.get("uncertainty") or {}
-        if not entry:
-            return cls()
-        ranges = entry.get("out_of_source_error_range", {})
-        held_out = {k: (float(v), tuple(ranges[k])) for k, v in entry.get("out_of_source_error_rates", {}).items()
-                    if k in ranges}
-        return cls(score=str(entry["score"]), cuts=tuple(float(c) for c in entry["cuts"]),
-                   error_rates={k: float(v) for k, v in entry.get("error_rates", {}).items()}, out_of_source=held_out)
+    def from_card(cls, card: ModelCard) -> "UncertaintyLevels":
+        entry = card.uncertainty
+        ranges = entry.out_of_source_error_range
+        held_out = {k: (v, ranges[k]) for k, v in entry.out_of_source_error_rates.items() if k in ranges}
+        return cls(entry.score, entry.cuts, dict(entry.error_rates), held_out)

@@ -31,14 +31,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, DermoscopicPhotographyImageStorage, JPEGBaseline8Bit, generate_uid
 
-from core.io.intake import MAX_BYTES, MAX_PIXELS, MIN_SIDE, ImageRejected
+from core.io.image_limits import DICOM_PREAMBLE, MAX_BYTES, MAX_PIXELS, MIN_SIDE, ImageRejected, is_dicom
 from core.data.patient_context import PatientContext
 
 _LOGGER = logging.getLogger("pydicom")
 if _LOGGER.level < logging.INFO:
     _LOGGER.setLevel(logging.INFO)
 
-PREAMBLE_OFFSET = 128
 MAX_FRAMES = 64
 #: Storage SOP classes of photographic colour images (PS3.4 B.5).
 PHOTO_SOP_CLASSES = {
@@ -106,25 +105,20 @@ class DicomImage:
     lesion: dict[str, str] = field(default_factory=dict)  # which lesion: site, laterality, series description
 
 
-def is_dicom(data: bytes) -> bool:
-    """The Part 10 file signature: 'DICM' after the 128-byte preamble."""
-    return data[PREAMBLE_OFFSET:PREAMBLE_OFFSET + 4] == b"DICM"
-
-
 def file_header(path, max_pixels: int = MAX_PIXELS) -> tuple[int, PatientContext]:
     """(how many images, the patient context of the tags) of a file, from its DICOM header alone (no pixel data is
-    read or decoded): (1, empty) for any other file, for a header that cannot be read, and a count of 1 for frames
-    exceeding max_pixels in all (read_dicom then rejects the file in words)."""
+    read or decoded): (1, empty) for any other file, for a header that cannot be read, and a count of 1 for a file
+    whose frames exceed the limits of read_dicom (too_many_pixels: it then rejects the file in words)."""
     try:
         with open(path, "rb") as handle:
-            if not is_dicom(handle.read(PREAMBLE_OFFSET + 4)):
+            if not is_dicom(handle.read(DICOM_PREAMBLE + 4)):
                 return 1, PatientContext()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-        pixels = frames * int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
-        return (frames if 1 < frames and pixels <= max_pixels else 1), _context(ds)[0]
+        within = _within_limits(int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), frames, max_pixels)
+        return (frames if 1 < frames and within else 1), _context(ds)[0]
     except Exception:  # noqa: BLE001 - the analysis reads the file again and says what is wrong with it
         return 1, PatientContext()
 
@@ -227,11 +221,17 @@ def _check_header(ds: Dataset, name: str, max_pixels: int, min_side: int) -> Non
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if rows == 0 or columns == 0:
         raise DicomRejected("The DICOM image has no pixels (0x0)", "too_small", name)
-    if rows * columns > max_pixels or frames > MAX_FRAMES or rows * columns * frames > MAX_FRAMES * max_pixels // 8:
+    if not _within_limits(rows, columns, frames, max_pixels):
         raise DicomRejected("The DICOM image is larger than the limit "
-                            f"({max_pixels / 1e6:g} megapixels, {MAX_FRAMES} frames)", "too_many_pixels", name)
+                            f"({max_pixels / 1e6:g} megapixels in all, {MAX_FRAMES} frames)", "too_many_pixels", name)
     if min(rows, columns) < min_side:
         raise DicomRejected(f"Image is too small (minimum {min_side} px per side)", "too_small", name)
+
+
+def _within_limits(rows: int, columns: int, frames: int, max_pixels: int) -> bool:
+    """The one size rule of a DICOM (read_dicom and file_header): at most MAX_FRAMES frames and max_pixels over all of
+    them together, so a file decodes to no more RGB than the largest single image."""
+    return frames <= MAX_FRAMES and rows * columns * frames <= max_pixels
 
 
 def _frames(ds: Dataset, name: str) -> list[np.ndarray]:

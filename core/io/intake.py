@@ -40,14 +40,12 @@ from PIL import Image, ImageCms, ImageOps
 from PIL import (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, MpoImagePlugin,  # noqa: F401
                  PngImagePlugin, TiffImagePlugin, WebPImagePlugin)
 
+from core.io.image_limits import MAX_BYTES, MAX_PIXELS, MIN_SIDE, ImageRejected, is_dicom
+
 # Privacy: Pillow's DEBUG records carry upload metadata (EXIF strings); no log configuration may copy them out.
 _PIL_LOGGER = logging.getLogger("PIL")
 if _PIL_LOGGER.level < logging.INFO:  # NOTSET (inherit root) or DEBUG
     _PIL_LOGGER.setLevel(logging.INFO)
-
-MAX_BYTES = 50 * 2**20
-MAX_PIXELS = 40_000_000
-MIN_SIDE = 32
 
 # Pillow plugin ids we let parse untrusted bytes; everything else is never tried. The JPEG plugin hands back an
 # MPO image (format "MPO") for multi-picture JPEGs, so that format is accepted from it.
@@ -58,20 +56,6 @@ SUPPORTED_TEXT = "JPEG, PNG, BMP, TIFF, WebP or GIF"
 FILE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "gif", "dcm")
 # Progressive JPEGs with thousands of scans are a known CPU-exhaustion trick; real files have ~10.
 MAX_JPEG_SCANS = 1000
-
-
-class ImageRejected(ValueError):
-    """An upload that cannot be analysed; str(exc) is a short message fit to show the user.
-
-    `reason` is a stable machine-readable code: empty, too_many_bytes, not_image, unsupported_format, too_many_pixels,
-    too_small, damaged, unsupported_mode, unreadable. `name` is the file name given by the caller (only for display).
-    """
-
-    def __init__(self, message: str, reason: str = "", name: str = ""):
-        super().__init__(message)
-        self.message = message
-        self.reason = reason
-        self.name = name
 
 
 def _sniff_allowed(head: bytes) -> str | None:
@@ -111,7 +95,7 @@ def _sniff_unsupported(data: bytes) -> str | None:
         return "ICO"
     if head.startswith(b"\xff\x0a") or head[4:12] == b"JXL \r\n\x87\n":
         return "JPEG XL"
-    if data[128:132] == b"DICM":
+    if is_dicom(data):
         return "DICOM"
     if b"<svg" in data[:2048].lower():
         return "SVG"
@@ -209,7 +193,7 @@ def load_image(data: bytes, name: str = "", *, max_bytes: int = MAX_BYTES, max_p
     if len(data) > max_bytes:
         raise ImageRejected(f"File is larger than {_human_bytes(max_bytes)}", "too_many_bytes", name)
 
-    if data[128:132] == b"DICM":  # DICOM Part 10: core.io.dicom_input (first frame; its own checks and messages)
+    if is_dicom(data):  # DICOM Part 10: core.io.dicom_input (first frame; its own checks and messages)
         from core.io.dicom_input import read_dicom
         return read_dicom(data, name, max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side).frames[0]
     with warnings.catch_warnings():
@@ -233,7 +217,7 @@ def load_frames(data: bytes, name: str = ""):
     (core.io.dicom_input.read_dicom), any other file's one image (load_image) and an empty context. Returns
     (frames, core.data.patient_context.PatientContext); raises ImageRejected as load_image does."""
     data = _as_bytes(data)
-    if data[128:132] == b"DICM":
+    if is_dicom(data):
         from core.io.dicom_input import read_dicom
         image = read_dicom(data, name)
         return image.frames, image.context

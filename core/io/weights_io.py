@@ -6,15 +6,16 @@ first page shows it while the model is still loading).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.decisions.model_card import ModelCard
+
 if TYPE_CHECKING:
     import torch
 
-MODEL_CARD_NAME = "model_card.json"
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"  # the repository's shipped weights
 
 
 class WeightsIntegrityError(RuntimeError):
@@ -48,20 +49,11 @@ def save_weights(module_or_state: torch.nn.Module | dict, path: str | os.PathLik
     return {"sha256": sha256_of(path), "bytes": os.path.getsize(path)}
 
 
-def read_model_card(weights_dir: str | os.PathLike) -> dict:
-    path = Path(weights_dir) / MODEL_CARD_NAME
-    if not path.is_file():
-        raise WeightsIntegrityError(f"{path}: model card not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise WeightsIntegrityError(f"{path}: model card is not valid JSON ({exc})") from exc
-
-
-def verified_bytes(weights_dir: str | os.PathLike, file_name: str, card: dict) -> bytes:
+def verified_bytes(weights_dir: str | os.PathLike, file_name: str, card: ModelCard) -> bytes:
     """The bytes of a file in the weights folder after checking their sha256 against the model card."""
     path = Path(weights_dir) / file_name
-    expected = card.get("files", {}).get(file_name, {}).get("sha256")
+    entry = card.files.get(file_name)
+    expected = entry.sha256 if entry is not None else ""
     if not expected:
         raise WeightsIntegrityError(f"{path}: not listed with a sha256 in the model card; refusing to load it")
     if not path.is_file():
@@ -76,7 +68,7 @@ def verified_bytes(weights_dir: str | os.PathLike, file_name: str, card: dict) -
     return data
 
 
-def load_verified(weights_dir: str | os.PathLike, file_name: str, card: dict) -> dict[str, torch.Tensor]:
+def load_verified(weights_dir: str | os.PathLike, file_name: str, card: ModelCard) -> dict[str, torch.Tensor]:
     """Load one safetensors file after checking its sha256 against the model card; fp32 tensors out."""
     from safetensors.torch import load
 

@@ -17,6 +17,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from core.decisions.model_card import ModelCard
+
 INDEX_FILE = "case_index.safetensors"
 TABLE_FILE = "case_index.csv"
 TABLE_COLUMNS = ["image_id", "source", "dx", "dx_type"]
@@ -73,12 +75,10 @@ class CaseIndex:
         return weights_dir / INDEX_FILE, weights_dir / TABLE_FILE
 
     @classmethod
-    def load(cls, weights_dir: Path, card: dict) -> "CaseIndex | None":
-        """The shipped index, sha256-checked against the card; None when the card lists none."""
+    def load(cls, weights_dir: Path, card: ModelCard) -> "CaseIndex":
+        """The shipped index, sha256-checked against the card."""
         from core.io.weights_io import load_verified, verified_bytes
 
-        if INDEX_FILE not in card.get("files", {}):
-            return None
         tensors = load_verified(weights_dir, INDEX_FILE, card)
         table = pd.read_csv(io.BytesIO(verified_bytes(weights_dir, TABLE_FILE, card)), dtype=str, keep_default_na=False)
         return cls(table, tensors["vectors"].float(), tensors["pca_mean"], tensors["pca_components"])

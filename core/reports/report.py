@@ -27,7 +27,7 @@ from PIL import Image
 from core.data.classes import CLASS_BY_CODE, CLASSES
 from core.imaging.preprocess import as_rgb_u8
 from core.lesion.lesion_measurements import describe_measurements
-from core.decisions.ood import REFUSED_LEVELS
+from core.decisions.ood_levels import REFUSED_LEVELS
 
 __all__ = ["DISCLAIMER", "REPORT_TITLE", "build_pdf_report", "ascii_safe"]
 
