@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from safetensors.torch import load_file
 
-from core.analysis.inference import NETWORK_FILES
+from core.io.weights_io import NETWORK_FILES
 from core.data.classes import CLASS_CODES, CLASSES
 from core.data.dataset_summary import dataset_summary
 from core.decisions.referral import SCORES as REFERRAL_SCORES

@@ -45,6 +45,7 @@ import numpy as np
 from core.analysis.cam import overlay_mask
 from core.data.classes import CLASS_BY_CODE, CLASS_CODES
 from core.decisions.model_card import ModelCard
+from core.io.weights_io import NETWORK_FILES
 
 WORK_SIDE = 600
 ORB_FEATURES = 3000
@@ -531,8 +532,6 @@ def weights_fingerprint(card: ModelCard) -> str:
     """A short digest of the network weight files a model card lists: the band measures what the three networks
     output, so it changes with any retraining of them (a version name may not), not with a refitted OOD or
     dermoscopy check."""
-    from core.analysis.inference import NETWORK_FILES
-
     text = "\n".join(f"{name}:{card.files[name].sha256 if name in card.files else ''}"
                      for name in sorted(NETWORK_FILES.values()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -51,9 +51,8 @@ from core.decisions.triage import TriageRule, Verdict
 from core.imaging.tta import FLIP_VIEWS
 from core.decisions.uncertainty import UncertaintyLevels, probability_scores
 from core.decisions.model_card import ModelCard, load_card
-from core.io.weights_io import DEFAULT_WEIGHTS_DIR, WeightsIntegrityError, load_verified
+from core.io.weights_io import DEFAULT_WEIGHTS_DIR, NETWORK_FILES, WeightsIntegrityError, load_verified
 
-NETWORK_FILES = {"coarse_sn": "coarse_sn.safetensors", "mask_cn": "mask_cn.safetensors", "enhanced_sn": "enhanced_sn.safetensors"}
 OOD_FILE = "ood.safetensors"
 CHECK_FILE = "dermoscopy_check.safetensors"
 

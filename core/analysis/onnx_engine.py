@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.analysis.inference import NETWORK_FILES
+from core.io.weights_io import NETWORK_FILES
 from core.analysis import onnx_export
 from core.analysis.onnx_export import ONNX_FILES, SIGNATURES, export_networks
 from core.decisions.model_card import FileEntry, ModelCard

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.analysis.inference import NETWORK_FILES
+from core.io.weights_io import NETWORK_FILES
 from core.decisions.model_card import ModelCard, load_card
 from core.io.weights_io import load_verified, sha256_of
 from core.models import create_model

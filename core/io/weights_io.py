@@ -22,6 +22,10 @@ class WeightsIntegrityError(RuntimeError):
     """A weight file is missing, altered, or not listed in the model card; the model must not run."""
 
 
+#: The three networks' weight files in a weights folder, by architecture.
+NETWORK_FILES = {"coarse_sn": "coarse_sn.safetensors", "mask_cn": "mask_cn.safetensors", "enhanced_sn": "enhanced_sn.safetensors"}
+
+
 def sha256_of(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
