@@ -67,7 +67,7 @@ def split_chart_ui(container, data_dir, sources: tuple[str, ...], source: str) -
     except Exception as exc:
         container.error(f"Cannot compute the split: {exc}")
         return
-    if source != "both":
+    if source != "all":
         table = table[table["source"] == source]
     counts = table.groupby(["split", "dx"]).size().rename("Images").reset_index()
     container.plotly_chart(split_sizes_figure(counts), key="split_chart")
@@ -175,22 +175,22 @@ def explorer_page() -> None:
         st.info("No data folder is set. Set **DATA_DIR** before starting the app "
                 "(`DATA_DIR=../shared/data streamlit run streamlit_app.py`), add `DATA_DIR = \"...\"` to "
                 "`.streamlit/secrets.toml`, or type the folder into the sidebar box. It should hold "
-                "`ham10000/` and/or `isic2017/`.")
+                "`ham10000/`, `isic2017/` and/or `acral/`.")
         card_summary_ui()
         return
     sources = available_sources(data_dir)
     if not sources:
-        st.error(f"`{data_dir}` holds neither ham10000/ nor isic2017/.")
+        st.error(f"`{data_dir}` holds none of ham10000/, isic2017/, acral/.")
         return
-    options = sources + (["both"] if len(sources) > 1 else [])
+    options = sources + (["all"] if len(sources) > 1 else [])
     source = st.segmented_control("Source", options, default=options[0], required=True, key="x_source",
-                                  format_func=lambda s: "Both" if s == "both" else SOURCE_LABELS[s])
+                                  format_func=lambda s: "All" if s == "all" else SOURCE_LABELS[s])
     try:
         table = manifest(str(data_dir), tuple(sources))
     except Exception as exc:
         st.error(f"Cannot read the dataset in `{data_dir}`: {exc}")
         return
-    if source != "both":
+    if source != "all":
         table = table[table["source"] == source]
     overview_ui(table)
     split_box = charts_ui(table)

@@ -10,7 +10,7 @@ import streamlit as st
 from ui.auth import is_admin
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SOURCE_LABELS = {"ham10000": "HAM10000", "isic2017": "ISIC 2017"}
+SOURCE_LABELS = {"ham10000": "HAM10000", "isic2017": "ISIC 2017", "acral": "Acral (ISIC Archive)"}
 DATA_DIR_KEY = "data_dir"            # the value every page reads (plain session state, survives page switches)
 DATA_DIR_WIDGET = "data_dir_input"  # the sidebar text box (widget state is dropped on page switches)
 
@@ -47,7 +47,7 @@ def current_data_dir() -> Path | None:
 
 
 def available_sources(data_dir: Path) -> list[str]:
-    """The dataset folders (ham10000, isic2017) present in `data_dir`."""
+    """The dataset folders (ham10000, isic2017, acral) present in `data_dir`."""
     return [s for s in SOURCE_LABELS if (data_dir / s).is_dir()]
 
 
