@@ -125,6 +125,33 @@ def test_non_dermoscopic_images_are_flagged(analyzer):
         assert r.diagnosis_shown is False
 
 
+def test_uploads_that_are_not_photographs_are_not_skin_never_camera_photos(analyzer):
+    """Colour noise, screenshots and a drawn brown ellipse on a plain (skin-like or other) background, made with a seed
+    the dermoscopy check was not fitted on: refused with the not-skin sentence, not the camera-photo one."""
+    from train.ood_probes import synthetic_screens_and_drawings
+
+    names, images = synthetic_screens_and_drawings(12, seed=2024)
+    for name, image in zip(names, images):
+        r = analyzer.analyze(image)
+        assert r.ood_level == "not_skin" and r.ood_reason.startswith("This does not look like an image of skin"), name
+        assert r.triage.level == "not_assessed"
+
+
+def test_smartphone_photos_of_lesions_are_refused_as_camera_photos(analyzer, data_dir, repo_root):
+    """PAD-UFES-20 photos of patients the shipped check never saw (the card's held_out_pad_images): nearly all refused
+    as camera photos, the rest at least greyed as "may be a camera photo"; none gets a plain diagnosis."""
+    import json
+
+    from core.io.intake import load_image_file
+
+    card = json.loads((repo_root / "weights" / "model_card.json").read_text())
+    ids = card["dermoscopy_check"]["held_out_pad_images"]
+    levels = pd.Series([analyzer.analyze(load_image_file(data_dir / "pad_ufes20" / "images" / f"{i}.jpg")).ood_level
+                        for i in ids])
+    assert len(ids) >= 50 and (levels == "clinical_photo").mean() >= 0.9, levels.value_counts()
+    assert levels.isin(("clinical_photo", "maybe_clinical_photo", "not_skin")).all(), levels.value_counts()
+
+
 def test_a_clinical_photo_is_refused_as_one(analyzer, clinical_photo):
     """A held-out DermNet photograph, whole (with its watermark) and with the watermark corner cropped away."""
     from core.io.intake import load_image

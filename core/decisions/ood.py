@@ -1,10 +1,11 @@
 """Out-of-distribution: is this a dermoscopic image at all, and is it like the images the model was trained on?
 
-Four levels; thresholds fitted on validation images (see the model card's `ood` and `dermoscopy_check`):
-- clinical_photo (no diagnosis is shown): the trained dermoscopy check (core.decisions.dermoscopy_check, a head on the ImageNet
-  features below, fitted on real clinical photographs of skin) judges it a camera photo of skin, not dermoscopy.
+Five levels; thresholds fitted on validation images (see the model card's `ood` and `dermoscopy_check`):
+- clinical_photo (no diagnosis is shown): the trained dermoscopy check (core.decisions.dermoscopy_check, a head on the
+  ImageNet features below, fitted on real clinical photographs of skin) judges a colourful image a camera photo of
+  skin, not dermoscopy.
 - not_skin (no diagnosis is shown), when
-  * the dermoscopy check judges it a photograph of something other than skin; or
+  * the dermoscopy check judges it a picture of something other than skin (a photograph, screenshot or drawing); or
   * the image has no colour: its chroma (Lab a/b offset from neutral plus their spreads) is below half that of the
     least colourful validation images (0.1 % quantile) - dermoscopy is never greyscale; or
   * its generic appearance is unlike dermoscopy: 1 - cosine similarity of its ImageNet features (EfficientNet-Lite0
@@ -14,6 +15,8 @@ Four levels; thresholds fitted on validation images (see the model card's `ood` 
   The lesion classifier's own features cannot do this: trained on dermoscopy only, they place a photograph of a
   cat or a page of text close to a lesion class (measured: a real-photo rejection rate of 5 % at the same
   validation false-rejection rate, against ~90 % for the ImageNet features).
+- maybe_clinical_photo (the diagnosis is shown greyed): P(dermoscopy) of the check in its middle band (the card's
+  threshold .. flag_below): camera photos the threshold cannot refuse without refusing dermoscopy from new clinics.
 - unusual (the diagnosis is shown greyed): a dermoscopic image whose distance to the training data exceeds the
   UNUSUAL_QUANTILE validation quantile; the distance (mask-CN feature Mahalanobis, similar-cases k-NN or ImageNet
   k-NN) is the one that ranks wrong predictions best on validation.
@@ -29,8 +32,10 @@ import torch
 
 from core.decisions.dermoscopy_check import KINDS, DermoscopyCheck
 
-OOD_LEVELS = ("in", "unusual", "clinical_photo", "not_skin")
+OOD_LEVELS = ("in", "unusual", "maybe_clinical_photo", "clinical_photo", "not_skin")
 REFUSED_LEVELS = ("clinical_photo", "not_skin")  # no class, probability, referral, CAM or measurement is shown
+GREYED_LEVELS = ("unusual", "maybe_clinical_photo")  # the diagnosis is shown greyed, with the level's warning
+GREYED_HEADLINES = {"unusual": "Unusual image", "maybe_clinical_photo": "This may be a camera photo"}
 UNUSUAL_SCORES = {"feature_distance": "distance of mask-CN's features to the nearest training class",
                   "case_distance": "distance to the nearest reference cases",
                   "imagenet_distance": "distance of the image's appearance to the nearest training image"}
@@ -38,6 +43,9 @@ CLINICAL_PHOTO_TEXT = ("This looks like a clinical (camera) photo, not a dermosc
                        "validated for dermoscopy only; take the image through a dermatoscope.")
 NOT_SKIN_TEXT = ("This does not look like an image of skin ({why}), so no diagnosis is shown. Upload a dermoscopy "
                  "image (contact or polarised dermatoscope) of a single lesion.")
+MAYBE_CLINICAL_PHOTO_TEXT = ("This may be a clinical (camera) photo rather than a dermoscopy image, so the result is "
+                             "shown greyed: LesionLens is validated for dermoscopy only. If it is a camera photo, take "
+                             "the image through a dermatoscope.")
 UNUSUAL_TEXT = ("This dermoscopic image is unlike the training images ({what} above that of {share} of validation "
                 "images): the diagnosis is less reliable than the validation figures suggest.")
 
@@ -68,7 +76,7 @@ def mahalanobis(x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -
 
 @dataclass(frozen=True)
 class OODAssessment:
-    level: str          # in | unusual | clinical_photo | not_skin
+    level: str          # OOD_LEVELS
     score: float        # the unusual-level distance (the one number kept)
     reason: str         # one sentence for the clinician ("" when in distribution)
 
@@ -121,8 +129,12 @@ class OODDetector:
         kinds = self.check_kinds(scores)
         generic = (scores["chroma"] < t["chroma"]) | (scores["imagenet_distance"] > t["imagenet_distance"])
         unusual = scores[self.unusual_score] > t["unusual"]
-        return np.where(kinds == "clinical_photo", "clinical_photo",
-                        np.where(generic | (kinds == "not_skin"), "not_skin", np.where(unusual, "unusual", "in")))
+        # no colour is never skin, whatever the check says; otherwise the check's clinical-photo verdict is kept even
+        # where the generic distance is far (an overview photo of a limb is a camera photo, not "not skin")
+        colourless = scores["chroma"] < t["chroma"]
+        passed = np.where(kinds == "maybe_clinical_photo", "maybe_clinical_photo", np.where(unusual, "unusual", "in"))
+        return np.where(colourless, "not_skin", np.where(kinds == "clinical_photo", "clinical_photo",
+                        np.where(generic | (kinds == "not_skin"), "not_skin", passed)))
 
     def held_out_text(self) -> str:
         """What the unusual flag meant at clinics the model was not trained on ('' without those figures)."""
@@ -142,10 +154,12 @@ class OODDetector:
             if scores["chroma"][0] < self.thresholds["chroma"]:
                 why = "it has no colour, and dermoscopy images always do"
             elif self.check_kinds(scores)[0] == "not_skin":
-                why = "the dermoscopy check judges it a photograph of something other than skin"
+                why = "the dermoscopy check judges it a picture of something other than skin"
             else:
                 why = "its appearance is far from every dermoscopy image the model was trained on"
             return OODAssessment(level, score, NOT_SKIN_TEXT.format(why=why))
+        if level == "maybe_clinical_photo":
+            return OODAssessment(level, score, MAYBE_CLINICAL_PHOTO_TEXT)
         if level == "unusual":
             text = UNUSUAL_TEXT.format(what=UNUSUAL_SCORES[self.unusual_score], share=f"{1 - self.unusual_share:.0%}")
             return OODAssessment(level, score, " ".join(filter(None, (text, self.held_out_text()))))
