@@ -147,20 +147,20 @@ def _no_diagnosis(at, reason: str) -> None:
 
 
 def test_a_real_photograph_gets_no_diagnosis(app, pdfs, downloads):
-    """skimage's astronaut photograph (held out of the dermoscopy check's training; judged not skin) on Analyze, in
+    """skimage's coffee photograph (held out of the dermoscopy check's training; judged not skin) on Analyze, in
     the PDF and on Batch."""
     import cv2
     import skimage.data
 
-    ok, encoded = cv2.imencode(".png", skimage.data.astronaut()[:, :, ::-1])
+    ok, encoded = cv2.imencode(".png", skimage.data.coffee()[:, :, ::-1])
     data = encoded.tobytes()
-    at = _analyze(app, "astronaut.png", data)
+    at = _analyze(app, "coffee.png", data)
     _no_diagnosis(at, "does not look like an image of skin")
     text = pdf_text(pdfs[-1])
     assert "No diagnosis" in text and "does not look like an image of skin" in text
     assert "No automated assessment: review this lesion yourself" in text
     assert "Most likely" not in text and "Melanoma referral" not in text and "Similar confirmed cases" not in text
-    at = _batch(at, [("astronaut.png", data, "image/png")])
+    at = _batch(at, [("coffee.png", data, "image/png")])
     table = dataframe(at, "thumbnail")
     assert table["status"].iloc[0] == "⚠ not a skin image: no automated assessment, review this lesion yourself"
     assert table["prediction"].isna().iloc[0] and table["triage"].iloc[0] == HEADLINES["not_assessed"]

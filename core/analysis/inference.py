@@ -39,7 +39,8 @@ from core.models.mbdcnn import mbdcnn_forward, view_groups
 from core.models import create_model
 from core.decisions.dermoscopy_check import DermoscopyCheck
 from core.decisions.image_quality import CHECK_KINDS, QualityChecks
-from core.decisions.ood import GREYED_LEVELS, REFUSED_LEVELS, OODAssessment, OODDetector, chroma, imagenet_backbone
+from core.decisions.ood import (GREYED_LEVELS, REFUSED_LEVELS, OODAssessment, OODDetector, chroma, imagenet_backbone,
+                                picture_measures)
 from core.data.patient_context import PatientContext
 from core.models.precision import name_of as precision_name, resolve as resolve_precision
 from core.imaging.preprocess import Box, Preprocessing, mask_to_image, network_box, network_image
@@ -278,7 +279,8 @@ class Analyzer:
         with torch.inference_mode():
             generic = self.imagenet(cls_x).float().cpu()
         case_distance = self.cases.knn_distance(pooled, KNN_K) if self.cases is not None else None
-        return self.ood_detector.assess(self.ood_detector.scores(pooled.cpu(), generic, [chroma(cls_small)], case_distance))
+        return self.ood_detector.assess(self.ood_detector.scores(pooled.cpu(), generic, [chroma(cls_small)], case_distance,
+                                                                 [picture_measures(cls_small)]))
 
     def _uncertainty_score(self, logits: np.ndarray, probs: np.ndarray, pooled: torch.Tensor, shift) -> float:
         """The card's uncertainty score for one image (see core.decisions.uncertainty)."""
