@@ -394,8 +394,8 @@ def fit_dermoscopy_check(data_dir: Path, weights: Path, cache: Path, seed: int =
         "method": (f"multinomial logistic regression (C={best_c}, balanced classes) on standardised ImageNet "
                    "EfficientNet-Lite0 features of the classifier input. Refused when P(dermoscopy) is below the "
                    f"lowest per-source {REFUSE_SHARE:.0%} quantile of dermoscopy scored by checks fitted without "
-                   "that source (train/val roles of each HAM10000 source, ISIC 2017, each acral contributor, all "
-                   "acral); greyed with 'this may be a camera photo' below flag_below, the lowest per-source "
+                   "that source (train/val roles of each HAM10000 source, ISIC 2017, each acral contributor; all "
+                   "acral held out at once is reported, not binding); greyed with 'this may be a camera photo' below flag_below, the lowest per-source "
                    f"{FLAG_SHARE:.0%} quantile of the same scores. Clinical: DermNet (watermark corner never trained on) and PAD-UFES-20; "
                    "figures held out by source, by collection and by patient / diagnosis page "
                    f"({FOLDS}-fold grouped cross-fitting), with Wilson and grouped-bootstrap 95 % intervals"),
