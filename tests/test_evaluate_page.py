@@ -141,5 +141,5 @@ def test_cancel_reports_the_images_done(app, folder, monkeypatch):
     assert not at.exception, at.exception
     summary = at.session_state["folder_run"]["evaluation"].summary
     assert summary["cancelled"] and summary["n_images"] + summary["n_failed"] == 4
-    assert any(w.value.startswith("**Cancelled.**") and "4 of 15 images" in w.value for w in at.warning)
+    assert any(w.value.startswith("**Cancelled.**") and "4 of 16 images" in w.value for w in at.warning)
     assert len(calls) == 6  # nothing analysed after the cancel
