@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.data.classes import CLASS_CODES, MALIGNANT_CODES
+from core.decisions.ood_levels import GREYED_HEADLINES, GREYED_LEVELS
 from core.io.dicom_input import read_dicom
 from core.io.image_limits import is_dicom
 from core.io.intake import FILE_EXTENSIONS, SUPPORTED_TEXT, ImageRejected, load_image
@@ -21,7 +22,7 @@ from ui.formatting import (DISCLAIMER, GREYED_CSS, cam_caption, cam_scale_note, 
                            context_use_text, measurement_table, prediction_set_text)
 from ui.images import cam_overlay, digest, mask_overlay, png_bytes
 from ui.model_files import model_card
-from ui.referral import referral_of, verdict_of
+from ui.referral import referral_of, refused_ui, verdict_of
 from ui.report import build_report
 from ui.session_cache import cached, remember
 
@@ -130,17 +131,17 @@ def verdict_ui(parent, r) -> None:
 
 
 def header_ui(r, name: str, example: dict | None) -> None:
-    """No diagnosis for an image that is not dermoscopy (only the reason); otherwise the triage verdict first, then
+    """No diagnosis for an image that is not dermoscopy (its own verdict: refused_ui); otherwise the triage verdict first, then
     its details: the top class, its probability, the uncertainty in words, the prediction set and the true label of
     a dataset example, greyed with the unusual-image warning when the image is unusual."""
     box = st.container(border=True)
     box.markdown(f"**Result for `{name}`**")
     if not r.diagnosis_shown:
-        box.error(f"**No diagnosis.** {r.ood_reason}", icon=":material/block:")
+        refused_ui(box, r)
         return
     verdict_ui(box, r)
-    if r.ood_level == "unusual":
-        box.warning(f"**Unusual image.** {r.ood_reason}", icon=":material/warning:")
+    if r.ood_level in GREYED_LEVELS:
+        box.warning(f"**{GREYED_HEADLINES[r.ood_level]}.** {r.ood_reason}", icon=":material/warning:")
     quality_ui(box, r)
     top_code, top_p = r.top3[0]
     with diagnosis_container(box, r, "diagnosis"):

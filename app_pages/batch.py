@@ -29,9 +29,10 @@ PROB_COLUMNS = [f"p_{c}" for c in CLASS_CODES]
 def status_of(row) -> str:
     if row.error:
         return f"✗ {row.error}"
-    return {"clinical_photo": "⚠ clinical (camera) photo: no diagnosis",
-            "not_skin": "⚠ not a skin image: no diagnosis",
-            "unusual": "⚠ unusual image: diagnosis less reliable"}.get(
+    return {"clinical_photo": "⚠ clinical (camera) photo: no automated assessment, review this lesion yourself",
+            "not_skin": "⚠ not a skin image: no automated assessment, review this lesion yourself",
+            "unusual": "⚠ unusual image: diagnosis less reliable",
+            "maybe_clinical_photo": "⚠ may be a camera photo: diagnosis less reliable"}.get(
         row.ood_level, f"⚠ image quality ({row.quality.replace('|', ', ').replace('_', ' ')}): diagnosis less reliable"
         if row.quality else "✓ analysed")
 
@@ -42,8 +43,9 @@ def summary_ui(table: pd.DataFrame, threshold: float | None) -> None:
     c1.metric("Images", len(table))
     c2.metric("Analysed", int(ok.sum()))
     c3.metric("Rejected / failed", int((~ok).sum()))
-    c4.metric("Not dermoscopy", int(table["ood_level"].isin(REFUSED_LEVELS).sum()),
-              help="Clinical (camera) photos and images that are not skin: no diagnosis.")
+    c4.metric("No automated assessment", int(table["ood_level"].isin(REFUSED_LEVELS).sum()),
+              help="Clinical (camera) photos and images that are not skin: no diagnosis. Review these lesions "
+                   "yourself: a refused image is not a benign one.")
     c5.metric("Refer (triage)", int((table["triage"] == "refer").sum()),
               help="Images whose verdict is Refer: a malignant class reaches its referral threshold. "
                    f"Melanoma alone: {int((table['refer'] == 'yes').sum())}; expert review advised: "
@@ -93,7 +95,8 @@ def results_ui(table: pd.DataFrame, threshold: float | None) -> None:
         "probability": st.column_config.ProgressColumn("Probability", min_value=0.0, max_value=100.0, format="%.1f%%"),
         "triage": st.column_config.TextColumn("Verdict", help="The triage verdict (the more severe first): Refer (a "
                                               "malignant class reaches its threshold), Expert review (uncertain or "
-                                              "unusual), No referral indicated, Not assessed (not dermoscopy)"),
+                                              "unusual), No referral indicated, No automated assessment (not "
+                                              "dermoscopy: review the lesion yourself)"),
         "refer": st.column_config.TextColumn("Melanoma rule", help="yes: melanoma score above the referral "
                                              "threshold: consider dermoscopic follow-up or excision"),
         "mel_score": st.column_config.NumberColumn("Melanoma score", format="%.3f"),

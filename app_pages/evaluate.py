@@ -82,14 +82,35 @@ def summary_ui(summary: dict, total: int) -> None:
     cols = st.columns(5)
     cols[0].metric("Images evaluated", summary["n_images"])
     cols[1].metric("Failed", summary["n_failed"], help="Files that could not be read or analysed (listed below).")
-    cols[2].metric("Not dermoscopy", summary["n_not_dermoscopy"], help="No diagnosis: left out of the figures.")
+    cols[2].metric("No automated assessment", summary["n_not_dermoscopy"],
+                   help="Not dermoscopy (clinical photo, not skin): no diagnosis, so out of the figures; listed under "
+                        "'No automated assessment'. A refused image is not a benign one: review these lesions yourself.")
     ci_metric(cols[3], "Balanced accuracy", cls.get("ci", {}).get("balanced_accuracy"), pct,
               "Mean recall over the classes present, bootstrap 95% CI (lesions resampled).")
     ci_metric(cols[4], "Macro AUC", cls.get("ci", {}).get("macro_auc"), decimals)
     st.caption(f"Melanoma referral at the model card's threshold: sensitivity {pct(referral.get('sensitivity'))} "
-               f"({referral.get('n_melanoma', 0)} melanomas), specificity {pct(referral.get('specificity'))}. Model "
+               f"({referral.get('n_melanoma', 0)} melanomas), specificity {pct(referral.get('specificity'))}"
+               f"{refused_melanoma_text(summary.get('n_melanoma_refused', 0))}. Model "
                f"{summary.get('model_version')}; the same figures as `python -m train.evaluate --data-dir FOLDER "
                "--report OUT`.")
+
+
+def refused_melanoma_text(n: int) -> str:
+    return f"; {n} melanoma(s) given no automated assessment are not in these figures" if n else ""
+
+
+def refused_ui(summary: dict) -> None:
+    """The images given no automated assessment, with their true label and the reason."""
+    refused = summary.get("refused") or []
+    if not refused:
+        st.success("Every image was judged dermoscopy and assessed.")
+        return
+    st.warning(f"**No automated assessment: review these lesions yourself.** {len(refused)} image(s) were judged not "
+               "dermoscopy, so they have no diagnosis and are not in the figures above; a refused image is not a "
+               "benign one.", icon=":material/block:")
+    st.dataframe(pd.DataFrame(refused).rename(columns={"image_id": "Image", "dx": "True label", "ood_level": "Judged",
+                                                      "reason": "Why"}),
+                 hide_index=True, key="eval_refused")
 
 
 def drill_down_ui(evaluation, paths: dict, true: str, pred: str) -> None:
@@ -121,7 +142,8 @@ def report_ui(run: dict) -> None:
     summary_ui(summary, len(run["manifest"]))
     cls = summary.get("classification")
     tabs = st.tabs(["Per class", "Confusion matrix", "ROC", "Reliability", "Segmentation",
-                    f"Failures ({len(evaluation.failures)})", "Predictions"])
+                    f"Failures ({len(evaluation.failures)})",
+                    f"No automated assessment ({summary['n_not_dermoscopy']})", "Predictions"])
     if cls:
         with tabs[0]:
             per_class_ui(cls, "eval_per_class")
@@ -144,6 +166,8 @@ def report_ui(run: dict) -> None:
         else:
             st.success("Every file was read and analysed.")
     with tabs[6]:
+        refused_ui(summary)
+    with tabs[7]:
         st.download_button("Download predictions (CSV)", evaluation.predictions.to_csv(index=False).encode("utf-8"),
                            file_name="lesionlens_evaluation.csv", mime="text/csv", key="eval_csv", type="primary",
                            icon=":material/download:")

@@ -8,6 +8,7 @@ import re
 import streamlit as st
 
 from core.data.classes import MALIGNANT_CODES
+from core.decisions.ood_levels import GREYED_HEADLINES, GREYED_LEVELS
 from core.io.dicom_results import DicomResultError
 from core.io.pacs import Pacs, PacsError, Study
 from ui.analyzers import ModelUnavailable
@@ -15,7 +16,7 @@ from ui.audit_log import record_pacs_store, record_result
 from ui.formatting import DISCLAIMER, class_label
 from ui.images import mask_overlay
 from ui.pacs_results import analyse, retrieve, store_results
-from ui.referral import referral_of, verdict_of
+from ui.referral import referral_of, refused_ui, verdict_of
 from ui.session_cache import remember
 
 MODALITIES = {"DMS": "DMS (dermoscopy)", "XC": "XC (external camera photography)", "": "any modality"}
@@ -131,7 +132,7 @@ def result_ui(item, column) -> None:
     name = f"Image {item.source.instance.number}"
     if not r.diagnosis_shown:
         column.image(item.source.rgb, width="stretch", caption=name)
-        column.error(f"**No diagnosis.** {r.ood_reason}", icon=":material/block:")
+        refused_ui(column, r)
         return
     column.image(mask_overlay(item.source.rgb, r.mask), width="stretch", caption=f"{name} · lesion mask")
     top, p = r.top3[0]
@@ -140,8 +141,8 @@ def result_ui(item, column) -> None:
     alert = {"refer": column.error, "review": column.warning}.get(verdict.level, column.info)
     alert(f"**{verdict.headline}.** {verdict.because} {referral.numbers}.")
     column.markdown(f"**{class_label(top)}**{mark} · {p:.1%} · uncertainty {r.uncertainty_level}")
-    if r.ood_level == "unusual":
-        column.warning(f"Unusual image. {r.ood_reason}")
+    if r.ood_level in GREYED_LEVELS:
+        column.warning(f"{GREYED_HEADLINES[r.ood_level]}. {r.ood_reason}")
 
 
 def results_ui(pacs: Pacs, study: Study) -> None:

@@ -14,7 +14,7 @@ from apptest_support import alerts, captions, dataframe, keyed_block, metrics, p
 from test_report import pdf_text
 
 from core.decisions.referral import BELOW_TEXT, REFER_TEXT
-from core.decisions.triage import HEADLINES, TriageRule
+from core.decisions.triage import HEADLINES, NOT_ASSESSED_NOTE, TriageRule
 
 ANALYZE, BATCH, PERFORMANCE = "app_pages/analyze.py", "app_pages/batch.py", "app_pages/model_performance.py"
 
@@ -130,37 +130,45 @@ def test_verdict_agrees_on_every_surface_and_follows_the_session_threshold(app, 
 
 
 # ---------------------------------------------------------------- out of distribution
+REFUSED_START = f"**{HEADLINES['not_assessed']}.**"
+
+
 def _no_diagnosis(at, reason: str) -> None:
-    """The reason only: no class heading, probability, referral, CAM, measurements or similar cases."""
-    assert any(e.value.startswith("**No diagnosis.**") and reason in e.value for e in at.error), alerts(at)
+    """A verdict of its own with the reason and that a refusal is no reassurance: no class heading, probability,
+    referral, CAM, measurements or similar cases."""
+    assert any(e.value.startswith(REFUSED_START) and reason in e.value and NOT_ASSESSED_NOTE in e.value
+               for e in at.error), alerts(at)
     assert not [m.value for m in at.markdown if m.value.startswith("### ")]
     assert not at.get("plotly_chart") and not at.metric and "Probability" not in texts(at)
-    assert not any(a.startswith(VERDICT_STARTS) for a in alerts(at))
+    assert [a for a in alerts(at) if a.startswith(VERDICT_STARTS)] == [a for a in alerts(at) if a.startswith(REFUSED_START)]
     assert "Similar cases" not in texts(at) and "Class activation map" not in texts(at)
     assert not [t for t in at.table] and len(at.image) == 1  # the upload itself, no overlay or CAM
     assert [b.proto.label for b in at.get("download_button")] == ["PDF report"]
 
 
 def test_a_real_photograph_gets_no_diagnosis(app, pdfs, downloads):
-    """skimage's astronaut photograph (held out of the dermoscopy check's training; judged not skin) on Analyze, in
+    """skimage's coffee photograph (held out of the dermoscopy check's training; judged not skin) on Analyze, in
     the PDF and on Batch."""
     import cv2
     import skimage.data
 
-    ok, encoded = cv2.imencode(".png", skimage.data.astronaut()[:, :, ::-1])
+    ok, encoded = cv2.imencode(".png", skimage.data.coffee()[:, :, ::-1])
     data = encoded.tobytes()
-    at = _analyze(app, "astronaut.png", data)
+    at = _analyze(app, "coffee.png", data)
     _no_diagnosis(at, "does not look like an image of skin")
     text = pdf_text(pdfs[-1])
     assert "No diagnosis" in text and "does not look like an image of skin" in text
+    assert "No automated assessment: review this lesion yourself" in text
     assert "Most likely" not in text and "Melanoma referral" not in text and "Similar confirmed cases" not in text
-    at = _batch(at, [("astronaut.png", data, "image/png")])
+    at = _batch(at, [("coffee.png", data, "image/png")])
     table = dataframe(at, "thumbnail")
-    assert table["status"].iloc[0] == "⚠ not a skin image: no diagnosis" and table["prediction"].isna().iloc[0]
+    assert table["status"].iloc[0] == "⚠ not a skin image: no automated assessment, review this lesion yourself"
+    assert table["prediction"].isna().iloc[0] and table["triage"].iloc[0] == HEADLINES["not_assessed"]
     assert table["refer"].isna().iloc[0] and table["ood"].iloc[0] == "⚠ not skin"
-    assert metrics(at)["Not dermoscopy"] == "1"
+    assert metrics(at)["No automated assessment"] == "1"
     (row,) = _csv_rows(downloads["lesionlens_batch.csv"])
     assert row["pred"] == "" and row["refer"] == "" and row["p_mel"] == "" and row["ood_level"] == "not_skin"
+    assert row["triage"] == "not_assessed"
     assert row["ood_reason"].startswith("This does not look like an image of skin") and row["model_version"]
 
 
@@ -174,10 +182,12 @@ def test_a_clinical_camera_photo_gets_no_diagnosis(app, clinical_photo, pdfs, do
     _no_diagnosis(at, CLINICAL_PHOTO_TEXT)
     text = pdf_text(pdfs[-1])
     assert "No diagnosis" in text and "clinical (camera) photo" in text and "take the image through a" in text
+    assert "No automated assessment: review this lesion yourself" in text
     assert "Most likely" not in text and "Melanoma referral" not in text and "Lesion measurements" not in text
     at = _batch(at, [(clinical_photo.name, data, "image/jpeg")])
     table = dataframe(at, "thumbnail")
-    assert table["status"].iloc[0] == "⚠ clinical (camera) photo: no diagnosis" and table["prediction"].isna().iloc[0]
+    assert table["status"].iloc[0] == "⚠ clinical (camera) photo: no automated assessment, review this lesion yourself"
+    assert table["prediction"].isna().iloc[0] and table["triage"].iloc[0] == HEADLINES["not_assessed"]
     (row,) = _csv_rows(downloads["lesionlens_batch.csv"])
     assert row["ood_level"] == "clinical_photo" and row["pred"] == "" and row["refer"] == "" and row["p_mel"] == ""
     assert row["ood_reason"] == CLINICAL_PHOTO_TEXT
@@ -187,13 +197,16 @@ def test_a_clinical_camera_photo_gets_no_diagnosis(app, clinical_photo, pdfs, do
 def ood_level(monkeypatch):
     """Make every analysis report the given OOD level (the detector itself is tested in test_inference)."""
     from core.analysis.inference import Analyzer
+    from core.data.classes import CLASS_CODES
 
     chosen = {}
     real = Analyzer.analyze
 
     def analyze(self, rgb, *args, **kwargs):
         result = real(self, rgb, *args, **kwargs)
-        return dataclasses.replace(result, ood_level=chosen["level"], ood_reason=chosen["reason"])
+        triage = self.triage.verdict([result.probs[c] for c in CLASS_CODES], result.uncertainty_level, chosen["level"],
+                                     chosen["reason"])
+        return dataclasses.replace(result, ood_level=chosen["level"], ood_reason=chosen["reason"], triage=triage)
 
     monkeypatch.setattr(Analyzer, "analyze", analyze)
     return lambda level, reason: chosen.update(level=level, reason=reason)
@@ -205,10 +218,12 @@ def test_not_dermoscopy_means_no_diagnosis_whatever_the_image(app, data_dir, ood
     image = _image(data_dir)
     at = _analyze(app, image.name, image.read_bytes())
     _no_diagnosis(at, "TEST REASON: not dermoscopy.")
-    assert "Most likely" not in pdf_text(pdfs[-1]) and "TEST REASON" in pdf_text(pdfs[-1])
+    text = pdf_text(pdfs[-1])
+    assert "Most likely" not in text and "TEST REASON" in text and "review this lesion yourself" in text
     at = _batch(at, [(image.name, image.read_bytes(), "image/jpeg")])
+    assert list(dataframe(at, "thumbnail")["triage"]) == [HEADLINES["not_assessed"]]
     (row,) = _csv_rows(downloads["lesionlens_batch.csv"])
-    assert row["pred"] == "" and row["ood_reason"] == "TEST REASON: not dermoscopy."
+    assert row["pred"] == "" and row["ood_reason"] == "TEST REASON: not dermoscopy." and row["triage"] == "not_assessed"
 
 
 def test_an_unusual_image_is_shown_greyed_with_its_warning(app, data_dir, ood_level, pdfs):

@@ -18,8 +18,13 @@ PER_CLASS = 2
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, data_dir):
-    return class_folder(tmp_path_factory.mktemp("mine") / "images", data_dir, PER_CLASS)
+def folder(tmp_path_factory, data_dir, clinical_photo):
+    """The class folder plus a camera photo filed as a melanoma: refused, so counted and listed apart."""
+    import shutil
+
+    root = class_folder(tmp_path_factory.mktemp("mine") / "images", data_dir, PER_CLASS)
+    shutil.copy(clinical_photo, root / "mel" / "camera_photo.jpg")
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +52,15 @@ def test_the_page_shows_the_cli_reports_numbers(app, folder, cli_report, downloa
     _same_figures(at.session_state["folder_run"]["evaluation"].summary, report)
     shown, deltas = metrics(at), metric_deltas(at)
     ci = report["classification"]["ci"]
-    assert shown["Images evaluated"] == str(report["n_images"]) == str(7 * PER_CLASS)
+    assert shown["Images evaluated"] == str(report["n_images"]) == str(7 * PER_CLASS + 1)
     assert shown["Failed"] == str(report["n_failed"]) == "1"
+    # the refused camera photo: counted, listed with its label and reason, its melanoma named beside the referral
+    assert shown["No automated assessment"] == str(report["n_not_dermoscopy"]) == "1"
+    refused = dataframe(at, "Why")
+    assert list(refused["Image"]) == ["camera_photo"] and list(refused["True label"]) == ["mel"]
+    assert "1 melanoma(s) given no automated assessment are not in these figures" in texts(at)
+    assert [r["image_id"] for r in report["refused"]] == ["camera_photo"] and report["n_melanoma_refused"] == 1
+    assert sum(v["support"] for v in report["classification"]["per_class"].values()) == 7 * PER_CLASS
     assert shown["Balanced accuracy"] == f"{ci['balanced_accuracy']['value']:.1%}"
     low, high = ci["balanced_accuracy"]["ci95"]
     assert deltas["Balanced accuracy"] == f"95% CI {low:.1%} to {high:.1%}"
@@ -72,16 +84,17 @@ def test_the_page_shows_the_cli_reports_numbers(app, folder, cli_report, downloa
     assert {"eval_roc_chart", "eval_calibration_chart"} <= {c.proto.id.rsplit("-", 1)[1] for c in at.get("plotly_chart")}
     # the CSV download holds the CLI's predictions
     rows = pd.read_csv(io.BytesIO(downloads["lesionlens_evaluation.csv"]), dtype={"image_id": str})
-    pd.testing.assert_frame_equal(rows[["image_id", "dx", "pred", "refer"]].fillna(""),
-                                  cli_predictions[["image_id", "dx", "pred", "refer"]].fillna(""))
+    pd.testing.assert_frame_equal(rows[["image_id", "dx", "pred", "refer", "triage"]].fillna(""),
+                                  cli_predictions[["image_id", "dx", "pred", "refer", "triage"]].fillna(""))
+    assert rows.set_index("image_id").loc["camera_photo", "triage"] == "not_assessed"
     assert not at.exception, at.exception
 
 
 def _same_figures(page: dict, cli: dict) -> None:
     """The page's summary is the CLI's (counts exactly; figures up to the float noise of another torch thread count:
     the test process may have run torch with 2 threads before, the CLI runs with 1)."""
-    assert {k: page[k] for k in ("n_images", "n_failed", "n_not_dermoscopy", "cancelled", "model_version")} == \
-        {k: cli[k] for k in ("n_images", "n_failed", "n_not_dermoscopy", "cancelled", "model_version")}
+    counts = ("n_images", "n_failed", "n_not_dermoscopy", "refused", "n_melanoma_refused", "cancelled", "model_version")
+    assert {k: page[k] for k in counts} == {k: cli[k] for k in counts}
     ours, theirs = page["classification"], cli["classification"]
     assert ours["confusion_matrix"] == theirs["confusion_matrix"]
     for key in ("accuracy", "balanced_accuracy", "top2_accuracy", "macro_auc"):
@@ -128,5 +141,5 @@ def test_cancel_reports_the_images_done(app, folder, monkeypatch):
     assert not at.exception, at.exception
     summary = at.session_state["folder_run"]["evaluation"].summary
     assert summary["cancelled"] and summary["n_images"] + summary["n_failed"] == 4
-    assert any(w.value.startswith("**Cancelled.**") and "4 of 15 images" in w.value for w in at.warning)
+    assert any(w.value.startswith("**Cancelled.**") and "4 of 16 images" in w.value for w in at.warning)
     assert len(calls) == 6  # nothing analysed after the cancel

@@ -112,17 +112,47 @@ def test_live_quality_matches_the_model_cards_predictions(analyzer, ham_split, r
 
 
 def test_non_dermoscopic_images_are_flagged(analyzer):
-    """A colourless image and two real photographs get no diagnosis, each with its reason. (Coloured noise and flat
-    colours are not all caught by this rule: the card reports the share of synthetic images it rejects.)"""
+    """A colourless image and a real photograph of a cup get no diagnosis, each with its reason; a portrait (skin, a
+    face: a camera photo of a person) gets none either."""
     import skimage.data
 
     rng = np.random.default_rng(1)
     grey = np.repeat(rng.integers(0, 256, (300, 400, 1), dtype=np.uint8), 3, axis=2)
-    for image, why in ((grey, "no colour"), (skimage.data.astronaut(), "other than skin"),
-                       (skimage.data.coffee(), "other than skin")):
+    for image, why in ((grey, "no colour"), (skimage.data.coffee(), "This does not look like an image of skin")):
         r = analyzer.analyze(image)
         assert r.ood_level == "not_skin" and why in r.ood_reason, r.ood_reason
         assert r.diagnosis_shown is False
+    assert analyzer.analyze(skimage.data.astronaut()).diagnosis_shown is False
+
+
+def test_uploads_that_are_not_photographs_are_not_skin_never_camera_photos(analyzer):
+    """Colour noise, screenshots and a drawn brown ellipse on a plain (skin-like or other) background, made with a seed
+    the dermoscopy check was not fitted on: refused with the not-skin sentence, not the camera-photo one."""
+    from train.ood_probes import synthetic_screens_and_drawings
+
+    names, images = synthetic_screens_and_drawings(12, seed=2024)
+    for name, image in zip(names, images):
+        r = analyzer.analyze(image)
+        assert r.ood_level == "not_skin" and r.ood_reason.startswith("This does not look like an image of skin"), name
+        assert r.triage.level == "not_assessed"
+
+
+def test_smartphone_photos_of_unseen_patients_are_mostly_refused_or_greyed(analyzer, data_dir, repo_root):
+    """PAD-UFES-20 photos of the patients the shipped check never saw (the card's held_out_pad_images): most are
+    refused as camera photos or greyed as "may be a camera photo" (measured 64 %: the check's known shortfall on
+    close-ups of pigmented lesions, docs/dermoscopy_check.md), and a refused one is refused as a camera photo."""
+    import json
+
+    from core.decisions.ood import CLINICAL_PHOTO_TEXT
+    from core.io.intake import load_image_file
+
+    card = json.loads((repo_root / "weights" / "model_card.json").read_text())
+    ids = card["dermoscopy_check"]["held_out_pad_images"]
+    results = [analyzer.analyze(load_image_file(data_dir / "pad_ufes20" / "images" / f"{i}.jpg")) for i in ids]
+    levels = pd.Series([r.ood_level for r in results])
+    assert len(ids) >= 50 and levels.isin(("clinical_photo", "maybe_clinical_photo")).mean() >= 0.55, levels.value_counts()
+    assert all(r.ood_reason == CLINICAL_PHOTO_TEXT for r in results if r.ood_level == "clinical_photo")
+    assert (levels == "clinical_photo").any() and (levels != "not_skin").all()
 
 
 def test_a_clinical_photo_is_refused_as_one(analyzer, clinical_photo):

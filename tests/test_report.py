@@ -179,11 +179,13 @@ def test_unusual_warning_and_sanitised_reason():
 
 
 @pytest.mark.parametrize("level", ["clinical_photo", "not_skin"])
-def test_a_refused_image_shows_the_reason_only(level):
+def test_a_refused_image_shows_its_own_verdict_and_the_reason_only(level):
+    """A refused image is not a benign one: the PDF says so, with or without the verdict text handed in."""
     reason = "This looks like a clinical (camera) photo, not a dermoscopy image."
     pdf = make_report(ood_level=level, ood_reason=reason)
     text = pdf_text(pdf)
     assert "No diagnosis" in text and reason in text
+    assert "No automated assessment: review this lesion yourself." in text and "says nothing about the lesion" in text
     for absent in ("Most likely", "Melanoma referral", "Uncertainty", "Similar confirmed cases", "Lesion measurements",
                    "Melanocytic nevus", "Lesion segmentation"):
         assert absent not in text, absent

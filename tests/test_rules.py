@@ -201,3 +201,33 @@ def test_case_index_finds_the_same_case_first_and_ranks_by_cosine():
     assert hits["image_id"].iloc[0] == "ISIC_7" and hits["similarity"].is_monotonic_decreasing
     assert hits["confirmed_by"].iloc[0] == "histopathology"
     assert index.knn_distance(pooled[:2], k=1) == pytest.approx([0, 0], abs=1e-5)
+
+
+def test_the_dermoscopy_check_refuses_greys_or_passes_and_says_why():
+    """Below the check's threshold: refused (camera photo or not skin, whichever is likelier; no colour, large flat
+    areas or pixel noise are never a camera photo); in its middle band: greyed as "may be a camera photo" (before the unusual flag), which the triage
+    sends to review; above: the other levels decide."""
+    from core.decisions.dermoscopy_check import DermoscopyCheck
+    from core.decisions.ood import MAYBE_CLINICAL_PHOTO_TEXT
+    from core.decisions.triage import TriageRule
+
+    check = DermoscopyCheck(np.zeros(1), np.ones(1), np.zeros((3, 1)), np.zeros(3), threshold=0.01, flag_below=0.3)
+    detector = OODDetector({}, {"chroma": 10.0, "imagenet_distance": 0.5, "unusual": 1.0}, "feature_distance",
+                           check=check)
+    p = np.array([[0.001, 0.9, 0.099], [0.001, 0.9, 0.099], [0.001, 0.2, 0.799], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1],
+                  [0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.9, 0.05, 0.05]])
+    scores = {"chroma": np.array([0.0, 30, 30, 30, 30, 30, 30, 30, 30]),
+              "imagenet_distance": np.array([0.1, 0.1, 0.1, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1]),
+              "feature_distance": np.array([0.0, 0, 0, 2, 0, 2, 0, 0, 0]),
+              "flat_share": np.array([0.0, 0, 0, 0, 0, 0, 0, 0.9, 0]), "pixel_noise": np.array([0.0] * 8 + [0.7]),
+              **{f"p_{kind}": p[:, i] for i, kind in enumerate(("dermoscopy", "clinical_photo", "not_skin"))}}
+    assert detector.levels(scores).tolist() == ["not_skin", "clinical_photo", "not_skin", "maybe_clinical_photo",
+                                                "not_skin", "unusual", "in", "not_skin", "not_skin"]
+    assert "not a photograph" in detector.assess({k: v[7:8] for k, v in scores.items()}).reason
+    assert detector.assess({k: v[3:4] for k, v in scores.items()}).reason == MAYBE_CLINICAL_PHOTO_TEXT
+    verdict = TriageRule({"mel": 0.5}, 0.9).verdict(np.full(7, 1 / 7), "low", "maybe_clinical_photo")
+    assert verdict.level == "review" and "may be a camera photo" in verdict.text
+    without_band = DermoscopyCheck(np.zeros(1), np.ones(1), np.zeros((3, 1)), np.zeros(3), threshold=0.01)
+    assert without_band.kinds(p[3:4]).tolist() == ["dermoscopy"]
+    with pytest.raises(ValueError, match="flag_below"):
+        DermoscopyCheck(np.zeros(1), np.ones(1), np.zeros((3, 1)), np.zeros(3), threshold=0.3, flag_below=0.1)

@@ -50,8 +50,8 @@ def test_the_pool_warms_each_replica_up_before_lending_it(monkeypatch, repo_root
     with replicas.borrow() as analyzer:
         assert [a for a, _ in warmed] == [analyzer]  # warmed up before it was lent
     result = warmed[0][1]
-    # the made-up lesion went through every stage: segmented, not refused, measured, a CAM
-    assert result.diagnosis_shown and 0.1 < (result.mask > 0).mean() < 0.3
+    # the made-up lesion went through every network: segmented, measured, a CAM (a drawing: refused as not skin)
+    assert 0.1 < (result.mask > 0).mean() < 0.3 and result.ood_level == "not_skin"
     assert result.measurements["area_px"] > 0 and result.cam is not None
 
 

@@ -37,8 +37,11 @@ RULE = TriageRule({"mel": 0.02, "bcc": 0.05, "akiec": 0.05}, 0.9,
 
 
 def test_precedence_refused_beats_everything():
+    """A refused image gets a verdict of its own that sends the lesion back to the clinician, never silence."""
     v = RULE.verdict(probs_with(mel=0.9), "high", "clinical_photo", "This looks like a clinical (camera) photo.")
     assert v.level == "not_assessed" and "camera" in v.text
+    assert v.text.startswith("No automated assessment: review this lesion yourself.")
+    assert "says nothing about the lesion" in v.text and "%" not in v.text
 
 
 def test_a_malignant_top_class_is_referred_even_when_melanoma_is_low():

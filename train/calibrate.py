@@ -33,7 +33,7 @@ STEPS = ("evaluate", "dermoscopy_check", "out_of_source", "image_quality", "foll
 SETTINGS = {  # key -> (type, default): the [calibrate] table of a preset
     "data_dir": (str, "../shared/data"), "runs": (str, "runs"), "weights": (str, "weights"), "version": (str, ""),
     "oos_out": (str, "runs/oos"), "measures": (str, "runs/image_quality"),
-    "dermoscopy_features": (str, "runs/dermoscopy_check/features.npz"), "dermoscopy_seed": (int, 0),
+    "dermoscopy_features": (str, ".cache/dermoscopy_check/features.npz"), "dermoscopy_seed": (int, 0),
     "followup_pairs": (int, 400), "followup_seed": (int, 42), "results": (str, "docs/results.md"),
     "max_images": (int, 0), "use_cache": (bool, True),
 }

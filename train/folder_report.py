@@ -41,8 +41,8 @@ def report_html(summary: dict, data_dir: Path) -> str:
 
     parts = [f"<h1>LesionLens evaluation: {html.escape(str(data_dir))}</h1>",
              f"<p>Model {html.escape(str(summary.get('model_version')))}; {summary['n_images']} images evaluated, "
-             f"{summary['n_failed']} failed, {summary['n_not_dermoscopy']} judged not dermoscopy (no diagnosis)"
-             f"{', run cancelled' if summary.get('cancelled') else ''}.</p>"]
+             f"{summary['n_failed']} failed, {summary['n_not_dermoscopy']} given no automated assessment (not "
+             f"dermoscopy: listed below, out of the figures){', run cancelled' if summary.get('cancelled') else ''}.</p>"]
     cls = summary.get("classification")
     if cls:
         rows = [{"figure": k, "value": v["value"], "95% CI": f"{v['ci95'][0]:.3f}-{v['ci95'][1]:.3f}"
@@ -57,4 +57,7 @@ def report_html(summary: dict, data_dir: Path) -> str:
         seg = summary["segmentation"]
         parts.append(f"<h2>Segmentation</h2><p>Dice {seg['dice']['value']:.3f}, Jaccard {seg['jaccard']['value']:.3f} "
                      f"over {seg['n']} images with masks</p>")
+    if summary.get("refused"):
+        parts += [f"<h2>No automated assessment: review these lesions yourself ({len(summary['refused'])})</h2>",
+                  pd.DataFrame(summary["refused"]).to_html(index=False)]
     return "<!doctype html><meta charset='utf-8'><title>LesionLens evaluation</title>" + "\n".join(parts)

@@ -13,7 +13,8 @@ MODEL_LABELS = {"mask_cn": "mask-CN (shipped)", "mask_cn_single_view": "mask-CN,
                 "mask_cn_context": "+ context head"}
 HEADLINE_SOURCES = {"ham10000": "HAM10000 test", "isic2017": "ISIC 2017 val"}
 HEADLINE_WORDS = {"auc": "AUC", "sn": "SN", "dice": "Dice", "jaccard": "Jaccard"}
-OOD_WORDS = {"in": "in distribution", "unusual": "⚠ unusual", "clinical_photo": "⚠ clinical photo",
+OOD_WORDS = {"in": "in distribution", "unusual": "⚠ unusual", "maybe_clinical_photo": "⚠ may be a camera photo",
+             "clinical_photo": "⚠ clinical photo",
              "not_skin": "⚠ not skin"}
 OOD_RESULT_LABELS = {"ham10000_test": "HAM10000 test", "isic2017_test": "ISIC 2017 official validation",
                      "real_non_dermoscopy_photos": "Real photographs (not dermoscopy)",

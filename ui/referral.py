@@ -107,3 +107,10 @@ def operating_points(table, test_sets: dict[str, str], sources: dict[str, str], 
                          "sensitivity": sens, "specificity": spec, "referred": float((score >= threshold).mean()),
                          "fpr": fpr, "tpr": tpr}
     return points
+
+
+def refused_ui(parent, result) -> None:
+    """The verdict of an image that is not dermoscopy, in `parent` (a Streamlit container): no automated assessment,
+    why, and that a refusal is no reassurance (Analyze, PACS)."""
+    verdict = verdict_of(result)
+    parent.error(f"**{verdict.headline}.** {verdict.because}", icon=":material/block:")

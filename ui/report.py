@@ -28,7 +28,7 @@ def build_report(rgb: np.ndarray, result, mask: np.ndarray | None, measurements:
         probs=result.probs, label=result.label, ood_level=result.ood_level, ood_reason=result.ood_reason,
         uncertainty_text=result.uncertainty_text,
         referral={"text": referral.text, "numbers": referral.numbers, "threshold_note": referral.threshold_note},
-        verdict=verdict_of(result).text if result.diagnosis_shown else "", quality_text=result.quality_text,
+        verdict=verdict_of(result).text, quality_text=result.quality_text,
         similar_cases=similar, patient_context=context.rows() if given else [],
         context_note=context_use_text(card) if given else "", measurements=measurements,
         model_info={"version": card.version, "created": card.display("created"), "metrics": headline_metrics(card)},

@@ -4,7 +4,7 @@ Every image goes through core.io.intake and Analyzer.analyze exactly as in the a
 and the run goes on; `should_stop` is polled between images (a cancelled run reports what it has). The report:
 per-class table, balanced accuracy and macro AUC with bootstrap 95 % CIs (images of one lesion resampled together),
 confusion matrix, ROC curves, reliability diagram, the melanoma referral's sensitivity / specificity, Dice / Jaccard
-where masks exist, and one prediction row per image. Used by the "Evaluate your data" page and by
+where masks exist, the images given no automated assessment (counted and listed), and one prediction row per image. Used by the "Evaluate your data" page and by
 `python -m train.evaluate --data-dir DIR --report OUT/`, so both give the same numbers.
 """
 from __future__ import annotations
@@ -31,10 +31,22 @@ class FolderEvaluation:
     summary: dict = field(default_factory=dict)  # the report (JSON-ready)
 
 
+def refused_images(predictions: pd.DataFrame) -> list[dict]:
+    """The images given no automated assessment (not dermoscopy), each with its true label and the reason: they are
+    out of the figures, so the report lists them (a refused image is not a benign one)."""
+    refused = predictions[predictions["ood_level"].isin(REFUSED_LEVELS)]
+    return [{"image_id": row.image_id, "dx": row.dx, "ood_level": row.ood_level,
+             "reason": row.ood_reason if isinstance(row.ood_reason, str) else ""}
+            for row in refused.itertuples(index=False)]
+
+
 def summarise(predictions: pd.DataFrame) -> dict:
-    """The report figures from prediction rows (rows without a diagnosis, i.e. not dermoscopy, are counted apart)."""
+    """The report figures from prediction rows. Rows without a diagnosis (not dermoscopy: no automated assessment)
+    are out of the figures and counted and listed apart, with the melanomas among them."""
     diagnosed = predictions[predictions["pred"] != ""]
-    out = {"n_images": int(len(predictions)), "n_not_dermoscopy": int(predictions["ood_level"].isin(REFUSED_LEVELS).sum())}
+    refused = refused_images(predictions)
+    out = {"n_images": int(len(predictions)), "n_not_dermoscopy": len(refused), "refused": refused,
+           "n_melanoma_refused": sum(r["dx"] == "mel" for r in refused)}
     if diagnosed.empty:
         return out
     y = np.array([class_index(d) for d in diagnosed["dx"]])
@@ -61,7 +73,7 @@ def summarise(predictions: pd.DataFrame) -> dict:
 
 
 PREDICTION_COLUMNS = ["image_id", "lesion_id", "dx", "pred", *[f"p_{c}" for c in CLASS_CODES], "mel_score", "refer",
-                      "uncertainty_level", "ood_level", "dice", "jaccard"]
+                      "triage", "uncertainty_level", "ood_level", "ood_reason", "dice", "jaccard"]
 
 
 def evaluate_folder(analyzer, manifest: pd.DataFrame, on_progress: Callable[[int, int], None] | None = None,
@@ -95,8 +107,9 @@ def _prediction_row(analyzer, record) -> dict:
            "pred": result.label if result.diagnosis_shown else "",
            **{f"p_{c}": result.probs[c] if result.diagnosis_shown else np.nan for c in CLASS_CODES},
            "mel_score": result.mel_score, "refer": ("yes" if result.refer else "no") if result.diagnosis_shown else "",
-           "uncertainty_level": result.uncertainty_level, "ood_level": result.ood_level, "dice": np.nan,
-           "jaccard": np.nan}
+           "triage": result.triage.level if result.triage is not None else "",
+           "uncertainty_level": result.uncertainty_level, "ood_level": result.ood_level, "ood_reason": result.ood_reason,
+           "dice": np.nan, "jaccard": np.nan}
     if record.mask_path:
         truth = cv2.imread(record.mask_path, cv2.IMREAD_GRAYSCALE)
         if truth is not None:

@@ -39,8 +39,8 @@ from core.models.mbdcnn import mbdcnn_forward, view_groups
 from core.models import create_model
 from core.decisions.dermoscopy_check import DermoscopyCheck
 from core.decisions.image_quality import CHECK_KINDS, QualityChecks
-from core.decisions.ood import OODAssessment, OODDetector, chroma, imagenet_backbone
-from core.decisions.ood_levels import REFUSED_LEVELS
+from core.decisions.ood import OODAssessment, OODDetector, chroma, imagenet_backbone, picture_measures
+from core.decisions.ood_levels import GREYED_LEVELS, REFUSED_LEVELS
 from core.data.patient_context import PatientContext
 from core.models.precision import name_of as precision_name, resolve as resolve_precision
 from core.imaging.preprocess import Box, Preprocessing, mask_to_image, network_box, network_image
@@ -69,7 +69,7 @@ class AnalysisResult:
     uncertainty_score: float
     uncertainty_level: str           # low | moderate | high
     uncertainty_text: str            # the level with its measured validation error rate
-    ood_level: str                   # in | unusual | clinical_photo | not_skin
+    ood_level: str                   # core.decisions.ood.OOD_LEVELS
     ood_score: float                 # the distance the "unusual" level thresholds (card: ood.unusual_score)
     ood_reason: str                  # one sentence ("" when in distribution)
     measurements: dict
@@ -95,8 +95,9 @@ class AnalysisResult:
 
     @property
     def greyed(self) -> bool:
-        """The diagnosis is shown greyed: an unusual image, or an image-quality check fired."""
-        return self.ood_level == "unusual" or bool(self.quality)
+        """The diagnosis is shown greyed: an unusual image or one that may be a camera photo, or an image-quality check
+        fired."""
+        return self.ood_level in GREYED_LEVELS or bool(self.quality)
 
     @property
     def referral_text(self) -> str:
@@ -191,7 +192,8 @@ class Analyzer:
             # then computes only the activation gradients it uses, not a weight gradient for every layer).
             model = fold_batchnorm(model.eval()).requires_grad_(False).cast_for_inference(dtype)
             networks[arch] = model.to(device).to(memory_format=torch.channels_last)
-        check = DermoscopyCheck.from_tensors(load_verified(weights_dir, CHECK_FILE, card), card.dermoscopy_check.threshold)
+        check = DermoscopyCheck.from_tensors(load_verified(weights_dir, CHECK_FILE, card), card.dermoscopy_check.threshold,
+                                             card.dermoscopy_check.flag_below)
         ood = OODDetector.from_card(load_verified(weights_dir, OOD_FILE, card), card, check)
         networks["imagenet"] = fold_batchnorm(imagenet_backbone()).to(device)
         engine_nets = None
@@ -205,11 +207,16 @@ class Analyzer:
     def warm_up(self) -> AnalysisResult:
         """One analysis with a CAM of a made-up brown lesion on skin, so that the first real one does not pay the
         one-off costs (oneDNN builds each convolution's kernels on first use; lazy imports): without it the first
-        analysis after a load took 1.4 s instead of 0.08 s. The lesion is segmented and not refused, so every stage
-        runs (measurements, quality checks, CAM)."""
+        analysis after a load took 1.4 s instead of 0.08 s. Every network runs, the lesion is segmented and measured
+        and gets a CAM; the dermoscopy check refuses a drawing as not skin, so the one stage a refused image skips,
+        the image-quality checks, is run on it here directly."""
         rows, cols = np.mgrid[:450, :600]
         lesion = ((rows - 225) / 110.0) ** 2 + ((cols - 300) / 150.0) ** 2 < 1
-        return self.analyze(np.where(lesion[..., None], (120, 75, 55), (225, 175, 150)).astype(np.uint8), cam=True)
+        rgb = np.where(lesion[..., None], (120, 75, 55), (225, 175, 150)).astype(np.uint8)
+        result = self.analyze(rgb, cam=True)
+        if not result.diagnosis_shown:
+            self.quality_checks.assess(rgb, result.mask, self.network_images(rgb)[2])
+        return result
 
     # ------------------------------------------------------------ analysis
     def analyze(self, rgb: np.ndarray, cam: bool = False, cam_method: str = "Grad-CAM", cam_class: str | None = None,
@@ -282,7 +289,8 @@ class Analyzer:
         with torch.inference_mode():
             generic = self.imagenet(cls_x).float().cpu()
         case_distance = self.cases.knn_distance(pooled, self.knn_k) if self.cases is not None else None
-        return self.ood_detector.assess(self.ood_detector.scores(pooled.cpu(), generic, [chroma(cls_small)], case_distance))
+        return self.ood_detector.assess(self.ood_detector.scores(pooled.cpu(), generic, [chroma(cls_small)], case_distance,
+                                                                 [picture_measures(cls_small)]))
 
     def _uncertainty_score(self, logits: np.ndarray, probs: np.ndarray, pooled: torch.Tensor, shift) -> float:
         """The card's uncertainty score for one image (see core.decisions.uncertainty)."""

@@ -95,7 +95,8 @@ def evaluation_of(result: pd.DataFrame, labels: str | os.PathLike | pd.DataFrame
     numbers = {c: pd.to_numeric(done[c], errors="coerce") for c in [f"p_{k}" for k in CLASS_CODES] + ["mel_score"]}
     predictions = pd.DataFrame({"image_id": done["image"], "lesion_id": done["lesion_id"], "dx": done["dx"],
                                 "pred": done["pred"], **numbers, "refer": done["refer"].where(diagnosed, ""),
-                                "uncertainty_level": done["uncertainty_level"], "ood_level": done["ood_level"],
+                                "triage": done["triage"], "uncertainty_level": done["uncertainty_level"],
+                                "ood_level": done["ood_level"], "ood_reason": done["ood_reason"],
                                 "dice": np.nan, "jaccard": np.nan})
     versions = sorted(set(done["model_version"]) - {""})
     return assemble(predictions.to_dict("records"), list(zip(failed["image"], failed["error"])), False,

@@ -7,9 +7,12 @@ skin (DermNet, with the watermark corner cropped away) and real photographs that
 scikit-learn samples); the tensors are in weights/dermoscopy_check.safetensors, the threshold and its measured
 refusal rates in the model card's `dermoscopy_check`.
 
-An image is refused when P(dermoscopy) is below the card's threshold, which was fitted on validation so that at most
-1 % of the validation images of *every* dermoscopy source (HAM10000's four acquisition sources, ISIC 2017) are
-refused; the refusal is `clinical_photo` or `not_skin`, whichever of the two is more probable.
+An image is refused when P(dermoscopy) is below the card's threshold, chosen on dermoscopy scored by checks fitted
+without its acquisition source so that at most 1 % of *every* held-out source (HAM10000's four acquisition sources,
+ISIC 2017, acral contributors) is refused; the refusal is `clinical_photo` or `not_skin`, whichever of the two is
+more probable. Between the threshold and the card's `flag_below` lies a middle band, `maybe_clinical_photo`: camera
+photos the threshold cannot refuse without refusing dermoscopy from new clinics, where the result is shown greyed
+with "this may be a camera photo" rather than refused.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ class DermoscopyCheck:
     weight: np.ndarray          # (3, d) logistic regression over KINDS
     bias: np.ndarray            # (3,)
     threshold: float            # refuse when P(dermoscopy) < threshold
+    flag_below: float | None = None  # "this may be a camera photo" when threshold <= P(dermoscopy) < flag_below
 
     def __post_init__(self):
         d = self.feature_mean.shape[0]
@@ -37,13 +41,18 @@ class DermoscopyCheck:
                              f"{self.feature_scale.shape}, weight {self.weight.shape}, bias {self.bias.shape}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"dermoscopy check threshold {self.threshold} is not a probability")
+        if self.flag_below is not None and not self.threshold <= self.flag_below <= 1.0:
+            raise ValueError(f"dermoscopy check flag_below {self.flag_below} is not a probability at or above the "
+                             f"threshold {self.threshold}")
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], threshold: float) -> "DermoscopyCheck":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], threshold: float,
+                     flag_below: float | None = None) -> "DermoscopyCheck":
         missing = [name for name in TENSOR_NAMES if name not in tensors]
         if missing:
             raise ValueError(f"dermoscopy check tensors missing: {', '.join(missing)}")
-        return cls(*(tensors[name].float().numpy().astype(np.float64) for name in TENSOR_NAMES), float(threshold))
+        return cls(*(tensors[name].float().numpy().astype(np.float64) for name in TENSOR_NAMES), float(threshold),
+                   None if flag_below is None else float(flag_below))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: torch.tensor(np.asarray(getattr(self, name)), dtype=torch.float32) for name in TENSOR_NAMES}
@@ -57,7 +66,13 @@ class DermoscopyCheck:
         return e / e.sum(axis=1, keepdims=True)
 
     def kinds(self, probabilities: np.ndarray) -> np.ndarray:
-        """'dermoscopy' where P(dermoscopy) >= threshold, else the more probable of clinical_photo / not_skin."""
-        p = np.asarray(probabilities)
-        refused = np.where(p[:, 1] >= p[:, 2], "clinical_photo", "not_skin")
-        return np.where(p[:, 0] >= self.threshold, "dermoscopy", refused)
+        return kinds_at(probabilities, self.threshold, self.flag_below)
+
+
+def kinds_at(probabilities: np.ndarray, threshold: float, flag_below: float | None = None) -> np.ndarray:
+    """'dermoscopy' where P(dermoscopy) >= flag_below (or >= threshold without a band), 'maybe_clinical_photo' in
+    [threshold, flag_below), else the more probable of clinical_photo / not_skin."""
+    p = np.asarray(probabilities)
+    refused = np.where(p[:, 1] >= p[:, 2], "clinical_photo", "not_skin")
+    passed = np.where(p[:, 0] < (threshold if flag_below is None else flag_below), "maybe_clinical_photo", "dermoscopy")
+    return np.where(p[:, 0] >= threshold, passed, refused)

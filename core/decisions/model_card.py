@@ -154,6 +154,7 @@ class OODSection:
 @dataclass(frozen=True)
 class DermoscopyCheckSection:
     threshold: float              # refuse when P(dermoscopy) is below it
+    flag_below: float | None      # grey the result ("this may be a camera photo") below it; None: no middle band
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,9 @@ def _parse(raw: dict, where: str) -> ModelCard:
                      ood_reader.probability("unusual_share"), ood_reader.mapping("out_of_source", optional=True),
                      ood_reader.mapping("results", optional=True), ood_reader.value("method", str, optional=True) or "")
 
-    dermoscopy_check = DermoscopyCheckSection(section("dermoscopy_check").probability("threshold"))
+    check_entry = section("dermoscopy_check")
+    dermoscopy_check = DermoscopyCheckSection(check_entry.probability("threshold"),
+                                              check_entry.value("flag_below", float, optional=True))
     image_quality = ImageQualitySection(section("image_quality").numbers("thresholds"))
 
     spl = section("split")

@@ -1,10 +1,14 @@
 """Out-of-distribution: is this a dermoscopic image at all, and is it like the images the model was trained on?
 
-Four levels; thresholds fitted on validation images (see the model card's `ood` and `dermoscopy_check`):
-- clinical_photo (no diagnosis is shown): the trained dermoscopy check (core.decisions.dermoscopy_check, a head on the ImageNet
-  features below, fitted on real clinical photographs of skin) judges it a camera photo of skin, not dermoscopy.
+Five levels; thresholds fitted on validation images (see the model card's `ood` and `dermoscopy_check`):
+- clinical_photo (no diagnosis is shown): the trained dermoscopy check (core.decisions.dermoscopy_check, a head on the
+  ImageNet features below, fitted on real clinical photographs of skin) judges a colourful image a camera photo of
+  skin, not dermoscopy.
 - not_skin (no diagnosis is shown), when
-  * the dermoscopy check judges it a photograph of something other than skin; or
+  * the dermoscopy check judges it a picture of something other than skin (a photograph, screenshot or drawing); or
+  * it is not a photograph: large flat areas of one colour (a drawing, a screenshot: over FLAT_SHARE_LIMIT of its lit
+    pixels) or pixel noise (over PIXEL_NOISE_LIMIT of its variance at the pixel scale), measured on the classifier
+    input (picture_measures); or
   * the image has no colour: its chroma (Lab a/b offset from neutral plus their spreads) is below half that of the
     least colourful validation images (0.1 % quantile) - dermoscopy is never greyscale; or
   * its generic appearance is unlike dermoscopy: 1 - cosine similarity of its ImageNet features (EfficientNet-Lite0
@@ -14,6 +18,8 @@ Four levels; thresholds fitted on validation images (see the model card's `ood` 
   The lesion classifier's own features cannot do this: trained on dermoscopy only, they place a photograph of a
   cat or a page of text close to a lesion class (measured: a real-photo rejection rate of 5 % at the same
   validation false-rejection rate, against ~90 % for the ImageNet features).
+- maybe_clinical_photo (the diagnosis is shown greyed): P(dermoscopy) of the check in its middle band (the card's
+  threshold .. flag_below): camera photos the threshold cannot refuse without refusing dermoscopy from new clinics.
 - unusual (the diagnosis is shown greyed): a dermoscopic image whose distance to the training data exceeds the
   UNUSUAL_QUANTILE validation quantile; the distance (mask-CN feature Mahalanobis, similar-cases k-NN or ImageNet
   k-NN) is the one that ranks wrong predictions best on validation.
@@ -29,6 +35,7 @@ import torch
 
 from core.decisions.dermoscopy_check import KINDS, DermoscopyCheck
 from core.decisions.model_card import ModelCard
+from core.decisions.ood_levels import OOD_LEVELS
 UNUSUAL_SCORES = {"feature_distance": "distance of mask-CN's features to the nearest training class",
                   "case_distance": "distance to the nearest reference cases",
                   "imagenet_distance": "distance of the image's appearance to the nearest training image"}
@@ -36,8 +43,30 @@ CLINICAL_PHOTO_TEXT = ("This looks like a clinical (camera) photo, not a dermosc
                        "validated for dermoscopy only; take the image through a dermatoscope.")
 NOT_SKIN_TEXT = ("This does not look like an image of skin ({why}), so no diagnosis is shown. Upload a dermoscopy "
                  "image (contact or polarised dermatoscope) of a single lesion.")
+MAYBE_CLINICAL_PHOTO_TEXT = ("This may be a clinical (camera) photo rather than a dermoscopy image, so the result is "
+                             "shown greyed: LesionLens is validated for dermoscopy only. If it is a camera photo, take "
+                             "the image through a dermatoscope.")
 UNUSUAL_TEXT = ("This dermoscopic image is unlike the training images ({what} above that of {share} of validation "
                 "images): the diagnosis is less reliable than the validation figures suggest.")
+
+
+# Measured on the classifier input of all 13,836 dermoscopy images (HAM10000, ISIC 2017, acral) and 2,246 camera
+# photos (DermNet, PAD-UFES-20): flat share at most 0.67 and pixel noise at most 0.37, none above either limit;
+# drawn ellipses at least 0.80 flat, colour noise at least 0.49 pixel noise.
+FLAT_SHARE_LIMIT = 0.75
+PIXEL_NOISE_LIMIT = 0.45
+
+
+def picture_measures(rgb: np.ndarray) -> tuple[float, float]:
+    """(flat share, pixel noise) of a (classifier-input) image: the share of its lit pixels (grey 25..250, so
+    vignette corners and glare do not count) whose 3x3 neighbourhood is of one value, as in drawings and screenshots;
+    and the share of its grey variance at the pixel scale (minus a 1-pixel Gaussian blur), near 1 for random noise."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    mean, square = cv2.blur(grey, (3, 3)), cv2.blur(grey * grey, (3, 3))
+    flat = np.sqrt(np.maximum(square - mean * mean, 0)) < 0.5
+    lit = (grey > 25) & (grey < 250)
+    detail = grey - cv2.GaussianBlur(grey, (0, 0), 1.0)
+    return float((flat & lit).sum() / max(int(lit.sum()), 1)), float((detail ** 2).mean() / max(float(grey.var()), 1e-6))
 
 
 def chroma(rgb: np.ndarray) -> float:
@@ -66,7 +95,7 @@ def mahalanobis(x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -
 
 @dataclass(frozen=True)
 class OODAssessment:
-    level: str          # in | unusual | clinical_photo | not_skin
+    level: str          # OOD_LEVELS
     score: float        # the unusual-level distance (the one number kept)
     reason: str         # one sentence for the clinician ("" when in distribution)
 
@@ -105,12 +134,16 @@ class OODDetector:
         reference = torch.nn.functional.normalize(self.tensors["imagenet_reference"], dim=1)
         return (1 - (projected @ reference.T).max(dim=1).values).numpy()
 
-    def scores(self, pooled, imagenet_features, chroma_values, case_distance=None) -> dict[str, np.ndarray]:
+    def scores(self, pooled, imagenet_features, chroma_values, case_distance=None,
+               picture=None) -> dict[str, np.ndarray]:
+        """picture: picture_measures of each image (optional: without it the not-a-photograph rule does not apply)."""
         out = {"chroma": np.asarray(chroma_values, dtype=np.float64),
                "imagenet_distance": self.imagenet_distance(imagenet_features),
                "feature_distance": self.feature_distance(pooled)}
         if case_distance is not None:
             out["case_distance"] = np.asarray(case_distance, dtype=np.float64)
+        if picture is not None:
+            out["flat_share"], out["pixel_noise"] = np.asarray(picture, dtype=np.float64).reshape(-1, 2).T
         if self.check is not None:
             out.update({f"p_{kind}": p for kind, p in zip(KINDS, self.check.probabilities(imagenet_features).T)})
         return out
@@ -126,8 +159,19 @@ class OODDetector:
         kinds = self.check_kinds(scores)
         generic = (scores["chroma"] < t["chroma"]) | (scores["imagenet_distance"] > t["imagenet_distance"])
         unusual = scores[self.unusual_score] > t["unusual"]
-        return np.where(kinds == "clinical_photo", "clinical_photo",
-                        np.where(generic | (kinds == "not_skin"), "not_skin", np.where(unusual, "unusual", "in")))
+        # no colour or no photograph is never skin, whatever the check says; otherwise the check's clinical-photo
+        # verdict is kept even where the generic distance is far (an overview photo of a limb is a camera photo)
+        colourless = (scores["chroma"] < t["chroma"]) | self.not_a_photograph(scores)
+        passed = np.where(kinds == "maybe_clinical_photo", "maybe_clinical_photo", np.where(unusual, "unusual", "in"))
+        return np.where(colourless, "not_skin", np.where(kinds == "clinical_photo", "clinical_photo",
+                        np.where(generic | (kinds == "not_skin"), "not_skin", passed)))
+
+    @staticmethod
+    def not_a_photograph(scores: dict[str, np.ndarray]) -> np.ndarray:
+        """Drawings, screenshots (flat areas) and random noise, where the picture measures were given."""
+        n = len(scores["chroma"])
+        return ((scores.get("flat_share", np.zeros(n)) > FLAT_SHARE_LIMIT)
+                | (scores.get("pixel_noise", np.zeros(n)) > PIXEL_NOISE_LIMIT))
 
     def held_out_text(self) -> str:
         """What the unusual flag meant at clinics the model was not trained on ('' without those figures)."""
@@ -146,11 +190,15 @@ class OODDetector:
         if level == "not_skin":
             if scores["chroma"][0] < self.thresholds["chroma"]:
                 why = "it has no colour, and dermoscopy images always do"
+            elif self.not_a_photograph(scores)[0]:
+                why = "it is not a photograph: a drawing, a screenshot or pixel noise"
             elif self.check_kinds(scores)[0] == "not_skin":
-                why = "the dermoscopy check judges it a photograph of something other than skin"
+                why = "the dermoscopy check judges it a picture of something other than skin"
             else:
                 why = "its appearance is far from every dermoscopy image the model was trained on"
             return OODAssessment(level, score, NOT_SKIN_TEXT.format(why=why))
+        if level == "maybe_clinical_photo":
+            return OODAssessment(level, score, MAYBE_CLINICAL_PHOTO_TEXT)
         if level == "unusual":
             text = UNUSUAL_TEXT.format(what=UNUSUAL_SCORES[self.unusual_score], share=f"{1 - self.unusual_share:.0%}")
             return OODAssessment(level, score, " ".join(filter(None, (text, self.held_out_text()))))

@@ -1,12 +1,13 @@
 """One triage verdict at the top of every result: the referral rules, the uncertainty level, the unusual-image flag
 and the image-quality checks combined in a fixed order of precedence (the more severe wins), as triage devices do.
 
-1. not_assessed  the input is not dermoscopy (clinical photo, not skin): no diagnosis at all.
+1. not_assessed  the input is not dermoscopy (clinical photo, not skin): no diagnosis at all, and a verdict of its
+                 own, "no automated assessment: review this lesion yourself" (a refused image is not a benign one).
 2. refer         a malignant class (melanoma, basal cell carcinoma, actinic keratosis / intraepithelial carcinoma)
                  reaches its referral threshold. Each class has its own threshold on its own probability, fitted by
                  train.out_of_source for a target sensitivity in every source it was fitted on.
 3. review        no referral threshold is reached, but the result cannot be relied on: uncertainty moderate or high,
-                 an unusual image, or an image-quality check fired. "Not reassuring", not "benign".
+                 an unusual image or one that may be a camera photo, or an image-quality check fired. "Not reassuring", not "benign".
 4. no_referral   below every referral threshold, uncertainty low, typical image, no quality problem.
 
 Every verdict quotes what the rule did at clinics the model was not trained on (held-out sources: the card's
@@ -20,11 +21,14 @@ import numpy as np
 
 from core.data.classes import CLASS_BY_CODE, CLASS_INDEX, MALIGNANT_CODES
 from core.decisions.model_card import ModelCard
-from core.decisions.ood_levels import REFUSED_LEVELS
+from core.decisions.ood_levels import GREYED_LEVELS, REFUSED_LEVELS
 
 VERDICTS = ("not_assessed", "refer", "review", "no_referral")
+# Why a refusal is no reassurance, said with every refused image.
+NOT_ASSESSED_NOTE = ("LesionLens gives no result for this image; that says nothing about the lesion, which needs the "
+                     "clinical assessment it would get without LesionLens")
 HEADLINES = {
-    "not_assessed": "Not assessed",
+    "not_assessed": "No automated assessment: review this lesion yourself",
     "refer": "Refer",
     "review": "Expert review advised",
     "no_referral": "No referral indicated",
@@ -81,7 +85,7 @@ class TriageRule:
         for code, t in self.thresholds.items():
             refer |= p[:, CLASS_INDEX[code]] >= t
         refused = np.isin(np.asarray(ood_levels), REFUSED_LEVELS)
-        doubtful = (np.asarray(uncertainty_levels) != "low") | (np.asarray(ood_levels) == "unusual")
+        doubtful = (np.asarray(uncertainty_levels) != "low") | np.isin(np.asarray(ood_levels), GREYED_LEVELS)
         if quality_flags is not None:
             doubtful |= np.asarray(quality_flags, dtype=bool)
         return np.where(refused, "not_assessed", np.where(refer, "refer", np.where(doubtful, "review", "no_referral")))
@@ -90,7 +94,8 @@ class TriageRule:
                 quality_problems: tuple[str, ...] = (), mel_threshold: float | None = None) -> Verdict:
         """The verdict for one image ((C,) probabilities in CLASS_CODES order)."""
         if ood_level in REFUSED_LEVELS:
-            return Verdict("not_assessed", HEADLINES["not_assessed"], (ood_reason or "The image is not dermoscopy",), "")
+            return Verdict("not_assessed", HEADLINES["not_assessed"],
+                           (ood_reason or "The image is not dermoscopy", NOT_ASSESSED_NOTE), "")
         firing = self.firing(probs, mel_threshold)
         p = np.asarray(probs, dtype=np.float64)
         if firing:
@@ -103,6 +108,8 @@ class TriageRule:
             doubts.append(f"the model's uncertainty is {uncertainty_level}")
         if ood_level == "unusual":
             doubts.append("the image is unlike the training images")
+        if ood_level == "maybe_clinical_photo":
+            doubts.append("the image may be a camera photo, not dermoscopy")
         doubts.extend(quality_problems)
         if doubts:
             reasons = ("No malignant class reaches its referral threshold, but " + "; ".join(doubts)

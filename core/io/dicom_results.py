@@ -52,7 +52,7 @@ KINDS = {  # kind -> (series number, series description, modality)
     "findings": (9703, "LesionLens findings", "SR"),
     "history": (9704, "LesionLens lesion history", "SR"),
 }
-IMAGE_CHECKS = ("in", "unusual")  # core.decisions.ood levels that still get a diagnosis
+IMAGE_CHECKS = ("in", "unusual", "maybe_clinical_photo")  # core.decisions.ood levels that still get a diagnosis
 NO_UNITS = codes.UCUM.NoUnits
 
 
@@ -72,7 +72,8 @@ UNCERTAINTY = _code("UNCERTAINTY", "Uncertainty level")
 UNCERTAINTY_VALUES = {level: _code(level.upper(), f"{level.capitalize()} uncertainty") for level in LEVELS}
 IMAGE_CHECK = _code("IMAGE-CHECK", "Image check")
 IMAGE_CHECK_VALUES = {"in": _code("TYPICAL", "Typical dermoscopy image"),
-                      "unusual": _code("UNUSUAL", "Unusual image: interpret with care")}
+                      "unusual": _code("UNUSUAL", "Unusual image: interpret with care"),
+                      "maybe_clinical_photo": _code("MAYBE-CAMERA", "May be a camera photo: interpret with care")}
 
 
 VISITS = _code("VISITS", "Visits in the lesion history")

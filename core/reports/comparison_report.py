@@ -10,6 +10,7 @@ from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
 from core.data.classes import CLASS_BY_CODE
+from core.decisions.ood_levels import GREYED_HEADLINES, GREYED_LEVELS
 from core.analysis.followup import BEYOND, TABLE_COLUMNS, Comparison, table_text
 from core.reports.report import (_CONTENT_W, _HEADER_FILL, _HIGHLIGHT, _WARN_FILL, _heading, _images, ascii_safe,
                                  finish_document, start_document)
@@ -74,8 +75,8 @@ def build_comparison_pdf(*, panels: list[tuple[str, object]], comparison: Compar
         if result.diagnosis_shown:
             name = CLASS_BY_CODE[result.label].name
             line = f"{role}: most likely {name} ({result.label}) {100 * result.probs[result.label]:.1f} %"
-            if result.ood_level == "unusual":
-                line += f" - unusual image: {result.ood_reason}"
+            if result.ood_level in GREYED_LEVELS:
+                line += f" - {GREYED_HEADLINES[result.ood_level].lower()}: {result.ood_reason}"
         else:
             line = f"{role}: no diagnosis. {result.ood_reason}"
         _paragraph(pdf, line, warn=result.ood_level != "in")

@@ -27,7 +27,8 @@ from PIL import Image
 from core.data.classes import CLASS_BY_CODE, CLASSES
 from core.imaging.preprocess import as_rgb_u8
 from core.lesion.lesion_measurements import describe_measurements
-from core.decisions.ood_levels import REFUSED_LEVELS
+from core.decisions.ood_levels import GREYED_HEADLINES, GREYED_LEVELS, REFUSED_LEVELS
+from core.decisions.triage import HEADLINES, NOT_ASSESSED_NOTE, Verdict
 
 __all__ = ["DISCLAIMER", "REPORT_TITLE", "build_pdf_report", "ascii_safe"]
 
@@ -263,8 +264,8 @@ def build_pdf_report(
 
     ``probs`` maps class codes to probabilities (all seven listed; missing codes show 0 %), ``label`` is the top class
     code. ``ood_level`` (core.decisions.ood: in / unusual / clinical_photo / not_skin) with its one-sentence ``ood_reason``:
-    for clinical_photo and not_skin the report shows the image and the reason only (no class, probability, referral, CAM, measurement
-    or similar case); for unusual the reason is printed as a warning above the diagnosis. ``uncertainty_text``: the
+    for clinical_photo and not_skin the report shows the image and its verdict only ("no automated assessment: review
+    this lesion yourself" with the reason; no class, probability, referral, CAM, measurement or similar case); for unusual the reason is printed as a warning above the diagnosis. ``uncertainty_text``: the
     uncertainty level in words with its measured error rate. ``referral``: ``text`` (the rule's sentence), ``numbers``
     (the melanoma score and the threshold applied) and ``threshold_note`` (whose threshold it is: the model card's or
     the session's). ``verdict``: the triage verdict in words (core.decisions.triage.Verdict.text), printed first.
@@ -280,7 +281,8 @@ def build_pdf_report(
     if ood_level in REFUSED_LEVELS:
         _images(pdf, [("Uploaded image", image_rgb)])
         _heading(pdf, "No diagnosis")
-        _warning(pdf, ood_reason or "This does not look like a dermoscopic image of a skin lesion.")
+        _warning(pdf, verdict or Verdict("not_assessed", HEADLINES["not_assessed"], (
+            ood_reason or "This does not look like a dermoscopic image of a skin lesion.", NOT_ASSESSED_NOTE), "").text)
     else:
         panels = [("Dermoscopic image", image_rgb), ("Lesion segmentation", overlay_rgb)]
         if cam_rgb is not None:
@@ -330,9 +332,9 @@ def _diagnosis(pdf: FPDF, probs: Mapping[str, float], label: str, ood_level: str
         pdf.multi_cell(0, 5.5, ascii_safe(f"Triage: {verdict}"), border=1, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
         pdf.set_font("Helvetica", "", 9)
         pdf.ln(1)
-    if ood_level == "unusual":
-        _warning(pdf, "Unusual image: " + (ood_reason or "it is unlike the training images; the diagnosis is less "
-                                                         "reliable than the validation figures suggest."))
+    if ood_level in GREYED_LEVELS:
+        _warning(pdf, f"{GREYED_HEADLINES[ood_level]}: " + (ood_reason or "the diagnosis is less reliable than the "
+                                                                          "validation figures suggest."))
         pdf.ln(1)
     if quality_text:
         _warning(pdf, "Image quality: " + quality_text)
