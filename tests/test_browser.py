@@ -158,7 +158,7 @@ def test_every_page_in_a_real_browser(server, browser, data_dir, tmp_path):
 
 NAVIGATION = [("Home", "home"), ("Analyze", "biotech"), ("Dataset explorer", "photo_library"),
               ("Model performance", "monitoring"), ("Batch", "stacks"), ("Compare follow-up", "compare"),
-              ("Evaluate your data", "fact_check"), ("PACS", "lan"),
+              ("Lesion history", "timeline"), ("Evaluate your data", "fact_check"), ("PACS", "lan"),
               ("Audit", "history")]  # without sign-in the local user is the admin
 
 

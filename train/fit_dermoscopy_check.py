@@ -316,11 +316,12 @@ def fit_dermoscopy_check(data_dir: Path, card: dict, split: Split, cache: Path, 
                          c_grid: tuple[float, ...] = C_GRID, max_images: int = 0) -> tuple[DermoscopyCheck, dict]:
     """Fit, measure held out and return (the shipped check, the model card's `dermoscopy_check` section). card: the
     card being built (its classifier input); split: the model's; max_images > 0: at most that many samples per kind,
-    role and collection (tests)."""
+    role, collection and view (tests)."""
     started = time.time()
     samples, in_memory = all_samples(data_dir, split, seed)
     if max_images:
-        samples = samples.groupby(["kind", "role", "collection"], sort=False).head(max_images).reset_index(drop=True)
+        samples = samples.groupby(["kind", "role", "collection", "view"], sort=False).head(max_images)
+        samples = samples.reset_index(drop=True)  # every view: DermNet trains only on its views without the watermark
     x = features(samples, in_memory, card, cache)
     kind, view, role = samples["kind"].to_numpy(), samples["view"].to_numpy(), samples["role"].to_numpy()
     collection, group = samples["collection"].to_numpy(), samples["group"].to_numpy()
