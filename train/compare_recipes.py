@@ -20,23 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from core.analysis.metrics import balanced_accuracy, binary_auc, value_with_ci
+from core.analysis.metrics import balanced_accuracy, binary_auc, softmax_with_temperature, value_with_ci
 from core.data.acquisition import acquisition_sources
-from core.data.classes import CLASS_CODES
+from core.data.classes import CLASS_INDEX, MALIGNANT_CODES
 from core.data.datasets import SOURCES, load_manifest
 from core.data.splits import assign_splits
 from core.imaging.tta import ALL_VIEWS
 from train.network_outputs import load_network, split_outputs
 
-MALIGNANT = [CLASS_CODES.index(c) for c in ("akiec", "bcc", "mel")]
-MEL = CLASS_CODES.index("mel")
+MALIGNANT = [CLASS_INDEX[c] for c in MALIGNANT_CODES]
+MEL = CLASS_INDEX["mel"]
 
 
 def member_probabilities(logits: np.ndarray) -> np.ndarray:
     """(views, N, K) logits -> (N, K): the softmax averaged over the test-time views."""
-    z = logits - logits.max(-1, keepdims=True)
-    p = np.exp(z)
-    return (p / p.sum(-1, keepdims=True)).mean(0)
+    return softmax_with_temperature(logits, 1.0).mean(0)
 
 
 def specificity_at_sensitivity(is_positive: np.ndarray, score: np.ndarray, is_negative: np.ndarray,
@@ -44,7 +42,8 @@ def specificity_at_sensitivity(is_positive: np.ndarray, score: np.ndarray, is_ne
     """Share of negatives scored below the highest threshold that still calls `sensitivity` of the positives."""
     if not is_positive.any() or not is_negative.any():
         return None
-    threshold = np.quantile(score[is_positive], 1 - sensitivity, method="lower")
+    ranked = np.sort(score[is_positive])[::-1]
+    threshold = ranked[int(np.ceil(sensitivity * len(ranked))) - 1]
     return float((score[is_negative] < threshold).mean())
 
 
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         name, path = spec.split("=", 1)
         outputs = split_outputs({**base, "mask_cn": load_network(Path(path))}, rows, segmentation=False, views=ALL_VIEWS)
         probs[name] = member_probabilities(outputs["logits"])
-    labels = np.array([CLASS_CODES.index(d) for d in rows["dx"]])
+    labels = np.array([CLASS_INDEX[d] for d in rows["dx"]])
     result = compare(labels, rows["lesion_id"].to_numpy(), probs)
     summary = {"held_out": held_out, "splits": args.splits, "n_images": len(rows),
                "n_melanomas": int((labels == MEL).sum()), "members": dict(s.split("=", 1) for s in args.member),

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from core.data.datasets import SOURCES, load_manifest
 from core.models.precision import cpu_has_bf16
-from core.data.splits import apply_split_file, assign_splits
+from core.data.splits import split_by
 from core.io.weights_io import save_weights
 from train.autocast_policy import keep_depthwise_in_fp32
 from train.checkpoint import load_state, restore_rng, rng_state, save_state
@@ -171,7 +171,7 @@ def split_tables(cfg: dict) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The training rows and, per source, the validation rows of the stage (segmenters: rows with a mask)."""
     sources = tuple(s for s in cfg["sources"].split(",") if s)
     manifest = load_manifest(cfg["data_dir"], sources=tuple(s for s in sources if s in SOURCES) or SOURCES)
-    manifest = apply_split_file(manifest, cfg["split_file"]) if cfg["split_file"] else assign_splits(manifest, cfg["split_seed"])
+    manifest = split_by(manifest, cfg["split_seed"], cfg["split_file"])
     if cfg["stage"] in ("coarse_sn", "enhanced_sn"):
         manifest = manifest[manifest["mask_path"] != ""]
     train = manifest[manifest["split"] == "train"].reset_index(drop=True)

@@ -1,0 +1,33 @@
+"""train.compare_recipes: the held-out figures of training recipes and their paired differences."""
+import numpy as np
+
+from core.data.classes import CLASS_INDEX
+from train.compare_recipes import compare, member_probabilities, specificity_at_sensitivity
+
+MEL, NV = CLASS_INDEX["mel"], CLASS_INDEX["nv"]
+
+
+def test_specificity_at_90_percent_sensitivity_is_a_point_of_the_roc_curve():
+    positive = np.array([True] * 10 + [False] * 4)
+    score = np.array([0.9, 0.8, 0.8, 0.7, 0.7, 0.6, 0.6, 0.5, 0.5, 0.1, 0.2, 0.3, 0.55, 0.05])
+    # 9 of 10 melanomas are caught at >= 0.5; of the benign lesions 0.2, 0.3 and 0.05 lie below it
+    assert specificity_at_sensitivity(positive, score, ~positive) == 0.75
+    assert specificity_at_sensitivity(positive & False, score, ~positive) is None
+
+
+def test_a_member_compared_with_itself_differs_by_zero_and_a_better_ranking_by_more():
+    rng = np.random.default_rng(0)
+    labels = np.where(rng.uniform(size=200) < 0.3, MEL, NV)
+    noisy = np.zeros((200, 7))
+    noisy[:, MEL] = (labels == MEL) + rng.normal(0, 1.0, 200)
+    clean = np.zeros((200, 7))
+    clean[:, MEL] = (labels == MEL) + rng.normal(0, 0.2, 200)
+    logits = {"noisy": np.stack([noisy, noisy]), "same": np.stack([noisy, noisy]), "clean": np.stack([clean, clean])}
+    probs = {name: member_probabilities(v) for name, v in logits.items()}
+    assert np.allclose(probs["noisy"].sum(1), 1)
+    result = compare(labels, np.arange(200) // 2, probs, resamples=200)
+    same = result["same"]["difference_to_noisy"]["melanoma_auc"]
+    assert same["value"] == 0 and same["ci95"] == [0, 0]
+    better = result["clean"]["difference_to_noisy"]["melanoma_auc"]
+    assert better["value"] > 0.1 and better["ci95"][0] > 0
+    assert result["clean"]["melanoma_auc"]["value"] > result["noisy"]["melanoma_auc"]["value"]
