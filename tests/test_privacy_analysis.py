@@ -20,7 +20,6 @@ import io
 import logging
 import re
 import warnings
-import zlib
 from datetime import datetime, timezone
 
 import pytest
@@ -30,6 +29,7 @@ from core.analysis.cam import overlay_heatmap, overlay_mask
 from core.analysis.inference import Analyzer
 from core.io.intake import ImageRejected, load_image
 from core.reports.report import build_pdf_report
+from tests.pdf_support import streams
 from tests.test_privacy import assert_no_disk_writes
 
 FILE_NAME = "Doe_Jane_DOB-1961-07-04_MRN-884213_left-shoulder.jpg"
@@ -94,18 +94,7 @@ def _analyse_and_report(analyzer: Analyzer, data: bytes, note: str = "") -> byte
 
 def _pdf_texts(pdf: bytes) -> list[bytes]:
     """The raw PDF plus every stream it holds, inflated where it is Flate-compressed."""
-    texts = [pdf]
-    for match in re.finditer(rb"stream\r?\n", pdf):
-        start = match.end()
-        end = pdf.find(b"endstream", start)
-        if end < 0:
-            continue
-        body = pdf[start:end]
-        try:
-            texts.append(zlib.decompressobj().decompress(body))
-        except zlib.error:
-            texts.append(body)
-    return texts
+    return [pdf, *streams(pdf)]
 
 
 def _encodings(text: str) -> list[bytes]:

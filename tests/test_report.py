@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import io
 import re
-import zlib
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from pdf_support import streams
 
 from core.data.classes import CLASS_CODES
 from core.lesion.lesion_measurements import describe_measurements, measure_lesion
@@ -17,18 +18,6 @@ from core.reports.report import DISCLAIMER, REPORT_TITLE, ascii_safe, build_pdf_
 
 WHEN = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
 SECRET_NAME = "jane_doe_1961-04-02_IMG_4711.jpg"
-
-
-def streams(pdf: bytes) -> list[bytes]:
-    """All stream payloads of the PDF, inflated where they are Flate-compressed."""
-    out = []
-    for m in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S):
-        raw = m.group(1)
-        try:
-            out.append(zlib.decompress(raw))
-        except zlib.error:
-            out.append(raw)
-    return out
 
 
 def pdf_text(pdf: bytes) -> str:
