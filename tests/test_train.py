@@ -145,6 +145,28 @@ def test_mask_cn_trains_images_without_a_drawn_mask_on_coarse_sn_s_mask(tiny_run
     assert source_repeats(np.array(["isic2017", "acral", "x"]), "isic2017=2, acral=4") .tolist() == [2, 4, 1]
 
 
+def test_a_left_out_acral_contributor_is_in_neither_training_nor_validation(data_dir):
+    """--leave-out acral_imperial: that clinic's images are gone from training and validation, every other image
+    keeps the split it has in the full data (the split is drawn before leaving out), and a name that is no
+    acquisition source is refused."""
+    from core.data.acquisition import acquisition_sources
+
+    args = ["--stage", "mask_cn", "--data-dir", str(data_dir), "--sources", "ham10000,isic2017,acral"]
+    full_train, full_val = train_stage.split_tables(train_stage.parse_args(args))
+    train, val = train_stage.split_tables(train_stage.parse_args([*args, "--leave-out", "acral_imperial"]))
+    contributor = acquisition_sources(full_train, data_dir, acral_contributors=True)
+    imperial = set(full_train.loc[contributor == "acral_imperial", "image_id"])
+    assert len(imperial) > 300 and not imperial & set(train["image_id"])
+    assert set(train["image_id"]) == set(full_train["image_id"]) - imperial
+    kept_val = acquisition_sources(val["acral"], data_dir, acral_contributors=True)
+    full_val_acral = acquisition_sources(full_val["acral"], data_dir, acral_contributors=True)
+    assert "acral_imperial" not in set(kept_val) and "acral_imperial" in set(full_val_acral)
+    assert set(val["acral"]["image_id"]) == set(full_val["acral"].loc[full_val_acral != "acral_imperial", "image_id"])
+    assert val["ham10000"]["image_id"].tolist() == full_val["ham10000"]["image_id"].tolist()
+    with pytest.raises(SystemExit, match="no such acquisition source"):
+        train_stage.split_tables(train_stage.parse_args([*args, "--leave-out", "acral_nowhere"]))
+
+
 def test_mask_cn_cutmix_moves_the_mask_channel_with_the_image_and_mixes_the_labels(tiny_runs, data_dir):
     """--cutmix-p: the training batch's mask channel changes only where the image got the partner's box, and the
     target carries both labels and the kept share, which the loss uses (it differs from the unmixed loss)."""

@@ -155,6 +155,10 @@ def test_acquisition_sources_of_the_real_data():
     ham = manifest["source"] == "ham10000"
     assert (sources[~ham] == manifest.loc[~ham, "source"]).all()  # isic2017, acral: one source each
     assert sources[ham].value_counts()["vidir_molemax"] == 3954
+    by_contributor = acquisition_sources(manifest, DATA_DIR, acral_contributors=True)
+    acral = manifest["source"] == "acral"
+    assert (by_contributor[~acral] == sources[~acral]).all()
+    assert by_contributor[acral].value_counts().to_dict() == {"acral_imperial": 896, "acral_ids": 665, "acral_other": 42}
     broken = manifest[ham].head(3).assign(image_id="ISIC_nonexistent")
     with pytest.raises(ValueError, match="no acquisition source"):
         acquisition_sources(pd.concat([manifest[ham].head(2), broken]), DATA_DIR)

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--weights", type=Path, default=Path("weights"), help="where coarse-SN and enhanced-SN are")
-    parser.add_argument("--held-out", required=True, help="acquisition source(s), comma-separated, e.g. acral")
+    parser.add_argument("--held-out", required=True, help="acquisition source(s), comma-separated, e.g. acral or "
+                        "one acral contributor (acral_imperial)")
     parser.add_argument("--splits", default="val,test", help="which of the held-out source's splits to score "
                         "(train too when no member trained on the source)")
     parser.add_argument("--member", action="append", required=True, help="NAME=mask-CN weight file (first = baseline)")
@@ -109,8 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     held_out = [s for s in args.held_out.split(",") if s]
     manifest = assign_splits(load_manifest(args.data_dir, SOURCES), args.split_seed)
+    by_contributor = acquisition_sources(manifest, args.data_dir, acral_contributors=True)
     manifest["acquisition"] = acquisition_sources(manifest, args.data_dir)
-    rows = manifest[manifest["acquisition"].isin(held_out) & manifest["split"].isin(args.splits.split(","))]
+    rows = manifest[(manifest["acquisition"].isin(held_out) | by_contributor.isin(held_out)) & manifest["split"].isin(args.splits.split(","))]
     rows = rows.reset_index(drop=True)
     if rows.empty:
         sys.exit(f"no images of {held_out} in splits {args.splits}")

@@ -46,6 +46,7 @@ import pandas as pd
 import torch
 
 from core.analysis.metrics import bootstrap_interval, wilson_interval
+from core.data.acquisition import ACRAL_CONTRIBUTORS, ACRAL_OTHER
 from core.decisions.dermoscopy_check import KINDS, DermoscopyCheck, kinds_at
 from core.decisions.model_card import read_card_json
 from core.io.weights_io import save_weights
@@ -71,8 +72,6 @@ BATCH = 64
 CHECK_FILE = "dermoscopy_check.safetensors"
 SCORES_FILE = "held_out_scores.csv"   # beside the feature cache: every held-out P(dermoscopy), for the contact sheet
 DERMOSCOPY_SOURCES = ("vidir_molemax", "vidir_modern", "rosendahl", "vienna_dias", "isic2017")
-ACRAL_CONTRIBUTORS = {"Imperial College London": "acral_imperial", "International Dermoscopy Society": "acral_ids"}
-ACRAL_OTHER = "acral_other"     # the contributors with fewer than 100 images, held out together
 # Held out and reported, but not binding the threshold: the shipped check holds acral dermoscopy of five contributors,
 # so a new acral clinic is one contributor held out, not all acral at once.
 REPORTED_ONLY = ("acral_all",)

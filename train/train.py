@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from core.data.acquisition import acquisition_sources
 from core.data.datasets import SOURCES, load_manifest
 from core.models.precision import cpu_has_bf16
 from core.data.splits import split_by
@@ -43,6 +44,9 @@ CONFIG = dict(
     data_dir=os.environ.get("DATA_DIR", "../shared/data"),
     sources="ham10000,isic2017",  # datasets to train on (each source's val split is validated separately): any of
                                  # ham10000, isic2017, acral
+    leave_out="",                # acquisition sources (core.data.acquisition, acral contributors included, e.g.
+                                 # acral_imperial) left out of training and validation: a clinic the run never sees,
+                                 # for choosing recipes held out (train.compare_recipes)
     split_file="",               # a train.splits CSV; empty = the deterministic default split (split_seed)
     split_seed=42,
     out_dir="",                  # default runs/<stage>
@@ -172,6 +176,13 @@ def split_tables(cfg: dict) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     sources = tuple(s for s in cfg["sources"].split(",") if s)
     manifest = load_manifest(cfg["data_dir"], sources=tuple(s for s in sources if s in SOURCES) or SOURCES)
     manifest = split_by(manifest, cfg["split_seed"], cfg["split_file"])
+    if cfg["leave_out"]:  # after the split, so that every other image keeps the split of the full data
+        left_out = acquisition_sources(manifest, cfg["data_dir"], acral_contributors=True)
+        unknown = set(cfg["leave_out"].split(",")) - set(left_out)
+        if unknown:
+            raise SystemExit(f"--leave-out {sorted(unknown)}: no such acquisition source among the training data's "
+                             f"({', '.join(sorted(set(left_out)))})")
+        manifest = manifest[~left_out.isin(cfg["leave_out"].split(","))]
     if cfg["stage"] in ("coarse_sn", "enhanced_sn"):
         manifest = manifest[manifest["mask_path"] != ""]
     train = manifest[manifest["split"] == "train"].reset_index(drop=True)

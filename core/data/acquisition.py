@@ -20,13 +20,25 @@ SOURCE_NAMES = {
     "acral": "ISIC Archive acral: palms, soles, nails (five contributors)",
 }
 HAM_METADATA = Path("ham10000") / "HAM10000_metadata.csv"
+ACRAL_LABELS = Path("acral") / "labels.csv"
+# Each acral contributor is a clinic of its own: holding one out is "a new acral clinic", all acral at once is not.
+ACRAL_CONTRIBUTORS = {"Imperial College London": "acral_imperial", "International Dermoscopy Society": "acral_ids"}
+ACRAL_OTHER = "acral_other"  # the contributors with fewer than 100 images, held out together
 
 
-def acquisition_sources(manifest: pd.DataFrame, data_dir: str | os.PathLike) -> pd.Series:
+def acquisition_sources(manifest: pd.DataFrame, data_dir: str | os.PathLike,
+                        acral_contributors: bool = False) -> pd.Series:
     """The acquisition source of every manifest row: HAM10000's `dataset` value (read from DATA_DIR's metadata CSV),
-    the manifest's own `source` otherwise ('isic2017', 'acral'). Raises ValueError when a HAM10000 row has
+    the manifest's own `source` otherwise ('isic2017', 'acral'); with `acral_contributors`, an acral row's
+    contributor instead (ACRAL_CONTRIBUTORS, else ACRAL_OTHER). Raises ValueError when a HAM10000 row has
     no source in the metadata (an old metadata file without the `dataset` column)."""
     out = manifest["source"].astype(str).copy()
+    acral = manifest["source"] == "acral"
+    if acral_contributors and acral.any():
+        labels = pd.read_csv(Path(data_dir) / ACRAL_LABELS, usecols=["image_id", "source"], dtype=str,
+                             keep_default_na=False).drop_duplicates("image_id").set_index("image_id")["source"]
+        contributor = manifest.loc[acral, "image_id"].map(labels)
+        out[acral] = contributor.map(ACRAL_CONTRIBUTORS).fillna(ACRAL_OTHER)
     ham = manifest["source"] == "ham10000"
     if ham.any():
         metadata = pd.read_csv(Path(data_dir) / HAM_METADATA, usecols=lambda c: c in ("image_id", "dataset"))
