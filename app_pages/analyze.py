@@ -9,6 +9,8 @@ import streamlit as st
 
 from core.data.classes import CLASS_CODES, MALIGNANT_CODES
 from core.decisions.ood_levels import GREYED_HEADLINES, GREYED_LEVELS
+from core.decisions.triage import HEADLINES
+from core.decisions.view_spread import range_sentence
 from core.io.dicom_input import read_dicom
 from core.io.image_limits import is_dicom
 from core.io.intake import FILE_EXTENSIONS, SUPPORTED_TEXT, ImageRejected, load_image
@@ -126,8 +128,20 @@ def verdict_ui(parent, r) -> None:
     verdict, referral = verdict_of(r), referral_of(r)
     kind, icon = VERDICT_ALERTS[verdict.level]
     body = verdict.because + (f"  \n{verdict.evidence}" if verdict.evidence else "")
+    if r.level_without_context not in (None, verdict.level) and not referral.session:
+        body += (f"  \nWithout the patient context entered above the verdict would be "
+                 f"“{HEADLINES[r.level_without_context]}”: the context decides this call.")
     getattr(parent, kind)(f"**{verdict.headline}.** {body}  \n{referral.numbers} ({referral.threshold_note}).",
                           icon=icon)
+
+
+def spread_note(r) -> str:
+    """Why a confident top class can still be uncertain: its test-time views disagree."""
+    top_code, top_p = r.top3[0]
+    if r.uncertainty_level == "low" or r.view_probs is None or top_p < 0.9:
+        return ""
+    return (f" {r.uncertainty_level.capitalize()} although the top class has {top_p:.1%}: "
+            f"{range_sentence(r.view_probs, top_code)}.")
 
 
 def header_ui(r, name: str, example: dict | None) -> None:
@@ -153,7 +167,7 @@ def header_ui(r, name: str, example: dict | None) -> None:
         c3.metric("Uncertainty", r.uncertainty_level, help="From the disagreement of the test-time views or the "
                   "probabilities (the model card's uncertainty score), cut into three levels that hold in every "
                   "source they were fitted on; the error rate quoted is measured on sources they were fitted without.")
-        st.caption(r.uncertainty_text)
+        st.caption(r.uncertainty_text + spread_note(r))
         if r.prediction_set:
             st.caption(prediction_set_text(r.prediction_set, model_card()))
         if r.context_used:

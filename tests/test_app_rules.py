@@ -120,6 +120,10 @@ def test_verdict_agrees_on_every_surface_and_follows_the_session_threshold(app, 
     note = f"your session's threshold {threshold:.3f}; the model card's is {card_threshold:.3f}"
     at = _analyze(at, image.name, image.read_bytes())
     check(at, not refers, flipped, note)
+    # the verdict quotes the operating point of the threshold in use, not the card's held-out figures
+    shown = _verdict_alert(at)
+    assert f"At your session's melanoma threshold {threshold:.3f}, the melanoma rule referred" in shown, shown
+    assert "At clinics the model was not trained on" not in shown
     at = _batch(at, [(image.name, image.read_bytes(), "image/jpeg")])
     table = dataframe(at, "thumbnail")
     assert list(table["refer"]) == ["no" if refers else "yes"] and list(table["triage"]) == [HEADLINES[flipped]]

@@ -104,6 +104,10 @@ def test_analyzer_applies_a_shipped_context_head_only_to_given_context(repo_root
     assert given.context_used and not empty.context_used
     assert given.probs["bcc"] > 2 * plain.probs["bcc"]
     assert empty.probs == plain.probs and empty.label == plain.label
+    # the result knows the verdict the image alone gets, so the screen can say when the context decides the call
+    assert given.level_without_context == plain.triage.level and empty.level_without_context is None
+    assert given.view_probs.shape == (with_head.rule.views, len(CLASS_CODES))
+    assert np.allclose(given.view_probs.mean(0), list(given.probs.values()))
 
 
 def test_context_head_is_used_only_with_a_gain_beyond_noise_and_calibrated_probabilities(ham_split, monkeypatch):

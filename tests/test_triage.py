@@ -48,7 +48,40 @@ def test_a_malignant_top_class_is_referred_even_when_melanoma_is_low():
     """The old screen showed 'akiec 86.6 %' beside 'below the referral threshold': now a BCC / AKIEC refers too."""
     v = RULE.verdict(probs_with(akiec=0.866, mel=0.001), "low", "in")
     assert v.level == "refer" and v.firing == ("akiec",)
-    assert "86.6%" in v.text and "88% of melanomas" in v.text
+    assert "86.6%" in v.text and "referred 90% of malignant lesions, and 40% of benign lesions too" in v.text
+    assert "outranks" not in v.text  # the referred class is the top class: nothing to explain
+
+
+def test_a_referral_says_why_it_outranks_a_benign_top_class():
+    """The screen showed a red Refer above a large 'Melanocytic nevus 55 %': the verdict now says why."""
+    v = RULE.verdict(probs_with(nv=0.55, bcc=0.06, mel=0.001, akiec=0.001), "low", "in")
+    assert v.level == "refer" and v.firing == ("bcc",)
+    assert "outranks the most likely class, melanocytic nevus (55.0%)" in v.text
+    assert "refer 90% of malignant lesions at clinics the model was not trained on" in v.text
+
+
+def test_a_call_inside_the_spread_of_the_test_time_views_is_marked_as_noise():
+    """Views on both sides of a threshold: the call is within its noise, referred or not; views all on one side: no
+    mark. Only the malignant classes' thresholds count."""
+    p = probs_with(nv=0.9, bcc=0.052, mel=0.001, akiec=0.001)
+    views = np.tile(p, (8, 1))
+    views[:4, CLASS_INDEX["bcc"]], views[4:, CLASS_INDEX["bcc"]] = 0.031, 0.073
+    v = RULE.verdict(p, "low", "in", view_probs=views)
+    assert v.level == "refer" and v.borderline == ("bcc",)
+    assert "within the noise of its threshold" in v.text and "from 3.1% to 7.3%, on both sides of its 5.0%" in v.text
+    below = probs_with(nv=0.95, bcc=0.045, mel=0.001, akiec=0.001)
+    assert RULE.verdict(below, "low", "in", view_probs=views).borderline == ("bcc",)
+    steady = np.tile(p, (8, 1))
+    assert RULE.verdict(p, "low", "in", view_probs=steady).borderline == ()
+    assert "noise" not in RULE.verdict(p, "low", "in").text  # one view: no spread to judge
+
+
+def test_each_verdict_quotes_one_held_out_figure_and_none_under_another_threshold():
+    review = RULE.verdict(probs_with(nv=0.95, mel=0.001, bcc=0.001, akiec=0.001), "moderate", "in")
+    assert review.evidence.count("%") == 1 and "20.0% of the images sent to review" in review.evidence
+    p = probs_with(mel=0.1, bcc=0.001, akiec=0.001)
+    assert RULE.verdict(p, "low", "in").evidence and RULE.verdict(p, "low", "in", mel_threshold=0.02).evidence
+    assert RULE.verdict(p, "low", "in", mel_threshold=0.05).evidence == ""  # the card's figures are not its figures
 
 
 def test_refer_wins_over_uncertainty_and_unusual():

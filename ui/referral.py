@@ -4,14 +4,16 @@ Analyze, Batch and the PDF read the threshold and the verdict here, so they alwa
 whose threshold it is."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import streamlit as st
 
+from core.analysis.metrics import sensitivity_specificity_at
 from core.data.classes import CLASS_CODES
+from core.decisions.image_quality import CHECK_KINDS
 from core.decisions.referral import BELOW_TEXT, REFER_TEXT, ReferralRule
 from core.decisions.triage import TriageRule, Verdict
-from ui.model_files import model_card
+from ui.model_files import model_card, test_predictions
 
 SESSION_THRESHOLD = "referral_threshold"  # plain session state: survives page switches; None / absent = the card's
 
@@ -79,21 +81,37 @@ def referral_of(result, threshold: float | None = None) -> Referral:
 
 def verdict_of(result) -> Verdict:
     """The triage verdict of a core.analysis.inference.AnalysisResult with the session's melanoma threshold (the card's
-    verdict, result.triage, when the session has none)."""
+    verdict, result.triage, when the session has none), quoting the operating point of the threshold in use."""
     threshold = session_threshold()
     if (threshold is None or threshold == result.referral_threshold) and result.triage is not None:
         return result.triage
-    return TriageRule.from_card(model_card()).verdict(
+    verdict = TriageRule.from_card(model_card()).verdict(
         [result.probs[c] for c in CLASS_CODES], result.uncertainty_level, result.ood_level, result.ood_reason,
-        mel_threshold=threshold)
+        tuple(CHECK_KINDS[name].phrase for name in result.quality), mel_threshold=threshold,
+        view_probs=result.view_probs)
+    if verdict.level == "not_assessed" or threshold is None:
+        return verdict
+    return replace(verdict, evidence=session_operating_point(threshold))
+
+
+def session_operating_point(threshold: float) -> str:
+    """What the melanoma rule does at the session's `threshold`, measured on the test predictions (the only images
+    scored at every threshold; the held-out figures hold for the card's thresholds alone)."""
+    table = test_predictions()
+    if table is None or "mel_score" not in table:
+        return (f"No figures exist for your session's melanoma threshold {threshold_text(threshold)}: the held-out "
+                "figures hold for the model card's thresholds only.")
+    score, is_mel = table["mel_score"].to_numpy(dtype=float), (table["dx"] == "mel").to_numpy()
+    sensitivity, specificity = sensitivity_specificity_at(score, is_mel, threshold)
+    return (f"At your session's melanoma threshold {threshold_text(threshold)}, the melanoma rule referred "
+            f"{sensitivity:.0%} of the melanomas and {1 - specificity:.0%} of the other lesions of the test images "
+            f"(clinics the model was trained on; the held-out figures hold for the model card's thresholds only).")
 
 
 def operating_points(table, test_sets: dict[str, str], sources: dict[str, str], threshold: float) -> dict[str, dict]:
     """Per test set (label -> ...) of the test predictions: melanoma / other counts, sensitivity, specificity and
     share referred at `threshold`, and the ROC curve of the melanoma score (Model performance, referral tab)."""
     from sklearn.metrics import roc_curve
-
-    from core.analysis.metrics import sensitivity_specificity_at
 
     points = {}
     for test_set, label in test_sets.items():

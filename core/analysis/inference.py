@@ -78,6 +78,8 @@ class AnalysisResult:
     cam_class: str | None = None
     context_used: bool = False       # the probabilities include the card's patient-context shift
     triage: Verdict | None = None    # the one verdict at the top of the result (core.decisions.triage, card thresholds)
+    view_probs: np.ndarray | None = None  # (V, C) each test-time view's own probabilities (None: one view)
+    level_without_context: str | None = None  # the verdict's level had the patient context not been used
     prediction_set: list[str] = field(default_factory=list)  # conformal set (core.decisions.conformal), most probable first
     quality: tuple[str, ...] = ()    # the image-quality checks that fired (core.decisions.image_quality.CHECK_KINDS names)
     quality_text: str = ""           # one sentence saying which ("" when none fired)
@@ -252,16 +254,24 @@ class Analyzer:
         lap("networks")
         logits = out["logits"].cpu().numpy()
         probs = self.rule.probabilities(logits, shift)[0]
+        view_probs = self._view_probabilities(logits, shift)
         mask = _to_input_mask(out["enhanced"], box, height, width)
         coarse_mask = _to_input_mask(out["coarse"], box, height, width)
         ood = self._ood(out["pooled"], cls_x, cls_small)
         similar = self.cases.nearest(out["pooled"], self.similar_cases) if self.cases is not None else None
-        score = self._uncertainty_score(logits, probs, out["pooled"], shift)
+        score = self._uncertainty_score(view_probs, probs, out["pooled"])
         level = self.uncertainty.level(score)
         mel_score = float(self.referral.score_of(probs))
         lap("rules")
         quality = self.quality_checks.assess(rgb, mask, box) if ood.level not in REFUSED_LEVELS else None
         fired = quality.fired if quality is not None else ()
+        problems = tuple(CHECK_KINDS[name].phrase for name in fired)
+        triage = self.triage.verdict(probs, level, ood.level, ood.reason, problems, view_probs=view_probs)
+        level_without_context = None
+        if shift is not None:  # the same image without the context: does the context decide the verdict?
+            plain, plain_views = self.rule.probabilities(logits)[0], self._view_probabilities(logits, None)
+            plain_level = self.uncertainty.level(self._uncertainty_score(plain_views, plain, out["pooled"]))
+            level_without_context = self.triage.verdict(plain, plain_level, ood.level, ood.reason, problems).level
         lap("quality")
         result = AnalysisResult(
             mask=mask, coarse_mask=coarse_mask, probs={c: float(p) for c, p in zip(CLASS_CODES, probs)},
@@ -269,9 +279,8 @@ class Analyzer:
             referral_threshold=self.referral.threshold, uncertainty_score=score, uncertainty_level=level,
             uncertainty_text=self.uncertainty.sentence(level), ood_level=ood.level, ood_score=ood.score,
             ood_reason=ood.reason, measurements=_measure(mask, rgb, mm_per_pixel), similar=similar,
-            context_used=shift is not None, timings=timings,
-            triage=self.triage.verdict(probs, level, ood.level, ood.reason,
-                                       tuple(CHECK_KINDS[name].phrase for name in fired)),
+            context_used=shift is not None, timings=timings, triage=triage, view_probs=view_probs,
+            level_without_context=level_without_context,
             prediction_set=self.prediction_sets.classes(probs) if self.prediction_sets is not None else [],
             quality=fired, quality_text=quality.sentence if quality is not None else "")
         lap("measurements")
@@ -292,14 +301,20 @@ class Analyzer:
         return self.ood_detector.assess(self.ood_detector.scores(pooled.cpu(), generic, [chroma(cls_small)], case_distance,
                                                                  [picture_measures(cls_small)]))
 
-    def _uncertainty_score(self, logits: np.ndarray, probs: np.ndarray, pooled: torch.Tensor, shift) -> float:
+    def _view_probabilities(self, logits: np.ndarray, shift) -> np.ndarray | None:
+        """(V, C): each test-time view's probabilities under the decision rule (None for a single view)."""
+        if len(logits) < 2:
+            return None
+        single = self.rule.single_view()
+        return np.stack([single.probabilities(v[None], shift)[0] for v in logits])
+
+    def _uncertainty_score(self, view_probs: np.ndarray | None, probs: np.ndarray, pooled: torch.Tensor) -> float:
         """The card's uncertainty score for one image (see core.decisions.uncertainty)."""
         name = self.uncertainty.score
         if name == "knn_distance":
             return float(self.cases.knn_distance(pooled, self.knn_k)[0])
-        single = self.rule.single_view()
-        view_probs = np.stack([single.probabilities(v[None], shift) for v in logits]) if len(logits) > 1 else None
-        return float(probability_scores(probs[None], view_probs)[name][0])
+        views = None if view_probs is None else view_probs[:, None, :]
+        return float(probability_scores(probs[None], views)[name][0])
 
     def _cam(self, x4: torch.Tensor, class_maps: torch.Tensor | None, class_index: int, method: str,
              size: tuple[int, int], box: Box, progress=None) -> np.ndarray:

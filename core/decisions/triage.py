@@ -10,8 +10,11 @@ and the image-quality checks combined in a fixed order of precedence (the more s
                  an unusual image or one that may be a camera photo, or an image-quality check fired. "Not reassuring", not "benign".
 4. no_referral   below every referral threshold, uncertainty low, typical image, no quality problem.
 
-Every verdict quotes what the rule did at clinics the model was not trained on (held-out sources: the card's
-`triage.out_of_source`), so the sentence states its own reliability.
+Every verdict quotes one figure of what it did at clinics the model was not trained on (held-out sources: the
+card's `triage.out_of_source`), so the sentence states its own reliability; under a melanoma threshold other than the
+card's those figures do not apply and none is quoted here (the screens quote that threshold's own operating point).
+A referral says why it outranks a benign top class, and a call whose threshold lies within the spread of the
+test-time views (core.decisions.view_spread) is marked as within the noise of that threshold.
 """
 from __future__ import annotations
 
@@ -19,9 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.data.classes import CLASS_BY_CODE, CLASS_INDEX, MALIGNANT_CODES
+from core.data.classes import CLASS_BY_CODE, CLASS_CODES, CLASS_INDEX, MALIGNANT_CODES
 from core.decisions.model_card import ModelCard
 from core.decisions.ood_levels import GREYED_LEVELS, REFUSED_LEVELS
+from core.decisions.view_spread import range_sentence, straddled
 
 VERDICTS = ("not_assessed", "refer", "review", "no_referral")
 # Why a refusal is no reassurance, said with every refused image.
@@ -42,6 +46,7 @@ class Verdict:
     reasons: tuple[str, ...]    # why, most important first
     evidence: str               # what this verdict did at clinics the model was not trained on ("" when unknown)
     firing: tuple[str, ...] = ()  # malignant classes at or above their referral threshold
+    borderline: tuple[str, ...] = ()  # malignant classes whose threshold lies within the test-time views' spread
 
     @property
     def because(self) -> str:
@@ -68,13 +73,14 @@ class TriageRule:
         if bad:
             raise ValueError(f"triage thresholds must be probabilities in [0, 1]: {bad}")
 
+    def limits(self, mel_threshold: float | None = None) -> dict[str, float]:
+        """Each malignant class's threshold; `mel_threshold` replaces melanoma's (e.g. a session's own)."""
+        return {**self.thresholds, **({"mel": float(mel_threshold)} if mel_threshold is not None else {})}
+
     def firing(self, probs, mel_threshold: float | None = None) -> tuple[str, ...]:
-        """The malignant classes whose probability reaches their threshold ((C,) probabilities; `mel_threshold`
-        replaces melanoma's, e.g. a session's own)."""
+        """The malignant classes whose probability reaches their threshold ((C,) probabilities)."""
         p = np.asarray(probs, dtype=np.float64)
-        limits = dict(self.thresholds)
-        if mel_threshold is not None:
-            limits["mel"] = float(mel_threshold)
+        limits = self.limits(mel_threshold)
         return tuple(c for c in MALIGNANT_CODES if c in limits and p[CLASS_INDEX[c]] >= limits[c])
 
     def levels(self, probs: np.ndarray, uncertainty_levels, ood_levels, quality_flags=None) -> np.ndarray:
@@ -91,18 +97,31 @@ class TriageRule:
         return np.where(refused, "not_assessed", np.where(refer, "refer", np.where(doubtful, "review", "no_referral")))
 
     def verdict(self, probs, uncertainty_level: str, ood_level: str, ood_reason: str = "",
-                quality_problems: tuple[str, ...] = (), mel_threshold: float | None = None) -> Verdict:
-        """The verdict for one image ((C,) probabilities in CLASS_CODES order)."""
+                quality_problems: tuple[str, ...] = (), mel_threshold: float | None = None,
+                view_probs: np.ndarray | None = None) -> Verdict:
+        """The verdict for one image ((C,) probabilities in CLASS_CODES order; `view_probs`: (V, C), each test-time
+        view's own probabilities, which mark a call within the noise of its threshold)."""
         if ood_level in REFUSED_LEVELS:
             return Verdict("not_assessed", HEADLINES["not_assessed"],
                            (ood_reason or "The image is not dermoscopy", NOT_ASSESSED_NOTE), "")
-        firing = self.firing(probs, mel_threshold)
         p = np.asarray(probs, dtype=np.float64)
+        limits = self.limits(mel_threshold)
+        firing = self.firing(p, mel_threshold)
+        borderline = straddled(view_probs, {c: t for c, t in limits.items() if c in MALIGNANT_CODES})
+        noise = tuple(f"A call within the noise of its threshold: {range_sentence(view_probs, c)}, on both sides of "
+                      f"its {limits[c]:.1%}" for c in borderline)
+        card_figures = mel_threshold is None or mel_threshold == self.thresholds.get("mel")
         if firing:
-            limits = {**self.thresholds, **({"mel": mel_threshold} if mel_threshold is not None else {})}
             reasons = tuple(f"{CLASS_BY_CODE[c].name} {p[CLASS_INDEX[c]]:.1%} reaches its referral threshold "
                             f"({limits[c]:.1%}): consider dermoscopic follow-up, biopsy or excision" for c in firing)
-            return Verdict("refer", HEADLINES["refer"], reasons, self.evidence("refer"), firing)
+            top = CLASS_CODES[int(p.argmax())]
+            if top not in firing:
+                reasons += (f"This outranks the most likely class, {CLASS_BY_CODE[top].name.lower()} "
+                            f"({p[CLASS_INDEX[top]]:.1%}): the referral thresholds are set low enough to refer "
+                            f"{self.target_sensitivity:.0%} of malignant lesions at clinics the model was not trained "
+                            "on, so a malignant class is referred long before it is the most likely",)
+            return Verdict("refer", HEADLINES["refer"], reasons + noise,
+                           self.evidence("refer") if card_figures else "", firing, borderline)
         doubts = []
         if uncertainty_level != "low":
             doubts.append(f"the model's uncertainty is {uncertainty_level}")
@@ -114,23 +133,24 @@ class TriageRule:
         if doubts:
             reasons = ("No malignant class reaches its referral threshold, but " + "; ".join(doubts)
                        + ": the result is not reassuring",)
-            return Verdict("review", HEADLINES["review"], reasons, self.evidence("review"))
+            return Verdict("review", HEADLINES["review"], reasons + noise,
+                           self.evidence("review") if card_figures else "", borderline=borderline)
         return Verdict("no_referral", HEADLINES["no_referral"],
                        ("Every malignant class is below its referral threshold, uncertainty is low and the image is "
-                        "typical of the training data",), self.evidence("no_referral"))
+                        "typical of the training data",) + noise,
+                       self.evidence("no_referral") if card_figures else "", borderline=borderline)
 
     def evidence(self, level: str) -> str:
-        """What this verdict did on held-out sources, in words ('' when the card has no such figures)."""
+        """One figure of what this verdict did on held-out sources, in words ('' when the card has none)."""
         figures = (self.out_of_source or {}).get(level)
         if not figures:
             return ""
         if level == "refer":
-            return (f"At clinics the model was not trained on, this rule referred {figures['melanoma_sensitivity']:.0%} "
-                    f"of melanomas and {figures['malignant_sensitivity']:.0%} of all malignant lesions, and "
-                    f"{1 - figures['benign_specificity']:.0%} of benign lesions.")
+            return (f"At clinics the model was not trained on, this rule referred {figures['malignant_sensitivity']:.0%}"
+                    f" of malignant lesions, and {1 - figures['benign_specificity']:.0%} of benign lesions too.")
         if level == "review":
-            return (f"At clinics the model was not trained on, {figures['malignant_share']:.0%} of the images sent to "
-                    f"review were malignant and the top prediction was wrong {figures['error_rate']:.0%} of the time.")
+            return (f"At clinics the model was not trained on, {figures['malignant_share']:.1%} of the images sent to "
+                    "review were malignant.")
         return (f"At clinics the model was not trained on, {figures['malignant_share']:.1%} of the images given this "
                 f"verdict were malignant: it does not rule malignancy out.")
 
