@@ -70,6 +70,19 @@ def test_the_card_holds_every_rule_and_verifiable_files(tiny_card):
     assert "gain_ci95" in card["patient_context"]
 
 
+def test_the_card_names_the_data_mask_cn_was_trained_on(tmp_path):
+    """The training-data line comes from the mask-CN run's own config, so a fine-tune on more sources says so."""
+    from train.model_card import classification_data
+
+    (tmp_path / "mask_cn").mkdir()
+    history = tmp_path / "mask_cn" / "history.json"
+    history.write_text(json.dumps({"config": {"sources": "ham10000,isic2017,acral", "leave_out": ""}, "history": []}))
+    assert classification_data(tmp_path).startswith("HAM10000 train + ISIC 2017 train (85 %) + ISIC Archive acral")
+    history.write_text(json.dumps({"config": {"sources": "ham10000,acral", "leave_out": "acral_imperial"}}))
+    assert "ISIC 2017" not in classification_data(tmp_path)
+    assert classification_data(tmp_path).endswith("without acral_imperial, CC BY-NC 4.0")
+
+
 def test_predictions_csv_applies_the_cards_rules(tiny_card):
     weights, card = tiny_card
     rows = pd.read_csv(weights / "test_predictions.csv")

@@ -145,6 +145,17 @@ def test_mask_cn_trains_images_without_a_drawn_mask_on_coarse_sn_s_mask(tiny_run
     assert source_repeats(np.array(["isic2017", "acral", "x"]), "isic2017=2, acral=4") .tolist() == [2, 4, 1]
 
 
+def test_a_preset_sets_the_defaults_and_the_command_line_wins(tmp_path, repo_root):
+    preset = repo_root / "train" / "presets" / "mask_cn_acral_finetune.toml"
+    cfg = train_stage.parse_args(["--config", str(preset), "--epochs", "3"])
+    assert cfg["sources"] == "ham10000,isic2017,acral" and cfg["lr"] == 1e-4 and cfg["epochs"] == 3
+    assert "config" not in cfg  # the run's history.json records the settings, not where they came from
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlearning_rate = 0.1\n")
+    with pytest.raises(SystemExit):
+        train_stage.parse_args(["--config", str(bad)])
+
+
 def test_a_left_out_acral_contributor_is_in_neither_training_nor_validation(data_dir):
     """--leave-out acral_imperial: that clinic's images are gone from training and validation, every other image
     keeps the split it has in the full data (the split is drawn before leaving out), and a name that is no

@@ -67,6 +67,20 @@ def prediction_rows(tables, probs, referral, levels, scores, detector, outputs, 
     return pd.concat(parts, ignore_index=True)
 
 
+TRAINING_DATA = {"ham10000": "HAM10000 train", "isic2017": "ISIC 2017 train (85 %)",
+                 "acral": "ISIC Archive acral train (70 % by group_id; no drawn masks: coarse-SN's mask stands in)"}
+
+
+def classification_data(runs: Path) -> str:
+    """What mask-CN was trained on, read from its run's own config (the last run's: a fine-tune names its data)."""
+    config = json.loads((runs / "mask_cn" / "history.json").read_text())["config"]
+    sources = [s for s in str(config.get("sources") or "ham10000,isic2017").split(",") if s]
+    text = " + ".join(TRAINING_DATA.get(s, s) for s in sources)
+    if config.get("leave_out"):
+        text += f", without {config['leave_out']}"
+    return text + ", CC BY-NC 4.0"
+
+
 def training_curves(runs: Path) -> dict:
     curves = {}
     for path in sorted(runs.glob("*/history.json")):
@@ -112,7 +126,7 @@ def build_card(version: str, split: Split, manifest, files, nets, rule, rule_fit
                           "mask_channel": "coarse-SN probability, (p - 0.5) / 0.25"},
         "input_size": {"classifier": dict(zip(("height", "width"), mask_cn.size)),
                        "segmenter": dict(zip(("height", "width"), coarse.size))},
-        "data": {"classification": "HAM10000 train + ISIC 2017 train (85 %), CC BY-NC 4.0",
+        "data": {"classification": classification_data(runs),
                  "segmentation": "HAM10000 masks (Tschandl et al. 2020) + ISIC 2017 train masks",
                  "validation": "HAM10000 val + 15 % of ISIC 2017 train (every choice)",
                  "test": "HAM10000 lesion-grouped test split; ISIC 2017 official validation set (other clinics)"},

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+import tomllib
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,14 +102,24 @@ CONFIG = dict(
 
 
 def parse_args(argv=None) -> dict:
+    """CONFIG, then a preset's [train] table (--config train/presets/NAME.toml), then the command line's flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=None, help="a preset TOML with a [train] table")
     for key, default in CONFIG.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(default, bool):
             parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=default)
         else:
             parser.add_argument(flag, type=type(default), default=default)
+    preset_path = parser.parse_known_args(argv)[0].config
+    if preset_path is not None:
+        preset = tomllib.loads(preset_path.read_text()).get("train", {})
+        unknown = set(preset) - set(CONFIG)
+        if unknown:
+            parser.error(f"{preset_path}: unknown [train] keys {sorted(unknown)}")
+        parser.set_defaults(**preset)
     cfg = vars(parser.parse_args(argv))
+    cfg.pop("config")
     if cfg["stage"] not in STAGES:
         parser.error(f"--stage must be one of {', '.join(STAGES)}")
     cfg["out_dir"] = cfg["out_dir"] or f"runs/{cfg['stage']}"

@@ -30,7 +30,8 @@ SHORT_NAME_COLOURS = {SHORT_NAMES[c.code]: c.color for c in CLASSES}
 
 DISCLAIMER = (
     "**Decision support for health-care professionals — not a diagnosis.** LesionLens estimates class "
-    "probabilities for a dermoscopic image from a research model trained on public data (HAM10000, ISIC 2017). It can be "
+    "probabilities for a dermoscopic image from a research model trained on public dermoscopy archives (Home lists "
+    "them). It can be "
     "wrong, is not a medical device, and must never replace clinical examination, dermoscopy by a trained "
     "clinician or histopathology. Do not upload identifiable patient information."
 )
