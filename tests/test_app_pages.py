@@ -6,6 +6,7 @@ shared sidebar and navigation are exercised as users see them.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -184,9 +185,13 @@ def test_analyze_upload_real_and_bad_file(app, data_dir, monkeypatch):
     assert values["Maximum diameter (Feret)"].endswith(" mm") and values["Scale"] == f"{15 / 600:.4f} mm per pixel"
     # the PDF is built only when asked for, once; then offered for download
     assert built == [], "the PDF was built without being asked for"
+    at.text_input(key="report_lesion_label").set_value("L2 left shoulder").run()
     at.button(key="pdf_prepare").click().run()
     assert not at.exception, at.exception
     assert len(built) == 1 and built[0]["cam_caption"].startswith("Grad-CAM · target ")
+    # filed by the file's hash (never its name), the lesion label; no DICOM study date: the analysis date is the exam's
+    assert (built[0]["image_id"], built[0]["lesion_label"], built[0]["exam_date"]) == (
+        hashlib.sha256(image.read_bytes()).hexdigest()[:12], "L2 left shoulder", None)
     assert [b.proto.label for b in at.get("download_button")] == ["Mask (PNG)", "PDF report"]
     at.text_input(key="report_note").set_value("second look").run()  # new content: asked for again
     assert len(built) == 1 and at.button(key="pdf_prepare").proto.label == "Prepare PDF report"
