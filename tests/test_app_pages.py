@@ -370,6 +370,25 @@ def test_model_performance(app, weights_card, test_set, source):
     assert not at.exception, at.exception
 
 
+def test_model_performance_fits_the_page(app, weights_card):
+    """Seen at 1280 px: twelve tabs hid the last ones behind a scroll arrow, the training legend listed 7 of 11 runs
+    in repeated colours and the tables of figures with CIs pushed their last columns out of sight."""
+    at = page(app, "app_pages/model_performance.py")
+    labels = [tab.label for tab in at.tabs]
+    assert len(labels) <= 8 and sum(len(label) for label in labels) <= 75, labels
+    chart = figure(at, "training_chart")
+    runs = weights_card["training_curves"]
+    listed = [trace["name"] for trace in chart["data"] if trace.get("showlegend", True)]
+    assert sorted(listed) == sorted(runs)  # every run once in the legend
+    colours = {trace["name"]: trace["line"]["color"] for trace in chart["data"]}
+    assert len(set(colours.values())) == len(runs)  # one colour per run
+    assert chart["layout"]["legend"]["orientation"] == "h"  # below the plots, wrapping: not cut to their height
+    # the tables of text figures wrap in st.table (all columns at the page's width)
+    wide = {column for table in at.table for column in table.value.columns}
+    assert {"ECE shown", "Card threshold: specificity", "Thresholded Jaccard (0.65)", "Low: share"} <= wide
+    assert not at.exception, at.exception
+
+
 def test_model_performance_session_threshold(app, weights_card):
     """The slider sets this session's referral threshold: the table follows it, the reset returns to the card's."""
     import pandas as pd
