@@ -242,6 +242,14 @@ def test_dataset_explorer_sends_a_gallery_image_to_analyze(app, ham_split):
     seen = {"test": "held-out test image", "val": "validation image", "train": "training image"}[row["split"]]
     check_analysis(at, true_code=row["dx"])
     assert seen in texts(at)
+    # the image's own age, sex and site fill the patient context (the model uses them), not the fields left empty
+    from core.data.patient_context import PatientContext
+
+    own = PatientContext.from_metadata(row["age"], row["sex"], row["localization"])
+    assert own.given
+    assert (at.text_input(key="context_age").value, at.selectbox(key="context_sex").value,
+            at.selectbox(key="context_site").value) == ("" if own.age is None else f"{own.age:g}", own.sex or "",
+                                                        own.site or "")
 
 
 def test_dataset_explorer_isic_charts_and_metadata_note(app, isic_manifest, data_dir):
