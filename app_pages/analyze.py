@@ -15,7 +15,7 @@ from core.io.dicom_input import read_dicom
 from core.io.image_limits import is_dicom
 from core.io.intake import FILE_EXTENSIONS, SUPPORTED_TEXT, ImageRejected, load_image
 from core.data.patient_context import SEXES, SITES, ContextError, PatientContext
-from ui.analyzers import ModelUnavailable, pool
+from ui.analyzers import MODEL_LOADING_TEXT, ModelUnavailable, pool
 from ui.audit_log import record_analysis, record_report_download
 from ui.data_folder import SOURCE_LABELS, available_sources, current_data_dir
 from ui.datasets import manifest, read_image_path, test_split
@@ -375,6 +375,14 @@ def dicom_ui(data: bytes, name: str):
     return image.frames[frame], frame, image
 
 
+def model_loading_ui() -> None:
+    """The first analysis after a start waits for the model: say so while it loads (raises ModelUnavailable when it
+    cannot be loaded)."""
+    if not pool().wait(timeout=0):
+        with st.spinner(MODEL_LOADING_TEXT):
+            pool().wait()
+
+
 def _analyse(rgb, mm_per_pixel, context):
     with pool().borrow() as analyzer:
         return analyzer.analyze(rgb, mm_per_pixel=mm_per_pixel, context=context)
@@ -409,8 +417,10 @@ def analyze_page() -> None:
     else:
         area = st.empty()  # a new image: replaces the previous result at once (not greyed out until this run ends)
         try:
-            with area, st.spinner("Analysing…"):
-                result = remember("result_cache", key, lambda: _analyse(rgb, mm_per_pixel, context))
+            with area:
+                model_loading_ui()
+                with st.spinner("Analysing…"):
+                    result = remember("result_cache", key, lambda: _analyse(rgb, mm_per_pixel, context))
         except ModelUnavailable as exc:
             area.error(str(exc))
             return

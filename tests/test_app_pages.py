@@ -197,6 +197,41 @@ def test_analyze_upload_real_and_bad_file(app, data_dir, monkeypatch):
     assert len(built) == 1 and at.button(key="pdf_prepare").proto.label == "Prepare PDF report"
 
 
+def test_analyze_says_the_model_is_loading(app, data_dir, monkeypatch):
+    """The first analysis after a start waits up to 20 s for the model: the page says it is loading the model, then
+    analyses (before, only "Analysing…" showed the whole time)."""
+    import streamlit as st
+
+    import ui.analyzers
+
+    class StillLoading:
+        """The app's pool, as it is right after a start: its first replica not yet loaded at the first look."""
+
+        def __init__(self, real):
+            self.real, self.looked = real, False
+
+        def wait(self, timeout=None):
+            if timeout == 0 and not self.looked:
+                self.looked = True
+                return False
+            return self.real.wait(timeout)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    loading = StillLoading(ui.analyzers.pool())
+    monkeypatch.setattr(ui.analyzers, "pool", lambda: loading)
+    said, real_spinner = [], st.spinner
+    monkeypatch.setattr(st, "spinner", lambda text, *args, **kwargs: said.append(text) or real_spinner(text, *args,
+                                                                                                     **kwargs))
+    at = page(app, "app_pages/analyze.py")
+    image = sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[2]  # not analysed by other tests
+    at.file_uploader(key="upload").set_value((image.name, image.read_bytes(), "image/jpeg")).run()
+    assert not at.exception, at.exception
+    assert said[:2] == [ui.analyzers.MODEL_LOADING_TEXT, "Analysing…"], said
+    check_analysis(at)
+
+
 def test_analyze_accepts_every_format_core_intake_reads(app, data_dir):
     """The file picker lists exactly core.io.intake's formats; a GIF (which core.io.intake reads) is analysed."""
     import io
