@@ -53,6 +53,28 @@ def test_search_finds_every_study(stored):
     assert [s.study_uid for s in by_patient] == [first.study_uid]
     assert {s.study_uid for s in pacs.search_studies(date=first.study_date)} >= {first.study_uid}
     assert pacs.search_studies(patient_id="NOBODY") == []
+    # newest first (the server answers in no useful order), each with its time and its own short ID
+    assert [(s.date, s.time) for s in studies] == sorted(((s.date, s.time) for s in studies), reverse=True)
+    assert studies[0].date > studies[-1].date and all(s.time for s in studies)
+    assert len({s.short_id for s in studies}) == len(studies)
+
+
+def test_each_demo_image_carries_its_own_context(data_dir):
+    """The demo PACS wrote the first image's age and site into every image of its study: each now carries its own
+    HAM10000 row's."""
+    import csv
+
+    from core.data.patient_context import PatientContext
+
+    with open(data_dir / "ham10000" / "HAM10000_metadata.csv", newline="") as handle:
+        meta = {row["image_id"]: row for row in csv.DictReader(handle)}
+    paths = sorted((data_dir / "ham10000" / "fullres" / "images").glob("ISIC_*.jpg"))[:COUNT]
+    contexts = []
+    for path, (_, data) in zip(paths, demo_objects(data_dir, COUNT)):
+        row = meta[path.stem]
+        contexts.append(read_dicom(data).context)
+        assert contexts[-1] == PatientContext.from_metadata(row["age"], row["sex"], row["localization"]), path.stem
+    assert any(first != second for first, second in zip(contexts[::2], contexts[1::2]))  # studies with two contexts
 
 
 def test_retrieve_gives_the_written_pixels_and_context(stored, data_dir):
