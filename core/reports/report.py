@@ -401,7 +401,7 @@ def _triage(pdf: FPDF, verdict: str, referral: Mapping | None) -> None:
     if not statement:
         return
     pdf.set_font("Helvetica", "B", 10)
-    pdf.multi_cell(0, 5.5, ascii_safe(statement), border="LTR" if referral else 1, new_x=XPos.LMARGIN,
+    pdf.multi_cell(0, 5.5, ascii_safe(statement), border="LTR" if referral else 1, align="L", new_x=XPos.LMARGIN,
                    new_y=YPos.NEXT)
     if referral:
         pdf.set_font("Helvetica", "", 9)
