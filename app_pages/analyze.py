@@ -15,7 +15,7 @@ from core.io.dicom_input import read_dicom
 from core.io.image_limits import is_dicom
 from core.io.intake import FILE_EXTENSIONS, SUPPORTED_TEXT, ImageRejected, load_image
 from core.data.patient_context import SEXES, SITES, ContextError, PatientContext
-from ui.analyzers import ModelUnavailable, pool
+from ui.analyzers import MODEL_LOADING_TEXT, ModelUnavailable, pool
 from ui.audit_log import record_analysis, record_report_download
 from ui.data_folder import SOURCE_LABELS, available_sources, current_data_dir
 from ui.datasets import manifest, read_image_path, test_split
@@ -290,11 +290,18 @@ def reference_paths(data_dir: Path | None) -> dict[tuple[str, str], str]:
 
 
 def report_ui(rgb, r, name: str, key: tuple, mask, mask_kind: str, measurements: dict, cam_image,
-              cam_label: str, context: PatientContext | None) -> None:
-    """Mask download, and the PDF built only when asked for (then offered for download until its content changes)."""
+              cam_label: str, context: PatientContext | None, data: bytes, exam_date) -> None:
+    """Mask download, and the PDF built only when asked for (then offered for download until its content changes).
+    The PDF is filed by the image file's hash, `exam_date` (a DICOM study date, else the day of the analysis) and the
+    lesion label entered here: the file name stays out of it (it may name the patient)."""
     st.markdown("**Downloads**")
-    note = st.text_input("Note for the PDF report (optional)", key="report_note", max_chars=500,
-                         placeholder="e.g. clinical context; no patient identifiers")
+    left, right = st.columns([1, 2])
+    lesion_label = left.text_input("Lesion label for the PDF (optional)", key="report_lesion_label", max_chars=60,
+                                   placeholder="e.g. L2 left shoulder",
+                                   help="Which of the patient's lesions this is, to file the report by; no patient "
+                                        "identifiers.")
+    note = right.text_input("Note for the PDF report (optional)", key="report_note", max_chars=500,
+                            placeholder="e.g. clinical context; no patient identifiers")
     stem = name.rsplit(".", 1)[0] or "image"
     row = st.container(horizontal=True)
     if mask is not None:
@@ -302,14 +309,16 @@ def report_ui(rgb, r, name: str, key: tuple, mask, mask_kind: str, measurements:
                             mime="image/png", key="dl_mask", icon=":material/image:")
     pdf_slot = row.empty()
     # what the PDF shows
-    content = (key, mask_kind, cam_label if cam_image is not None else None, note, context, referral_of(r).threshold)
+    content = (key, mask_kind, cam_label if cam_image is not None else None, note, lesion_label, context,
+               referral_of(r).threshold)
     prepared = st.session_state.get("pdf")
     if prepared is None or prepared[0] != content:
         if not pdf_slot.button("Prepare PDF report", key="pdf_prepare", icon=":material/picture_as_pdf:"):
             return
         try:
             with st.spinner("Building the PDF…"):
-                prepared = (content, build_report(rgb, r, mask, measurements, cam_image, cam_label, note, context))
+                prepared = (content, build_report(rgb, r, mask, measurements, cam_image, cam_label, note, context,
+                                                  image_data=data, exam_date=exam_date, lesion_label=lesion_label))
         except Exception as exc:
             pdf_slot.error(f"PDF report unavailable: {exc}")
             return
@@ -320,13 +329,14 @@ def report_ui(rgb, r, name: str, key: tuple, mask, mask_kind: str, measurements:
 
 
 def result_ui(rgb, r, name: str, example: dict | None, mm_per_pixel: float | None, key: tuple,
-              context: PatientContext | None) -> None:
-    """The analysis of one image; `key` = (image digest, mm per pixel) identifies it."""
+              context: PatientContext | None, data: bytes, exam_date) -> None:
+    """The analysis of one image (`data`: the file's bytes, `exam_date`: its DICOM study date or None); `key` =
+    (image digest, mm per pixel) identifies it."""
     header_ui(r, name, example)
     if not r.diagnosis_shown:  # not dermoscopy: the image and the reason only
         st.image(rgb, width=360, caption=f"`{name}` · {rgb.shape[1]} × {rgb.shape[0]} px. Analysed in memory; "
                                          "nothing is stored.")
-        report_ui(rgb, r, name, key, None, "", {}, None, "", context)
+        report_ui(rgb, r, name, key, None, "", {}, None, "", context, data, exam_date)
         return
     controls = st.columns(3, gap="medium")
     views = st.columns(3, gap="medium")
@@ -351,7 +361,7 @@ def result_ui(rgb, r, name: str, example: dict | None, mm_per_pixel: float | Non
             st.caption("Enter the field of view in the sidebar (Measurement scale) for sizes in mm.")
         st.caption(f"Model {pool().version} on {pool().device.upper()} · analysis {r.timings.get('total', 0):.2f} s")
     similar_cases_ui(r)
-    report_ui(rgb, r, name, key, mask, mask_kind, measurements, cam_image, cam_label, context)
+    report_ui(rgb, r, name, key, mask, mask_kind, measurements, cam_image, cam_label, context, data, exam_date)
 
 
 def dicom_ui(data: bytes, name: str):
@@ -363,6 +373,14 @@ def dicom_ui(data: bytes, name: str):
         frame = st.selectbox(f"{name} holds {len(image.frames)} images: which one to analyse",
                              range(len(image.frames)), format_func=lambda i: f"frame {i + 1}", key="dicom_frame")
     return image.frames[frame], frame, image
+
+
+def model_loading_ui() -> None:
+    """The first analysis after a start waits for the model: say so while it loads (raises ModelUnavailable when it
+    cannot be loaded)."""
+    if not pool().wait(timeout=0):
+        with st.spinner(MODEL_LOADING_TEXT):
+            pool().wait()
 
 
 def _analyse(rgb, mm_per_pixel, context):
@@ -399,8 +417,10 @@ def analyze_page() -> None:
     else:
         area = st.empty()  # a new image: replaces the previous result at once (not greyed out until this run ends)
         try:
-            with area, st.spinner("Analysing…"):
-                result = remember("result_cache", key, lambda: _analyse(rgb, mm_per_pixel, context))
+            with area:
+                model_loading_ui()
+                with st.spinner("Analysing…"):
+                    result = remember("result_cache", key, lambda: _analyse(rgb, mm_per_pixel, context))
         except ModelUnavailable as exc:
             area.error(str(exc))
             return
@@ -410,7 +430,7 @@ def analyze_page() -> None:
         record_analysis(data, result)
         area = area.container()
     with area:
-        result_ui(rgb, result, name, example, mm_per_pixel, key, context)
+        result_ui(rgb, result, name, example, mm_per_pixel, key, context, data, tags.taken if tags else None)
 
 
 analyze_page()

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core.data.classes import CLASS_CODES
+from core.data.patient_context import PatientContext
 from ui.data_folder import SOURCE_LABELS, available_sources, current_data_dir
 from ui.datasets import manifest, read_image_path, read_mask_path, split_manifest
 from ui.figures import (age_figure, class_counts_figure, dx_type_figure, sex_figure, site_figure,
@@ -124,13 +125,17 @@ def gallery_filters_ui(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def send_to_analyze(row, data_dir) -> None:
-    """Put a gallery image into the Analyze page's dataset-example input (its session state) and open that page."""
+    """Put a gallery image into the Analyze page's dataset-example input and its patient-context fields (their
+    session state: the image's own age, sex and site, which the model uses) and open that page."""
     sources = tuple(available_sources(data_dir))
     splits = split_manifest(str(data_dir), sources).set_index(["source", "image_id"])["split"]
+    context = PatientContext.from_metadata(row.age, row.sex, row.localization)
     st.session_state.update({
         "input_mode": "Dataset example", "example_source": row.source, "example_class": row.dx,
         "example": {"path": row.image_path, "image_id": row.image_id, "dx": row.dx, "source": row.source,
-                    "split": splits.get((row.source, row.image_id), "")}})
+                    "split": splits.get((row.source, row.image_id), "")},
+        "context_age": "" if context.age is None else f"{context.age:g}", "context_sex": context.sex or "",
+        "context_site": context.site or ""})
     st.switch_page("app_pages/analyze.py")
 
 

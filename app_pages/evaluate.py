@@ -75,12 +75,14 @@ def progress_ui(run: dict) -> None:
 
 def summary_ui(summary: dict, total: int) -> None:
     if summary["cancelled"]:
-        st.warning(f"**Cancelled.** The figures below cover the {summary['n_images'] + summary['n_failed']} of "
-                   f"{total} images done before the cancel.", icon=":material/stop_circle:")
+        done = summary["n_images"] + summary["n_not_dermoscopy"] + summary["n_failed"]
+        st.warning(f"**Cancelled.** The figures below cover the {done} of {total} images done before the cancel.",
+                   icon=":material/stop_circle:")
     cls = summary.get("classification") or {}
     referral = summary.get("referral") or {}
     cols = st.columns(5)
-    cols[0].metric("Images evaluated", summary["n_images"])
+    cols[0].metric("Images evaluated", summary["n_images"],
+                   help="Images given a diagnosis: the figures are computed on these only.")
     cols[1].metric("Failed", summary["n_failed"], help="Files that could not be read or analysed (listed below).")
     cols[2].metric("No automated assessment", summary["n_not_dermoscopy"],
                    help="Not dermoscopy (clinical photo, not skin): no diagnosis, so out of the figures; listed under "

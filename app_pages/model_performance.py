@@ -15,16 +15,18 @@ from ui.data_folder import available_sources, current_data_dir
 from ui.datasets import dataset_cam, manifest, read_image_path
 from ui.figures import (pr_figure, referral_roc_figure, reliability_figure, risk_coverage_figure, roc_figure,
                         segmentation_histograms, training_curves_figure)
-from ui.formatting import (MODEL_LABELS, OOD_RESULT_LABELS, SEG_VARIANT_LABELS, WRAPPED_TABS_CSS, cam_caption,
+from ui.formatting import (MODEL_LABELS, OOD_RESULT_LABELS, SEG_VARIANT_LABELS, cam_caption,
                            ci_text, class_name, context_use_text, decimals, paired_difference_label, pct)
 from ui.images import cam_overlay
-from ui.metric_views import cell_gallery, ci_metric, confusion_ui, per_class_ui
+from ui.metric_views import cell_gallery, ci_metric, confusion_ui, per_class_ui, wrapped_table
 from ui.model_files import (TEST_SET_SOURCES, TEST_SETS, classification_of, model_card, predictions_of,
                             test_predictions, test_set_metrics)
 from ui.out_of_source import out_of_source_ui
 from ui.referral import operating_points, rule, session_threshold, set_session_threshold
 
 DRILL_DOWN_CAM = "Grad-CAM"
+PERFORMANCE_TABS = ("Per class", "Confusion", "ROC & PR", "Referral", "Reliability", "Robustness", "Segmentation",
+                    "Models")
 THRESHOLD_WIDGET = "referral_slider"
 # the referral threshold's choices: fine steps where melanoma scores are small, coarser above 0.1
 THRESHOLD_GRID = np.round(np.concatenate([np.arange(0.0, 0.1, 0.001), np.arange(0.1, 1.0001, 0.01)]), 3)
@@ -166,7 +168,7 @@ def referral_ui(card: ModelCard) -> None:
                      "Referred": pct(p["referred"]),
                      "Card threshold: sensitivity": ci_text(card_figures.get("sensitivity"), pct),
                      "Card threshold: specificity": ci_text(card_figures.get("specificity"), pct)})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="referral_table")
+    wrapped_table(pd.DataFrame(rows))
     st.caption(f"Sensitivity, specificity and share referred at {threshold:.3f}, computed from the test predictions; "
                "the last two columns: the model card's figures at its own threshold, with bootstrap 95% CIs.")
     st.plotly_chart(referral_roc_figure(points, threshold), key="referral_chart")
@@ -220,7 +222,7 @@ def ood_ui(card: ModelCard) -> None:
              "Error rate, unusual": pct(entry.get("error_rate_unusual")),
              "Error rate, in distribution": pct(entry.get("error_rate_in"))}
             for name, entry in ood.results.items()]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="ood_table", placeholder="—")
+    wrapped_table(pd.DataFrame(rows).fillna("—"))
     accepted = [f"{OOD_RESULT_LABELS.get(name, name)}: {', '.join(entry['accepted'])}"
                 for name, entry in ood.results.items() if entry.get("accepted")]
     if accepted:
@@ -254,7 +256,7 @@ def segmentation_ui(card: ModelCard, test_set: str) -> None:
              "Jaccard": ci_text(v.get("jaccard")),
              "Thresholded Jaccard (0.65)": ci_text(v.get("jaccard_thresholded_065")), "Images": v.get("n")}
             for key, v in variants.items()]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="seg_table")
+    wrapped_table(pd.DataFrame(rows))
     differences = seg.get("paired_differences", {})
     if differences:
         st.markdown("**Paired differences** (same images; positive favours enhanced-SN)")
@@ -273,7 +275,7 @@ def models_ui(card: ModelCard, test_set: str) -> None:
              "ECE shown": decimals(m.get("calibration", {}).get("after", {}).get("ece"))}
             for key, m in cls.items()]
     st.markdown(f"**Classification models on the {TEST_SETS[test_set]}** (bootstrap 95% CIs)")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="models_table")
+    wrapped_table(pd.DataFrame(rows))
     res = card.display("resolution_consistency")
     if res.get("n"):
         st.markdown(f"**Resolution consistency:** the top class changes on {pct(res.get('top_class_changed_share'))} "
@@ -308,8 +310,9 @@ def training_ui(card: ModelCard) -> None:
         st.info("The model card has no training curves.")
     times = card.display("training_time_minutes")
     if times:
+        # every run, without a scroll bar (the default height shows ten rows)
         st.dataframe(pd.DataFrame([{"Stage": stage, **t} for stage, t in times.items()]), hide_index=True,
-                     key="training_table")
+                     key="training_table", height="content")
 
 
 def performance_page() -> None:
@@ -322,10 +325,8 @@ def performance_page() -> None:
     st.caption(f"Model {card.version} · {card.display('data').get('test', TEST_SETS[test_set])}")
     headline_ui(card, test_set, model)
     m = classification_of(card, test_set, model)
-    st.markdown(WRAPPED_TABS_CSS, unsafe_allow_html=True)  # twelve tabs: a second row instead of a scrolled bar
-    tabs = st.tabs(["Per class", "Confusion matrix", "ROC & PR", "Melanoma referral", "Uncertainty", "Calibration",
-                    "Out of distribution", "Similar cases", "Segmentation", "Models & ablation", "Training",
-                    "Out of source"])
+    # Eight short labels fit one row at laptop widths: twelve hid the last ones behind a scroll arrow.
+    tabs = st.tabs(PERFORMANCE_TABS)
     with tabs[0]:
         per_class_ui(m, "per_class_table")
     with tabs[1]:
@@ -339,21 +340,22 @@ def performance_page() -> None:
     with tabs[3]:
         referral_ui(card)
     with tabs[4]:
+        st.subheader("Uncertainty")
         uncertainty_ui(card, test_set)
-    with tabs[5]:
+        st.subheader("Calibration")
         calibration_ui(card, m, model)
-    with tabs[6]:
+    with tabs[5]:
+        st.subheader("Out of distribution")
         ood_ui(card)
-    with tabs[7]:
-        retrieval_ui(card)
-    with tabs[8]:
-        segmentation_ui(card, test_set)
-    with tabs[9]:
-        models_ui(card, test_set)
-    with tabs[10]:
-        training_ui(card)
-    with tabs[11]:
+        st.subheader("Out of source")
         out_of_source_ui(card)
-
+    with tabs[6]:
+        segmentation_ui(card, test_set)
+    with tabs[7]:
+        models_ui(card, test_set)
+        st.subheader("Similar cases")
+        retrieval_ui(card)
+        st.subheader("Training")
+        training_ui(card)
 
 performance_page()

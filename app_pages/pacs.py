@@ -50,22 +50,32 @@ def date_text(date: str) -> str:
     return f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 else "no date"
 
 
+def time_text(time: str) -> str:
+    """DICOM HHMMSS (fractions and a missing part allowed) as HH:MM; "" when absent."""
+    digits = time.split(".")[0]
+    return f"{digits[:2]}:{digits[2:4]}" if len(digits) >= 4 else ""
+
+
 def study_label(study: Study, identifiers: bool) -> str:
-    date = date_text(study.date)
+    """One study in the chooser: when and what, and its short ID, so studies of one day stay apart without the
+    patient's identifiers."""
+    when = " ".join(part for part in (date_text(study.date), time_text(study.time)) if part)
     who = f"{study.patient_id} · " if identifiers else ""
     what = study.description or "/".join(study.modalities) or "study"
-    return f"{who}{date} · {what} · {study.instances} instance(s)"
+    return f"{who}{when} · {what} · {study.instances} instance(s) · study {study.short_id}"
 
 
 def study_ui(studies: list[Study], identifiers: bool) -> Study | None:
-    """The studies found and the one chosen."""
+    """The studies found (newest first: core.io.pacs sorts them) and the one chosen."""
     if not studies:
         st.info("No study matches this search.")
         return None
     rows = [{**({"Patient ID": s.patient_id} if identifiers else {}), "Date": date_text(s.date),
-             "Modalities": ", ".join(s.modalities), "Description": s.description, "Instances": s.instances}
+             "Time": time_text(s.time), "Modalities": ", ".join(s.modalities), "Description": s.description,
+             "Instances": s.instances, "Study": s.short_id}
             for s in studies]
     st.dataframe(rows, hide_index=True, key="pacs_study_table")
+    st.caption("Newest first. Study: a short hash of the study's UID, to tell studies apart without identifiers.")
     by_uid = {s.study_uid: s for s in studies}
     uid = st.selectbox("Study", list(by_uid), format_func=lambda u: study_label(by_uid[u], identifiers),
                        key="pacs_study")

@@ -6,6 +6,7 @@ shared sidebar and navigation are exercised as users see them.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -184,12 +185,51 @@ def test_analyze_upload_real_and_bad_file(app, data_dir, monkeypatch):
     assert values["Maximum diameter (Feret)"].endswith(" mm") and values["Scale"] == f"{15 / 600:.4f} mm per pixel"
     # the PDF is built only when asked for, once; then offered for download
     assert built == [], "the PDF was built without being asked for"
+    at.text_input(key="report_lesion_label").set_value("L2 left shoulder").run()
     at.button(key="pdf_prepare").click().run()
     assert not at.exception, at.exception
     assert len(built) == 1 and built[0]["cam_caption"].startswith("Grad-CAM · target ")
+    # filed by the file's hash (never its name), the lesion label; no DICOM study date: the analysis date is the exam's
+    assert (built[0]["image_id"], built[0]["lesion_label"], built[0]["exam_date"]) == (
+        hashlib.sha256(image.read_bytes()).hexdigest()[:12], "L2 left shoulder", None)
     assert [b.proto.label for b in at.get("download_button")] == ["Mask (PNG)", "PDF report"]
     at.text_input(key="report_note").set_value("second look").run()  # new content: asked for again
     assert len(built) == 1 and at.button(key="pdf_prepare").proto.label == "Prepare PDF report"
+
+
+def test_analyze_says_the_model_is_loading(app, data_dir, monkeypatch):
+    """The first analysis after a start waits up to 20 s for the model: the page says it is loading the model, then
+    analyses (before, only "Analysing…" showed the whole time)."""
+    import streamlit as st
+
+    import ui.analyzers
+
+    class StillLoading:
+        """The app's pool, as it is right after a start: its first replica not yet loaded at the first look."""
+
+        def __init__(self, real):
+            self.real, self.looked = real, False
+
+        def wait(self, timeout=None):
+            if timeout == 0 and not self.looked:
+                self.looked = True
+                return False
+            return self.real.wait(timeout)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    loading = StillLoading(ui.analyzers.pool())
+    monkeypatch.setattr(ui.analyzers, "pool", lambda: loading)
+    said, real_spinner = [], st.spinner
+    monkeypatch.setattr(st, "spinner", lambda text, *args, **kwargs: said.append(text) or real_spinner(text, *args,
+                                                                                                     **kwargs))
+    at = page(app, "app_pages/analyze.py")
+    image = sorted((data_dir / "ham10000" / "fullres" / "images").glob("*.jpg"))[2]  # not analysed by other tests
+    at.file_uploader(key="upload").set_value((image.name, image.read_bytes(), "image/jpeg")).run()
+    assert not at.exception, at.exception
+    assert said[:2] == [ui.analyzers.MODEL_LOADING_TEXT, "Analysing…"], said
+    check_analysis(at)
 
 
 def test_analyze_accepts_every_format_core_intake_reads(app, data_dir):
@@ -237,6 +277,14 @@ def test_dataset_explorer_sends_a_gallery_image_to_analyze(app, ham_split):
     seen = {"test": "held-out test image", "val": "validation image", "train": "training image"}[row["split"]]
     check_analysis(at, true_code=row["dx"])
     assert seen in texts(at)
+    # the image's own age, sex and site fill the patient context (the model uses them), not the fields left empty
+    from core.data.patient_context import PatientContext
+
+    own = PatientContext.from_metadata(row["age"], row["sex"], row["localization"])
+    assert own.given
+    assert (at.text_input(key="context_age").value, at.selectbox(key="context_sex").value,
+            at.selectbox(key="context_site").value) == ("" if own.age is None else f"{own.age:g}", own.sex or "",
+                                                        own.site or "")
 
 
 def test_dataset_explorer_isic_charts_and_metadata_note(app, isic_manifest, data_dir):
@@ -362,6 +410,25 @@ def test_model_performance(app, weights_card, test_set, source):
     assert rules["Melanomas referred"].iloc[-1].startswith(f"{pooled['value']:.0%}")
     shipped = dataframe(at, "Classes")
     assert len(shipped) == len(oos["shipped_per_source"])
+    assert not at.exception, at.exception
+
+
+def test_model_performance_fits_the_page(app, weights_card):
+    """Seen at 1280 px: twelve tabs hid the last ones behind a scroll arrow, the training legend listed 7 of 11 runs
+    in repeated colours and the tables of figures with CIs pushed their last columns out of sight."""
+    at = page(app, "app_pages/model_performance.py")
+    labels = [tab.label for tab in at.tabs]
+    assert len(labels) <= 8 and sum(len(label) for label in labels) <= 75, labels
+    chart = figure(at, "training_chart")
+    runs = weights_card["training_curves"]
+    listed = [trace["name"] for trace in chart["data"] if trace.get("showlegend", True)]
+    assert sorted(listed) == sorted(runs)  # every run once in the legend
+    colours = {trace["name"]: trace["line"]["color"] for trace in chart["data"]}
+    assert len(set(colours.values())) == len(runs)  # one colour per run
+    assert chart["layout"]["legend"]["orientation"] == "h"  # below the plots, wrapping: not cut to their height
+    # the tables of text figures wrap in st.table (all columns at the page's width)
+    wide = {column for table in at.table for column in table.value.columns}
+    assert {"ECE shown", "Card threshold: specificity", "Thresholded Jaccard (0.65)", "Low: share"} <= wide
     assert not at.exception, at.exception
 
 

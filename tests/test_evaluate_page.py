@@ -52,7 +52,9 @@ def test_the_page_shows_the_cli_reports_numbers(app, folder, cli_report, downloa
     _same_figures(at.session_state["folder_run"]["evaluation"].summary, report)
     shown, deltas = metrics(at), metric_deltas(at)
     ci = report["classification"]["ci"]
-    assert shown["Images evaluated"] == str(report["n_images"]) == str(7 * PER_CLASS + 1)
+    # the refused camera photo is not among the images evaluated (the figures leave it out)
+    assert shown["Images evaluated"] == str(report["n_images"]) == str(7 * PER_CLASS)
+    assert report["classification"]["n"] == report["n_images"]
     assert shown["Failed"] == str(report["n_failed"]) == "1"
     # the refused camera photo: counted, listed with its label and reason, its melanoma named beside the referral
     assert shown["No automated assessment"] == str(report["n_not_dermoscopy"]) == "1"
@@ -140,6 +142,6 @@ def test_cancel_reports_the_images_done(app, folder, monkeypatch):
     at.button(key="eval_cancel").click().run()
     assert not at.exception, at.exception
     summary = at.session_state["folder_run"]["evaluation"].summary
-    assert summary["cancelled"] and summary["n_images"] + summary["n_failed"] == 4
+    assert summary["cancelled"] and summary["n_images"] + summary["n_not_dermoscopy"] + summary["n_failed"] == 4
     assert any(w.value.startswith("**Cancelled.**") and "4 of 16 images" in w.value for w in at.warning)
     assert len(calls) == 6  # nothing analysed after the cancel

@@ -160,6 +160,10 @@ def test_absent_class_gives_none_auc_not_nan():
     keep = y != CLASS_CODES.index("df")
     m = classification_metrics(y[keep], p[keep], CLASS_CODES)
     assert m["per_class"]["df"]["auc"] is None and m["per_class"]["df"]["support"] == 0
+    # no recall or F1 for a class with no image (shown "—", not 0.0 %); precision only if the model predicted it
+    assert m["per_class"]["df"]["recall"] is None and m["per_class"]["df"]["f1"] is None
+    predicted_df = (p[keep].argmax(1) == CLASS_CODES.index("df")).any()
+    assert (m["per_class"]["df"]["precision"] is None) == (not predicted_df)
     assert m["roc"]["df"] == {"fpr": [], "tpr": [], "thresholds": []}
     present = [m["per_class"][c]["auc"] for c in CLASS_CODES if c != "df"]
     assert m["macro_auc"] == pytest.approx(np.mean(present))

@@ -53,6 +53,30 @@ def test_search_finds_every_study(stored):
     assert [s.study_uid for s in by_patient] == [first.study_uid]
     assert {s.study_uid for s in pacs.search_studies(date=first.study_date)} >= {first.study_uid}
     assert pacs.search_studies(patient_id="NOBODY") == []
+    # newest first (the server answers in no useful order), each with its time and its own short ID
+    assert [(s.date, s.time) for s in studies] == sorted(((s.date, s.time) for s in studies), reverse=True)
+    assert studies[0].date > studies[-1].date and all(s.time for s in studies)
+    assert len({s.short_id for s in studies}) == len(studies)
+
+
+def test_each_demo_image_carries_its_own_context(data_dir):
+    """The demo PACS wrote the first image's age and site into every image of its study: each now carries its own
+    HAM10000 row's (the sex stays the patient's: the study's first image's)."""
+    import csv
+
+    from core.data.patient_context import PatientContext
+
+    with open(data_dir / "ham10000" / "HAM10000_metadata.csv", newline="") as handle:
+        meta = {row["image_id"]: row for row in csv.DictReader(handle)}
+    paths = sorted((data_dir / "ham10000" / "fullres" / "images").glob("ISIC_*.jpg"))[:COUNT]
+    contexts = []
+    for path, (_, data) in zip(paths, demo_objects(data_dir, COUNT)):
+        row = meta[path.stem]
+        context = read_dicom(data).context
+        own = PatientContext.from_metadata(row["age"], row["sex"], row["localization"])
+        contexts.append((context.age, context.site))
+        assert contexts[-1] == (own.age, own.site), path.stem
+    assert any(first != second for first, second in zip(contexts[::2], contexts[1::2]))  # studies with two contexts
 
 
 def test_retrieve_gives_the_written_pixels_and_context(stored, data_dir):
@@ -123,8 +147,10 @@ def test_results_stored_back_read_back_as_written(stored, tmp_path):
     patient = objects[2][0]
     study = patient.study_uid
     images = [retrieve(pacs, i) for i in pacs.dermoscopy_instances(study)]
-    assert all((i.image.context.age, i.image.context.sex, i.image.context.site) ==
-               (patient.age, patient.sex, patient.site) for i in images)
+    written = {read_dicom(data).uids["SOPInstanceUID"]: p for p, data in objects if p.study_uid == study}
+    assert all((i.image.context.age, i.image.context.sex, i.image.context.site) ==  # each image's own context
+               (written[i.instance.sop_uid].age, written[i.instance.sop_uid].sex, written[i.instance.sop_uid].site)
+               for i in images)
     analysed = [analyse(image) for image in images]
     assert all(a.result.diagnosis_shown for a in analysed)  # HAM10000 dermoscopy: PDF + SEG + SR each
     outcome = store_results(pacs, study, analysed)

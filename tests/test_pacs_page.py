@@ -71,6 +71,25 @@ def test_search_analyse_store(server, data_dir, monkeypatch):
     assert patient.patient_id in at.selectbox(key="pacs_study").options[0]
 
 
+def test_studies_are_listed_newest_first_and_told_apart(server, data_dir, monkeypatch):
+    """Without identifiers the studies were listed unsorted and looked alike: newest first, each with its date and
+    time, modality, instance count and a short hashed ID."""
+    orthanc, objects = server
+    monkeypatch.setenv("LESIONLENS_PACS_URL", orthanc.url)
+    at = _search(page(start_app(data_dir), "app_pages/pacs.py"), "")
+    table = dataframe(at, "Date")
+    studies = {patient.study_uid: patient for patient, _ in objects}
+    assert list(table["Date"]) == sorted(table["Date"], reverse=True) and len(table) == len(studies) > 1
+    assert list(table["Date"]) == [f"{d[:4]}-{d[4:6]}-{d[6:]}" for d in sorted(
+        {p.study_date for p in studies.values()}, reverse=True)]
+    assert table["Time"].str.match(r"^\d\d:\d\d$").all() and set(table["Modalities"]) == {"DMS"}
+    assert table["Study"].nunique() == len(table)
+    options = at.selectbox(key="pacs_study").options
+    assert len(set(options)) == len(options) and all(f"study {short}" in option
+                                                      for short, option in zip(table["Study"], options))
+    assert not any(p.patient_id in option for p in studies.values() for option in options)
+
+
 def _uids(data: bytes) -> tuple[str, str]:
     ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     return ds.SeriesInstanceUID, ds.SOPInstanceUID

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import io
 import re
-from datetime import datetime, timedelta, timezone
+import hashlib
+from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -14,20 +15,24 @@ from pdf_support import streams
 from core.data.classes import CLASS_CODES
 from core.lesion.lesion_measurements import describe_measurements, measure_lesion
 from core.decisions.referral import BELOW_TEXT, REFER_TEXT
-from core.reports.report import DISCLAIMER, REPORT_TITLE, ascii_safe, build_pdf_report
+from core.reports.report import DISCLAIMER, REPORT_TITLE, ascii_safe, build_pdf_report, image_id
 
 WHEN = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
 SECRET_NAME = "jane_doe_1961-04-02_IMG_4711.jpg"
 
 
-def pdf_text(pdf: bytes) -> str:
-    """Concatenated text of all ``(...) Tj`` operators, separated by spaces."""
+def text_pieces(pdf: bytes) -> list[str]:
+    """The text of each ``(...) Tj`` operator (one line of a cell), in drawing order."""
     parts = []
     for s in streams(pdf):
         for m in re.finditer(rb"\(((?:\\.|[^\\)])*)\)\s*Tj", s):
-            t = re.sub(rb"\\(.)", rb"\1", m.group(1)).decode("latin-1")
-            parts.append(t)
-    return re.sub(r"\s+", " ", " ".join(parts))
+            parts.append(re.sub(rb"\\(.)", rb"\1", m.group(1)).decode("latin-1"))
+    return parts
+
+
+def pdf_text(pdf: bytes) -> str:
+    """Concatenated text of all ``(...) Tj`` operators, separated by spaces."""
+    return re.sub(r"\s+", " ", " ".join(text_pieces(pdf)))
 
 
 def png_unfilter(data: bytes, stride: int, bpp: int) -> np.ndarray:
@@ -259,3 +264,49 @@ def test_float_and_grey_images_accepted():
     assert pdf.startswith(b"%PDF")
     with pytest.raises(ValueError):
         make_report(image_rgb=np.zeros((4, 4, 2), np.uint8))
+
+
+def test_the_report_can_be_filed_without_a_file_name():
+    """Image ID (content hash), exam date and lesion label head the report: a dermatologist can file it with the
+    patient's record although the file name (which may name the patient) is never printed."""
+    data = SECRET_NAME.encode() + b" image bytes"
+    assert image_id(data) == hashlib.sha256(data).hexdigest()[:12]  # the start of the audit log's image_sha256
+    text = pdf_text(make_report(image_id=image_id(data), exam_date=date(2025, 1, 10), lesion_label="L2 left shoulder"))
+    assert f"Image ID {image_id(data)} (file SHA-256) | Exam date 2025-01-10 | Lesion L2 left shoulder" in text
+    assert "jane_doe" not in text
+    # without a DICOM study date the exam is the analysis itself
+    unlabelled = pdf_text(make_report())
+    assert "Image ID not given | Exam date 2025-03-14 (this analysis) | Lesion not labelled" in unlabelled
+
+
+def test_triage_verdict_and_melanoma_figures_are_one_statement():
+    """The verdict already says whether the melanoma rule fired: the referral sentence is not repeated under it, the
+    score and threshold sit in the verdict's box."""
+    verdict = "Refer. Melanoma 71.0% reaches its referral threshold 2.1%."
+    pieces = text_pieces(make_report(verdict=verdict))
+    text = " ".join(pieces)
+    assert f"Triage: {verdict}" in text
+    assert "Melanoma referral" not in text and REFER_TEXT not in text
+    numbers = "Melanoma score 0.710; referral threshold 0.021 (the model card's threshold, chosen on validation images)."
+    assert text.count("Melanoma score 0.710") == 1 and numbers in text
+    assert pieces.index(numbers) == pieces.index(f"Triage: {verdict}") + 1  # right under the verdict
+
+
+def test_long_table_keys_wrap_inside_their_cell():
+    """A figure's name wider than the key column ("ISIC 2017 val: Seborrhoeic keratosis AUC") wraps within it
+    instead of running over its value."""
+    from fpdf import FPDF
+
+    key = "ISIC 2017 val: Seborrhoeic keratosis AUC"
+    pieces = text_pieces(make_report(model_info={"version": "v1", "created": "2025-03-01",
+                                                 "metrics": {key: 0.871}}))
+    ruler = FPDF()
+    ruler.set_font("Helvetica", "B", 9)
+    assert ruler.get_string_width(key) > 60.0 - 2 * ruler.c_margin  # the key would not fit on one line
+    start = next(i for i, p in enumerate(pieces) if key.startswith(p.strip()) and p.strip())
+    lines = []
+    while " ".join(lines) != key:
+        lines.append(pieces[start + len(lines)].strip())
+        assert len(lines) <= 3, lines
+    assert len(lines) > 1 and all(ruler.get_string_width(line) <= 60.0 - 2 * ruler.c_margin for line in lines)
+    assert pieces[start + len(lines)] == "0.871"  # the value follows, in its own cell

@@ -29,7 +29,8 @@ def folder_report(data_dir: Path, weights: Path, out: Path) -> dict:
     (out / "report.json").write_text(json.dumps(evaluation.summary, indent=1))
     (out / "report.html").write_text(report_html(evaluation.summary, data_dir))
     ci = evaluation.summary.get("classification", {}).get("ci", {})
-    print(f"{evaluation.summary['n_images']} images evaluated, {evaluation.summary['n_failed']} failed -> {out}")
+    print(f"{evaluation.summary['n_images']} images evaluated, {evaluation.summary['n_not_dermoscopy']} given no "
+          f"automated assessment, {evaluation.summary['n_failed']} failed -> {out}")
     for name, entry in ci.items():
         print(f"  {name:<20} {entry['value']:.4f}  [{entry['ci95'][0]:.4f}, {entry['ci95'][1]:.4f}]")
     return evaluation.summary

@@ -21,6 +21,9 @@ from pathlib import Path
 
 from core.io.weights_io import DEFAULT_WEIGHTS_DIR
 
+# What a page says while a borrower waits for the first replica: on a busy 2-core machine that takes up to 20 s,
+# which "Analysing…" alone made look like a hung analysis.
+MODEL_LOADING_TEXT = "Loading the model (first use after a start)…"
 
 
 class ModelUnavailable(RuntimeError):

@@ -16,6 +16,9 @@ CM_SCALE = [[0.0, "#F7FBFF"], [0.5, "#6BAED6"], [1.0, "#08306B"]]
 SEX_COLOURS = {"male": "#4C78A8", "female": "#E45756", "unknown": "#BAB0AC"}
 SEG_COLOURS = {"coarse_sn": "#9E9E9E", "enhanced_sn": "#00A86B"}
 STAGE_COLOURS = {"coarse_sn": "#9E9E9E", "mask_cn": "#CC0000", "enhanced_sn": "#00A86B", "classifier": "#0072B2"}
+# the ablation runs beside the shipped stages (eleven runs in the card): plotly's default cycle has ten colours, so
+# runs repeated each other's; Dark24 has enough distinct ones
+RUN_PALETTE = px.colors.qualitative.Dark24
 SPLIT_ORDER = ["train", "val", "test"]
 CLASS_ORDER = {"Diagnosis": [short_name(c.code) for c in CLASSES]}
 BOTTOM_LEGEND = dict(orientation="h", y=-0.25)
@@ -190,21 +193,33 @@ def segmentation_histograms(seg: dict) -> go.Figure:
     return fig
 
 
+def stage_colours(stages) -> dict[str, str]:
+    """A distinct colour for every training run: the shipped stages keep theirs, the other runs take the palette's
+    colours in turn."""
+    spare = iter(c for c in RUN_PALETTE if c.upper() not in {v.upper() for v in STAGE_COLOURS.values()})
+    return {stage: STAGE_COLOURS.get(stage) or next(spare) for stage in stages}
+
+
 def training_curves_figure(curves: dict) -> go.Figure:
     """Training loss and validation metric per epoch of every stage (model card's training_curves)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Training loss", "Validation metric"))
+    colours = stage_colours(curves)
     for stage, history in curves.items():
         frame = pd.DataFrame(history)
         if frame.empty or "epoch" not in frame:
             continue
-        for col, column in ((1, "train_loss"), (2, "val_metric")):
-            if column in frame:
-                fig.add_trace(go.Scatter(x=frame["epoch"], y=frame[column], mode="lines+markers", name=stage,
-                                         line=dict(color=STAGE_COLOURS.get(stage)), legendgroup=stage,
-                                         showlegend=col == 1), row=1, col=col)
+        drawn = [column for column in ("train_loss", "val_metric") if column in frame]
+        for column in drawn:
+            # the stage's first curve carries its legend entry, whichever of the two the card holds
+            fig.add_trace(go.Scatter(x=frame["epoch"], y=frame[column], mode="lines+markers", name=stage,
+                                     line=dict(color=colours[stage]), legendgroup=stage,
+                                     showlegend=column == drawn[0]),
+                          row=1, col=1 if column == "train_loss" else 2)
     fig.update_xaxes(title="Epoch")
-    # one legend entry per stage, to the right (below the plots it covered the "Epoch" axis titles)
-    fig.update_layout(height=400, legend=dict(orientation="v", x=1.02, y=1, yanchor="top", title="Stage"))
+    # A vertical legend beside the plots is cut to their height and scrolls (7 of 11 runs showed); below them a
+    # horizontal one wraps into rows and shows every run, with room kept under the "Epoch" titles.
+    fig.update_layout(height=520, margin=dict(b=150),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top", title="Run"))
     return fig
 
 

@@ -164,5 +164,3 @@ def cam_caption(method: str, class_code: str, masked: bool) -> str:
 # Diagnosis content of an unusual image is shown greyed: the pages put it into containers whose key starts with
 # "unusual" (Streamlit gives a keyed container the CSS class st-key-<key>).
 GREYED_CSS = "<style>[class*='st-key-unusual'] {opacity: 0.45; filter: grayscale(0.8);}</style>"
-# A tab bar wider than the page wraps onto a second row instead of hiding tabs behind a scroll (Model performance).
-WRAPPED_TABS_CSS = "<style>[data-baseweb='tab-list'] {flex-wrap: wrap; row-gap: 0.25rem;}</style>"

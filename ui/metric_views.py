@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.data.classes import CLASS_CODES, CLASSES
 from ui.figures import confusion_figure, selected_cell
-from ui.formatting import ci_range, class_label, class_name
+from ui.formatting import ci_range, class_label, class_name, short_name
 
 
 def ci_metric(column, label: str, entry: dict | None, fmt, help: str | None = None) -> None:
@@ -19,22 +19,34 @@ def ci_metric(column, label: str, entry: dict | None, fmt, help: str | None = No
                   delta_arrow="off", help=help)
 
 
+def wrapped_table(frame: pd.DataFrame) -> None:
+    """A table of figures written as text (values with their 95 % CIs) at the page's width: its cells wrap, where
+    st.dataframe keeps each cell on one line and pushes the last columns out of sight."""
+    # st.table renders cells as Markdown: "+ context head" would become a bullet
+    literal = frame.map(lambda v: "\\" + v if isinstance(v, str) and v[:2] in ("+ ", "- ", "* ") else v)
+    st.table(literal, hide_index=True, border="horizontal")
+
+
 def per_class_ui(m: dict, key: str) -> None:
     """Precision, recall, F1, AUC and support of every class."""
     rows = []
     for c in CLASSES:
         pc = m.get("per_class", {}).get(c.code, {})
         pcts = {k: None if pc.get(k) is None else 100 * pc[k] for k in ("precision", "recall", "f1")}
-        rows.append({"Class": c.name, "Code": c.code, "Malignant": "▲ yes" if c.malignant else "no",
+        rows.append({"Class": short_name(c.code), "Code": c.code, "Malignant": "▲ yes" if c.malignant else "no",
                      "Precision": pcts["precision"], "Recall": pcts["recall"], "F1": pcts["f1"],
                      "AUC": pc.get("auc"), "Support": pc.get("support")})
-    bar = dict(min_value=0.0, max_value=100.0, format="%.1f%%")
+    # widths that add up to the page's width at 1280 px: the default widths put AUC and Images out of sight
+    bar = dict(min_value=0.0, max_value=100.0, format="%.1f%%", width=110)
     st.dataframe(pd.DataFrame(rows), hide_index=True, key=key, placeholder="—", column_config={
+        "Class": st.column_config.TextColumn("Class", width=180, help="Full names: Analyze and the PDF report."),
+        "Code": st.column_config.TextColumn("Code", width=60),
+        "Malignant": st.column_config.TextColumn("Malignant", width=80),
         "Precision": st.column_config.ProgressColumn("Precision", **bar),
         "Recall": st.column_config.ProgressColumn("Recall (sensitivity)", **bar),
         "F1": st.column_config.ProgressColumn("F1", **bar),
-        "AUC": st.column_config.NumberColumn("AUC", format="%.3f"),
-        "Support": st.column_config.NumberColumn("Images", format="%d"),
+        "AUC": st.column_config.NumberColumn("AUC", format="%.3f", width=65),
+        "Support": st.column_config.NumberColumn("Images", format="%d", width=65),
     })
 
 

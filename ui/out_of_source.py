@@ -8,7 +8,8 @@ import streamlit as st
 
 from core.data.acquisition import SOURCE_NAMES
 from core.decisions.model_card import ModelCard
-from ui.formatting import ci_text
+from ui.formatting import ci_text, decimals
+from ui.metric_views import wrapped_table
 
 RECIPE_NAMES = {
     "mask_cn_head": "head on mask-CN features",
@@ -76,12 +77,11 @@ def out_of_source_ui(card: ModelCard) -> None:
         return
     st.markdown(oos["protocol"][:1].upper() + oos["protocol"][1:])
     st.markdown("**The shipped model per source** (each source's validation + test images, never trained on)")
-    st.dataframe(pd.DataFrame([
+    wrapped_table(pd.DataFrame([
         {"Source": f"{s} ({SOURCE_NAMES.get(s, s)})", "Images": f["n"], "Melanomas": f["melanomas"],
          "Classes": f["classes_present"], "Melanoma AUC": ci_text(f["melanoma_auc"]),
-         "Balanced accuracy": ci_text(f["balanced_accuracy"]), "Macro AUC": f["macro_auc"]}
-        for s, f in oos["shipped_per_source"].items()]), hide_index=True, key="oos_shipped",
-        column_config={"Macro AUC": st.column_config.NumberColumn(format="%.3f")})
+         "Balanced accuracy": ci_text(f["balanced_accuracy"]), "Macro AUC": decimals(f["macro_auc"])}
+        for s, f in oos["shipped_per_source"].items()]))
     st.markdown("**Reliability statements on sources they were fitted without** (the screens quote the pooled row)")
     rows = []
     for s, f in {**oos["rules_per_source"], "pooled": oos["rules_pooled"]}.items():
@@ -90,20 +90,18 @@ def out_of_source_ui(card: ModelCard) -> None:
                      "Benign not referred": _pct(f["refer"]["benign_specificity"]),
                      "Low: share": _pct(f["uncertainty"]["low"]["share"]),
                      "Low: wrong": _pct(f["uncertainty"]["low"]["error_rate"]),
-                     "Unusual: error ratio": f["unusual"]["error_ratio"],
+                     "Unusual: error ratio": f"×{f['unusual']['error_ratio']:.2f}",
                      "Set coverage": _pct(f["conformal"]["coverage"]),
-                     "Set size": f["conformal"]["mean_set_size"]})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="oos_rules", column_config={
-        "Unusual: error ratio": st.column_config.NumberColumn(format="×%.2f"),
-        "Set size": st.column_config.NumberColumn(format="%.2f")})
+                     "Set size": f"{f['conformal']['mean_set_size']:.2f}"})
+    wrapped_table(pd.DataFrame(rows))
     st.caption(f"Settings chosen on these held-out figures: {setting_text(oos['setting'])}.")
     st.markdown("**Classifier recipes, leave one source out** (heads on frozen features fitted without the source: "
                 "melanoma AUC / balanced accuracy on it)")
-    st.dataframe(pd.DataFrame([
+    wrapped_table(pd.DataFrame([
         {"Recipe": RECIPE_NAMES.get(name, name),
          **{s: f"{ci_text(f['melanoma_auc'], lambda v: f'{v:.2f}')} / {ci_text(f['balanced_accuracy'], lambda v: f'{v:.2f}')}"
             for s, f in per.items()}}
-        for name, per in oos["recipes_held_out"].items()]), hide_index=True, key="oos_recipes")
+        for name, per in oos["recipes_held_out"].items()]))
     skin_ui(oos)
     similar = oos.get("similar_cases") or {}
     if similar:
@@ -130,12 +128,12 @@ def skin_ui(oos: dict) -> None:
         return
     st.markdown("**By skin tone** (individual typology angle of the non-lesion skin, Del Bino groups; a proxy "
                 "measured on dermoscopy, not a recorded skin type)")
-    st.dataframe(pd.DataFrame([
+    wrapped_table(pd.DataFrame([
         {"ITA group": g, "Evaluation images": e["images_evaluation"], "Training images": e["images_training"],
          "Balanced accuracy": ci_text(e.get("balanced_accuracy")) if e.get("balanced_accuracy") else "too few",
          "Melanoma AUC": ci_text(e.get("melanoma_auc")) if e.get("melanoma_auc") else "too few",
          "Low: wrong (held out)": _pct(((e.get("held_out_rules") or {}).get("uncertainty") or {}).get("low", {})
                                         .get("error_rate"))}
-        for g, e in groups.items()]), hide_index=True, key="oos_skin")
+        for g, e in groups.items()]))
     st.caption("The data is mostly light skin: figures for the darker groups rest on few images or none. Groups with "
                "fewer than 20 evaluation images are not scored.")

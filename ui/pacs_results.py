@@ -62,7 +62,10 @@ def analyse(image: PacsImage, note: str = "") -> AnalysedImage:
         version = analyzer.card.model_version
     shown = result.diagnosis_shown
     mask = result.mask if shown else None
-    pdf = build_report(rgb, result, mask, result.measurements if shown else {}, None, "", note, context)
+    # filed by the study date and what the tags say tells this lesion from the patient's others
+    pdf = build_report(rgb, result, mask, result.measurements if shown else {}, None, "", note, context,
+                       image_data=image.data, exam_date=image.image.taken,
+                       lesion_label=", ".join(image.image.lesion.values()))
     referral = referral_of(result)
     findings = Findings.of(result, referral.refer, referral.threshold, version) if shown else None
     objects = result_objects(source_header(image.data), findings, pdf=pdf, mask=mask, model_version=version,

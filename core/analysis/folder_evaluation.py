@@ -41,11 +41,12 @@ def refused_images(predictions: pd.DataFrame) -> list[dict]:
 
 
 def summarise(predictions: pd.DataFrame) -> dict:
-    """The report figures from prediction rows. Rows without a diagnosis (not dermoscopy: no automated assessment)
-    are out of the figures and counted and listed apart, with the melanomas among them."""
+    """The report figures from prediction rows. ``n_images`` counts the images evaluated (given a diagnosis, so in
+    the figures); rows without one (not dermoscopy: no automated assessment) are counted and listed apart, with the
+    melanomas among them: counting them as evaluated claimed figures for images the figures leave out."""
     diagnosed = predictions[predictions["pred"] != ""]
     refused = refused_images(predictions)
-    out = {"n_images": int(len(predictions)), "n_not_dermoscopy": len(refused), "refused": refused,
+    out = {"n_images": int(len(diagnosed)), "n_not_dermoscopy": len(refused), "refused": refused,
            "n_melanoma_refused": sum(r["dx"] == "mel" for r in refused)}
     if diagnosed.empty:
         return out

@@ -101,7 +101,8 @@ def classification_metrics(y_true, probs, class_names: Sequence[str]) -> dict:
     """Model-card classification metrics for integer labels ``y_true`` (N,) and probabilities ``probs`` (N, K).
 
     Keys: accuracy, balanced_accuracy, top2_accuracy, top3_accuracy, macro_auc (one-vs-rest, mean over classes
-    present in y_true), per_class{code: {precision, recall, f1, support, auc}}, confusion_matrix (rows true,
+    present in y_true), per_class{code: {precision, recall, f1, support, auc}} (precision None for a class never
+    predicted; recall, F1 and AUC None for one absent from y_true), confusion_matrix (rows true,
     cols predicted, class_names order), roc{code: {fpr, tpr, thresholds}}, pr{code: {precision, recall,
     thresholds}}, n (int).  Predictions are the arg-max of ``probs``.  The card's ``calibration`` entry is
     {"before": calibration(raw_probs, y), "after": calibration(calibrated_probs, y)}, built by the caller.
@@ -150,10 +151,13 @@ def classification_metrics(y_true, probs, class_names: Sequence[str]) -> dict:
         else:
             roc[code] = {"fpr": [], "tpr": [], "thresholds": []}
             pr[code] = {"precision": [], "recall": [], "thresholds": []}
+        # Undefined, not 0: a class absent from the images has no recall (its F1 is 0 whatever the model does), one
+        # never predicted no precision. (A researcher's folder often lacks classes; 0.0 % read as "missed them all".)
+        predicted = bool((pred == i).any())
         per_class[code] = {
-            "precision": float(prec[i]),
-            "recall": float(rec[i]),
-            "f1": float(f1[i]),
+            "precision": float(prec[i]) if predicted else None,
+            "recall": float(rec[i]) if support[i] else None,
+            "f1": float(f1[i]) if support[i] else None,
             "support": int(support[i]),
             "auc": auc,
         }

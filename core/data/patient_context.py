@@ -37,6 +37,18 @@ class PatientContext:
         """Validate raw values (strings or numbers; None / "" / "unknown" = not given)."""
         return cls(_age(age), _choice(sex, SEXES, "sex"), _choice(site, SITES, "site"))
 
+    @classmethod
+    def from_metadata(cls, age=None, sex=None, site=None) -> "PatientContext":
+        """A dataset's own metadata (e.g. HAM10000's age, sex, localization): a value outside the vocabulary is left
+        out (not given) rather than refused, since the dataset, not the user, wrote it."""
+        def kept(read, value):
+            try:
+                return read(value)
+            except ContextError:
+                return None
+        return cls(kept(_age, age), kept(lambda v: _choice(v, SEXES, "sex"), sex),
+                   kept(lambda v: _choice(v, SITES, "site"), site))
+
     @property
     def given(self) -> bool:
         return any(v is not None for v in (self.age, self.sex, self.site))

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import requests
@@ -94,24 +95,29 @@ class Orthanc:
 
 
 def demo_objects(data_dir: str | Path, count: int, per_study: int = 2) -> list[tuple[MadeUpPatient, bytes]]:
-    """`count` HAM10000 full-resolution JPEGs wrapped as DICOM, `per_study` images per made-up patient's study."""
+    """`count` HAM10000 full-resolution JPEGs wrapped as DICOM, `per_study` images per made-up patient's study; each
+    image carries the age and site of its own HAM10000 row (the context the model should see with it: the first
+    image's, copied to the others, gave them another lesion's site), the patient's sex is the first image's (one
+    patient, one sex in the study's header). The MadeUpPatient returned with each object holds what it was written
+    with."""
     data_dir = Path(data_dir)
     with open(data_dir / "ham10000" / "HAM10000_metadata.csv", newline="") as handle:
         meta = {row["image_id"]: row for row in csv.DictReader(handle)}
     images = sorted((data_dir / "ham10000" / "fullres" / "images").glob("ISIC_*.jpg"))[:count]
     if len(images) < count:
         raise RuntimeError(f"{data_dir}: only {len(images)} full-resolution HAM10000 images, {count} asked for")
-    objects, patient = [], None
+    objects, study = [], None
     for index, path in enumerate(images):
         if index % per_study == 0:
-            row = meta[path.stem]
-            age = int(float(row["age"])) if row["age"] else None
-            site = row["localization"] if row["localization"] not in ("", "unknown") else None
-            patient = MadeUpPatient(patient_id=f"DEMO-{index // per_study + 1:03d}",
-                                    name=f"Demo^Patient{index // per_study + 1}", age=age,
-                                    sex=row["sex"] if row["sex"] in ("male", "female") else None, site=site,
-                                    study_uid=generate_uid(), study_date=f"202601{index // per_study % 28 + 1:02d}")
+            number = index // per_study + 1
+            sex = meta[path.stem]["sex"]
+            study = MadeUpPatient(patient_id=f"DEMO-{number:03d}", name=f"Demo^Patient{number}",
+                                  sex=sex if sex in ("male", "female") else None,
+                                  study_uid=generate_uid(), study_date=f"202601{(number - 1) % 28 + 1:02d}")
             series = generate_uid()
+        row = meta[path.stem]
+        patient = replace(study, age=int(float(row["age"])) if row["age"] else None,
+                          site=row["localization"] if row["localization"] not in ("", "unknown") else None)
         objects.append((patient, wrap_jpeg(path.read_bytes(), patient, series_uid=series,
                                            instance_number=index % per_study + 1)))
     return objects

@@ -13,6 +13,7 @@ rejected (with its reason).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from dataclasses import dataclass
@@ -34,10 +35,17 @@ class PacsError(RuntimeError):
 class Study:
     study_uid: str
     patient_id: str
-    date: str
+    date: str                      # YYYYMMDD ("" when the study has none)
     modalities: tuple[str, ...]
     description: str
     instances: int
+    time: str = ""                 # HHMMSS[.ffffff] ("" when the study has none)
+
+    @property
+    def short_id(self) -> str:
+        """Eight hex digits of the Study Instance UID's SHA-256: tells studies apart on screen when the patient
+        identifiers are hidden (the UID itself is long and may embed a site's root)."""
+        return hashlib.sha256(self.study_uid.encode()).hexdigest()[:8]
 
 
 @dataclass(frozen=True)
@@ -109,14 +117,18 @@ class Pacs:
             raise PacsError(f"The PACS could not {what} (HTTP {status}{': ' + reason if reason else ''})") from None
 
     def search_studies(self, patient_id: str = "", date: str = "", modality: str = "") -> list[Study]:
-        """QIDO-RS: studies matching a patient ID, a date (YYYYMMDD or a YYYYMMDD-YYYYMMDD range) and a modality."""
+        """QIDO-RS: studies matching a patient ID, a date (YYYYMMDD or a YYYYMMDD-YYYYMMDD range) and a modality,
+        newest first (by study date and time; undated studies last): the server returns them in no useful order."""
         filters = {k: v for k, v in (("PatientID", patient_id), ("StudyDate", date),
                                      ("ModalitiesInStudy", modality)) if v}
         found = self._call("search studies", self._client.search_for_studies, search_filters=filters,
-                           fields=["ModalitiesInStudy", "NumberOfStudyRelatedInstances", "StudyDescription"])
-        return [Study(str(_value(s, "0020000D")), str(_value(s, "00100020")), str(_value(s, "00080020")),
-                      _all(s, "00080061"), str(_value(s, "00081030")), int(_value(s, "00201208", 0) or 0))
-                for s in found]
+                           fields=["ModalitiesInStudy", "NumberOfStudyRelatedInstances", "StudyDescription",
+                                   "StudyTime"])
+        studies = [Study(str(_value(s, "0020000D")), str(_value(s, "00100020")), str(_value(s, "00080020")),
+                         _all(s, "00080061"), str(_value(s, "00081030")), int(_value(s, "00201208", 0) or 0),
+                         str(_value(s, "00080030")))
+                   for s in found]
+        return sorted(studies, key=lambda s: (s.date, s.time, s.study_uid), reverse=True)
 
     def instances(self, study_uid: str) -> list[Instance]:
         """QIDO-RS: every instance of a study."""

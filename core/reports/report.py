@@ -5,7 +5,8 @@ Privacy and reproducibility rules:
 * Images are re-encoded from their pixel arrays (PIL -> in-memory PNG without any ancillary chunks), so no
   EXIF / GPS / camera data, ICC profile text or file name from the upload reaches the PDF.
 * No file name is written anywhere (the document title is fixed); only text the caller passes in
-  (e.g. the clinician note) appears.
+  (e.g. the clinician note, the lesion label) appears. The report is filed by a content hash of the image file
+  (``image_id``: the start of the SHA-256 the audit log records), the exam date and the user's lesion label.
 * Given ``generated_at`` the output bytes are deterministic: the PDF creation date and the file /ID
   (fpdf2 hashes the content and the date) depend on nothing else.
 * Only the core Helvetica font is used; every string is reduced to printable ASCII first (core fonts are
@@ -13,11 +14,12 @@ Privacy and reproducibility rules:
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import unicodedata
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 import numpy as np
 from fpdf import FPDF
@@ -30,7 +32,7 @@ from core.lesion.lesion_measurements import describe_measurements
 from core.decisions.ood_levels import GREYED_HEADLINES, GREYED_LEVELS, REFUSED_LEVELS
 from core.decisions.triage import HEADLINES, NOT_ASSESSED_NOTE, Verdict
 
-__all__ = ["DISCLAIMER", "REPORT_TITLE", "build_pdf_report", "ascii_safe"]
+__all__ = ["DISCLAIMER", "REPORT_TITLE", "build_pdf_report", "ascii_safe", "image_id"]
 
 REPORT_TITLE = "LesionLens analysis report"
 DISCLAIMER = (
@@ -67,6 +69,20 @@ def ascii_safe(text: object) -> str:
     s = "".join(ch for ch in s if not unicodedata.combining(ch))
     s = s.replace("\r\n", "\n").replace("\r", "\n")
     return "".join(ch if (32 <= ord(ch) < 127 or ch == "\n") else "?" for ch in s)
+
+
+def image_id(data: bytes) -> str:
+    """The report's image ID: the first 12 hex digits of the file's SHA-256. It names the image without its file
+    name (which may hold a patient's name) and matches the audit log's image_sha256, so a filed PDF can be traced."""
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def _utc(when: datetime | None) -> datetime:
+    """``when`` (default: now; naive = UTC) in UTC, to the second."""
+    when = when or datetime.now(timezone.utc)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).replace(microsecond=0)
 
 
 def _png(image) -> tuple[io.BytesIO, int, int]:
@@ -113,9 +129,9 @@ class _ReportPDF(FPDF):
 
 
 def _heading(pdf: FPDF, text: str) -> None:
-    pdf.ln(2)
+    pdf.ln(1)
     pdf.set_font("Helvetica", "B", 11)
-    pdf.cell(0, 7, ascii_safe(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.cell(0, 6.5, ascii_safe(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_font("Helvetica", "", 9)
 
 
@@ -173,16 +189,31 @@ def _probability_table(pdf: FPDF, probs: Mapping[str, float], label: str) -> Non
 
 
 def _kv_table(pdf: FPDF, rows: list[tuple[str, str]], key_w: float = 60.0) -> None:
-    """Two-column table; a long value wraps inside its cell and the key cell grows with it."""
+    """Two-column table; a long key or value wraps inside its own cell (a key like "ISIC 2017 val: Seborrhoeic
+    keratosis AUC" is wider than its column and ran into the value) and the row grows to the taller of the two.
+    Rows of 4.5 mm keep the analysis report, with its filing line, on one A4 page."""
     value_w = _CONTENT_W - key_w
+    line_h = 4.5
     for key, value in rows:
-        value = ascii_safe(value)
-        pdf.set_font("Helvetica", "", 9)
-        lines = len(pdf.multi_cell(value_w, 5, value, dry_run=True, output="LINES"))
+        key, value = ascii_safe(key), ascii_safe(value)
         pdf.set_font("Helvetica", "B", 9)
-        pdf.cell(key_w, 5 * lines, ascii_safe(key), border=1)
+        key_lines = len(pdf.multi_cell(key_w, line_h, key, dry_run=True, output="LINES"))
         pdf.set_font("Helvetica", "", 9)
-        pdf.multi_cell(value_w, 5, value, border=1, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        value_lines = len(pdf.multi_cell(value_w, line_h, value, dry_run=True, output="LINES"))
+        row_h = line_h * max(key_lines, value_lines)
+        if pdf.get_y() + row_h > pdf.page_break_trigger:
+            pdf.add_page()
+        top = pdf.get_y()
+        pdf.set_font("Helvetica", "B", 9)
+        # one border around the whole key cell; its text wraps inside it
+        pdf.rect(_MARGIN, top, key_w, row_h)
+        pdf.set_xy(_MARGIN, top)
+        pdf.multi_cell(key_w, line_h, key, align="L")
+        pdf.set_font("Helvetica", "", 9)
+        pdf.rect(_MARGIN + key_w, top, value_w, row_h)
+        pdf.set_xy(_MARGIN + key_w, top)
+        pdf.multi_cell(value_w, line_h, value, align="L")
+        pdf.set_xy(_MARGIN, top + row_h)
 
 
 def _model_rows(info: Mapping) -> list[tuple[str, str]]:
@@ -205,10 +236,7 @@ def _model_rows(info: Mapping) -> list[tuple[str, str]]:
 def start_document(title: str, generated_at: datetime | None, model_info: Mapping) -> FPDF:
     """An A4 report with ``title`` and the generation time and model version on its first page. ``generated_at``
     (default: now, UTC; naive = UTC) is printed and is the PDF creation date."""
-    when = generated_at or datetime.now(timezone.utc)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    when = when.astimezone(timezone.utc).replace(microsecond=0)
+    when = _utc(generated_at)
     pdf = _ReportPDF(orientation="P", unit="mm", format="A4")
     pdf.set_creation_date(when)
     pdf.set_title(title)
@@ -219,7 +247,7 @@ def start_document(title: str, generated_at: datetime | None, model_info: Mappin
     pdf.add_page()
 
     pdf.set_font("Helvetica", "B", 18)
-    pdf.cell(0, 10, ascii_safe(title), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.cell(0, 8, ascii_safe(title), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_font("Helvetica", "", 9)
     pdf.cell(0, 5, ascii_safe(
         f"Generated {when.strftime('%Y-%m-%d %H:%M')} UTC  |  Model version {model_info.get('version', 'unknown')}"
@@ -259,6 +287,9 @@ def build_pdf_report(
     generated_at: datetime | None = None,
     clinician_note: str = "",
     cam_caption: str = "Class activation map",
+    image_id: str = "",
+    exam_date: date | None = None,
+    lesion_label: str = "",
 ) -> bytes:
     """Render the analysis of one image as PDF bytes (see the module docstring for the privacy rules).
 
@@ -276,8 +307,12 @@ def build_pdf_report(
     and optionally ``metrics`` (a flat or one-level nested dict of headline numbers). ``generated_at`` (default: now,
     UTC; naive = UTC) is printed and used as the PDF creation date. ``cam_caption`` is printed under ``cam_rgb`` (say
     which method, target class and mask made it).
+    ``image_id`` (see image_id()), ``exam_date`` (the DICOM study date when known; default: the date of the analysis,
+    ``generated_at``) and ``lesion_label`` (the user's name for the lesion, e.g. "L2 left shoulder") let the PDF be
+    filed with the patient's record without a file name in it.
     """
     pdf = start_document(REPORT_TITLE, generated_at, model_info)
+    _filing_line(pdf, image_id, exam_date or _utc(generated_at).date(), exam_date is None, lesion_label)
     if ood_level in REFUSED_LEVELS:
         _images(pdf, [("Uploaded image", image_rgb)])
         _heading(pdf, "No diagnosis")
@@ -313,6 +348,17 @@ def build_pdf_report(
     return finish_document(pdf)
 
 
+def _filing_line(pdf: FPDF, image_id: str, exam_date: date, is_analysis_date: bool, lesion_label: str) -> None:
+    """What the report is filed by, in one boxed line under the title: the image's ID, the exam date (and whose date
+    it is) and the lesion label."""
+    parts = [f"Image ID {image_id} (file SHA-256)" if image_id else "Image ID not given",
+             f"Exam date {exam_date.isoformat()}" + (" (this analysis)" if is_analysis_date else ""),
+             f"Lesion {lesion_label.strip() or 'not labelled'}"]
+    pdf.set_font("Helvetica", "B", 9)
+    pdf.multi_cell(0, 5.5, ascii_safe("  |  ".join(parts)), border=1, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_font("Helvetica", "", 9)
+
+
 def _warning(pdf: FPDF, text: str) -> None:
     pdf.set_fill_color(*_WARN_FILL)
     pdf.set_font("Helvetica", "B", 9)
@@ -322,16 +368,12 @@ def _warning(pdf: FPDF, text: str) -> None:
 
 def _diagnosis(pdf: FPDF, probs: Mapping[str, float], label: str, ood_level: str, ood_reason: str,
                uncertainty_text: str, referral: Mapping | None, verdict: str = "", quality_text: str = "") -> None:
-    """The classification block: triage verdict, unusual-image and image-quality warnings, top class, referral,
-    uncertainty, probability table."""
+    """The classification block: triage verdict with the melanoma score and threshold, unusual-image and
+    image-quality warnings, top class, uncertainty, probability table."""
     cls = CLASS_BY_CODE.get(label)
     top_p = float(probs.get(label, 0.0) or 0.0)
     _heading(pdf, "Classification")
-    if verdict:
-        pdf.set_font("Helvetica", "B", 10)
-        pdf.multi_cell(0, 5.5, ascii_safe(f"Triage: {verdict}"), border=1, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-        pdf.set_font("Helvetica", "", 9)
-        pdf.ln(1)
+    _triage(pdf, verdict, referral)
     if ood_level in GREYED_LEVELS:
         _warning(pdf, f"{GREYED_HEADLINES[ood_level]}: " + (ood_reason or "the diagnosis is less reliable than the "
                                                                           "validation figures suggest."))
@@ -345,17 +387,28 @@ def _diagnosis(pdf: FPDF, probs: Mapping[str, float], label: str, ood_level: str
     pdf.cell(0, 8, ascii_safe(f"Most likely: {cls.name if cls else label} ({label}) {100.0 * top_p:.1f} %{malignant}"),
              border=1, fill=True, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_font("Helvetica", "", 9)
-    if referral:
-        pdf.set_font("Helvetica", "B", 9)
-        pdf.multi_cell(0, 5, ascii_safe(f"Melanoma referral: {referral['text']}"), new_x=XPos.LMARGIN,
-                       new_y=YPos.NEXT)
-        pdf.set_font("Helvetica", "", 9)
-        pdf.multi_cell(0, 5, ascii_safe(f"{referral['numbers']} ({referral['threshold_note']})."),
-                       new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     if uncertainty_text:
         pdf.multi_cell(0, 5, ascii_safe(uncertainty_text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(1)
     _probability_table(pdf, probs, label)
+
+
+def _triage(pdf: FPDF, verdict: str, referral: Mapping | None) -> None:
+    """The triage verdict with the melanoma score and the threshold applied in one box. The verdict already says
+    whether the melanoma rule fired, so the referral's own sentence would only repeat it; without a verdict the
+    referral sentence stands in for it."""
+    statement = f"Triage: {verdict}" if verdict else (f"Melanoma referral: {referral['text']}" if referral else "")
+    if not statement:
+        return
+    pdf.set_font("Helvetica", "B", 10)
+    pdf.multi_cell(0, 5.5, ascii_safe(statement), border="LTR" if referral else 1, align="L", new_x=XPos.LMARGIN,
+                   new_y=YPos.NEXT)
+    if referral:
+        pdf.set_font("Helvetica", "", 9)
+        pdf.multi_cell(0, 5, ascii_safe(f"{referral['numbers']} ({referral['threshold_note']})."), border="LBR",
+                       new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_font("Helvetica", "", 9)
+    pdf.ln(1)
 
 
 def _table(pdf: FPDF, columns: list[tuple[str, float]], rows: list[list[str]]) -> None:
