@@ -103,7 +103,8 @@ def test_compose_runs_the_app_on_postgresql_with_orthanc_as_an_optional_profile(
     assert app["depends_on"]["audit-db"]["condition"] == "service_healthy"
     assert db["environment"]["POSTGRES_DB"] in url
     assert services["orthanc"]["profiles"] == ["pacs"] and "profiles" not in app
-    assert app["environment"]["LESIONLENS_SECRETS"] == "/run/secrets/lesionlens"
+    assert app["environment"]["LESIONLENS_SECRETS"] == "/run/secrets/lesionlens.toml"  # Streamlit wants *.toml
+    assert app["secrets"] == [{"source": "lesionlens", "target": "lesionlens.toml"}]
     assert compose["secrets"]["lesionlens"]["file"] == "${LESIONLENS_SECRETS_FILE:-./deploy/secrets.toml}"
     for service in services.values():
         for volume in service.get("volumes", []):
@@ -127,6 +128,10 @@ def test_the_entrypoint_checks_the_secrets_before_starting(tmp_path):
                       .replace('client_id = "lesionlens"', ""))
     assert bad.returncode == 1
     assert "[auth] client_id is missing" in bad.stderr and "cookie_secret must be" in bad.stderr
+    untyped = tmp_path / "lesionlens"
+    untyped.write_text(GOOD_SECRETS)
+    ignored = _entrypoint(tmp_path, None, LESIONLENS_SECRETS=str(untyped))  # Streamlit would skip it: sign-in off
+    assert ignored.returncode == 1 and "only from a file named *.toml" in ignored.stderr
     strange = _entrypoint(tmp_path, GOOD_SECRETS + 'alowed_groups = ["x"]\n')
     assert strange.returncode == 1 and "unknown settings ['alowed_groups']" in strange.stderr
     missing = _entrypoint(tmp_path / "nowhere", None)
