@@ -20,7 +20,8 @@ ENV LANG=C.UTF-8
 
 FROM base AS audit-db
 COPY deploy/audit_db.sh /usr/local/bin/lesionlens-audit-db
-RUN mkdir -p /var/lib/lesionlens-db && chown postgres:postgres /var/lib/lesionlens-db
+# /var/run/postgresql (the server's socket and lock) is made by the init system on a Debian host, by nothing here.
+RUN mkdir -p /var/lib/lesionlens-db /var/run/postgresql && chown postgres:postgres /var/lib/lesionlens-db /var/run/postgresql
 USER postgres
 VOLUME /var/lib/lesionlens-db
 EXPOSE 5432
@@ -78,7 +79,7 @@ COPY deploy/ deploy/
 COPY deploy/config.toml .streamlit/config.toml
 # The weights against the model card's sha256 and every app module imported (writing their bytecode: hence
 # PYTHONDONTWRITEBYTECODE emptied for this step).
-RUN PYTHONDONTWRITEBYTECODE= python deploy/build_check.py
+RUN PYTHONDONTWRITEBYTECODE= python -m deploy.build_check
 
 RUN useradd --system --uid 10001 --create-home lesionlens \
     && mkdir -p /var/lib/lesionlens && chown lesionlens /var/lib/lesionlens

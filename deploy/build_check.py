@@ -1,8 +1,8 @@
-"""The app image's last build step (run as root in /app): every weight file against the model card's sha256, so that a
-corrupted copy fails the build rather than the first analysis (the app checks them again at load), and every module
-of core/ and ui/ imported, so that a missing or broken package fails the build too. The imports also write the
-bytecode of what the app runs (the wheels are installed without it: compiling all of them took about 400 MB, most of
-it for modules the app never imports); the non-root user then starts from it."""
+"""The app image's last build step (`python -m deploy.build_check`, as root in /app): every weight file against the
+model card's sha256, so that a corrupted copy fails the build rather than the first analysis (the app checks them
+again at load), and every module of core/ and ui/ imported, so that a missing or broken package fails the build too.
+The imports also write the bytecode of what the app runs (the wheels are installed without it: compiling all of them
+took about 400 MB, most of it for modules the app never imports); the non-root user then starts from it."""
 from __future__ import annotations
 
 import importlib
