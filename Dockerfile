@@ -33,6 +33,8 @@ ENTRYPOINT ["lesionlens-audit-db"]
 
 FROM base AS pacs
 COPY deploy/orthanc.json /etc/lesionlens/orthanc.json
+# Orthanc does not create its storage folder; the package's postinst makes /var/lib/orthanc only.
+RUN mkdir -p /var/lib/orthanc/db && chown -R orthanc:orthanc /var/lib/orthanc
 USER orthanc
 VOLUME /var/lib/orthanc/db
 EXPOSE 8042

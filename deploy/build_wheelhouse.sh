@@ -14,6 +14,10 @@ HOUSE="$ROOT/wheelhouse"
 PY="${PYTHON:-python3}"
 CPU_INDEX=https://download.pytorch.org/whl/cpu
 
+# pip picks wheels for the Python that runs it: it must be the image's, Debian bookworm's 3.11.
+"$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || {
+    echo "[wheelhouse] $PY is not Python 3.11 (the image's); set PYTHON to a python3.11" >&2; exit 1; }
+
 find_links="$("$PY" -m pip config get global.find-links 2>/dev/null || true) ${PIP_FIND_LINKS:-}"
 local_wheel="$(for dir in $find_links; do ls "${dir#file://}"/torch-*+cpu-cp311-*.whl 2>/dev/null; done \
     | sort -V | tail -n 1)"
