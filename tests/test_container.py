@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.load_test import free_port
 from test_signin import SECRETS, STAFF, _sign_in, browser  # noqa: F401  (browser: the chromium fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,12 +48,6 @@ def compose_command() -> list[str]:
     if run(["docker", "compose", "version"], check=False).returncode == 0:
         return ["docker", "compose"]
     return [shutil.which("docker-compose") or "docker-compose"]
-
-
-def free_port() -> int:
-    from bench.load_test import free_port as port
-
-    return port()
 
 
 @pytest.fixture(scope="module", autouse=True)
