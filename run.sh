@@ -4,6 +4,8 @@
 #   bash run.sh test [pytest args]  run the test suite (DATA_DIR defaults to ../shared/data)
 #   bash run.sh pacs [--port N]     a demo PACS (Orthanc, DICOMweb on localhost:8042) with made-up dermoscopy studies
 #   bash run.sh batch INPUT --out OUT [--ray ADDRESS|auto] [--workers N] [--labels CSV]   archive analysis to Parquet
+#   bash run.sh image [--offline]   build the container images (app, audit-db, pacs; docs/deploy.md); --offline: from a
+#                                   Debian base bootstrapped from the apt mirror and a wheelhouse built here
 #   bash run.sh MODULE [args...]    run `python -m MODULE args...` in the project environment,
 #                                   e.g. bash run.sh train.splits --data-dir ../shared/data --out splits.csv
 # The first run creates .venv/ and installs requirements.txt (the runtime; `test` also requirements-dev.txt, the
@@ -17,7 +19,7 @@ VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 
 usage() {
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 ensure_venv() {
@@ -101,6 +103,24 @@ case "$cmd" in
     batch)
         ensure_venv
         exec "$PY" -m core.batch.batch_engine "$@"
+        ;;
+    image)
+        # Builds only: `docker compose up -d` starts them. Each image is one target of the Dockerfile, named as in
+        # compose.yaml.
+        bash deploy/start_docker.sh
+        base="${LESIONLENS_BASE:-debian:bookworm-slim}"
+        if [ "${1:-}" = "--offline" ]; then
+            base="${LESIONLENS_BASE:-lesionlens-base:bookworm}"
+            LESIONLENS_BASE="$base" bash deploy/bootstrap_base.sh
+            bash deploy/build_wheelhouse.sh
+        fi
+        for target in audit-db pacs app; do
+            name="lesionlens-$target:latest"
+            [ "$target" = app ] && name="lesionlens:latest"
+            echo "[run.sh] docker build --target $target -t $name (BASE=$base)" >&2
+            docker build --quiet --build-arg BASE="$base" --target "$target" -t "$name" . >/dev/null
+        done
+        docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^lesionlens' >&2
         ;;
     test)
         ensure_venv requirements-dev.txt

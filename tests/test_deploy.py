@@ -1,7 +1,8 @@
-"""The container recipe, checked without Docker (no Docker daemon runs on the development and CI machines): the
-deployed Streamlit config is valid and hardened, the Dockerfile copies everything the app imports and runs it as a
-non-root user with a health check, compose.yaml wires the app to PostgreSQL (and Orthanc in the `pacs` profile), and
-the image's entry point script accepts good secrets and refuses bad ones by name (run for real, as in the image)."""
+"""The container recipe, checked without Docker (tests/test_container.py builds and runs it for real): the deployed
+Streamlit config is valid and hardened, the Dockerfile copies everything the app imports and runs it as a non-root
+user with a health check, compose.yaml builds the three services from it and wires the app to PostgreSQL (and Orthanc
+in the `pacs` profile), and the image's entry point script accepts good secrets and refuses bad ones by name, and
+refuses to start without them unless sign-in off is asked for (run for real, as in the image)."""
 from __future__ import annotations
 
 import ast
@@ -63,8 +64,8 @@ def _imported_top_level(path: Path) -> set[str]:
 
 def test_the_dockerfile_copies_what_the_app_imports_and_runs_it_non_root_with_a_health_check():
     steps = _dockerfile()
-    assert steps[0] == ("FROM", "python:3.11-slim")
-    copied = {args.split()[0].rstrip("/") for op, args in steps if op == "COPY"}
+    assert steps[0] == ("ARG", "BASE=debian:bookworm-slim") and steps[1] == ("FROM", "${BASE} AS base")
+    copied = {args.split()[0].rstrip("/") for op, args in steps if op == "COPY" and not args.startswith("--from=")}
     for source in copied:
         assert (REPO / source).exists(), f"COPY {source}: not in the repository"
     # every repository package the app's modules import is in the image
@@ -77,13 +78,15 @@ def test_the_dockerfile_copies_what_the_app_imports_and_runs_it_non_root_with_a_
     assert pages and all(page.split("/")[0] in copied for page in pages), "the pages are not copied"
     assert {"weights", "deploy/config.toml"} <= copied                    # weights baked in, the hardened config
     run = " ".join(args for op, args in steps if op == "RUN")
-    assert "--index-url https://download.pytorch.org/whl/cpu" in run     # CPU torch wheels
-    [user] = [args for op, args in steps if op == "USER"]
+    assert "--no-index --find-links /tmp/wheelhouse" in run                # offline: the wheelhouse
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in run  # online: CPU torch wheels
+    app = steps[next(i for i, step in enumerate(steps) if step == ("FROM", "base AS app")):]
+    [user] = [args for op, args in app if op == "USER"]
     assert user not in ("root", "0")
-    [health] = [args for op, args in steps if op == "HEALTHCHECK"]
-    [port] = [args for op, args in steps if op == "EXPOSE"]
+    [health] = [args for op, args in app if op == "HEALTHCHECK"]
+    [port] = [args for op, args in app if op == "EXPOSE"]
     assert f"127.0.0.1:{port}/_stcore/health" in health
-    [entry] = [args for op, args in steps if op == "ENTRYPOINT"]
+    [entry] = [args for op, args in app if op == "ENTRYPOINT"]
     script = REPO / entry.strip('[]"')
     assert script.is_file() and os.access(script, os.X_OK)
 
@@ -92,25 +95,28 @@ def test_compose_runs_the_app_on_postgresql_with_orthanc_as_an_optional_profile(
     compose = yaml.safe_load((REPO / "compose.yaml").read_text())
     services = compose["services"]
     app, db = services["app"], services["audit-db"]
-    assert app["build"] == "." and "8501" in app["ports"][0]
+    assert {service["build"]["target"] for service in services.values()} == {"app", "audit-db", "pacs"}
+    assert all(service["build"]["context"] == "." for service in services.values())
+    assert "8501" in app["ports"][0]
     url = app["environment"]["LESIONLENS_AUDIT_URL"]
     assert url.startswith("postgresql+psycopg://") and "@audit-db:5432/" in url
-    assert db["image"].startswith("postgres:") and app["depends_on"]["audit-db"]["condition"] == "service_healthy"
+    assert app["depends_on"]["audit-db"]["condition"] == "service_healthy"
     assert db["environment"]["POSTGRES_DB"] in url
     assert services["orthanc"]["profiles"] == ["pacs"] and "profiles" not in app
-    assert app["environment"]["LESIONLENS_SECRETS"] == "/run/secrets/lesionlens"
-    assert compose["secrets"]["lesionlens"]["file"] == "./deploy/secrets.toml"
+    assert app["environment"]["LESIONLENS_SECRETS"] == "/run/secrets/lesionlens.toml"  # Streamlit wants *.toml
+    assert app["secrets"] == [{"source": "lesionlens", "target": "lesionlens.toml"}]
+    assert compose["secrets"]["lesionlens"]["file"] == "${LESIONLENS_SECRETS_FILE:-./deploy/secrets.toml}"
     for service in services.values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             assert not source.startswith("./") or (REPO / source).exists(), source
 
 
-def _entrypoint(tmp_path, secrets: str | None) -> subprocess.CompletedProcess:
+def _entrypoint(tmp_path, secrets: str | None, **extra_env: str) -> subprocess.CompletedProcess:
     path = tmp_path / "secrets.toml"
     if secrets is not None:
         path.write_text(secrets)
-    env = {**os.environ, "LESIONLENS_SECRETS": str(path), "PYTHON": sys.executable}
+    env = {**os.environ, "LESIONLENS_SECRETS": str(path), "PYTHON": sys.executable, **extra_env}
     return subprocess.run([str(REPO / "deploy" / "entrypoint.sh"), "check"], env=env, capture_output=True,
                           text=True, timeout=60)
 
@@ -122,10 +128,16 @@ def test_the_entrypoint_checks_the_secrets_before_starting(tmp_path):
                       .replace('client_id = "lesionlens"', ""))
     assert bad.returncode == 1
     assert "[auth] client_id is missing" in bad.stderr and "cookie_secret must be" in bad.stderr
+    untyped = tmp_path / "lesionlens"
+    untyped.write_text(GOOD_SECRETS)
+    ignored = _entrypoint(tmp_path, None, LESIONLENS_SECRETS=str(untyped))  # Streamlit would skip it: sign-in off
+    assert ignored.returncode == 1 and "only from a file named *.toml" in ignored.stderr
     strange = _entrypoint(tmp_path, GOOD_SECRETS + 'alowed_groups = ["x"]\n')
     assert strange.returncode == 1 and "unknown settings ['alowed_groups']" in strange.stderr
     missing = _entrypoint(tmp_path / "nowhere", None)
-    assert missing.returncode == 0 and "sign-in is OFF" in missing.stderr
+    assert missing.returncode == 1 and "refusing to start with sign-in off" in missing.stderr
+    told = _entrypoint(tmp_path / "nowhere", None, LESIONLENS_SIGN_IN="off")
+    assert told.returncode == 0 and "sign-in is OFF" in told.stderr
 
 
 def test_the_secrets_template_is_valid_once_filled_in():
