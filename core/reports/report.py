@@ -37,8 +37,8 @@ __all__ = ["DISCLAIMER", "REPORT_TITLE", "build_pdf_report", "ascii_safe", "imag
 REPORT_TITLE = "LesionLens analysis report"
 DISCLAIMER = (
     "Decision support for trained professionals; not a diagnosis. The result comes from a machine-learning "
-    "model trained on public dermoscopy collections (HAM10000); it can be wrong, especially for images unlike "
-    "its training data, for lesion types outside its seven classes, and for non-dermoscopic photographs. "
+    "model trained on public dermoscopy collections (the model card names them); it can be wrong, especially for "
+    "images unlike its training data, for lesion types outside its seven classes, and for non-dermoscopic photographs. "
     "Every finding must be confirmed by clinical examination and, where indicated, histopathology."
 )
 
