@@ -82,7 +82,9 @@ def test_studies_are_listed_newest_first_and_told_apart(server, data_dir, monkey
     assert list(table["Date"]) == sorted(table["Date"], reverse=True) and len(table) == len(studies) > 1
     assert list(table["Date"]) == [f"{d[:4]}-{d[4:6]}-{d[6:]}" for d in sorted(
         {p.study_date for p in studies.values()}, reverse=True)]
-    assert table["Time"].str.match(r"^\d\d:\d\d$").all() and set(table["Modalities"]) == {"DMS"}
+    # every study holds its dermoscopy images; one may also hold what an earlier test stored (the server is shared)
+    assert table["Time"].str.match(r"^\d\d:\d\d$").all()
+    assert all("DMS" in modalities.split(", ") for modalities in table["Modalities"]), list(table["Modalities"])
     assert table["Study"].nunique() == len(table)
     options = at.selectbox(key="pacs_study").options
     assert len(set(options)) == len(options) and all(f"study {short}" in option
