@@ -1,4 +1,4 @@
-"""Dataset explorer: HAM10000 / ISIC 2017 distributions, split sizes and a filterable image gallery."""
+"""Dataset explorer: HAM10000 / ISIC 2017 / acral distributions, split sizes and a filterable image gallery."""
 from __future__ import annotations
 
 import numpy as np

@@ -83,7 +83,7 @@ def home_page() -> None:
     st.markdown(
         "- **Analyze** — one image: triage verdict, mask, probabilities, uncertainty, class activation map, "
         "measurements, similar cases, patient context, PDF report.\n"
-        "- **Dataset explorer** — HAM10000 / ISIC 2017 distributions and an image gallery.\n"
+        "- **Dataset explorer** — HAM10000 / ISIC 2017 / acral distributions and an image gallery.\n"
         "- **Model performance** — both test sets with 95% CIs: confusion matrix, ROC/PR, referral threshold, "
         "uncertainty, calibration, out-of-distribution, out of source (a new clinic), similar cases, ablations.\n"
         "- **Batch** — many images at once (optional patient-context CSV), results as CSV.\n"
