@@ -1,8 +1,11 @@
 """train.compare_recipes: the held-out figures of training recipes and their paired differences."""
+import argparse
+
 import numpy as np
+import pytest
 
 from core.data.classes import CLASS_INDEX
-from train.compare_recipes import compare, member_probabilities, specificity_at_sensitivity
+from train.compare_recipes import compare, member_probabilities, specificity_at_sensitivity, view_counts
 
 MEL, NV = CLASS_INDEX["mel"], CLASS_INDEX["nv"]
 
@@ -31,3 +34,16 @@ def test_a_member_compared_with_itself_differs_by_zero_and_a_better_ranking_by_m
     better = result["clean"]["difference_to_noisy"]["melanoma_auc"]
     assert better["value"] > 0.1 and better["ci95"][0] > 0
     assert result["clean"]["melanoma_auc"]["value"] > result["noisy"]["melanoma_auc"]["value"]
+
+
+def test_a_view_count_averages_only_the_first_views():
+    first, second = np.zeros((1, 7)), np.zeros((1, 7))
+    first[0, MEL], second[0, NV] = 5.0, 5.0
+    logits = np.stack([first, second])
+    one, both = member_probabilities(logits, 1), member_probabilities(logits)
+    assert one.argmax(1)[0] == MEL and one[0, MEL] > 0.9
+    assert np.isclose(both[0, MEL], both[0, NV])
+    assert view_counts("8,4,2,1") == [8, 4, 2, 1]
+    for bad in ("0", "9", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            view_counts(bad)

@@ -10,6 +10,10 @@ classes present, and the share of benign lesions below the P(melanoma) that catc
 the ROC curve, like the AUC a property of the ranking: no rule is fitted on the held-out images). Every figure has a bootstrap 95 % CI that resamples
 whole lesions; each member's difference to the first member is bootstrapped on the same draws (a paired CI), so a
 lever counts only where that interval excludes 0. Writes --out (JSON) and prints a table.
+
+The test-time views are a lever too: `--views 8,4,2,1` scores every member with the first 8, 4, 2 and 1 of the
+dihedral views (core.imaging.tta: identity, horizontal flip, vertical flip, both, then the transposes), computed
+once, so each view count is a member of its own ("shipped@4") and the first count is the baseline.
 """
 from __future__ import annotations
 
@@ -32,9 +36,17 @@ MALIGNANT = [CLASS_INDEX[c] for c in MALIGNANT_CODES]
 MEL = CLASS_INDEX["mel"]
 
 
-def member_probabilities(logits: np.ndarray) -> np.ndarray:
-    """(views, N, K) logits -> (N, K): the softmax averaged over the test-time views."""
-    return softmax_with_temperature(logits, 1.0).mean(0)
+def member_probabilities(logits: np.ndarray, views: int | None = None) -> np.ndarray:
+    """(views, N, K) logits -> (N, K): the softmax averaged over the first `views` test-time views (all by default)."""
+    return softmax_with_temperature(logits[:views], 1.0).mean(0)
+
+
+def view_counts(spec: str) -> list[int]:
+    """"8,4,2,1" -> [8, 4, 2, 1]: how many of the ALL_VIEWS each scored variant averages."""
+    counts = [int(v) for v in spec.split(",") if v]
+    if not counts or any(c < 1 or c > len(ALL_VIEWS) for c in counts):
+        raise argparse.ArgumentTypeError(f"--views takes counts between 1 and {len(ALL_VIEWS)}, got {spec!r}")
+    return counts
 
 
 def specificity_at_sensitivity(is_positive: np.ndarray, score: np.ndarray, is_negative: np.ndarray,
@@ -104,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--splits", default="val,test", help="which of the held-out source's splits to score "
                         "(train too when no member trained on the source)")
     parser.add_argument("--member", action="append", required=True, help="NAME=mask-CN weight file (first = baseline)")
+    parser.add_argument("--views", type=view_counts, default=None, help="view counts to compare, e.g. 8,4,2,1 (the "
+                        "first is the baseline); default: every member with all 8 views")
     parser.add_argument("--split-seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -118,15 +132,20 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"no images of {held_out} in splits {args.splits}")
     base = {"coarse_sn": load_network(args.weights / "coarse_sn.safetensors"),
             "enhanced_sn": load_network(args.weights / "enhanced_sn.safetensors")}
-    probs = {}
+    logits = {}
     for spec in args.member:
         name, path = spec.split("=", 1)
         outputs = split_outputs({**base, "mask_cn": load_network(Path(path))}, rows, segmentation=False, views=ALL_VIEWS)
-        probs[name] = member_probabilities(outputs["logits"])
+        logits[name] = outputs["logits"]
+    if args.views is None:
+        probs = {name: member_probabilities(member) for name, member in logits.items()}
+    else:
+        probs = {f"{name}@{count}": member_probabilities(member, count)
+                 for count in args.views for name, member in logits.items()}
     labels = np.array([CLASS_INDEX[d] for d in rows["dx"]])
     result = compare(labels, rows["lesion_id"].to_numpy(), probs)
     summary = {"held_out": held_out, "splits": args.splits, "n_images": len(rows),
-               "n_melanomas": int((labels == MEL).sum()), "members": dict(s.split("=", 1) for s in args.member),
+               "n_melanomas": int((labels == MEL).sum()), "members": dict(s.split("=", 1) for s in args.member), "views": args.views or [len(ALL_VIEWS)],
                "results": result}
     print(f"held out: {', '.join(held_out)} ({args.splits}): {len(rows)} images, {summary['n_melanomas']} melanomas")
     print(table(result))
