@@ -56,15 +56,9 @@ RUN python3 -m venv /opt/venv \
         /opt/venv/bin/pip install --no-cache-dir --no-compile --extra-index-url https://download.pytorch.org/whl/cpu \
             -r /tmp/requirements.txt; \
     fi
-# PyPI's torchvision is a CUDA build: on CPU torch its C++ operators (_C.so needs libtorch_cuda) cannot load, and
-# torchvision 0.28 then fails at import on its two fake-kernel registrations that, unlike its others, do not check
-# that the operators loaded. The app uses torchvision only through timm's Python code, never an operator, so those two
-# get the same check. A torchvision whose operators load (the CPU build of the PyTorch index) is left as it is.
-RUN if ! /opt/venv/bin/python -c "import torchvision" 2>/dev/null; then \
-        sed -i -E 's/^@(torch\.library\.register_fake\("torchvision::[a-z_]+"\))$/@(\1 if torchvision.extension._has_ops() else (lambda fn: fn))/' \
-            /opt/venv/lib/python3*/site-packages/torchvision/_meta_registrations.py; \
-    fi \
-    && /opt/venv/bin/python -c "import torchvision, timm"
+# PyPI's torchvision is a CUDA build whose import fails on CPU torch: the script guards it (see its header).
+COPY deploy/guard_torchvision.sh /tmp/guard_torchvision.sh
+RUN bash /tmp/guard_torchvision.sh /opt/venv/bin/python
 
 FROM base AS app
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \

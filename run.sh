@@ -37,8 +37,9 @@ ensure_venv() {
     want="$(cat "$file" requirements.txt | sha256sum | cut -d' ' -f1)"
     [ -f "$stamp" ] && have="$(cat "$stamp")"
     if [ "$want" != "$have" ]; then
-        echo "[run.sh] installing $file into .venv/ (torch comes from the local wheel cache)" >&2
+        echo "[run.sh] installing $file into .venv/ (torch: the CPU build, see requirements.txt)" >&2
         "$PY" -m pip install -r "$file"
+        bash "$ROOT/deploy/guard_torchvision.sh" "$PY"
         echo "$want" > "$stamp"
     fi
 }

@@ -143,7 +143,8 @@ def test_targets_follow_the_measurements(quick_results):
     results = quick_results[1]
     t = results["targets"]
     assert set(t) == {"analysis_cam_p50_ms", "reference_ratio", "classifier_images_per_s", "cold_start_s", "train_epoch_s",
-                      "train_speedup_vs_fp32"}
+                      "train_speedup_vs_fp32", "runtime_install_gb"}
+    assert t["runtime_install_gb"]["value"] == results["install"]["gb"]
     assert t["analysis_cam_p50_ms"]["value"] == results["latency"]["full_cam"]["p50_ms"]
     assert t["analysis_cam_p50_ms"]["met"] == (results["latency"]["full_cam"]["p50_ms"] <= 60)
     assert t["classifier_images_per_s"]["value"] == results["throughput"]["mask_cn"]["images_per_s"]
