@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from core.data.classes import CLASS_INDEX
-from train.compare_recipes import compare, member_probabilities, specificity_at_sensitivity, view_counts
+from train.compare_recipes import (compare, ensemble_probabilities, member_probabilities, specificity_at_sensitivity,
+                                   view_counts)
 
 MEL, NV = CLASS_INDEX["mel"], CLASS_INDEX["nv"]
 
@@ -47,3 +48,11 @@ def test_a_view_count_averages_only_the_first_views():
     for bad in ("0", "9", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             view_counts(bad)
+
+
+def test_an_ensemble_averages_its_networks_probabilities():
+    sure, unsure = np.zeros((2, 1, 7)), np.zeros((2, 1, 7))
+    sure[:, 0, MEL] = 10.0
+    both = ensemble_probabilities([sure, unsure])
+    assert np.allclose(both, (member_probabilities(sure) + member_probabilities(unsure)) / 2)
+    assert np.isclose(both.sum(), 1) and 0.5 < both[0, MEL] < 0.6

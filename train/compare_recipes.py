@@ -14,6 +14,9 @@ lever counts only where that interval excludes 0. Writes --out (JSON) and prints
 The test-time views are a lever too: `--views 8,4,2,1` scores every member with the first 8, 4, 2 and 1 of the
 dihedral views (core.imaging.tta: identity, horizontal flip, vertical flip, both, then the transposes), computed
 once, so each view count is a member of its own ("shipped@4") and the first count is the baseline.
+
+A member may be an ensemble: `--member ens=a.safetensors+b.safetensors` averages the members' view-averaged
+softmax (each network is run once, however many members name it).
 """
 from __future__ import annotations
 
@@ -39,6 +42,11 @@ MEL = CLASS_INDEX["mel"]
 def member_probabilities(logits: np.ndarray, views: int | None = None) -> np.ndarray:
     """(views, N, K) logits -> (N, K): the softmax averaged over the first `views` test-time views (all by default)."""
     return softmax_with_temperature(logits[:views], 1.0).mean(0)
+
+
+def ensemble_probabilities(networks: list[np.ndarray], views: int | None = None) -> np.ndarray:
+    """Each network's (views, N, K) logits -> (N, K): the mean over networks of their view-averaged softmax."""
+    return np.mean([member_probabilities(logits, views) for logits in networks], axis=0)
 
 
 def view_counts(spec: str) -> list[int]:
@@ -132,16 +140,13 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"no images of {held_out} in splits {args.splits}")
     base = {"coarse_sn": load_network(args.weights / "coarse_sn.safetensors"),
             "enhanced_sn": load_network(args.weights / "enhanced_sn.safetensors")}
+    members = {name: path.split("+") for name, path in (spec.split("=", 1) for spec in args.member)}
     logits = {}
-    for spec in args.member:
-        name, path = spec.split("=", 1)
-        outputs = split_outputs({**base, "mask_cn": load_network(Path(path))}, rows, segmentation=False, views=ALL_VIEWS)
-        logits[name] = outputs["logits"]
-    if args.views is None:
-        probs = {name: member_probabilities(member) for name, member in logits.items()}
-    else:
-        probs = {f"{name}@{count}": member_probabilities(member, count)
-                 for count in args.views for name, member in logits.items()}
+    for path in dict.fromkeys(p for paths in members.values() for p in paths):
+        network = {**base, "mask_cn": load_network(Path(path))}
+        logits[path] = split_outputs(network, rows, segmentation=False, views=ALL_VIEWS)["logits"]
+    probs = {(name if args.views is None else f"{name}@{count}"): ensemble_probabilities([logits[p] for p in paths], count)
+             for count in (args.views or [None]) for name, paths in members.items()}
     labels = np.array([CLASS_INDEX[d] for d in rows["dx"]])
     result = compare(labels, rows["lesion_id"].to_numpy(), probs)
     summary = {"held_out": held_out, "splits": args.splits, "n_images": len(rows),
