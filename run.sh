@@ -38,7 +38,7 @@ ensure_venv() {
     [ -f "$stamp" ] && have="$(cat "$stamp")"
     if [ "$want" != "$have" ]; then
         echo "[run.sh] installing $file into .venv/ (torch: the CPU build, see requirements.txt)" >&2
-        "$PY" -m pip install --no-compile -r "$file"  # bytecode only for what is imported, written on import
+        "$PY" -m pip install -r "$file"
         bash "$ROOT/deploy/guard_torchvision.sh" "$PY"
         echo "$want" > "$stamp"
     fi
