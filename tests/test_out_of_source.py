@@ -1,6 +1,6 @@
-"""The leave-one-source-out protocol (train.out_of_source) and its frozen-feature heads (train.source_heads), on
-synthetic data with known structure: a held-out source must never influence the rules it is judged by; the shipped
-card carries the rules and the figures the screens quote."""
+"""The leave-one-source-out protocol (calibration.out_of_source) and its frozen-feature heads
+(calibration.source_heads), on synthetic data with known structure: a held-out source must never influence the rules it
+is judged by; the shipped card carries the rules and the figures the screens quote."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ import numpy as np
 from core.data.classes import NUM_CLASSES
 from core.decisions.model_card import card_from_dict
 from core.decisions.uncertainty import UncertaintyLevels, probability_scores
-from train.out_of_source import held_out_predictions
-from train.source_heads import LinearHead, sample_weights, softmax
+from calibration.out_of_source import held_out_predictions
+from calibration.source_heads import LinearHead, sample_weights, softmax
 
 SOURCES = ["a", "b", "c"]
 SETTING = {"referral_target": 0.9, "referral_fit": "every_source", "low_max_error": 0.08, "low_fit": "every_source", "uncertainty_score": "max_probability",
@@ -66,7 +66,8 @@ def test_linear_head_learns_and_source_balanced_weights_equalise_sources():
 
 
 def test_the_shipped_card_quotes_out_of_source_figures():
-    """The card the app ships was written by train.out_of_source: the screens' sentences quote held-out figures."""
+    """The card the app ships was written by calibration.out_of_source: the screens' sentences quote held-out
+    figures."""
     card = json.loads((WEIGHTS / "model_card.json").read_text())
     oos = card["out_of_source"]
     assert set(oos["rules_per_source"]) == set(oos["sources"]) and len(oos["sources"]) == 5

@@ -1,16 +1,16 @@
 """Out-of-source evaluation: how the model and every reliability statement it makes fare at a clinic it has not seen.
 
-    python -m train.out_of_source --data-dir ../shared/data --weights weights
+    python -m calibration.out_of_source --data-dir ../shared/data --weights weights
 
 HAM10000 holds four acquisition sources and ISIC 2017 is a fifth (core.data.acquisition). A source's *evaluation images*
 are its validation and test split images, which no network was trained on. The command
 
 1. reports the shipped model's figures per source (classification, referral, triage, uncertainty, unusual flag);
-2. leave one source out, classifier: for each source S, heads on frozen features (train.source_heads) fitted on the
-   training images of the other sources, scored on S, one row per recipe (the levers compared);
+2. leave one source out, classifier: for each source S, heads on frozen features (calibration.source_heads) fitted on
+   the training images of the other sources, scored on S, one row per recipe (the levers compared);
 3. leave one source out, rules: every reliability rule (per-class referral thresholds of the triage, the "low"
    uncertainty cut, the unusual flag with an OOD model refitted without S, the conformal prediction sets) is fitted
-   on the validation images of the other sources (train.fit_source_robust: the worst source binds) and applied to
+   on the validation images of the other sources (calibration.fit_source_robust: the worst source binds) and applied to
    S; the settings of each rule (target, score) are chosen by these held-out figures;
 4. fits the shipped rules the same way on every source's validation images: the card sections `triage`,
    `referral`, `uncertainty`, `ood`, `conformal` (superseding evaluate's validation-pooled referral, uncertainty and
@@ -19,10 +19,10 @@ are its validation and test split images, which no network was trained on. The c
 5. rewrites the rule columns of weights/test_predictions.csv (refer, uncertainty_level, ood_level) and returns the
    card's test-set figures of those rules (`metrics`), and writes runs/oos/predictions.csv (every evaluation image:
    shipped and leave-one-source-out predictions). The `triage` column needs the image-quality flags, so the
-   image-quality step writes it (train.fit_image_quality.write_triage_column).
-`out_of_source` returns the sections (train.calibrate merges them); this command alone merges them into the card in
-WEIGHTS. The split is the card's (the shipped model's), or --split-file.
-Network outputs come from train.network_outputs (cached by content), as in train.evaluate.
+   image-quality step writes it (calibration.fit_image_quality.write_triage_column).
+`out_of_source` returns the sections (calibration.calibrate merges them); this command alone merges them into the card
+in WEIGHTS. The split is the card's (the shipped model's), or --split-file.
+Network outputs come from train.network_outputs (cached by content), as in calibration.evaluate.
 """
 from __future__ import annotations
 
@@ -51,14 +51,15 @@ from core.imaging.tta import ALL_VIEWS
 from core.decisions.uncertainty import LEVELS, UncertaintyLevels, probability_scores
 from core.decisions.model_card import read_card_json
 from core.decisions.ood_levels import REFUSED_LEVELS
-from train import fit_rules
-from train.card_io import Split, write_sections
-from train.evaluate import read_tables
-from train.evaluation_reports import referral_report, uncertainty_report
-from train.fit_image_quality import write_triage_column
-from train.fit_source_robust import MIN_POSITIVES, class_referral_thresholds, conformal_quantile, low_uncertainty_cut
+from calibration import fit_rules
+from calibration.card_io import Split, write_sections
+from calibration.evaluate import read_tables
+from calibration.evaluation_reports import referral_report, uncertainty_report
+from calibration.fit_image_quality import write_triage_column
+from calibration.fit_source_robust import (MIN_POSITIVES, class_referral_thresholds, conformal_quantile,
+                                          low_uncertainty_cut)
 from train.network_outputs import load_network, split_outputs
-from train.source_heads import RECIPES, fit_recipe, softmax
+from calibration.source_heads import RECIPES, fit_recipe, softmax
 
 REFERRAL_TARGETS = (0.80, 0.85, 0.90, 0.95)  # sensitivity targets tried for the triage thresholds
 REFERRAL_FITS = ("every_source", "pooled")  # the target holds in every fitting source, or on their pooled images
@@ -406,8 +407,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--split-file", default="", help="default: the split of the card in WEIGHTS")
     parser.add_argument("--max-images", type=int, default=0, help=">0: at most this many images per class, source "
                                                                   "and split (tests)")
-    parser.add_argument("--measures", default="runs/image_quality", help="train.fit_image_quality's measures (for the "
-                                                                         "test predictions' triage column)")
+    parser.add_argument("--measures", default="runs/image_quality",
+                        help="calibration.fit_image_quality's measures (for the test predictions' triage column)")
     args = parser.parse_args(argv)
     weights = Path(args.weights)
     card = read_card_json(weights)
@@ -434,7 +435,7 @@ def rule_sections(card, final, setting, trials, per_source, recipes, rules_per_s
     sections["referral"] = {**mel.to_card(), "score_meaning": "probability of melanoma",
                         "fit": {"rule": f"largest threshold with melanoma sensitivity >= {setting['referral_target']} "
                                         + ("in every source's" if setting["referral_fit"] == "every_source" else
-                                           "on the pooled") + " validation images (train.out_of_source)",
+                                           "on the pooled") + " validation images (calibration.out_of_source)",
                                 "validation_melanomas_per_source": val_melanomas,
                                 "min_melanomas_to_bind": MIN_POSITIVES if setting["referral_fit"] == "every_source"
                                 else None},

@@ -1,6 +1,6 @@
 """Fit the image-quality checks (core.decisions.image_quality): the model card's `image_quality` section.
 
-    python -m train.fit_image_quality --data-dir ../shared/data --weights weights    # one step of train.calibrate
+    python -m calibration.fit_image_quality --data-dir ../shared/data --weights weights  # a calibration.calibrate step
 
 1. The Analyzer of the card being built (with no quality check applied yet) analyses every validation and test image
    of the model's split (HAM10000 + ISIC 2017); each image's quality measures (on the image and the lesion mask the
@@ -16,7 +16,7 @@
    `thresholds` lists the kept checks (the Analyzer applies only those), `checks` every figure.
 4. The `triage` column of WEIGHTS/test_predictions.csv, the verdict the app gives each test image, which needs these
    checks' flags (write_triage_column).
-`image_quality` returns the section (train.calibrate merges it); this command alone merges it into the card in
+`image_quality` returns the section (calibration.calibrate merges it); this command alone merges it into the card in
 WEIGHTS.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ from core.analysis.metrics import bootstrap_interval
 from core.decisions.model_card import ModelCard, card_from_dict, read_card_json
 from core.decisions.ood_levels import REFUSED_LEVELS
 from core.decisions.triage import TriageRule
-from train.card_io import Split, write_sections
+from calibration.card_io import Split, write_sections
 
 TAIL_SHARES = (0.02, 0.05, 0.1)   # candidate shares of validation images a check may flag
 # Out of focus: the data hold almost no truly out-of-focus dermoscopy (their least sharp images are mostly smooth
@@ -70,8 +70,8 @@ def measuring_card(card: dict) -> ModelCard:
 
 
 def evaluation_images(data_dir: Path, split: Split, max_images: int = 0) -> pd.DataFrame:
-    """The validation and test images of the split (those of train.evaluate's tables with the same max_images)."""
-    from train.evaluate import read_tables
+    """The validation and test images of the split (those of calibration.evaluate's tables with the same max_images)."""
+    from calibration.evaluate import read_tables
 
     tables, _ = read_tables(data_dir, split, max_images)
     return pd.concat([tables[k] for k in ("val", "ham10000_test", "isic2017_test")], ignore_index=True)
@@ -258,7 +258,7 @@ def write_triage_column(weights: Path, card: ModelCard, measures_root: Path = ME
     missing = sorted(set(table["image_id"]) - set(measures.index))
     if missing:
         raise FileNotFoundError(f"{measures_csv}: no quality measures of {len(missing)} test image(s) (e.g. "
-                                f"{missing[0]}); run `python -m train.fit_image_quality` to take them")
+                                f"{missing[0]}); run `python -m calibration.fit_image_quality` to take them")
     checks = QualityChecks.from_card(card).checks
     rows = measures.loc[table["image_id"]]
     flags = np.array([any(check.fires(m) for check in checks) for m in rows.to_dict("records")], dtype=bool)

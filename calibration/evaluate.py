@@ -1,29 +1,29 @@
 """Export the trained networks to weights/ and write the model card: every choice made on validation, every figure
 measured on test, with bootstrap 95 % confidence intervals.
 
-    python -m train.evaluate --data-dir ../shared/data --runs runs --weights weights   # one step of train.calibrate
-    python -m train.evaluate --data-dir MY_FOLDER --report OUT/     # the shipped model on your own labelled images
+    python -m calibration.evaluate --data-dir ../shared/data --runs runs --weights weights  # a step of calibrate
+    python -m calibration.evaluate --data-dir MY_FOLDER --report OUT/  # the shipped model on your own labelled images
 
 1. fp16 safetensors of coarse-SN, mask-CN and enhanced-SN (RUNS/<stage>/best.safetensors, with their metadata) go
-   to WEIGHTS (train.model_card); every figure below is computed with those fp16 files, i.e. what the app ships.
+   to WEIGHTS (calibration.model_card); every figure below is computed with those fp16 files, i.e. what the app ships.
 2. Network outputs (train.network_outputs) on the train split (OOD model, similar-cases index), the validation
    split (HAM10000 val + the held-out part of ISIC 2017 train: every choice), and the two test sets: the
    lesion-grouped HAM10000 test split and the official ISIC 2017 validation set (other clinics; nothing is
    chosen on it).
-3. Fitted on validation (train.fit_rules): decision rule (TTA views, logit adjustment, temperature), melanoma
+3. Fitted on validation (calibration.fit_rules): decision rule (TTA views, logit adjustment, temperature), melanoma
    referral threshold, uncertainty levels, OOD thresholds, the PCA size of the similar-cases index.
-4. Measured on test (train.evaluation_reports): classification (per class, AUCs, calibration), referral
+4. Measured on test (calibration.evaluation_reports): classification (per class, AUCs, calibration), referral
    sensitivity / specificity, uncertainty levels' error rates and risk-coverage curves, OOD rates (incl. real
-   non-dermoscopy photographs: train.ood_probes), segmentation with the E-layer ablation controls, retrieval
+   non-dermoscopy photographs: calibration.ood_probes), segmentation with the E-layer ablation controls, retrieval
    precision@k, resolution consistency.
-5. WEIGHTS/test_predictions.csv (train.model_card), WEIGHTS/ood.safetensors, WEIGHTS/case_index.*, and the card
-   sections above (`evaluate` returns them; train.calibrate merges them with the later steps' and writes the card once;
-   this command alone merges them into the card in WEIGHTS, keeping the other steps' sections).
+5. WEIGHTS/test_predictions.csv (calibration.model_card), WEIGHTS/ood.safetensors, WEIGHTS/case_index.*, and the card
+   sections above (`evaluate` returns them; calibration.calibrate merges them with the later steps' and writes the card
+   once; this command alone merges them into the card in WEIGHTS, keeping the other steps' sections).
 The split is the one the runs were trained on (their history.json configs), or --split-file.
 Outputs of the networks are cached by content (.cache/lesionlens/outputs), so re-running after a change of the
 rules costs seconds.
 
-With --report, nothing is trained or exported (train.folder_report): the shipped model (WEIGHTS) is run on every
+With --report, nothing is trained or exported (calibration.folder_report): the shipped model (WEIGHTS) is run on every
 labelled image of DATA_DIR (any layout core.data.datasets reads) through core.analysis.folder_evaluation, the code
 behind the dashboard's "Evaluate your data" page, and OUT/ gets report.json, predictions.csv, failures.csv and
 report.html.
@@ -46,17 +46,17 @@ from core.decisions.uncertainty import probability_scores
 from core.imaging.tta import ALL_VIEWS
 from core.io.weights_io import save_weights, sha256_of
 from core.lesion.retrieval import CaseIndex
-from train import fit_rules
+from calibration import fit_rules
 from core.decisions.model_card import CALIBRATE_COMMAND, read_card_json
-from train.card_io import Split, write_sections
-from train.evaluation_reports import (CONTROLS, KNN_K, TEST_SETS, classification_report, labels_of, ood_report,
+from calibration.card_io import Split, write_sections
+from calibration.evaluation_reports import (CONTROLS, KNN_K, TEST_SETS, classification_report, labels_of, ood_report,
                                       ood_scores, referral_report, resolution_consistency, retrieval_scores,
                                       segmentation_report, uncertainty_report)
-from train.fit_context import context_report, table_contexts
-from train.folder_report import folder_report
-from train.model_card import build_card, export_weights, prediction_rows, print_summary
+from calibration.fit_context import context_report, table_contexts
+from calibration.folder_report import folder_report
+from calibration.model_card import build_card, export_weights, prediction_rows, print_summary
 from train.network_outputs import image_outputs, load_network, split_outputs
-from train.ood_probes import real_photographs, synthetic_non_dermoscopic
+from calibration.ood_probes import real_photographs, synthetic_non_dermoscopic
 
 
 # The datasets the card's rules are fitted and its figures measured on. The acral images (no lesion masks, so no
@@ -65,7 +65,7 @@ CARD_SOURCES = ("ham10000", "isic2017")
 
 
 def read_tables(data_dir, split: Split, max_images: int = 0) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
-    """The images by role (train, val, ham10000_test, isic2017_test; also train.out_of_source's) and the manifest
+    """The images by role (train, val, ham10000_test, isic2017_test; also calibration.out_of_source's) and the manifest
     of CARD_SOURCES; max_images > 0: at most that many per source, class and role (tests)."""
     manifest = split.apply(load_manifest(data_dir, sources=CARD_SOURCES))
     tables = {"train": manifest[manifest["split"] == "train"], "val": manifest[manifest["split"] == "val"],
@@ -209,7 +209,7 @@ def main(argv=None) -> dict:
     if args.report:
         return folder_report(Path(args.data_dir), Path(args.weights), Path(args.report))
     runs, weights = Path(args.runs), Path(args.weights)
-    previous = read_card_json(weights)  # alone, this step updates a calibrated card (train.calibrate builds one)
+    previous = read_card_json(weights)  # alone, this step updates a calibrated card (calibration.calibrate builds one)
     split = Split(None, args.split_file) if args.split_file else Split.of_runs(runs)
     sections = evaluate(Path(args.data_dir), runs, weights, split, args.version, args.max_images,
                         args.use_cache == "true")

@@ -1,4 +1,4 @@
-"""What train.evaluate writes to WEIGHTS: the fp16 copies of the shipped networks, test_predictions.csv (one row
+"""What calibration.evaluate writes to WEIGHTS: the fp16 copies of the shipped networks, test_predictions.csv (one row
 per test image) and the model card (model_card.json: rules, figures, files, training curves), and its printed summary.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from core.data.dataset_summary import dataset_summary
 from core.decisions.referral import SCORES as REFERRAL_SCORES
 from core.imaging.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from core.io.weights_io import save_weights
-from train.card_io import Split
-from train.evaluation_reports import KNN_K, RETRIEVAL_K, TEST_SETS, ood_scores
+from calibration.card_io import Split
+from calibration.evaluation_reports import KNN_K, RETRIEVAL_K, TEST_SETS, ood_scores
 
 
 def export_weights(runs: Path, weights: Path) -> dict:

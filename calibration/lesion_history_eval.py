@@ -1,6 +1,6 @@
 """False alarms and detection of a lesion history (core.analysis.lesion_history) on real lesions.
 
-    python -m train.lesion_history_eval --data-dir ../shared/data --out docs/lesion_history_eval.json
+    python -m calibration.lesion_history_eval --data-dir ../shared/data --out docs/lesion_history_eval.json
 
 Series: every HAM10000 lesion of the TEST split photographed two or more times (distinct files), its images in
 image-id order as visits 90 days apart (HAM10000 has no dates; the photographs of one lesion were taken at one
@@ -104,7 +104,7 @@ def _size_flags(history) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.lesion_history_eval", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m calibration.lesion_history_eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--weights", default=Path("weights"), type=Path)
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if done % 25 == 0:
             print(f"{done}/{len(lesions)} series, {time.time() - started:.0f} s", flush=True)
     report = {
-        "command": "python -m train.lesion_history_eval " + " ".join(argv or []),
+        "command": "python -m calibration.lesion_history_eval " + " ".join(argv or []),
         "series": len(lesions), "visits": visits_total, "interval_days": INTERVAL_DAYS, "band": band_text,
         "no_change": {"refused_all_visits": refused_all, "false_alarm_any": rate(changed),
                       "false_alarm_size": rate(size), "false_alarm_top_class_or_verdict": rate(categorical),

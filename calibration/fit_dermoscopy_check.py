@@ -1,15 +1,15 @@
 """Fit the dermoscopy check (core.decisions.dermoscopy_check): WEIGHTS/dermoscopy_check.safetensors and the model
-card's `dermoscopy_check` section (`dermoscopy_check` returns them; train.calibrate merges them with the other steps';
-this command alone merges them into the card in WEIGHTS).
+card's `dermoscopy_check` section (`dermoscopy_check` returns them; calibration.calibrate merges them with the other
+steps'; this command alone merges them into the card in WEIGHTS).
 
-    OMP_NUM_THREADS=1 python -m train.fit_dermoscopy_check --data-dir ../shared/data --weights weights
+    OMP_NUM_THREADS=1 python -m calibration.fit_dermoscopy_check --data-dir ../shared/data --weights weights
 
 `fit_dermoscopy_check(data_dir, card, split, cache)` returns the check and the card's `dermoscopy_check` section;
 `dermoscopy_check` saves the check and returns the card sections; `main` is the thin CLI. Every image is made into
 the classifier's input exactly as the Analyzer makes it, then into ImageNet features (cached on disk per view, so a
 re-run only fits).
 
-Data (train.check_views makes the views):
+Data (calibration.check_views makes the views):
 - dermoscopy, tagged with its acquisition source: HAM10000's four sources and ISIC 2017 with the project's
   lesion-grouped split (train / val / test), and acral dermoscopy (`acral/`, palms, soles, nails) grouped by
   `group_id` into the same three roles, one source per contributor. Trained on whole images plus, for a share of
@@ -50,8 +50,8 @@ from core.data.acquisition import ACRAL_CONTRIBUTORS, ACRAL_OTHER
 from core.decisions.dermoscopy_check import KINDS, DermoscopyCheck, kinds_at
 from core.decisions.model_card import read_card_json
 from core.io.weights_io import save_weights
-from train.card_io import Split, write_sections
-from train.check_views import crop_view
+from calibration.card_io import Split, write_sections
+from calibration.check_views import crop_view
 
 # ---------------------------------------------------------------- config (CLI overrides below)
 SEED = 0
@@ -63,7 +63,7 @@ CLINICAL_CROPS = 2              # seeded random crops per clinical photo (DermNe
 CLINICAL_ZOOMS = 2              # seeded close-up crops (20-45 % of each side) per clinical photo
 PHOTO_CROPS = 8                 # random crops per non-skin photograph
 ARTEFACT_SHARE = 0.35           # share of HAM10000 / ISIC 2017 dermoscopy images with an extra artefacts view
-ARTEFACTS_VIEW = "artefacts1"   # the view's name keys its cached features: a new name whenever train.check_views'
+ARTEFACTS_VIEW = "artefacts1"   # the view's name keys its cached features: a new name whenever calibration.check_views'
                                 # artefacts change
 HELD_OUT_SHARE = 0.1            # DermNet categories / PAD patients never seen by the shipped check (its test photos)
 HELD_OUT_PHOTOS = ("astronaut", "coffee", "sklearn_china")  # non-skin photos never seen by the shipped check
@@ -164,7 +164,7 @@ def not_skin_samples(photo_names: list[str], synthetic_names: list[str]) -> pd.D
 
 def all_samples(data_dir: Path, split: Split, seed: int) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Every sample (one row per view) and the in-memory images (not-skin photos and synthetic uploads) by name."""
-    from train.ood_probes import real_photographs, synthetic_screens_and_drawings
+    from calibration.ood_probes import real_photographs, synthetic_screens_and_drawings
 
     photo_names, photos = real_photographs()
     synthetic_names, synthetic = synthetic_screens_and_drawings(SYNTHETIC, seed)
@@ -297,7 +297,8 @@ def cost_ms(check: DermoscopyCheck, one: np.ndarray, repeats: int = 2000) -> dic
 
 def held_out_scores(samples: pd.DataFrame, by_source: dict, by_collection: dict, oof: np.ndarray,
                     sources: dict) -> pd.DataFrame:
-    """One row per measured image and protocol with its held-out P(dermoscopy) (train.check_contact_sheet reads it)."""
+    """One row per measured image and protocol with its held-out P(dermoscopy) (read by
+    calibration.check_contact_sheet)."""
     parts = []
     derm = samples[samples["kind"] == "dermoscopy"]
     for name, probs in by_source.items():
@@ -417,7 +418,7 @@ def fit_dermoscopy_check(data_dir: Path, card: dict, split: Split, cache: Path, 
 def dermoscopy_check(data_dir: Path, weights: Path, card: dict, split: Split, cache: Path, seed: int = SEED,
                      max_images: int = 0) -> dict:
     """Fit the check, save WEIGHTS/dermoscopy_check.safetensors and return the card sections
-    {"dermoscopy_check": ..., "files": {the check's file}} (train.calibrate merges them with the other steps')."""
+    {"dermoscopy_check": ..., "files": {the check's file}} (calibration.calibrate merges them with the other steps')."""
     check, section = fit_dermoscopy_check(data_dir, card, split, cache, seed, max_images=max_images)
     file_entry = save_weights(check.tensors(), Path(weights) / CHECK_FILE, half=False,
                               metadata={"what": "dermoscopy check: logistic regression on ImageNet EfficientNet-Lite0 "
