@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,21 +42,22 @@ from core.analysis.inference import NETWORK_FILES, OOD_FILE
 from core.data.classes import NUM_CLASSES
 from core.data.datasets import load_manifest
 from core.decisions.decision_rule import DecisionRule
+from core.decisions.model_card import CALIBRATE_COMMAND, read_card_json
 from core.decisions.ood import OODDetector
-from core.decisions.uncertainty import probability_scores
+from core.decisions.referral import ReferralRule
+from core.decisions.uncertainty import UncertaintyLevels, probability_scores
 from core.imaging.tta import ALL_VIEWS
 from core.io.weights_io import save_weights, sha256_of
 from core.lesion.retrieval import CaseIndex
+from train.network_outputs import image_outputs, load_network, split_outputs
 from calibration import fit_rules
-from core.decisions.model_card import CALIBRATE_COMMAND, read_card_json
 from calibration.card_io import Split, write_sections
 from calibration.evaluation_reports import (CONTROLS, KNN_K, TEST_SETS, classification_report, labels_of, ood_report,
-                                      ood_scores, referral_report, resolution_consistency, retrieval_scores,
-                                      segmentation_report, uncertainty_report)
+                                            ood_scores, referral_report, resolution_consistency, retrieval_scores,
+                                            segmentation_report, uncertainty_report)
 from calibration.fit_context import context_report, table_contexts
 from calibration.folder_report import folder_report
 from calibration.model_card import build_card, export_weights, prediction_rows, print_summary
-from train.network_outputs import image_outputs, load_network, split_outputs
 from calibration.ood_probes import real_photographs, synthetic_non_dermoscopic
 
 
@@ -77,14 +79,54 @@ def read_tables(data_dir, split: Split, max_images: int = 0) -> tuple[dict[str, 
     return {k: t.reset_index(drop=True) for k, t in tables.items()}, manifest
 
 
-# ---------------------------------------------------------------- the step
-def evaluate(data_dir: Path, runs: Path, weights: Path, split: Split, version: str = "", max_images: int = 0,
-             use_cache: bool = True) -> dict:
-    """Export the networks to WEIGHTS, fit the rules on validation, measure on test; returns the card sections."""
-    started = time.time()
-    tables, manifest = read_tables(data_dir, split, max_images)
+# ---------------------------------------------------------------- the evaluation's parts
+@dataclass(frozen=True)
+class Evidence:
+    """What every choice and figure is computed from: the images by role, the networks (the fp16 shipped ones and the
+    runs' image-only classifier and E-layer controls when trained) and their outputs and labels on each role."""
+    tables: dict[str, pd.DataFrame]
+    nets: dict
+    outputs: dict[str, dict]
+    labels: dict[str, np.ndarray]
 
-    files = export_weights(runs, weights)
+    @property
+    def val_sources(self) -> np.ndarray:
+        return self.tables["val"]["source"].to_numpy()
+
+
+@dataclass(frozen=True)
+class Probabilities:
+    """The decision rule fitted on validation and the probabilities of every role but train: under the rule (probs),
+    without it (plain: the reference of each report), with the patient-context head's shift (test sets) and, when the
+    image-only classifier was trained, its own rule and its average with mask-CN (both)."""
+    rule: DecisionRule
+    rule_fit: dict
+    probs: dict[str, np.ndarray]
+    plain: dict[str, np.ndarray]
+    with_context: dict[str, np.ndarray]
+    context_entry: dict
+    baseline_rule: DecisionRule | None
+    both: dict[str, np.ndarray] | None
+    ensemble: dict | None
+
+
+@dataclass(frozen=True)
+class ReliabilityRules:
+    """The rules fitted on validation after the decision rule: referral, similar-cases index, uncertainty levels and
+    the OOD check (its tensors saved to WEIGHTS)."""
+    referral: ReferralRule
+    referral_fit: dict
+    index: CaseIndex
+    index_fit: dict
+    levels: UncertaintyLevels
+    uncertainty_fit: dict
+    ood_tensors: dict
+    detector: OODDetector
+    ood_fit: dict
+
+
+def run_networks(runs: Path, weights: Path, tables: dict[str, pd.DataFrame], use_cache: bool) -> Evidence:
+    """The exported fp16 networks (and the runs' extra ones) over every role: 8 views except on train."""
     nets = {arch: load_network(weights / file_name) for arch, file_name in NETWORK_FILES.items()}
     for extra in ("classifier", *CONTROLS):
         if (runs / extra / "best.safetensors").is_file():
@@ -92,20 +134,23 @@ def evaluate(data_dir: Path, runs: Path, weights: Path, split: Split, version: s
     outputs = {name: split_outputs(nets, table, segmentation=name != "train", use_cache=use_cache,
                                    views=(0,) if name == "train" else ALL_VIEWS)
                for name, table in tables.items()}
-    y = {name: labels_of(table) for name, table in tables.items()}
-    val_sources = tables["val"]["source"].to_numpy()
+    return Evidence(tables, nets, outputs, {name: labels_of(table) for name, table in tables.items()})
 
-    # ---- decision rule (validation), probabilities everywhere
+
+def fit_probabilities(ev: Evidence) -> Probabilities:
+    """The decision rule on validation (priors from train), the context head, the image-only baseline's rule."""
+    y, outputs, val_sources = ev.labels, ev.outputs, ev.val_sources
     priors = (np.bincount(y["train"], minlength=NUM_CLASSES) + 1) / (len(y["train"]) + NUM_CLASSES)
     rule, rule_fit = fit_rules.fit_decision_rule(outputs["val"]["logits"], y["val"], val_sources, priors)
     probs = {name: rule.probabilities(out["logits"]) for name, out in outputs.items() if name != "train"}
     # the context head's test figures are reported whether validation lets the model use it or not
-    context_head, context_entry = context_report(rule, outputs["val"]["logits"], tables["val"])
-    with_context = {name: rule.probabilities(outputs[name]["logits"], context_head.shift(table_contexts(tables[name])))
+    context_head, context_entry = context_report(rule, outputs["val"]["logits"], ev.tables["val"])
+    with_context = {name: rule.probabilities(outputs[name]["logits"],
+                                             context_head.shift(table_contexts(ev.tables[name])))
                     for name in TEST_SETS}
     plain = {name: DecisionRule().probabilities(out["logits"]) for name, out in outputs.items() if name != "train"}
-    baseline_rule, ensemble = None, None
-    if "classifier" in nets:
+    baseline_rule, both, ensemble = None, None, None
+    if "classifier" in ev.nets:
         baseline_rule, _ = fit_rules.fit_decision_rule(outputs["val"]["baseline_logits"], y["val"], val_sources, priors)
         both = {name: (probs[name] + baseline_rule.probabilities(outputs[name]["baseline_logits"])) / 2
                 for name in probs}
@@ -115,80 +160,125 @@ def evaluate(data_dir: Path, runs: Path, weights: Path, split: Split, version: s
                                               val_sources),
             "mean_of_both": fit_rules.criterion(both["val"], y["val"], val_sources)},
             "rule": "probabilities of mask-CN and the image-only classifier averaged, each under its own decision rule"}
+    return Probabilities(rule, rule_fit, probs, plain, with_context, context_entry, baseline_rule, both, ensemble)
 
-    # ---- flip test-time augmentation of the segmenters (validation Dice)
-    seg_tta = {name: float(outputs["val"][f"seg_{name}"][:, 0].mean()) for name in ("enhanced_sn", "enhanced_sn_tta")}
-    seg_views = 4 if seg_tta["enhanced_sn_tta"] > seg_tta["enhanced_sn"] + fit_rules.SEG_TTA_MIN_GAIN else 1
 
-    # ---- referral, similar cases, uncertainty, OOD (validation)
-    referral, referral_fit = fit_rules.fit_referral(probs["val"], y["val"], val_sources)
-    index, index_fit = fit_rules.fit_case_index(outputs, tables)
-    train_index = CaseIndex.fit(outputs["train"]["pooled"], tables["train"], index_fit["dims"])
+def segmentation_tta(outputs: dict[str, dict]) -> dict:
+    """The card's segmentation_tta section: flip TTA of the segmenters only if it raises validation Dice enough."""
+    dice = {name: float(outputs["val"][f"seg_{name}"][:, 0].mean()) for name in ("enhanced_sn", "enhanced_sn_tta")}
+    views = 4 if dice["enhanced_sn_tta"] > dice["enhanced_sn"] + fit_rules.SEG_TTA_MIN_GAIN else 1
+    return {"views": views, "validation_dice": dice, "rule": (
+        f"flip TTA (4 views) of both segmenters only if it raises validation Dice by > {fit_rules.SEG_TTA_MIN_GAIN}")}
 
-    def uncertainty_scores(name: str, knn_index: CaseIndex) -> dict[str, np.ndarray]:
-        view_probs = np.stack([rule.single_view().probabilities(v[None])
-                               for v in outputs[name]["logits"][:max(rule.views, 1)]])
-        scores = probability_scores(probs[name], view_probs if rule.views > 1 else None)
-        scores["knn_distance"] = knn_index.knn_distance(outputs[name]["pooled"], KNN_K)
-        return scores
 
-    val_scores = uncertainty_scores("val", train_index)
-    levels, uncertainty_fit = fit_rules.fit_uncertainty(val_scores, (probs["val"].argmax(1) != y["val"]).astype(float))
+def uncertainty_scores(ev: Evidence, p: Probabilities, name: str, knn_index: CaseIndex) -> dict[str, np.ndarray]:
+    """Every candidate uncertainty score of role `name`'s images (the kNN distance to `knn_index`)."""
+    rule = p.rule
+    view_probs = np.stack([rule.single_view().probabilities(v[None])
+                           for v in ev.outputs[name]["logits"][:max(rule.views, 1)]])
+    scores = probability_scores(p.probs[name], view_probs if rule.views > 1 else None)
+    scores["knn_distance"] = knn_index.knn_distance(ev.outputs[name]["pooled"], KNN_K)
+    return scores
+
+
+def fit_reliability_rules(ev: Evidence, p: Probabilities) -> ReliabilityRules:
+    """Referral threshold, similar-cases index, uncertainty levels and OOD thresholds, all on validation."""
+    y, outputs = ev.labels, ev.outputs
+    wrong = p.probs["val"].argmax(1) != y["val"]
+    referral, referral_fit = fit_rules.fit_referral(p.probs["val"], y["val"], ev.val_sources)
+    index, index_fit = fit_rules.fit_case_index(outputs, ev.tables)
+    # validation images' kNN distance is to the training images alone (the shipped index also holds validation's)
+    train_index = CaseIndex.fit(outputs["train"]["pooled"], ev.tables["train"], index_fit["dims"])
+    levels, uncertainty_fit = fit_rules.fit_uncertainty(uncertainty_scores(ev, p, "val", train_index),
+                                                        wrong.astype(float))
     ood_tensors = fit_rules.fit_ood(outputs["train"]["pooled"].astype(np.float32), y["train"],
                                     outputs["train"]["imagenet"].astype(np.float32))
     thresholds, unusual_score, ood_fit = fit_rules.fit_ood_thresholds(
-        ood_tensors, lambda probe: ood_scores(probe, outputs["val"], train_index),
-        (probs["val"].argmax(1) != y["val"]).astype(int))
+        ood_tensors, lambda probe: ood_scores(probe, outputs["val"], train_index), wrong.astype(int))
     detector = OODDetector(ood_tensors, thresholds, unusual_score, 1 - fit_rules.OOD_UNUSUAL_QUANTILE)
-    files[OOD_FILE] = save_weights(ood_tensors, weights / OOD_FILE, half=False)
-    for path in index.save(weights):
+    return ReliabilityRules(referral, referral_fit, index, index_fit, levels, uncertainty_fit, ood_tensors, detector,
+                            ood_fit)
+
+
+def save_rule_files(rules: ReliabilityRules, weights: Path, files: dict) -> None:
+    """The OOD tensors and the similar-cases index into WEIGHTS, each with its sha256 in `files` (the card's)."""
+    files[OOD_FILE] = save_weights(rules.ood_tensors, weights / OOD_FILE, half=False)
+    for path in rules.index.save(weights):
         files[path.name] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
 
-    # ---- test
-    photo_names, photos = real_photographs()
-    synthetic_names, synthetic = synthetic_non_dermoscopic()
-    photo_out = {**image_outputs(nets, photos), "names": photo_names}
-    synthetic_out = {**image_outputs(nets, synthetic), "names": synthetic_names}
+
+def measure_on_test(ev: Evidence, p: Probabilities, rules: ReliabilityRules) -> tuple[dict, dict[str, np.ndarray]]:
+    """Per test set, every figure the card reports (classification of each model variant, referral, uncertainty,
+    segmentation, retrieval); and each test image's uncertainty score."""
     metrics, test_scores = {}, {}
     for name in TEST_SETS:
-        table = tables[name]
-        test_scores[name] = uncertainty_scores(name, index)[levels.score]
+        table, outputs, probs = ev.tables[name], ev.outputs[name], p.probs[name]
+        test_scores[name] = uncertainty_scores(ev, p, name, rules.index)[rules.levels.score]
         entry = {"n_images": len(table),
-                 "classification": {"mask_cn": classification_report(table, probs[name], plain[name])},
-                 "referral": referral_report(table, probs[name], referral),
-                 "uncertainty": uncertainty_report(table, probs[name], test_scores[name], levels),
-                 "segmentation": segmentation_report(table, outputs[name]),
-                 "retrieval": retrieval_scores(index, outputs[name]["pooled"], y[name], labels_of(index.table))}
+                 "classification": {"mask_cn": classification_report(table, probs, p.plain[name])},
+                 "referral": referral_report(table, probs, rules.referral),
+                 "uncertainty": uncertainty_report(table, probs, test_scores[name], rules.levels),
+                 "segmentation": segmentation_report(table, outputs),
+                 "retrieval": retrieval_scores(rules.index, outputs["pooled"], ev.labels[name],
+                                               labels_of(rules.index.table))}
         entry["classification"]["mask_cn_single_view"] = classification_report(
-            table, rule.single_view().probabilities(outputs[name]["logits"]),
-            plain[name])
-        if baseline_rule is not None:
+            table, p.rule.single_view().probabilities(outputs["logits"]), p.plain[name])
+        if p.baseline_rule is not None:
             entry["classification"]["classifier"] = classification_report(
-                table, baseline_rule.probabilities(outputs[name]["baseline_logits"]),
-                DecisionRule().probabilities(outputs[name]["baseline_logits"]))
-            entry["classification"]["ensemble"] = classification_report(table, both[name], plain[name])
-        entry["classification"]["mask_cn_context"] = classification_report(table, with_context[name], plain[name])
-        entry["referral_with_context"] = referral_report(table, with_context[name], referral)
+                table, p.baseline_rule.probabilities(outputs["baseline_logits"]),
+                DecisionRule().probabilities(outputs["baseline_logits"]))
+            entry["classification"]["ensemble"] = classification_report(table, p.both[name], p.plain[name])
+        entry["classification"]["mask_cn_context"] = classification_report(table, p.with_context[name], p.plain[name])
+        entry["referral_with_context"] = referral_report(table, p.with_context[name], rules.referral)
         metrics[name] = entry
-    ood = ood_report(detector, outputs, tables, probs, photo_out, synthetic_out, index)
-    ood.update(fit=ood_fit, unusual_share=1 - fit_rules.OOD_UNUSUAL_QUANTILE, method=(
+    return metrics, test_scores
+
+
+def ood_section(ev: Evidence, p: Probabilities, rules: ReliabilityRules, photo_out: dict, synthetic_out: dict) -> dict:
+    """The card's ood section: the check's rates on the test sets and on non-dermoscopy images, how it was fitted."""
+    ood = ood_report(rules.detector, ev.outputs, ev.tables, p.probs, photo_out, synthetic_out, rules.index)
+    ood.update(fit=rules.ood_fit, unusual_share=1 - fit_rules.OOD_UNUSUAL_QUANTILE, method=(
         f"not_dermoscopy: chroma below {fit_rules.OOD_CHROMA_FACTOR} x its 0.1 % validation quantile, or 1 - cosine "
         f"similarity of ImageNet EfficientNet-Lite0 features (projected to {fit_rules.OOD_PROJECTION_DIMS} dims) "
         f"to the nearest of {fit_rules.OOD_REFERENCE_IMAGES} training images above its "
         f"{fit_rules.OOD_IMAGENET_QUANTILE:.1%} validation quantile; unusual: the distance with the best validation "
         f"AUROC for wrong predictions "
-        f"({unusual_score}) above its {fit_rules.OOD_UNUSUAL_QUANTILE:.0%} validation quantile"))
+        f"({rules.detector.unusual_score}) above its {fit_rules.OOD_UNUSUAL_QUANTILE:.0%} validation quantile"))
+    return ood
 
-    predictions = prediction_rows(tables, probs, referral, levels, test_scores, detector, outputs, index, baseline_rule,
-                                  with_context)
+
+def probe_outputs(nets: dict) -> tuple[dict, dict]:
+    """The networks' outputs on real photographs and on synthetic images that are not dermoscopy (ood_probes)."""
+    photo_names, photos = real_photographs()
+    synthetic_names, synthetic = synthetic_non_dermoscopic()
+    return ({**image_outputs(nets, photos), "names": photo_names},
+            {**image_outputs(nets, synthetic), "names": synthetic_names})
+
+
+# ---------------------------------------------------------------- the step
+def evaluate(data_dir: Path, runs: Path, weights: Path, split: Split, version: str = "", max_images: int = 0,
+             use_cache: bool = True) -> dict:
+    """Export the networks to WEIGHTS, fit the rules on validation, measure on test; returns the card sections."""
+    started = time.time()
+    tables, manifest = read_tables(data_dir, split, max_images)
+    files = export_weights(runs, weights)
+    ev = run_networks(runs, weights, tables, use_cache)
+    p = fit_probabilities(ev)
+    rules = fit_reliability_rules(ev, p)
+    save_rule_files(rules, weights, files)
+    photo_out, synthetic_out = probe_outputs(ev.nets)
+    metrics, test_scores = measure_on_test(ev, p, rules)
+    ood = ood_section(ev, p, rules, photo_out, synthetic_out)
+
+    predictions = prediction_rows(tables, p.probs, rules.referral, rules.levels, test_scores, rules.detector,
+                                  ev.outputs, rules.index, p.baseline_rule, p.with_context)
     predictions.to_csv(weights / "test_predictions.csv", index=False)
-    card = build_card(version, split, manifest, files, nets, rule, rule_fit, referral, referral_fit, levels,
-                      uncertainty_fit, ood, index_fit, metrics,
-                      resolution_consistency(nets, Path(data_dir), rule, max_images), runs, started)
-    card["ensemble"] = ensemble
-    card["patient_context"] = context_entry
-    card["segmentation_tta"] = {"views": seg_views, "validation_dice": seg_tta, "rule": (
-        f"flip TTA (4 views) of both segmenters only if it raises validation Dice by > {fit_rules.SEG_TTA_MIN_GAIN}")}
+    card = build_card(version, split, manifest, files, ev.nets, p.rule, p.rule_fit, rules.referral, rules.referral_fit,
+                      rules.levels, rules.uncertainty_fit, ood, rules.index_fit, metrics,
+                      resolution_consistency(ev.nets, Path(data_dir), p.rule, max_images), runs, started)
+    card["ensemble"] = p.ensemble
+    card["patient_context"] = p.context_entry
+    card["segmentation_tta"] = segmentation_tta(ev.outputs)
     print_summary(card)
     return card
 
