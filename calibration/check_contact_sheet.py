@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from core.decisions.model_card import load_card
 from core.io.intake import load_image_file
-from core.io.weights_io import read_model_card
 from calibration.check_views import crop_view
 from calibration.fit_dermoscopy_check import SCORES_FILE
 
@@ -69,7 +69,7 @@ def main(argv=None) -> Path:
     parser.add_argument("--out", type=Path, default=Path("artifacts/dermoscopy_check_misses.png"))
     parser.add_argument("--limit", type=int, default=32)
     args = parser.parse_args(argv)
-    threshold = float(read_model_card(args.weights)["dermoscopy_check"]["threshold"])
+    threshold = load_card(args.weights).dermoscopy_check.threshold
     refused, passed = misses(pd.read_csv(args.scores, dtype={"image_id": str}), threshold, args.limit)
     parts = [sheet(refused, f"Dermoscopy refused, source held out (P(dermoscopy) < {threshold:.3f}), lowest first"),
              sheet(passed, f"Clinical photos let through, collection held out (P >= {threshold:.3f}), highest first")]

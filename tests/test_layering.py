@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "core"
@@ -104,6 +107,14 @@ def test_core_never_imports_the_app_training_calibration_benchmarks_or_tests():
 def test_training_never_imports_calibration_and_neither_imports_the_app():
     found = forbidden_imports("train") + forbidden_imports("calibration")
     assert not found, "train or calibration imports what it must not:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("package", ["train", "calibration"])
+def test_every_training_and_calibration_module_imports(package):
+    """Each command of train/ and calibration/ is run alone (python -m ...), where nothing else has imported what it
+    names: every module must import on its own."""
+    for path in modules(ROOT / package):
+        importlib.import_module(module_name(path))
 
 
 def test_the_direction_check_finds_train_importing_calibration(tmp_path):
