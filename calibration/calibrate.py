@@ -42,7 +42,7 @@ SETTINGS = {  # key -> (type, default): the [calibrate] table of a preset
 def settings(argv=None) -> dict:
     """The preset's [calibrate] table, each key overridable by --key value."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="a preset TOML with a [calibrate] table (train/presets/)")
+    parser.add_argument("--config", type=Path, help="a preset TOML with a [calibrate] table (calibration/presets/)")
     for key, (kind, _) in SETTINGS.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=(lambda v: v.lower() == "true") if kind is bool else kind)
     args = parser.parse_args(argv)
