@@ -243,7 +243,7 @@ def build_model(cfg: dict, stage) -> torch.nn.Module:
 
 
 # ---------------------------------------------------------------- one run
-@dataclass
+@dataclass(frozen=True)
 class Training:
     """What one run trains with: its stage and data, the model with its optimiser, autocast and EMA, the schedule's
     length and the random stream of the augmentations. Built once; the loop's progress lives in the run dict (what
