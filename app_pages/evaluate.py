@@ -1,5 +1,5 @@
 """Evaluate your data: the shipped model on a researcher's own labelled folder (any layout core.data.datasets reads), with
-the figures `python -m train.evaluate --data-dir DIR --report OUT` writes (core.analysis.folder_evaluation).
+the figures `python -m calibration.evaluate --data-dir DIR --report OUT` writes (core.analysis.folder_evaluation).
 
 The images are analysed a few per script run (the partial state lives in st.session_state and the page reruns until
 done), so the progress bar moves and the Cancel button answers between chunks; a cancelled run is reported with the
@@ -93,7 +93,7 @@ def summary_ui(summary: dict, total: int) -> None:
     st.caption(f"Melanoma referral at the model card's threshold: sensitivity {pct(referral.get('sensitivity'))} "
                f"({referral.get('n_melanoma', 0)} melanomas), specificity {pct(referral.get('specificity'))}"
                f"{refused_melanoma_text(summary.get('n_melanoma_refused', 0))}. Model "
-               f"{summary.get('model_version')}; the same figures as `python -m train.evaluate --data-dir FOLDER "
+               f"{summary.get('model_version')}; the same figures as `python -m calibration.evaluate --data-dir FOLDER "
                "--report OUT`.")
 
 

@@ -209,7 +209,7 @@ def downloads(monkeypatch):
 @pytest.fixture(scope="session")
 def clinical_photo(data_dir) -> Path:
     """A real clinical (camera) photograph of skin from a DermNet category the shipped dermoscopy check never saw
-    (the first of the card's held-out images: train.fit_dermoscopy_check)."""
+    (the first of the card's held-out images: calibration.fit_dermoscopy_check)."""
     import json
 
     card = json.loads((Path(__file__).resolve().parent.parent / "weights" / "model_card.json").read_text())

@@ -1,6 +1,6 @@
-"""train.calibrate end to end on tiny trained runs: every section of the card is fitted and the app's reader accepts
-it, the files verify, the Analyzer applies the same rules, a step run on its own keeps the other steps' sections, and
-the folder report gives the numbers core.analysis.folder_evaluation gives."""
+"""calibration.calibrate end to end on tiny trained runs: every section of the card is fitted and the app's reader
+accepts it, the files verify, the Analyzer applies the same rules, a step run on its own keeps the other steps'
+sections, and the folder report gives the numbers core.analysis.folder_evaluation gives."""
 import json
 import shutil
 
@@ -13,12 +13,12 @@ from core.analysis.inference import Analyzer
 from core.io.intake import load_image_file
 from core.io.weights_io import sha256_of
 from core.decisions.model_card import REQUIRED_SECTIONS, load_card, read_card_json
-from train import calibrate, evaluate
+from calibration import calibrate, evaluate
 
 
 @pytest.fixture(scope="module")
 def tiny_calibration(tiny_runs, data_dir, tmp_path_factory):
-    """train.calibrate on the tiny runs, everything small: (weights folder, card, its working folder)."""
+    """calibration.calibrate on the tiny runs, everything small: (weights folder, card, its working folder)."""
     runs, _ = tiny_runs
     work = tmp_path_factory.mktemp("calibration")
     weights = work / "weights"
@@ -72,7 +72,7 @@ def test_the_card_holds_every_rule_and_verifiable_files(tiny_card):
 
 def test_the_card_names_the_data_mask_cn_was_trained_on(tmp_path):
     """The training-data line comes from the mask-CN run's own config, so a fine-tune on more sources says so."""
-    from train.model_card import classification_data
+    from calibration.model_card import classification_data
 
     (tmp_path / "mask_cn").mkdir()
     history = tmp_path / "mask_cn" / "history.json"
@@ -173,7 +173,7 @@ def test_evaluate_alone_refuses_to_write_a_partial_card(tiny_runs, data_dir, tmp
     from core.decisions.model_card import ModelCardError
 
     runs, _ = tiny_runs
-    with pytest.raises(ModelCardError, match="model card not found. Build it with `python -m train.calibrate"):
+    with pytest.raises(ModelCardError, match="model card not found. Build it with `python -m calibration.calibrate"):
         evaluate.main(["--data-dir", str(data_dir), "--runs", str(runs), "--weights", str(tmp_path), "--max-images",
                        "2"])
     assert not (tmp_path / "model_card.json").exists()

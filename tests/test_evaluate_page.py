@@ -1,5 +1,5 @@
 """The "Evaluate your data" page (AppTest, shipped weights, real images): on a one-folder-per-class folder of real
-held-out test images plus one broken file it shows the numbers `python -m train.evaluate --data-dir DIR --weights
+held-out test images plus one broken file it shows the numbers `python -m calibration.evaluate --data-dir DIR --weights
 weights --report OUT` writes, lists the bad file, and a Cancel reports the images done so far."""
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def folder(tmp_path_factory, data_dir, clinical_photo):
 def cli_report(folder, tmp_path_factory, repo_root):
     out = tmp_path_factory.mktemp("report")
     env = {**os.environ, "PYTHONPATH": str(repo_root), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "train.evaluate", "--data-dir", str(folder), "--weights",
+    proc = subprocess.run([sys.executable, "-m", "calibration.evaluate", "--data-dir", str(folder), "--weights",
                            str(WEIGHTS), "--report", str(out)], cwd=repo_root, env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

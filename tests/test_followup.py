@@ -1,4 +1,4 @@
-"""Lesion follow-up (core.analysis.followup, core.reports.comparison_report, train.followup_noise, the Compare page) on real
+"""Lesion follow-up (core.analysis.followup, core.reports.comparison_report, calibration.followup_noise, the Compare page) on real
 HAM10000 images and the shipped weights."""
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from core.decisions.model_card import load_card
 from test_report import pdf_text
 from tests.test_privacy import assert_no_disk_writes
 from tests.test_privacy_analysis import CONTROL_NOTE, EXIF_TEXT, FILE_NAME, _found, _pdf_texts, upload  # noqa: F401
-from train.followup_noise import main as noise_main, noise_pairs, same_lesion_pairs
+from calibration.followup_noise import main as noise_main, noise_pairs, same_lesion_pairs
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = Path(os.environ.get("LESIONLENS_WEIGHTS") or REPO / "weights")
@@ -122,7 +122,7 @@ def test_band_file_is_for_the_shipped_weights(band, tmp_path):
     card = load_card(WEIGHTS)
     assert load_band(WEIGHTS / BAND_FILE, replace(card, version="another"))[0] is None
     missing, why = load_band(tmp_path / BAND_FILE, card)
-    assert missing is None and "train.followup_noise" in why
+    assert missing is None and "calibration.followup_noise" in why
     (tmp_path / BAND_FILE).write_text("{not json")
     assert "unreadable" in load_band(tmp_path / BAND_FILE, card)[1]
 

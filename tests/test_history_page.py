@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.io.dicom_input import MadeUpPatient, wrap_jpeg
 from tests.test_followup import WEIGHTS, _shown
-from train.lesion_history_eval import series_of
+from calibration.lesion_history_eval import series_of
 
 REPO = Path(__file__).resolve().parent.parent
 

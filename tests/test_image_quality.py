@@ -1,9 +1,9 @@
 """Image-quality checks (core.decisions.image_quality) on real dermoscopy images.
 
 The shipped card keeps only the checks whose flagged images were misclassified more often on held-out data
-(train.fit_image_quality). The surfaces are tested with a weights folder whose card ships the out-of-focus check at its
-fitted threshold (the same networks, symlinked), whether or not the shipped card keeps it: a sharp image passes, the
-same image blurred (cv2.GaussianBlur) is flagged "out of focus" on every surface (Analyzer, Analyze page, PDF, Batch
+(calibration.fit_image_quality). The surfaces are tested with a weights folder whose card ships the out-of-focus check
+at its fitted threshold (the same networks, symlinked), whether or not the shipped card keeps it: a sharp image passes,
+the same image blurred (cv2.GaussianBlur) is flagged "out of focus" on every surface (Analyzer, Analyze page, PDF, Batch
 table and CSV, core.analysis.predict) with its diagnosis still shown, greyed; a refused clinical photo gets no quality verdict
 (no analysis at all)."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ from apptest_support import dataframe, keyed_block, page, upload
 from test_app_rules import pdfs  # noqa: F401 (fixture)
 from test_report import pdf_text
 
-from train.fit_image_quality import BLUR_SHARE
+from calibration.fit_image_quality import BLUR_SHARE
 from core.decisions.image_quality import (CHECK_KINDS, QualityCheck, QualityChecks, WORKING_SIZE, border_share,
                                           lesion_share, quality_sentence, sharpness, working_view)
 
@@ -163,13 +163,13 @@ def test_analyze_page_pdf_and_batch_say_which_check_fired(app_with_out_of_focus,
 
 def test_the_test_predictions_triage_column_carries_the_quality_flags(tmp_path, repo_root, card_with):
     """weights/test_predictions.csv's `triage` is the verdict the app gives: an image a quality check flags is
-    "review", not "no referral" (train.out_of_source used to write the column without the quality flags)."""
+    "review", not "no referral" (calibration.out_of_source used to write the column without the quality flags)."""
     import pandas as pd
 
     from core.data.classes import CLASS_CODES
     from core.decisions.triage import TriageRule
     from core.decisions.image_quality import MEASURES
-    from train.fit_image_quality import MEASURES_NAME, measures_folder, write_triage_column
+    from calibration.fit_image_quality import MEASURES_NAME, measures_folder, write_triage_column
 
     weights = tmp_path / "weights"
     weights.mkdir()

@@ -128,7 +128,7 @@ def test_non_dermoscopic_images_are_flagged(analyzer):
 def test_uploads_that_are_not_photographs_are_not_skin_never_camera_photos(analyzer):
     """Colour noise, screenshots and a drawn brown ellipse on a plain (skin-like or other) background, made with a seed
     the dermoscopy check was not fitted on: refused with the not-skin sentence, not the camera-photo one."""
-    from train.ood_probes import synthetic_screens_and_drawings
+    from calibration.ood_probes import synthetic_screens_and_drawings
 
     names, images = synthetic_screens_and_drawings(12, seed=2024)
     for name, image in zip(names, images):

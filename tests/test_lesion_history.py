@@ -1,7 +1,7 @@
 """A lesion's history over N visits (core.analysis.lesion_history), its PDF (core.reports.history_report) and what
 the two-image comparison now states first (core.analysis.followup), on real HAM10000 lesions photographed several
 times (held-out test split) and the shipped weights: a series without change, the same series with the lesion grown
-by a known amount at a known visit (train.lesion_history_eval.enlarge), a series with another lesion in it, one
+by a known amount at a known visit (calibration.lesion_history_eval.enlarge), a series with another lesion in it, one
 image given twice."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from core.io.intake import load_image_file
 from core.reports.history_report import HISTORY_TITLE, build_history_pdf
 from test_report import pdf_text
 from tests.test_followup import WEIGHTS, analyzer, band  # noqa: F401 - the shipped Analyzer and band fixtures
-from train.lesion_history_eval import enlarge, series_of
+from calibration.lesion_history_eval import enlarge, series_of
 
 START = dt.date(2026, 1, 5)
 GROWTH = 1.3  # of the diameter, at the lesion's border

@@ -1,7 +1,7 @@
 """Watched lesions in an archive result (core.batch.lesion_series): a batch run (core.batch.batch_engine, local
 back-end) over two lesions' visits becomes one series per lesion. Lesion X's third visit is its first photograph with
-the lesion grown 30 % at its border (train.lesion_history_eval.enlarge), its second the same pixels in another file;
-lesion Y's two visits are one image in two files. X changed at visit 3, Y is stable; --since keeps the lesions
+the lesion grown 30 % at its border (calibration.lesion_history_eval.enlarge), its second the same pixels in another
+file; lesion Y's two visits are one image in two files. X changed at visit 3, Y is stable; --since keeps the lesions
 watched since a date; rows without a date are left out."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from core.batch.lesion_series import SeriesInputError, lesion_series, main, read
 from core.io.intake import load_image_file
 from core.decisions.model_card import load_card
 from tests.test_followup import WEIGHTS
-from train.lesion_history_eval import enlarge
+from calibration.lesion_history_eval import enlarge
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The typed model card (core.decisions.model_card): the shipped card reads into typed sections, a card lacking a
 section or field the app needs fails at load with a sentence naming it, nothing falls back to a default, the app
-refuses to start on such a card, and calibration never writes one (train.card_io)."""
+refuses to start on such a card, and calibration never writes one (calibration.card_io)."""
 from __future__ import annotations
 
 import json
@@ -45,7 +45,7 @@ def test_a_card_without_a_required_section_names_it(tmp_path, shipped, section):
     with pytest.raises(ModelCardError) as info:
         load_card(tmp_path)
     message = str(info.value)
-    assert f"has no `{section}` section" in message and "python -m train.calibrate" in message, message
+    assert f"has no `{section}` section" in message and "python -m calibration.calibrate" in message, message
     assert f"its {REQUIRED_SECTIONS[section]} step writes it" in message, message
 
 
@@ -100,7 +100,7 @@ def test_the_app_refuses_to_start_on_a_card_without_triage(tmp_path, repo_root, 
     at.run()
     assert not at.exception, at.exception
     errors = [e.value for e in at.error]
-    assert any("LesionLens cannot start" in e and "has no `triage` section" in e and "train.calibrate" in e
+    assert any("LesionLens cannot start" in e and "has no `triage` section" in e and "calibration.calibrate" in e
                for e in errors), errors
     assert not at.title, "a page rendered on a card without its triage rule"
 
@@ -108,7 +108,7 @@ def test_the_app_refuses_to_start_on_a_card_without_triage(tmp_path, repo_root, 
 def test_calibration_never_writes_a_partial_card(tmp_path, repo_root):
     """A single step merges its sections into the card in WEIGHTS (keeping the others'); on a folder whose card would
     then lack a section, nothing is written and the previous card stays as it was."""
-    from train.card_io import write_sections
+    from calibration.card_io import write_sections
 
     weights = tmp_path / "weights"
     shutil.copytree(repo_root / "weights", weights, ignore=shutil.ignore_patterns("*.safetensors", "*.csv"))

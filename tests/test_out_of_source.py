@@ -1,9 +1,10 @@
-"""The leave-one-source-out protocol (train.out_of_source) and its frozen-feature heads (train.source_heads), on
-synthetic data with known structure: a held-out source must never influence the rules it is judged by; the shipped
-card carries the rules and the figures the screens quote."""
+"""The leave-one-source-out protocol (calibration.out_of_source) and its frozen-feature heads
+(calibration.source_heads), on synthetic data with known structure: a held-out source must never influence the rules it
+is judged by; the shipped card carries the rules and the figures the screens quote."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,8 @@ import numpy as np
 from core.data.classes import NUM_CLASSES
 from core.decisions.model_card import card_from_dict
 from core.decisions.uncertainty import UncertaintyLevels, probability_scores
-from train.out_of_source import held_out_predictions
-from train.source_heads import LinearHead, sample_weights, softmax
+from calibration.out_of_source import EvaluationImages, held_out_predictions
+from calibration.source_heads import LinearHead, sample_weights, softmax
 
 SOURCES = ["a", "b", "c"]
 SETTING = {"referral_target": 0.9, "referral_fit": "every_source", "low_max_error": 0.08, "low_fit": "every_source", "uncertainty_score": "max_probability",
@@ -20,33 +21,34 @@ SETTING = {"referral_target": 0.9, "referral_fit": "every_source", "low_max_erro
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 
-def synthetic(seed: int = 0, n: int = 900) -> dict:
+def synthetic(seed: int = 0, n: int = 900) -> EvaluationImages:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, NUM_CLASSES, n)
     logits = rng.normal(size=(n, NUM_CLASSES))
     logits[np.arange(n), labels] += rng.uniform(0, 4, n)
     probs = softmax(logits)
-    return {"labels": labels, "probs": probs, "groups": np.arange(n).astype(str),
-            "acquisition": np.array(SOURCES)[np.arange(n) % 3], "is_val": rng.uniform(size=n) < 0.5,
-            "uncertainty": probability_scores(probs), "train_acquisition": np.array(SOURCES * 10)}
+    return EvaluationImages(labels=labels, probs=probs, groups=np.arange(n).astype(str),
+                            acquisition=np.array(SOURCES)[np.arange(n) % 3], is_val=rng.uniform(size=n) < 0.5,
+                            uncertainty=probability_scores(probs), pooled=rng.normal(size=(n, 4)),
+                            imagenet=rng.normal(size=(n, 4)))
 
 
-def unusual_for(d: dict, calls: list):
+def unusual_for(ev: EvaluationImages, calls: list):
     def unusual_without(source):
         calls.append(source)
-        return {"feature_distance": d["uncertainty"]["entropy"] + 0.1 * (d["acquisition"] == source)}
+        return {"feature_distance": ev.uncertainty["entropy"] + 0.1 * (ev.acquisition == source)}
     return unusual_without
 
 
 def test_a_held_out_source_never_shapes_the_rules_it_is_judged_by():
-    d, calls = synthetic(), []
-    held = held_out_predictions(d, SETTING, SOURCES, unusual_for(d, calls))
+    ev, calls = synthetic(), []
+    held = held_out_predictions(ev, SETTING, SOURCES, unusual_for(ev, calls))
     assert sorted(calls) == SOURCES  # each source's OOD model is refitted without it
     # corrupt source a's validation labels: a's own verdicts must not move, the other sources' rules may
-    corrupted = dict(d, labels=np.where((d["acquisition"] == "a") & d["is_val"], (d["labels"] + 1) % NUM_CLASSES,
-                                        d["labels"]))
+    corrupted = replace(ev, labels=np.where((ev.acquisition == "a") & ev.is_val, (ev.labels + 1) % NUM_CLASSES,
+                                            ev.labels))
     again = held_out_predictions(corrupted, SETTING, SOURCES, unusual_for(corrupted, []))
-    a = d["acquisition"] == "a"
+    a = ev.acquisition == "a"
     assert (held["verdicts"][a] == again["verdicts"][a]).all() and (held["unc"][a] == again["unc"][a]).all()
     assert (held["sets"][a] == again["sets"][a]).all()
     assert (held["sets"][~a] != again["sets"][~a]).any() or (held["unc"][~a] != again["unc"][~a]).any()
@@ -66,7 +68,8 @@ def test_linear_head_learns_and_source_balanced_weights_equalise_sources():
 
 
 def test_the_shipped_card_quotes_out_of_source_figures():
-    """The card the app ships was written by train.out_of_source: the screens' sentences quote held-out figures."""
+    """The card the app ships was written by calibration.out_of_source: the screens' sentences quote held-out
+    figures."""
     card = json.loads((WEIGHTS / "model_card.json").read_text())
     oos = card["out_of_source"]
     assert set(oos["rules_per_source"]) == set(oos["sources"]) and len(oos["sources"]) == 5

@@ -1,5 +1,5 @@
 """Patient context (age, sex, site): one validation for the Analyze form, Batch, core.analysis.predict and the PDF; the
-context head (core.decisions.context_head, fitted by train.fit_context) and how the Analyzer applies it."""
+context head (core.decisions.context_head, fitted by calibration.fit_context) and how the Analyzer applies it."""
 import json
 import shutil
 
@@ -65,7 +65,7 @@ def test_context_head_shifts_nothing_without_context_and_checks_its_shape(card_w
 def test_fitted_head_predicts_held_out_diagnoses_from_real_context(ham_split):
     """HAM10000 metadata carries real information (age, site) about the diagnosis: with uninformative image logits,
     a head fitted on train-split images predicts the val split's diagnoses far above chance."""
-    from train.fit_context import fit_head, table_contexts
+    from calibration.fit_context import fit_head, table_contexts
 
     train = ham_split[ham_split["split"] == "train"].sample(2000, random_state=0)
     val = ham_split[ham_split["split"] == "val"]
@@ -113,7 +113,7 @@ def test_analyzer_applies_a_shipped_context_head_only_to_given_context(repo_root
 def test_context_head_is_used_only_with_a_gain_beyond_noise_and_calibrated_probabilities(ham_split, monkeypatch):
     """context_report's decision: a head whose validation gain is beyond noise is still refused when its out-of-fold
     probabilities are miscalibrated (ECE above the decision rule's bound)."""
-    import train.fit_context as fit_context
+    import calibration.fit_context as fit_context
 
     val = ham_split[ham_split["split"] == "val"].sample(900, random_state=0)
     y = np.array([class_index(d) for d in val["dx"]])

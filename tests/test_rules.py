@@ -13,7 +13,7 @@ from core.decisions.referral import ReferralRule, melanoma_score
 from core.lesion.retrieval import CaseIndex
 from core.imaging.tta import ALL_VIEWS, FLIP_VIEWS, unview, view, views_for
 from core.decisions.uncertainty import UncertaintyLevels, probability_scores
-from train import fit_rules
+from calibration import fit_rules
 
 
 def test_views_are_the_dihedral_group_and_unview_inverts_them():

@@ -19,7 +19,7 @@ from core.io.weights_io import weights_metadata
 from train import train as train_stage
 from train.cache import load_arrays
 from train.checkpoint import save_state
-from train.stages import MaskCNStage, load_upstream, upstream_images
+from train.stages import CoarseSNStage, MaskCNStage, Stage, load_upstream, upstream_images
 
 from conftest import TINY
 
@@ -204,6 +204,18 @@ def test_mask_cn_cutmix_moves_the_mask_channel_with_the_image_and_mixes_the_labe
 def test_stage_without_its_upstream_checkpoint_says_so(data_dir):
     with pytest.raises(SystemExit, match="--coarse-sn"):
         train_stage.main(["--stage", "mask_cn", "--data-dir", str(data_dir), *TINY])
+
+
+@pytest.mark.parametrize("missing", ["batch", "loss", "validate"])
+def test_a_stage_missing_a_method_the_loop_asks_for_cannot_be_made(missing):
+    """Stage declares what the training loop asks of every stage; a stage that lacks one fails when it is made, not
+    epochs later when the loop first calls it. A stage with all three is made."""
+    cfg = train_stage.parse_args(["--stage", "coarse_sn"])
+    provided = {name: (lambda self, *args: None) for name in ("batch", "loss", "validate") if name != missing}
+    incomplete = type("IncompleteStage", (Stage,), {"arch": "coarse_sn", "default_size": (8, 8), **provided})
+    with pytest.raises(TypeError, match=missing):
+        incomplete(cfg)
+    assert CoarseSNStage(cfg).size == CoarseSNStage.default_size
 
 
 def _without_timings(history):

@@ -15,7 +15,7 @@ from core.data.classes import CLASS_CODES, CLASS_INDEX
 from core.decisions.conformal import PredictionSets
 from core.lesion.skin_tone import ita_degrees, ita_group
 from core.decisions.triage import TriageRule
-from train.fit_source_robust import conformal_quantile, low_uncertainty_cut, referral_threshold
+from calibration.fit_source_robust import conformal_quantile, low_uncertainty_cut, referral_threshold
 
 DATA_DIR = Path(os.environ.get("DATA_DIR", "../shared/data"))
 

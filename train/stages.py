@@ -1,6 +1,7 @@
 """The four trainable networks as stage objects: what each reads, how it makes a batch, its loss, its validation.
 
-The training loop (train/train.py) knows nothing about stages; it asks a stage for
+The training loop (train/train.py) knows nothing about stages; it asks a stage (Stage declares these: batch, loss and
+validate are abstract, so a stage missing one cannot be made; the base class does the shared work, load among it)
     load(table, training)        -> Arrays      (images, labels, masks, auxiliary inputs of one split)
     batch(arrays, idx, generator) -> (inputs, target)   (augmented when a generator is given)
     loss(output, target)          -> scalar
@@ -18,6 +19,7 @@ The training loop (train/train.py) knows nothing about stages; it asks a stage f
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,7 +85,11 @@ def load_upstream(arch: str, path: str) -> tuple[torch.nn.Module, dict]:
     return model.eval().requires_grad_(False), meta
 
 
-class Stage:
+class Stage(ABC):
+    """One trainable network as the loop sees it. A stage provides batch, loss and validate; the base class holds what
+    every stage shares: input size, preprocessing and augmentation from the config, loading a split, building the
+    model and the metadata its weight files carry. A subclass names its arch and default_size and overrides
+    wants_masks, prepare, load or build_model where it differs."""
     arch = ""
     default_size = (0, 0)
     classifies = False
@@ -130,6 +136,21 @@ class Stage:
     def to(self, device: torch.device) -> "Stage":
         self.device = device
         return self
+
+    # ------------------------------------------------------------ what each stage must provide
+    @abstractmethod
+    def batch(self, arrays: Arrays, idx: np.ndarray, generator: torch.Generator | None) -> tuple[tuple, object]:
+        """(model inputs, target) of the images idx of a split, on the stage's device; augmented when a generator is
+        given (training), as they are when it is None (validation)."""
+
+    @abstractmethod
+    def loss(self, output: torch.Tensor, target) -> torch.Tensor:
+        """The scalar training loss of the model's output against a batch's target."""
+
+    @abstractmethod
+    def validate(self, model: torch.nn.Module, val: dict[str, Arrays]) -> dict:
+        """Metrics of `model` on each source's validation split, with a "score" (higher is better: it picks
+        best.safetensors)."""
 
 
 # ---------------------------------------------------------------- segmenters

@@ -38,7 +38,7 @@ from core.io.weights_io import save_weights
 from train.autocast_policy import keep_depthwise_in_fp32
 from train.checkpoint import load_state, restore_rng, rng_state, save_state
 from train.schedule import EMA, learning_rate
-from train.stages import STAGES
+from train.stages import STAGES, Arrays, Stage
 
 CONFIG = dict(
     stage="classifier",          # coarse_sn | mask_cn | enhanced_sn | classifier
@@ -242,15 +242,49 @@ def build_model(cfg: dict, stage) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-# ---------------------------------------------------------------- the loop
-def main(argv=None) -> dict:
-    cfg = parse_args(argv)
-    rt = setup_runtime(cfg)
+# ---------------------------------------------------------------- one run
+@dataclass(frozen=True)
+class Training:
+    """What one run trains with: its stage and data, the model with its optimiser, autocast and EMA, the schedule's
+    length and the random stream of the augmentations. Built once; the loop's progress lives in the run dict (what
+    last_state.pt saves)."""
+    cfg: dict
+    rt: Runtime
+    stage: Stage
+    train: Arrays
+    val: dict[str, Arrays]
+    model: torch.nn.Module
+    ddp_model: torch.nn.Module   # the model itself, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None
+    autocast: object
+    scaler: torch.amp.GradScaler | None
+    repeats: np.ndarray          # times each training image appears per epoch
+    n_batches: int               # per epoch and rank
+    generator: torch.Generator
+    out_dir: Path
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / "last_state.pt"
+
+    @property
+    def kept_model(self) -> torch.nn.Module:
+        """The weights validated and saved: the EMA's when it is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def lr_at(self, step: int) -> float:
+        """The schedule's learning rate at optimiser step `step` (train.schedule)."""
+        cfg, per_epoch = self.cfg, self.n_batches
+        return learning_rate(step, per_epoch * cfg["epochs"], cfg["lr"], round(cfg["warmup_epochs"] * per_epoch),
+                             cfg["schedule"], cfg["min_lr_ratio"], cfg["poly_power"])
+
+
+def prepare_training(cfg: dict, rt: Runtime) -> Training:
+    """The stage with its training and validation data, the model, optimiser, autocast and EMA of a run."""
     torch.manual_seed(cfg["seed"])
     out_dir = Path(cfg["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    state_path = out_dir / "last_state.pt"
-
     stage = STAGES[cfg["stage"]](cfg).to(rt.device)
     train_table, val_tables = split_tables(cfg)
     train = stage.load(train_table, training=True)
@@ -264,113 +298,167 @@ def main(argv=None) -> dict:
                                   weight_decay=cfg["weight_decay"])
     ema = EMA(model, cfg["ema"]) if cfg["ema"] > 0 else None
     repeats = train.repeats if train.repeats is not None else np.ones(len(train), int)
-    batch = cfg["batch_size"]
-    n_batches = int(repeats.sum()) // (batch * rt.world)
+    n_batches = int(repeats.sum()) // (cfg["batch_size"] * rt.world)
     if cfg["max_train_batches"]:
         n_batches = min(n_batches, cfg["max_train_batches"])
-    total_steps, warmup_steps = n_batches * cfg["epochs"], round(cfg["warmup_epochs"] * n_batches)
     generator = torch.Generator().manual_seed(cfg["seed"] * 1000 + rt.rank)
+    return Training(cfg, rt, stage, train, val, model, ddp_model, optimizer, ema, autocast, scaler, repeats, n_batches,
+                    generator, out_dir)
 
-    run = {"step": 0, "epoch": 0, "batch": 0, "losses": [], "history": [], "best": -math.inf, "stale": 0,
-           "train_seconds": 0.0}
-    if cfg["resume"] and state_path.is_file():
-        saved = load_state(state_path)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(saved["ema"])
-        restore_rng(saved["rng"], generator)
-        run = json.loads(saved["run"])
-        if rt.main:
-            print(f"resumed {state_path}: epoch {run['epoch'] + 1}, batch {run['batch']}, step {run['step']}", flush=True)
 
-    def checkpoint() -> None:
-        if rt.main:
-            save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "ema": None if ema is None else ema.state_dict(), "rng": rng_state(generator),
-                                    "run": json.dumps(run)})
+def new_run() -> dict:
+    """The progress of a run that has not started: what last_state.pt saves besides the weights and RNG streams."""
+    return {"step": 0, "epoch": 0, "batch": 0, "losses": [], "history": [], "best": -math.inf, "stale": 0,
+            "train_seconds": 0.0}
 
+
+def resume_run(t: Training) -> dict:
+    """Restore weights, optimiser, EMA and RNG streams from last_state.pt; the run's progress."""
+    saved = load_state(t.state_path)
+    t.model.load_state_dict(saved["model"])
+    t.optimizer.load_state_dict(saved["optimizer"])
+    if t.ema is not None:
+        t.ema.load_state_dict(saved["ema"])
+    restore_rng(saved["rng"], t.generator)
+    run = json.loads(saved["run"])
+    if t.rt.main:
+        print(f"resumed {t.state_path}: epoch {run['epoch'] + 1}, batch {run['batch']}, step {run['step']}", flush=True)
+    return run
+
+
+def save_checkpoint(t: Training, run: dict) -> None:
+    if t.rt.main:
+        save_state(t.state_path, {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+                                  "ema": None if t.ema is None else t.ema.state_dict(), "rng": rng_state(t.generator),
+                                  "run": json.dumps(run)})
+
+
+def train_step(t: Training, run: dict, idx: np.ndarray) -> tuple[float, float]:
+    """One optimiser step on the training images idx at the schedule's learning rate; (loss, learning rate)."""
+    lr = t.lr_at(run["step"])
+    for group in t.optimizer.param_groups:
+        group["lr"] = lr
+    inputs, target = t.stage.batch(t.train, idx, t.generator)
+    with t.autocast:
+        output = t.ddp_model(*inputs)
+    loss = t.stage.loss(output, target)
+    t.optimizer.zero_grad(set_to_none=True)
+    if t.scaler is not None:
+        t.scaler.scale(loss).backward()
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+    else:
+        loss.backward()
+        t.optimizer.step()
+    if t.ema is not None:
+        t.ema.update(t.model)
+    run["step"] += 1
+    return loss.item(), lr
+
+
+def train_epoch(t: Training, run: dict, epoch: int, started: float, steps_done: int) -> tuple[int, bool]:
+    """The epoch's batches from run["batch"] on; (steps this process has made, whether the epoch finished: False when
+    --max-minutes stopped it, the state saved to resume at the next batch)."""
+    cfg, rt, batch = t.cfg, t.rt, t.cfg["batch_size"]
+    order = epoch_order(t.repeats, epoch, cfg["seed"])[rt.rank::rt.world]
+    set_train_mode(t.model, cfg["freeze_blocks"])
+    bar = tqdm(total=t.n_batches * batch * rt.world, initial=run["batch"] * batch * rt.world, unit="img",
+               desc=f"{cfg['stage']} {epoch + 1}/{cfg['epochs']}", disable=not rt.main, smoothing=0.1)
+    piece_start = time.time()
+    for b in range(run["batch"], t.n_batches):
+        if cfg["max_minutes"] and steps_done and out_of_time(started, cfg["max_minutes"], rt):
+            run["train_seconds"] += time.time() - piece_start
+            save_checkpoint(t, run)
+            bar.close()
+            print(f"--max-minutes reached: saved {t.state_path} at epoch {epoch + 1}, batch {b}; "
+                  "continue with --resume true", flush=True)
+            return steps_done, False
+        loss, lr = train_step(t, run, np.sort(order[b * batch:(b + 1) * batch]))
+        steps_done += 1
+        run["batch"] = b + 1
+        run["losses"].append(round(loss, 5))
+        bar.update(batch * rt.world)
+        bar.set_postfix(loss=f"{np.mean(run['losses'][-20:]):.4f}", lr=f"{lr:.2e}")
+    bar.close()
+    run["train_seconds"] += time.time() - piece_start
+    return steps_done, True
+
+
+def epoch_record(t: Training, run: dict, epoch: int, metrics: dict, val_seconds: float) -> dict:
+    """The line of history.json for a finished epoch."""
+    images = len(run["losses"]) * t.cfg["batch_size"] * t.rt.world
+    record = {"epoch": epoch + 1, "steps": len(run["losses"]), "train_loss": round(float(np.mean(run["losses"])), 5),
+              "lr": t.lr_at(run["step"] - 1), **metrics, "val_metric": metrics["score"],
+              "train_seconds": round(run["train_seconds"], 1), "val_seconds": round(val_seconds, 1),
+              "images_per_second": round(images / max(run["train_seconds"], 1e-9), 1)}
+    record["seconds"] = round(record["train_seconds"] + record["val_seconds"], 1)
+    return record
+
+
+def keep_if_best(t: Training, run: dict, epoch: int, score: float) -> None:
+    """best.safetensors holds the epoch with the highest validation score; "stale" counts the epochs since."""
+    if score > run["best"]:
+        run["best"], run["stale"] = score, 0
+        save_weights(t.kept_model, t.out_dir / "best.safetensors", half=False,
+                     metadata={**t.stage.metadata(), "epoch": str(epoch + 1), "score": str(score)})
+    else:
+        run["stale"] += 1
+
+
+def end_epoch(t: Training, run: dict, epoch: int) -> None:
+    """Validate (rank 0), record the epoch, keep the best weights, save the state and history.json; every rank then
+    holds rank 0's count of epochs without improvement, so that all stop early together."""
+    val_start = time.time()
+    metrics = t.stage.validate(t.kept_model, t.val) if t.rt.main and t.val else {"score": 0.0}
+    record = epoch_record(t, run, epoch, metrics, time.time() - val_start)
+    run["history"].append(record)
+    run.update(epoch=epoch + 1, batch=0, losses=[], train_seconds=0.0)
+    if t.rt.main:
+        print(json.dumps(record), flush=True)
+        keep_if_best(t, run, epoch, metrics["score"])
+        save_checkpoint(t, run)
+        (t.out_dir / "history.json").write_text(json.dumps({"config": t.cfg, "history": run["history"],
+                                                            "best": run["best"]}, indent=1))
+    if t.rt.world > 1:  # NCCL broadcasts device tensors only
+        flags = torch.tensor([run["stale"]], dtype=torch.float32, device=t.rt.device)
+        dist.broadcast(flags, 0)
+        run["stale"] = int(flags.item())
+
+
+def finish_distributed(t: Training) -> None:
+    """Every rank ends with rank 0's BN statistics (DDP broadcasts them before each forward; once more after the last),
+    saves its final weights and leaves the process group."""
+    for buffer in t.model.buffers():
+        dist.broadcast(buffer, 0)
+    save_weights(t.model, t.out_dir / f"final_rank{t.rt.rank}.safetensors", half=False)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def outcome(t: Training, run: dict, **flags) -> dict:
+    """What main returns: the best score, the history, the run's folder, whether it finished (and stopped early)."""
+    return {"best": run["best"], "history": run["history"], "out_dir": str(t.out_dir), **flags}
+
+
+# ---------------------------------------------------------------- the loop
+def main(argv=None) -> dict:
+    cfg = parse_args(argv)
+    rt = setup_runtime(cfg)
+    t = prepare_training(cfg, rt)
+    run = resume_run(t) if cfg["resume"] and t.state_path.is_file() else new_run()
     started = time.time()
     steps_done, stopped_early = 0, False  # every piece makes progress, however small --max-minutes is
     for epoch in range(run["epoch"], cfg["epochs"]):
-        order = epoch_order(repeats, epoch, cfg["seed"])[rt.rank::rt.world]
-        set_train_mode(model, cfg["freeze_blocks"])
-        bar = tqdm(total=n_batches * batch * rt.world, initial=run["batch"] * batch * rt.world, unit="img",
-                   desc=f"{cfg['stage']} {epoch + 1}/{cfg['epochs']}", disable=not rt.main, smoothing=0.1)
-        piece_start = time.time()
-        for b in range(run["batch"], n_batches):
-            if cfg["max_minutes"] and steps_done and out_of_time(started, cfg["max_minutes"], rt):
-                run["train_seconds"] += time.time() - piece_start
-                checkpoint()
-                bar.close()
-                print(f"--max-minutes reached: saved {state_path} at epoch {epoch + 1}, batch {b}; "
-                      "continue with --resume true", flush=True)
-                return {"best": run["best"], "history": run["history"], "out_dir": str(out_dir), "finished": False}
-            lr = learning_rate(run["step"], total_steps, cfg["lr"], warmup_steps, cfg["schedule"], cfg["min_lr_ratio"],
-                               cfg["poly_power"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            idx = np.sort(order[b * batch:(b + 1) * batch])
-            inputs, target = stage.batch(train, idx, generator)
-            with autocast:
-                output = ddp_model(*inputs)
-            loss = stage.loss(output, target)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if ema is not None:
-                ema.update(model)
-            run["step"] += 1
-            steps_done += 1
-            run["batch"] = b + 1
-            run["losses"].append(round(loss.item(), 5))
-            bar.update(batch * rt.world)
-            bar.set_postfix(loss=f"{np.mean(run['losses'][-20:]):.4f}", lr=f"{lr:.2e}")
-        bar.close()
-        run["train_seconds"] += time.time() - piece_start
-
-        val_start = time.time()
-        metrics = stage.validate(ema.module if ema is not None else model, val) if rt.main and val else {"score": 0.0}
-        record = {"epoch": epoch + 1, "steps": len(run["losses"]), "train_loss": round(float(np.mean(run["losses"])), 5),
-                  "lr": learning_rate(run["step"] - 1, total_steps, cfg["lr"], warmup_steps, cfg["schedule"],
-                                      cfg["min_lr_ratio"], cfg["poly_power"]),
-                  **metrics, "val_metric": metrics["score"], "train_seconds": round(run["train_seconds"], 1),
-                  "val_seconds": round(time.time() - val_start, 1),
-                  "images_per_second": round(len(run["losses"]) * batch * rt.world / max(run["train_seconds"], 1e-9), 1)}
-        record["seconds"] = round(record["train_seconds"] + record["val_seconds"], 1)
-        run["history"].append(record)
-        run.update(epoch=epoch + 1, batch=0, losses=[], train_seconds=0.0)
-        if rt.main:
-            print(json.dumps(record), flush=True)
-            if metrics["score"] > run["best"]:
-                run["best"], run["stale"] = metrics["score"], 0
-                save_weights(ema.module if ema is not None else model, out_dir / "best.safetensors", half=False,
-                             metadata={**stage.metadata(), "epoch": str(epoch + 1), "score": str(metrics["score"])})
-            else:
-                run["stale"] += 1
-            checkpoint()
-            (out_dir / "history.json").write_text(json.dumps({"config": cfg, "history": run["history"],
-                                                              "best": run["best"]}, indent=1))
-        if rt.world > 1:  # NCCL broadcasts device tensors only
-            flags = torch.tensor([run["stale"]], dtype=torch.float32, device=rt.device)
-            dist.broadcast(flags, 0)
-            run["stale"] = int(flags.item())
+        steps_done, finished = train_epoch(t, run, epoch, started, steps_done)
+        if not finished:
+            return outcome(t, run, finished=False)
+        end_epoch(t, run, epoch)
         if cfg["patience"] and run["stale"] >= cfg["patience"]:
             stopped_early = True
             break
     if rt.world > 1:
-        for buffer in model.buffers():  # DDP broadcasts rank 0's BN statistics before each forward; once more after the last
-            dist.broadcast(buffer, 0)
-        save_weights(model, out_dir / f"final_rank{rt.rank}.safetensors", half=False)
-        dist.barrier()
-        dist.destroy_process_group()
-    return {"best": run["best"], "history": run["history"], "out_dir": str(out_dir), "finished": True,
-            "stopped_early": stopped_early}
+        finish_distributed(t)
+    return outcome(t, run, finished=True, stopped_early=stopped_early)
 
 
 def out_of_time(started: float, max_minutes: float, rt: Runtime) -> bool:

@@ -9,7 +9,7 @@ coarse_sn_more (coarse-SN trained the same extra epochs as enhanced-SN, from the
 validation masks: --mask-cn-validation-coarse-sn lets it train before the new coarse-SN). Any other flag is passed
 to every stage (e.g. --threads 2). Every stage checkpoints each epoch: a finished stage is skipped and an
 interrupted one resumes exactly, so re-running the same command after a kill continues where it stopped.
-Afterwards run `python -m train.evaluate`.
+Afterwards run `python -m calibration.evaluate`.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The shipped model's files as the pages read them (cached, re-read when a file changes): the model card and the
 per-image test predictions.
 
-weights/test_predictions.csv (written by train/evaluate.py) has one row per test image of both test sets (`source`
+weights/test_predictions.csv (written by calibration/evaluate.py) has one row per test image of both test sets (`source`
 ham10000 / isic2017): image_id, source, dx, lesion_id, then per classifier its arg-max and its seven probabilities,
 and the shipped model's mel_score, refer, uncertainty and OOD levels. The shipped mask-CN's columns are `pred` and
 `p_<code>`; another classifier's are `<model>_pred` and `<model>_p_<code>` (e.g. `classifier_p_mel`), and a

@@ -1,6 +1,6 @@
-"""The model card's out-of-source figures (train.out_of_source) as the Home page and the Model performance page show
-them: how the model and its reliability statements fared on acquisition sources they were fitted without, per source,
-per classifier recipe and per skin-tone group."""
+"""The model card's out-of-source figures (calibration.out_of_source) as the Home page and the Model performance page
+show them: how the model and its reliability statements fared on acquisition sources they were fitted without, per
+source, per classifier recipe and per skin-tone group."""
 from __future__ import annotations
 
 import pandas as pd
@@ -73,7 +73,7 @@ def out_of_source_ui(card: ModelCard) -> None:
     """Model performance: the whole out-of-source section of the card."""
     oos = card.display("out_of_source")
     if not oos:
-        st.info("The model card has no out-of-source figures: run `bash run.sh train.out_of_source`.")
+        st.info("The model card has no out-of-source figures: run `bash run.sh calibration.out_of_source`.")
         return
     st.markdown(oos["protocol"][:1].upper() + oos["protocol"][1:])
     st.markdown("**The shipped model per source** (each source's validation + test images, never trained on)")
@@ -114,7 +114,7 @@ def out_of_source_ui(card: ModelCard) -> None:
 
 
 def setting_text(setting: dict) -> str:
-    """train.out_of_source's chosen setting in words."""
+    """calibration.out_of_source's chosen setting in words."""
     where = {"every_source": "in every fitting source", "pooled": "on the pooled validation images"}
     return (f"referral thresholds for {setting['referral_target']:.0%} sensitivity "
             f"{where[setting.get('referral_fit', 'every_source')]}; 'low' uncertainty by "

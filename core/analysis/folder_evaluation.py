@@ -5,7 +5,7 @@ and the run goes on; `should_stop` is polled between images (a cancelled run rep
 per-class table, balanced accuracy and macro AUC with bootstrap 95 % CIs (images of one lesion resampled together),
 confusion matrix, ROC curves, reliability diagram, the melanoma referral's sensitivity / specificity, Dice / Jaccard
 where masks exist, the images given no automated assessment (counted and listed), and one prediction row per image. Used by the "Evaluate your data" page and by
-`python -m train.evaluate --data-dir DIR --report OUT/`, so both give the same numbers.
+`python -m calibration.evaluate --data-dir DIR --report OUT/`, so both give the same numbers.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Lesion follow-up (sequential dermoscopy): register a follow-up image of a lesion to its baseline image, tabulate
 the change of every lesion measurement and class probability, and compare each change with the measurement noise
-(the "no real change" band) estimated on HAM10000 lesions photographed more than once (train.followup_noise).
+(the "no real change" band) estimated on HAM10000 lesions photographed more than once (calibration.followup_noise).
 
 Registration, follow-up -> baseline, a similarity transform (scale, rotation, shift):
 
@@ -14,7 +14,7 @@ Registration, follow-up -> baseline, a similarity transform (scale, rotation, sh
    rotation. That alignment is made from the lesion sizes, so it cannot show a change of size.
 
 Same lesion or not: when the feature registration fails, the pair may show two different lesions (two different
-lesions never registered in the tests, 369 of 400 same-lesion HAM10000 pairs did: train.followup_noise), so no
+lesions never registered in the tests, 369 of 400 same-lesion HAM10000 pairs did: calibration.followup_noise), so no
 change is reported at all: every row is "not compared" and the verdict says so.
 
 Changes: sizes (area, maximum diameter) are compared in baseline pixels (the follow-up value times the
@@ -527,7 +527,7 @@ def table_text(changes: list[Change], mm_per_pixel: float | None = None) -> list
              _change(c, mm_per_pixel), _band(c), c.status) for c in changes]
 
 
-# ---------------------------------------------------------------- the no-change band (train.followup_noise)
+# ---------------------------------------------------------------- the no-change band (calibration.followup_noise)
 def weights_fingerprint(card: ModelCard) -> str:
     """A short digest of the network weight files a model card lists: the band measures what the three networks
     output, so it changes with any retraining of them (a version name may not), not with a refitted OOD or
@@ -565,7 +565,7 @@ def load_band(path: str | Path, card: ModelCard) -> tuple[dict | None, str]:
     model card describes (same version and weight files)."""
     path = Path(path)
     if not path.is_file():
-        return None, f"no noise-band file ({path.name}); compute it with `python -m train.followup_noise`"
+        return None, f"no noise-band file ({path.name}); compute it with `python -m calibration.followup_noise`"
     try:
         band = json.loads(path.read_text())
         measurements = band["measurements"]

@@ -5,7 +5,7 @@
 
 Pipeline (MB-DCNN, core.models.mbdcnn.mbdcnn_forward): coarse-SN -> mask-CN on image + coarse mask (under the card's
 test-time-augmentation views) -> localisation map from mask-CN's CAM -> enhanced-SN -> refined mask. Everything
-the screens say comes from rules in the model card, fitted on validation data by train.evaluate:
+the screens say comes from rules in the model card, fitted on validation data by calibration.evaluate:
 - probabilities: core.decisions.decision_rule (TTA views, logit offsets, temperature);
 - the melanoma referral: core.decisions.referral (one threshold on a melanoma score);
 - uncertainty in words: core.decisions.uncertainty (low / moderate / high, each with its measured error rate);

@@ -1,5 +1,5 @@
 """Reading a batch engine result back (core.batch.batch_engine): its rows, an optional labels CSV, and the evaluation of
-the rows against the labels through core.analysis.folder_evaluation (the figures of the Evaluate page and train.evaluate).
+the rows against the labels through core.analysis.folder_evaluation (the figures of the Evaluate page and calibration.evaluate).
 
 A result is a folder with manifest.json (only the shards its plan names are read, so stale shards of an older run
 into the same folder never count twice), a folder of Parquet files, or one Parquet file (a shard).

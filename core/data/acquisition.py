@@ -2,7 +2,7 @@
 
 HAM10000 was assembled from four sources (its metadata's `dataset` column), ISIC 2017 is a fifth, many-clinic
 source, and the acral images (palms, soles, nails; other clinics and a body site HAM10000 hardly has) a sixth. Class mixes and devices differ by source, so training without one source and testing on it is the closest
-the data comes to "a clinic the model has never seen" (train.out_of_source).
+the data comes to "a clinic the model has never seen" (calibration.out_of_source).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Conformal prediction sets: the classes that, together, contain the true diagnosis with a stated probability.
 
-A class is in the set when its probability is at least 1 - q, with q fitted by train.out_of_source as the split-
+A class is in the set when its probability is at least 1 - q, with q fitted by calibration.out_of_source as the split-
 conformal quantile of 1 - p(true class) in *every* source's validation images (the largest binds), so the coverage
 is meant to hold per clinic rather than only on the pooled data; the card's `conformal.out_of_source` says how it
 held on sources the quantile was fitted without. The top class is always in the set.

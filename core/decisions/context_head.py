@@ -4,8 +4,8 @@
 
 is added to every view's tempered logits by core.decisions.decision_rule, so an image without any context gets exactly the
 image-only probabilities, and each field given moves them by what it was worth on validation. W (classes x
-len(ENCODING)) is fitted on the validation set with the image logits fixed (train.fit_context); the model card holds it
-with the comparison that decided whether it is used (`patient_context.shipped`).
+len(ENCODING)) is fitted on the validation set with the image logits fixed (calibration.fit_context); the model card
+holds it with the comparison that decided whether it is used (`patient_context.shipped`).
 """
 from __future__ import annotations
 

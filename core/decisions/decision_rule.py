@@ -3,7 +3,7 @@
 probabilities = mean over the test-time-augmentation views of softmax((logits_view + offsets) / temperature + shift),
 shift = the patient-context shift (core.decisions.context_head; zero without context).
 The number of views, the per-class logit offsets (a class-prior adjustment, all zero when validation did not
-favour one) and the temperature are fitted on validation data by train.evaluate and stored in the model card.
+favour one) and the temperature are fitted on validation data by calibration.evaluate and stored in the model card.
 """
 from __future__ import annotations
 

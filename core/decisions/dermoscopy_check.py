@@ -2,8 +2,8 @@
 
 A multinomial logistic regression on the generic ImageNet features that the OOD check already computes
 (core.decisions.ood.imagenet_backbone on the classifier's input), so it costs one 1280 x 3 product per image. Fitted by
-`python -m train.fit_dermoscopy_check` on dermoscopy (HAM10000 + ISIC 2017 train split), real clinical photographs of
-skin (DermNet, with the watermark corner cropped away) and real photographs that are not skin (scikit-image /
+`python -m calibration.fit_dermoscopy_check` on dermoscopy (HAM10000 + ISIC 2017 train split), real clinical photographs
+of skin (DermNet, with the watermark corner cropped away) and real photographs that are not skin (scikit-image /
 scikit-learn samples); the tensors are in weights/dermoscopy_check.safetensors, the threshold and its measured
 refusal rates in the model card's `dermoscopy_check`.
 

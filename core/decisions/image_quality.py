@@ -2,14 +2,14 @@
 
 Each check is one measure of the image (and of the lesion mask the Analyzer segmented), compared with one threshold:
 
-    checks = QualityChecks.from_card(card)          # the card's `image_quality` entry (train.fit_image_quality)
+    checks = QualityChecks.from_card(card)          # the card's `image_quality` entry (calibration.fit_image_quality)
     verdict = checks.assess(rgb, mask, box)          # box: the field of view the networks were given
     verdict.fired, verdict.sentence
 
 Every measure is taken on the field of view (core.imaging.preprocess.field_of_view_box, the dermatoscope's lit disk) resized
 with area interpolation to WORKING_SIZE, so a 600x450 upload and the 200x150 training copies are measured alike.
 Thresholds and each check's measured consequence (top-1 error of the images it flags against the rest, on held-out
-data) come from `python -m train.fit_image_quality`; the card lists only the checks whose flagged images were
+data) come from `python -m calibration.fit_image_quality`; the card lists only the checks whose flagged images were
 misclassified more often than the rest (docs/quality.md has the ones that were dropped and why). A check that fires
 does not withhold the diagnosis: the screens show it greyed with the check's sentence.
 """

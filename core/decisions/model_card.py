@@ -4,7 +4,7 @@
     card.referral.threshold              # typed fields of the sections the app needs
     card.display("metrics")              # a display-only section (figures, curves, tables) as plain JSON data
 
-The card is the contract between calibration (python -m train.calibrate writes it) and every screen, the Analyzer,
+The card is the contract between calibration (python -m calibration.calibrate writes it) and every screen, the Analyzer,
 the predict CLI and the batch engine (they read it). A section the app needs (REQUIRED_SECTIONS) that is missing or
 malformed stops the load with the section's name and the command that rebuilds it, instead of becoming a default:
 a card without its referral section once meant a 0.5 melanoma threshold, 100x the fitted one, without a word.
@@ -23,8 +23,8 @@ from typing import Any
 from core.data.classes import CLASS_CODES, MALIGNANT_CODES
 
 MODEL_CARD_NAME = "model_card.json"
-CALIBRATE_COMMAND = "python -m train.calibrate --config train/presets/shipped.toml"
-# section -> the calibration step that writes it (train.calibrate.STEPS), for the error message
+CALIBRATE_COMMAND = "python -m calibration.calibrate --config calibration/presets/shipped.toml"
+# section -> the calibration step that writes it (calibration.calibrate.STEPS), for the error message
 REQUIRED_SECTIONS = {
     "files": "evaluate", "preprocessing": "evaluate", "input_size": "evaluate", "decision_rule": "evaluate",
     "retrieval": "evaluate", "patient_context": "evaluate", "segmentation_tta": "evaluate", "split": "evaluate",

@@ -60,7 +60,7 @@ class ReferralRule:
 
 def validation_sources_text(fit: dict) -> str:
     """' in each validation source (HAM10000 val: 166 melanomas, ...)' when the card's referral threshold was fitted
-    per validation source (its `referral.fit`: train.fit_rules.fit_referral); '' for a fit without that."""
+    per validation source (its `referral.fit`: calibration.fit_rules.fit_referral); '' for a fit without that."""
     counts = fit.get("validation_melanomas_per_source")
     if not counts:
         return ""

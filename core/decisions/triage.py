@@ -5,7 +5,7 @@ and the image-quality checks combined in a fixed order of precedence (the more s
                  own, "no automated assessment: review this lesion yourself" (a refused image is not a benign one).
 2. refer         a malignant class (melanoma, basal cell carcinoma, actinic keratosis / intraepithelial carcinoma)
                  reaches its referral threshold. Each class has its own threshold on its own probability, fitted by
-                 train.out_of_source for a target sensitivity in every source it was fitted on.
+                 calibration.out_of_source for a target sensitivity in every source it was fitted on.
 3. review        no referral threshold is reached, but the result cannot be relied on: uncertainty moderate or high,
                  an unusual image or one that may be a camera photo, or an image-quality check fired. "Not reassuring", not "benign".
 4. no_referral   below every referral threshold, uncertainty low, typical image, no quality problem.

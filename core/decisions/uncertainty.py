@@ -1,7 +1,7 @@
 """Uncertainty in words: a score that ranks likely errors, cut into low / moderate / high on validation data so
 that each level carries a measured error rate of the top prediction.
 
-Candidate scores (train.evaluate picks the one with the smallest area under the validation risk-coverage curve):
+Candidate scores (calibration.evaluate picks the one with the smallest area under the validation risk-coverage curve):
   max_probability   1 - the top class probability
   entropy           predictive entropy / log(C)
   tta_disagreement  mean total-variation distance of each view's probabilities from their average
@@ -34,7 +34,8 @@ class UncertaintyLevels:
     cuts: tuple[float, float]                        # low < cuts[0] <= moderate < cuts[1] <= high
     error_rates: dict = field(default_factory=dict)  # level -> top-1 error rate on validation
     out_of_source: dict = field(default_factory=dict)  # level -> (error rate, [lowest, highest] per source) on
-                                                       # sources the levels were fitted without (train.out_of_source)
+                                                       # sources the levels were fitted without
+                                                       # (calibration.out_of_source)
 
     def level(self, value: float) -> str:
         return LEVELS[int(np.searchsorted(self.cuts, value, side="right"))]

@@ -36,7 +36,7 @@ Everything is computed from a binary lesion mask (and optionally the RGB image) 
   ``ABRUPT_RATIO`` of the step across a band four times wider, with that wide step at least ``MIN_BORDER_STEP_L``
   (a gradual fade spreads the change over the wide band; 5 % because the mask's own uncertainty and the image's blur
   spread even a sharp edge over a few pixels); C (1-6) = the number of dermoscopic colours (at least 1).
-  Its melanoma AUC on the test sets is in docs/followup.md (``python -m train.dermoscopy_score_auc``).
+  Its melanoma AUC on the test sets is in docs/followup.md (``python -m calibration.dermoscopy_score_auc``).
 
 All returned values are plain Python ``int`` / ``float`` / ``str`` / ``bool`` / ``None`` (JSON-serialisable).
 """

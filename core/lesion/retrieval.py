@@ -4,7 +4,7 @@ train) in mask-CN's penultimate feature space.
 An embedding is the pooled feature vector, L2-normalised, projected by PCA (fitted on the reference set) and
 normalised again; similarity is the cosine. The index ships in weights/ as case_index.safetensors (vectors fp16,
 PCA mean and components) + case_index.csv (image_id, source, dx, dx_type per row), both sha256-listed in the model
-card and rebuilt by train.evaluate whenever the weights change. No image is shipped.
+card and rebuilt by calibration.evaluate whenever the weights change. No image is shipped.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Fit the image-quality checks (core.decisions.image_quality): the model card's `image_quality` section.
 
-    python -m train.fit_image_quality --data-dir ../shared/data --weights weights    # one step of train.calibrate
+    python -m calibration.fit_image_quality --data-dir ../shared/data --weights weights  # a calibration.calibrate step
 
 1. The Analyzer of the card being built (with no quality check applied yet) analyses every validation and test image
    of the model's split (HAM10000 + ISIC 2017); each image's quality measures (on the image and the lesion mask the
@@ -16,7 +16,7 @@
    `thresholds` lists the kept checks (the Analyzer applies only those), `checks` every figure.
 4. The `triage` column of WEIGHTS/test_predictions.csv, the verdict the app gives each test image, which needs these
    checks' flags (write_triage_column).
-`image_quality` returns the section (train.calibrate merges it); this command alone merges it into the card in
+`image_quality` returns the section (calibration.calibrate merges it); this command alone merges it into the card in
 WEIGHTS.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ from core.analysis.metrics import bootstrap_interval
 from core.decisions.model_card import ModelCard, card_from_dict, read_card_json
 from core.decisions.ood_levels import REFUSED_LEVELS
 from core.decisions.triage import TriageRule
-from train.card_io import Split, write_sections
+from calibration.card_io import Split, write_sections
 
 TAIL_SHARES = (0.02, 0.05, 0.1)   # candidate shares of validation images a check may flag
 # Out of focus: the data hold almost no truly out-of-focus dermoscopy (their least sharp images are mostly smooth
@@ -70,8 +70,8 @@ def measuring_card(card: dict) -> ModelCard:
 
 
 def evaluation_images(data_dir: Path, split: Split, max_images: int = 0) -> pd.DataFrame:
-    """The validation and test images of the split (those of train.evaluate's tables with the same max_images)."""
-    from train.evaluate import read_tables
+    """The validation and test images of the split (those of calibration.evaluate's tables with the same max_images)."""
+    from calibration.evaluate import read_tables
 
     tables, _ = read_tables(data_dir, split, max_images)
     return pd.concat([tables[k] for k in ("val", "ham10000_test", "isic2017_test")], ignore_index=True)
@@ -175,11 +175,10 @@ def cost_ms(data_dir: Path, checks: QualityChecks) -> dict:
             "what": "QualityChecks.assess on 600x450 HAM10000 originals (CPU)"}
 
 
-def image_quality(data_dir: Path, weights: Path, card: dict, split: Split, oos_csv: Path = OOS_CSV,
-                  max_images: int = 0, max_new: int | None = None, measures_root: Path = MEASURES_DIR) -> dict | None:
-    """The `image_quality` section fitted under `card` (the sections of the earlier steps), or None while images are
-    left to analyse (max_new: this call analyses at most that many; run again to continue)."""
-    started = time.time()
+def measured_tables(data_dir: Path, weights: Path, card: dict, split: Split, max_images: int, max_new: int | None,
+                    measures_root: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Every validation and test image's quality measures and analysis under `card` (refused images left out), and
+    the blurred test sample's; None while images are left to analyse."""
     measuring = measuring_card(card)
     folder = measures_folder(card, measures_root)
     images = evaluation_images(data_dir, split, max_images)
@@ -193,50 +192,71 @@ def image_quality(data_dir: Path, weights: Path, card: dict, split: Split, oos_c
         print(f"{len(table)}/{len(images)} images and {0 if blurred is None else len(blurred)}/{blur_images} blurred "
               "ones analysed; run again to continue", file=sys.stderr)
         return None
-    table = table[~table["ood_level"].isin(REFUSED_LEVELS)].reset_index(drop=True)
-    held_out = "pred_shipped"
-    if oos_csv.exists():
-        oos = pd.read_csv(oos_csv, usecols=["image_id", "pred_loso"], dtype={"image_id": str})
-        table = table.merge(oos, on="image_id", how="left")
-        if table.loc[table["split"] == "test", "pred_loso"].notna().all():
-            held_out = "pred_loso"
-    val, test = table[table["split"] == "val"], table[table["split"] == "test"]
+    return table[~table["ood_level"].isin(REFUSED_LEVELS)].reset_index(drop=True), blurred
 
+
+def with_held_out_predictions(table: pd.DataFrame, oos_csv: Path) -> tuple[pd.DataFrame, str]:
+    """The table with calibration.out_of_source's leave-one-source-out predictions when every test image has one,
+    and the column the test figures are measured with (pred_loso, else pred_shipped)."""
+    if not oos_csv.exists():
+        return table, "pred_shipped"
+    oos = pd.read_csv(oos_csv, usecols=["image_id", "pred_loso"], dtype={"image_id": str})
+    table = table.merge(oos, on="image_id", how="left")
+    return table, "pred_loso" if table.loc[table["split"] == "test", "pred_loso"].notna().all() else "pred_shipped"
+
+
+def check_entry(name: str, table: pd.DataFrame, blurred: pd.DataFrame, held_out: str) -> tuple[dict, float]:
+    """One check fitted on validation and measured on test (out of focus also on the blurred sample): its entry of
+    the section (kept when an error excess's CI on test is above 0) and its threshold."""
+    kind = CHECK_KINDS[name]
+    val, test = table[table["split"] == "val"], table[table["split"] == "test"]
+    threshold, share, tried = fit_check(name, val)
+    fires = lambda frame: np.array([QualityCheck(name, threshold).fires({kind.measure: v})  # noqa: E731
+                                    for v in frame[kind.measure]])
+    entry = {"measure": kind.measure, "side": kind.side, "threshold": threshold, "tail_share": share,
+             "tried": tried, "validation": error_excess(fires(val), wrong(val, "pred_shipped"), val["lesion_id"])}
+    for predictions in dict.fromkeys(["pred_shipped", held_out]):
+        entry[f"test_{predictions}"] = error_excess(fires(test), wrong(test, predictions), test["lesion_id"])
+    evidence = [entry[f"test_{held_out}"]]
+    if name == "out_of_focus":
+        # the sampled test images as they are and blurred: the check's flag against the model's errors
+        both = pd.concat([table[table["image_id"].isin(blurred["image_id"])], blurred], ignore_index=True)
+        both = both[~both["ood_level"].isin(REFUSED_LEVELS)]
+        entry["test_blurred_pred_shipped"] = error_excess(fires(both), wrong(both, "pred_shipped"), both["lesion_id"])
+        pairs = blurred.merge(table, on="image_id", suffixes=("", "_original"))
+        entry["blur_paired"] = {
+            "images": int(len(pairs)), "error_original": float((pairs["pred_shipped_original"] != pairs["label"]).mean()),
+            "error_blurred": float(wrong(pairs, "pred_shipped").mean()),
+            "top_class_changed": float((pairs["pred_shipped"] != pairs["pred_shipped_original"]).mean())}
+        evidence.append(entry["test_blurred_pred_shipped"])
+    entry["kept"] = any(e["error_excess_ci95"][0] is not None and e["error_excess_ci95"][0] > 0 for e in evidence)
+    print(f"{name}: threshold {threshold:.4g} ({share:.0%} of val); " + "; ".join(
+        f"flagged {e['flagged']}/{e['n']}: error {_rate(e['error_flagged'])} vs rest {_rate(e['error_rest'])}, "
+        f"excess CI [{_rate(e['error_excess_ci95'][0])}, {_rate(e['error_excess_ci95'][1])}]" for e in evidence)
+        + f" -> {'kept' if entry['kept'] else 'dropped'}", flush=True)
+    return entry, threshold
+
+
+def image_quality(data_dir: Path, weights: Path, card: dict, split: Split, oos_csv: Path = OOS_CSV,
+                  max_images: int = 0, max_new: int | None = None, measures_root: Path = MEASURES_DIR) -> dict | None:
+    """The `image_quality` section fitted under `card` (the sections of the earlier steps), or None while images are
+    left to analyse (max_new: this call analyses at most that many; run again to continue)."""
+    started = time.time()
+    measured = measured_tables(data_dir, weights, card, split, max_images, max_new, measures_root)
+    if measured is None:
+        return None
+    table, held_out = with_held_out_predictions(measured[0], oos_csv)
     checks, thresholds = {}, {}
-    for name, kind in CHECK_KINDS.items():
-        threshold, share, tried = fit_check(name, val)
-        fires = lambda frame: np.array([QualityCheck(name, threshold).fires({kind.measure: v})  # noqa: E731
-                                        for v in frame[kind.measure]])
-        entry = {"measure": kind.measure, "side": kind.side, "threshold": threshold, "tail_share": share,
-                 "tried": tried, "validation": error_excess(fires(val), wrong(val, "pred_shipped"), val["lesion_id"])}
-        for predictions in dict.fromkeys(["pred_shipped", held_out]):
-            entry[f"test_{predictions}"] = error_excess(fires(test), wrong(test, predictions), test["lesion_id"])
-        evidence = [entry[f"test_{held_out}"]]
-        if name == "out_of_focus":
-            # the sampled test images as they are and blurred: the check's flag against the model's errors
-            both = pd.concat([table[table["image_id"].isin(blurred["image_id"])], blurred], ignore_index=True)
-            both = both[~both["ood_level"].isin(REFUSED_LEVELS)]
-            entry["test_blurred_pred_shipped"] = error_excess(fires(both), wrong(both, "pred_shipped"), both["lesion_id"])
-            pairs = blurred.merge(table, on="image_id", suffixes=("", "_original"))
-            entry["blur_paired"] = {
-                "images": int(len(pairs)), "error_original": float((pairs["pred_shipped_original"] != pairs["label"]).mean()),
-                "error_blurred": float(wrong(pairs, "pred_shipped").mean()),
-                "top_class_changed": float((pairs["pred_shipped"] != pairs["pred_shipped_original"]).mean())}
-            evidence.append(entry["test_blurred_pred_shipped"])
-        entry["kept"] = any(e["error_excess_ci95"][0] is not None and e["error_excess_ci95"][0] > 0 for e in evidence)
-        checks[name] = entry
-        if entry["kept"]:
+    for name in CHECK_KINDS:
+        checks[name], threshold = check_entry(name, table, measured[1], held_out)
+        if checks[name]["kept"]:
             thresholds[name] = threshold
-        print(f"{name}: threshold {threshold:.4g} ({share:.0%} of val); " + "; ".join(
-            f"flagged {e['flagged']}/{e['n']}: error {_rate(e['error_flagged'])} vs rest {_rate(e['error_rest'])}, "
-            f"excess CI [{_rate(e['error_excess_ci95'][0])}, {_rate(e['error_excess_ci95'][1])}]" for e in evidence)
-            + f" -> {'kept' if entry['kept'] else 'dropped'}", flush=True)
 
     cost = cost_ms(data_dir, QualityChecks([QualityCheck(n, t) for n, t in thresholds.items()]))
     print(f"cost per image: median {cost['median']:.2f} ms, p95 {cost['p95']:.2f} ms", flush=True)
     return {
         "thresholds": thresholds, "checks": checks, "held_out_predictions": held_out, "cost_ms": cost,
-        "n_images": {"validation": int(len(val)), "test": int(len(test))},
+        "n_images": {"validation": int((table["split"] == "val").sum()), "test": int((table["split"] == "test").sum())},
         "measures": {name: f.__doc__.split(":")[0].strip() if f.__doc__ else name for name, f in MEASURES.items()},
         "method": ("measures on the field of view at core.decisions.image_quality.WORKING_SIZE; threshold: the validation "
                    f"quantile among tail shares {list(TAIL_SHARES)} with the largest top-1 error excess of flagged "
@@ -258,7 +278,7 @@ def write_triage_column(weights: Path, card: ModelCard, measures_root: Path = ME
     missing = sorted(set(table["image_id"]) - set(measures.index))
     if missing:
         raise FileNotFoundError(f"{measures_csv}: no quality measures of {len(missing)} test image(s) (e.g. "
-                                f"{missing[0]}); run `python -m train.fit_image_quality` to take them")
+                                f"{missing[0]}); run `python -m calibration.fit_image_quality` to take them")
     checks = QualityChecks.from_card(card).checks
     rows = measures.loc[table["image_id"]]
     flags = np.array([any(check.fires(m) for check in checks) for m in rows.to_dict("records")], dtype=bool)

@@ -1,16 +1,16 @@
 """Out-of-source evaluation: how the model and every reliability statement it makes fare at a clinic it has not seen.
 
-    python -m train.out_of_source --data-dir ../shared/data --weights weights
+    python -m calibration.out_of_source --data-dir ../shared/data --weights weights
 
 HAM10000 holds four acquisition sources and ISIC 2017 is a fifth (core.data.acquisition). A source's *evaluation images*
 are its validation and test split images, which no network was trained on. The command
 
 1. reports the shipped model's figures per source (classification, referral, triage, uncertainty, unusual flag);
-2. leave one source out, classifier: for each source S, heads on frozen features (train.source_heads) fitted on the
-   training images of the other sources, scored on S, one row per recipe (the levers compared);
+2. leave one source out, classifier: for each source S, heads on frozen features (calibration.source_heads) fitted on
+   the training images of the other sources, scored on S, one row per recipe (the levers compared);
 3. leave one source out, rules: every reliability rule (per-class referral thresholds of the triage, the "low"
    uncertainty cut, the unusual flag with an OOD model refitted without S, the conformal prediction sets) is fitted
-   on the validation images of the other sources (train.fit_source_robust: the worst source binds) and applied to
+   on the validation images of the other sources (calibration.fit_source_robust: the worst source binds) and applied to
    S; the settings of each rule (target, score) are chosen by these held-out figures;
 4. fits the shipped rules the same way on every source's validation images: the card sections `triage`,
    `referral`, `uncertainty`, `ood`, `conformal` (superseding evaluate's validation-pooled referral, uncertainty and
@@ -19,15 +19,16 @@ are its validation and test split images, which no network was trained on. The c
 5. rewrites the rule columns of weights/test_predictions.csv (refer, uncertainty_level, ood_level) and returns the
    card's test-set figures of those rules (`metrics`), and writes runs/oos/predictions.csv (every evaluation image:
    shipped and leave-one-source-out predictions). The `triage` column needs the image-quality flags, so the
-   image-quality step writes it (train.fit_image_quality.write_triage_column).
-`out_of_source` returns the sections (train.calibrate merges them); this command alone merges them into the card in
-WEIGHTS. The split is the card's (the shipped model's), or --split-file.
-Network outputs come from train.network_outputs (cached by content), as in train.evaluate.
+   image-quality step writes it (calibration.fit_image_quality.write_triage_column).
+`out_of_source` returns the sections (calibration.calibrate merges them); this command alone merges them into the card
+in WEIGHTS. The split is the card's (the shipped model's), or --split-file.
+Network outputs come from train.network_outputs (cached by content), as in calibration.evaluate.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -36,29 +37,30 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from core.analysis.inference import NETWORK_FILES, OOD_FILE
+from core.analysis.metrics import balanced_accuracy, binary_auc, macro_auc, value_with_ci
 from core.data.acquisition import SOURCE_NAMES, acquisition_sources
 from core.data.classes import CLASS_CODES, CLASS_INDEX, MALIGNANT_CODES, NUM_CLASSES
 from core.decisions.conformal import PredictionSets
 from core.decisions.decision_rule import DecisionRule
-from core.analysis.inference import NETWORK_FILES, OOD_FILE
-from core.analysis.metrics import balanced_accuracy, binary_auc, macro_auc, value_with_ci
+from core.decisions.model_card import read_card_json
 from core.decisions.ood import OODDetector
+from core.decisions.ood_levels import REFUSED_LEVELS
 from core.decisions.referral import ReferralRule
+from core.decisions.triage import TriageRule
+from core.decisions.uncertainty import LEVELS, UncertaintyLevels, probability_scores
+from core.imaging.tta import ALL_VIEWS
 from core.lesion.retrieval import CaseIndex
 from core.lesion.skin_tone import ITA_GROUPS, ita_degrees, ita_group
-from core.decisions.triage import TriageRule
-from core.imaging.tta import ALL_VIEWS
-from core.decisions.uncertainty import LEVELS, UncertaintyLevels, probability_scores
-from core.decisions.model_card import read_card_json
-from core.decisions.ood_levels import REFUSED_LEVELS
-from train import fit_rules
-from train.card_io import Split, write_sections
-from train.evaluate import read_tables
-from train.evaluation_reports import referral_report, uncertainty_report
-from train.fit_image_quality import write_triage_column
-from train.fit_source_robust import MIN_POSITIVES, class_referral_thresholds, conformal_quantile, low_uncertainty_cut
 from train.network_outputs import load_network, split_outputs
-from train.source_heads import RECIPES, fit_recipe, softmax
+from calibration import fit_rules
+from calibration.card_io import Split, write_sections
+from calibration.evaluate import read_tables
+from calibration.evaluation_reports import referral_report, uncertainty_report
+from calibration.fit_image_quality import write_triage_column
+from calibration.fit_source_robust import (MIN_POSITIVES, class_referral_thresholds, conformal_quantile,
+                                           low_uncertainty_cut)
+from calibration.source_heads import RECIPES, fit_recipe, softmax
 
 REFERRAL_TARGETS = (0.80, 0.85, 0.90, 0.95)  # sensitivity targets tried for the triage thresholds
 REFERRAL_FITS = ("every_source", "pooled")  # the target holds in every fitting source, or on their pooled images
@@ -90,6 +92,75 @@ def evaluation_data(data_dir: Path, weights: Path, split: Split, max_images: int
         table["acquisition"] = acquisition_sources(table, data_dir).to_numpy()
         table["group"] = np.where(table["lesion_id"].fillna("") != "", table["lesion_id"].fillna(""), table["image_id"])
     return evaluation, outputs, train, train_out
+
+
+@dataclass(frozen=True)
+class EvaluationImages:
+    """Every evaluation image (each source's validation and test split images) as arrays over the same rows: rules
+    are fitted on the validation rows of some sources and judged on the rows of the one left out."""
+    labels: np.ndarray                  # class index
+    probs: np.ndarray                   # probabilities under the card's decision rule
+    groups: np.ndarray                  # lesion id (the image's id without one): the unit the bootstrap resamples
+    acquisition: np.ndarray             # acquisition source (core.data.acquisition)
+    is_val: np.ndarray                  # a validation image: the rules are fitted on these only
+    uncertainty: dict[str, np.ndarray]  # each candidate uncertainty score (core.decisions.uncertainty)
+    pooled: np.ndarray                  # mask-CN's pooled features
+    imagenet: np.ndarray                # the ImageNet backbone's features
+
+
+@dataclass(frozen=True)
+class TrainingImages:
+    """The training split's images: what the heads, OOD models and case indexes fitted without a source learn from."""
+    labels: np.ndarray
+    acquisition: np.ndarray
+    pooled: np.ndarray
+    imagenet: np.ndarray
+
+
+def evaluation_images(evaluation: pd.DataFrame, outputs: dict, card: dict) -> EvaluationImages:
+    """The evaluation rows with their probabilities and uncertainty scores under the card's decision rule."""
+    entry = card["decision_rule"]
+    rule = DecisionRule(int(entry["views"]), float(entry["temperature"]), tuple(entry["logit_offsets"]))
+    probs = rule.probabilities(outputs["logits"])
+    single = rule.single_view()
+    view_probs = np.stack([single.probabilities(v[None]) for v in outputs["logits"][:rule.views]])
+    return EvaluationImages(
+        labels=np.array([CLASS_INDEX[c] for c in evaluation["dx"]]), probs=probs,
+        groups=evaluation["group"].to_numpy(), acquisition=evaluation["acquisition"].to_numpy(),
+        is_val=(evaluation["split"] == "val").to_numpy(),
+        uncertainty=probability_scores(probs, view_probs if rule.views > 1 else None),
+        pooled=outputs["pooled"].astype(np.float32), imagenet=outputs["imagenet"].astype(np.float32))
+
+
+def training_images(train: pd.DataFrame, train_out: dict) -> TrainingImages:
+    return TrainingImages(labels=np.array([CLASS_INDEX[c] for c in train["dx"]]),
+                          acquisition=train["acquisition"].to_numpy(), pooled=train_out["pooled"].astype(np.float32),
+                          imagenet=train_out["imagenet"].astype(np.float32))
+
+
+class UnusualDistances:
+    """The candidate unusual-image distances of every evaluation image, from an OOD model and a case index fitted on
+    the training images of every source but `source` (None: the shipped OOD model, all sources); each computed once."""
+
+    def __init__(self, ev: EvaluationImages, tr: TrainingImages, train: pd.DataFrame, shipped_ood: dict, card: dict):
+        self.ev, self.tr, self.train, self.shipped_ood = ev, tr, train, shipped_ood
+        self.knn_k, self.index_dims = int(card["retrieval"]["knn_k"]), int(card["retrieval"]["dims"])
+        self.computed: dict = {}
+
+    def __call__(self, source: str | None) -> dict[str, np.ndarray]:
+        if source in self.computed:
+            return self.computed[source]
+        ev, tr = self.ev, self.tr
+        train_keep = tr.acquisition != source
+        tensors = self.shipped_ood if source is None else fit_rules.fit_ood(
+            tr.pooled[train_keep], tr.labels[train_keep], tr.imagenet[train_keep])
+        probe = OODDetector(tensors, {"chroma": 0, "imagenet_distance": 0, "unusual": 0}, "feature_distance")
+        index = CaseIndex.fit(tr.pooled[train_keep], self.train[train_keep.tolist()].reset_index(drop=True),
+                              self.index_dims)
+        self.computed[source] = {"feature_distance": probe.feature_distance(ev.pooled),
+                                 "imagenet_distance": probe.imagenet_distance(ev.imagenet),
+                                 "case_distance": index.knn_distance(ev.pooled, self.knn_k)}
+        return self.computed[source]
 
 
 def skin_tones(table: pd.DataFrame) -> np.ndarray:
@@ -159,14 +230,14 @@ def _rows(held: dict, rows: np.ndarray) -> dict:
 class RuleFit:
     """Every reliability rule fitted on the `fit` rows (validation images of some sources) for one setting."""
 
-    def __init__(self, d: dict, fit: np.ndarray, setting: dict, unusual: dict[str, np.ndarray]):
-        labels, sources, probs = d["labels"][fit], d["acquisition"][fit], d["probs"][fit]
+    def __init__(self, ev: EvaluationImages, fit: np.ndarray, setting: dict, unusual: dict[str, np.ndarray]):
+        labels, sources, probs = ev.labels[fit], ev.acquisition[fit], ev.probs[fit]
         errors = probs.argmax(1) != labels
         self.setting = setting
         binding = sources if setting["referral_fit"] == "every_source" else np.full(len(sources), "pooled")
         self.triage = TriageRule(class_referral_thresholds(probs, labels, binding, MALIGNANT_CODES,
                                                            setting["referral_target"]), setting["referral_target"])
-        score = d["uncertainty"][setting["uncertainty_score"]][fit]
+        score = ev.uncertainty[setting["uncertainty_score"]][fit]
         low_cut = low_uncertainty_cut(score, errors, sources if setting["low_fit"] == "every_source" else
                                       np.full(len(sources), "pooled"), setting["low_max_error"])
         high_cut = max(float(np.quantile(score, 1 - fit_rules.HIGH_SHARE)), low_cut)
@@ -179,60 +250,49 @@ class RuleFit:
         p_true = probs[np.arange(len(labels)), labels]
         self.sets = PredictionSets(conformal_quantile(p_true, sources, CONFORMAL_COVERAGE), CONFORMAL_COVERAGE)
 
-    def apply(self, d: dict, rows: np.ndarray) -> dict:
-        probs = d["probs"][rows]
-        unc = self.levels.levels(d["uncertainty"][self.setting["uncertainty_score"]][rows])
+    def apply(self, ev: EvaluationImages, rows: np.ndarray) -> dict:
+        probs = ev.probs[rows]
+        unc = self.levels.levels(ev.uncertainty[self.setting["uncertainty_score"]][rows])
         unusual = self.unusual_values[self.setting["unusual_score"]][rows] > self.unusual_threshold
         ood_levels = np.where(unusual, "unusual", "in")
         return {"verdicts": self.triage.levels(probs, unc, ood_levels), "unc": unc, "unusual": unusual,
                 "sets": self.sets.members(probs), "mel_refer": probs[:, CLASS_INDEX["mel"]] >= self.triage.thresholds["mel"]}
 
 
-def held_out_predictions(d: dict, setting: dict, sources: list[str], unusual_without) -> dict:
+def held_out_predictions(ev: EvaluationImages, setting: dict, sources: list[str], unusual_without) -> dict:
     """Each evaluation image judged by rules fitted without its source: arrays over all evaluation rows."""
-    n = len(d["labels"])
+    n = len(ev.labels)
     out = {"verdicts": np.empty(n, dtype=object), "unc": np.empty(n, dtype=object), "unusual": np.zeros(n, bool),
            "sets": np.zeros((n, NUM_CLASSES), bool), "mel_refer": np.zeros(n, bool)}
     for source in sources:
-        fit = d["is_val"] & (d["acquisition"] != source)
-        rows = d["acquisition"] == source
-        applied = RuleFit(d, fit, setting, unusual_without(source)).apply(d, rows)
+        fit = ev.is_val & (ev.acquisition != source)
+        rows = ev.acquisition == source
+        applied = RuleFit(ev, fit, setting, unusual_without(source)).apply(ev, rows)
         for key in out:
             out[key][rows] = applied[key]
     return out
 
 
-def choose_setting(d: dict, sources: list[str], unusual_without) -> tuple[dict, list[dict]]:
-    """Try each setting on held-out sources; keep the one the issue's criteria favour: per way of fitting the referral
-    thresholds (REFERRAL_FITS), the smallest target whose melanoma sensitivity reaches MIN_HELD_OUT_SENSITIVITY on
-    every held-out source, and of those the most specific;
-    then the uncertainty score, error bound and fit whose "low" level errs <= HELD_OUT_LOW_MAX_ERROR pooled and on
-    every held-out source with >= MIN_LOW_IMAGES low images, with the largest pooled share; then the unusual score
-    with the largest pooled error ratio."""
-    trials = []
-    scores = [name for name in UNCERTAINTY_SCORES if name in d["uncertainty"]]  # a one-view rule has no TTA score
-    base = {"referral_target": REFERRAL_TARGETS[0], "referral_fit": REFERRAL_FITS[0],
-            "low_max_error": LOW_ERROR_TARGETS[-1],
-            "low_fit": LOW_FITS[0], "uncertainty_score": scores[0],
-            "unusual_score": UNUSUAL_CANDIDATES[0]}
+def held_out_figures(ev: EvaluationImages, setting: dict, sources: list[str], unusual_without) -> tuple[dict, dict]:
+    """The rule figures of one setting, its rules fitted without each source: (per held-out source, pooled)."""
+    held = held_out_predictions(ev, setting, sources, unusual_without)
+    rows = {}
+    for s in sources:
+        r = ev.acquisition == s
+        rows[s] = rule_figures(ev.labels[r], ev.probs[r], ev.groups[r], _rows(held, r))
+    return rows, rule_figures(ev.labels, ev.probs, ev.groups, held)
 
-    def per_source(setting):
-        held = held_out_predictions(d, setting, sources, unusual_without)
-        rows = {}
-        for s in sources:
-            r = d["acquisition"] == s
-            rows[s] = rule_figures(d["labels"][r], d["probs"][r], d["groups"][r], _rows(held, r))
-        pooled = rule_figures(d["labels"], d["probs"], d["groups"], held)
-        return held, rows, pooled
 
-    chosen = dict(base)
-    # referral: per way of fitting, the smallest target whose worst held-out melanoma sensitivity reaches the bound;
-    # of those, the most specific (pooled benign specificity); none reaching it: the most sensitive tried
+def choose_referral(ev: EvaluationImages, sources: list[str], unusual_without, chosen: dict,
+                    trials: list[dict]) -> dict:
+    """Per way of fitting (REFERRAL_FITS), the smallest target whose worst held-out melanoma sensitivity reaches
+    MIN_HELD_OUT_SENSITIVITY; of those, the most specific (pooled benign specificity); none reaching it: the most
+    sensitive tried."""
     reached, tried = [], []
     for fit in REFERRAL_FITS:
         for target in REFERRAL_TARGETS:
             setting = {**chosen, "referral_target": target, "referral_fit": fit}
-            _, rows, pooled = per_source(setting)
+            rows, pooled = held_out_figures(ev, setting, sources, unusual_without)
             worst = min(r["refer"]["melanoma_sensitivity"]["value"] for r in rows.values()
                         if r["refer"]["melanoma_sensitivity"]["value"] is not None)
             specificity = pooled["refer"]["benign_specificity"]
@@ -242,14 +302,21 @@ def choose_setting(d: dict, sources: list[str], unusual_without) -> tuple[dict, 
             if worst >= MIN_HELD_OUT_SENSITIVITY:
                 reached.append((specificity, worst, setting))
                 break
-    chosen = max(reached, key=lambda t: t[:2])[2] if reached else max(tried, key=lambda t: t[:2])[2]
-    # uncertainty score, error bound and how the bound is fitted
+    return max(reached, key=lambda t: t[:2])[2] if reached else max(tried, key=lambda t: t[:2])[2]
+
+
+def choose_uncertainty(ev: EvaluationImages, sources: list[str], unusual_without, chosen: dict,
+                       trials: list[dict]) -> dict:
+    """The uncertainty score, error bound and way of fitting it whose "low" level errs <= HELD_OUT_LOW_MAX_ERROR
+    pooled and on every held-out source with >= MIN_LOW_IMAGES low images, with the largest pooled share (none: the
+    smallest pooled error)."""
+    scores = [name for name in UNCERTAINTY_SCORES if name in ev.uncertainty]  # a one-view rule has no TTA score
     best = None
     for score in scores:
         for bound in LOW_ERROR_TARGETS:
             for fit in LOW_FITS:
                 setting = {**chosen, "uncertainty_score": score, "low_max_error": bound, "low_fit": fit}
-                _, rows, pooled = per_source(setting)
+                rows, pooled = held_out_figures(ev, setting, sources, unusual_without)
                 errors = [r["uncertainty"]["low"]["error_rate"] for r in rows.values()
                           if r["uncertainty"]["low"]["images"] >= MIN_LOW_IMAGES]
                 low = pooled["uncertainty"]["low"]
@@ -262,14 +329,33 @@ def choose_setting(d: dict, sources: list[str], unusual_without) -> tuple[dict, 
                 key = (ok, low["share"] if ok else -(low["error_rate"] or 1))
                 if best is None or key > best[0]:
                     best = (key, setting)
-    chosen = best[1]
+    return best[1]
+
+
+def choose_unusual(ev: EvaluationImages, sources: list[str], unusual_without, chosen: dict,
+                   trials: list[dict]) -> dict:
+    """The unusual score with the largest pooled error ratio (flagged images' error rate over the rest's)."""
     ratios = {}
     for name in UNUSUAL_CANDIDATES:
         setting = {**chosen, "unusual_score": name}
-        _, _, pooled = per_source(setting)
+        _, pooled = held_out_figures(ev, setting, sources, unusual_without)
         ratios[name] = pooled["unusual"]["error_ratio"] or 0.0
         trials.append({"setting": setting, "pooled_unusual_error_ratio": ratios[name]})
-    chosen = {**chosen, "unusual_score": max(ratios, key=ratios.get)}
+    return {**chosen, "unusual_score": max(ratios, key=ratios.get)}
+
+
+def choose_setting(ev: EvaluationImages, sources: list[str], unusual_without) -> tuple[dict, list[dict]]:
+    """Try each setting on held-out sources; keep the one the issue's criteria favour, one rule after the other:
+    the referral thresholds (choose_referral), then the "low" uncertainty level (choose_uncertainty), then the
+    unusual score (choose_unusual). Also every setting tried with its figures."""
+    trials = []
+    scores = [name for name in UNCERTAINTY_SCORES if name in ev.uncertainty]
+    chosen = {"referral_target": REFERRAL_TARGETS[0], "referral_fit": REFERRAL_FITS[0],
+              "low_max_error": LOW_ERROR_TARGETS[-1],
+              "low_fit": LOW_FITS[0], "uncertainty_score": scores[0],
+              "unusual_score": UNUSUAL_CANDIDATES[0]}
+    for choose in (choose_referral, choose_uncertainty, choose_unusual):
+        chosen = choose(ev, sources, unusual_without, chosen, trials)
     return chosen, trials
 
 
@@ -280,101 +366,61 @@ def criterion(probs, labels, sources) -> float:
                           for s in np.unique(sources)]))
 
 
-def head_predictions(d: dict, sources: list[str]) -> dict[str, np.ndarray]:
+def head_predictions(ev: EvaluationImages, tr: TrainingImages, sources: list[str]) -> dict[str, np.ndarray]:
     """Out-of-source probabilities of every recipe (and the mean of the two source-balanced heads) for every
     evaluation row: the head for a row's source never saw that source."""
-    feats = {"pooled": np.concatenate([d["train_pooled"], d["pooled"]]),
-             "imagenet": np.concatenate([d["train_imagenet"], d["imagenet"]])}
-    labels = np.concatenate([d["train_labels"], d["labels"]])
-    acq = np.concatenate([d["train_acquisition"], d["acquisition"]])
-    is_train = np.r_[np.ones(len(d["train_labels"]), bool), np.zeros(len(d["labels"]), bool)]
-    is_val = np.r_[np.zeros(len(d["train_labels"]), bool), d["is_val"]]
-    n_eval = len(d["labels"])
+    feats = {"pooled": np.concatenate([tr.pooled, ev.pooled]), "imagenet": np.concatenate([tr.imagenet, ev.imagenet])}
+    labels = np.concatenate([tr.labels, ev.labels])
+    acq = np.concatenate([tr.acquisition, ev.acquisition])
+    is_train = np.r_[np.ones(len(tr.labels), bool), np.zeros(len(ev.labels), bool)]
+    is_val = np.r_[np.zeros(len(tr.labels), bool), ev.is_val]
+    n_eval = len(ev.labels)
     out = {name: np.zeros((n_eval, NUM_CLASSES)) for name in RECIPES}
     for source in sources:
-        rows = np.flatnonzero(~is_train & (acq == source)) - len(d["train_labels"])
+        rows = np.flatnonzero(~is_train & (acq == source)) - len(tr.labels)
         for name, (feature, balanced) in RECIPES.items():
             head, temperature, _ = fit_recipe(feats[feature], labels, acq, is_train & (acq != source),
                                               is_val & (acq != source), balanced, criterion)
-            out[name][rows] = softmax(head.logits(d[feature][rows]) / temperature)
+            out[name][rows] = softmax(head.logits(getattr(ev, feature)[rows]) / temperature)
     out["ensemble_source_balanced"] = (out["mask_cn_head_source_balanced"] + out["imagenet_head_source_balanced"]) / 2
     return out
 
 
-def similar_case_agreement(d: dict, sources: list[str]) -> dict:
+def similar_case_agreement(ev: EvaluationImages, tr: TrainingImages, sources: list[str]) -> dict:
     """Share of the NEIGHBOURS nearest training images (of the other sources) that share the query's true diagnosis,
     for mask-CN's features and for the ImageNet features, per held-out source and pooled."""
     result = {}
-    hits = {"mask_cn_features": np.zeros(len(d["labels"])), "imagenet_features": np.zeros(len(d["labels"]))}
+    hits = {"mask_cn_features": np.zeros(len(ev.labels)), "imagenet_features": np.zeros(len(ev.labels))}
     for source in sources:
-        rows, ref = d["acquisition"] == source, d["train_acquisition"] != source
+        rows, ref = ev.acquisition == source, tr.acquisition != source
         for name, key in (("mask_cn_features", "pooled"), ("imagenet_features", "imagenet")):
-            q = torch.nn.functional.normalize(torch.as_tensor(d[key][rows], dtype=torch.float32), dim=1)
-            r = torch.nn.functional.normalize(torch.as_tensor(d[f"train_{key}"][ref], dtype=torch.float32), dim=1)
+            q = torch.nn.functional.normalize(torch.as_tensor(getattr(ev, key)[rows], dtype=torch.float32), dim=1)
+            r = torch.nn.functional.normalize(torch.as_tensor(getattr(tr, key)[ref], dtype=torch.float32), dim=1)
             top = torch.topk(q @ r.T, NEIGHBOURS, dim=1).indices.numpy()
-            hits[name][rows] = (d["train_labels"][ref][top] == d["labels"][rows][:, None]).mean(1)
+            hits[name][rows] = (tr.labels[ref][top] == ev.labels[rows][:, None]).mean(1)
         result[source] = {name: float(h[rows].mean()) for name, h in hits.items()}
-    result["pooled"] = {name: value_with_ci(lambda i, h=h: h[i].mean(), len(h), d["groups"]) for name, h in hits.items()}
+    result["pooled"] = {name: value_with_ci(lambda i, h=h: h[i].mean(), len(h), ev.groups) for name, h in hits.items()}
     return result
 
 
-# ---------------------------------------------------------------- the step
-def out_of_source(data_dir: Path, weights: Path, card: dict, split: Split, out: Path, max_images: int = 0) -> dict:
-    """The rules fitted across sources and their held-out figures, as card sections; `card`: the sections of the
-    earlier steps (the decision rule, the retrieval index size, the OOD thresholds and test figures)."""
-    started = time.time()
-    evaluation, outputs, train, train_out = evaluation_data(data_dir, weights, split, max_images)
-    labels = np.array([CLASS_INDEX[c] for c in evaluation["dx"]])
-    knn_k, index_dims = int(card["retrieval"]["knn_k"]), int(card["retrieval"]["dims"])
-    entry = card["decision_rule"]
-    rule = DecisionRule(int(entry["views"]), float(entry["temperature"]), tuple(entry["logit_offsets"]))
-    probs = rule.probabilities(outputs["logits"])
-    single = rule.single_view()
-    view_probs = np.stack([single.probabilities(v[None]) for v in outputs["logits"][:rule.views]])
-    d = {"labels": labels, "probs": probs, "groups": evaluation["group"].to_numpy(),
-         "acquisition": evaluation["acquisition"].to_numpy(), "is_val": (evaluation["split"] == "val").to_numpy(),
-         "pooled": outputs["pooled"].astype(np.float32), "imagenet": outputs["imagenet"].astype(np.float32),
-         "uncertainty": probability_scores(probs, view_probs if rule.views > 1 else None),
-         "train_labels": np.array([CLASS_INDEX[c] for c in train["dx"]]),
-         "train_acquisition": train["acquisition"].to_numpy(),
-         "train_pooled": train_out["pooled"].astype(np.float32), "train_imagenet": train_out["imagenet"].astype(np.float32)}
-    sources = [s for s in SOURCE_NAMES if (d["acquisition"] == s).any()]
-    shipped_ood = {k: v.float() for k, v in load_file(str(weights / OOD_FILE)).items()}
+# ---------------------------------------------------------------- the step's parts
+def per_source_figures(ev: EvaluationImages, probs: np.ndarray, sources: list[str]) -> dict:
+    """classification_figures of `probs` on each source's evaluation images."""
+    return {s: classification_figures(ev.labels[r], probs[r], ev.groups[r]) for s in sources
+            for r in [ev.acquisition == s]}
 
-    scores_cache: dict = {}
 
-    def unusual_without(source: str | None) -> dict[str, np.ndarray]:
-        """The candidate unusual-image distances of every evaluation image, from an OOD model and a case index
-        fitted on the training images of every source but `source` (None: the shipped OOD model, all sources)."""
-        if source in scores_cache:
-            return scores_cache[source]
-        train_keep = d["train_acquisition"] != source
-        tensors = shipped_ood if source is None else fit_rules.fit_ood(
-            d["train_pooled"][train_keep], d["train_labels"][train_keep], d["train_imagenet"][train_keep])
-        probe = OODDetector(tensors, {"chroma": 0, "imagenet_distance": 0, "unusual": 0}, "feature_distance")
-        index = CaseIndex.fit(d["train_pooled"][train_keep], train[train_keep.tolist()].reset_index(drop=True),
-                              index_dims)
-        scores_cache[source] = {"feature_distance": probe.feature_distance(d["pooled"]),
-                                "imagenet_distance": probe.imagenet_distance(d["imagenet"]),
-                                "case_distance": index.knn_distance(d["pooled"], knn_k)}
-        return scores_cache[source]
+def held_out_rule_figures(ev: EvaluationImages, held: dict, sources: list[str]) -> tuple[dict, dict]:
+    """rule_figures of the held-out predictions, per source and pooled."""
+    per_source = {s: rule_figures(ev.labels[r], ev.probs[r], ev.groups[r], _rows(held, r)) for s in sources
+                  for r in [ev.acquisition == s]}
+    return per_source, rule_figures(ev.labels, ev.probs, ev.groups, held)
 
-    # 1. the shipped classifier per source
-    per_source = {s: classification_figures(labels[r], probs[r], d["groups"][r])
-                  for s in sources for r in [d["acquisition"] == s]}
-    # 2. heads on frozen features, leave one source out
-    heads = head_predictions(d, sources)
-    recipes = {name: {s: classification_figures(labels[r], p[r], d["groups"][r])
-                      for s in sources for r in [d["acquisition"] == s]} for name, p in heads.items()}
-    # 3. rules, leave one source out (settings chosen on these held-out figures)
-    setting, trials = choose_setting(d, sources, unusual_without)
-    held = held_out_predictions(d, setting, sources, unusual_without)
-    rules_per_source = {s: rule_figures(labels[r], probs[r], d["groups"][r], _rows(held, r)) for s in sources
-                        for r in [d["acquisition"] == s]}
-    rules_pooled = rule_figures(labels, probs, d["groups"], held)
-    # 4. the shipped rules: fitted on every source's validation images
-    final = RuleFit(d, d["is_val"], setting, unusual_without(None))
-    # skin tone and similar cases
+
+def skin_tone_figures(evaluation: pd.DataFrame, train: pd.DataFrame, ev: EvaluationImages,
+                      held: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Per ITA skin-tone group: how many evaluation and training images it has and, from 20 evaluation images on, the
+    shipped classifier's and the held-out rules' figures; also each evaluation image's ITA group and angle."""
     ita = skin_tones(evaluation)
     groups_ita = np.array([ita_group(a) for a in ita])
     train_ita = np.array([ita_group(a) for a in skin_tones(train)])
@@ -383,17 +429,46 @@ def out_of_source(data_dir: Path, weights: Path, card: dict, split: Split, out: 
         r = groups_ita == g
         entry = {"images_evaluation": int(r.sum()), "images_training": int((train_ita == g).sum())}
         if r.sum() >= 20:
-            entry.update(classification_figures(labels[r], probs[r], d["groups"][r]))
-            entry["held_out_rules"] = rule_figures(labels[r], probs[r], d["groups"][r], _rows(held, r))
+            entry.update(classification_figures(ev.labels[r], ev.probs[r], ev.groups[r]))
+            entry["held_out_rules"] = rule_figures(ev.labels[r], ev.probs[r], ev.groups[r], _rows(held, r))
         skin["per_group"][g] = entry
-    similar = similar_case_agreement(d, sources)
+    return skin, groups_ita, ita
 
-    val_melanomas = {s: int((d["is_val"] & (d["acquisition"] == s) & (labels == CLASS_INDEX["mel"])).sum())
-                     for s in sources}
+
+def validation_melanomas(ev: EvaluationImages, sources: list[str]) -> dict[str, int]:
+    return {s: int((ev.is_val & (ev.acquisition == s) & (ev.labels == CLASS_INDEX["mel"])).sum()) for s in sources}
+
+
+# ---------------------------------------------------------------- the step
+def out_of_source(data_dir: Path, weights: Path, card: dict, split: Split, out: Path, max_images: int = 0) -> dict:
+    """The rules fitted across sources and their held-out figures, as card sections; `card`: the sections of the
+    earlier steps (the decision rule, the retrieval index size, the OOD thresholds and test figures)."""
+    started = time.time()
+    evaluation, outputs, train, train_out = evaluation_data(data_dir, weights, split, max_images)
+    ev, tr = evaluation_images(evaluation, outputs, card), training_images(train, train_out)
+    sources = [s for s in SOURCE_NAMES if (ev.acquisition == s).any()]
+    shipped_ood = {k: v.float() for k, v in load_file(str(weights / OOD_FILE)).items()}
+    unusual_without = UnusualDistances(ev, tr, train, shipped_ood, card)
+
+    # 1. the shipped classifier per source
+    per_source = per_source_figures(ev, ev.probs, sources)
+    # 2. heads on frozen features, leave one source out
+    heads = head_predictions(ev, tr, sources)
+    recipes = {name: per_source_figures(ev, p, sources) for name, p in heads.items()}
+    # 3. rules, leave one source out (settings chosen on these held-out figures)
+    setting, trials = choose_setting(ev, sources, unusual_without)
+    held = held_out_predictions(ev, setting, sources, unusual_without)
+    rules_per_source, rules_pooled = held_out_rule_figures(ev, held, sources)
+    # 4. the shipped rules: fitted on every source's validation images
+    final = RuleFit(ev, ev.is_val, setting, unusual_without(None))
+    # skin tone and similar cases
+    skin, groups_ita, ita = skin_tone_figures(evaluation, train, ev, held)
+    similar = similar_case_agreement(ev, tr, sources)
+
     sections = rule_sections(card, final, setting, trials, per_source, recipes, rules_per_source, rules_pooled, skin,
-                             similar, val_melanomas, time.time() - started)
-    write_predictions(out, evaluation, d, heads, held, groups_ita, ita)
-    sections["metrics"], sections["ood"] = refresh_test_figures(weights, card, sections["ood"], evaluation, d, final)
+                             similar, validation_melanomas(ev, sources), time.time() - started)
+    write_predictions(out, evaluation, ev, heads, held, groups_ita, ita)
+    sections["metrics"], sections["ood"] = refresh_test_figures(weights, card, sections["ood"], evaluation, ev, final)
     print_summary(sections)
     return sections
 
@@ -406,8 +481,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--split-file", default="", help="default: the split of the card in WEIGHTS")
     parser.add_argument("--max-images", type=int, default=0, help=">0: at most this many images per class, source "
                                                                   "and split (tests)")
-    parser.add_argument("--measures", default="runs/image_quality", help="train.fit_image_quality's measures (for the "
-                                                                         "test predictions' triage column)")
+    parser.add_argument("--measures", default="runs/image_quality",
+                        help="calibration.fit_image_quality's measures (for the test predictions' triage column)")
     args = parser.parse_args(argv)
     weights = Path(args.weights)
     card = read_card_json(weights)
@@ -434,7 +509,7 @@ def rule_sections(card, final, setting, trials, per_source, recipes, rules_per_s
     sections["referral"] = {**mel.to_card(), "score_meaning": "probability of melanoma",
                         "fit": {"rule": f"largest threshold with melanoma sensitivity >= {setting['referral_target']} "
                                         + ("in every source's" if setting["referral_fit"] == "every_source" else
-                                           "on the pooled") + " validation images (train.out_of_source)",
+                                           "on the pooled") + " validation images (calibration.out_of_source)",
                                 "validation_melanomas_per_source": val_melanomas,
                                 "min_melanomas_to_bind": MIN_POSITIVES if setting["referral_fit"] == "every_source"
                                 else None},
@@ -484,11 +559,12 @@ def _error_range(rules_per_source: dict, level: str) -> list[float] | None:
     return [min(rates), max(rates)] if rates else None
 
 
-def write_predictions(out: Path, evaluation, d, heads, held, groups_ita, ita) -> None:
+def write_predictions(out: Path, evaluation: pd.DataFrame, ev: EvaluationImages, heads: dict, held: dict,
+                      groups_ita: np.ndarray, ita: np.ndarray) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = evaluation[["image_id", "acquisition", "split", "dx", "lesion_id"]].rename(
         columns={"acquisition": "source", "dx": "label"})
-    rows["pred_shipped"] = [CLASS_CODES[i] for i in d["probs"].argmax(1)]
+    rows["pred_shipped"] = [CLASS_CODES[i] for i in ev.probs.argmax(1)]
     rows["pred_loso"] = [CLASS_CODES[i] for i in heads["ensemble_source_balanced"].argmax(1)]
     rows["triage_held_out"] = held["verdicts"]
     rows["uncertainty_held_out"] = held["unc"]
@@ -498,7 +574,8 @@ def write_predictions(out: Path, evaluation, d, heads, held, groups_ita, ita) ->
     rows.to_csv(out / "predictions.csv", index=False)
 
 
-def refresh_test_figures(weights, card: dict, ood: dict, evaluation, d, final) -> tuple[dict, dict]:
+def refresh_test_figures(weights: Path, card: dict, ood: dict, evaluation: pd.DataFrame, ev: EvaluationImages,
+                         final: RuleFit) -> tuple[dict, dict]:
     """Under the new shipped rules (probabilities unchanged): the rule columns of test_predictions.csv (refer,
     uncertainty, ood_level), and the card's `metrics` and `ood` sections with the test-set referral, uncertainty and
     unusual-flag figures of these rules, so that every page that reads them describes the rules the app applies."""
@@ -506,14 +583,14 @@ def refresh_test_figures(weights, card: dict, ood: dict, evaluation, d, final) -
     table = pd.read_csv(path, keep_default_na=False)
     index = {image_id: i for i, image_id in enumerate(evaluation["image_id"])}
     rows = np.array([index[i] for i in table["image_id"]])
-    applied = final.apply(d, rows)
+    applied = final.apply(ev, rows)
     ood_levels = table["ood_level"].astype(str).to_numpy()
     refused = np.isin(ood_levels, REFUSED_LEVELS)
     table["ood_level"] = np.where(refused, ood_levels, np.where(applied["unusual"], "unusual", "in"))
-    unc_score = d["uncertainty"][final.levels.score][rows]
+    unc_score = ev.uncertainty[final.levels.score][rows]
     table["uncertainty_score"] = unc_score.round(5)
     table["uncertainty_level"] = final.levels.levels(unc_score)
-    table["mel_score"] = d["probs"][rows, CLASS_INDEX["mel"]].round(5)  # the score of the referral written below
+    table["mel_score"] = ev.probs[rows, CLASS_INDEX["mel"]].round(5)  # the score of the referral written below
     table["refer"] = np.where(applied["mel_refer"], "yes", "no")
     table.to_csv(path, index=False)
 
@@ -524,12 +601,12 @@ def refresh_test_figures(weights, card: dict, ood: dict, evaluation, d, final) -
         chosen = np.flatnonzero((evaluation["split"] == "test") & (evaluation["source"] == source))
         if not len(chosen) or name not in metrics:
             continue
-        part, probs = evaluation.iloc[chosen], d["probs"][chosen]
-        score = d["uncertainty"][final.levels.score][chosen]
+        part, probs = evaluation.iloc[chosen], ev.probs[chosen]
+        score = ev.uncertainty[final.levels.score][chosen]
         metrics[name]["referral"] = referral_report(part, probs, referral)
         metrics[name]["uncertainty"] = uncertainty_report(part, probs, score, final.levels)
-        unusual = final.apply(d, chosen)["unusual"]
-        wrong = probs.argmax(1) != d["labels"][chosen]
+        unusual = final.apply(ev, chosen)["unusual"]
+        wrong = probs.argmax(1) != ev.labels[chosen]
         results[name].update(
             unusual_share=float(unusual.mean()),
             error_rate_unusual=float(wrong[unusual].mean()) if unusual.any() else None,

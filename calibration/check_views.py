@@ -1,4 +1,4 @@
-"""The views of an image the dermoscopy check (train.fit_dermoscopy_check) is fitted and measured on.
+"""The views of an image the dermoscopy check (calibration.fit_dermoscopy_check) is fitted and measured on.
 
 - whole: the image as it arrives;
 - top / right / random<k>: watermark-free parts of a DermNet photo (its logo and text sit in the lower-left corner),

@@ -1,6 +1,6 @@
 """Measurement noise of a lesion follow-up: the "no real change" band of the Compare page.
 
-    python -m train.followup_noise --data-dir ../shared/data --weights weights --out weights/followup_noise.json
+    python -m calibration.followup_noise --data-dir ../shared/data --weights weights --out weights/followup_noise.json
 
 HAM10000 photographs many lesions more than once (same lesion_id, usually minutes apart, at another zoom, angle or
 framing): differences between two such images are what the pipeline reports when nothing has changed. For up to
@@ -29,7 +29,7 @@ from core.analysis.followup import (BAND_QUANTILE, MIN_INLIERS, SCALE_RANGE, com
                                     weights_fingerprint)
 from core.analysis.inference import Analyzer
 from core.io.intake import load_image_file
-from train.card_io import Split
+from calibration.card_io import Split
 
 
 NOISE_SPLITS = ("train", "val")  # never test: the test split stays unseen
@@ -58,7 +58,7 @@ def noise_pairs(manifest: pd.DataFrame, max_pairs: int, seed: int) -> list[tuple
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train.followup_noise", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m calibration.followup_noise", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, type=Path, help="dataset folder holding ham10000/")
     parser.add_argument("--weights", default=Path("weights"), type=Path, help="weights folder (default weights)")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.quantile < 1 or args.max_pairs < 1:
         print("error: --quantile must be in (0, 1) and --max-pairs at least 1", file=sys.stderr)
         return 2
-    command = "python -m train.followup_noise " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m calibration.followup_noise " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
         split = Split.of_args(args.split_file, args.weights)
         result = noise_band_file(args.data_dir, Analyzer.load(args.weights), split, args.out, args.max_pairs,

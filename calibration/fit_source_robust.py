@@ -1,5 +1,5 @@
 """Reliability rules fitted to hold in *every* source they are fitted on (the worst source binds), so that they have
-a chance to hold at a clinic none of the data comes from. train.out_of_source fits each one without a source and
+a chance to hold at a clinic none of the data comes from. calibration.out_of_source fits each one without a source and
 measures it on that source (leave one source out), then fits the shipped rule on all sources.
 
 Every function takes per-image arrays and `sources` (the acquisition source of each image, core.data.acquisition) and

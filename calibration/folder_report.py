@@ -1,4 +1,4 @@
-"""`python -m train.evaluate --data-dir DIR --report OUT/`: the shipped model (WEIGHTS) on every labelled image of
+"""`python -m calibration.evaluate --data-dir DIR --report OUT/`: the shipped model (WEIGHTS) on every labelled image of
 DIR through core.analysis.folder_evaluation (the code behind the dashboard's "Evaluate your data" page); OUT/ gets
 report.json, predictions.csv, failures.csv and a self-contained report.html.
 """

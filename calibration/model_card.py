@@ -1,4 +1,4 @@
-"""What train.evaluate writes to WEIGHTS: the fp16 copies of the shipped networks, test_predictions.csv (one row
+"""What calibration.evaluate writes to WEIGHTS: the fp16 copies of the shipped networks, test_predictions.csv (one row
 per test image) and the model card (model_card.json: rules, figures, files, training curves), and its printed summary.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from core.data.dataset_summary import dataset_summary
 from core.decisions.referral import SCORES as REFERRAL_SCORES
 from core.imaging.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from core.io.weights_io import save_weights
-from train.card_io import Split
-from train.evaluation_reports import KNN_K, RETRIEVAL_K, TEST_SETS, ood_scores
+from calibration.card_io import Split
+from calibration.evaluation_reports import KNN_K, RETRIEVAL_K, TEST_SETS, ood_scores
 
 
 def export_weights(runs: Path, weights: Path) -> dict:
@@ -94,12 +94,8 @@ def training_minutes(curves: dict) -> dict:
             for stage, history in curves.items() if history}
 
 
-def build_card(version: str, split: Split, manifest, files, nets, rule, rule_fit, referral, referral_fit, levels,
-               uncertainty_fit, ood, index_fit, metrics, resolution, runs: Path, started: float) -> dict:
-    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-    mask_cn, coarse = nets["mask_cn"], nets["coarse_sn"]
-    curves = training_curves(runs)
-    ham, isic = metrics["ham10000_test"], metrics["isic2017_test"]
+def ablation_rows(metrics: dict) -> list[dict]:
+    """Every test figure with its CI, one row per (test set, model, metric): the card's `ablation` table."""
     ablation = []
     for name, title in TEST_SETS.items():
         for model, entry in metrics[name]["classification"].items():
@@ -109,6 +105,42 @@ def build_card(version: str, split: Split, manifest, files, nets, rule, rule_fit
             if model != "paired_differences":
                 for metric in ("dice", "jaccard", "jaccard_thresholded_065"):
                     ablation.append({"data": title, "model": model, "metric": metric, **entry[metric]})
+    return ablation
+
+
+def preprocessing_entry(mask_cn, coarse) -> dict:
+    return {**mask_cn.preprocessing.to_card(),
+            "jpeg_quality": {"classifier": mask_cn.preprocessing.jpeg_quality,
+                             "segmenter": coarse.preprocessing.jpeg_quality},
+            "resize": "crop to the field of view, then INTER_AREA to the network input size",
+            "normalisation": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+            "mask_channel": "coarse-SN probability, (p - 0.5) / 0.25"}
+
+
+def split_entry(split: Split) -> dict:
+    return {"method": (f"the split file {split.file}" if split.file else
+                       "HAM10000 grouped by lesion_id, stratified by dx (StratifiedGroupKFold's algorithm, 20 "
+                       f"folds: 3 test, 3 val, 14 train), seed {split.seed}; ISIC 2017: official validation = "
+                       "test, stratified 15 % of official train = val"), "seed": split.seed, "file": split.file}
+
+
+def headline_figures(metrics: dict) -> dict:
+    """The figures README's headline table and the Home page quote."""
+    ham, isic = metrics["ham10000_test"], metrics["isic2017_test"]
+    return {"ham10000_balanced_accuracy": ham["classification"]["mask_cn"]["ci"]["balanced_accuracy"],
+            "ham10000_macro_auc": ham["classification"]["mask_cn"]["ci"]["macro_auc"],
+            "ham10000_melanoma_auc": ham["classification"]["mask_cn"]["ci"].get("auc_mel"),
+            "isic2017_melanoma_auc": isic["classification"]["mask_cn"]["ci"].get("auc_mel"),
+            "isic2017_seborrhoeic_keratosis_auc": isic["classification"]["mask_cn"]["ci"].get("auc_bkl"),
+            "ham10000_enhanced_sn_dice": ham["segmentation"].get("enhanced_sn", {}).get("dice"),
+            "isic2017_enhanced_sn_jaccard": isic["segmentation"].get("enhanced_sn", {}).get("jaccard")}
+
+
+def build_card(version: str, split: Split, manifest, files, nets, rule, rule_fit, referral, referral_fit, levels,
+               uncertainty_fit, ood, index_fit, metrics, resolution, runs: Path, started: float) -> dict:
+    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    mask_cn, coarse = nets["mask_cn"], nets["coarse_sn"]
+    curves = training_curves(runs)
     return {
         "name": "LesionLens MB-DCNN",
         "version": version or f"mbdcnn-{mask_cn.meta.get('backbone', 'lite0')}-{created[:10]}",
@@ -118,22 +150,14 @@ def build_card(version: str, split: Split, manifest, files, nets, rule, rule_fit
         "backbone": mask_cn.meta.get("backbone"),
         "class_names": list(CLASS_CODES),
         "classes": [{"code": c.code, "name": c.name, "malignant": c.malignant, "color": c.color} for c in CLASSES],
-        "preprocessing": {**mask_cn.preprocessing.to_card(),
-                          "jpeg_quality": {"classifier": mask_cn.preprocessing.jpeg_quality,
-                                           "segmenter": coarse.preprocessing.jpeg_quality},
-                          "resize": "crop to the field of view, then INTER_AREA to the network input size",
-                          "normalisation": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
-                          "mask_channel": "coarse-SN probability, (p - 0.5) / 0.25"},
+        "preprocessing": preprocessing_entry(mask_cn, coarse),
         "input_size": {"classifier": dict(zip(("height", "width"), mask_cn.size)),
                        "segmenter": dict(zip(("height", "width"), coarse.size))},
         "data": {"classification": classification_data(runs),
                  "segmentation": "HAM10000 masks (Tschandl et al. 2020) + ISIC 2017 train masks",
                  "validation": "HAM10000 val + 15 % of ISIC 2017 train (every choice)",
                  "test": "HAM10000 lesion-grouped test split; ISIC 2017 official validation set (other clinics)"},
-        "split": {"method": (f"the split file {split.file}" if split.file else
-                             "HAM10000 grouped by lesion_id, stratified by dx (StratifiedGroupKFold's algorithm, 20 "
-                             f"folds: 3 test, 3 val, 14 train), seed {split.seed}; ISIC 2017: official validation = "
-                             "test, stratified 15 % of official train = val"), "seed": split.seed, "file": split.file},
+        "split": split_entry(split),
         "dataset_summary": dataset_summary(manifest),
         "files": files,
         "decision_rule": {**rule.to_card(), "fit": rule_fit},
@@ -143,19 +167,13 @@ def build_card(version: str, split: Split, manifest, files, nets, rule, rule_fit
         "retrieval": {"k": RETRIEVAL_K, "knn_k": KNN_K, "reference_set": "train + val (HAM10000, ISIC 2017)",
                       **index_fit},
         "metrics": metrics,
-        "ablation": ablation,
+        "ablation": ablation_rows(metrics),
         "resolution_consistency": resolution,
         "training_curves": curves,
         "training_time_minutes": training_minutes(curves),
         "evaluation_seconds": round(time.time() - started, 1),
         "predictions_csv": "test_predictions.csv",
-        "headline": {"ham10000_balanced_accuracy": ham["classification"]["mask_cn"]["ci"]["balanced_accuracy"],
-                     "ham10000_macro_auc": ham["classification"]["mask_cn"]["ci"]["macro_auc"],
-                     "ham10000_melanoma_auc": ham["classification"]["mask_cn"]["ci"].get("auc_mel"),
-                     "isic2017_melanoma_auc": isic["classification"]["mask_cn"]["ci"].get("auc_mel"),
-                     "isic2017_seborrhoeic_keratosis_auc": isic["classification"]["mask_cn"]["ci"].get("auc_bkl"),
-                     "ham10000_enhanced_sn_dice": ham["segmentation"].get("enhanced_sn", {}).get("dice"),
-                     "isic2017_enhanced_sn_jaccard": isic["segmentation"].get("enhanced_sn", {}).get("jaccard")},
+        "headline": headline_figures(metrics),
     }
 
 

@@ -1,4 +1,4 @@
-"""Classifier heads on frozen features, for the leave-one-source-out protocol (train.out_of_source).
+"""Classifier heads on frozen features, for the leave-one-source-out protocol (calibration.out_of_source).
 
 Retraining the three networks once per held-out source is beyond this CPU; a multinomial logistic regression on
 frozen pooled features is the cheap variant: it learns the class boundaries and priors without the held-out source.

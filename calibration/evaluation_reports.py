@@ -1,7 +1,7 @@
 """The figures measured on a test set: classification, melanoma referral, uncertainty levels, segmentation (with the
 E-layer ablation controls), OOD rates, similar-cases retrieval and resolution consistency, the headline ones with
 bootstrap 95 % confidence intervals that resample lesions (core.analysis.metrics.value_with_ci). Functions from
-tables, network outputs and fitted rules to the dicts the model card holds (train.evaluate, train.out_of_source); nothing here fits or writes.
+tables, network outputs and fitted rules to the dicts the model card holds (calibration.evaluate, calibration.out_of_source); nothing here fits or writes.
 """
 from __future__ import annotations
 

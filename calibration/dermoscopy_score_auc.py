@@ -1,7 +1,7 @@
 """How well the dermoscopy score (core.lesion.lesion_measurements: partial TDS = 1.3 A + 0.1 B + 0.5 C) separates
 melanoma from every other class on the two test sets, with bootstrap 95 % CIs.
 
-    python -m train.dermoscopy_score_auc --data-dir ../shared/data --out docs/dermoscopy_score_auc.json
+    python -m calibration.dermoscopy_score_auc --data-dir ../shared/data --out docs/dermoscopy_score_auc.json
 
 Test sets: the HAM10000 test split (lesion-grouped, seed 42) and the ISIC 2017 test set (its official validation
 part), as in the model card. Each image is measured twice: on the expert lesion mask of the dataset (the score as a
@@ -43,7 +43,7 @@ def auc_with_ci(is_mel: np.ndarray, score: np.ndarray, lesions: np.ndarray, resa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.dermoscopy_score_auc", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m calibration.dermoscopy_score_auc", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--weights", default=Path("weights"), type=Path)
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                      "mel_score": result.mel_score})
         if done % 200 == 0:
             print(f"{done}/{len(test)} images, {time.time() - started:.0f} s", flush=True)
-    report = {"command": "python -m train.dermoscopy_score_auc " + " ".join(argv or []), "resamples": args.resamples,
-              "test_sets": {}}
+    report = {"command": "python -m calibration.dermoscopy_score_auc " + " ".join(argv or []),
+              "resamples": args.resamples, "test_sets": {}}
     for source, title in TEST_SETS.items():
         part = [r for r in rows if r["source"] == source]
         is_mel, lesions = np.array([r["mel"] for r in part]), np.array([r["lesion"] for r in part])

@@ -1,8 +1,8 @@
 """The shipped model card as Markdown tables (values with bootstrap 95 % CIs): docs/results.md and README's headline.
 
-    python -m train.summarize [--weights weights]                 # print the tables
-    python -m train.summarize --out docs/results.md               # regenerate the results page
-    python -m train.summarize --headline                          # print README's headline table
+    python -m calibration.summarize [--weights weights]                 # print the tables
+    python -m calibration.summarize --out docs/results.md               # regenerate the results page
+    python -m calibration.summarize --headline                          # print README's headline table
 """
 from __future__ import annotations
 
@@ -116,11 +116,11 @@ def _share(value) -> str:
 
 
 def out_of_source_tables(card: dict) -> str:
-    """train.out_of_source's figures: the shipped classifier per acquisition source, the reliability statements on
+    """calibration.out_of_source's figures: the shipped classifier per acquisition source, the reliability statements on
     sources they were fitted without, the classifier recipes left one source out, and skin tone."""
     oos = card.get("out_of_source")
     if not oos:
-        return "The card has no out-of-source figures (run `bash run.sh train.out_of_source`).\n"
+        return "The card has no out-of-source figures (run `bash run.sh calibration.out_of_source`).\n"
     shipped = _table(["source", "images", "melanomas", "classes", "melanoma AUC", "balanced acc.", "macro AUC"],
                      [[s, f["n"], f["melanomas"], f["classes_present"], f["melanoma_auc"], f["balanced_accuracy"],
                        f["macro_auc"]] for s, f in oos["shipped_per_source"].items()])
@@ -205,15 +205,15 @@ def results_page(card: dict) -> str:
 
 RESULTS_PAGE_HEADER = """# Results of the shipped models
 
-Generated from `weights/model_card.json` by the last step of `python -m train.calibrate` (alone: `bash run.sh
-train.summarize --out docs/results.md`; do not edit by hand; run it again whenever the card changes). Test sets: the lesion-grouped HAM10000 test split and the official ISIC 2017
+Generated from `weights/model_card.json` by the last step of `python -m calibration.calibrate` (alone: `bash run.sh
+calibration.summarize --out docs/results.md`; do not edit by hand; run it again whenever the card changes). Test sets: the lesion-grouped HAM10000 test split and the official ISIC 2017
 validation set, on which nothing was chosen. What the figures mean and how they were obtained: [models.md](models.md).
 
 """
 
 
 def write_results_page(card: dict, out: Path) -> None:
-    """The results page of a card's JSON data (train.calibrate's last step)."""
+    """The results page of a card's JSON data (calibration.calibrate's last step)."""
     Path(out).write_text(RESULTS_PAGE_HEADER + results_page(card), encoding="utf-8")
 
 

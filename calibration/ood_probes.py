@@ -1,5 +1,5 @@
-"""Images that are not dermoscopy, for testing the not-dermoscopy check (train.evaluate's OOD figures,
-train.fit_dermoscopy_check): real photographs available offline and synthetic images no dermatoscope produces.
+"""Images that are not dermoscopy, for testing the not-dermoscopy check (calibration.evaluate's OOD figures,
+calibration.fit_dermoscopy_check): real photographs available offline and synthetic images no dermatoscope produces.
 """
 from __future__ import annotations
 

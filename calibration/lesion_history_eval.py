@@ -1,6 +1,6 @@
 """False alarms and detection of a lesion history (core.analysis.lesion_history) on real lesions.
 
-    python -m train.lesion_history_eval --data-dir ../shared/data --out docs/lesion_history_eval.json
+    python -m calibration.lesion_history_eval --data-dir ../shared/data --out docs/lesion_history_eval.json
 
 Series: every HAM10000 lesion of the TEST split photographed two or more times (distinct files), its images in
 image-id order as visits 90 days apart (HAM10000 has no dates; the photographs of one lesion were taken at one
@@ -25,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -103,8 +104,96 @@ def _size_flags(history) -> list[int]:
     return sorted({n for key in SIZE_KEYS for n, p in enumerate(history.series(key), start=1) if p.status == BEYOND})
 
 
+@dataclass
+class Tally:
+    """What the series add up to, series by series: no-change verdicts, each (growth model, factor)'s detections,
+    whether another lesion's image was refused."""
+    refused_all: int = 0                                  # series whose every later visit was doubted
+    changed: list[bool] = field(default_factory=list)
+    size: list[bool] = field(default_factory=list)
+    categorical: list[bool] = field(default_factory=list)
+    by_measure: dict[str, int] = field(default_factory=dict)
+    grown: dict = field(default_factory=lambda: {(model, g): {"assessable": 0, "detected": [], "right_visit": [],
+                                                              "achieved": []}
+                                                 for model in GROWTH_MODELS for g in GROWTH})
+    other_refused: list[bool] = field(default_factory=list)
+    visits: int = 0
+
+
+def tally_no_change(tally: Tally, history, n_visits: int) -> None:
+    """The series as photographed: nothing changed, so any change found is a false alarm."""
+    if len(history.doubted()) == n_visits - 1:
+        tally.refused_all += 1
+        return
+    tally.changed.append(history.first_change() is not None)
+    tally.size.append(bool(_size_flags(history)))
+    tally.categorical.append(any(a.to_first.categorical for a in history.visits[1:] if not a.doubt))
+    for analysis in history.visits[1:]:
+        for c in ([] if analysis.doubt else analysis.to_first.beyond_noise()):
+            tally.by_measure[c.measure.key] = tally.by_measure.get(c.measure.key, 0) + 1
+
+
+def tally_enlargements(tally: Tally, analyzer: Analyzer, band, images: list, results: list, visits: list) -> None:
+    """The series again with its last visit's lesion grown, for every growth model and factor."""
+    last = len(visits)
+    for (model, g), entry in tally.grown.items():
+        if results[-1].measurements.get("empty"):
+            continue
+        rgb, mask = enlarge(images[-1], results[-1].mask, g, GROWTH_MODELS[model])
+        before, after = measure_lesion(results[-1].mask), measure_lesion(mask)
+        entry["achieved"].append(after["max_diameter_px"] / before["max_diameter_px"])
+        enlarged = lesion_history(analyzer, visits[:-1] + [Visit(rgb, visits[-1].date, "grown")], band,
+                                  results=results[:-1] + [analyzer.analyze(rgb)])
+        target = enlarged.visits[-1]
+        if target.doubt or target.to_first.size_note:
+            continue  # cut by the image edge or not registered: sizes are not assessed
+        entry["assessable"] += 1
+        flags = _size_flags(enlarged)
+        entry["detected"].append(last in flags)
+        entry["right_visit"].append(flags[:1] == [last])
+
+
+def another_lesion_refused(analyzer: Analyzer, band, test: pd.DataFrame, rows: pd.DataFrame, visits: list,
+                           results: list, rng: np.random.Generator) -> bool:
+    """The last visit replaced by a test image of another lesion with another diagnosis: marked "may not be the same
+    lesion"?"""
+    stranger = test[(test["lesion_id"] != rows["lesion_id"].iloc[0]) & (test["dx"] != rows["dx"].iloc[0])]
+    pick = stranger.iloc[int(rng.integers(len(stranger)))]
+    mixed = lesion_history(analyzer, visits[:-1] + [Visit(load_image_file(pick["image_path"]), visits[-1].date)],
+                           band, results=results[:-1] + [None])
+    return bool(mixed.visits[-1].doubt)
+
+
+def tally_series(tally: Tally, analyzer: Analyzer, band, test: pd.DataFrame, rows: pd.DataFrame,
+                 rng: np.random.Generator) -> None:
+    """One lesion's photographs as visits: as they are, with the last lesion grown, with another lesion last."""
+    images = [load_image_file(p) for p in rows["image_path"]]
+    results = [analyzer.analyze(rgb) for rgb in images]
+    visits = _visits(images)
+    tally.visits += len(visits)
+    tally_no_change(tally, lesion_history(analyzer, visits, band, results=results), len(visits))
+    tally_enlargements(tally, analyzer, band, images, results, visits)
+    tally.other_refused.append(another_lesion_refused(analyzer, band, test, rows, visits, results, rng))
+
+
+def report_of(tally: Tally, series: int, band_text: str, argv: list[str] | None, seconds: float) -> dict:
+    return {
+        "command": "python -m calibration.lesion_history_eval " + " ".join(argv or []),
+        "series": series, "visits": tally.visits, "interval_days": INTERVAL_DAYS, "band": band_text,
+        "no_change": {"refused_all_visits": tally.refused_all, "false_alarm_any": rate(tally.changed),
+                      "false_alarm_size": rate(tally.size), "false_alarm_top_class_or_verdict": rate(tally.categorical),
+                      "visits_beyond_band_by_measure": tally.by_measure},
+        "enlargement": {f"{model} x{g:.2f}": {
+            "achieved_diameter_ratio_median": round(float(np.median(e["achieved"])), 3) if e["achieved"] else None,
+            "assessable_series": e["assessable"], "detected": rate(e["detected"]),
+            "flagged_at_the_right_visit": rate(e["right_visit"])} for (model, g), e in tally.grown.items()},
+        "another_lesion_refused": rate(tally.other_refused),
+        "seconds": round(seconds),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.lesion_history_eval", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m calibration.lesion_history_eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--weights", default=Path("weights"), type=Path)
@@ -125,62 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {band_text}")
     rng = np.random.default_rng(args.seed)
     started = time.time()
-    refused_all, changed, size, categorical, by_measure = 0, [], [], [], {}
-    grown = {(model, g): {"assessable": 0, "detected": [], "right_visit": [], "achieved": []}
-             for model in GROWTH_MODELS for g in GROWTH}
-    other_refused, visits_total = [], 0
+    tally = Tally()
     for done, rows in enumerate(lesions, start=1):
-        images = [load_image_file(p) for p in rows["image_path"]]
-        results = [analyzer.analyze(rgb) for rgb in images]
-        visits = _visits(images)
-        visits_total += len(visits)
-        history = lesion_history(analyzer, visits, band, results=results)
-        if len(history.doubted()) == len(visits) - 1:
-            refused_all += 1
-        else:
-            changed.append(history.first_change() is not None)
-            size.append(bool(_size_flags(history)))
-            categorical.append(any(a.to_first.categorical for a in history.visits[1:] if not a.doubt))
-            for analysis in history.visits[1:]:
-                for c in ([] if analysis.doubt else analysis.to_first.beyond_noise()):
-                    by_measure[c.measure.key] = by_measure.get(c.measure.key, 0) + 1
-        last = len(visits)
-        for (model, g), entry in grown.items():
-            if results[-1].measurements.get("empty"):
-                continue
-            rgb, mask = enlarge(images[-1], results[-1].mask, g, GROWTH_MODELS[model])
-            before, after = measure_lesion(results[-1].mask), measure_lesion(mask)
-            entry["achieved"].append(after["max_diameter_px"] / before["max_diameter_px"])
-            enlarged = lesion_history(analyzer, visits[:-1] + [Visit(rgb, visits[-1].date, "grown")], band,
-                                      results=results[:-1] + [analyzer.analyze(rgb)])
-            target = enlarged.visits[-1]
-            if target.doubt or target.to_first.size_note:
-                continue  # cut by the image edge or not registered: sizes are not assessed
-            entry["assessable"] += 1
-            flags = _size_flags(enlarged)
-            entry["detected"].append(last in flags)
-            entry["right_visit"].append(flags[:1] == [last])
-        stranger = test[(test["lesion_id"] != rows["lesion_id"].iloc[0]) & (test["dx"] != rows["dx"].iloc[0])]
-        pick = stranger.iloc[int(rng.integers(len(stranger)))]
-        mixed = lesion_history(analyzer, visits[:-1] + [Visit(load_image_file(pick["image_path"]), visits[-1].date)],
-                               band, results=results[:-1] + [None])
-        other_refused.append(bool(mixed.visits[-1].doubt))
+        tally_series(tally, analyzer, band, test, rows, rng)
         if done % 25 == 0:
             print(f"{done}/{len(lesions)} series, {time.time() - started:.0f} s", flush=True)
-    report = {
-        "command": "python -m train.lesion_history_eval " + " ".join(argv or []),
-        "series": len(lesions), "visits": visits_total, "interval_days": INTERVAL_DAYS, "band": band_text,
-        "no_change": {"refused_all_visits": refused_all, "false_alarm_any": rate(changed),
-                      "false_alarm_size": rate(size), "false_alarm_top_class_or_verdict": rate(categorical),
-                      "visits_beyond_band_by_measure": by_measure},
-        "enlargement": {f"{model} x{g:.2f}": {
-            "achieved_diameter_ratio_median": round(float(np.median(e["achieved"])), 3) if e["achieved"] else None,
-            "assessable_series": e["assessable"], "detected": rate(e["detected"]),
-            "flagged_at_the_right_visit": rate(e["right_visit"])} for (model, g), e in grown.items()},
-        "another_lesion_refused": rate(other_refused),
-        "seconds": round(time.time() - started),
-    }
-    text = json.dumps(report, indent=1)
+    text = json.dumps(report_of(tally, len(lesions), band_text, argv, time.time() - started), indent=1)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

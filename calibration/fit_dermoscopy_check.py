@@ -1,15 +1,15 @@
 """Fit the dermoscopy check (core.decisions.dermoscopy_check): WEIGHTS/dermoscopy_check.safetensors and the model
-card's `dermoscopy_check` section (`dermoscopy_check` returns them; train.calibrate merges them with the other steps';
-this command alone merges them into the card in WEIGHTS).
+card's `dermoscopy_check` section (`dermoscopy_check` returns them; calibration.calibrate merges them with the other
+steps'; this command alone merges them into the card in WEIGHTS).
 
-    OMP_NUM_THREADS=1 python -m train.fit_dermoscopy_check --data-dir ../shared/data --weights weights
+    OMP_NUM_THREADS=1 python -m calibration.fit_dermoscopy_check --data-dir ../shared/data --weights weights
 
 `fit_dermoscopy_check(data_dir, card, split, cache)` returns the check and the card's `dermoscopy_check` section;
 `dermoscopy_check` saves the check and returns the card sections; `main` is the thin CLI. Every image is made into
 the classifier's input exactly as the Analyzer makes it, then into ImageNet features (cached on disk per view, so a
 re-run only fits).
 
-Data (train.check_views makes the views):
+Data (calibration.check_views makes the views):
 - dermoscopy, tagged with its acquisition source: HAM10000's four sources and ISIC 2017 with the project's
   lesion-grouped split (train / val / test), and acral dermoscopy (`acral/`, palms, soles, nails) grouped by
   `group_id` into the same three roles, one source per contributor. Trained on whole images plus, for a share of
@@ -39,6 +39,7 @@ import argparse
 import json
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,8 @@ from core.data.acquisition import ACRAL_CONTRIBUTORS, ACRAL_OTHER
 from core.decisions.dermoscopy_check import KINDS, DermoscopyCheck, kinds_at
 from core.decisions.model_card import read_card_json
 from core.io.weights_io import save_weights
-from train.card_io import Split, write_sections
-from train.check_views import crop_view
+from calibration.card_io import Split, write_sections
+from calibration.check_views import crop_view
 
 # ---------------------------------------------------------------- config (CLI overrides below)
 SEED = 0
@@ -63,7 +64,7 @@ CLINICAL_CROPS = 2              # seeded random crops per clinical photo (DermNe
 CLINICAL_ZOOMS = 2              # seeded close-up crops (20-45 % of each side) per clinical photo
 PHOTO_CROPS = 8                 # random crops per non-skin photograph
 ARTEFACT_SHARE = 0.35           # share of HAM10000 / ISIC 2017 dermoscopy images with an extra artefacts view
-ARTEFACTS_VIEW = "artefacts1"   # the view's name keys its cached features: a new name whenever train.check_views'
+ARTEFACTS_VIEW = "artefacts1"   # the view's name keys its cached features: a new name whenever calibration.check_views'
                                 # artefacts change
 HELD_OUT_SHARE = 0.1            # DermNet categories / PAD patients never seen by the shipped check (its test photos)
 HELD_OUT_PHOTOS = ("astronaut", "coffee", "sklearn_china")  # non-skin photos never seen by the shipped check
@@ -164,7 +165,7 @@ def not_skin_samples(photo_names: list[str], synthetic_names: list[str]) -> pd.D
 
 def all_samples(data_dir: Path, split: Split, seed: int) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Every sample (one row per view) and the in-memory images (not-skin photos and synthetic uploads) by name."""
-    from train.ood_probes import real_photographs, synthetic_screens_and_drawings
+    from calibration.ood_probes import real_photographs, synthetic_screens_and_drawings
 
     photo_names, photos = real_photographs()
     synthetic_names, synthetic = synthetic_screens_and_drawings(SYNTHETIC, seed)
@@ -297,7 +298,8 @@ def cost_ms(check: DermoscopyCheck, one: np.ndarray, repeats: int = 2000) -> dic
 
 def held_out_scores(samples: pd.DataFrame, by_source: dict, by_collection: dict, oof: np.ndarray,
                     sources: dict) -> pd.DataFrame:
-    """One row per measured image and protocol with its held-out P(dermoscopy) (train.check_contact_sheet reads it)."""
+    """One row per measured image and protocol with its held-out P(dermoscopy) (read by
+    calibration.check_contact_sheet)."""
     parts = []
     derm = samples[samples["kind"] == "dermoscopy"]
     for name, probs in by_source.items():
@@ -311,6 +313,145 @@ def held_out_scores(samples: pd.DataFrame, by_source: dict, by_collection: dict,
     return out[out["view"].isin(("whole", "top"))].drop(columns=["key"])
 
 
+@dataclass(frozen=True)
+class SampleColumns:
+    """The samples' columns every figure selects its rows by, as arrays."""
+    kind: np.ndarray
+    view: np.ndarray
+    role: np.ndarray
+    collection: np.ndarray
+    group: np.ndarray
+    pigmented: np.ndarray
+    whole: np.ndarray           # the image as it arrives
+    measured_view: np.ndarray   # the view a figure measures: DermNet without its watermark (top), the rest whole
+
+    @classmethod
+    def of(cls, samples: pd.DataFrame) -> "SampleColumns":
+        view = samples["view"].to_numpy()
+        whole = view == "whole"
+        return cls(samples["kind"].to_numpy(), view, samples["role"].to_numpy(), samples["collection"].to_numpy(),
+                   samples["group"].to_numpy(), samples["pigmented"].to_numpy(), whole,
+                   np.where(samples["watermarked"], view == "top", whole))
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The held-out scores at the chosen C and the thresholds on P(dermoscopy) they give."""
+    c: float
+    held: HeldOut
+    by_source: dict[str, np.ndarray]
+    oof: np.ndarray             # grouped cross-fitted probabilities of the clinical and not-skin samples
+    threshold: float            # refused below
+    flag_below: float           # greyed with "this may be a camera photo" from threshold up to here
+
+
+def source_threshold(cols: SampleColumns, sources: dict, by_source: dict[str, np.ndarray], share: float) -> float:
+    """Lowest per-source `share` quantile of held-out P(dermoscopy), over the train / val roles of each source."""
+    derm = cols.kind == "dermoscopy"
+    p, names = [], []
+    for name, probs in by_source.items():
+        if name in REPORTED_ONLY:
+            continue
+        in_source = np.isin(cols.collection[derm], sources[name])
+        keep = (cols.role[derm][in_source] != "test") & cols.whole[derm][in_source]
+        p.append(probs[keep, 0])
+        names += [name] * int(keep.sum())
+    return lowest_source_quantile(np.concatenate(p), np.array(names), share)
+
+
+def choose_c(x: np.ndarray, samples: pd.DataFrame, cols: SampleColumns, sources: dict, c_grid: tuple[float, ...],
+             seed: int) -> tuple[Fitted, dict]:
+    """For each C, the held-out-source threshold and the share of clinical photos it refuses (grouped
+    cross-fitting); the C refusing the most in its worst collection, and every C's figures."""
+    selection, runs = {}, {}
+    clinical = (cols.kind == "clinical_photo") & cols.measured_view & (cols.role != "test")
+    for c in c_grid:
+        held = HeldOut(x, samples, c, seed)
+        by_source = held.by_source(sources)
+        threshold = source_threshold(cols, sources, by_source, REFUSE_SHARE)
+        oof = held.cross_fitted()
+        refused = {name: float((oof[clinical & (cols.collection == name), 0] < threshold).mean())
+                   for name in ("dermnet", "pad_ufes20")}
+        selection[str(c)] = {"threshold": threshold, "clinical_refused_cross_fitted": refused}
+        runs[c] = (held, by_source, threshold, oof)
+        print(f"C={c}: threshold {threshold:.4f}, clinical refused (cross-fitted) {refused}", flush=True)
+    best_c = max(c_grid, key=lambda c: min(selection[str(c)]["clinical_refused_cross_fitted"].values()))
+    held, by_source, threshold, oof = runs[best_c]
+    flag_below = source_threshold(cols, sources, by_source, FLAG_SHARE)
+    return Fitted(best_c, held, by_source, oof, threshold, flag_below), selection
+
+
+def refusal_rates(fitted: Fitted, probs: np.ndarray, groups: np.ndarray, dermoscopy: bool) -> dict:
+    """Refused and flagged shares of a set of held-out probabilities (for non-dermoscopy also either, and refused
+    as a clinical photo), with their intervals."""
+    refused = probs[:, 0] < fitted.threshold
+    flagged = (probs[:, 0] >= fitted.threshold) & (probs[:, 0] < fitted.flag_below)
+    out = {"refused": rate(refused, groups), "flagged_maybe_camera_photo": rate(flagged, groups)}
+    if not dermoscopy:
+        out["refused_or_flagged"] = rate(refused | flagged, groups)
+        out["refused_as_clinical_photo"] = rate(kinds_at(probs, fitted.threshold) == "clinical_photo", groups)
+    return out
+
+
+def held_out_results(cols: SampleColumns, sources: dict, fitted: Fitted, by_collection: dict) -> dict:
+    """The section's `results`: every held-out protocol's refusal rates."""
+    kind, role, collection, group, whole = cols.kind, cols.role, cols.collection, cols.group, cols.whole
+    results: dict[str, dict] = {"dermoscopy_by_held_out_source": {}, "clinical_by_held_out_collection": {},
+                                "clinical_by_held_out_patient_or_page": {}, "not_skin_cross_fitted": {}}
+    for name, probs in fitted.by_source.items():
+        rows = np.flatnonzero((kind == "dermoscopy") & np.isin(collection, sources[name]))
+        for part, keep in (("test_role", (role[rows] == "test") & whole[rows]), ("all", whole[rows])):
+            results["dermoscopy_by_held_out_source"][f"{name}_{part}"] = refusal_rates(
+                fitted, probs[keep], group[rows][keep], True)
+    for name, probs in by_collection.items():
+        rows = np.flatnonzero(collection == name)
+        views = ({"whole": whole[rows]} if name == "pad_ufes20" else
+                 {"watermarked_whole": whole[rows], "watermark_cropped": cols.view[rows] == "top"})
+        for label, keep in views.items():
+            by_collection_results = results["clinical_by_held_out_collection"]
+            by_collection_results[f"{name}_{label}"] = refusal_rates(fitted, probs[keep], group[rows][keep], False)
+            pig = keep & cols.pigmented[rows]
+            by_collection_results[f"{name}_{label}_pigmented"] = refusal_rates(fitted, probs[pig], group[rows][pig],
+                                                                               False)
+    oof = fitted.oof
+    for name in ("dermnet", "pad_ufes20"):
+        measured = (collection == name) & (role != "test") & cols.measured_view
+        for label, keep in (("", measured), ("_pigmented", measured & cols.pigmented)):
+            results["clinical_by_held_out_patient_or_page"][f"{name}{label}"] = refusal_rates(
+                fitted, oof[keep], group[keep], False)
+    for name in ("photos", "synthetic"):
+        keep = (collection == name) & (role != "test") & whole
+        results["not_skin_cross_fitted"][name] = refusal_rates(fitted, oof[keep], group[keep], False)
+        results["not_skin_cross_fitted"][name]["as_not_skin"] = rate(
+            kinds_at(oof[keep], fitted.threshold) == "not_skin", group[keep])
+    return results
+
+
+def check_section(samples: pd.DataFrame, cols: SampleColumns, fitted: Fitted, selection: dict, results: dict,
+                  check: DermoscopyCheck, cost: dict, seconds: float) -> dict:
+    """The model card's `dermoscopy_check` section."""
+    shipped_train, kind, collection = fitted.held.trainable, cols.kind, cols.collection
+    held_out = (cols.role == "test") & cols.whole
+    return {
+        "threshold": fitted.threshold, "flag_below": fitted.flag_below, "kinds": list(KINDS), "c": float(fitted.c),
+        "selection": selection, "results": results,
+        "n_training_images": {k: int((shipped_train & (kind == k)).sum()) for k in KINDS},
+        "held_out_clinical_images": sorted(samples["image_id"][(collection == "dermnet") & held_out]),
+        "held_out_pad_images": sorted(samples["image_id"][(collection == "pad_ufes20") & held_out]),
+        "held_out_photos": list(HELD_OUT_PHOTOS),
+        "cost_ms": cost,
+        "method": (f"multinomial logistic regression (C={fitted.c}, balanced classes) on standardised ImageNet "
+                   "EfficientNet-Lite0 features of the classifier input. Refused when P(dermoscopy) is below the "
+                   f"lowest per-source {REFUSE_SHARE:.0%} quantile of dermoscopy scored by checks fitted without "
+                   "that source (train/val roles of each HAM10000 source, ISIC 2017, each acral contributor; all "
+                   "acral held out at once is reported, not binding); greyed with 'this may be a camera photo' below "
+                   f"flag_below, the lowest per-source {FLAG_SHARE:.0%} quantile of the same scores. Clinical: DermNet "
+                   "(watermark corner never trained on) and PAD-UFES-20; "
+                   "figures held out by source, by collection and by patient / diagnosis page "
+                   f"({FOLDS}-fold grouped cross-fitting), with Wilson and grouped-bootstrap 95 % intervals"),
+        "seconds": round(seconds, 1)}
+
+
 def fit_dermoscopy_check(data_dir: Path, card: dict, split: Split, cache: Path, seed: int = SEED,
                          c_grid: tuple[float, ...] = C_GRID, max_images: int = 0) -> tuple[DermoscopyCheck, dict]:
     """Fit, measure held out and return (the shipped check, the model card's `dermoscopy_check` section). card: the
@@ -322,102 +463,25 @@ def fit_dermoscopy_check(data_dir: Path, card: dict, split: Split, cache: Path, 
         samples = samples.groupby(["kind", "role", "collection", "view"], sort=False).head(max_images)
         samples = samples.reset_index(drop=True)  # every view: DermNet trains only on its views without the watermark
     x = features(samples, in_memory, card, cache)
-    kind, view, role = samples["kind"].to_numpy(), samples["view"].to_numpy(), samples["role"].to_numpy()
-    collection, group = samples["collection"].to_numpy(), samples["group"].to_numpy()
-    pigmented = samples["pigmented"].to_numpy()
-    whole = view == "whole"
-    measured_view = np.where(samples["watermarked"], view == "top", whole)  # DermNet measured without its watermark
-    sources = held_out_sources()
+    cols, sources = SampleColumns.of(samples), held_out_sources()
+    fitted, selection = choose_c(x, samples, cols, sources, c_grid, seed)
+    by_collection = fitted.held.by_collection()
+    results = held_out_results(cols, sources, fitted, by_collection)
 
-    def source_threshold(by_source: dict[str, np.ndarray], share: float) -> float:
-        """Lowest per-source `share` quantile of held-out P(dermoscopy), over the train / val roles of each source."""
-        p, names = [], []
-        for name, probs in by_source.items():
-            if name in REPORTED_ONLY:
-                continue
-            rows = role[kind == "dermoscopy"][np.isin(collection[kind == "dermoscopy"], sources[name])]
-            keep = (rows != "test") & whole[kind == "dermoscopy"][np.isin(collection[kind == "dermoscopy"], sources[name])]
-            p.append(probs[keep, 0])
-            names += [name] * int(keep.sum())
-        return lowest_source_quantile(np.concatenate(p), np.array(names), share)
-
-    selection, runs = {}, {}
-    for c in c_grid:
-        held = HeldOut(x, samples, c, seed)
-        by_source = held.by_source(sources)
-        threshold = source_threshold(by_source, REFUSE_SHARE)
-        oof = held.cross_fitted()
-        clinical = (kind == "clinical_photo") & measured_view & (role != "test")
-        refused = {name: float((oof[clinical & (collection == name), 0] < threshold).mean()) for name in ("dermnet", "pad_ufes20")}
-        selection[str(c)] = {"threshold": threshold, "clinical_refused_cross_fitted": refused}
-        runs[c] = (held, by_source, threshold, oof)
-        print(f"C={c}: threshold {threshold:.4f}, clinical refused (cross-fitted) {refused}", flush=True)
-    best_c = max(c_grid, key=lambda c: min(selection[str(c)]["clinical_refused_cross_fitted"].values()))
-    held, by_source, threshold, oof = runs[best_c]
-    by_collection = held.by_collection()
-
-    # the middle band: below `flag_below`, the result is greyed with "this may be a camera photo"
-    flag_below = source_threshold(by_source, FLAG_SHARE)
-
-    def entry(probs: np.ndarray, groups: np.ndarray, dermoscopy: bool) -> dict:
-        refused = probs[:, 0] < threshold
-        flagged = (probs[:, 0] >= threshold) & (probs[:, 0] < flag_below)
-        out = {"refused": rate(refused, groups), "flagged_maybe_camera_photo": rate(flagged, groups)}
-        if not dermoscopy:
-            out["refused_or_flagged"] = rate(refused | flagged, groups)
-            out["refused_as_clinical_photo"] = rate(kinds_at(probs, threshold) == "clinical_photo", groups)
-        return out
-
-    results: dict[str, dict] = {"dermoscopy_by_held_out_source": {}, "clinical_by_held_out_collection": {},
-                                "clinical_by_held_out_patient_or_page": {}, "not_skin_cross_fitted": {}}
-    for name, probs in by_source.items():
-        rows = np.flatnonzero((kind == "dermoscopy") & np.isin(collection, sources[name]))
-        for part, keep in (("test_role", (role[rows] == "test") & whole[rows]), ("all", whole[rows])):
-            results["dermoscopy_by_held_out_source"][f"{name}_{part}"] = entry(probs[keep], group[rows][keep], True)
-    for name, probs in by_collection.items():
-        rows = np.flatnonzero(collection == name)
-        views = {"whole": whole[rows]} if name == "pad_ufes20" else {"watermarked_whole": whole[rows], "watermark_cropped": view[rows] == "top"}
-        for label, keep in views.items():
-            results["clinical_by_held_out_collection"][f"{name}_{label}"] = entry(probs[keep], group[rows][keep], False)
-            pig = keep & pigmented[rows]
-            results["clinical_by_held_out_collection"][f"{name}_{label}_pigmented"] = entry(probs[pig], group[rows][pig], False)
-    for name in ("dermnet", "pad_ufes20"):
-        measured = (collection == name) & (role != "test") & measured_view
-        for label, keep in (("", measured), ("_pigmented", measured & pigmented)):
-            results["clinical_by_held_out_patient_or_page"][f"{name}{label}"] = entry(oof[keep], group[keep], False)
-    for name in ("photos", "synthetic"):
-        keep = (collection == name) & (role != "test") & whole
-        results["not_skin_cross_fitted"][name] = entry(oof[keep], group[keep], False)
-        results["not_skin_cross_fitted"][name]["as_not_skin"] = rate(kinds_at(oof[keep], threshold) == "not_skin", group[keep])
-
-    held_out_scores(samples, by_source, by_collection, oof, sources).to_csv(cache.parent / SCORES_FILE, index=False)
-    shipped_train = held.trainable
-    check = fit(x[shipped_train], kind[shipped_train], best_c, seed)
-    check = DermoscopyCheck(check.feature_mean, check.feature_scale, check.weight, check.bias, threshold, flag_below)
-    section = {
-        "threshold": threshold, "flag_below": flag_below, "kinds": list(KINDS), "c": float(best_c),
-        "selection": selection, "results": results,
-        "n_training_images": {k: int((shipped_train & (kind == k)).sum()) for k in KINDS},
-        "held_out_clinical_images": sorted(samples["image_id"][(collection == "dermnet") & (role == "test") & whole]),
-        "held_out_pad_images": sorted(samples["image_id"][(collection == "pad_ufes20") & (role == "test") & whole]),
-        "held_out_photos": list(HELD_OUT_PHOTOS),
-        "cost_ms": cost_ms(check, x[:1]),
-        "method": (f"multinomial logistic regression (C={best_c}, balanced classes) on standardised ImageNet "
-                   "EfficientNet-Lite0 features of the classifier input. Refused when P(dermoscopy) is below the "
-                   f"lowest per-source {REFUSE_SHARE:.0%} quantile of dermoscopy scored by checks fitted without "
-                   "that source (train/val roles of each HAM10000 source, ISIC 2017, each acral contributor; all "
-                   "acral held out at once is reported, not binding); greyed with 'this may be a camera photo' below flag_below, the lowest per-source "
-                   f"{FLAG_SHARE:.0%} quantile of the same scores. Clinical: DermNet (watermark corner never trained on) and PAD-UFES-20; "
-                   "figures held out by source, by collection and by patient / diagnosis page "
-                   f"({FOLDS}-fold grouped cross-fitting), with Wilson and grouped-bootstrap 95 % intervals"),
-        "seconds": round(time.time() - started, 1)}
-    return check, section
+    held_out_scores(samples, fitted.by_source, by_collection, fitted.oof, sources).to_csv(cache.parent / SCORES_FILE,
+                                                                                          index=False)
+    shipped_train = fitted.held.trainable
+    check = fit(x[shipped_train], cols.kind[shipped_train], fitted.c, seed)
+    check = DermoscopyCheck(check.feature_mean, check.feature_scale, check.weight, check.bias, fitted.threshold,
+                            fitted.flag_below)
+    return check, check_section(samples, cols, fitted, selection, results, check, cost_ms(check, x[:1]),
+                                time.time() - started)
 
 
 def dermoscopy_check(data_dir: Path, weights: Path, card: dict, split: Split, cache: Path, seed: int = SEED,
                      max_images: int = 0) -> dict:
     """Fit the check, save WEIGHTS/dermoscopy_check.safetensors and return the card sections
-    {"dermoscopy_check": ..., "files": {the check's file}} (train.calibrate merges them with the other steps')."""
+    {"dermoscopy_check": ..., "files": {the check's file}} (calibration.calibrate merges them with the other steps')."""
     check, section = fit_dermoscopy_check(data_dir, card, split, cache, seed, max_images=max_images)
     file_entry = save_weights(check.tensors(), Path(weights) / CHECK_FILE, half=False,
                               metadata={"what": "dermoscopy check: logistic regression on ImageNet EfficientNet-Lite0 "

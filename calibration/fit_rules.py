@@ -22,7 +22,7 @@ from core.decisions.ood import UNUSUAL_SCORES, OODDetector
 from core.decisions.referral import SCORES as REFERRAL_SCORES, ReferralRule, melanoma_score
 from core.decisions.uncertainty import LEVELS, UncertaintyLevels
 from core.lesion.retrieval import CaseIndex
-from train.evaluation_reports import labels_of, retrieval_scores
+from calibration.evaluation_reports import labels_of, retrieval_scores
 from train.stages import classification_scores
 
 VIEW_CHOICES = (1, 4, 8)

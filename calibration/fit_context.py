@@ -11,7 +11,7 @@ Judged by cross-fitting: FOLDS folds of the validation set grouped by lesion; ea
 head fitted on the other folds, with the fold's real context. The model-selection criterion of those out-of-fold
 probabilities against the image-only ones, with a paired bootstrap interval over lesions, decides: the head is
 used (`shipped`) only when the interval's lower end is above 0; the head in the card is then fitted on all of
-validation. The test sets are only reported on (train.evaluate).
+validation. The test sets are only reported on (calibration.evaluate).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from core.decisions.context_head import NO_CONTEXT, ContextHead
 from core.decisions.decision_rule import DecisionRule
 from core.analysis.metrics import bootstrap_interval, calibration
 from core.data.patient_context import PatientContext
-from train.fit_rules import MAX_VALIDATION_ECE, criterion
+from calibration.fit_rules import MAX_VALIDATION_ECE, criterion
 
 DROP_P = 0.3
 REPEATS = 4

@@ -1,11 +1,11 @@
 """A contact sheet of the dermoscopy check's held-out misses on both sides, to see what they have in common:
 
-    python -m train.check_contact_sheet --weights weights --out artifacts/dermoscopy_check_misses.png
+    python -m calibration.check_contact_sheet --weights weights --out artifacts/dermoscopy_check_misses.png
 
 Top: dermoscopy images refused by a check fitted without their acquisition source (P(dermoscopy) below the card's
 threshold), lowest first. Bottom: clinical photos let through by a check fitted without their collection (DermNet
 without its watermark corner, PAD-UFES-20 whole), highest first. Reads the held-out scores that
-train.fit_dermoscopy_check leaves beside its feature cache.
+calibration.fit_dermoscopy_check leaves beside its feature cache.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from core.decisions.model_card import load_card
 from core.io.intake import load_image_file
-from core.io.weights_io import read_model_card
-from train.check_views import crop_view
-from train.fit_dermoscopy_check import SCORES_FILE
+from calibration.check_views import crop_view
+from calibration.fit_dermoscopy_check import SCORES_FILE
 
 THUMB = (150, 200)   # (H, W) of each tile, the classifier input's shape
 PER_ROW = 8
@@ -69,7 +69,7 @@ def main(argv=None) -> Path:
     parser.add_argument("--out", type=Path, default=Path("artifacts/dermoscopy_check_misses.png"))
     parser.add_argument("--limit", type=int, default=32)
     args = parser.parse_args(argv)
-    threshold = float(read_model_card(args.weights)["dermoscopy_check"]["threshold"])
+    threshold = load_card(args.weights).dermoscopy_check.threshold
     refused, passed = misses(pd.read_csv(args.scores, dtype={"image_id": str}), threshold, args.limit)
     parts = [sheet(refused, f"Dermoscopy refused, source held out (P(dermoscopy) < {threshold:.3f}), lowest first"),
              sheet(passed, f"Clinical photos let through, collection held out (P >= {threshold:.3f}), highest first")]

@@ -1,21 +1,21 @@
 """Build the whole model card from the trained runs, in order, and write it once.
 
-    python -m train.calibrate --config train/presets/shipped.toml        # the shipped weights' recipe
-    python -m train.calibrate --config train/presets/shipped.toml --runs runs_v2 --weights weights_v2
+    python -m calibration.calibrate --config calibration/presets/shipped.toml        # the shipped weights' recipe
+    python -m calibration.calibrate --config calibration/presets/shipped.toml --runs runs_v2 --weights weights_v2
 
 Steps (STEPS, in this order); each returns the card sections it owns, reads those of the steps before it and changes
 none of them (a later step may supersede a section as a whole, which the log says):
 1. evaluate          fp16 networks, OOD model and case index to WEIGHTS; decision rule, patient context, retrieval,
-                     segmentation TTA, split, test figures (train.evaluate)
-2. dermoscopy_check  the dermoscopy check on the classifier's input (train.fit_dermoscopy_check)
+                     segmentation TTA, split, test figures (calibration.evaluate)
+2. dermoscopy_check  the dermoscopy check on the classifier's input (calibration.fit_dermoscopy_check)
 3. out_of_source     referral, triage, uncertainty, unusual flag and conformal sets fitted across acquisition
-                     sources, with their held-out figures (train.out_of_source)
+                     sources, with their held-out figures (calibration.out_of_source)
 4. image_quality     the quality checks, on the Analyzer of the card so far; then the test predictions' triage
-                     column (train.fit_image_quality)
+                     column (calibration.fit_image_quality)
 5. followup_noise    WEIGHTS/followup_noise.json, the Compare page's no-change band, with the Analyzer of the card
-6. results           the results page (train.summarize)
-The card is checked by the app's reader (core.decisions.model_card) and written atomically (train.card_io) at the end;
-a run that fails leaves the previous card in place (but WEIGHTS' weight files already replaced: re-run to finish).
+6. results           the results page (calibration.summarize)
+The card is checked by the app's reader (core.decisions.model_card) and written atomically (calibration.card_io) at the
+end; a run that fails leaves the previous card in place (but WEIGHTS' weight files already replaced: re-run to finish).
 The split is the one the runs were trained on (their history.json configs).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import tomllib
 from pathlib import Path
 
 from core.decisions.model_card import card_from_dict
-from train.card_io import Split, merged, write_card
+from calibration.card_io import Split, merged, write_card
 
 STEPS = ("evaluate", "dermoscopy_check", "out_of_source", "image_quality", "followup_noise", "results")
 SETTINGS = {  # key -> (type, default): the [calibrate] table of a preset
@@ -42,7 +42,7 @@ SETTINGS = {  # key -> (type, default): the [calibrate] table of a preset
 def settings(argv=None) -> dict:
     """The preset's [calibrate] table, each key overridable by --key value."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="a preset TOML with a [calibrate] table (train/presets/)")
+    parser.add_argument("--config", type=Path, help="a preset TOML with a [calibrate] table (calibration/presets/)")
     for key, (kind, _) in SETTINGS.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=(lambda v: v.lower() == "true") if kind is bool else kind)
     args = parser.parse_args(argv)
@@ -58,12 +58,12 @@ def settings(argv=None) -> dict:
 def calibrate(s: dict) -> dict:
     """Run STEPS on the settings `s`; returns the card written."""
     from core.analysis.inference import Analyzer
-    from train.evaluate import evaluate
-    from train.fit_dermoscopy_check import dermoscopy_check
-    from train.fit_image_quality import image_quality, write_triage_column
-    from train.followup_noise import noise_band_file
-    from train.out_of_source import out_of_source
-    from train.summarize import write_results_page
+    from calibration.evaluate import evaluate
+    from calibration.fit_dermoscopy_check import dermoscopy_check
+    from calibration.fit_image_quality import image_quality, write_triage_column
+    from calibration.followup_noise import noise_band_file
+    from calibration.out_of_source import out_of_source
+    from calibration.summarize import write_results_page
 
     data_dir, runs, weights = Path(s["data_dir"]), Path(s["runs"]), Path(s["weights"])
     split = Split.of_runs(runs)
@@ -100,7 +100,7 @@ def calibrate(s: dict) -> dict:
     started = time.time()
     noise_band_file(data_dir, Analyzer.load(weights, card=typed), split, weights / "followup_noise.json",
                     s["followup_pairs"], seed=s["followup_seed"],
-                    command="python -m train.calibrate " + " ".join(sys.argv[1:]))
+                    command="python -m calibration.calibrate " + " ".join(sys.argv[1:]))
     clock("followup_noise", started)
     started = time.time()
     card["calibration_seconds"] = timings

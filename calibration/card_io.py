@@ -1,9 +1,10 @@
 """The model card as calibration writes it: the split the runs were trained on, the sections each step returns merged
 into one card, checked by the app's own reader (core.decisions.model_card) and written atomically.
 
-train.calibrate builds every section in order and writes the card once. A step's own command (train.evaluate,
-train.out_of_source, ...) merges its sections into the card already in WEIGHTS through write_sections, so re-running one
-step never drops the others' sections, and a card that would lack one the app needs is not written at all.
+calibration.calibrate builds every section in order and writes the card once. A step's own command
+(calibration.evaluate, calibration.out_of_source, ...) merges its sections into the card already in WEIGHTS through
+write_sections, so re-running one step never drops the others' sections, and a card that would lack one the app needs is
+not written at all.
 """
 from __future__ import annotations
 
