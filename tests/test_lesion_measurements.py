@@ -231,3 +231,16 @@ def test_dermoscopy_score_counts_asymmetric_axes_abrupt_border_eighths_and_colou
     triangle = measure_lesion(*reversed(_skin_with_disc(shape="triangle")))
     assert triangle["asymmetric_axes"] == 2 and triangle["dermoscopy_score"] >= 1.3 * 2 + 0.5
     assert measure_lesion(_skin_with_disc()[1])["dermoscopy_score"] is None  # no image: no B or C
+
+
+def test_abrupt_border_eighths_do_not_depend_on_where_the_lesion_lies_in_the_picture():
+    """Half the disc's border sharp, half faded: the same count in a picture 3x as large, the lesion off centre."""
+    rgb, mask = _skin_with_disc()
+    faded, _ = _skin_with_disc(blur=12)
+    rgb[:, 100:] = faded[:, 100:]  # the right half of the border fades out
+    count = measure_lesion(mask, rgb)["abrupt_border_segments"]
+    assert 2 <= count <= 6
+    big_rgb = np.full((600, 600, 3), (215, 170, 150), np.uint8)
+    big_mask = np.zeros((600, 600), np.uint8)
+    big_rgb[40:240, 330:530], big_mask[40:240, 330:530] = rgb, mask
+    assert measure_lesion(big_mask, big_rgb)["abrupt_border_segments"] == count

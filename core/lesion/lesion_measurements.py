@@ -159,27 +159,38 @@ def _asymmetry(region: np.ndarray) -> list[float]:
 
 def _abrupt_border_segments(rgb: np.ndarray, region: np.ndarray, diameter: float) -> int:
     """B of the ABCD rule: the 45° border sectors with an abrupt change of lightness (module docstring)."""
-    lightness = _to_lab(np.asarray(rgb)[:, :, :3].reshape(-1, 3).astype(np.float32) / 255.0)[:, 0].reshape(region.shape)
-    u8 = region.astype(np.uint8)
-    inside = cv2.distanceTransform(u8, cv2.DIST_L2, 3)
-    outside = cv2.distanceTransform(1 - u8, cv2.DIST_L2, 3)
     narrow = max(1.0, BORDER_NARROW * diameter)
     ys, xs = np.nonzero(region)
     cy, cx = ys.mean(), xs.mean()
-    yy, xx = np.indices(region.shape)
-    sector = ((np.degrees(np.arctan2(yy - cy, xx - cx)) + 360.0) % 360.0 // 45).astype(int)
-    abrupt = 0
-    for k in range(8):
-        here = sector == k
-        steps = []
-        for width in (narrow, 4 * narrow):
-            inner, outer = here & region & (inside <= width), here & ~region & (outside <= width)
-            if not inner.any() or not outer.any():
-                break
-            steps.append(float(lightness[outer].mean() - lightness[inner].mean()))
-        if len(steps) == 2 and steps[1] >= MIN_BORDER_STEP_L and steps[0] >= ABRUPT_RATIO * steps[1]:
-            abrupt += 1
-    return abrupt
+    # Only pixels within the wider band (4 x narrow) of the border count: distances are computed on the lesion's
+    # bounding box grown by that band (the same distances as on the whole image: every path to the nearest border
+    # pixel stays inside it), lightness and sector on the band's pixels alone, each sector's mean by one bincount.
+    margin = int(np.ceil(4 * narrow)) + 2
+    y0, x0 = max(0, ys.min() - margin), max(0, xs.min() - margin)
+    y1, x1 = min(region.shape[0], ys.max() + margin + 1), min(region.shape[1], xs.max() + margin + 1)
+    region, cy, cx = region[y0:y1, x0:x1], cy - y0, cx - x0
+    u8 = region.astype(np.uint8)
+    inside = cv2.distanceTransform(u8, cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform(1 - u8, cv2.DIST_L2, 3)
+    to_border = np.where(region, inside, outside)
+    by, bx = np.nonzero(to_border <= 4 * narrow)
+    pixels = np.asarray(rgb)[y0:y1, x0:x1, :3][by, bx]
+    lightness = _to_lab(pixels.astype(np.float32) / 255.0)[:, 0]
+    sector = ((np.degrees(np.arctan2(by - cy, bx - cx)) + 360.0) % 360.0 // 45).astype(int)
+    is_inner, distance = region[by, bx], to_border[by, bx]
+
+    def sector_means(chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        counts = np.bincount(sector[chosen], minlength=8)
+        return np.bincount(sector[chosen], weights=lightness[chosen], minlength=8) / np.maximum(counts, 1), counts > 0
+
+    steps, present = [], np.ones(8, dtype=bool)
+    for width in (narrow, 4 * narrow):
+        (inner, has_inner), (outer, has_outer) = (sector_means(is_inner & (distance <= width)),
+                                                  sector_means(~is_inner & (distance <= width)))
+        steps.append(outer - inner)
+        present &= has_inner & has_outer
+    abrupt = present & (steps[1] >= MIN_BORDER_STEP_L) & (steps[0] >= ABRUPT_RATIO * steps[1])
+    return int(abrupt.sum())
 
 
 def dermoscopy_score(asymmetric_axes: int, abrupt_border_segments: int, n_colours: int) -> float:
