@@ -150,8 +150,9 @@ def main(argv: list[str] | None = None) -> dict:
     labels = np.array([CLASS_INDEX[d] for d in rows["dx"]])
     result = compare(labels, rows["lesion_id"].to_numpy(), probs)
     summary = {"held_out": held_out, "splits": args.splits, "n_images": len(rows),
-               "n_melanomas": int((labels == MEL).sum()), "members": dict(s.split("=", 1) for s in args.member), "views": args.views or [len(ALL_VIEWS)],
-               "results": result}
+               "n_melanomas": int((labels == MEL).sum()),
+               "members": {name: "+".join(paths) for name, paths in members.items()},
+               "views": args.views or [len(ALL_VIEWS)], "results": result}
     print(f"held out: {', '.join(held_out)} ({args.splits}): {len(rows)} images, {summary['n_melanomas']} melanomas")
     print(table(result))
     if args.out:
