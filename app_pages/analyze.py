@@ -122,7 +122,7 @@ VERDICT_ALERTS = {"refer": ("error", ":material/priority_high:"), "review": ("wa
 
 
 def verdict_ui(parent, r) -> None:
-    """The one triage statement at the top of the result (core.decisions.triage: referral rules, uncertainty, unusual flag,
+    """The one triage statement at the top of the result (core.decisions.triage: referral rules, clear nevus, uncertainty, unusual flag,
     the more severe first) with what it did at clinics the model was not trained on, and the melanoma score against
     the threshold applied (the session's or the card's)."""
     verdict, referral = verdict_of(r), referral_of(r)

@@ -56,6 +56,23 @@ def low_uncertainty_cut(score: np.ndarray, errors: np.ndarray, sources: np.ndarr
     return min(cuts) if cuts else 0.0
 
 
+def clear_threshold(score: np.ndarray, malignant: np.ndarray, sources: np.ndarray, max_share: float) -> float:
+    """The smallest threshold on `score` (the nevus probability) such that the images at or above it are malignant
+    <= max_share, in every source with >= MIN_IMAGES images (1.0: none is cleared when some source's most confident
+    images already hold more malignant lesions than that, or fewer than MIN_IMAGES pass)."""
+    cuts = []
+    for source in np.unique(sources):
+        inside = sources == source
+        if inside.sum() < MIN_IMAGES:
+            continue
+        order = np.argsort(-score[inside], kind="stable")
+        s, m = score[inside][order], malignant[inside][order].astype(float)
+        share = np.cumsum(m) / np.arange(1, len(s) + 1)
+        ok = np.flatnonzero((share <= max_share) & (np.arange(1, len(s) + 1) >= MIN_IMAGES))
+        cuts.append(float(s[ok.max()]) if len(ok) else 1.0)
+    return max(cuts) if cuts else 1.0
+
+
 def conformal_quantile(p_true: np.ndarray, sources: np.ndarray, coverage: float) -> float:
     """Split-conformal threshold for prediction sets {c: p_c >= 1 - q} with `coverage` in every source: the largest
     per-source finite-sample quantile of 1 - p(true class) over sources with >= MIN_IMAGES images."""

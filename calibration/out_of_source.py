@@ -47,7 +47,7 @@ from core.decisions.model_card import read_card_json
 from core.decisions.ood import OODDetector
 from core.decisions.ood_levels import REFUSED_LEVELS
 from core.decisions.referral import ReferralRule
-from core.decisions.triage import TriageRule
+from core.decisions.triage import CLEAR_CLASS, TriageRule
 from core.decisions.uncertainty import LEVELS, UncertaintyLevels, probability_scores
 from core.imaging.tta import ALL_VIEWS
 from core.lesion.retrieval import CaseIndex
@@ -58,8 +58,8 @@ from calibration.card_io import Split, write_sections
 from calibration.evaluate import read_tables
 from calibration.evaluation_reports import referral_report, uncertainty_report
 from calibration.fit_image_quality import write_triage_column
-from calibration.fit_source_robust import (MIN_POSITIVES, class_referral_thresholds, conformal_quantile,
-                                           low_uncertainty_cut)
+from calibration.fit_source_robust import (MIN_POSITIVES, class_referral_thresholds, clear_threshold,
+                                           conformal_quantile, low_uncertainty_cut)
 from calibration.source_heads import RECIPES, fit_recipe, softmax
 
 REFERRAL_TARGETS = (0.80, 0.85, 0.90, 0.95)  # sensitivity targets tried for the triage thresholds
@@ -67,6 +67,9 @@ REFERRAL_FITS = ("every_source", "pooled")  # the target holds in every fitting 
 LOW_ERROR_TARGETS = (0.03, 0.05, 0.08)   # error bounds tried for the "low" uncertainty cut
 LOW_FITS = ("every_source", "pooled")     # the bound holds in every fitting source, or on their pooled images
 MIN_LOW_IMAGES = 20                      # a held-out source's "low" error counts for the choice from this many images on
+CLEAR_TARGETS = (0.005, 0.01, 0.02)      # malignant shares tried above the clear-nevus threshold when fitting it
+CLEAR_FITS = ("every_source", "pooled")   # the share holds in every fitting source, or on their pooled images
+HELD_OUT_CLEAR_MAX_MALIGNANT = 0.01       # the issue's bound on "no referral" at a new clinic
 UNCERTAINTY_SCORES = ("tta_disagreement", "max_probability", "entropy")
 UNUSUAL_CANDIDATES = ("feature_distance", "imagenet_distance", "case_distance")
 CONFORMAL_COVERAGE = 0.9
@@ -201,9 +204,13 @@ def rule_figures(labels, probs, groups, held: dict) -> dict:
                      "share": float(refer.mean())}}
     for level in ("review", "no_referral"):
         chosen = verdicts == level
-        out[level] = {"share": float(chosen.mean()),
+        out[level] = {"share": float(chosen.mean()), "images": int(chosen.sum()),
                       "malignant_share": float(malignant[chosen].mean()) if chosen.any() else None,
                       "error_rate": float(wrong[chosen].mean()) if chosen.any() else None}
+    cleared = verdicts == "no_referral"
+    out["no_referral"]["malignant_share_ci95"] = value_with_ci(
+        lambda i: malignant[i][cleared[i]].mean() if cleared[i].any() else None, len(labels), groups)["ci95"]
+    out["no_referral"]["share_ci95"] = value_with_ci(lambda i: cleared[i].mean(), len(labels), groups)["ci95"]
     out["uncertainty"] = {lvl: {"share": float((unc_levels == lvl).mean()), "images": int((unc_levels == lvl).sum()),
                                 "error_rate": float(wrong[unc_levels == lvl].mean()) if (unc_levels == lvl).any() else None}
                           for lvl in LEVELS}
@@ -235,8 +242,12 @@ class RuleFit:
         errors = probs.argmax(1) != labels
         self.setting = setting
         binding = sources if setting["referral_fit"] == "every_source" else np.full(len(sources), "pooled")
+        malignant = np.isin(labels, [CLASS_INDEX[c] for c in MALIGNANT_CODES])
+        clear_binding = sources if setting["clear_fit"] == "every_source" else np.full(len(sources), "pooled")
         self.triage = TriageRule(class_referral_thresholds(probs, labels, binding, MALIGNANT_CODES,
-                                                           setting["referral_target"]), setting["referral_target"])
+                                                           setting["referral_target"]), setting["referral_target"],
+                                 clear_threshold(probs[:, CLASS_INDEX[CLEAR_CLASS]], malignant, clear_binding,
+                                                 setting["clear_max_malignant"]))
         score = ev.uncertainty[setting["uncertainty_score"]][fit]
         low_cut = low_uncertainty_cut(score, errors, sources if setting["low_fit"] == "every_source" else
                                       np.full(len(sources), "pooled"), setting["low_max_error"])
@@ -344,17 +355,39 @@ def choose_unusual(ev: EvaluationImages, sources: list[str], unusual_without, ch
     return {**chosen, "unusual_score": max(ratios, key=ratios.get)}
 
 
+def choose_clear(ev: EvaluationImages, sources: list[str], unusual_without, chosen: dict,
+                 trials: list[dict]) -> dict:
+    """The malignant share and way of fitting the clear-nevus threshold whose "no referral" verdict holds
+    <= HELD_OUT_CLEAR_MAX_MALIGNANT malignant lesions on the pooled held-out sources, with the largest pooled share of
+    lesions (none: the smallest malignant share)."""
+    best = None
+    for target in CLEAR_TARGETS:
+        for fit in CLEAR_FITS:
+            setting = {**chosen, "clear_max_malignant": target, "clear_fit": fit}
+            _, pooled = held_out_figures(ev, setting, sources, unusual_without)
+            cleared = pooled["no_referral"]
+            trials.append({"setting": setting, "pooled_no_referral_share": cleared["share"],
+                           "pooled_no_referral_malignant_share": cleared["malignant_share"]})
+            ok = cleared["malignant_share"] is not None and cleared["malignant_share"] <= HELD_OUT_CLEAR_MAX_MALIGNANT
+            key = (ok, cleared["share"] if ok else -(cleared["malignant_share"] or 1))
+            if best is None or key > best[0]:
+                best = (key, setting)
+    return best[1]
+
+
 def choose_setting(ev: EvaluationImages, sources: list[str], unusual_without) -> tuple[dict, list[dict]]:
     """Try each setting on held-out sources; keep the one the issue's criteria favour, one rule after the other:
     the referral thresholds (choose_referral), then the "low" uncertainty level (choose_uncertainty), then the
-    unusual score (choose_unusual). Also every setting tried with its figures."""
+    unusual score (choose_unusual), then the clear-nevus threshold (choose_clear). Also every setting tried with its
+    figures."""
     trials = []
     scores = [name for name in UNCERTAINTY_SCORES if name in ev.uncertainty]
     chosen = {"referral_target": REFERRAL_TARGETS[0], "referral_fit": REFERRAL_FITS[0],
               "low_max_error": LOW_ERROR_TARGETS[-1],
               "low_fit": LOW_FITS[0], "uncertainty_score": scores[0],
-              "unusual_score": UNUSUAL_CANDIDATES[0]}
-    for choose in (choose_referral, choose_uncertainty, choose_unusual):
+              "unusual_score": UNUSUAL_CANDIDATES[0],
+              "clear_max_malignant": CLEAR_TARGETS[0], "clear_fit": CLEAR_FITS[0]}
+    for choose in (choose_referral, choose_uncertainty, choose_unusual, choose_clear):
         chosen = choose(ev, sources, unusual_without, chosen, trials)
     return chosen, trials
 
@@ -435,6 +468,19 @@ def skin_tone_figures(evaluation: pd.DataFrame, train: pd.DataFrame, ev: Evaluat
     return skin, groups_ita, ita
 
 
+def clear_score_ranking(ev: EvaluationImages, held: dict) -> dict:
+    """Why the clear rule reads the nevus probability: among the lesions the held-out rules did not refer, how well
+    each candidate score ranks the malignant ones (AUC, lesion-bootstrap CI; higher score = more likely malignant)."""
+    rows = ~np.isin(held["verdicts"], ("refer", "not_assessed"))
+    malignant = np.isin(ev.labels, [CLASS_INDEX[c] for c in MALIGNANT_CODES])[rows]
+    probs, groups = ev.probs[rows], ev.groups[rows]
+    scores = {"one_minus_nevus_probability": 1 - probs[:, CLASS_INDEX[CLEAR_CLASS]],
+              "malignant_probability": probs[:, [CLASS_INDEX[c] for c in MALIGNANT_CODES]].sum(1)}
+    return {"images": int(rows.sum()), "malignant": int(malignant.sum()),
+            **{name: value_with_ci(lambda i, v=v: binary_auc(malignant[i], v[i]), len(v), groups)
+               for name, v in scores.items()}}
+
+
 def validation_melanomas(ev: EvaluationImages, sources: list[str]) -> dict[str, int]:
     return {s: int((ev.is_val & (ev.acquisition == s) & (ev.labels == CLASS_INDEX["mel"])).sum()) for s in sources}
 
@@ -467,6 +513,7 @@ def out_of_source(data_dir: Path, weights: Path, card: dict, split: Split, out: 
 
     sections = rule_sections(card, final, setting, trials, per_source, recipes, rules_per_source, rules_pooled, skin,
                              similar, validation_melanomas(ev, sources), time.time() - started)
+    sections["out_of_source"]["clear_score_auc"] = clear_score_ranking(ev, held)
     write_predictions(out, evaluation, ev, heads, held, groups_ita, ita)
     sections["metrics"], sections["ood"] = refresh_test_figures(weights, card, sections["ood"], evaluation, ev, final)
     print_summary(sections)
@@ -499,12 +546,19 @@ def rule_sections(card, final, setting, trials, per_source, recipes, rules_per_s
     sections = {}
     sources = list(per_source)
     pooled = rules_pooled
-    final.triage = TriageRule(final.triage.thresholds, final.triage.target_sensitivity,
+    final.triage = TriageRule(final.triage.thresholds, final.triage.target_sensitivity, final.triage.clear_threshold,
                               {"refer": {k: (v["value"] if isinstance(v, dict) else v)
                                          for k, v in pooled["refer"].items()},
-                               "review": pooled["review"], "no_referral": pooled["no_referral"],
+                               "review": pooled["review"],
+                               "no_referral": {**pooled["no_referral"],
+                                               "malignant_share_range": _cleared_malignant_range(rules_per_source)},
                                "sources": sources})
-    sections["triage"] = final.triage.to_card()
+    sections["triage"] = {**final.triage.to_card(), "clear_fit": {
+        "rule": (f"smallest nevus probability at or above which <= {setting['clear_max_malignant']:.1%} of the "
+                 + ("validation images of every source" if setting["clear_fit"] == "every_source" else
+                    "pooled validation images") + " were malignant (calibration.out_of_source); chosen as the setting "
+                 f"whose held-out 'no referral' verdicts were <= {HELD_OUT_CLEAR_MAX_MALIGNANT:.0%} malignant with "
+                 "the largest share of lesions")}}
     mel = ReferralRule("mel", final.triage.thresholds["mel"], setting["referral_target"])
     sections["referral"] = {**mel.to_card(), "score_meaning": "probability of melanoma",
                         "fit": {"rule": f"largest threshold with melanoma sensitivity >= {setting['referral_target']} "
@@ -547,6 +601,15 @@ def rule_sections(card, final, setting, trials, per_source, recipes, rules_per_s
         "rules_per_source": rules_per_source, "rules_pooled": rules_pooled,
         "skin_tone": skin, "similar_cases": similar, "seconds": round(seconds, 1)}
     return sections
+
+
+def _cleared_malignant_range(rules_per_source: dict) -> list[float] | None:
+    """[lowest, highest] malignant share among the lesions given "no referral", over the held-out sources with
+    >= MIN_LOW_IMAGES such lesions (None when none has that many): the pooled figure is dominated by the largest
+    sources, this says how far a single clinic strayed from it."""
+    shares = [r["no_referral"]["malignant_share"] for r in rules_per_source.values()
+              if r["no_referral"]["images"] >= MIN_LOW_IMAGES]
+    return [min(shares), max(shares)] if shares else None
 
 
 def _error_range(rules_per_source: dict, level: str) -> list[float] | None:
@@ -631,7 +694,11 @@ def print_summary(card: dict) -> None:
         print(f"  {s:14s} refer mel sens {_fmt(r['melanoma_sensitivity'])} malignant {_num(r['malignant_sensitivity'])} "
               f"benign spec {_num(r['benign_specificity'])} | low share {u['share']:.2f} err {_num(u['error_rate'])} | "
               f"unusual x{_num(f['unusual']['error_ratio'])} | set coverage {f['conformal']['coverage']:.3f} "
-              f"size {f['conformal']['mean_set_size']:.2f}")
+              f"size {f['conformal']['mean_set_size']:.2f} | no referral {f['no_referral']['share']:.3f} "
+              f"malignant {_num(f['no_referral']['malignant_share'])}")
+    ranking = oos["clear_score_auc"]
+    print(f"\namong the {ranking['images']} lesions not referred ({ranking['malignant']} malignant), AUC for malignant: "
+          + ", ".join(f"{k} {_fmt(v)}" for k, v in ranking.items() if isinstance(v, dict)))
     print("\nskin tone (ITA group: evaluation / training images, BA):")
     for g, f in oos["skin_tone"]["per_group"].items():
         print(f"  {g:13s} {f['images_evaluation']:5d} / {f['images_training']:5d}  "

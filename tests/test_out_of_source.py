@@ -9,21 +9,23 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.classes import NUM_CLASSES
+from core.data.classes import CLASS_INDEX, NUM_CLASSES
 from core.decisions.model_card import card_from_dict
 from core.decisions.uncertainty import UncertaintyLevels, probability_scores
-from calibration.out_of_source import EvaluationImages, held_out_predictions
+from calibration.out_of_source import (HELD_OUT_CLEAR_MAX_MALIGNANT, EvaluationImages, choose_clear,
+                                       held_out_figures, held_out_predictions)
 from calibration.source_heads import LinearHead, sample_weights, softmax
 
 SOURCES = ["a", "b", "c"]
 SETTING = {"referral_target": 0.9, "referral_fit": "every_source", "low_max_error": 0.08, "low_fit": "every_source", "uncertainty_score": "max_probability",
-           "unusual_score": "feature_distance"}
+           "unusual_score": "feature_distance", "clear_max_malignant": 0.01, "clear_fit": "every_source"}
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 
-def synthetic(seed: int = 0, n: int = 900) -> EvaluationImages:
+def synthetic(seed: int = 0, n: int = 900, nevus_share: float = 0.0) -> EvaluationImages:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, NUM_CLASSES, n)
+    labels[rng.uniform(size=n) < nevus_share] = CLASS_INDEX["nv"]
     logits = rng.normal(size=(n, NUM_CLASSES))
     logits[np.arange(n), labels] += rng.uniform(0, 4, n)
     probs = softmax(logits)
@@ -55,6 +57,20 @@ def test_a_held_out_source_never_shapes_the_rules_it_is_judged_by():
     assert set(held["verdicts"]) <= {"refer", "review", "no_referral"}
 
 
+def test_the_clear_rule_is_chosen_by_its_held_out_malignant_share():
+    """Of the clear-nevus settings tried, the one kept clears lesions at the held-out sources with at most the issue's
+    malignant share, and the most lesions among those that do."""
+    ev = synthetic(seed=2, n=3000, nevus_share=0.5)
+    trials = []
+    chosen = choose_clear(ev, SOURCES, unusual_for(ev, []), SETTING, trials)
+    _, pooled = held_out_figures(ev, chosen, SOURCES, unusual_for(ev, []))
+    cleared = pooled["no_referral"]
+    assert cleared["share"] > 0.05 and cleared["malignant_share"] <= HELD_OUT_CLEAR_MAX_MALIGNANT
+    within = [t["pooled_no_referral_share"] for t in trials
+              if (t["pooled_no_referral_malignant_share"] or 1) <= HELD_OUT_CLEAR_MAX_MALIGNANT]
+    assert cleared["share"] == max(within) and len(trials) == 6
+
+
 def test_linear_head_learns_and_source_balanced_weights_equalise_sources():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, NUM_CLASSES, 700)
@@ -75,6 +91,11 @@ def test_the_shipped_card_quotes_out_of_source_figures():
     assert set(oos["rules_per_source"]) == set(oos["sources"]) and len(oos["sources"]) == 5
     assert card["referral"]["threshold"] == card["triage"]["thresholds"]["mel"]
     assert set(card["triage"]["thresholds"]) == {"mel", "bcc", "akiec"}
+    assert 0 < card["triage"]["clear_threshold"] < 1 and "clear_fit" in card["triage"]
+    cleared = card["triage"]["out_of_source"]["no_referral"]
+    assert len(cleared["malignant_share_ci95"]) == 2 and len(cleared["share_ci95"]) == 2
+    ranking = oos["clear_score_auc"]  # why the nevus probability clears: its ranking of the lesions not referred
+    assert ranking["images"] > 0 and {"one_minus_nevus_probability", "malignant_probability"} <= set(ranking)
     levels = UncertaintyLevels.from_card(card_from_dict(card))
     assert "clinics the model was not trained on" in levels.sentence("low")
     assert f"{card['uncertainty']['out_of_source_error_rates']['low']:.0%}" in levels.sentence("low")

@@ -15,7 +15,7 @@ from core.data.classes import CLASS_CODES, CLASS_INDEX
 from core.decisions.conformal import PredictionSets
 from core.lesion.skin_tone import ita_degrees, ita_group
 from core.decisions.triage import TriageRule
-from calibration.fit_source_robust import conformal_quantile, low_uncertainty_cut, referral_threshold
+from calibration.fit_source_robust import clear_threshold, conformal_quantile, low_uncertainty_cut, referral_threshold
 
 DATA_DIR = Path(os.environ.get("DATA_DIR", "../shared/data"))
 
@@ -29,11 +29,11 @@ def probs_with(**values) -> np.ndarray:
     return p
 
 
-RULE = TriageRule({"mel": 0.02, "bcc": 0.05, "akiec": 0.05}, 0.9,
+RULE = TriageRule({"mel": 0.02, "bcc": 0.05, "akiec": 0.05}, 0.9, 0.9,
                   out_of_source={"refer": {"melanoma_sensitivity": 0.88, "malignant_sensitivity": 0.9,
                                            "benign_specificity": 0.6},
                                  "review": {"malignant_share": 0.2, "error_rate": 0.4},
-                                 "no_referral": {"malignant_share": 0.03}})
+                                 "no_referral": {"malignant_share": 0.03, "malignant_share_range": [0.0, 0.2]}})
 
 
 def test_precedence_refused_beats_everything():
@@ -77,7 +77,7 @@ def test_a_call_inside_the_spread_of_the_test_time_views_is_marked_as_noise():
 
 
 def test_each_verdict_quotes_one_held_out_figure_and_none_under_another_threshold():
-    review = RULE.verdict(probs_with(nv=0.95, mel=0.001, bcc=0.001, akiec=0.001), "moderate", "in")
+    review = RULE.verdict(probs_with(nv=0.8, mel=0.001, bcc=0.001, akiec=0.001), "moderate", "in")
     assert review.evidence.count("%") == 1 and "20.0% of the images sent to review" in review.evidence
     p = probs_with(mel=0.1, bcc=0.001, akiec=0.001)
     assert RULE.verdict(p, "low", "in").evidence and RULE.verdict(p, "low", "in", mel_threshold=0.02).evidence
@@ -94,16 +94,31 @@ def test_doubt_gives_review_not_reassurance():
     assert v.level == "review" and "unlike the training images" in v.text
     v = RULE.verdict(probs_with(nv=0.95, mel=0.001, bcc=0.001, akiec=0.001), "moderate", "in",
                      quality_problems=("the image is out of focus",))
-    assert v.level == "review" and "out of focus" in v.text and "moderate" in v.text
+    assert v.level == "review" and "out of focus" in v.text
+    v = RULE.verdict(probs_with(nv=0.95, mel=0.001, bcc=0.001, akiec=0.001), "high", "in")
+    assert v.level == "review" and "uncertainty is high" in v.text
+
+
+def test_only_a_clear_nevus_is_cleared():
+    """Below every referral threshold is not enough: a confident benign keratosis or a nevus below the clear
+    threshold goes to review, saying why; a nevus at or above it with agreeing views is cleared, moderate
+    uncertainty (which benign class) included."""
+    keratosis = RULE.verdict(probs_with(bkl=0.97, mel=0.001, bcc=0.001, akiec=0.001), "low", "in")
+    assert keratosis.level == "review" and "not a clear melanocytic nevus" in keratosis.text
+    unsure = RULE.verdict(probs_with(nv=0.85, mel=0.001, bcc=0.001, akiec=0.001), "low", "in")
+    assert unsure.level == "review" and "nevus 85.0%, below the 90.0% that clears a lesion" in unsure.text
+    clear = RULE.verdict(probs_with(nv=0.9, mel=0.001, bcc=0.001, akiec=0.001), "moderate", "in")
+    assert clear.level == "no_referral" and "A clear melanocytic nevus (nevus 90.0%, at or above the 90.0%" in clear.text
 
 
 def test_no_referral_says_what_it_missed_out_of_source():
     v = RULE.verdict(probs_with(nv=0.97, mel=0.001, bcc=0.001, akiec=0.001), "low", "in")
     assert v.level == "no_referral" and "3.0% of the images" in v.text and "does not rule" in v.text
+    assert "(0%-20% across the held-out sources" in v.text  # how far one clinic strayed from the pooled figure
 
 
 def test_session_threshold_replaces_melanomas_only():
-    p = probs_with(mel=0.1, bcc=0.001, akiec=0.001)
+    p = probs_with(nv=0.9, mel=0.08, bcc=0.001, akiec=0.001)
     assert RULE.verdict(p, "low", "in").level == "refer"
     assert RULE.verdict(p, "low", "in", mel_threshold=0.5).level == "no_referral"
 
@@ -113,15 +128,19 @@ def test_vectorised_levels_agree_with_single_verdicts():
     probs = rng.dirichlet(np.ones(len(CLASS_CODES)) * 0.3, size=200)
     unc = rng.choice(["low", "moderate", "high"], 200)
     ood = rng.choice(["in", "unusual", "not_skin"], 200)
+    probs[::3] = probs_with(nv=0.95, mel=0.001, bcc=0.001, akiec=0.001)  # clear nevi, so every level occurs
     levels = RULE.levels(probs, unc, ood)
+    assert set(levels) == {"not_assessed", "refer", "review", "no_referral"}
     assert list(levels) == [RULE.verdict(p, u, o).level for p, u, o in zip(probs, unc, ood)]
 
 
 def test_rule_validates_and_round_trips(card_with):
     with pytest.raises(ValueError):
-        TriageRule({"nv": 0.1}, 0.9)
+        TriageRule({"nv": 0.1}, 0.9, 0.9)
     with pytest.raises(ValueError):
-        TriageRule({"mel": 1.5}, 0.9)
+        TriageRule({"mel": 1.5}, 0.9, 0.9)
+    with pytest.raises(ValueError):
+        TriageRule({"mel": 0.1}, 0.9, 1.2)
     assert TriageRule.from_card(card_with(triage=RULE.to_card())) == RULE
 
 
@@ -164,6 +183,24 @@ def test_low_cut_keeps_every_source_under_its_error_bound():
         chosen = (sources == s) & (score < cut)
         assert errors[chosen].mean() <= 0.1
     assert ((sources == "b") & (score < cut)).sum() > 0
+
+
+def test_clear_threshold_keeps_every_source_under_its_malignant_share():
+    """Above the threshold, each source's malignant share stays within the bound; a source where even the most
+    confident nevi are often malignant clears nothing at all (1.0)."""
+    rng = np.random.default_rng(4)
+    score = rng.uniform(0, 1, 800)
+    sources = np.array(["a", "b"] * 400)
+    malignant = rng.uniform(0, 1, 800) < np.where(sources == "a", 0.6, 0.2) * (1 - score) ** 2
+    t = clear_threshold(score, malignant, sources, 0.02)
+    for s in ("a", "b"):
+        above = (sources == s) & (score >= t)
+        assert above.sum() >= 50 and malignant[above].mean() <= 0.02
+    cut_of = {s: clear_threshold(score[sources == s], malignant[sources == s], sources[sources == s], 0.02)
+              for s in ("a", "b")}
+    assert t == cut_of["a"] > cut_of["b"]  # the harder source binds
+    hopeless = np.ones(800, bool)
+    assert clear_threshold(score, hopeless, sources, 0.02) == 1.0
 
 
 def test_skin_tone_orders_light_and_dark_skin():

@@ -25,6 +25,11 @@ def _pct(value) -> str:
     return "—" if value is None else f"{value:.0%}"
 
 
+def _pct1(value) -> str:
+    """A small share (e.g. the malignant lesions among those not referred) to one decimal."""
+    return "—" if value is None else f"{value:.1%}"
+
+
 def light_skin_share(card: ModelCard) -> tuple[float, int, int] | None:
     """(share of evaluation images with light or very light skin, images of brown or dark skin, images with a known
     group), or None without skin-tone figures."""
@@ -58,9 +63,15 @@ def held_out_summary_ui(card: ModelCard) -> None:
                    f"{_pct(unusual['error_rate_rest'])}.")
     c4.metric("90% prediction sets held the truth", _pct(pooled["conformal"]["coverage"]),
               help=f"Mean set size {pooled['conformal']['mean_set_size']:.1f} classes.")
-    st.caption(f"'Low uncertainty' is given to only {_pct(low['share'])} of images: fitted so that it stays right on "
-               "sources the model was not trained on, it is rare, because at a new clinic the model cannot tell which "
-               "of its confident answers to trust. Most results are therefore 'refer' or 'review'.")
+    cleared = pooled["no_referral"]
+    st.caption(f"'No referral' was given to {_pct(cleared['share'])} of lesions, of which "
+               f"{_pct1(cleared['malignant_share'])} were malignant"
+               + (f" (95% CI {_pct1(cleared['malignant_share_ci95'][0])}-{_pct1(cleared['malignant_share_ci95'][1])})"
+                  if cleared.get("malignant_share_ci95") else "")
+               + ": it is given only to a clear melanocytic nevus with agreeing views and a typical image. "
+               f"'Low uncertainty' (which class exactly) is given to only {_pct(low['share'])} of images: fitted so "
+               "that it stays right on sources the model was not trained on, it is rare, because at a new clinic the "
+               "model cannot tell which of its confident answers to trust.")
     skin = light_skin_share(card)
     if skin is not None:
         light, darker, total = skin
@@ -88,6 +99,8 @@ def out_of_source_ui(card: ModelCard) -> None:
         rows.append({"Held-out source": s, "Melanomas referred": ci_text(f["refer"]["melanoma_sensitivity"], _pct),
                      "Malignant referred": _pct(f["refer"]["malignant_sensitivity"]),
                      "Benign not referred": _pct(f["refer"]["benign_specificity"]),
+                     "No referral: share": _pct(f["no_referral"]["share"]),
+                     "No referral: malignant": _pct1(f["no_referral"]["malignant_share"]),
                      "Low: share": _pct(f["uncertainty"]["low"]["share"]),
                      "Low: wrong": _pct(f["uncertainty"]["low"]["error_rate"]),
                      "Unusual: error ratio": f"×{f['unusual']['error_ratio']:.2f}",
@@ -119,7 +132,9 @@ def setting_text(setting: dict) -> str:
     return (f"referral thresholds for {setting['referral_target']:.0%} sensitivity "
             f"{where[setting.get('referral_fit', 'every_source')]}; 'low' uncertainty by "
             f"{setting['uncertainty_score'].replace('_', ' ')} with <= {setting['low_max_error']:.0%} error "
-            f"{where[setting['low_fit']]}; unusual images by {setting['unusual_score'].replace('_', ' ')}")
+            f"{where[setting['low_fit']]}; unusual images by {setting['unusual_score'].replace('_', ' ')}"
+            + (f"; the clear-nevus threshold for <= {setting['clear_max_malignant']:.1%} malignant "
+               f"{where[setting['clear_fit']]}" if "clear_fit" in setting else ""))
 
 
 def skin_ui(oos: dict) -> None:

@@ -122,6 +122,7 @@ class ReferralSection:
 class TriageSection:
     thresholds: dict[str, float]  # malignant class code -> probability threshold
     target_sensitivity: float
+    clear_threshold: float        # nevus probability from which a lesion below every threshold is cleared
     out_of_source: dict           # each verdict's figures on held-out sources (the sentences quote them)
 
 
@@ -271,7 +272,8 @@ def _parse(raw: dict, where: str) -> ModelCard:
     if not thresholds or set(thresholds) - set(MALIGNANT_CODES) or not all(0 <= t <= 1 for t in thresholds.values()):
         tri.fail(f"`triage.thresholds` must map malignant classes {list(MALIGNANT_CODES)} to probabilities, "
                  f"got {thresholds}")
-    triage = TriageSection(thresholds, tri.probability("target_sensitivity"), tri.mapping("out_of_source"))
+    triage = TriageSection(thresholds, tri.probability("target_sensitivity"), tri.probability("clear_threshold"),
+                           tri.mapping("out_of_source"))
 
     unc = section("uncertainty")
     cuts = unc.entry.get("cuts")

@@ -1,14 +1,21 @@
-"""One triage verdict at the top of every result: the referral rules, the uncertainty level, the unusual-image flag
-and the image-quality checks combined in a fixed order of precedence (the more severe wins), as triage devices do.
+"""One triage verdict at the top of every result: the referral rules, the clear-nevus rule, the uncertainty level, the
+unusual-image flag and the image-quality checks combined in a fixed order of precedence (the more severe wins), as
+triage devices do.
 
 1. not_assessed  the input is not dermoscopy (clinical photo, not skin): no diagnosis at all, and a verdict of its
                  own, "no automated assessment: review this lesion yourself" (a refused image is not a benign one).
 2. refer         a malignant class (melanoma, basal cell carcinoma, actinic keratosis / intraepithelial carcinoma)
                  reaches its referral threshold. Each class has its own threshold on its own probability, fitted by
                  calibration.out_of_source for a target sensitivity in every source it was fitted on.
-3. review        no referral threshold is reached, but the result cannot be relied on: uncertainty moderate or high,
-                 an unusual image or one that may be a camera photo, or an image-quality check fired. "Not reassuring", not "benign".
-4. no_referral   below every referral threshold, uncertainty low, typical image, no quality problem.
+3. no_referral   below every referral threshold, and a clear melanocytic nevus: its nevus probability reaches the clear
+                 threshold, fitted by calibration.out_of_source so that few lesions above it were malignant at clinics
+                 the rule was not fitted on; the views agree (uncertainty not high), the image is typical and no
+                 image-quality check fired. The nevus probability, not a low malignant probability, decides: among the
+                 lesions below every referral threshold it ranks the malignant ones far better held out (a confident
+                 "benign keratosis" hides actinic keratoses and BCCs; a confident nevus rarely hides anything).
+4. review        everything else: below the referral thresholds but not a clear nevus, or a clear nevus whose result
+                 cannot be relied on (high uncertainty, an unusual image or one that may be a camera photo, an
+                 image-quality problem). "Not reassuring", not "benign".
 
 Every verdict quotes one figure of what it did at clinics the model was not trained on (held-out sources: the
 card's `triage.out_of_source`), so the sentence states its own reliability; under a melanoma threshold other than the
@@ -28,6 +35,7 @@ from core.decisions.ood_levels import GREYED_LEVELS, REFUSED_LEVELS
 from core.decisions.view_spread import range_sentence, straddled
 
 VERDICTS = ("not_assessed", "refer", "review", "no_referral")
+CLEAR_CLASS = "nv"  # the class whose probability clears a lesion (see the module's docstring)
 # Why a refusal is no reassurance, said with every refused image.
 NOT_ASSESSED_NOTE = ("LesionLens gives no result for this image; that says nothing about the lesion, which needs the "
                      "clinical assessment it would get without LesionLens")
@@ -63,6 +71,7 @@ class Verdict:
 class TriageRule:
     thresholds: dict[str, float]                      # malignant class code -> probability threshold
     target_sensitivity: float
+    clear_threshold: float                            # nevus probability from which a lesion is a clear nevus
     out_of_source: dict = field(default_factory=dict)  # figures of each verdict on held-out sources (the card's)
 
     def __post_init__(self):
@@ -72,6 +81,8 @@ class TriageRule:
         bad = {c: t for c, t in self.thresholds.items() if not 0 <= t <= 1}
         if bad:
             raise ValueError(f"triage thresholds must be probabilities in [0, 1]: {bad}")
+        if not 0 <= self.clear_threshold <= 1:
+            raise ValueError(f"the clear-nevus threshold must be a probability in [0, 1], got {self.clear_threshold}")
 
     def limits(self, mel_threshold: float | None = None) -> dict[str, float]:
         """Each malignant class's threshold; `mel_threshold` replaces melanoma's (e.g. a session's own)."""
@@ -91,10 +102,11 @@ class TriageRule:
         for code, t in self.thresholds.items():
             refer |= p[:, CLASS_INDEX[code]] >= t
         refused = np.isin(np.asarray(ood_levels), REFUSED_LEVELS)
-        doubtful = (np.asarray(uncertainty_levels) != "low") | np.isin(np.asarray(ood_levels), GREYED_LEVELS)
+        doubtful = (np.asarray(uncertainty_levels) == "high") | np.isin(np.asarray(ood_levels), GREYED_LEVELS)
         if quality_flags is not None:
             doubtful |= np.asarray(quality_flags, dtype=bool)
-        return np.where(refused, "not_assessed", np.where(refer, "refer", np.where(doubtful, "review", "no_referral")))
+        clear = (p[:, CLASS_INDEX[CLEAR_CLASS]] >= self.clear_threshold) & ~doubtful
+        return np.where(refused, "not_assessed", np.where(refer, "refer", np.where(clear, "no_referral", "review")))
 
     def verdict(self, probs, uncertainty_level: str, ood_level: str, ood_reason: str = "",
                 quality_problems: tuple[str, ...] = (), mel_threshold: float | None = None,
@@ -123,8 +135,12 @@ class TriageRule:
             return Verdict("refer", HEADLINES["refer"], reasons + noise,
                            self.evidence("refer") if card_figures else "", firing, borderline)
         doubts = []
-        if uncertainty_level != "low":
-            doubts.append(f"the model's uncertainty is {uncertainty_level}")
+        nevus = p[CLASS_INDEX[CLEAR_CLASS]]
+        if nevus < self.clear_threshold:
+            doubts.append(f"it is not a clear melanocytic nevus (nevus {nevus:.1%}, below the "
+                          f"{self.clear_threshold:.1%} that clears a lesion)")
+        if uncertainty_level == "high":
+            doubts.append("the model's uncertainty is high")
         if ood_level == "unusual":
             doubts.append("the image is unlike the training images")
         if ood_level == "maybe_clinical_photo":
@@ -136,8 +152,9 @@ class TriageRule:
             return Verdict("review", HEADLINES["review"], reasons + noise,
                            self.evidence("review") if card_figures else "", borderline=borderline)
         return Verdict("no_referral", HEADLINES["no_referral"],
-                       ("Every malignant class is below its referral threshold, uncertainty is low and the image is "
-                        "typical of the training data",) + noise,
+                       (f"A clear melanocytic nevus (nevus {nevus:.1%}, at or above the {self.clear_threshold:.1%} "
+                        "that clears a lesion), every malignant class below its referral threshold, the test-time "
+                        "views agreeing and the image typical of the training data",) + noise,
                        self.evidence("no_referral") if card_figures else "", borderline=borderline)
 
     def evidence(self, level: str) -> str:
@@ -151,14 +168,17 @@ class TriageRule:
         if level == "review":
             return (f"At clinics the model was not trained on, {figures['malignant_share']:.1%} of the images sent to "
                     "review were malignant.")
+        spread = figures.get("malignant_share_range")
+        spread = (f" ({spread[0]:.0%}-{spread[1]:.0%} across the held-out sources with enough such images)"
+                  if spread else "")
         return (f"At clinics the model was not trained on, {figures['malignant_share']:.1%} of the images given this "
-                f"verdict were malignant: it does not rule malignancy out.")
+                f"verdict were malignant{spread}: it does not rule malignancy out.")
 
     def to_card(self) -> dict:
         return {"thresholds": dict(self.thresholds), "target_sensitivity": self.target_sensitivity,
-                "out_of_source": self.out_of_source}
+                "clear_threshold": self.clear_threshold, "out_of_source": self.out_of_source}
 
     @classmethod
     def from_card(cls, card: ModelCard) -> "TriageRule":
         entry = card.triage
-        return cls(dict(entry.thresholds), entry.target_sensitivity, entry.out_of_source)
+        return cls(dict(entry.thresholds), entry.target_sensitivity, entry.clear_threshold, entry.out_of_source)
