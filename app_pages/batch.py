@@ -49,7 +49,8 @@ def summary_ui(table: pd.DataFrame, threshold: float | None) -> None:
     c5.metric("Refer (triage)", int((table["triage"] == "refer").sum()),
               help="Images whose verdict is Refer: a malignant class reaches its referral threshold. "
                    f"Melanoma alone: {int((table['refer'] == 'yes').sum())}; expert review advised: "
-                   f"{int((table['triage'] == 'review').sum())}.")
+                   f"{int((table['triage'] == 'review').sum())}; no referral indicated (clear nevi): "
+                   f"{int((table['triage'] == 'no_referral').sum())}.")
     card_threshold = rule().threshold
     used = (f"your session's threshold {threshold_text(threshold)}; the model card's is "
             f"{threshold_text(card_threshold)}" if threshold is not None
@@ -94,8 +95,9 @@ def results_ui(table: pd.DataFrame, threshold: float | None) -> None:
         "prediction": st.column_config.TextColumn("Prediction", help="▲ = malignant class"),
         "probability": st.column_config.ProgressColumn("Probability", min_value=0.0, max_value=100.0, format="%.1f%%"),
         "triage": st.column_config.TextColumn("Verdict", help="The triage verdict (the more severe first): Refer (a "
-                                              "malignant class reaches its threshold), Expert review (uncertain or "
-                                              "unusual), No referral indicated, No automated assessment (not "
+                                              "malignant class reaches its threshold), Expert review (not a clear "
+                                              "nevus, or uncertain or unusual), No referral indicated (a clear "
+                                              "nevus), No automated assessment (not "
                                               "dermoscopy: review the lesion yourself)"),
         "refer": st.column_config.TextColumn("Melanoma rule", help="yes: melanoma score above the referral "
                                              "threshold: consider dermoscopic follow-up or excision"),

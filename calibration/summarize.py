@@ -125,9 +125,12 @@ def out_of_source_tables(card: dict) -> str:
                      [[s, f["n"], f["melanomas"], f["classes_present"], f["melanoma_auc"], f["balanced_accuracy"],
                        f["macro_auc"]] for s, f in oos["shipped_per_source"].items()])
     rules = _table(["held-out source", "melanomas referred", "malignant referred", "benign not referred",
+                    "no referral: share", "no referral: malignant",
                     "'low': share", "'low': wrong", "unusual: error ratio", "90 % set coverage", "set size"],
                    [[s, _share(f["refer"]["melanoma_sensitivity"]), _share(f["refer"]["malignant_sensitivity"]),
-                     _share(f["refer"]["benign_specificity"]), _share(f["uncertainty"]["low"]["share"]),
+                     _share(f["refer"]["benign_specificity"]), _share(f["no_referral"]["share"]),
+                     "—" if f["no_referral"]["malignant_share"] is None else f"{f['no_referral']['malignant_share']:.1%}",
+                     _share(f["uncertainty"]["low"]["share"]),
                      _share(f["uncertainty"]["low"]["error_rate"]),
                      "—" if f["unusual"]["error_ratio"] is None else f"x{f['unusual']['error_ratio']:.2f}",
                      _share(f["conformal"]["coverage"]), f["conformal"]["mean_set_size"]]
