@@ -69,7 +69,10 @@ LOW_FITS = ("every_source", "pooled")     # the bound holds in every fitting sou
 MIN_LOW_IMAGES = 20                      # a held-out source's "low" error counts for the choice from this many images on
 CLEAR_TARGETS = (0.005, 0.01, 0.02)      # malignant shares tried above the clear-nevus threshold when fitting it
 CLEAR_FITS = ("every_source", "pooled")   # the share holds in every fitting source, or on their pooled images
-HELD_OUT_CLEAR_MAX_MALIGNANT = 0.01       # the issue's bound on "no referral" at a new clinic
+CLEAR_MARGINS = (1.0, 0.5, 0.25)          # fractions of the referral thresholds every malignant class must stay below
+HELD_OUT_CLEAR_MAX_MALIGNANT = 0.01       # the issue's bound on "no referral" at a new clinic (pooled) ...
+HELD_OUT_CLEAR_MAX_MISSED = 0.01          # ... and at most this share of any held-out clinic's malignant lesions cleared
+MIN_MALIGNANT = 50                        # a held-out source counts for that bound from this many malignant lesions
 UNCERTAINTY_SCORES = ("tta_disagreement", "max_probability", "entropy")
 UNUSUAL_CANDIDATES = ("feature_distance", "imagenet_distance", "case_distance")
 CONFORMAL_COVERAGE = 0.9
@@ -208,6 +211,8 @@ def rule_figures(labels, probs, groups, held: dict) -> dict:
                       "malignant_share": float(malignant[chosen].mean()) if chosen.any() else None,
                       "error_rate": float(wrong[chosen].mean()) if chosen.any() else None}
     cleared = verdicts == "no_referral"
+    out["no_referral"]["malignant_cleared"] = int(malignant[cleared].sum())
+    out["no_referral"]["malignant_lesions"] = int(malignant.sum())
     out["no_referral"]["malignant_share_ci95"] = value_with_ci(
         lambda i: malignant[i][cleared[i]].mean() if cleared[i].any() else None, len(labels), groups)["ci95"]
     out["no_referral"]["share_ci95"] = value_with_ci(lambda i: cleared[i].mean(), len(labels), groups)["ci95"]
@@ -247,7 +252,7 @@ class RuleFit:
         self.triage = TriageRule(class_referral_thresholds(probs, labels, binding, MALIGNANT_CODES,
                                                            setting["referral_target"]), setting["referral_target"],
                                  clear_threshold(probs[:, CLASS_INDEX[CLEAR_CLASS]], malignant, clear_binding,
-                                                 setting["clear_max_malignant"]))
+                                                 setting["clear_max_malignant"]), setting["clear_margin"])
         score = ev.uncertainty[setting["uncertainty_score"]][fit]
         low_cut = low_uncertainty_cut(score, errors, sources if setting["low_fit"] == "every_source" else
                                       np.full(len(sources), "pooled"), setting["low_max_error"])
@@ -357,21 +362,29 @@ def choose_unusual(ev: EvaluationImages, sources: list[str], unusual_without, ch
 
 def choose_clear(ev: EvaluationImages, sources: list[str], unusual_without, chosen: dict,
                  trials: list[dict]) -> dict:
-    """The malignant share and way of fitting the clear-nevus threshold whose "no referral" verdict holds
-    <= HELD_OUT_CLEAR_MAX_MALIGNANT malignant lesions on the pooled held-out sources, with the largest pooled share of
-    lesions (none: the smallest malignant share)."""
+    """The clear-nevus setting (malignant share and way of fitting its threshold, margin below the referral
+    thresholds) whose "no referral" verdicts on the held-out sources hold <= HELD_OUT_CLEAR_MAX_MALIGNANT malignant
+    lesions pooled and clear <= HELD_OUT_CLEAR_MAX_MISSED of the malignant lesions of every source with
+    >= MIN_MALIGNANT of them (the pooled figure is dominated by the largest sources; a clinic's own losses are what its
+    patients bear), with the largest pooled share of lesions; none: the smallest worst-source loss."""
     best = None
-    for target in CLEAR_TARGETS:
-        for fit in CLEAR_FITS:
-            setting = {**chosen, "clear_max_malignant": target, "clear_fit": fit}
-            _, pooled = held_out_figures(ev, setting, sources, unusual_without)
-            cleared = pooled["no_referral"]
-            trials.append({"setting": setting, "pooled_no_referral_share": cleared["share"],
-                           "pooled_no_referral_malignant_share": cleared["malignant_share"]})
-            ok = cleared["malignant_share"] is not None and cleared["malignant_share"] <= HELD_OUT_CLEAR_MAX_MALIGNANT
-            key = (ok, cleared["share"] if ok else -(cleared["malignant_share"] or 1))
-            if best is None or key > best[0]:
-                best = (key, setting)
+    for margin in CLEAR_MARGINS:
+        for target in CLEAR_TARGETS:
+            for fit in CLEAR_FITS:
+                setting = {**chosen, "clear_max_malignant": target, "clear_fit": fit, "clear_margin": margin}
+                rows, pooled = held_out_figures(ev, setting, sources, unusual_without)
+                cleared = pooled["no_referral"]
+                missed = max((r["no_referral"]["malignant_cleared"] / r["no_referral"]["malignant_lesions"]
+                              for r in rows.values() if r["no_referral"]["malignant_lesions"] >= MIN_MALIGNANT),
+                             default=0.0)
+                trials.append({"setting": setting, "pooled_no_referral_share": cleared["share"],
+                               "pooled_no_referral_malignant_share": cleared["malignant_share"],
+                               "worst_source_malignant_cleared": missed})
+                ok = (cleared["malignant_share"] is not None and cleared["malignant_share"] <= HELD_OUT_CLEAR_MAX_MALIGNANT
+                      and missed <= HELD_OUT_CLEAR_MAX_MISSED)
+                key = (ok, cleared["share"] if ok else -missed)
+                if best is None or key > best[0]:
+                    best = (key, setting)
     return best[1]
 
 
@@ -386,7 +399,7 @@ def choose_setting(ev: EvaluationImages, sources: list[str], unusual_without) ->
               "low_max_error": LOW_ERROR_TARGETS[-1],
               "low_fit": LOW_FITS[0], "uncertainty_score": scores[0],
               "unusual_score": UNUSUAL_CANDIDATES[0],
-              "clear_max_malignant": CLEAR_TARGETS[0], "clear_fit": CLEAR_FITS[0]}
+              "clear_max_malignant": CLEAR_TARGETS[0], "clear_fit": CLEAR_FITS[0], "clear_margin": CLEAR_MARGINS[0]}
     for choose in (choose_referral, choose_uncertainty, choose_unusual, choose_clear):
         chosen = choose(ev, sources, unusual_without, chosen, trials)
     return chosen, trials
@@ -547,6 +560,7 @@ def rule_sections(card, final, setting, trials, per_source, recipes, rules_per_s
     sources = list(per_source)
     pooled = rules_pooled
     final.triage = TriageRule(final.triage.thresholds, final.triage.target_sensitivity, final.triage.clear_threshold,
+                              final.triage.clear_margin,
                               {"refer": {k: (v["value"] if isinstance(v, dict) else v)
                                          for k, v in pooled["refer"].items()},
                                "review": pooled["review"],
@@ -556,9 +570,11 @@ def rule_sections(card, final, setting, trials, per_source, recipes, rules_per_s
     sections["triage"] = {**final.triage.to_card(), "clear_fit": {
         "rule": (f"smallest nevus probability at or above which <= {setting['clear_max_malignant']:.1%} of the "
                  + ("validation images of every source" if setting["clear_fit"] == "every_source" else
-                    "pooled validation images") + " were malignant (calibration.out_of_source); chosen as the setting "
-                 f"whose held-out 'no referral' verdicts were <= {HELD_OUT_CLEAR_MAX_MALIGNANT:.0%} malignant with "
-                 "the largest share of lesions")}}
+                    "pooled validation images") + " were malignant, every malignant class below "
+                 f"{setting['clear_margin']:.0%} of its referral threshold (calibration.out_of_source); chosen as the "
+                 f"setting whose held-out 'no referral' verdicts were <= {HELD_OUT_CLEAR_MAX_MALIGNANT:.0%} malignant "
+                 f"and cleared <= {HELD_OUT_CLEAR_MAX_MISSED:.0%} of any held-out source's malignant lesions "
+                 f"(sources with >= {MIN_MALIGNANT}), with the largest share of lesions")}}
     mel = ReferralRule("mel", final.triage.thresholds["mel"], setting["referral_target"])
     sections["referral"] = {**mel.to_card(), "score_meaning": "probability of melanoma",
                         "fit": {"rule": f"largest threshold with melanoma sensitivity >= {setting['referral_target']} "

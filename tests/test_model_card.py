@@ -50,7 +50,7 @@ def test_a_card_without_a_required_section_names_it(tmp_path, shipped, section):
 
 
 @pytest.mark.parametrize("section, field", [("referral", "threshold"), ("triage", "thresholds"),
-                                            ("triage", "clear_threshold"),
+                                            ("triage", "clear_threshold"), ("triage", "clear_margin"),
                                             ("uncertainty", "score"), ("ood", "unusual_score"),
                                             ("dermoscopy_check", "threshold"), ("image_quality", "thresholds"),
                                             ("conformal", "quantile"), ("retrieval", "knn_k")])
@@ -80,10 +80,10 @@ def test_no_rule_falls_back_to_a_default_threshold(card_with):
     with pytest.raises(TypeError):
         ReferralRule("mel")  # noqa: the missing threshold is the point
     with pytest.raises(TypeError):
-        TriageRule({"mel": 0.01}, 0.9)  # noqa: no clear-nevus threshold either
+        TriageRule({"mel": 0.01}, 0.9, 0.9)  # noqa: no clear margin either
     card = card_with(referral={"score": "mel", "threshold": 0.0123, "target_sensitivity": 0.9},
                      triage={"thresholds": {"mel": 0.0123, "bcc": 0.02}, "target_sensitivity": 0.9,
-                             "clear_threshold": 0.9, "out_of_source": {}})
+                             "clear_threshold": 0.9, "clear_margin": 0.5, "out_of_source": {}})
     assert ReferralRule.from_card(card).threshold == 0.0123
     assert TriageRule.from_card(card).thresholds == {"mel": 0.0123, "bcc": 0.02}
 

@@ -225,7 +225,7 @@ def test_the_dermoscopy_check_refuses_greys_or_passes_and_says_why():
                                                 "not_skin", "unusual", "in", "not_skin", "not_skin"]
     assert "not a photograph" in detector.assess({k: v[7:8] for k, v in scores.items()}).reason
     assert detector.assess({k: v[3:4] for k, v in scores.items()}).reason == MAYBE_CLINICAL_PHOTO_TEXT
-    verdict = TriageRule({"mel": 0.5}, 0.9, 0.9).verdict(np.full(7, 1 / 7), "low", "maybe_clinical_photo")
+    verdict = TriageRule({"mel": 0.5}, 0.9, 0.9, 1.0).verdict(np.full(7, 1 / 7), "low", "maybe_clinical_photo")
     assert verdict.level == "review" and "may be a camera photo" in verdict.text
     without_band = DermoscopyCheck(np.zeros(1), np.ones(1), np.zeros((3, 1)), np.zeros(3), threshold=0.01)
     assert without_band.kinds(p[3:4]).tolist() == ["dermoscopy"]

@@ -29,7 +29,7 @@ def probs_with(**values) -> np.ndarray:
     return p
 
 
-RULE = TriageRule({"mel": 0.02, "bcc": 0.05, "akiec": 0.05}, 0.9, 0.9,
+RULE = TriageRule({"mel": 0.02, "bcc": 0.05, "akiec": 0.05}, 0.9, 0.9, 1.0,
                   out_of_source={"refer": {"melanoma_sensitivity": 0.88, "malignant_sensitivity": 0.9,
                                            "benign_specificity": 0.6},
                                  "review": {"malignant_share": 0.2, "error_rate": 0.4},
@@ -111,6 +111,19 @@ def test_only_a_clear_nevus_is_cleared():
     assert clear.level == "no_referral" and "A clear melanocytic nevus (nevus 90.0%, at or above the 90.0%" in clear.text
 
 
+def test_a_clear_nevus_must_stay_well_below_every_referral_threshold():
+    """With a margin of 0.5, a confident nevus whose melanoma probability is below its threshold but above half of it
+    goes to review, saying so; the same nevus clearly below half of it is cleared; both verdict paths agree."""
+    rule = TriageRule({"mel": 0.02, "bcc": 0.05, "akiec": 0.05}, 0.9, 0.9, 0.5)
+    close = probs_with(nv=0.95, mel=0.015, bcc=0.001, akiec=0.001)
+    v = rule.verdict(close, "low", "in")
+    assert v.level == "review" and "melanoma 1.50% is not below 1.00%, the 50% of its referral threshold (2.00%)" in v.text
+    far = probs_with(nv=0.95, mel=0.005, bcc=0.001, akiec=0.001)
+    assert rule.verdict(far, "low", "in").level == "no_referral"
+    assert list(rule.levels(np.stack([close, far]), ["low", "low"], ["in", "in"])) == ["review", "no_referral"]
+    assert RULE.verdict(close, "low", "in").level == "no_referral"  # margin 1: below the threshold is enough
+
+
 def test_no_referral_says_what_it_missed_out_of_source():
     v = RULE.verdict(probs_with(nv=0.97, mel=0.001, bcc=0.001, akiec=0.001), "low", "in")
     assert v.level == "no_referral" and "3.0% of the images" in v.text and "does not rule" in v.text
@@ -136,11 +149,13 @@ def test_vectorised_levels_agree_with_single_verdicts():
 
 def test_rule_validates_and_round_trips(card_with):
     with pytest.raises(ValueError):
-        TriageRule({"nv": 0.1}, 0.9, 0.9)
+        TriageRule({"nv": 0.1}, 0.9, 0.9, 1.0)
     with pytest.raises(ValueError):
-        TriageRule({"mel": 1.5}, 0.9, 0.9)
+        TriageRule({"mel": 1.5}, 0.9, 0.9, 1.0)
     with pytest.raises(ValueError):
-        TriageRule({"mel": 0.1}, 0.9, 1.2)
+        TriageRule({"mel": 0.1}, 0.9, 1.2, 1.0)
+    with pytest.raises(ValueError):
+        TriageRule({"mel": 0.1}, 0.9, 0.9, 0.0)
     assert TriageRule.from_card(card_with(triage=RULE.to_card())) == RULE
 
 

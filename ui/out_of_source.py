@@ -134,7 +134,8 @@ def setting_text(setting: dict) -> str:
             f"{setting['uncertainty_score'].replace('_', ' ')} with <= {setting['low_max_error']:.0%} error "
             f"{where[setting['low_fit']]}; unusual images by {setting['unusual_score'].replace('_', ' ')}"
             + (f"; the clear-nevus threshold for <= {setting['clear_max_malignant']:.1%} malignant "
-               f"{where[setting['clear_fit']]}" if "clear_fit" in setting else ""))
+               f"{where[setting['clear_fit']]}, every malignant class below {setting['clear_margin']:.0%} of its "
+               "referral threshold" if "clear_fit" in setting else ""))
 
 
 def skin_ui(oos: dict) -> None:

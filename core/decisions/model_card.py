@@ -123,6 +123,7 @@ class TriageSection:
     thresholds: dict[str, float]  # malignant class code -> probability threshold
     target_sensitivity: float
     clear_threshold: float        # nevus probability from which a lesion below every threshold is cleared
+    clear_margin: float           # ... with every malignant class below this fraction of its referral threshold
     out_of_source: dict           # each verdict's figures on held-out sources (the sentences quote them)
 
 
@@ -273,7 +274,7 @@ def _parse(raw: dict, where: str) -> ModelCard:
         tri.fail(f"`triage.thresholds` must map malignant classes {list(MALIGNANT_CODES)} to probabilities, "
                  f"got {thresholds}")
     triage = TriageSection(thresholds, tri.probability("target_sensitivity"), tri.probability("clear_threshold"),
-                           tri.mapping("out_of_source"))
+                           tri.probability("clear_margin"), tri.mapping("out_of_source"))
 
     unc = section("uncertainty")
     cuts = unc.entry.get("cuts")

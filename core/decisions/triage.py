@@ -7,10 +7,11 @@ triage devices do.
 2. refer         a malignant class (melanoma, basal cell carcinoma, actinic keratosis / intraepithelial carcinoma)
                  reaches its referral threshold. Each class has its own threshold on its own probability, fitted by
                  calibration.out_of_source for a target sensitivity in every source it was fitted on.
-3. no_referral   below every referral threshold, and a clear melanocytic nevus: its nevus probability reaches the clear
-                 threshold, fitted by calibration.out_of_source so that few lesions above it were malignant at clinics
-                 the rule was not fitted on; the views agree (uncertainty not high), the image is typical and no
-                 image-quality check fired. The nevus probability, not a low malignant probability, decides: among the
+3. no_referral   a clear melanocytic nevus: its nevus probability reaches the clear threshold and every malignant
+                 class stays below a fraction (the clear margin) of its referral threshold, both fitted by
+                 calibration.out_of_source so that few lesions cleared were malignant at clinics the rule was not
+                 fitted on; the views agree (uncertainty not high), the image is typical and no image-quality check
+                 fired. The nevus probability, not a low malignant probability, decides: among the
                  lesions below every referral threshold it ranks the malignant ones far better held out (a confident
                  "benign keratosis" hides actinic keratoses and BCCs; a confident nevus rarely hides anything).
 4. review        everything else: below the referral thresholds but not a clear nevus, or a clear nevus whose result
@@ -72,6 +73,8 @@ class TriageRule:
     thresholds: dict[str, float]                      # malignant class code -> probability threshold
     target_sensitivity: float
     clear_threshold: float                            # nevus probability from which a lesion is a clear nevus
+    clear_margin: float                               # ... if every malignant class is below this fraction of its
+                                                      # referral threshold (1: merely below it)
     out_of_source: dict = field(default_factory=dict)  # figures of each verdict on held-out sources (the card's)
 
     def __post_init__(self):
@@ -83,6 +86,9 @@ class TriageRule:
             raise ValueError(f"triage thresholds must be probabilities in [0, 1]: {bad}")
         if not 0 <= self.clear_threshold <= 1:
             raise ValueError(f"the clear-nevus threshold must be a probability in [0, 1], got {self.clear_threshold}")
+        if not 0 < self.clear_margin <= 1:
+            raise ValueError(f"the clear margin must be a fraction of the referral thresholds in (0, 1], got "
+                             f"{self.clear_margin}")
 
     def limits(self, mel_threshold: float | None = None) -> dict[str, float]:
         """Each malignant class's threshold; `mel_threshold` replaces melanoma's (e.g. a session's own)."""
@@ -98,14 +104,15 @@ class TriageRule:
         """Vectorised verdict levels for (N, C) probabilities and per-image uncertainty / OOD levels (strings) and
         optional per-image booleans 'a quality check fired'."""
         p = np.asarray(probs, dtype=np.float64)
-        refer = np.zeros(len(p), dtype=bool)
+        refer, near = np.zeros(len(p), dtype=bool), np.zeros(len(p), dtype=bool)
         for code, t in self.thresholds.items():
             refer |= p[:, CLASS_INDEX[code]] >= t
+            near |= p[:, CLASS_INDEX[code]] >= self.clear_margin * t
         refused = np.isin(np.asarray(ood_levels), REFUSED_LEVELS)
         doubtful = (np.asarray(uncertainty_levels) == "high") | np.isin(np.asarray(ood_levels), GREYED_LEVELS)
         if quality_flags is not None:
             doubtful |= np.asarray(quality_flags, dtype=bool)
-        clear = (p[:, CLASS_INDEX[CLEAR_CLASS]] >= self.clear_threshold) & ~doubtful
+        clear = (p[:, CLASS_INDEX[CLEAR_CLASS]] >= self.clear_threshold) & ~near & ~doubtful
         return np.where(refused, "not_assessed", np.where(refer, "refer", np.where(clear, "no_referral", "review")))
 
     def verdict(self, probs, uncertainty_level: str, ood_level: str, ood_reason: str = "",
@@ -139,6 +146,10 @@ class TriageRule:
         if nevus < self.clear_threshold:
             doubts.append(f"it is not a clear melanocytic nevus (nevus {nevus:.1%}, below the "
                           f"{self.clear_threshold:.1%} that clears a lesion)")
+        doubts.extend(f"{CLASS_BY_CODE[c].name.lower()} {p[CLASS_INDEX[c]]:.2%} is not below "
+                      f"{self.clear_margin * limits[c]:.2%}, the {self.clear_margin:.0%} of its referral threshold "
+                      f"({limits[c]:.2%}) under which a lesion is cleared"
+                      for c in MALIGNANT_CODES if c in limits and p[CLASS_INDEX[c]] >= self.clear_margin * limits[c])
         if uncertainty_level == "high":
             doubts.append("the model's uncertainty is high")
         if ood_level == "unusual":
@@ -153,7 +164,7 @@ class TriageRule:
                            self.evidence("review") if card_figures else "", borderline=borderline)
         return Verdict("no_referral", HEADLINES["no_referral"],
                        (f"A clear melanocytic nevus (nevus {nevus:.1%}, at or above the {self.clear_threshold:.1%} "
-                        "that clears a lesion), every malignant class below its referral threshold, the test-time "
+                        "that clears a lesion), every malignant class well below its referral threshold, the test-time "
                         "views agreeing and the image typical of the training data",) + noise,
                        self.evidence("no_referral") if card_figures else "", borderline=borderline)
 
@@ -176,9 +187,11 @@ class TriageRule:
 
     def to_card(self) -> dict:
         return {"thresholds": dict(self.thresholds), "target_sensitivity": self.target_sensitivity,
-                "clear_threshold": self.clear_threshold, "out_of_source": self.out_of_source}
+                "clear_threshold": self.clear_threshold, "clear_margin": self.clear_margin,
+                "out_of_source": self.out_of_source}
 
     @classmethod
     def from_card(cls, card: ModelCard) -> "TriageRule":
         entry = card.triage
-        return cls(dict(entry.thresholds), entry.target_sensitivity, entry.clear_threshold, entry.out_of_source)
+        return cls(dict(entry.thresholds), entry.target_sensitivity, entry.clear_threshold, entry.clear_margin,
+                   entry.out_of_source)
