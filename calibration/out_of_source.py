@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 
 import cv2
@@ -40,13 +41,13 @@ from safetensors.torch import load_file
 from core.analysis.inference import NETWORK_FILES, OOD_FILE
 from core.analysis.metrics import balanced_accuracy, binary_auc, macro_auc, value_with_ci
 from core.data.acquisition import SOURCE_NAMES, acquisition_sources
-from core.data.classes import CLASS_CODES, CLASS_INDEX, MALIGNANT_CODES, NUM_CLASSES
+from core.data.classes import CLASS_CODES, CLASS_INDEX, MALIGNANT_CODES, MALIGNANT_INDICES, NUM_CLASSES
 from core.decisions.conformal import PredictionSets
 from core.decisions.decision_rule import DecisionRule
 from core.decisions.model_card import read_card_json
 from core.decisions.ood import OODDetector
 from core.decisions.ood_levels import REFUSED_LEVELS
-from core.decisions.referral import ReferralRule
+from core.decisions.referral import ReferralRule, melanoma_score
 from core.decisions.triage import CLEAR_CLASS, TriageRule
 from core.decisions.uncertainty import LEVELS, UncertaintyLevels, probability_scores
 from core.imaging.tta import ALL_VIEWS
@@ -197,7 +198,7 @@ def rule_figures(labels, probs, groups, held: dict) -> dict:
     verdicts, unc_levels, unusual, sets = held["verdicts"], held["unc"], held["unusual"], held["sets"]
     wrong = probs.argmax(1) != labels
     mel = labels == CLASS_INDEX["mel"]
-    malignant = np.isin(labels, [CLASS_INDEX[c] for c in MALIGNANT_CODES])
+    malignant = np.isin(labels, MALIGNANT_INDICES)
     refer = verdicts == "refer"
     low = unc_levels == "low"
     out = {"refer": {"melanoma_sensitivity": value_with_ci(lambda i: refer[i][mel[i]].mean() if mel[i].any() else None,
@@ -239,6 +240,11 @@ def _rows(held: dict, rows: np.ndarray) -> dict:
 
 
 # ---------------------------------------------------------------- rules fitted on some sources, applied to others
+def _binding(sources: np.ndarray, fit: str) -> np.ndarray:
+    """The groups a rule must hold in: each fitting source ("every_source"), or all of them as one ("pooled")."""
+    return sources if fit == "every_source" else np.full(len(sources), "pooled")
+
+
 class RuleFit:
     """Every reliability rule fitted on the `fit` rows (validation images of some sources) for one setting."""
 
@@ -246,16 +252,14 @@ class RuleFit:
         labels, sources, probs = ev.labels[fit], ev.acquisition[fit], ev.probs[fit]
         errors = probs.argmax(1) != labels
         self.setting = setting
-        binding = sources if setting["referral_fit"] == "every_source" else np.full(len(sources), "pooled")
-        malignant = np.isin(labels, [CLASS_INDEX[c] for c in MALIGNANT_CODES])
-        clear_binding = sources if setting["clear_fit"] == "every_source" else np.full(len(sources), "pooled")
-        self.triage = TriageRule(class_referral_thresholds(probs, labels, binding, MALIGNANT_CODES,
-                                                           setting["referral_target"]), setting["referral_target"],
-                                 clear_threshold(probs[:, CLASS_INDEX[CLEAR_CLASS]], malignant, clear_binding,
-                                                 setting["clear_max_malignant"]), setting["clear_margin"])
+        self.triage = TriageRule(class_referral_thresholds(probs, labels, _binding(sources, setting["referral_fit"]),
+                                                           MALIGNANT_CODES, setting["referral_target"]),
+                                 setting["referral_target"],
+                                 clear_threshold(probs[:, CLASS_INDEX[CLEAR_CLASS]], np.isin(labels, MALIGNANT_INDICES),
+                                                 _binding(sources, setting["clear_fit"]), setting["clear_max_malignant"]),
+                                 setting["clear_margin"])
         score = ev.uncertainty[setting["uncertainty_score"]][fit]
-        low_cut = low_uncertainty_cut(score, errors, sources if setting["low_fit"] == "every_source" else
-                                      np.full(len(sources), "pooled"), setting["low_max_error"])
+        low_cut = low_uncertainty_cut(score, errors, _binding(sources, setting["low_fit"]), setting["low_max_error"])
         high_cut = max(float(np.quantile(score, 1 - fit_rules.HIGH_SHARE)), low_cut)
         assigned = UncertaintyLevels(setting["uncertainty_score"], (low_cut, high_cut)).levels(score)
         self.levels = UncertaintyLevels(setting["uncertainty_score"], (low_cut, high_cut),
@@ -321,31 +325,41 @@ def choose_referral(ev: EvaluationImages, sources: list[str], unusual_without, c
     return max(reached, key=lambda t: t[:2])[2] if reached else max(tried, key=lambda t: t[:2])[2]
 
 
+def _best_setting(ev: EvaluationImages, sources: list[str], unusual_without, settings, judge,
+                  trials: list[dict]) -> dict:
+    """Each setting's rules fitted without each source and scored on it; `judge(setting, per_source, pooled)` gives
+    (key, trial entry). The setting with the largest key."""
+    best = None
+    for setting in settings:
+        rows, pooled = held_out_figures(ev, setting, sources, unusual_without)
+        key, trial = judge(setting, rows, pooled)
+        trials.append(trial)
+        if best is None or key > best[0]:
+            best = (key, setting)
+    return best[1]
+
+
 def choose_uncertainty(ev: EvaluationImages, sources: list[str], unusual_without, chosen: dict,
                        trials: list[dict]) -> dict:
     """The uncertainty score, error bound and way of fitting it whose "low" level errs <= HELD_OUT_LOW_MAX_ERROR
     pooled and on every held-out source with >= MIN_LOW_IMAGES low images, with the largest pooled share (none: the
     smallest pooled error)."""
     scores = [name for name in UNCERTAINTY_SCORES if name in ev.uncertainty]  # a one-view rule has no TTA score
-    best = None
-    for score in scores:
-        for bound in LOW_ERROR_TARGETS:
-            for fit in LOW_FITS:
-                setting = {**chosen, "uncertainty_score": score, "low_max_error": bound, "low_fit": fit}
-                rows, pooled = held_out_figures(ev, setting, sources, unusual_without)
-                errors = [r["uncertainty"]["low"]["error_rate"] for r in rows.values()
-                          if r["uncertainty"]["low"]["images"] >= MIN_LOW_IMAGES]
-                low = pooled["uncertainty"]["low"]
-                entry = {"setting": setting, "worst_low_error": max(errors) if errors else None,
-                         "pooled_low_error": low["error_rate"], "pooled_low_share": low["share"],
-                         "low_share_per_source": {s: r["uncertainty"]["low"]["share"] for s, r in rows.items()}}
-                trials.append(entry)
-                ok = (low["error_rate"] is not None and low["error_rate"] <= HELD_OUT_LOW_MAX_ERROR
-                      and all(e <= HELD_OUT_LOW_MAX_ERROR for e in errors))
-                key = (ok, low["share"] if ok else -(low["error_rate"] or 1))
-                if best is None or key > best[0]:
-                    best = (key, setting)
-    return best[1]
+
+    def judge(setting, rows, pooled):
+        errors = [r["uncertainty"]["low"]["error_rate"] for r in rows.values()
+                  if r["uncertainty"]["low"]["images"] >= MIN_LOW_IMAGES]
+        low = pooled["uncertainty"]["low"]
+        ok = (low["error_rate"] is not None and low["error_rate"] <= HELD_OUT_LOW_MAX_ERROR
+              and all(e <= HELD_OUT_LOW_MAX_ERROR for e in errors))
+        return (ok, low["share"] if ok else -(low["error_rate"] or 1)), {
+            "setting": setting, "worst_low_error": max(errors) if errors else None,
+            "pooled_low_error": low["error_rate"], "pooled_low_share": low["share"],
+            "low_share_per_source": {s: r["uncertainty"]["low"]["share"] for s, r in rows.items()}}
+
+    settings = ({**chosen, "uncertainty_score": score, "low_max_error": bound, "low_fit": fit}
+                for score, bound, fit in product(scores, LOW_ERROR_TARGETS, LOW_FITS))
+    return _best_setting(ev, sources, unusual_without, settings, judge, trials)
 
 
 def choose_unusual(ev: EvaluationImages, sources: list[str], unusual_without, chosen: dict,
@@ -367,25 +381,20 @@ def choose_clear(ev: EvaluationImages, sources: list[str], unusual_without, chos
     lesions pooled and clear <= HELD_OUT_CLEAR_MAX_MISSED of the malignant lesions of every source with
     >= MIN_MALIGNANT of them (the pooled figure is dominated by the largest sources; a clinic's own losses are what its
     patients bear), with the largest pooled share of lesions; none: the smallest worst-source loss."""
-    best = None
-    for margin in CLEAR_MARGINS:
-        for target in CLEAR_TARGETS:
-            for fit in CLEAR_FITS:
-                setting = {**chosen, "clear_max_malignant": target, "clear_fit": fit, "clear_margin": margin}
-                rows, pooled = held_out_figures(ev, setting, sources, unusual_without)
-                cleared = pooled["no_referral"]
-                missed = max((r["no_referral"]["malignant_cleared"] / r["no_referral"]["malignant_lesions"]
-                              for r in rows.values() if r["no_referral"]["malignant_lesions"] >= MIN_MALIGNANT),
-                             default=0.0)
-                trials.append({"setting": setting, "pooled_no_referral_share": cleared["share"],
-                               "pooled_no_referral_malignant_share": cleared["malignant_share"],
-                               "worst_source_malignant_cleared": missed})
-                ok = (cleared["malignant_share"] is not None and cleared["malignant_share"] <= HELD_OUT_CLEAR_MAX_MALIGNANT
-                      and missed <= HELD_OUT_CLEAR_MAX_MISSED)
-                key = (ok, cleared["share"] if ok else -missed)
-                if best is None or key > best[0]:
-                    best = (key, setting)
-    return best[1]
+    def judge(setting, rows, pooled):
+        cleared = pooled["no_referral"]
+        missed = max((r["no_referral"]["malignant_cleared"] / r["no_referral"]["malignant_lesions"]
+                      for r in rows.values() if r["no_referral"]["malignant_lesions"] >= MIN_MALIGNANT), default=0.0)
+        ok = (cleared["malignant_share"] is not None and cleared["malignant_share"] <= HELD_OUT_CLEAR_MAX_MALIGNANT
+              and missed <= HELD_OUT_CLEAR_MAX_MISSED)
+        return (ok, cleared["share"] if ok else -missed), {
+            "setting": setting, "pooled_no_referral_share": cleared["share"],
+            "pooled_no_referral_malignant_share": cleared["malignant_share"],
+            "worst_source_malignant_cleared": missed}
+
+    settings = ({**chosen, "clear_max_malignant": target, "clear_fit": fit, "clear_margin": margin}
+                for margin, target, fit in product(CLEAR_MARGINS, CLEAR_TARGETS, CLEAR_FITS))
+    return _best_setting(ev, sources, unusual_without, settings, judge, trials)
 
 
 def choose_setting(ev: EvaluationImages, sources: list[str], unusual_without) -> tuple[dict, list[dict]]:
@@ -485,10 +494,10 @@ def clear_score_ranking(ev: EvaluationImages, held: dict) -> dict:
     """Why the clear rule reads the nevus probability: among the lesions the held-out rules did not refer, how well
     each candidate score ranks the malignant ones (AUC, lesion-bootstrap CI; higher score = more likely malignant)."""
     rows = ~np.isin(held["verdicts"], ("refer", "not_assessed"))
-    malignant = np.isin(ev.labels, [CLASS_INDEX[c] for c in MALIGNANT_CODES])[rows]
+    malignant = np.isin(ev.labels, MALIGNANT_INDICES)[rows]
     probs, groups = ev.probs[rows], ev.groups[rows]
     scores = {"one_minus_nevus_probability": 1 - probs[:, CLASS_INDEX[CLEAR_CLASS]],
-              "malignant_probability": probs[:, [CLASS_INDEX[c] for c in MALIGNANT_CODES]].sum(1)}
+              "malignant_probability": melanoma_score(probs, "malignant")}
     return {"images": int(rows.sum()), "malignant": int(malignant.sum()),
             **{name: value_with_ci(lambda i, v=v: binary_auc(malignant[i], v[i]), len(v), groups)
                for name, v in scores.items()}}

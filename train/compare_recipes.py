@@ -29,13 +29,13 @@ import numpy as np
 
 from core.analysis.metrics import balanced_accuracy, binary_auc, softmax_with_temperature, value_with_ci
 from core.data.acquisition import acquisition_sources
-from core.data.classes import CLASS_INDEX, MALIGNANT_CODES
+from core.data.classes import CLASS_INDEX, MALIGNANT_INDICES
 from core.data.datasets import SOURCES, load_manifest
 from core.data.splits import assign_splits
 from core.imaging.tta import ALL_VIEWS
 from train.network_outputs import load_network, split_outputs
 
-MALIGNANT = [CLASS_INDEX[c] for c in MALIGNANT_CODES]
+MALIGNANT = list(MALIGNANT_INDICES)
 MEL = CLASS_INDEX["mel"]
 
 

@@ -65,10 +65,8 @@ def held_out_summary_ui(card: ModelCard) -> None:
               help=f"Mean set size {pooled['conformal']['mean_set_size']:.1f} classes.")
     cleared = pooled["no_referral"]
     st.caption(f"'No referral' was given to {_pct(cleared['share'])} of lesions, of which "
-               f"{_pct1(cleared['malignant_share'])} were malignant"
-               + (f" (95% CI {_pct1(cleared['malignant_share_ci95'][0])}-{_pct1(cleared['malignant_share_ci95'][1])})"
-                  if cleared.get("malignant_share_ci95") else "")
-               + ": it is given only to a clear melanocytic nevus with agreeing views and a typical image. "
+               f"{_pct1(cleared['malignant_share'])} were malignant (95% CI "
+               f"{_pct1(cleared['malignant_share_ci95'][0])}-{_pct1(cleared['malignant_share_ci95'][1])}): it is given only to a clear melanocytic nevus with agreeing views and a typical image. "
                f"'Low uncertainty' (which class exactly) is given to only {_pct(low['share'])} of images: fitted so "
                "that it stays right on sources the model was not trained on, it is rare, because at a new clinic the "
                "model cannot tell which of its confident answers to trust.")
@@ -133,9 +131,9 @@ def setting_text(setting: dict) -> str:
             f"{where[setting.get('referral_fit', 'every_source')]}; 'low' uncertainty by "
             f"{setting['uncertainty_score'].replace('_', ' ')} with <= {setting['low_max_error']:.0%} error "
             f"{where[setting['low_fit']]}; unusual images by {setting['unusual_score'].replace('_', ' ')}"
-            + (f"; the clear-nevus threshold for <= {setting['clear_max_malignant']:.1%} malignant "
-               f"{where[setting['clear_fit']]}, every malignant class below {setting['clear_margin']:.0%} of its "
-               "referral threshold" if "clear_fit" in setting else ""))
+            f"; the clear-nevus threshold for <= {setting['clear_max_malignant']:.1%} malignant "
+            f"{where[setting['clear_fit']]}, every malignant class below {setting['clear_margin']:.0%} of its "
+            "referral threshold")
 
 
 def skin_ui(oos: dict) -> None:

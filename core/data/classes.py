@@ -26,6 +26,7 @@ NUM_CLASSES = len(CLASSES)
 CLASS_INDEX: dict[str, int] = {c.code: i for i, c in enumerate(CLASSES)}
 CLASS_BY_CODE: dict[str, LesionClass] = {c.code: c for c in CLASSES}
 MALIGNANT_CODES: tuple[str, ...] = tuple(c.code for c in CLASSES if c.malignant)
+MALIGNANT_INDICES: tuple[int, ...] = tuple(i for i, c in enumerate(CLASSES) if c.malignant)
 
 
 def class_index(code: str) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.data.classes import CLASS_INDEX, MALIGNANT_CODES
+from core.data.classes import CLASS_INDEX, MALIGNANT_INDICES
 from core.decisions.model_card import ModelCard
 
 SCORES = {
@@ -28,7 +28,7 @@ def melanoma_score(probs, kind: str) -> np.ndarray:
     if kind == "mel":
         return p[..., CLASS_INDEX["mel"]]
     if kind == "malignant":
-        return p[..., [CLASS_INDEX[c] for c in MALIGNANT_CODES]].sum(-1)
+        return p[..., list(MALIGNANT_INDICES)].sum(-1)
     raise ValueError(f"unknown melanoma score {kind!r}; choose {', '.join(SCORES)}")
 
 
