@@ -15,6 +15,13 @@ from ui.model_files import classification_of, model_card
 from ui.out_of_source import held_out_summary_ui
 
 
+def backbones_text(card: ModelCard) -> str:
+    """"backbone X" when the three networks share one, else each network's."""
+    if len(set(card.backbones.values())) == 1:
+        return f"backbone {card.backbones['mask_cn']}"
+    return "backbones " + ", ".join(f"{network} {name}" for network, name in card.backbones.items())
+
+
 def metrics_ui(card: ModelCard) -> None:
     """Version line and the card's headline figures with their 95 % CIs, both test sets."""
     rule = card.decision_rule
@@ -22,7 +29,7 @@ def metrics_ui(card: ModelCard) -> None:
                       in (("classifier", card.input_size.classifier), ("segmenter", card.input_size.segmenter)))
     st.subheader("Shipped model")
     st.caption(f"Version **{card.version}** · created {str(card.display('created'))[:19]} · "
-               f"backbone {card.backbone} · input {sizes} · decision rule: "
+               f"{backbones_text(card)} · input {sizes} · decision rule: "
                f"{rule.views} test-time view(s), temperature {rule.temperature:.2f}")
     headline = {k: v for k, v in card.display("headline").items() if v}
     for source, label in HEADLINE_SOURCES.items():

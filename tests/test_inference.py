@@ -220,6 +220,32 @@ def test_tampered_weights_refuse_to_load(repo_root, tmp_path):
         Analyzer.load(copy)
 
 
+def test_each_network_is_built_on_the_backbone_the_card_names(repo_root, tmp_path, fullres):
+    """A larger classifier on the same segmenters (EfficientNet-Lite1 mask-CN, Lite0 coarse-SN and enhanced-SN)
+    loads and analyses: every network is built from its own backbone, not one shared name."""
+    import json
+
+    import torch
+
+    from core.models import create_model
+    from core.io.weights_io import save_weights
+
+    copy = tmp_path / "weights"
+    shutil.copytree(repo_root / "weights", copy, ignore=shutil.ignore_patterns("*.onnx"))
+    torch.manual_seed(0)
+    lite1 = create_model("mask_cn", "efficientnet_lite1", pretrained=None)
+    entry = save_weights(lite1, copy / "mask_cn.safetensors", metadata={"arch": "mask_cn",
+                                                                        "backbone": "efficientnet_lite1"})
+    card = json.loads((copy / "model_card.json").read_text())
+    card["files"]["mask_cn.safetensors"] = entry
+    card["backbones"]["mask_cn"] = "efficientnet_lite1"
+    (copy / "model_card.json").write_text(json.dumps(card))
+    analyzer = Analyzer.load(copy, engine="torch")
+    assert analyzer.mask_cn.net.pretrained_cfg["architecture"] == "efficientnet_lite1"
+    result = analyzer.analyze(_rgb(fullres[0][0]))
+    assert abs(sum(result.probs.values()) - 1) < 1e-5 and result.mask.any()
+
+
 def test_similar_cases_share_the_diagnosis_far_above_chance(analyzer, ham_split):
     """Retrieval quality live, on real held-out images: over the gate (9 test-split images per class) the 8 similar
     cases the Analyzer returns carry the query's diagnosis far more often than chance. With the same number of

@@ -49,6 +49,15 @@ def test_a_card_without_a_required_section_names_it(tmp_path, shipped, section):
     assert f"its {REQUIRED_SECTIONS[section]} step writes it" in message, message
 
 
+@pytest.mark.parametrize("backbones", [None, {"coarse_sn": "efficientnet_lite0", "mask_cn": "efficientnet_lite1"}])
+def test_a_card_must_name_the_backbone_of_every_network(shipped, backbones):
+    broken = {k: v for k, v in shipped.items() if k != "backbones"}
+    if backbones is not None:
+        broken["backbones"] = backbones
+    with pytest.raises(ModelCardError, match=r"backbone of each network \(coarse_sn, mask_cn, enhanced_sn\)"):
+        card_from_dict(broken)
+
+
 @pytest.mark.parametrize("section, field", [("referral", "threshold"), ("triage", "thresholds"),
                                             ("triage", "clear_threshold"), ("triage", "clear_margin"),
                                             ("uncertainty", "score"), ("ood", "unusual_score"),

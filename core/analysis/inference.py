@@ -184,7 +184,7 @@ class Analyzer:
             dtype = torch.float32  # ONNX Runtime computes these graphs in fp32; the torch copies (CAMs) match it
         networks = {}
         for arch, file_name in NETWORK_FILES.items():
-            model = create_model(arch, card.backbone, pretrained=None)
+            model = create_model(arch, card.backbones[arch], pretrained=None)
             state = load_verified(weights_dir, file_name, card)
             try:
                 model.load_state_dict(state)

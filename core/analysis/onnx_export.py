@@ -49,7 +49,7 @@ class _MaskCNGraph(nn.Module):
 def load_fp32_network(weights_dir: str | Path, name: str, card: ModelCard | None = None) -> nn.Module:
     """One network from weights_dir (sha256-checked against the model card), eval mode, BatchNorm folded, float32."""
     card = card if card is not None else load_card(weights_dir)
-    model = create_model(name, card.backbone, pretrained=None)
+    model = create_model(name, card.backbones[name], pretrained=None)
     model.load_state_dict(load_verified(Path(weights_dir), NETWORK_FILES[name], card))
     return fold_batchnorm(model.eval()).requires_grad_(False)
 

@@ -24,6 +24,7 @@ from core.data.classes import CLASS_CODES, MALIGNANT_CODES
 
 MODEL_CARD_NAME = "model_card.json"
 CALIBRATE_COMMAND = "python -m calibration.calibrate --config calibration/presets/shipped.toml"
+NETWORKS = ("coarse_sn", "mask_cn", "enhanced_sn")  # the MB-DCNN's three networks, in the order they run
 # section -> the calibration step that writes it (calibration.calibrate.STEPS), for the error message
 REQUIRED_SECTIONS = {
     "files": "evaluate", "preprocessing": "evaluate", "input_size": "evaluate", "decision_rule": "evaluate",
@@ -190,7 +191,7 @@ class PatientContextSection:
 class ModelCard:
     where: str                    # the file it was read from (for messages)
     version: str
-    backbone: str
+    backbones: dict[str, str]     # network (coarse_sn, mask_cn, enhanced_sn) -> the timm backbone it is built on
     files: dict[str, FileEntry]
     preprocessing: dict           # core.imaging.preprocess.Preprocessing.from_card's entry
     input_size: InputSizes
@@ -238,11 +239,17 @@ def _parse(raw: dict, where: str) -> ModelCard:
         if not isinstance(raw.get(name), dict):
             raise ModelCardError(f"{where} has no `{name}` section: rebuild the card with `{CALIBRATE_COMMAND}` "
                                  f"(its {step} step writes it).")
-    for name in ("version", "backbone"):
-        if not isinstance(raw.get(name), str) or not raw[name]:
-            raise ModelCardError(f"{where} has no `{name}`: rebuild the card with `{CALIBRATE_COMMAND}` (its evaluate "
-                                 "step writes it).")
-    version, backbone = raw["version"], raw["backbone"]
+    if not isinstance(raw.get("version"), str) or not raw["version"]:
+        raise ModelCardError(f"{where} has no `version`: rebuild the card with `{CALIBRATE_COMMAND}` (its evaluate "
+                             "step writes it).")
+    version = raw["version"]
+    # The networks need not share a backbone (a larger classifier on the same segmenters): each is built from its own.
+    backbones = raw.get("backbones")
+    if not isinstance(backbones, dict) or any(not isinstance(backbones.get(n), str) or not backbones[n]
+                                              for n in NETWORKS):
+        raise ModelCardError(f"{where} does not name the backbone of each network ({', '.join(NETWORKS)}) in "
+                             f"`backbones`: rebuild the card with `{CALIBRATE_COMMAND}` (its evaluate step writes it).")
+    backbones = {n: backbones[n] for n in NETWORKS}
 
     files = section("files")
     file_entries = {}
@@ -324,7 +331,7 @@ def _parse(raw: dict, where: str) -> ModelCard:
         seg.fail(f"`segmentation_tta.views` is {segmentation_views}, not 1 or 4")
 
     preprocessing = section("preprocessing").entry
-    return ModelCard(where, version, backbone, file_entries, preprocessing, input_size, decision_rule, referral,
+    return ModelCard(where, version, backbones, file_entries, preprocessing, input_size, decision_rule, referral,
                      triage, uncertainty, conformal, ood, dermoscopy_check, image_quality, split, retrieval,
                      patient_context, segmentation_views, raw)
 
