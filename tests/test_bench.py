@@ -174,3 +174,26 @@ def test_backward_flops_respect_groups():
     assert count_flops(lambda: conv(x).sum().backward()) == 3 * forward
     conv.requires_grad_(False)  # only the input gradient
     assert count_flops(lambda: conv(x).sum().backward()) == 2 * forward
+
+
+def test_two_weights_folders_are_timed_image_by_image(repo_root, data_dir, monkeypatch):
+    """bench.compare_weights: both analyzers timed on the same images after the warm-up, the ratio is the quotient of
+    the two p50s and its paired bootstrap CI contains it."""
+    from bench import compare_weights
+
+    monkeypatch.setenv("DATA_DIR", str(data_dir))
+    result = compare_weights.compare(repo_root / "weights", repo_root / "weights", n_images=3, warm=1)
+    shipped, candidate = result["full_cam"]["shipped"], result["full_cam"]["candidate"]
+    _check_summary(shipped, 3, "shipped")
+    _check_summary(candidate, 3, "candidate")
+    ratio = result["candidate_over_shipped"]
+    assert ratio["ratio"] == pytest.approx(candidate["p50_ms"] / shipped["p50_ms"])
+    assert ratio["ci95"][0] <= ratio["ratio"] <= ratio["ci95"][1]
+
+
+def test_the_paired_ratio_follows_the_candidate():
+    from bench.compare_weights import p50_ratio
+
+    base = [0.10, 0.11, 0.12, 0.13, 0.14]
+    doubled = p50_ratio(base, [2 * t for t in base])
+    assert doubled["ratio"] == pytest.approx(2.0) and doubled["ci95"] == pytest.approx([2.0, 2.0])
