@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 from safetensors.torch import load_file
 
-from core.decisions.model_card import NETWORKS
 from core.io.weights_io import NETWORK_FILES
 from core.data.classes import CLASS_CODES, CLASSES
 from core.data.dataset_summary import dataset_summary
@@ -148,7 +147,7 @@ def build_card(version: str, split: Split, manifest, files, nets, rule, rule_fit
         "created": created,
         "architecture": "Mutual Bootstrapping DCNN (Xie et al., IEEE TMI 2020): coarse-SN (U-Net) -> mask-CN "
                         "(4-channel classifier) -> CAM localisation map -> enhanced-SN (U-Net + E-layers)",
-        "backbones": {name: nets[name].meta["backbone"] for name in NETWORKS},
+        "backbones": {name: nets[name].meta["backbone"] for name in NETWORK_FILES},
         "class_names": list(CLASS_CODES),
         "classes": [{"code": c.code, "name": c.name, "malignant": c.malignant, "color": c.color} for c in CLASSES],
         "preprocessing": preprocessing_entry(mask_cn, coarse),

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.decisions.model_card import ModelCard
+from core.decisions.model_card import NETWORKS, ModelCard
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +23,7 @@ class WeightsIntegrityError(RuntimeError):
 
 
 #: The three networks' weight files in a weights folder, by architecture.
-NETWORK_FILES = {"coarse_sn": "coarse_sn.safetensors", "mask_cn": "mask_cn.safetensors", "enhanced_sn": "enhanced_sn.safetensors"}
+NETWORK_FILES = {name: f"{name}.safetensors" for name in NETWORKS}
 
 
 def sha256_of(path: str | os.PathLike) -> str:
