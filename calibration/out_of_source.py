@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.analysis.inference import NETWORK_FILES, OOD_FILE
-from core.analysis.metrics import balanced_accuracy, binary_auc, macro_auc, value_with_ci
+from core.analysis.metrics import balanced_accuracy, binary_auc, format_with_ci, macro_auc, value_with_ci
 from core.data.acquisition import SOURCE_NAMES, acquisition_sources
 from core.data.classes import CLASS_CODES, CLASS_INDEX, MALIGNANT_CODES, MALIGNANT_INDICES, NUM_CLASSES
 from core.decisions.conformal import PredictionSets
@@ -83,11 +83,14 @@ NEIGHBOURS = 8
 
 
 # ---------------------------------------------------------------- data
-def evaluation_data(data_dir: Path, weights: Path, split: Split, max_images: int
+def evaluation_data(data_dir: Path, weights: Path, split: Split, max_images: int, mask_cn: Path | None = None
                     ) -> tuple[pd.DataFrame, dict, pd.DataFrame, dict]:
-    """(evaluation table, its network outputs, training table, its outputs), each table with `acquisition`."""
+    """(evaluation table, its network outputs, training table, its outputs), each table with `acquisition`.
+    mask_cn: another mask-CN weight file in place of WEIGHTS' (a candidate, calibration.compare_triage)."""
     tables, _ = read_tables(data_dir, split, max_images)
     nets = {arch: load_network(weights / name) for arch, name in NETWORK_FILES.items()}
+    if mask_cn is not None:
+        nets["mask_cn"] = load_network(mask_cn)
     parts = ("val", "ham10000_test", "isic2017_test")
     outs = [split_outputs(nets, tables[p], segmentation=False, views=ALL_VIEWS) for p in parts]
     evaluation = pd.concat([tables[p] for p in parts], ignore_index=True)
@@ -707,41 +710,33 @@ def print_summary(card: dict) -> None:
     print(f"setting chosen on held-out sources: {oos['setting']}")
     print("\nshipped classifier per source (evaluation images):")
     for s, f in oos["shipped_per_source"].items():
-        print(f"  {s:14s} n={f['n']:5d} mel={f['melanomas']:4d}  mel AUC {_fmt(f['melanoma_auc'])}  "
-              f"BA {_fmt(f['balanced_accuracy'])}")
+        print(f"  {s:14s} n={f['n']:5d} mel={f['melanomas']:4d}  mel AUC {format_with_ci(f['melanoma_auc'])}  "
+              f"BA {format_with_ci(f['balanced_accuracy'])}")
     print("\nheads on frozen features, leave one source out (mel AUC / BA):")
     for name, per in oos["recipes_held_out"].items():
-        print(f"  {name:32s} " + "  ".join(f"{s}: {_fmt(f['melanoma_auc'], 2)}/{_fmt(f['balanced_accuracy'], 2)}"
+        print(f"  {name:32s} " + "  ".join(f"{s}: {format_with_ci(f['melanoma_auc'], 2)}/{format_with_ci(f['balanced_accuracy'], 2)}"
                                           for s, f in per.items()))
     print("\nrules fitted without the source, per held-out source:")
     for s, f in {**oos["rules_per_source"], "pooled": oos["rules_pooled"]}.items():
         u, r = f["uncertainty"]["low"], f["refer"]
-        print(f"  {s:14s} refer mel sens {_fmt(r['melanoma_sensitivity'])} malignant {_num(r['malignant_sensitivity'])} "
+        print(f"  {s:14s} refer mel sens {format_with_ci(r['melanoma_sensitivity'])} malignant {_num(r['malignant_sensitivity'])} "
               f"benign spec {_num(r['benign_specificity'])} | low share {u['share']:.2f} err {_num(u['error_rate'])} | "
               f"unusual x{_num(f['unusual']['error_ratio'])} | set coverage {f['conformal']['coverage']:.3f} "
               f"size {f['conformal']['mean_set_size']:.2f} | no referral {f['no_referral']['share']:.3f} "
               f"malignant {_num(f['no_referral']['malignant_share'])}")
     ranking = oos["clear_score_auc"]
     print(f"\namong the {ranking['images']} lesions not referred ({ranking['malignant']} malignant), AUC for malignant: "
-          + ", ".join(f"{k} {_fmt(v)}" for k, v in ranking.items() if isinstance(v, dict)))
+          + ", ".join(f"{k} {format_with_ci(v)}" for k, v in ranking.items() if isinstance(v, dict)))
     print("\nskin tone (ITA group: evaluation / training images, BA):")
     for g, f in oos["skin_tone"]["per_group"].items():
         print(f"  {g:13s} {f['images_evaluation']:5d} / {f['images_training']:5d}  "
-              f"{_fmt(f.get('balanced_accuracy')) if f.get('balanced_accuracy') else '-'}")
+              f"{format_with_ci(f.get('balanced_accuracy')) if f.get('balanced_accuracy') else '-'}")
     print(f"\nsimilar cases, pooled share of {NEIGHBOURS} neighbours with the true diagnosis: "
-          + ", ".join(f"{k} {_fmt(v)}" for k, v in oos["similar_cases"]["pooled"].items()))
+          + ", ".join(f"{k} {format_with_ci(v)}" for k, v in oos["similar_cases"]["pooled"].items()))
 
 
 def _num(v) -> str:
     return "-" if v is None else f"{v:.3f}"
-
-
-def _fmt(entry, digits: int = 3) -> str:
-    if entry is None or entry.get("value") is None:
-        return "-"
-    low, high = entry["ci95"]
-    ci = "" if low is None else f" [{low:.{digits}f}, {high:.{digits}f}]"
-    return f"{entry['value']:.{digits}f}{ci}"
 
 
 if __name__ == "__main__":

@@ -145,6 +145,22 @@ def test_mask_cn_trains_images_without_a_drawn_mask_on_coarse_sn_s_mask(tiny_run
     assert source_repeats(np.array(["isic2017", "acral", "x"]), "isic2017=2, acral=4") .tolist() == [2, 4, 1]
 
 
+def test_a_clinic_inside_ham10000_can_be_repeated_on_its_own(data_dir):
+    """source_repeats names HAM10000's acquisition sources too: Queensland's images thrice, the rest of HAM10000
+    once, whatever their dataset says."""
+    from core.data.acquisition import acquisition_sources
+    from core.data.datasets import load_manifest
+    from train.stages import acquisitions_if_named, source_repeats
+
+    table = load_manifest(data_dir, sources=("ham10000", "isic2017"))
+    spec = "isic2017=2,rosendahl=3"
+    repeats = source_repeats(table["source"].to_numpy(), spec, acquisitions_if_named(table, spec, str(data_dir)))
+    clinic = acquisition_sources(table, data_dir).to_numpy()
+    assert set(repeats[clinic == "rosendahl"]) == {3} and set(repeats[clinic == "isic2017"]) == {2}
+    assert set(repeats[(clinic != "rosendahl") & (clinic != "isic2017")]) == {1}
+    assert acquisitions_if_named(table, "isic2017=2", str(data_dir)) is None  # datasets only: nothing to look up
+
+
 def test_a_preset_sets_the_defaults_and_the_command_line_wins(tmp_path, repo_root):
     preset = repo_root / "train" / "presets" / "mask_cn_acral_finetune.toml"
     cfg = train_stage.parse_args(["--config", str(preset), "--epochs", "3"])

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.analysis.metrics import balanced_accuracy, binary_auc, softmax_with_temperature, value_with_ci
+from core.analysis.metrics import balanced_accuracy, binary_auc, format_with_ci, softmax_with_temperature, value_with_ci
 from core.data.acquisition import acquisition_sources
 from core.data.classes import CLASS_INDEX, MALIGNANT_INDICES
 from core.data.datasets import SOURCES, load_manifest
@@ -97,21 +97,14 @@ def compare(labels: np.ndarray, groups: np.ndarray, probs: dict[str, np.ndarray]
     return out
 
 
-def _fmt(entry: dict) -> str:
-    if entry["value"] is None:
-        return "-"
-    low, high = entry["ci95"]
-    return f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]" if low is not None else f"{entry['value']:.3f}"
-
-
 def table(result: dict) -> str:
     keys = ["melanoma_auc", "malignant_auc", "balanced_accuracy", "benign_specificity_at_90_melanoma_sensitivity"]
     lines = ["| member | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, row in result.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(row[k]) for k in keys) + " |")
+        lines.append(f"| {name} | " + " | ".join(format_with_ci(row[k]) for k in keys) + " |")
         for diff_name, diff in ((k, v) for k, v in row.items() if k.startswith("difference_to_")):
             lines.append(f"| {name} - {diff_name[len('difference_to_'):]} | "
-                         + " | ".join(_fmt(diff[k]) for k in keys) + " |")
+                         + " | ".join(format_with_ci(diff[k]) for k in keys) + " |")
     return "\n".join(lines)
 
 

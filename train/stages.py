@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from core.analysis.metrics import balanced_accuracy, binary_auc
+from core.data.acquisition import acquisition_sources
 from core.data.classes import CLASS_CODES, NUM_CLASSES, class_index
 from core.models.losses import class_weights, hybrid_loss, mixed_cross_entropy
 from core.models.mbdcnn import coarse_probabilities, mask_cn_input, run_chain
@@ -60,10 +61,21 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def source_repeats(sources: np.ndarray, spec: str) -> np.ndarray:
-    """Times each training image appears per epoch, from "source=n,..." (sources not named: once)."""
+def source_repeats(sources: np.ndarray, spec: str, acquisitions: np.ndarray | None = None) -> np.ndarray:
+    """Times each training image appears per epoch, from "source=n,..." (sources not named: once). A name may be a
+    dataset (ham10000, isic2017, acral) or, given `acquisitions`, an image's acquisition source
+    (core.data.acquisition: a HAM10000 clinic such as rosendahl), which wins over its dataset's."""
     times = {name.strip(): int(n) for name, n in (part.split("=") for part in spec.split(",") if part.strip())}
-    return np.array([times.get(s, 1) for s in sources], dtype=int)
+    acquisitions = sources if acquisitions is None else acquisitions
+    return np.array([times.get(a, times.get(s, 1)) for s, a in zip(sources, acquisitions)], dtype=int)
+
+
+def acquisitions_if_named(table: pd.DataFrame, spec: str, data_dir: str) -> np.ndarray | None:
+    """The rows' acquisition sources when `spec` (source_repeats) names one that is not a dataset, else None."""
+    names = {part.split("=")[0].strip() for part in spec.split(",") if part.strip()}
+    if not names - set(table["source"]):
+        return None
+    return acquisition_sources(table, data_dir).to_numpy()
 
 
 def upstream_images(table: pd.DataFrame, meta: dict, use_cache: bool) -> np.ndarray:
@@ -124,7 +136,9 @@ class Stage(ABC):
     def load(self, table: pd.DataFrame, training: bool) -> Arrays:
         images, masks = load_arrays(table, self.size, self.preprocessing, self.wants_masks(training), self.cfg["use_cache"])
         sources = table["source"].to_numpy()
-        repeats = source_repeats(sources, self.cfg["source_repeats"]) if training else None
+        spec = self.cfg["source_repeats"]
+        repeats = (source_repeats(sources, spec, acquisitions_if_named(table, spec, self.cfg["data_dir"]))
+                   if training else None)
         return Arrays(images, torch.tensor([class_index(d) for d in table["dx"]]), sources, masks, None, repeats)
 
     def _pixels(self, arrays: Arrays, idx: np.ndarray) -> torch.Tensor:

@@ -384,6 +384,15 @@ def value_with_ci(statistic, n: int, groups=None, resamples: int = 1000) -> dict
     return {"value": None if value is None else float(value), "ci95": [low, high]}
 
 
+def format_with_ci(entry: dict | None, digits: int = 3) -> str:
+    """A value_with_ci entry as "0.943 [0.915, 0.970]" ("-" without a value, no brackets without an interval)."""
+    if entry is None or entry.get("value") is None:
+        return "-"
+    low, high = entry["ci95"]
+    ci = "" if low is None else f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{entry['value']:.{digits}f}{ci}"
+
+
 def risk_coverage(scores, errors) -> dict:
     """Selective prediction: images accepted in order of increasing uncertainty score; at each coverage, the error
     rate (risk) of the accepted ones. Returns coverage and risk curves (downsampled) and their area (AURC)."""
