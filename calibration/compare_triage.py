@@ -7,14 +7,14 @@
 A candidate is a weights folder with its model card (the networks and the decision rule calibration.evaluate fitted
 for them), or a mask-CN weight file (a training run's best.safetensors) on the segmenters of --weights, its decision
 rule fitted on validation as calibration.evaluate fits it, or `a+b` of those: the mean of their probabilities, each
-under its own decision rule. Every candidate goes
-through the card's own out-of-source rule protocol (calibration.out_of_source, steps 3 and 4): each rule fitted on
-the validation images of every source but S and applied to S's evaluation images, its settings chosen on those
-held-out figures. Reported, pooled and per held-out source: melanoma and all-malignant sensitivity of "refer", benign
-lesions not referred, the share of "no referral" with the malignant lesions among it, and the benign lesions at or
-above melanoma's threshold alone (how much of the referral of benign lesions melanoma's threshold makes). Each candidate's difference
-to the first is bootstrapped on the same resampled lesions (a paired CI), so a lever counts only where that interval
-excludes 0. Writes --out (JSON) and prints a table.
+under its own decision rule. Every candidate goes through the card's own out-of-source rule protocol
+(calibration.out_of_source, steps 3 and 4): each rule fitted on the validation images of every source but S and
+applied to S's evaluation images, its settings chosen on those held-out figures. Reported, pooled and per held-out
+source: melanoma and all-malignant sensitivity of "refer", benign lesions not referred, the share of "no referral"
+with the malignant lesions among it, and the benign lesions at or above melanoma's threshold alone (how much of the
+referral of benign lesions melanoma's threshold makes). Each candidate's difference to the first is bootstrapped on
+the same resampled lesions (a paired CI), so a lever counts only where that interval excludes 0. Writes --out (JSON)
+and prints a table.
 
 This is the criterion that decides whether a retrained classifier ships (the card's held-out triage figures), in
 about a minute per candidate once train.network_outputs has cached its networks' outputs, against ~85 minutes for the
@@ -115,11 +115,18 @@ def card_rule(card: dict) -> DecisionRule:
     return DecisionRule(int(entry["views"]), float(entry["temperature"]), tuple(entry["logit_offsets"]))
 
 
-def fitted_rule(evaluation: pd.DataFrame, logits: np.ndarray, train: pd.DataFrame) -> DecisionRule:
+def fitted_rule(evaluation: pd.DataFrame, logits: np.ndarray, train: pd.DataFrame, form: str = "fitted"
+                ) -> DecisionRule:
     """The decision rule calibration.evaluate would fit for these logits: on the validation images of the card's
-    datasets, class priors from their training images."""
+    datasets, class priors from their training images ("fitted": views, logit adjustment and temperature chosen as
+    evaluate chooses them; "plain": the shipped rule's form, every view and no logit adjustment, only the temperature
+    fitted, so that a candidate differs from the shipped model by its network alone)."""
     val = ((evaluation["split"] == "val") & evaluation["source"].isin(CARD_SOURCES)).to_numpy()
     labels = np.array([CLASS_INDEX[c] for c in evaluation["dx"]])
+    if form == "plain":
+        offsets = np.zeros(NUM_CLASSES)
+        return DecisionRule(len(logits), fit_rules.fit_temperature(logits[:, val], labels[val], offsets),
+                            tuple(float(o) for o in offsets))
     train_labels = np.array([CLASS_INDEX[c] for c in train.loc[train["source"].isin(CARD_SOURCES), "dx"]])
     priors = (np.bincount(train_labels, minlength=NUM_CLASSES) + 1) / (len(train_labels) + NUM_CLASSES)
     rule, _ = fit_rules.fit_decision_rule(logits[:, val], labels[val], evaluation["source"].to_numpy()[val], priors)
@@ -127,7 +134,7 @@ def fitted_rule(evaluation: pd.DataFrame, logits: np.ndarray, train: pd.DataFram
 
 
 def candidate_verdicts(members: list[Path], weights: Path, data_dir: Path, split: Split, max_images: int,
-                       acral: bool) -> dict:
+                       acral: bool, rule_form: str = "fitted") -> dict:
     """The candidate's held-out verdicts: rules fitted without each source, applied to it (the first member's
     features, and the OOD model and card of its folder, serve the unusual flag and the similar-case settings)."""
     folders = [weights if m.suffix == ".safetensors" else m for m in members]
@@ -136,7 +143,7 @@ def candidate_verdicts(members: list[Path], weights: Path, data_dir: Path, split
     ids = data[0][0]["image_id"].tolist()
     if any(d[0]["image_id"].tolist() != ids for d in data[1:]):
         raise ValueError("the members' evaluation images differ; compare them under one split (--split-file)")
-    rules = [fitted_rule(d[0], d[1]["logits"], d[2]) if m.suffix == ".safetensors" else card_rule(read_card_json(m))
+    rules = [fitted_rule(d[0], d[1]["logits"], d[2], rule_form) if m.suffix == ".safetensors" else card_rule(read_card_json(m))
              for d, m in zip(data, members)]
     cards = [read_card_json(f) for f in folders]
     evaluation, outputs, train, train_out = data[0]
@@ -193,10 +200,10 @@ def paired_differences(ev, held: dict, baseline: dict, resamples: int = 1000) ->
 
 
 def compare(candidates: list[tuple[str, list[Path]]], weights: Path, data_dir: Path, split: Split,
-            max_images: int = 0, acral: bool = False, resamples: int = 1000) -> dict:
+            max_images: int = 0, acral: bool = False, resamples: int = 1000, rule_form: str = "fitted") -> dict:
     result, first = {}, None
     for name, members in candidates:
-        verdicts = candidate_verdicts(members, weights, data_dir, split, max_images, acral)
+        verdicts = candidate_verdicts(members, weights, data_dir, split, max_images, acral, rule_form)
         entry = {"members": [str(m) for m in members], "decision_rules": verdicts["rules"],
                  "setting": verdicts["setting"],
                  "pooled": verdicts["pooled"], "per_source": verdicts["per_source"]}
@@ -230,19 +237,23 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--candidate", type=parse_candidate, action="append", required=True,
-                        help="name=folder or name=folder+folder (mean of their probabilities); the first is the baseline")
+                        help="name=member or name=member+member (mean of their probabilities), a member being a "
+                             "weights folder or a mask-CN .safetensors file; the first candidate is the baseline")
     parser.add_argument("--weights", default="weights", help="the segmenters, OOD model and card a mask-CN file "
                                                               "member runs with, and the default split")
     parser.add_argument("--split-file", default="", help="default: the split of the card in --weights")
     parser.add_argument("--acral", action="store_true", help="the acral contributors as held-out sources too")
     parser.add_argument("--max-images", type=int, default=0, help=">0: at most this many images per class, source "
                                                                   "and split (tests)")
+    parser.add_argument("--rule", choices=("fitted", "plain"), default="fitted",
+                        help="a mask-CN file's decision rule: as calibration.evaluate fits it, or the shipped rule's "
+                             "form (8 views, no logit adjustment, temperature fitted)")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--out", default="runs/compare_triage.json")
     args = parser.parse_args(argv)
     split = Split.of_args(args.split_file, Path(args.weights))
     result = compare(args.candidate, Path(args.weights), Path(args.data_dir), split, args.max_images, args.acral,
-                     args.resamples)
+                     args.resamples, args.rule)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print_table(result)

@@ -7,11 +7,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from core.data.classes import CLASS_INDEX, NUM_CLASSES
+from core.data.classes import CLASS_CODES, CLASS_INDEX, NUM_CLASSES
 from core.decisions.decision_rule import DecisionRule
-from calibration.compare_triage import FIGURES, main, mean_probabilities, paired_differences, parse_candidate
+from calibration.compare_triage import (FIGURES, fitted_rule, main, mean_probabilities, paired_differences,
+                                        parse_candidate)
+from calibration.fit_rules import fit_temperature
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
@@ -70,3 +73,21 @@ def test_paired_differences_follow_the_verdicts_lesion_by_lesion():
     assert diff["no_referral_malignant_share"]["value"] is None  # the baseline clears nothing
     assert diff["benign_specificity"]["ci95"] == [1.0, 1.0]
     assert diff["benign_over_melanoma_threshold"]["value"] == -1.0
+
+
+def test_the_plain_rule_form_keeps_every_view_and_fits_the_temperature_alone():
+    rng = np.random.default_rng(1)
+    n = 300
+    dx = np.array(CLASS_CODES)[rng.integers(0, NUM_CLASSES, n)]
+    evaluation = pd.DataFrame({"dx": dx, "split": np.where(np.arange(n) < 200, "val", "test"),
+                               "source": np.where(np.arange(n) % 2, "ham10000", "isic2017")})
+    # confident (a margin of 8) and wrong three times in ten: the fitted temperature must soften it
+    shown = np.where(rng.uniform(size=n) < 0.7, [CLASS_INDEX[d] for d in dx], rng.integers(0, NUM_CLASSES, n))
+    logits = rng.normal(size=(8, n, NUM_CLASSES)) * 0.3
+    logits[:, np.arange(n), shown] += 8
+    train = pd.DataFrame({"dx": dx, "source": "ham10000"})
+    plain = fitted_rule(evaluation, logits, train, "plain")
+    assert plain.views == 8 and not any(plain.logit_offsets)
+    val = np.arange(n) < 200
+    expected = fit_temperature(logits[:, val], np.array([CLASS_INDEX[d] for d in dx[val]]), np.zeros(NUM_CLASSES))
+    assert plain.temperature == expected and expected > 1  # the logits were made overconfident
