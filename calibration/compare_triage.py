@@ -35,16 +35,16 @@ import numpy as np
 import pandas as pd
 from safetensors.torch import load_file
 
-from core.analysis.inference import NETWORK_FILES, OOD_FILE
+from core.analysis.inference import OOD_FILE
 from core.analysis.metrics import format_with_ci, value_with_ci
-from core.data.acquisition import SOURCE_NAMES, acquisition_sources
+from core.data.acquisition import SOURCE_NAMES
 from core.data.classes import CLASS_INDEX, MALIGNANT_INDICES, NUM_CLASSES
 from core.data.datasets import load_manifest
 from core.decisions.decision_rule import DecisionRule
 from core.decisions.model_card import read_card_json
 from core.decisions.uncertainty import probability_scores
 from core.imaging.tta import ALL_VIEWS
-from train.network_outputs import load_network, split_outputs
+from train.network_outputs import split_outputs
 from calibration import fit_rules, out_of_source as oos
 from calibration.card_io import Split
 from calibration.evaluate import CARD_SOURCES
@@ -71,11 +71,8 @@ def _acral_rows(data_dir: Path, weights: Path, split: Split, max_images: int, ma
         acral = pd.concat([g.sample(n=min(max_images, len(g)), random_state=0)
                            for _, g in acral.groupby(["split", "dx"])])
     acral = acral.reset_index(drop=True)
-    acral["acquisition"] = acquisition_sources(acral, data_dir, acral_contributors=True).to_numpy()
-    acral["group"] = np.where(acral["lesion_id"].fillna("") != "", acral["lesion_id"].fillna(""), acral["image_id"])
-    nets = {arch: load_network(weights / name) for arch, name in NETWORK_FILES.items()}
-    if mask_cn is not None:
-        nets["mask_cn"] = load_network(mask_cn)
+    oos.add_sources(acral, data_dir, acral_contributors=True)
+    nets = oos.load_networks(weights, mask_cn)
     evaluation = acral[acral["split"] != "train"].reset_index(drop=True)
     train = acral[acral["split"] == "train"].reset_index(drop=True)
     return (evaluation, split_outputs(nets, evaluation, segmentation=False, views=ALL_VIEWS),
@@ -134,7 +131,7 @@ def fitted_rule(evaluation: pd.DataFrame, logits: np.ndarray, train: pd.DataFram
 
 
 def candidate_verdicts(members: list[Path], weights: Path, data_dir: Path, split: Split, max_images: int,
-                       acral: bool, rule_form: str = "fitted") -> dict:
+                       acral: bool, rule_form: str = "fitted", resamples: int = 1000) -> dict:
     """The candidate's held-out verdicts: rules fitted without each source, applied to it (the first member's
     features, and the OOD model and card of its folder, serve the unusual flag and the similar-case settings)."""
     folders = [weights if m.suffix == ".safetensors" else m for m in members]
@@ -143,9 +140,9 @@ def candidate_verdicts(members: list[Path], weights: Path, data_dir: Path, split
     ids = data[0][0]["image_id"].tolist()
     if any(d[0]["image_id"].tolist() != ids for d in data[1:]):
         raise ValueError("the members' evaluation images differ; compare them under one split (--split-file)")
-    rules = [fitted_rule(d[0], d[1]["logits"], d[2], rule_form) if m.suffix == ".safetensors" else card_rule(read_card_json(m))
-             for d, m in zip(data, members)]
     cards = [read_card_json(f) for f in folders]
+    rules = [fitted_rule(d[0], d[1]["logits"], d[2], rule_form) if m.suffix == ".safetensors" else card_rule(card)
+             for d, m, card in zip(data, members, cards)]
     evaluation, outputs, train, train_out = data[0]
     probs, per_view = mean_probabilities([d[1]["logits"] for d in data], rules)
     ev = replace(oos.evaluation_images(evaluation, outputs, cards[0]), probs=probs,
@@ -158,8 +155,8 @@ def candidate_verdicts(members: list[Path], weights: Path, data_dir: Path, split
     setting, _ = oos.choose_setting(ev, sources, unusual)
     held = oos.held_out_predictions(ev, setting, sources, unusual)
     return {"ev": ev, "held": held, "setting": setting, "rules": [asdict(r) for r in rules],
-            "per_source": {s: _figures(ev, held, ev.acquisition == s) for s in sources},
-            "pooled": _figures(ev, held, np.ones(len(ev.labels), bool))}
+            "per_source": {s: _figures(ev, held, ev.acquisition == s, resamples) for s in sources},
+            "pooled": _figures(ev, held, np.ones(len(ev.labels), bool), resamples)}
 
 
 def _statistics(ev, held: dict) -> dict:
@@ -203,7 +200,7 @@ def compare(candidates: list[tuple[str, list[Path]]], weights: Path, data_dir: P
             max_images: int = 0, acral: bool = False, resamples: int = 1000, rule_form: str = "fitted") -> dict:
     result, first = {}, None
     for name, members in candidates:
-        verdicts = candidate_verdicts(members, weights, data_dir, split, max_images, acral, rule_form)
+        verdicts = candidate_verdicts(members, weights, data_dir, split, max_images, acral, rule_form, resamples)
         entry = {"members": [str(m) for m in members], "decision_rules": verdicts["rules"],
                  "setting": verdicts["setting"],
                  "pooled": verdicts["pooled"], "per_source": verdicts["per_source"]}

@@ -88,9 +88,7 @@ def evaluation_data(data_dir: Path, weights: Path, split: Split, max_images: int
     """(evaluation table, its network outputs, training table, its outputs), each table with `acquisition`.
     mask_cn: another mask-CN weight file in place of WEIGHTS' (a candidate, calibration.compare_triage)."""
     tables, _ = read_tables(data_dir, split, max_images)
-    nets = {arch: load_network(weights / name) for arch, name in NETWORK_FILES.items()}
-    if mask_cn is not None:
-        nets["mask_cn"] = load_network(mask_cn)
+    nets = load_networks(weights, mask_cn)
     parts = ("val", "ham10000_test", "isic2017_test")
     outs = [split_outputs(nets, tables[p], segmentation=False, views=ALL_VIEWS) for p in parts]
     evaluation = pd.concat([tables[p] for p in parts], ignore_index=True)
@@ -99,9 +97,23 @@ def evaluation_data(data_dir: Path, weights: Path, split: Split, max_images: int
     train = tables["train"]
     train_out = split_outputs(nets, train, segmentation=False, views=(0,))
     for table in (evaluation, train):
-        table["acquisition"] = acquisition_sources(table, data_dir).to_numpy()
-        table["group"] = np.where(table["lesion_id"].fillna("") != "", table["lesion_id"].fillna(""), table["image_id"])
+        add_sources(table, data_dir)
     return evaluation, outputs, train, train_out
+
+
+def load_networks(weights: Path, mask_cn: Path | None = None) -> dict:
+    """The three networks of WEIGHTS (mask-CN from the file `mask_cn` when given)."""
+    nets = {arch: load_network(weights / name) for arch, name in NETWORK_FILES.items()}
+    if mask_cn is not None:
+        nets["mask_cn"] = load_network(mask_cn)
+    return nets
+
+
+def add_sources(table: pd.DataFrame, data_dir: Path, acral_contributors: bool = False) -> None:
+    """The columns every held-out figure needs: `acquisition` (core.data.acquisition) and `group`, the lesion id
+    (the image's id without one), the unit the bootstrap resamples."""
+    table["acquisition"] = acquisition_sources(table, data_dir, acral_contributors).to_numpy()
+    table["group"] = np.where(table["lesion_id"].fillna("") != "", table["lesion_id"].fillna(""), table["image_id"])
 
 
 @dataclass(frozen=True)
@@ -714,12 +726,14 @@ def print_summary(card: dict) -> None:
               f"BA {format_with_ci(f['balanced_accuracy'])}")
     print("\nheads on frozen features, leave one source out (mel AUC / BA):")
     for name, per in oos["recipes_held_out"].items():
-        print(f"  {name:32s} " + "  ".join(f"{s}: {format_with_ci(f['melanoma_auc'], 2)}/{format_with_ci(f['balanced_accuracy'], 2)}"
-                                          for s, f in per.items()))
+        print(f"  {name:32s} " + "  ".join(
+            f"{s}: {format_with_ci(f['melanoma_auc'], 2)}/{format_with_ci(f['balanced_accuracy'], 2)}"
+            for s, f in per.items()))
     print("\nrules fitted without the source, per held-out source:")
     for s, f in {**oos["rules_per_source"], "pooled": oos["rules_pooled"]}.items():
         u, r = f["uncertainty"]["low"], f["refer"]
-        print(f"  {s:14s} refer mel sens {format_with_ci(r['melanoma_sensitivity'])} malignant {_num(r['malignant_sensitivity'])} "
+        print(f"  {s:14s} refer mel sens {format_with_ci(r['melanoma_sensitivity'])} "
+              f"malignant {_num(r['malignant_sensitivity'])} "
               f"benign spec {_num(r['benign_specificity'])} | low share {u['share']:.2f} err {_num(u['error_rate'])} | "
               f"unusual x{_num(f['unusual']['error_ratio'])} | set coverage {f['conformal']['coverage']:.3f} "
               f"size {f['conformal']['mean_set_size']:.2f} | no referral {f['no_referral']['share']:.3f} "

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from core.analysis.metrics import balanced_accuracy, binary_auc
 from core.data.acquisition import acquisition_sources
 from core.data.classes import CLASS_CODES, NUM_CLASSES, class_index
+from core.data.datasets import SOURCES
 from core.models.losses import class_weights, hybrid_loss, mixed_cross_entropy
 from core.models.mbdcnn import coarse_probabilities, mask_cn_input, run_chain
 from core.models import create_model
@@ -61,19 +62,23 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _repeat_times(spec: str) -> dict[str, int]:
+    """"source=n,..." -> {source: n}."""
+    return {name.strip(): int(n) for name, n in (part.split("=") for part in spec.split(",") if part.strip())}
+
+
 def source_repeats(sources: np.ndarray, spec: str, acquisitions: np.ndarray | None = None) -> np.ndarray:
     """Times each training image appears per epoch, from "source=n,..." (sources not named: once). A name may be a
     dataset (ham10000, isic2017, acral) or, given `acquisitions`, an image's acquisition source
     (core.data.acquisition: a HAM10000 clinic such as rosendahl), which wins over its dataset's."""
-    times = {name.strip(): int(n) for name, n in (part.split("=") for part in spec.split(",") if part.strip())}
+    times = _repeat_times(spec)
     acquisitions = sources if acquisitions is None else acquisitions
     return np.array([times.get(a, times.get(s, 1)) for s, a in zip(sources, acquisitions)], dtype=int)
 
 
 def acquisitions_if_named(table: pd.DataFrame, spec: str, data_dir: str) -> np.ndarray | None:
     """The rows' acquisition sources when `spec` (source_repeats) names one that is not a dataset, else None."""
-    names = {part.split("=")[0].strip() for part in spec.split(",") if part.strip()}
-    if not names - set(table["source"]):
+    if not set(_repeat_times(spec)) - set(SOURCES):
         return None
     return acquisition_sources(table, data_dir).to_numpy()
 
